@@ -1,0 +1,50 @@
+//! Errors of the Authentik client. Each names the endpoint (never the token) and tells an
+//! admin what to do. The health check maps them to its "Needs Attention" reasons.
+
+/// The hint for a rejected token. Authentik answers 403 `Token invalid/expired` for a wrong,
+/// expired or revoked token, for an inactive token user, and for an app password, which is
+/// what `POST /core/users/service_account/` issues; none can be told apart from the response.
+pub const TOKEN_HINT: &str = "the token is wrong, expired or revoked, its user is inactive, or it is an app password; create an API Token under Directory > Tokens and App passwords (intent `api`) and put it in token_file";
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum ClientError {
+    #[error("authentication failed at {endpoint} (403 {detail:?}): {hint}", hint = TOKEN_HINT)]
+    Authentication { endpoint: String, detail: String },
+    #[error("permission denied at {endpoint} (403 {detail:?}): give the token's user a role with view_user and view_group (authentik_core)")]
+    Permission { endpoint: String, detail: String },
+    #[error("{endpoint} returned 404 {detail:?}")]
+    NotFound { endpoint: String, detail: String },
+    #[error("{endpoint} is not an Authentik API ({reason}): check base_url points at the Authentik server, without a path such as /if/admin")]
+    NotAuthentik { endpoint: String, reason: String },
+    #[error("{endpoint} returned HTTP {status}{retries}: {body}", retries = retry_note(*attempts))]
+    Status {
+        endpoint: String,
+        status: u16,
+        body: String,
+        attempts: u32,
+    },
+    #[error("cannot resolve host {host}: check base_url and DNS")]
+    Dns { host: String },
+    #[error("cannot connect to {endpoint}{retries}: {reason}", retries = retry_note(*attempts))]
+    Connect {
+        endpoint: String,
+        reason: String,
+        attempts: u32,
+    },
+    #[error("TLS failure with {endpoint}: {reason}; if Authentik uses a private CA, set ca_file")]
+    Tls { endpoint: String, reason: String },
+    #[error("{endpoint} timed out{retries}: raise timeout_secs or lower page_size", retries = retry_note(*attempts))]
+    Timeout { endpoint: String, attempts: u32 },
+    #[error("unexpected response from {endpoint}: {reason}")]
+    Decode { endpoint: String, reason: String },
+    #[error("the {list} listing was inconsistent: {reason}")]
+    Inconsistent { list: String, reason: String },
+}
+
+fn retry_note(attempts: u32) -> String {
+    if attempts > 1 {
+        format!(" (after {attempts} attempts)")
+    } else {
+        String::new()
+    }
+}

@@ -1,0 +1,553 @@
+//! Configuration: where it is read from (file, `conf.d/`, `AKSYNC_*` environment), and its
+//! validation into a [`Config`] that the rest of aksync can trust. Every problem becomes a
+//! one-line [`ConfigError`] that names the file or key and says how to fix it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use url::Url;
+
+use crate::secret::ApiToken;
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/aksync/config.toml";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/aksync";
+const ENV_PREFIX: &str = "AKSYNC_";
+/// Variables with the `AKSYNC_` prefix that select the config or logging, not config keys.
+const ENV_NOT_KEYS: [&str; 2] = ["config", "log"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0} does not exist: check the path given with --config or AKSYNC_CONFIG")]
+    MissingFile(PathBuf),
+    #[error("{origin}: {message}")]
+    Invalid { origin: String, message: String },
+    #[error("cannot read {what} {path}: {reason}")]
+    Unreadable {
+        what: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("no sources configured in {0}: add a [sources.<name>] table with base_url and token_file (see config.example.toml)")]
+    NoSources(String),
+    #[error("unknown source `{name}`: configured sources are {known}")]
+    UnknownSource { name: String, known: String },
+}
+
+/// Where the configuration file comes from, in order of precedence.
+#[derive(Debug, Clone)]
+pub enum ConfigLocation {
+    /// Named with `--config` or `AKSYNC_CONFIG`: it must exist.
+    Explicit(PathBuf),
+    /// `/etc/aksync/config.toml`: may be absent when everything comes from the environment.
+    Default,
+}
+
+impl ConfigLocation {
+    pub fn from_option(path: Option<PathBuf>) -> ConfigLocation {
+        path.map_or(ConfigLocation::Default, ConfigLocation::Explicit)
+    }
+
+    fn path(&self) -> &Path {
+        match self {
+            ConfigLocation::Explicit(path) => path,
+            ConfigLocation::Default => Path::new(DEFAULT_CONFIG_PATH),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    state_dir: Option<PathBuf>,
+    #[serde(default)]
+    sources: BTreeMap<String, RawSource>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    base_url: String,
+    token: Option<String>,
+    token_file: Option<PathBuf>,
+    #[serde(default)]
+    primary_directory: bool,
+    #[serde(default)]
+    disable_group_sync: bool,
+    filter: Option<String>,
+    page_size: Option<u32>,
+    concurrency: Option<u32>,
+    timeout_secs: Option<u64>,
+    ca_file: Option<PathBuf>,
+    #[serde(default)]
+    allow_insecure_http: bool,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub state_dir: PathBuf,
+    pub sources: BTreeMap<String, SourceConfig>,
+    /// The file the configuration was read from, for messages.
+    pub origin: String,
+}
+
+/// One Authentik instance.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    pub name: String,
+    /// Normalized: no trailing `/`, no `/api/v3`.
+    pub base_url: Url,
+    pub token: ApiToken,
+    pub primary_directory: bool,
+    pub disable_group_sync: bool,
+    pub filter: Option<String>,
+    pub page_size: u32,
+    pub concurrency: usize,
+    pub timeout: Duration,
+    pub ca_file: Option<PathBuf>,
+    pub allow_insecure_http: bool,
+}
+
+/// The settings that shape the stored data; a change to any of them makes records differ
+/// without an upstream change, so runs record this fingerprint.
+#[derive(serde::Serialize)]
+struct DataShapingSettings<'a> {
+    filter: Option<&'a str>,
+    disable_group_sync: bool,
+    primary_directory: bool,
+}
+
+impl SourceConfig {
+    pub fn settings_fingerprint(&self) -> String {
+        let settings = DataShapingSettings {
+            filter: self.filter.as_deref(),
+            disable_group_sync: self.disable_group_sync,
+            primary_directory: self.primary_directory,
+        };
+        let canonical = serde_json::to_vec(&settings).expect("plain struct serializes");
+        hex::encode(Sha256::digest(canonical))
+    }
+
+    /// `base_url` joined with an API path such as `core/users/`.
+    pub fn api_url(&self, path: &str) -> Url {
+        let mut url = self.base_url.clone();
+        let base_path = url.path().trim_end_matches('/').to_string();
+        url.set_path(&format!("{base_path}/api/v3/{path}"));
+        url
+    }
+}
+
+impl Config {
+    /// Reads the file, `conf.d/*.toml` beside it in name order, then `AKSYNC_*` variables.
+    pub fn load(location: &ConfigLocation) -> Result<Config, ConfigError> {
+        let path = location.path();
+        if let ConfigLocation::Explicit(path) = location {
+            if !path.is_file() {
+                return Err(ConfigError::MissingFile(path.clone()));
+            }
+        }
+        let mut figment = Figment::new();
+        if path.is_file() {
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        for drop_in in conf_d_files(path)? {
+            figment = figment.merge(Toml::file_exact(drop_in));
+        }
+        figment = figment.merge(
+            Env::prefixed(ENV_PREFIX)
+                .split("__")
+                .filter(|key| !ENV_NOT_KEYS.contains(&key.as_str())),
+        );
+        let origin = path.display().to_string();
+        let raw: RawConfig = figment
+            .extract()
+            .map_err(|error| figment_error(&figment, error, &origin))?;
+        let state_dir_env = std::env::var_os("STATE_DIRECTORY").map(PathBuf::from);
+        validate(raw, path, state_dir_env, origin)
+    }
+
+    /// The sources to act on: the one named, or all of them.
+    pub fn select_sources(&self, name: Option<&str>) -> Result<Vec<&SourceConfig>, ConfigError> {
+        match name {
+            None => Ok(self.sources.values().collect()),
+            Some(name) => self
+                .sources
+                .get(name)
+                .map(|source| vec![source])
+                .ok_or_else(|| ConfigError::UnknownSource {
+                    name: name.to_string(),
+                    known: self.source_names(),
+                }),
+        }
+    }
+
+    fn source_names(&self) -> String {
+        self.sources
+            .keys()
+            .map(|name| format!("`{name}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    pub fn database_path(&self) -> PathBuf {
+        self.state_dir.join("aksync.redb")
+    }
+}
+
+fn conf_d_files(config_path: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+    let dir = config_path
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("conf.d");
+    if !dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    let entries = std::fs::read_dir(&dir).map_err(|error| ConfigError::Unreadable {
+        what: "directory",
+        path: dir.clone(),
+        reason: error.to_string(),
+    })?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "toml") && path.is_file())
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Turns figment's multi-part error into one line naming where the bad value came from.
+fn figment_error(figment: &Figment, error: figment::Error, default_origin: &str) -> ConfigError {
+    let key = error.path.join(".");
+    let origin = error
+        .metadata
+        .as_ref()
+        .or_else(|| figment.find_metadata(&key))
+        .map(|metadata| match &metadata.source {
+            Some(source) => source.to_string(),
+            None => metadata.name.to_string(),
+        })
+        .unwrap_or_else(|| default_origin.to_string());
+    let message = match &error.kind {
+        figment::error::Kind::UnknownField(field, _) => {
+            let full_key = if key.is_empty() {
+                field.clone()
+            } else {
+                format!("{key}.{field}")
+            };
+            format!("unknown key `{full_key}`: remove it or check its spelling against config.example.toml")
+        }
+        figment::error::Kind::MissingField(field) => {
+            let full_key = if key.is_empty() {
+                field.to_string()
+            } else {
+                format!("{key}.{field}")
+            };
+            format!("missing required key `{full_key}`")
+        }
+        kind if key.is_empty() => kind.to_string(),
+        kind => format!("key `{key}`: {kind}"),
+    };
+    ConfigError::Invalid {
+        origin,
+        message: message.replace('\n', " "),
+    }
+}
+
+fn validate(
+    raw: RawConfig,
+    config_path: &Path,
+    state_dir_env: Option<PathBuf>,
+    origin: String,
+) -> Result<Config, ConfigError> {
+    let invalid = |message: String| ConfigError::Invalid {
+        origin: origin.clone(),
+        message,
+    };
+    if raw.sources.is_empty() {
+        return Err(ConfigError::NoSources(origin));
+    }
+    let state_dir = raw
+        .state_dir
+        .or_else(|| {
+            // systemd may pass several colon-separated directories; the first is ours.
+            state_dir_env.and_then(|dirs| {
+                dirs.to_str()
+                    .and_then(|dirs| dirs.split(':').next())
+                    .map(PathBuf::from)
+            })
+        })
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+    let config_dir = config_path.parent().unwrap_or(Path::new("."));
+    let mut sources = BTreeMap::new();
+    for (name, raw_source) in raw.sources {
+        let source = validate_source(&name, raw_source, config_dir).map_err(&invalid)?;
+        sources.insert(name, source);
+    }
+    Ok(Config {
+        state_dir,
+        sources,
+        origin,
+    })
+}
+
+fn validate_source(name: &str, raw: RawSource, config_dir: &Path) -> Result<SourceConfig, String> {
+    let key = |field: &str| format!("sources.{name}.{field}");
+    if !is_valid_source_name(name) {
+        return Err(format!(
+            "source name `{name}` is not allowed: use lowercase letters, digits, `-` and `_` (it names files and directories)"
+        ));
+    }
+    let base_url = normalize_base_url(&raw.base_url, raw.allow_insecure_http)
+        .map_err(|reason| format!("`{}` = {:?}: {reason}", key("base_url"), raw.base_url))?;
+    let token = match (raw.token, raw.token_file) {
+        (Some(_), Some(_)) => {
+            return Err(format!(
+                "both `{}` and `{}` are set: keep exactly one (token_file is preferred)",
+                key("token"),
+                key("token_file")
+            ))
+        }
+        (None, None) => {
+            return Err(format!(
+                "no token: set `{}` (preferred) or `{}`",
+                key("token_file"),
+                key("token")
+            ))
+        }
+        (Some(token), None) => token.trim().to_string(),
+        (None, Some(file)) => read_token_file(&config_dir.join(file), &key("token_file"))?,
+    };
+    if token.is_empty() {
+        return Err(format!("`{}` is empty", key("token")));
+    }
+    let page_size = bounded(raw.page_size, 100, 1..=1000, &key("page_size"))?;
+    let concurrency = bounded(raw.concurrency, 4, 1..=32, &key("concurrency"))?;
+    let timeout_secs = bounded(raw.timeout_secs, 60, 1..=3600, &key("timeout_secs"))?;
+    let filter = match raw.filter {
+        Some(expression) if expression.trim().is_empty() => None,
+        Some(expression) => {
+            validate_filter(&expression).map_err(|reason| {
+                format!(
+                    "`{}` is not a valid CEL expression ({expression:?}): {reason}",
+                    key("filter")
+                )
+            })?;
+            Some(expression)
+        }
+        None => None,
+    };
+    let ca_file = match raw.ca_file {
+        Some(file) => {
+            let path = config_dir.join(file);
+            if !path.is_file() {
+                return Err(format!(
+                    "`{}` = {}: no such file; give the PEM file of the CA that signed the Authentik certificate",
+                    key("ca_file"),
+                    path.display()
+                ));
+            }
+            Some(path)
+        }
+        None => None,
+    };
+    Ok(SourceConfig {
+        name: name.to_string(),
+        base_url,
+        token: ApiToken::new(token),
+        primary_directory: raw.primary_directory,
+        disable_group_sync: raw.disable_group_sync,
+        filter,
+        page_size,
+        concurrency: concurrency as usize,
+        timeout: Duration::from_secs(timeout_secs),
+        ca_file,
+        allow_insecure_http: raw.allow_insecure_http,
+    })
+}
+
+fn is_valid_source_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        && !name.starts_with(['-', '_'])
+}
+
+fn bounded<T>(
+    value: Option<T>,
+    default: T,
+    range: std::ops::RangeInclusive<T>,
+    key: &str,
+) -> Result<T, String>
+where
+    T: PartialOrd + fmt::Display + Copy,
+{
+    let value = value.unwrap_or(default);
+    if range.contains(&value) {
+        Ok(value)
+    } else {
+        Err(format!(
+            "`{key}` = {value} is out of range: use a value from {} to {}",
+            range.start(),
+            range.end()
+        ))
+    }
+}
+
+fn read_token_file(path: &Path, key: &str) -> Result<String, String> {
+    let content = std::fs::read_to_string(path)
+        .map_err(|error| format!("`{key}`: cannot read {}: {error}", path.display()))?;
+    let token = content.trim().to_string();
+    if token.is_empty() {
+        return Err(format!("`{key}`: {} is empty", path.display()));
+    }
+    Ok(token)
+}
+
+/// Compiles a CEL expression so that a typo fails at startup, not in the middle of a run.
+pub fn validate_filter(expression: &str) -> Result<(), String> {
+    cel::Program::compile(expression)
+        .map(|_| ())
+        .map_err(|error| {
+            error
+                .to_string()
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        })
+}
+
+/// Strips a trailing `/` and `/api/v3`, and requires https except on loopback or when
+/// plain http is explicitly allowed.
+pub fn normalize_base_url(raw: &str, allow_insecure_http: bool) -> Result<Url, String> {
+    let trimmed = raw.trim();
+    let mut url = Url::parse(trimmed).map_err(|error| {
+        format!(
+            "not a URL ({error}): use the Authentik address, e.g. https://authentik.example.com"
+        )
+    })?;
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("remove the query string or fragment: give only the Authentik address".into());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("remove the credentials from the URL: put the token in token_file".into());
+    }
+    let host = url
+        .host()
+        .ok_or("the URL has no host: use e.g. https://authentik.example.com")?
+        .to_owned();
+    match url.scheme() {
+        "https" => {}
+        "http" if allow_insecure_http || is_loopback(&host) => {}
+        "http" => {
+            return Err(
+                "plain http sends the token unencrypted: use https, or set allow_insecure_http = true if you accept that"
+                    .into(),
+            )
+        }
+        other => return Err(format!("scheme `{other}` is not supported: use https")),
+    }
+    let mut path = url.path().trim_end_matches('/').to_string();
+    if let Some(stripped) = path.strip_suffix("/api/v3") {
+        path = stripped.to_string();
+    }
+    url.set_path(if path.is_empty() { "/" } else { &path });
+    Ok(url)
+}
+
+fn is_loopback(host: &url::Host<String>) -> bool {
+    match host {
+        url::Host::Domain(domain) => domain.eq_ignore_ascii_case("localhost"),
+        url::Host::Ipv4(ip) => IpAddr::V4(*ip).is_loopback(),
+        url::Host::Ipv6(ip) => IpAddr::V6(*ip).is_loopback(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_url_normalization() {
+        let url = normalize_base_url("https://ak.example.com/api/v3/", false).unwrap();
+        assert_eq!(url.as_str(), "https://ak.example.com/");
+        let url = normalize_base_url("https://example.com/auth/", false).unwrap();
+        assert_eq!(url.as_str(), "https://example.com/auth");
+        assert!(normalize_base_url("http://127.0.0.1:9000", false).is_ok());
+        assert!(normalize_base_url("http://[::1]:9000", false).is_ok());
+        assert!(normalize_base_url("http://localhost:9000", false).is_ok());
+        let error = normalize_base_url("http://ak.example.com", false).unwrap_err();
+        assert!(error.contains("allow_insecure_http"), "{error}");
+        assert!(normalize_base_url("http://ak.example.com", true).is_ok());
+        assert!(normalize_base_url("ftp://ak.example.com", true).is_err());
+        assert!(normalize_base_url("ak.example.com", false).is_err());
+        assert!(normalize_base_url("https://ak.example.com/?x=1", false).is_err());
+    }
+
+    #[test]
+    fn api_url_keeps_a_path_prefix() {
+        let source = test_source("https://example.com/auth");
+        assert_eq!(
+            source.api_url("core/users/").as_str(),
+            "https://example.com/auth/api/v3/core/users/"
+        );
+        let source = test_source("https://example.com");
+        assert_eq!(
+            source.api_url("admin/version/").as_str(),
+            "https://example.com/api/v3/admin/version/"
+        );
+    }
+
+    #[test]
+    fn cel_typos_are_errors_not_panics() {
+        assert!(validate_filter("payload.type == 'internal'").is_ok());
+        assert!(validate_filter("1 +").is_err());
+        assert!(validate_filter("payload.type == ").is_err());
+        assert!(validate_filter("payload.type == 'internal").is_err());
+    }
+
+    #[test]
+    fn source_names_are_path_safe() {
+        assert!(is_valid_source_name("corp"));
+        assert!(is_valid_source_name("corp-eu_2"));
+        assert!(!is_valid_source_name("Corp"));
+        assert!(!is_valid_source_name("../x"));
+        assert!(!is_valid_source_name(""));
+    }
+
+    #[test]
+    fn fingerprint_changes_with_data_shaping_settings() {
+        let mut source = test_source("https://example.com");
+        let before = source.settings_fingerprint();
+        source.page_size = 20;
+        assert_eq!(before, source.settings_fingerprint());
+        source.disable_group_sync = true;
+        assert_ne!(before, source.settings_fingerprint());
+    }
+
+    fn test_source(base: &str) -> SourceConfig {
+        SourceConfig {
+            name: "corp".into(),
+            base_url: normalize_base_url(base, false).unwrap(),
+            token: ApiToken::new("t"),
+            primary_directory: false,
+            disable_group_sync: false,
+            filter: None,
+            page_size: 100,
+            concurrency: 4,
+            timeout: Duration::from_secs(60),
+            ca_file: None,
+            allow_insecure_http: false,
+        }
+    }
+}

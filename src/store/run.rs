@@ -1,0 +1,126 @@
+//! The metadata of one run and of one health check, as stored in the database. Both are JSON
+//! so that later versions can add fields (digests, delivery state, decisions) without a
+//! migration; fields this version does not know are kept when a record is rewritten.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    /// Every page arrived and the snapshot is stored.
+    Complete,
+    /// Nothing of the directory was stored; `error` says why.
+    Failed,
+    /// Stored, but held back for a decision (mass leavers).
+    Quarantined,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Complete => "complete",
+            RunStatus::Failed => "failed",
+            RunStatus::Quarantined => "quarantined",
+        }
+    }
+}
+
+/// Record counts of one snapshot, per kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    pub accounts: u64,
+    pub groups: u64,
+    pub memberships: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub run_id: String,
+    pub source: String,
+    pub status: RunStatus,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub error: Option<String>,
+    #[serde(flatten)]
+    pub counts: Counts,
+    /// Record versions this run added: what it cost in storage.
+    #[serde(default)]
+    pub versions_written: u64,
+    pub authentik_version: Option<String>,
+    pub settings_fingerprint: String,
+    pub aksync_version: String,
+    /// Fields written by other aksync versions, preserved as they are.
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, Value>,
+}
+
+/// What a finished run looked like before it is given its id by the store.
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    pub source: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub authentik_version: Option<String>,
+    pub settings_fingerprint: String,
+}
+
+impl RunOutcome {
+    pub(crate) fn into_record(
+        self,
+        run_id: String,
+        status: RunStatus,
+        error: Option<String>,
+        counts: Counts,
+        versions_written: u64,
+    ) -> RunRecord {
+        RunRecord {
+            run_id,
+            source: self.source,
+            status,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+            error,
+            counts,
+            versions_written,
+            authentik_version: self.authentik_version,
+            settings_fingerprint: self.settings_fingerprint,
+            aksync_version: env!("CARGO_PKG_VERSION").to_string(),
+            extra: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HealthStatus {
+    Healthy,
+    #[serde(rename = "Needs Attention")]
+    NeedsAttention,
+}
+
+impl HealthStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthStatus::Healthy => "Healthy",
+            HealthStatus::NeedsAttention => "Needs Attention",
+        }
+    }
+}
+
+/// The last health check of a source.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthRecord {
+    pub source: String,
+    pub status: HealthStatus,
+    pub checked_at: DateTime<Utc>,
+    pub authentik_version: Option<String>,
+    pub token_user: Option<String>,
+    /// Machine-readable reason, e.g. `bad_token`; absent when healthy.
+    pub reason_code: Option<String>,
+    pub reason: Option<String>,
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, Value>,
+}
