@@ -14,11 +14,20 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use url::Url;
 
+use crate::report::ReportFormat;
 use crate::secret::ApiToken;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/aksync/config.toml";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/aksync";
 const ENV_PREFIX: &str = "AKSYNC_";
+/// Report formats written after every run unless `output.reports` says otherwise; PDF needs
+/// Chromium, so it is opt-in.
+const DEFAULT_REPORTS: [ReportFormat; 4] = [
+    ReportFormat::Json,
+    ReportFormat::Markdown,
+    ReportFormat::Csv,
+    ReportFormat::Html,
+];
 /// Variables with the `AKSYNC_` prefix that select the config or logging, not config keys.
 const ENV_NOT_KEYS: [&str; 2] = ["config", "log"];
 
@@ -68,6 +77,26 @@ struct RawConfig {
     state_dir: Option<PathBuf>,
     #[serde(default)]
     sources: BTreeMap<String, RawSource>,
+    #[serde(default)]
+    output: RawOutput,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOutput {
+    reports: Option<Vec<String>>,
+    webhook: Option<RawWebhook>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhook {
+    url: String,
+    token_file: Option<PathBuf>,
+    batch_size: Option<u32>,
+    timeout_secs: Option<u64>,
+    #[serde(default)]
+    allow_insecure_http: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -87,6 +116,8 @@ struct RawSource {
     ca_file: Option<PathBuf>,
     #[serde(default)]
     allow_insecure_http: bool,
+    #[serde(default)]
+    ignore_fields: Vec<String>,
 }
 
 /// The validated configuration.
@@ -94,8 +125,25 @@ struct RawSource {
 pub struct Config {
     pub state_dir: PathBuf,
     pub sources: BTreeMap<String, SourceConfig>,
+    pub output: OutputConfig,
     /// The file the configuration was read from, for messages.
     pub origin: String,
+}
+
+/// What is written after every complete run.
+#[derive(Debug, Clone)]
+pub struct OutputConfig {
+    pub reports: Vec<ReportFormat>,
+    pub webhook: Option<WebhookConfig>,
+}
+
+/// HTTP delivery of the envelopes.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    pub url: Url,
+    pub token: Option<ApiToken>,
+    pub batch_size: usize,
+    pub timeout: Duration,
 }
 
 /// One Authentik instance.
@@ -113,6 +161,8 @@ pub struct SourceConfig {
     pub timeout: Duration,
     pub ca_file: Option<PathBuf>,
     pub allow_insecure_http: bool,
+    /// Fields that never make a change on their own, e.g. `metadata.last_sync`.
+    pub ignore_fields: Vec<String>,
 }
 
 /// The settings that shape the stored data; a change to any of them makes records differ
@@ -122,6 +172,7 @@ struct DataShapingSettings<'a> {
     filter: Option<&'a str>,
     disable_group_sync: bool,
     primary_directory: bool,
+    ignore_fields: &'a [String],
 }
 
 impl SourceConfig {
@@ -130,6 +181,7 @@ impl SourceConfig {
             filter: self.filter.as_deref(),
             disable_group_sync: self.disable_group_sync,
             primary_directory: self.primary_directory,
+            ignore_fields: &self.ignore_fields,
         };
         let canonical = serde_json::to_vec(&settings).expect("plain struct serializes");
         hex::encode(Sha256::digest(canonical))
@@ -290,11 +342,55 @@ fn validate(
         let source = validate_source(&name, raw_source, config_dir).map_err(&invalid)?;
         sources.insert(name, source);
     }
+    let output = validate_output(raw.output, config_dir).map_err(&invalid)?;
     Ok(Config {
         state_dir,
         sources,
+        output,
         origin,
     })
+}
+
+fn validate_output(raw: RawOutput, config_dir: &Path) -> Result<OutputConfig, String> {
+    let reports = match raw.reports {
+        None => DEFAULT_REPORTS.to_vec(),
+        Some(names) => names
+            .iter()
+            .map(|name| {
+                ReportFormat::parse(name).ok_or_else(|| {
+                    format!("`output.reports` has unknown format {name:?}: use md, json, csv, html or pdf")
+                })
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    let webhook = match raw.webhook {
+        None => None,
+        Some(raw) => {
+            let url = Url::parse(raw.url.trim()).map_err(|error| {
+                format!("`output.webhook.url` = {:?} is not a URL: {error}", raw.url)
+            })?;
+            require_secure_transport(&url, raw.allow_insecure_http)
+                .map_err(|reason| format!("`output.webhook.url` = {:?}: {reason}", raw.url))?;
+            let token = raw
+                .token_file
+                .map(|file| read_token_file(&config_dir.join(file), "output.webhook.token_file"))
+                .transpose()?
+                .map(ApiToken::new);
+            Some(WebhookConfig {
+                url,
+                token,
+                batch_size: bounded(raw.batch_size, 500, 1..=10_000, "output.webhook.batch_size")?
+                    as usize,
+                timeout: Duration::from_secs(bounded(
+                    raw.timeout_secs,
+                    30,
+                    1..=600,
+                    "output.webhook.timeout_secs",
+                )?),
+            })
+        }
+    };
+    Ok(OutputConfig { reports, webhook })
 }
 
 fn validate_source(name: &str, raw: RawSource, config_dir: &Path) -> Result<SourceConfig, String> {
@@ -357,6 +453,16 @@ fn validate_source(name: &str, raw: RawSource, config_dir: &Path) -> Result<Sour
         }
         None => None,
     };
+    if let Some(field) = raw
+        .ignore_fields
+        .iter()
+        .find(|field| field.trim().is_empty())
+    {
+        return Err(format!(
+            "`{}` has an empty entry {field:?}",
+            key("ignore_fields")
+        ));
+    }
     Ok(SourceConfig {
         name: name.to_string(),
         base_url,
@@ -369,6 +475,7 @@ fn validate_source(name: &str, raw: RawSource, config_dir: &Path) -> Result<Sour
         timeout: Duration::from_secs(timeout_secs),
         ca_file,
         allow_insecure_http: raw.allow_insecure_http,
+        ignore_fields: raw.ignore_fields,
     })
 }
 
@@ -442,27 +549,30 @@ pub fn normalize_base_url(raw: &str, allow_insecure_http: bool) -> Result<Url, S
     if !url.username().is_empty() || url.password().is_some() {
         return Err("remove the credentials from the URL: put the token in token_file".into());
     }
-    let host = url
-        .host()
-        .ok_or("the URL has no host: use e.g. https://authentik.example.com")?
-        .to_owned();
-    match url.scheme() {
-        "https" => {}
-        "http" if allow_insecure_http || is_loopback(&host) => {}
-        "http" => {
-            return Err(
-                "plain http sends the token unencrypted: use https, or set allow_insecure_http = true if you accept that"
-                    .into(),
-            )
-        }
-        other => return Err(format!("scheme `{other}` is not supported: use https")),
-    }
+    require_secure_transport(&url, allow_insecure_http)?;
     let mut path = url.path().trim_end_matches('/').to_string();
     if let Some(stripped) = path.strip_suffix("/api/v3") {
         path = stripped.to_string();
     }
     url.set_path(if path.is_empty() { "/" } else { &path });
     Ok(url)
+}
+
+/// https, or plain http to a loopback address or when explicitly allowed.
+fn require_secure_transport(url: &Url, allow_insecure_http: bool) -> Result<(), String> {
+    let host = url
+        .host()
+        .ok_or("the URL has no host: use e.g. https://authentik.example.com")?
+        .to_owned();
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if allow_insecure_http || is_loopback(&host) => Ok(()),
+        "http" => Err(
+            "plain http sends the token unencrypted: use https, or set allow_insecure_http = true if you accept that"
+                .into(),
+        ),
+        other => Err(format!("scheme `{other}` is not supported: use https")),
+    }
 }
 
 fn is_loopback(host: &url::Host<String>) -> bool {
@@ -548,6 +658,7 @@ mod tests {
             timeout: Duration::from_secs(60),
             ca_file: None,
             allow_insecure_http: false,
+            ignore_fields: Vec::new(),
         }
     }
 }

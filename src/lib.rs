@@ -1,12 +1,24 @@
 //! aksync: Authentik directory snapshots, joiner/mover/leaver diffs and audit evidence.
 //!
 //! Data flows top-down through the modules:
-//! `config → authentik (client) → normalize → store (snapshots) → sync → cli`.
+//! `config → authentik (client) → normalize → store (snapshots) → sync / health → diff →
+//! evidence → envelope / report (artifacts, delivery) → cli`.
 //! `fake` is the bundled fake Authentik server used by the demo and the tests.
 
+pub mod artifacts;
 pub mod authentik;
+pub mod cli;
+pub mod clock;
 pub mod config;
+pub mod delivery;
+pub mod demo;
+pub mod diff;
+pub mod envelope;
+pub mod evidence;
 pub mod fake;
+pub mod health;
 pub mod normalize;
+pub mod report;
 pub mod secret;
 pub mod store;
+pub mod sync;

@@ -1,1 +1,58 @@
-fn main() {}
+//! The `aksync` binary: parse the command line, run the command, print any error as one line.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    install_panic_hook();
+    let opt = aksync::cli::opt::Opt::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("aksync: cannot start the async runtime: {error}");
+            return ExitCode::from(aksync::cli::Exit::Failure as u8);
+        }
+    };
+    let exit = match runtime.block_on(aksync::cli::run(opt)) {
+        Ok(exit) => exit,
+        Err(error) => {
+            eprintln!("aksync: {error}");
+            error.exit()
+        }
+    };
+    ExitCode::from(exit as u8)
+}
+
+/// Logs go to stderr; `AKSYNC_LOG` sets the level (default: warnings).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AKSYNC_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+/// A panic is a bug, but it still gets one line and no backtrace. Panics that the store turns
+/// into a "corrupt database" error are not printed at all.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        if aksync::store::in_guarded_operation() {
+            return;
+        }
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let first_line = message.lines().next().unwrap_or("");
+        eprintln!("aksync: internal error, please report it: {first_line}");
+    }));
+}

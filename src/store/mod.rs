@@ -28,7 +28,10 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::normalize::{Entry, Snapshot};
-pub use run::{Counts, HealthRecord, HealthStatus, RunOutcome, RunRecord, RunStatus};
+pub use run::{
+    ChangeCounts, Counts, DeliveryState, DeliveryStatus, EnvelopeSummary, HealthRecord,
+    HealthStatus, RunOutcome, RunRecord, RunStatus,
+};
 
 /// The layout version of the tables below. Bump it with a migration in [`Store::open`].
 pub const SCHEMA_VERSION: u32 = 1;
@@ -63,6 +66,10 @@ pub enum StoreError {
         run_id: String,
         status: &'static str,
     },
+    #[error("another process stored run {found} of source `{source_name}` during this run; run again to compare with it")]
+    Conflict { source_name: String, found: String },
+    #[error("the run was not stored: {0}")]
+    Aborted(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -95,6 +102,23 @@ struct StoredVersion {
     valid_to: Option<String>,
     hash: String,
     entry: Value,
+}
+
+/// One stored version of a record, as [`Store::versions`] returns it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordVersion {
+    pub external_id: String,
+    pub valid_from: String,
+    pub valid_to: Option<String>,
+    /// The [`Entry`] as JSON: `{record, payload}`.
+    pub entry: Value,
+}
+
+impl RecordVersion {
+    /// Whether this version is the one a run saw.
+    pub fn valid_at(&self, run_id: &str) -> bool {
+        covers(&self.valid_from, self.valid_to.as_deref(), run_id)
+    }
 }
 
 /// Where the current version of a record is.
@@ -193,14 +217,28 @@ impl Store {
     }
 
     /// Stores a complete snapshot as a new run, in one transaction, and returns its record.
+    ///
+    /// `previous_run` is the latest complete run the caller compared with; if another process
+    /// committed a newer one meanwhile, nothing is stored. `finish` sees the record with its
+    /// id before the commit, writes what must exist once the run does (the outbox), and may
+    /// add to the record; an error from it stores nothing.
     pub fn commit_complete(
         &self,
         outcome: RunOutcome,
         snapshot: &Snapshot,
+        previous_run: Option<&str>,
+        finish: impl FnOnce(&mut RunRecord) -> Result<(), String>,
     ) -> Result<RunRecord, StoreError> {
         self.write(|txn| {
-            let run_id = next_run_id(txn, outcome.started_at)?;
             let source = outcome.source.clone();
+            let latest = latest_complete_id(txn, &source)?;
+            if latest.as_deref() != previous_run {
+                return Err(Failure::Store(StoreError::Conflict {
+                    source_name: source,
+                    found: latest.unwrap_or_default(),
+                }));
+            }
+            let run_id = next_run_id(txn, outcome.started_at)?;
             let mut versions_written = 0;
             versions_written += apply_kind(
                 txn,
@@ -223,10 +261,65 @@ impl Store {
                 groups: snapshot.groups.len() as u64,
                 memberships: snapshot.memberships.len() as u64,
             };
-            let record =
+            let mut record =
                 outcome.into_record(run_id, RunStatus::Complete, None, counts, versions_written);
+            record.previous_run = previous_run.map(str::to_string);
+            finish(&mut record).map_err(|reason| Failure::Store(StoreError::Aborted(reason)))?;
             put_json(&mut txn.open_table(RUNS)?, &record.run_id, &record)?;
             Ok(record)
+        })
+    }
+
+    /// Rewrites a run's record, e.g. to advance its delivery state.
+    pub fn update_run(
+        &self,
+        run_id: &str,
+        update: impl FnOnce(&mut RunRecord),
+    ) -> Result<RunRecord, StoreError> {
+        self.write(|txn| {
+            let mut runs = txn.open_table(RUNS)?;
+            let mut record: RunRecord = match runs.get(run_id)? {
+                Some(value) => from_json(value.value(), "run")?,
+                None => return Err(Failure::Store(StoreError::UnknownRun(run_id.to_string()))),
+            };
+            update(&mut record);
+            put_json(&mut runs, run_id, &record)?;
+            Ok(record)
+        })
+    }
+
+    /// Every stored version of the records of one kind whose external id starts with
+    /// `id_prefix`, ordered by external id, then by the run that stored them.
+    pub fn versions(
+        &self,
+        source: &str,
+        kind: RecordKind,
+        id_prefix: &str,
+    ) -> Result<Vec<RecordVersion>, StoreError> {
+        self.read(|txn| {
+            let versions = txn.open_table(VERSIONS)?;
+            let prefix = record_prefix(source, kind);
+            let start = format!("{prefix}{id_prefix}");
+            let end = prefix_end(&prefix);
+            let mut rows = Vec::new();
+            for row in versions.range(start.as_str()..end.as_str())? {
+                let (key, value) = row?;
+                let rest = &key.value()[prefix.len()..];
+                if !rest.starts_with(id_prefix) {
+                    break;
+                }
+                let Some((external_id, valid_from)) = rest.rsplit_once(SEP) else {
+                    return Err(corrupt_value("record version key"));
+                };
+                let version: StoredVersion = from_json(value.value(), "record version")?;
+                rows.push(RecordVersion {
+                    external_id: external_id.to_string(),
+                    valid_from: valid_from.to_string(),
+                    valid_to: version.valid_to,
+                    entry: version.entry,
+                });
+            }
+            Ok(rows)
         })
     }
 
@@ -471,6 +564,18 @@ fn guarded<T>(path: &Path, operation: impl FnOnce() -> Result<T, Failure>) -> Re
     })
 }
 
+fn latest_complete_id(txn: &WriteTransaction, source: &str) -> Result<Option<String>, Failure> {
+    let runs = txn.open_table(RUNS)?;
+    for row in runs.iter()?.rev() {
+        let (_, value) = row?;
+        let record: RunRecord = from_json(value.value(), "run")?;
+        if record.source == source && record.status == RunStatus::Complete {
+            return Ok(Some(record.run_id));
+        }
+    }
+    Ok(None)
+}
+
 /// A ULID from the run's start, made strictly greater than every stored run id so that the
 /// order of ids is the order of commits.
 fn next_run_id(txn: &WriteTransaction, started_at: DateTime<Utc>) -> Result<String, Failure> {
@@ -606,6 +711,11 @@ fn read_kind<R: DeserializeOwned>(
         entries.insert(external_id.to_string(), entry);
     }
     Ok(entries)
+}
+
+/// Whether a version valid from `valid_from` until `valid_to` is the one `run_id` saw.
+fn covers(valid_from: &str, valid_to: Option<&str>, run_id: &str) -> bool {
+    valid_from <= run_id && valid_to.is_none_or(|valid_to| valid_to > run_id)
 }
 
 fn prefix_end(prefix: &str) -> String {

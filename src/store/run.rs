@@ -53,9 +53,76 @@ pub struct RunRecord {
     pub authentik_version: Option<String>,
     pub settings_fingerprint: String,
     pub aksync_version: String,
+    /// The complete run this one was compared with; `None` for a source's first run.
+    #[serde(default)]
+    pub previous_run: Option<String>,
+    /// What changed since `previous_run`.
+    #[serde(default)]
+    pub changes: Option<ChangeCounts>,
+    /// The envelope file (the outbox) of a complete run.
+    #[serde(default)]
+    pub envelopes: Option<EnvelopeSummary>,
+    /// Webhook delivery of the envelopes, when a webhook is configured.
+    #[serde(default)]
+    pub delivery: Option<DeliveryState>,
     /// Fields written by other aksync versions, preserved as they are.
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
+}
+
+/// How many events the diff against the previous run found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeCounts {
+    pub joiners: u64,
+    pub movers: u64,
+    pub leavers: u64,
+    pub groups_changed: u64,
+    pub memberships_changed: u64,
+}
+
+/// The envelope file of a run: `<state_dir>/envelopes/<source>/<run_id>.jsonl`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvelopeSummary {
+    pub sha256: String,
+    pub lines: u64,
+    pub created: u64,
+    pub updated: u64,
+    pub deleted: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryStatus {
+    Pending,
+    Delivered,
+}
+
+/// Where the webhook delivery of a run's envelopes stands. Batches are sent in order; a
+/// run is retried from `batches_delivered` on, so nothing is sent twice once acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryState {
+    pub status: DeliveryStatus,
+    /// Fixed at the first attempt, so that batch numbers (and idempotency keys) stay stable.
+    pub batch_size: u64,
+    pub batches_delivered: u64,
+    pub batches_total: u64,
+    pub attempts: u64,
+    pub last_error: Option<String>,
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
+impl DeliveryState {
+    pub fn pending() -> DeliveryState {
+        DeliveryState {
+            status: DeliveryStatus::Pending,
+            batch_size: 0,
+            batches_delivered: 0,
+            batches_total: 0,
+            attempts: 0,
+            last_error: None,
+            delivered_at: None,
+        }
+    }
 }
 
 /// What a finished run looked like before it is given its id by the store.
@@ -89,6 +156,10 @@ impl RunOutcome {
             authentik_version: self.authentik_version,
             settings_fingerprint: self.settings_fingerprint,
             aksync_version: env!("CARGO_PKG_VERSION").to_string(),
+            previous_run: None,
+            changes: None,
+            envelopes: None,
+            delivery: None,
             extra: BTreeMap::new(),
         }
     }

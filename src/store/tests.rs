@@ -31,6 +31,17 @@ fn outcome(second: u32) -> RunOutcome {
     }
 }
 
+fn commit(
+    store: &Store,
+    outcome: RunOutcome,
+    snapshot: &Snapshot,
+) -> Result<RunRecord, StoreError> {
+    let previous = store
+        .latest_complete(&outcome.source)?
+        .map(|run| run.run_id);
+    store.commit_complete(outcome, snapshot, previous.as_deref(), |_| Ok(()))
+}
+
 fn temp_store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("aksync.redb"), Duration::from_secs(1)).unwrap();
@@ -44,12 +55,12 @@ fn unchanged_runs_add_no_versions_and_past_runs_read_back() {
         vec![user(1, "A", &["g1"]), user(2, "B", &[])],
         vec![group("g1", &[1])],
     );
-    let run1 = store.commit_complete(outcome(0), &first).unwrap();
+    let run1 = commit(&store, outcome(0), &first).unwrap();
     assert_eq!(run1.versions_written, 4);
     let versions_after_first = store.version_count("corp").unwrap();
     assert_eq!(versions_after_first, 4);
 
-    let run2 = store.commit_complete(outcome(1), &first).unwrap();
+    let run2 = commit(&store, outcome(1), &first).unwrap();
     assert_eq!(run2.versions_written, 0);
     assert_eq!(store.version_count("corp").unwrap(), versions_after_first);
     assert!(run2.run_id > run1.run_id);
@@ -58,7 +69,7 @@ fn unchanged_runs_add_no_versions_and_past_runs_read_back() {
         vec![user(1, "A renamed", &[]), user(3, "C", &["g1"])],
         vec![group("g1", &[3])],
     );
-    let run3 = store.commit_complete(outcome(2), &second).unwrap();
+    let run3 = commit(&store, outcome(2), &second).unwrap();
     // A changed, C new, g1's member count unchanged but payload users changed, membership C:g1 new.
     assert_eq!(run3.versions_written, 4);
 
@@ -79,7 +90,7 @@ fn a_record_that_returns_reads_back_in_every_run() {
     let runs: Vec<RunRecord> = [&with, &without, &with]
         .iter()
         .enumerate()
-        .map(|(i, snap)| store.commit_complete(outcome(i as u32), snap).unwrap())
+        .map(|(i, snap)| commit(&store, outcome(i as u32), snap).unwrap())
         .collect();
     assert_eq!(store.snapshot(&runs[0]).unwrap(), with);
     assert_eq!(store.snapshot(&runs[1]).unwrap(), without);
@@ -90,7 +101,7 @@ fn a_record_that_returns_reads_back_in_every_run() {
 fn failed_runs_keep_the_last_snapshot() {
     let (_dir, store) = temp_store();
     let first = snapshot(vec![user(1, "A", &[])], vec![]);
-    let good = store.commit_complete(outcome(0), &first).unwrap();
+    let good = commit(&store, outcome(0), &first).unwrap();
     let failed = store.commit_failed(outcome(1), "boom").unwrap();
     assert_eq!(failed.status, RunStatus::Failed);
     assert_eq!(failed.error.as_deref(), Some("boom"));
@@ -113,8 +124,8 @@ fn failed_runs_keep_the_last_snapshot() {
 fn run_ids_increase_even_when_the_clock_goes_back() {
     let (_dir, store) = temp_store();
     let empty = Snapshot::default();
-    let later = store.commit_complete(outcome(30), &empty).unwrap();
-    let earlier = store.commit_complete(outcome(5), &empty).unwrap();
+    let later = commit(&store, outcome(30), &empty).unwrap();
+    let earlier = commit(&store, outcome(5), &empty).unwrap();
     assert!(earlier.run_id > later.run_id);
 }
 
@@ -161,4 +172,60 @@ fn a_garbage_file_is_reported_as_corrupt() {
     std::fs::write(&path, vec![0x5a; 64 * 1024]).unwrap();
     let error = Store::open(&path, Duration::ZERO).err().unwrap();
     assert!(matches!(error, StoreError::Corrupt { .. }), "{error}");
+}
+
+#[test]
+fn a_run_committed_meanwhile_is_a_conflict_and_finish_errors_store_nothing() {
+    let (_dir, store) = temp_store();
+    let empty = Snapshot::default();
+    commit(&store, outcome(0), &empty).unwrap();
+    let stale = store.commit_complete(outcome(1), &empty, None, |_| Ok(()));
+    assert!(matches!(stale, Err(StoreError::Conflict { .. })));
+    let latest = store.latest_complete("corp").unwrap().unwrap().run_id;
+    let aborted = store.commit_complete(
+        outcome(2),
+        &snapshot(vec![user(1, "A", &[])], vec![]),
+        Some(&latest),
+        |_| Err("disk full".to_string()),
+    );
+    assert!(matches!(aborted, Err(StoreError::Aborted(_))));
+    assert_eq!(store.runs(None).unwrap().len(), 1);
+    assert_eq!(store.version_count("corp").unwrap(), 0);
+}
+
+#[test]
+fn versions_of_one_record_and_their_validity() {
+    let (_dir, store) = temp_store();
+    let r1 = commit(
+        &store,
+        outcome(0),
+        &snapshot(vec![user(1, "A", &[]), user(12, "L", &[])], vec![]),
+    )
+    .unwrap();
+    let r2 = commit(
+        &store,
+        outcome(1),
+        &snapshot(vec![user(1, "B", &[])], vec![]),
+    )
+    .unwrap();
+    let versions = store.versions("corp", RecordKind::Account, "uid1").unwrap();
+    // uid1 and uid12 share the prefix; both are listed, each version once.
+    let ids: Vec<(&str, bool, bool)> = versions
+        .iter()
+        .map(|v| {
+            (
+                v.external_id.as_str(),
+                v.valid_at(&r1.run_id),
+                v.valid_at(&r2.run_id),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        vec![
+            ("uid1", true, false),
+            ("uid1", false, true),
+            ("uid12", true, false)
+        ]
+    );
 }

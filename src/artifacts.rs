@@ -1,0 +1,299 @@
+//! The files a complete run leaves under the state directory: its envelope file (the outbox,
+//! written before the run commits) and its audit reports (written after). Both can be rebuilt
+//! from the store at any time.
+
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+
+use crate::authentik::ListKind;
+use crate::config::{Config, SourceConfig};
+use crate::diff::DirectoryDiff;
+use crate::envelope::{self, Envelope, EnvelopeContext};
+use crate::evidence::{self, complete_runs};
+use crate::normalize::Snapshot;
+use crate::report::{self, Report, ReportFormat, ReportHeader, TrendPoint};
+use crate::store::{ChangeCounts, EnvelopeSummary, RunRecord, Store, StoreError};
+
+/// How many recent runs the report's chart shows.
+const TREND_RUNS: usize = 30;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot write {path}: {reason}")]
+    Write { path: PathBuf, reason: String },
+    #[error("cannot read {path}: {reason}")]
+    Read { path: PathBuf, reason: String },
+    #[error("{path} does not match run {run_id}: its SHA-256 is {found}, the run recorded {expected}; rebuild it with `aksync envelopes {run_id} --rebuild`")]
+    Mismatch {
+        path: PathBuf,
+        run_id: String,
+        expected: String,
+        found: String,
+    },
+    #[error(transparent)]
+    Report(#[from] report::ReportError),
+}
+
+pub fn change_counts(diff: &DirectoryDiff) -> ChangeCounts {
+    ChangeCounts {
+        joiners: diff.joiners.len() as u64,
+        movers: diff.movers.len() as u64,
+        leavers: diff.leavers.len() as u64,
+        groups_changed: (diff.groups.created.len()
+            + diff.groups.deleted.len()
+            + diff.groups.changed.len()) as u64,
+        memberships_changed: (diff.memberships.added.len() + diff.memberships.removed.len()) as u64,
+    }
+}
+
+fn envelope_context<'a>(
+    source: &'a SourceConfig,
+    run_id: &'a str,
+    observed_at: DateTime<Utc>,
+) -> EnvelopeContext<'a> {
+    EnvelopeContext {
+        source: &source.name,
+        run_id,
+        observed_at,
+        primary_directory: source.primary_directory,
+        ignore_fields: &source.ignore_fields,
+    }
+}
+
+/// Plans the envelopes of a run and writes its file atomically.
+pub fn write_envelopes(
+    state_dir: &Path,
+    source: &SourceConfig,
+    run: &RunRecord,
+    from: &Snapshot,
+    to: &Snapshot,
+) -> Result<EnvelopeSummary, ArtifactError> {
+    let envelopes = envelope::plan(
+        from,
+        to,
+        &envelope_context(source, &run.run_id, run.finished_at),
+    );
+    let bytes = envelope::to_jsonl(&envelopes);
+    let path = envelope::envelope_path(state_dir, &source.name, &run.run_id);
+    envelope::write_atomic(&path, &bytes).map_err(|error| ArtifactError::Write {
+        path: path.clone(),
+        reason: error.to_string(),
+    })?;
+    Ok(envelope::summary(&envelopes, &bytes))
+}
+
+/// The snapshot of the complete run before `run`, or an empty one for a source's first run.
+fn previous_snapshot(store: &Store, run: &RunRecord) -> Result<Snapshot, StoreError> {
+    match &run.previous_run {
+        Some(previous) => store.snapshot(&store.run(previous)?),
+        None => Ok(Snapshot::default()),
+    }
+}
+
+/// Rebuilds a run's envelope file from the store; it must hash to what the run recorded.
+pub fn rebuild_envelopes(
+    state_dir: &Path,
+    store: &Store,
+    source: &SourceConfig,
+    run: &RunRecord,
+) -> Result<PathBuf, ArtifactError> {
+    let from = previous_snapshot(store, run)?;
+    let to = store.snapshot(run)?;
+    let envelopes = envelope::plan(
+        &from,
+        &to,
+        &envelope_context(source, &run.run_id, run.finished_at),
+    );
+    let bytes = envelope::to_jsonl(&envelopes);
+    let path = envelope::envelope_path(state_dir, &source.name, &run.run_id);
+    if let Some(summary) = &run.envelopes {
+        let found = envelope::sha256_hex(&bytes);
+        if found != summary.sha256 {
+            // The settings that shape envelopes changed since the run (e.g. ignore_fields).
+            return Err(ArtifactError::Mismatch {
+                path,
+                run_id: run.run_id.clone(),
+                expected: summary.sha256.clone(),
+                found,
+            });
+        }
+    }
+    envelope::write_atomic(&path, &bytes).map_err(|error| ArtifactError::Write {
+        path: path.clone(),
+        reason: error.to_string(),
+    })?;
+    Ok(path)
+}
+
+/// A run's envelopes from its file, checked against the SHA-256 the run recorded.
+pub fn read_envelopes(state_dir: &Path, run: &RunRecord) -> Result<Vec<Envelope>, ArtifactError> {
+    let path = envelope::envelope_path(state_dir, &run.source, &run.run_id);
+    let bytes = std::fs::read(&path).map_err(|error| ArtifactError::Read {
+        path: path.clone(),
+        reason: format!(
+            "{error}; rebuild it with `aksync envelopes {} --rebuild`",
+            run.run_id
+        ),
+    })?;
+    let found = envelope::sha256_hex(&bytes);
+    if let Some(summary) = run
+        .envelopes
+        .as_ref()
+        .filter(|summary| summary.sha256 != found)
+    {
+        return Err(ArtifactError::Mismatch {
+            path,
+            run_id: run.run_id.clone(),
+            expected: summary.sha256.clone(),
+            found,
+        });
+    }
+    envelope::parse_jsonl(&bytes).map_err(|error| ArtifactError::Read {
+        path,
+        reason: error.to_string(),
+    })
+}
+
+/// The report of the complete runs after `from` up to `to` (just `to` when `from` is
+/// `None`), each compared with the run before it.
+pub fn build_report(
+    store: &Store,
+    source: &SourceConfig,
+    from: Option<&RunRecord>,
+    to: &RunRecord,
+    generated_at: DateTime<Utc>,
+) -> Result<Report, StoreError> {
+    let runs = complete_runs(store, &source.name)?;
+    let in_period: Vec<&RunRecord> = runs
+        .iter()
+        .filter(|run| run.run_id <= to.run_id)
+        .filter(|run| match from {
+            Some(from) => run.run_id > from.run_id,
+            None => run.run_id == to.run_id,
+        })
+        .collect();
+    let mut diffs = Vec::new();
+    for run in &in_period {
+        diffs.push(diff_with_previous(store, source, run)?);
+    }
+    let trend_start = runs
+        .iter()
+        .position(|run| run.run_id == to.run_id)
+        .map_or(0, |end| (end + 1).saturating_sub(TREND_RUNS));
+    let trend = runs
+        .iter()
+        .skip(trend_start)
+        .filter(|run| run.run_id <= to.run_id)
+        .map(|run| {
+            let changes = run.changes.unwrap_or_default();
+            TrendPoint {
+                run_id: run.run_id.clone(),
+                finished_at: run.finished_at,
+                accounts: run.counts.accounts,
+                joiners: changes.joiners,
+                movers: changes.movers,
+                leavers: changes.leavers,
+            }
+        })
+        .collect();
+    Ok(Report {
+        header: header(source, to, from),
+        diffs,
+        trend,
+        generated_at,
+    })
+}
+
+/// A complete run's diff against the run it was compared with when it was stored.
+pub fn diff_with_previous(
+    store: &Store,
+    source: &SourceConfig,
+    run: &RunRecord,
+) -> Result<DirectoryDiff, StoreError> {
+    match &run.previous_run {
+        Some(previous) => {
+            evidence::compare_runs(store, &source.ignore_fields, &store.run(previous)?, run)
+        }
+        None => evidence::compare(
+            store,
+            &source.name,
+            &source.ignore_fields,
+            None,
+            evidence::RunSnapshot {
+                run_id: &run.run_id,
+                finished_at: run.finished_at,
+                snapshot: &store.snapshot(run)?,
+            },
+            &[],
+        ),
+    }
+}
+
+fn header(source: &SourceConfig, run: &RunRecord, from: Option<&RunRecord>) -> ReportHeader {
+    let page_size = source.page_size.to_string();
+    let mut endpoints = vec![
+        "GET /api/v3/core/users/me/".to_string(),
+        "GET /api/v3/admin/version/".to_string(),
+    ];
+    let lists: &[ListKind] = if source.disable_group_sync {
+        &[ListKind::Users]
+    } else {
+        &[ListKind::Users, ListKind::Groups]
+    };
+    for kind in lists {
+        let mut params: Vec<String> = kind
+            .params()
+            .iter()
+            .map(|(key, value)| format!("{key}={value}"))
+            .collect();
+        params.push(format!("page_size={page_size}"));
+        params.push("page=1..N".to_string());
+        endpoints.push(format!("GET /api/v3/{}?{}", kind.path(), params.join("&")));
+    }
+    ReportHeader {
+        source: source.name.clone(),
+        base_url: source.base_url.to_string(),
+        authentik_version: run.authentik_version.clone(),
+        run_id: run.run_id.clone(),
+        started_at: run.started_at,
+        finished_at: run.finished_at,
+        previous_run: run.previous_run.clone(),
+        period_from: from.map(|from| from.run_id.clone()),
+        endpoints,
+        filter: source.filter.clone(),
+        group_sync: !source.disable_group_sync,
+        counts: run.counts,
+        aksync_version: run.aksync_version.clone(),
+        envelope_sha256: run.envelopes.as_ref().map(|summary| summary.sha256.clone()),
+    }
+}
+
+pub fn report_path(state_dir: &Path, source: &str, run_id: &str, format: ReportFormat) -> PathBuf {
+    state_dir
+        .join("reports")
+        .join(source)
+        .join(format!("{run_id}.{}", format.extension()))
+}
+
+/// Writes the configured report formats of a run; returns the files written.
+pub fn write_reports(config: &Config, report: &Report) -> Result<Vec<PathBuf>, ArtifactError> {
+    let mut written = Vec::new();
+    for format in &config.output.reports {
+        let bytes = report::render(report, *format)?;
+        let path = report_path(
+            &config.state_dir,
+            &report.header.source,
+            &report.header.run_id,
+            *format,
+        );
+        envelope::write_atomic(&path, &bytes).map_err(|error| ArtifactError::Write {
+            path: path.clone(),
+            reason: error.to_string(),
+        })?;
+        written.push(path);
+    }
+    Ok(written)
+}

@@ -1,0 +1,360 @@
+//! The evidence commands: `diff`, `envelopes`, `report` and `history`, and what `sync` prints
+//! and writes about a run's changes.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use super::{open_existing, print_json, resolve_run, CliError, Exit};
+use crate::artifacts::{self, build_report, read_envelopes, rebuild_envelopes, write_reports};
+use crate::cli::opt::EnvelopeFormat;
+use crate::clock::Clock;
+use crate::config::{Config, SourceConfig};
+use crate::diff::{DirectoryDiff, FieldChange, GroupRef};
+use crate::envelope;
+use crate::evidence::{compare_runs, find_accounts, timeline, TimelineKind};
+use crate::report::{self, ReportFormat};
+use crate::store::{RunRecord, Store};
+
+fn store(config: &Config, source: &str) -> Result<Store, CliError> {
+    open_existing(&config.database_path())?.ok_or_else(|| super::no_run(source))
+}
+
+/// One line: how many of each event.
+pub(crate) fn diff_headline(diff: &DirectoryDiff) -> String {
+    let escalations = diff
+        .movers
+        .iter()
+        .filter(|mover| mover.privilege_escalation)
+        .count();
+    let mut line = format!(
+        "{}: {} joiners, {} movers, {} leavers, {} group changes, {} membership changes",
+        diff.source,
+        diff.joiners.len(),
+        diff.movers.len(),
+        diff.leavers.len(),
+        diff.groups.created.len() + diff.groups.deleted.len() + diff.groups.changed.len(),
+        diff.memberships.added.len() + diff.memberships.removed.len()
+    );
+    if escalations > 0 {
+        line.push_str(&format!(", {escalations} PRIVILEGE ESCALATION(S)"));
+    }
+    line
+}
+
+/// Writes the configured reports of a complete run. A report is evidence about a run that
+/// is already stored, so a failure here is a warning: `aksync report` can write it again.
+pub(crate) fn write_run_reports(
+    config: &Config,
+    source: &SourceConfig,
+    run: &RunRecord,
+    clock: &dyn Clock,
+) {
+    let written = Store::open(&config.database_path(), crate::sync::STORE_WAIT)
+        .map_err(artifacts::ArtifactError::from)
+        .and_then(|store| Ok(build_report(&store, source, None, run, clock.now())?))
+        .and_then(|report| write_reports(config, &report));
+    if let Err(error) = written {
+        eprintln!(
+            "aksync: warning: reports of run {} not written ({error}); write them with `aksync report {} --source {}`",
+            run.run_id, run.run_id, source.name
+        );
+    }
+}
+
+pub(crate) fn diff(
+    config: &Config,
+    source: &SourceConfig,
+    from: &str,
+    to: &str,
+    json: bool,
+) -> Result<Exit, CliError> {
+    let store = store(config, &source.name)?;
+    let from = resolve_run(&store, &source.name, from)?;
+    let to = resolve_run(&store, &source.name, to)?;
+    let result = compare_runs(&store, &source.ignore_fields, &from, &to)?;
+    if json {
+        print_json(&result)?;
+    } else {
+        print!("{}", human_diff(&result));
+    }
+    Ok(Exit::Success)
+}
+
+fn groups(groups: &[GroupRef]) -> String {
+    if groups.is_empty() {
+        return "no groups".to_string();
+    }
+    groups
+        .iter()
+        .map(|group| group.display_name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn value_text(value: &Value) -> String {
+    match value {
+        Value::Null => "(none)".to_string(),
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn change_text(change: &FieldChange) -> String {
+    format!(
+        "{}: {} → {}",
+        change.field,
+        value_text(&change.old),
+        value_text(&change.new)
+    )
+}
+
+/// The readable summary of a diff.
+fn human_diff(diff: &DirectoryDiff) -> String {
+    let mut out = format!(
+        "{} → {} ({})\n{}\n",
+        diff.from_run,
+        diff.to_run,
+        diff.source,
+        diff_headline(diff)
+    );
+    for mover in diff
+        .movers
+        .iter()
+        .filter(|mover| mover.privilege_escalation)
+    {
+        out.push_str(&format!(
+            "\n!! PRIVILEGE ESCALATION: {} ({})\n",
+            mover.username, mover.external_id
+        ));
+    }
+    if !diff.joiners.is_empty() {
+        out.push_str("\nJoiners\n");
+    }
+    for joiner in &diff.joiners {
+        out.push_str(&format!(
+            "  + {} ({:?}): {}\n",
+            joiner.username,
+            joiner.reason,
+            groups(&joiner.groups)
+        ));
+    }
+    if !diff.movers.is_empty() {
+        out.push_str("\nMovers\n");
+    }
+    for mover in &diff.movers {
+        out.push_str(&format!("  ~ {}\n", mover.username));
+        for change in &mover.changes {
+            out.push_str(&format!("      {}\n", change_text(change)));
+        }
+        if !mover.groups_added.is_empty() {
+            out.push_str(&format!(
+                "      groups added: {}\n",
+                groups(&mover.groups_added)
+            ));
+        }
+        if !mover.groups_removed.is_empty() {
+            out.push_str(&format!(
+                "      groups removed: {}\n",
+                groups(&mover.groups_removed)
+            ));
+        }
+    }
+    if !diff.leavers.is_empty() {
+        out.push_str("\nLeavers\n");
+    }
+    for leaver in &diff.leavers {
+        let last_seen = leaver
+            .last_seen_active_at
+            .map_or_else(|| "unknown".to_string(), |at| at.to_rfc3339());
+        out.push_str(&format!(
+            "  - {} ({:?}), detected {}, last seen active {last_seen}; held: {}\n",
+            leaver.username,
+            leaver.reason,
+            leaver.detected_at.to_rfc3339(),
+            groups(&leaver.groups_at_departure)
+        ));
+    }
+    let group_lines: Vec<String> = diff
+        .groups
+        .created
+        .iter()
+        .map(|group| format!("  + {}", group.display_name))
+        .chain(
+            diff.groups
+                .deleted
+                .iter()
+                .map(|group| format!("  - {}", group.display_name)),
+        )
+        .chain(diff.groups.changed.iter().map(|group| {
+            let changes: Vec<String> = group.changes.iter().map(change_text).collect();
+            format!("  ~ {}: {}", group.display_name, changes.join("; "))
+        }))
+        .collect();
+    if !group_lines.is_empty() {
+        out.push_str(&format!("\nGroups\n{}\n", group_lines.join("\n")));
+    }
+    let membership_lines: Vec<String> = diff
+        .memberships
+        .added
+        .iter()
+        .map(|m| format!("  + {} in {}", m.username, m.group_name))
+        .chain(
+            diff.memberships
+                .removed
+                .iter()
+                .map(|m| format!("  - {} from {}", m.username, m.group_name)),
+        )
+        .collect();
+    if !membership_lines.is_empty() {
+        out.push_str(&format!("\nMemberships\n{}\n", membership_lines.join("\n")));
+    }
+    out
+}
+
+pub(crate) fn envelopes(
+    config: &Config,
+    source: &SourceConfig,
+    run: &str,
+    format: EnvelopeFormat,
+    rebuild: bool,
+) -> Result<Exit, CliError> {
+    let store = store(config, &source.name)?;
+    let run = resolve_run(&store, &source.name, run)?;
+    let runtime = |error: artifacts::ArtifactError| CliError::Runtime(error.to_string());
+    if rebuild {
+        let path = rebuild_envelopes(&config.state_dir, &store, source, &run).map_err(runtime)?;
+        eprintln!("rebuilt {}", path.display());
+    }
+    let envelopes = read_envelopes(&config.state_dir, &run).map_err(runtime)?;
+    match format {
+        EnvelopeFormat::Jsonl => {
+            use std::io::Write;
+            std::io::stdout()
+                .write_all(&envelope::to_jsonl(&envelopes))
+                .map_err(|error| CliError::Runtime(error.to_string()))?;
+        }
+        EnvelopeFormat::Openlane => print_json(&envelope::openlane_projection(&envelopes, true))?,
+    }
+    Ok(Exit::Success)
+}
+
+pub(crate) struct ReportRequest<'a> {
+    pub run: &'a str,
+    pub from: Option<&'a str>,
+    pub format: &'a str,
+    pub out: Option<&'a Path>,
+}
+
+pub(crate) fn report(
+    config: &Config,
+    source: &SourceConfig,
+    request: &ReportRequest<'_>,
+    clock: &dyn Clock,
+) -> Result<Exit, CliError> {
+    let format = ReportFormat::parse(request.format).ok_or_else(|| {
+        CliError::Usage(format!(
+            "unknown report format {:?}: use md, json, csv, html or pdf",
+            request.format
+        ))
+    })?;
+    if format == ReportFormat::Pdf && report::find_chromium().is_none() {
+        return Err(CliError::Runtime(
+            report::ReportError::ChromiumMissing.to_string(),
+        ));
+    }
+    let store = store(config, &source.name)?;
+    let to = resolve_run(&store, &source.name, request.run)?;
+    let from = request
+        .from
+        .map(|from| resolve_run(&store, &source.name, from))
+        .transpose()?;
+    if let Some(from) = from.as_ref().filter(|from| from.run_id >= to.run_id) {
+        return Err(CliError::Usage(format!(
+            "--from {} is not older than {}: give the earlier run with --from",
+            from.run_id, to.run_id
+        )));
+    }
+    let built = build_report(&store, source, from.as_ref(), &to, clock.now())?;
+    let bytes =
+        report::render(&built, format).map_err(|error| CliError::Runtime(error.to_string()))?;
+    match request.out {
+        Some(path) => {
+            envelope::write_atomic(path, &bytes).map_err(|error| {
+                CliError::Runtime(format!("cannot write {}: {error}", path.display()))
+            })?;
+            eprintln!("wrote {}", path.display());
+        }
+        None => {
+            use std::io::Write;
+            std::io::stdout()
+                .write_all(&bytes)
+                .map_err(|error| CliError::Runtime(error.to_string()))?;
+        }
+    }
+    Ok(Exit::Success)
+}
+
+pub(crate) fn history(
+    config: &Config,
+    source: &str,
+    user: &str,
+    json: bool,
+) -> Result<Exit, CliError> {
+    let store = store(config, source)?;
+    let uids = find_accounts(&store, source, user)?;
+    if uids.is_empty() {
+        return Err(CliError::Runtime(format!(
+            "no account of source `{source}` ever had the username, email or uid {user:?}"
+        )));
+    }
+    let timelines = uids
+        .iter()
+        .map(|uid| timeline(&store, source, uid))
+        .collect::<Result<Vec<_>, _>>()?;
+    if json {
+        print_json(&timelines)?;
+        return Ok(Exit::Success);
+    }
+    for timeline in &timelines {
+        println!(
+            "{} ({}), source {}",
+            timeline.usernames.join(" / "),
+            timeline.external_id,
+            timeline.source
+        );
+        for event in &timeline.events {
+            let what = match event.event {
+                TimelineKind::Joined => "joined",
+                TimelineKind::Rejoined => "rejoined",
+                TimelineKind::Moved => "moved",
+                TimelineKind::Left => "left",
+            };
+            let mut details: Vec<String> = event.reason.iter().cloned().collect();
+            details.extend(event.changes.iter().map(change_text));
+            if !event.groups_added.is_empty() {
+                details.push(format!("groups added: {}", groups(&event.groups_added)));
+            }
+            if !event.groups_removed.is_empty() {
+                details.push(format!("groups removed: {}", groups(&event.groups_removed)));
+            }
+            if matches!(
+                event.event,
+                TimelineKind::Joined | TimelineKind::Rejoined | TimelineKind::Left
+            ) {
+                details.push(groups(&event.groups));
+            }
+            if event.privilege_escalation {
+                details.push("PRIVILEGE ESCALATION".to_string());
+            }
+            println!(
+                "  {}  {:<8} {}  (run {})",
+                event.detected_at.format("%Y-%m-%d %H:%M:%S"),
+                what,
+                details.join("; "),
+                event.run_id
+            );
+        }
+    }
+    Ok(Exit::Success)
+}

@@ -1,0 +1,458 @@
+//! The binary's commands: load the configuration, call the library, print results, and map
+//! every outcome to an exit code (0 success, 1 a failed run or unhealthy source or runtime
+//! error, 2 bad configuration or usage). Errors are one line on stderr.
+
+pub(crate) mod evidence;
+pub mod opt;
+pub mod output;
+
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::authentik::ListKind;
+use crate::clock::{Clock, SystemClock};
+use crate::config::{Config, ConfigError, ConfigLocation};
+use crate::demo;
+use crate::health::check_source;
+use crate::store::{HealthStatus, RunRecord, RunStatus, Store, StoreError};
+use crate::sync::{sync_source, STORE_WAIT};
+use opt::{Command, FormatArgs, Opt, ShowKind};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Success = 0,
+    Failure = 1,
+    Usage = 2,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Runtime(String),
+}
+
+impl CliError {
+    pub fn exit(&self) -> Exit {
+        match self {
+            CliError::Config(_) | CliError::Usage(_) => Exit::Usage,
+            CliError::Store(_) | CliError::Runtime(_) => Exit::Failure,
+        }
+    }
+}
+
+/// Runs one command; the caller prints the error and exits with the code.
+pub async fn run(opt: Opt) -> Result<Exit, CliError> {
+    let clock = SystemClock;
+    let location = ConfigLocation::from_option(opt.config);
+    match opt.command {
+        Command::Demo { people, state_dir } => demo::run(people, state_dir, &clock).await,
+        Command::Check { source, json } => {
+            let config = Config::load(&location)?;
+            check(&config, source.source.as_deref(), json, &clock).await
+        }
+        Command::Sync { source } => {
+            let config = Config::load(&location)?;
+            sync(&config, source.source.as_deref(), &clock).await
+        }
+        Command::Runs { source, json } => {
+            let config = Config::load(&location)?;
+            if let Some(name) = &source.source {
+                config.select_sources(Some(name))?;
+            }
+            runs(&config.database_path(), source.source.as_deref(), json)
+        }
+        Command::Show {
+            kind,
+            source,
+            run,
+            format,
+        } => {
+            let config = Config::load(&location)?;
+            let source = single_source(&config, source.source.as_deref())?;
+            show(&config.database_path(), &source, kind, &run, &format)
+        }
+        Command::Diff {
+            from,
+            to,
+            source,
+            json,
+        } => {
+            let config = Config::load(&location)?;
+            let source = single_source(&config, source.source.as_deref())?;
+            evidence::diff(&config, &config.sources[&source], &from, &to, json)
+        }
+        Command::Envelopes {
+            run,
+            source,
+            format,
+            rebuild,
+        } => {
+            let config = Config::load(&location)?;
+            let source = single_source(&config, source.source.as_deref())?;
+            evidence::envelopes(&config, &config.sources[&source], &run, format, rebuild)
+        }
+        Command::Report {
+            run,
+            source,
+            from,
+            format,
+            out,
+        } => {
+            let config = Config::load(&location)?;
+            let source = single_source(&config, source.source.as_deref())?;
+            let request = evidence::ReportRequest {
+                run: &run,
+                from: from.as_deref(),
+                format: &format,
+                out: out.as_deref(),
+            };
+            evidence::report(&config, &config.sources[&source], &request, &clock)
+        }
+        Command::History { user, source, json } => {
+            let config = Config::load(&location)?;
+            let source = single_source(&config, source.source.as_deref())?;
+            evidence::history(&config, &source, &user, json)
+        }
+    }
+}
+
+async fn check(
+    config: &Config,
+    source: Option<&str>,
+    json: bool,
+    clock: &dyn Clock,
+) -> Result<Exit, CliError> {
+    let sources = config.select_sources(source)?;
+    let mut results = Vec::new();
+    for source in sources {
+        results.push(check_source(source, clock).await);
+    }
+    let store = Store::open(&config.database_path(), STORE_WAIT)?;
+    for result in &results {
+        store.put_health(result)?;
+    }
+    if json {
+        print_json(&results)?;
+    } else {
+        for result in &results {
+            let detail = match result.status {
+                HealthStatus::Healthy => format!(
+                    "Authentik {}, token user {}",
+                    result.authentik_version.as_deref().unwrap_or("?"),
+                    result.token_user.as_deref().unwrap_or("?")
+                ),
+                HealthStatus::NeedsAttention => result.reason.clone().unwrap_or_default(),
+            };
+            println!("{}: {}: {detail}", result.source, result.status.as_str());
+        }
+    }
+    let all_healthy = results
+        .iter()
+        .all(|result| result.status == HealthStatus::Healthy);
+    Ok(if all_healthy {
+        Exit::Success
+    } else {
+        Exit::Failure
+    })
+}
+
+pub(crate) async fn sync(
+    config: &Config,
+    source: Option<&str>,
+    clock: &dyn Clock,
+) -> Result<Exit, CliError> {
+    let sources = config.select_sources(source)?;
+    let show_progress = std::io::stderr().is_terminal();
+    let mut exit = Exit::Success;
+    for source in sources {
+        let name = source.name.clone();
+        let progress = move |kind: ListKind, done: u64, total: u64| {
+            if show_progress {
+                eprint!("\r\x1b[2K{name}: {}: page {done}/{total}", kind.name());
+                if done == total {
+                    eprintln!();
+                }
+            }
+        };
+        let synced = sync_source(config, source, clock, &progress).await?;
+        println!("{}", run_summary(&synced.run));
+        match &synced.diff {
+            Some(diff) => {
+                println!("{}", evidence::diff_headline(diff));
+                evidence::write_run_reports(config, source, &synced.run, clock);
+            }
+            None => exit = Exit::Failure,
+        }
+    }
+    if let Some(webhook) = &config.output.webhook {
+        let report = crate::delivery::deliver_pending(config, webhook, clock).await?;
+        if let Some(reason) = &report.stopped {
+            eprintln!("aksync: webhook delivery paused, will resume on the next run: {reason}");
+        } else if !report.runs_delivered.is_empty() {
+            println!(
+                "webhook: delivered {} batch(es) of {} run(s)",
+                report.batches_sent,
+                report.runs_delivered.len()
+            );
+        }
+    }
+    Ok(exit)
+}
+
+pub(crate) fn run_summary(run: &RunRecord) -> String {
+    let seconds = (run.finished_at - run.started_at).num_milliseconds() as f64 / 1000.0;
+    match run.status {
+        RunStatus::Failed => format!(
+            "{}: run {} failed after {seconds:.1}s: {} (the last complete snapshot is kept)",
+            run.source,
+            run.run_id,
+            run.error.as_deref().unwrap_or("unknown error")
+        ),
+        status => format!(
+            "{}: run {} {} in {seconds:.1}s: {} accounts, {} groups, {} memberships, {} new record versions",
+            run.source,
+            run.run_id,
+            status.as_str(),
+            run.counts.accounts,
+            run.counts.groups,
+            run.counts.memberships,
+            run.versions_written
+        ),
+    }
+}
+
+pub(crate) fn open_existing(database: &Path) -> Result<Option<Store>, CliError> {
+    if !database.exists() {
+        return Ok(None);
+    }
+    Ok(Some(Store::open(database, STORE_WAIT)?))
+}
+
+pub(crate) fn runs(database: &Path, source: Option<&str>, json: bool) -> Result<Exit, CliError> {
+    let runs = match open_existing(database)? {
+        Some(store) => store.runs(source)?,
+        None => Vec::new(),
+    };
+    if json {
+        print_json(&runs)?;
+        return Ok(Exit::Success);
+    }
+    if runs.is_empty() {
+        println!("no runs recorded yet in {}", database.display());
+        return Ok(Exit::Success);
+    }
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .map(|run| {
+            vec![
+                run.run_id.clone(),
+                run.source.clone(),
+                run.status.as_str().to_string(),
+                run.started_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                format!(
+                    "{:.1}s",
+                    (run.finished_at - run.started_at).num_milliseconds() as f64 / 1000.0
+                ),
+                run.counts.accounts.to_string(),
+                run.counts.groups.to_string(),
+                run.counts.memberships.to_string(),
+                run.versions_written.to_string(),
+                run.error.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    let headers = [
+        "run id",
+        "source",
+        "status",
+        "started (utc)",
+        "took",
+        "accounts",
+        "groups",
+        "memberships",
+        "new versions",
+        "error",
+    ];
+    print!("{}", output::table(&headers, &rows));
+    Ok(Exit::Success)
+}
+
+const ACCOUNT_FIELDS: [&str; 16] = [
+    "external_id",
+    "secondary_key",
+    "username",
+    "display_name",
+    "given_name",
+    "family_name",
+    "canonical_email",
+    "status",
+    "account_type",
+    "authentik_type",
+    "is_superuser",
+    "organization_unit",
+    "added_at",
+    "last_login_at",
+    "metadata",
+    "primary_source",
+];
+const ACCOUNT_TABLE: [&str; 7] = [
+    "username",
+    "display_name",
+    "canonical_email",
+    "status",
+    "account_type",
+    "is_superuser",
+    "external_id",
+];
+const GROUP_FIELDS: [&str; 6] = [
+    "external_id",
+    "display_name",
+    "is_superuser",
+    "parents",
+    "metadata",
+    "member_count",
+];
+const GROUP_TABLE: [&str; 5] = [
+    "display_name",
+    "is_superuser",
+    "member_count",
+    "parents",
+    "external_id",
+];
+const MEMBERSHIP_FIELDS: [&str; 3] = ["account_external_id", "group_external_id", "role"];
+
+/// The one source a command reads: the named one, or the only one configured.
+pub(crate) fn single_source(config: &Config, name: Option<&str>) -> Result<String, CliError> {
+    match name {
+        Some(name) => Ok(config.select_sources(Some(name))?[0].name.clone()),
+        None if config.sources.len() == 1 => {
+            Ok(config.sources.keys().next().cloned().unwrap_or_default())
+        }
+        None => Err(CliError::Usage(format!(
+            "several sources are configured ({}): pass --source NAME",
+            config
+                .sources
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+pub(crate) fn show(
+    database: &Path,
+    source: &str,
+    kind: ShowKind,
+    run: &str,
+    format: &FormatArgs,
+) -> Result<Exit, CliError> {
+    let store = open_existing(database)?.ok_or_else(|| no_run(source))?;
+    let run = resolve_run(&store, source, run)?;
+    let snapshot = store.snapshot(&run)?;
+    let (records, fields, table_fields): (Vec<Value>, &[&str], &[&str]) = match kind {
+        ShowKind::Accounts => (
+            to_values(snapshot.accounts.values().map(|entry| &entry.record))?,
+            &ACCOUNT_FIELDS,
+            &ACCOUNT_TABLE,
+        ),
+        ShowKind::Groups => (
+            to_values(snapshot.groups.values().map(|entry| &entry.record))?,
+            &GROUP_FIELDS,
+            &GROUP_TABLE,
+        ),
+        ShowKind::Memberships => (
+            to_values(snapshot.memberships.values().map(|entry| &entry.record))?,
+            &MEMBERSHIP_FIELDS,
+            &MEMBERSHIP_FIELDS,
+        ),
+    };
+    if format.json {
+        print_json(&records)?;
+    } else if format.csv {
+        print!("{}", output::csv(fields, &output::rows(&records, fields)));
+    } else {
+        print!(
+            "{}",
+            output::table(table_fields, &output::rows(&records, table_fields))
+        );
+        eprintln!(
+            "{} {} in run {} of source `{source}`",
+            records.len(),
+            kind_name(kind),
+            run.run_id
+        );
+    }
+    Ok(Exit::Success)
+}
+
+fn no_run(source: &str) -> CliError {
+    CliError::Runtime(format!(
+        "no complete run of source `{source}` yet: run `aksync sync --source {source}` first"
+    ))
+}
+
+/// A run named on the command line: `latest` (the latest complete run), `previous` (the
+/// complete run before it), or a run id of the source.
+pub(crate) fn resolve_run(store: &Store, source: &str, spec: &str) -> Result<RunRecord, CliError> {
+    match spec {
+        "latest" | "previous" => {
+            let skip = usize::from(spec == "previous");
+            store
+                .runs(Some(source))?
+                .into_iter()
+                .filter(|run| run.status == RunStatus::Complete)
+                .nth(skip)
+                .ok_or_else(|| match skip {
+                    0 => no_run(source),
+                    _ => CliError::Runtime(format!(
+                        "source `{source}` has only one complete run: there is no `previous` yet"
+                    )),
+                })
+        }
+        run_id => {
+            let record = store.run(run_id)?;
+            if record.source != source {
+                return Err(CliError::Usage(format!(
+                    "run {} belongs to source `{}`, not `{source}`: pass --source {}",
+                    record.run_id, record.source, record.source
+                )));
+            }
+            Ok(record)
+        }
+    }
+}
+
+fn kind_name(kind: ShowKind) -> &'static str {
+    match kind {
+        ShowKind::Accounts => "accounts",
+        ShowKind::Groups => "groups",
+        ShowKind::Memberships => "memberships",
+    }
+}
+
+fn to_values<'a, T: Serialize + 'a>(
+    records: impl Iterator<Item = &'a T>,
+) -> Result<Vec<Value>, CliError> {
+    records
+        .map(|record| {
+            serde_json::to_value(record).map_err(|error| CliError::Runtime(error.to_string()))
+        })
+        .collect()
+}
+
+pub(crate) fn print_json<T: Serialize>(value: &T) -> Result<(), CliError> {
+    let mut stdout = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut stdout, value)
+        .map_err(|error| CliError::Runtime(error.to_string()))?;
+    writeln!(stdout).map_err(|error| CliError::Runtime(error.to_string()))
+}

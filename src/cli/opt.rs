@@ -1,0 +1,149 @@
+//! The command line: global options and one subcommand per job.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "aksync",
+    version,
+    about = "Authentik directory snapshots, joiner/mover/leaver diffs and audit evidence"
+)]
+pub struct Opt {
+    /// Configuration file [default: /etc/aksync/config.toml]; `conf.d/*.toml` beside it is
+    /// merged in, then AKSYNC_* environment variables.
+    #[arg(long, global = true, env = "AKSYNC_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check that each source answers, the token is valid and can read users and groups.
+    Check {
+        #[command(flatten)]
+        source: SourceArg,
+        /// Print JSON instead of one line per source.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sync each source now and store the snapshot as a run.
+    Sync {
+        #[command(flatten)]
+        source: SourceArg,
+    },
+    /// List stored runs, newest first.
+    Runs {
+        #[command(flatten)]
+        source: SourceArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the accounts, groups or memberships of a stored snapshot.
+    Show {
+        #[arg(value_enum)]
+        kind: ShowKind,
+        #[command(flatten)]
+        source: SourceArg,
+        /// A run id, or `latest` (the latest complete run).
+        #[arg(long, default_value = "latest", value_name = "RUN_ID|latest")]
+        run: String,
+        #[command(flatten)]
+        format: FormatArgs,
+    },
+    /// Compare two complete runs: joiners, movers, leavers, group and membership changes.
+    Diff {
+        /// A run id, `latest` or `previous`.
+        from: String,
+        /// A run id, `latest` or `previous`.
+        to: String,
+        #[command(flatten)]
+        source: SourceArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a run's envelopes (the records that changed), or rebuild its envelope file.
+    Envelopes {
+        /// A run id, `latest` or `previous`.
+        run: String,
+        #[command(flatten)]
+        source: SourceArg,
+        #[arg(long, value_enum, default_value_t = EnvelopeFormat::Jsonl)]
+        format: EnvelopeFormat,
+        /// Write the envelope file again from the stored snapshots.
+        #[arg(long)]
+        rebuild: bool,
+    },
+    /// Print or write the audit report of a run, or of the runs after --from up to RUN.
+    Report {
+        /// A run id, `latest` or `previous`.
+        #[arg(default_value = "latest")]
+        run: String,
+        #[command(flatten)]
+        source: SourceArg,
+        /// Cover every run after this one, up to RUN.
+        #[arg(long, value_name = "RUN")]
+        from: Option<String>,
+        /// md, json, csv, html or pdf (pdf needs Chromium).
+        #[arg(long, default_value = "md")]
+        format: String,
+        /// Write to this file instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// One account's timeline across all stored runs: joined, moved, left, rejoined.
+    History {
+        /// A username, an email address or a uid.
+        user: String,
+        #[command(flatten)]
+        source: SourceArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start the bundled fake Authentik with a generated directory, sync it into a temporary
+    /// state directory and print what was stored. Needs no configuration.
+    Demo {
+        /// How many people the generated directory holds.
+        #[arg(long, default_value_t = 40)]
+        people: usize,
+        /// Where to keep the demo's state [default: a new temporary directory].
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct SourceArg {
+    /// Only this source (a `[sources.NAME]` table).
+    #[arg(long, value_name = "NAME")]
+    pub source: Option<String>,
+}
+
+#[derive(Debug, Args)]
+#[group(multiple = false)]
+pub struct FormatArgs {
+    /// Print a JSON array of the normalized records.
+    #[arg(long)]
+    pub json: bool,
+    /// Print CSV.
+    #[arg(long)]
+    pub csv: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EnvelopeFormat {
+    /// aksync's self-describing envelopes, one JSON object per line.
+    Jsonl,
+    /// Openlane's payload-set projection.
+    Openlane,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ShowKind {
+    Accounts,
+    Groups,
+    Memberships,
+}

@@ -1,0 +1,166 @@
+//! Webhook delivery of envelopes. Runs are delivered oldest first and batch by batch; each
+//! acknowledged batch is recorded, so an endpoint that is down only delays delivery: the next
+//! sync resumes where it stopped, and nothing is sent out of order or, once acknowledged,
+//! twice. Each batch carries an `Idempotency-Key` of run id and batch number.
+
+use std::time::Duration;
+
+use rand::Rng;
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
+use serde_json::json;
+
+use crate::artifacts::{read_envelopes, rebuild_envelopes};
+use crate::clock::Clock;
+use crate::config::{Config, WebhookConfig};
+use crate::store::{DeliveryStatus, RunRecord, Store, StoreError};
+use crate::sync::STORE_WAIT;
+
+const ATTEMPTS: u32 = 3;
+const BASE_DELAY: Duration = Duration::from_millis(300);
+
+/// What one delivery pass did.
+#[derive(Debug, Default)]
+pub struct DeliveryReport {
+    pub runs_delivered: Vec<String>,
+    pub batches_sent: u64,
+    /// Why delivery stopped early; the remaining runs stay pending.
+    pub stopped: Option<String>,
+}
+
+pub async fn deliver_pending(
+    config: &Config,
+    webhook: &WebhookConfig,
+    clock: &dyn Clock,
+) -> Result<DeliveryReport, StoreError> {
+    let store = Store::open(&config.database_path(), STORE_WAIT)?;
+    let mut pending: Vec<RunRecord> = store
+        .runs(None)?
+        .into_iter()
+        .filter(|run| {
+            run.delivery
+                .as_ref()
+                .is_some_and(|delivery| delivery.status == DeliveryStatus::Pending)
+        })
+        .collect();
+    pending.reverse();
+    let http = reqwest::Client::builder()
+        .timeout(webhook.timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|error| StoreError::Aborted(format!("webhook client: {error}")))?;
+    let mut report = DeliveryReport::default();
+    for run in pending {
+        if let Err(reason) =
+            deliver_run(config, webhook, &http, &store, &run, clock, &mut report).await
+        {
+            store.update_run(&run.run_id, |record| {
+                if let Some(delivery) = record.delivery.as_mut() {
+                    delivery.attempts += 1;
+                    delivery.last_error = Some(reason.clone());
+                }
+            })?;
+            tracing::warn!(run = %run.run_id, "webhook delivery stopped: {reason}");
+            report.stopped = Some(format!("run {}: {reason}", run.run_id));
+            break;
+        }
+        report.runs_delivered.push(run.run_id.clone());
+    }
+    Ok(report)
+}
+
+async fn deliver_run(
+    config: &Config,
+    webhook: &WebhookConfig,
+    http: &reqwest::Client,
+    store: &Store,
+    run: &RunRecord,
+    clock: &dyn Clock,
+    report: &mut DeliveryReport,
+) -> Result<(), String> {
+    let envelopes = match read_envelopes(&config.state_dir, run) {
+        Ok(envelopes) => envelopes,
+        Err(error) => {
+            // The outbox file can always be rebuilt from the store.
+            let source = config.sources.get(&run.source).ok_or_else(|| {
+                format!("{error}; source `{}` is no longer configured", run.source)
+            })?;
+            rebuild_envelopes(&config.state_dir, store, source, run)
+                .map_err(|error| error.to_string())?;
+            read_envelopes(&config.state_dir, run).map_err(|error| error.to_string())?
+        }
+    };
+    let mut state = run
+        .delivery
+        .clone()
+        .unwrap_or_else(crate::store::DeliveryState::pending);
+    if state.batch_size == 0 {
+        state.batch_size = webhook.batch_size as u64;
+    }
+    let batches: Vec<_> = envelopes.chunks(state.batch_size as usize).collect();
+    state.batches_total = batches.len() as u64;
+    for (index, batch) in batches
+        .iter()
+        .enumerate()
+        .skip(state.batches_delivered as usize)
+    {
+        let number = index as u64 + 1;
+        let body = json!({
+            "source": run.source,
+            "run_id": run.run_id,
+            "batch": number,
+            "batches": state.batches_total,
+            "envelopes": batch,
+        });
+        post_with_retries(webhook, http, &format!("{}-{number}", run.run_id), &body).await?;
+        report.batches_sent += 1;
+        state.batches_delivered = number;
+        let progress = state.clone();
+        store
+            .update_run(&run.run_id, |record| record.delivery = Some(progress))
+            .map_err(|error| error.to_string())?;
+    }
+    state.status = DeliveryStatus::Delivered;
+    state.last_error = None;
+    state.delivered_at = Some(clock.now());
+    store
+        .update_run(&run.run_id, |record| record.delivery = Some(state))
+        .map_err(|error| error.to_string())?;
+    Ok(())
+}
+
+async fn post_with_retries(
+    webhook: &WebhookConfig,
+    http: &reqwest::Client,
+    idempotency_key: &str,
+    body: &serde_json::Value,
+) -> Result<(), String> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut request = http
+            .post(webhook.url.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .header("Idempotency-Key", idempotency_key)
+            .json(body);
+        if let Some(token) = &webhook.token {
+            request = request.header(AUTHORIZATION, token.bearer_header());
+        }
+        let (retryable, error) = match request.send().await {
+            Ok(response) if response.status().is_success() => return Ok(()),
+            Ok(response) => {
+                let status = response.status();
+                (
+                    status.is_server_error() || status.as_u16() == 429,
+                    format!("{} answered HTTP {}", webhook.url, status.as_u16()),
+                )
+            }
+            Err(error) => (true, format!("cannot reach {}: {error}", webhook.url)),
+        };
+        if !retryable || attempt >= ATTEMPTS {
+            return Err(error);
+        }
+        let millis = BASE_DELAY.as_millis() as u64 * (1 << (attempt - 1));
+        let jittered = rand::thread_rng().gen_range(millis / 2..=millis);
+        tokio::time::sleep(Duration::from_millis(jittered)).await;
+    }
+}

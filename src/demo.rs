@@ -1,0 +1,112 @@
+//! The demo: the bundled fake Authentik with a generated directory, synced into a temporary
+//! state directory with the same code path as a real sync, then printed.
+
+use std::path::PathBuf;
+
+use crate::cli::opt::{FormatArgs, ShowKind};
+use crate::cli::{self, CliError, Exit};
+use crate::clock::Clock;
+use crate::config::{Config, ConfigLocation};
+use crate::fake::{Directory, FakeAuthentik, READER_TOKEN};
+
+const DEMO_SOURCE: &str = "demo";
+const DEMO_SEED: u64 = 2026;
+
+pub async fn run(
+    people: usize,
+    state_dir: Option<PathBuf>,
+    clock: &dyn Clock,
+) -> Result<Exit, CliError> {
+    let runtime_error =
+        |what: &str, error: std::io::Error| CliError::Runtime(format!("demo: {what}: {error}"));
+    let state_dir = match state_dir {
+        Some(dir) => dir,
+        None => tempfile::Builder::new()
+            .prefix("aksync-demo-")
+            .tempdir()
+            .map_err(|error| runtime_error("cannot create a temporary directory", error))?
+            .keep(),
+    };
+    std::fs::create_dir_all(&state_dir)
+        .map_err(|error| runtime_error(&format!("cannot create {}", state_dir.display()), error))?;
+    let server = FakeAuthentik::start(Directory::generate(DEMO_SEED, people))
+        .await
+        .map_err(|error| runtime_error("cannot start the fake Authentik", error))?;
+    let config_path = state_dir.join("config.toml");
+    let token_path = state_dir.join("token");
+    std::fs::write(&token_path, READER_TOKEN)
+        .map_err(|error| runtime_error(&format!("cannot write {}", token_path.display()), error))?;
+    let config_text = format!(
+        "# Written by `aksync demo`; the fake server it names is gone when the demo ends.\n\
+         state_dir = {state_dir:?}\n\n[sources.{DEMO_SOURCE}]\nbase_url = {base_url:?}\ntoken_file = \"token\"\n",
+        state_dir = state_dir.display().to_string(),
+        base_url = server.base_url(),
+    );
+    std::fs::write(&config_path, config_text).map_err(|error| {
+        runtime_error(&format!("cannot write {}", config_path.display()), error)
+    })?;
+    let config = Config::load(&ConfigLocation::Explicit(config_path.clone()))?;
+    println!(
+        "Fake Authentik at {} with {people} generated people; state in {}\n",
+        server.base_url(),
+        state_dir.display()
+    );
+    let exit = cli::sync(&config, None, clock).await?;
+    if exit != Exit::Success {
+        server.shutdown().await;
+        return Ok(exit);
+    }
+    println!("\nChanging the directory: a new hire, a leaver, a promotion to the admin group...");
+    server.with_state(|state| change_directory(&mut state.directory));
+    let exit = cli::sync(&config, None, clock).await?;
+    server.shutdown().await;
+    if exit != Exit::Success {
+        return Ok(exit);
+    }
+    println!();
+    cli::evidence::diff(
+        &config,
+        &config.sources[DEMO_SOURCE],
+        "previous",
+        "latest",
+        false,
+    )?;
+    let database = config.database_path();
+    let table = FormatArgs {
+        json: false,
+        csv: false,
+    };
+    for kind in [ShowKind::Accounts, ShowKind::Groups] {
+        println!();
+        cli::show(&database, DEMO_SOURCE, kind, "latest", &table)?;
+    }
+    println!();
+    cli::runs(&database, None, false)?;
+    println!(
+        "\nEnvelopes and audit reports are in {}/envelopes and {}/reports.\n\
+         Query the stored history yourself, e.g.:\n  aksync --config {} report latest\n  aksync --config {} show memberships",
+        state_dir.display(),
+        state_dir.display(),
+        config_path.display(),
+        config_path.display()
+    );
+    Ok(Exit::Success)
+}
+
+/// One of each event an auditor samples: a joiner, a leaver, a mover with a privilege
+/// escalation.
+fn change_directory(directory: &mut Directory) {
+    let admins = directory
+        .group_by_name("authentik Admins")
+        .map(|group| group.pk.clone());
+    directory.add_user("new.hire", "internal");
+    let mut people = directory.users.values_mut().filter(|user| {
+        user.user_type == "internal" && user.is_active && user.username != "akadmin"
+    });
+    if let Some(leaver) = people.next() {
+        leaver.is_active = false;
+    }
+    if let (Some(promoted), Some(admins)) = (people.next(), admins) {
+        promoted.groups.push(admins);
+    }
+}

@@ -1,0 +1,265 @@
+//! The Markdown report: written to be read in a terminal as much as rendered. Accounts are
+//! nested bullet lists (a table of 64-hex ids wraps into noise at 80 columns); memberships,
+//! which are short pairs, are a pipe table. Identifiers and values are code spans, so they
+//! read verbatim and no username can inject markup.
+
+use super::content::{
+    change_views, detection_latency, events, group_names, header_fields, join_reason, leave_reason,
+    timestamp, title, yes_no, ChangeView, Event, EventKind, HeaderValue, Section, ESCALATION_FLAG,
+    LATENCY_MEANING,
+};
+use super::Report;
+use crate::diff::{FieldChange, MembershipRef};
+
+pub(super) fn render(report: &Report) -> String {
+    let mut out = String::new();
+    push_line(&mut out, &format!("# {}", text(&title(report))));
+    push_line(&mut out, "");
+    push_header(&mut out, report);
+    let events = events(report);
+    for section in Section::ALL {
+        let section_events = section.events(&events);
+        push_line(&mut out, "");
+        push_line(
+            &mut out,
+            &format!("## {} ({})", section.title(), section_events.len()),
+        );
+        push_line(&mut out, "");
+        push_line(&mut out, section.description());
+        push_line(&mut out, "");
+        if section_events.is_empty() {
+            push_line(&mut out, "None.");
+            continue;
+        }
+        if section == Section::Memberships {
+            push_line(
+                &mut out,
+                "| Change | Username | Group | Account id | Group id | Run |",
+            );
+            push_line(&mut out, "|---|---|---|---|---|---|");
+        }
+        for event in section_events {
+            push_event(&mut out, section, event);
+        }
+    }
+    out
+}
+
+fn push_header(out: &mut String, report: &Report) {
+    push_line(out, "## Run");
+    push_line(out, "");
+    for field in header_fields(report) {
+        let values: Vec<String> = field.values.iter().map(header_value).collect();
+        match values.as_slice() {
+            [value] => push_line(out, &format!("- **{}:** {value}", field.label)),
+            _ => {
+                push_line(out, &format!("- **{}:**", field.label));
+                for value in values {
+                    push_line(out, &format!("  - {value}"));
+                }
+            }
+        }
+    }
+}
+
+fn header_value(value: &HeaderValue) -> String {
+    match value {
+        HeaderValue::Prose(prose) => text(prose),
+        HeaderValue::Literal(literal) => code(literal),
+    }
+}
+
+fn push_event(out: &mut String, section: Section, event: &Event<'_>) {
+    let run = code(event.run_id);
+    let name = code(event.name());
+    if section == Section::Escalations {
+        let id = code(&event.external_id());
+        push_line(
+            out,
+            &format!("- **{name}** ({id}), run {run}: {}", text(&event.detail())),
+        );
+        return;
+    }
+    let email = event.email().map_or_else(|| "none".to_string(), code);
+    let external_id = ("External id", code(&event.external_id()));
+    match event.kind {
+        EventKind::Leaver(leaver) => {
+            let reason = leave_reason(leaver.reason);
+            push_line(
+                out,
+                &format!("- **{name}** ({reason}), detected by run {run}"),
+            );
+            push_facts(
+                out,
+                &[
+                    external_id,
+                    ("Email", email),
+                    (
+                        "Groups at departure",
+                        text(&group_names(&leaver.groups_at_departure)),
+                    ),
+                    (
+                        "Last seen active at",
+                        leaver.last_seen_active_at.map_or_else(
+                            || "unknown: no earlier run saw the account active".to_string(),
+                            timestamp,
+                        ),
+                    ),
+                    ("Detected at", timestamp(leaver.detected_at)),
+                    (
+                        "Detection latency",
+                        format!("{}, {LATENCY_MEANING}", detection_latency(leaver)),
+                    ),
+                    (
+                        "Last login at",
+                        leaver
+                            .last_login_at
+                            .as_deref()
+                            .map_or_else(|| "never".to_string(), code),
+                    ),
+                    (
+                        "Memberships removed",
+                        yes_no(leaver.memberships_removed).to_string(),
+                    ),
+                ],
+            );
+        }
+        EventKind::Joiner(joiner) => {
+            let reason = join_reason(joiner.reason);
+            push_line(out, &format!("- **{name}** ({reason}), run {run}"));
+            push_facts(
+                out,
+                &[
+                    external_id,
+                    ("Email", email),
+                    ("Groups", text(&group_names(&joiner.groups))),
+                ],
+            );
+        }
+        EventKind::Mover(mover) => {
+            let flag = if mover.privilege_escalation {
+                format!(" **{ESCALATION_FLAG}**")
+            } else {
+                String::new()
+            };
+            push_line(out, &format!("- **{name}**, run {run}{flag}"));
+            push_facts(out, &[external_id, ("Email", email)]);
+            push_changes(out, &mover.changes);
+            push_facts(
+                out,
+                &[
+                    ("Groups added", text(&group_names(&mover.groups_added))),
+                    ("Groups removed", text(&group_names(&mover.groups_removed))),
+                ],
+            );
+        }
+        EventKind::GroupCreated(_) => push_group_line(out, "Created", event, &run),
+        EventKind::GroupDeleted(_) => push_group_line(out, "Deleted", event, &run),
+        EventKind::GroupChanged(group) => {
+            push_group_line(out, "Changed", event, &run);
+            push_changes(out, &group.changes);
+        }
+        EventKind::MembershipAdded(membership) => {
+            push_membership_row(out, "added", membership, &run)
+        }
+        EventKind::MembershipRemoved(membership) => {
+            push_membership_row(out, "removed", membership, &run)
+        }
+    }
+}
+
+fn push_group_line(out: &mut String, verb: &str, group: &Event<'_>, run: &str) {
+    let (name, id) = (text(group.name()), code(&group.external_id()));
+    push_line(out, &format!("- {verb}: **{name}** ({id}), run {run}"));
+}
+
+/// A row of the membership section's pipe table.
+fn push_membership_row(out: &mut String, change: &str, membership: &MembershipRef, run: &str) {
+    let cells = [
+        change.to_string(),
+        code(&membership.username),
+        text(&membership.group_name),
+        code(&membership.account_external_id),
+        code(&membership.group_external_id),
+        run.to_string(),
+    ];
+    let cells: Vec<String> = cells.iter().map(|cell| cell.replace('|', "\\|")).collect();
+    push_line(out, &format!("| {} |", cells.join(" | ")));
+}
+
+fn push_facts(out: &mut String, facts: &[(&str, String)]) {
+    for (label, value) in facts {
+        push_line(out, &format!("  - {label}: {value}"));
+    }
+}
+
+/// Nested under an event's bullet; a diff is a fenced block indented to the bullet's text.
+fn push_changes(out: &mut String, changes: &[FieldChange]) {
+    if changes.is_empty() {
+        return;
+    }
+    push_line(out, "  - Changes:");
+    for view in change_views(changes) {
+        match view {
+            ChangeView::Inline { field, old, new } => {
+                push_line(
+                    out,
+                    &format!("    - {}: {} → {}", code(field), code(&old), code(&new)),
+                );
+            }
+            ChangeView::Diff { field, unified } => {
+                push_line(out, &format!("    - {}:", code(field)));
+                let fence = fence(&unified, 3);
+                push_line(out, &format!("      {fence}diff"));
+                for line in unified.lines() {
+                    push_line(out, &format!("      {line}"));
+                }
+                push_line(out, &format!("      {fence}"));
+            }
+        }
+    }
+}
+
+fn push_line(out: &mut String, line: &str) {
+    out.push_str(line);
+    out.push('\n');
+}
+
+/// Plain text with Markdown's inline markup escaped, on one line.
+fn text(raw: &str) -> String {
+    let mut escaped = String::with_capacity(raw.len());
+    for character in raw.chars() {
+        match character {
+            '\\' | '`' | '*' | '_' | '[' | ']' | '<' | '>' | '#' => {
+                escaped.push('\\');
+                escaped.push(character);
+            }
+            '\n' | '\r' => escaped.push(' '),
+            other => escaped.push(other),
+        }
+    }
+    escaped
+}
+
+/// A code span that holds any text verbatim: its fence is longer than any backtick run inside.
+fn code(raw: &str) -> String {
+    let single_line = raw.replace(['\n', '\r'], " ");
+    let fence = fence(&single_line, 1);
+    let pad = if single_line.starts_with('`') || single_line.ends_with('`') {
+        " "
+    } else {
+        ""
+    };
+    format!("{fence}{pad}{single_line}{pad}{fence}")
+}
+
+/// Backticks, at least `minimum` and more than any backtick run in `body`, so `body` cannot
+/// close the span or block early.
+fn fence(body: &str, minimum: usize) -> String {
+    let longest = body
+        .split(|character| character != '`')
+        .map(str::len)
+        .max()
+        .unwrap_or(0);
+    "`".repeat((longest + 1).max(minimum))
+}

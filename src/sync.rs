@@ -1,0 +1,184 @@
+//! One sync run of one source: fetch the whole directory, normalize it, verify that it is
+//! complete and consistent, and store it as a run. Every fault ends as a failed run with its
+//! error; a partial directory is never stored, and so never becomes leavers or envelopes.
+
+use std::time::Duration;
+
+use crate::artifacts::{change_counts, write_envelopes};
+use crate::authentik::client::ProgressFn;
+use crate::authentik::{AuthentikClient, ClientError, ListKind, RetryPolicy};
+use crate::clock::Clock;
+use crate::config::{Config, SourceConfig};
+use crate::diff::DirectoryDiff;
+use crate::evidence::{self, complete_runs, RunSnapshot};
+use crate::normalize::{normalize, NormalizeError, Snapshot};
+use crate::store::{DeliveryState, RunOutcome, RunRecord, Store, StoreError};
+
+/// How long a command waits for another process that holds the database.
+pub const STORE_WAIT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+enum FetchError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("the directory changed during the run: {0}")]
+    Normalize(#[from] NormalizeError),
+    #[error("the token's own user `{0}` is not in the users listing, so the token sees only part of the directory (object-level permissions): give its user a role with authentik_core.view_user and view_group")]
+    PartialVisibility(String),
+}
+
+impl FetchError {
+    /// A listing that shifted while it was read may be fine on a second read.
+    fn is_inconsistency(&self) -> bool {
+        matches!(
+            self,
+            FetchError::Client(ClientError::Inconsistent { .. }) | FetchError::Normalize(_)
+        )
+    }
+}
+
+struct Fetched {
+    snapshot: Snapshot,
+    authentik_version: String,
+}
+
+/// Runs one sync and records it. Only a failure to record the run is an error; everything
+/// that goes wrong upstream becomes a failed run.
+///
+/// A complete run is compared with the source's previous complete run; its envelope file is
+/// written before the run commits, so a committed run always has its outbox.
+pub async fn sync_source(
+    config: &Config,
+    source: &SourceConfig,
+    clock: &dyn Clock,
+    progress: ProgressFn<'_>,
+) -> Result<SyncedRun, StoreError> {
+    let database = config.database_path();
+    let started_at = clock.now();
+    // Open once up front, so that a corrupt or locked database is reported before a long fetch.
+    drop(Store::open(&database, STORE_WAIT)?);
+    let fetched = fetch_directory(source, progress).await;
+    let store = Store::open(&database, STORE_WAIT)?;
+    let mut outcome = RunOutcome {
+        source: source.name.clone(),
+        started_at,
+        finished_at: clock.now(),
+        authentik_version: None,
+        settings_fingerprint: source.settings_fingerprint(),
+    };
+    let fetched = match fetched {
+        Ok(fetched) => fetched,
+        Err(error) => {
+            tracing::warn!(source = %source.name, "sync failed: {error}");
+            let run = store.commit_failed(outcome, &error.to_string())?;
+            return Ok(SyncedRun { run, diff: None });
+        }
+    };
+    outcome.authentik_version = Some(fetched.authentik_version);
+    let previous = store.latest_complete(&source.name)?;
+    let previous_snapshot = match &previous {
+        Some(run) => store.snapshot(run)?,
+        None => Snapshot::default(),
+    };
+    let runs_before = complete_runs(&store, &source.name)?;
+    let mut diff = evidence::compare(
+        &store,
+        &source.name,
+        &source.ignore_fields,
+        previous.as_ref().map(|run| RunSnapshot {
+            run_id: &run.run_id,
+            finished_at: run.finished_at,
+            snapshot: &previous_snapshot,
+        }),
+        RunSnapshot {
+            // The id is given at commit.
+            run_id: "",
+            finished_at: outcome.finished_at,
+            snapshot: &fetched.snapshot,
+        },
+        &runs_before,
+    )?;
+    let committed = store.commit_complete(
+        outcome.clone(),
+        &fetched.snapshot,
+        previous.as_ref().map(|run| run.run_id.as_str()),
+        |record| {
+            let summary = write_envelopes(
+                &config.state_dir,
+                source,
+                record,
+                &previous_snapshot,
+                &fetched.snapshot,
+            )
+            .map_err(|error| error.to_string())?;
+            if config.output.webhook.is_some() && summary.lines > 0 {
+                record.delivery = Some(DeliveryState::pending());
+            }
+            record.envelopes = Some(summary);
+            record.changes = Some(change_counts(&diff));
+            Ok(())
+        },
+    );
+    let run = match committed {
+        Ok(run) => run,
+        Err(StoreError::Aborted(reason)) => {
+            tracing::warn!(source = %source.name, "run not stored: {reason}");
+            let run = store.commit_failed(outcome, &reason)?;
+            return Ok(SyncedRun { run, diff: None });
+        }
+        Err(error) => return Err(error),
+    };
+    diff.to_run = run.run_id.clone();
+    Ok(SyncedRun {
+        run,
+        diff: Some(diff),
+    })
+}
+
+/// A stored run, and for a complete run its diff against the previous one.
+pub struct SyncedRun {
+    pub run: RunRecord,
+    pub diff: Option<DirectoryDiff>,
+}
+
+async fn fetch_directory(
+    source: &SourceConfig,
+    progress: ProgressFn<'_>,
+) -> Result<Fetched, FetchError> {
+    let client = AuthentikClient::new(source, RetryPolicy::default())?;
+    match fetch_once(source, &client, progress).await {
+        Err(error) if error.is_inconsistency() => {
+            tracing::warn!(source = %source.name, "re-reading the directory once: {error}");
+            fetch_once(source, &client, progress).await
+        }
+        result => result,
+    }
+}
+
+async fn fetch_once(
+    source: &SourceConfig,
+    client: &AuthentikClient,
+    progress: ProgressFn<'_>,
+) -> Result<Fetched, FetchError> {
+    let me = client.me().await?;
+    let version = client.version().await?;
+    let users = client.list_all(ListKind::Users, progress).await?;
+    let groups = if source.disable_group_sync {
+        None
+    } else {
+        Some(client.list_all(ListKind::Groups, progress).await?.records)
+    };
+    // A complete listing contains the token's own user; object-level visibility rarely does.
+    let sees_itself = users
+        .records
+        .iter()
+        .any(|user| user.get("pk").and_then(serde_json::Value::as_i64) == Some(me.user.pk));
+    if !sees_itself {
+        return Err(FetchError::PartialVisibility(me.user.username));
+    }
+    let snapshot = normalize(users.records, groups, source.primary_directory)?;
+    Ok(Fetched {
+        snapshot,
+        authentik_version: version.version_current,
+    })
+}

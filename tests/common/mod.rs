@@ -1,0 +1,136 @@
+//! Shared set-up for the integration tests: a fake Authentik on loopback, a config file in a
+//! temporary state directory, and the real `aksync` binary run against them.
+
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use aksync::fake::{Directory, FakeAuthentik, READER_TOKEN};
+use aksync::store::Store;
+use serde_json::Value;
+
+pub const SEED: u64 = 7;
+
+pub struct TestEnv {
+    pub dir: tempfile::TempDir,
+    pub fake: FakeAuthentik,
+    pub config_path: PathBuf,
+}
+
+/// The result of one run of the binary.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|error| panic!("stdout is not JSON ({error}): {}", self.stdout))
+    }
+}
+
+impl TestEnv {
+    pub async fn start(people: usize) -> TestEnv {
+        Self::with_directory(Directory::generate(SEED, people)).await
+    }
+
+    pub async fn with_directory(directory: Directory) -> TestEnv {
+        let fake = FakeAuthentik::start(directory)
+            .await
+            .expect("fake server starts");
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("config.toml");
+        let env = TestEnv {
+            dir,
+            fake,
+            config_path,
+        };
+        env.write_config(READER_TOKEN, "");
+        env
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn database(&self) -> PathBuf {
+        self.state_dir().join("aksync.redb")
+    }
+
+    /// Writes a one-source config named `corp` using `token`, with extra source keys.
+    pub fn write_config(&self, token: &str, extra_source_keys: &str) {
+        self.write_config_for(&self.fake.base_url(), token, extra_source_keys);
+    }
+
+    pub fn write_config_for(&self, base_url: &str, token: &str, extra_source_keys: &str) {
+        std::fs::write(self.dir.path().join("token"), token).unwrap();
+        let config = format!(
+            "state_dir = {:?}\n\n[sources.corp]\nbase_url = {base_url:?}\ntoken_file = \"token\"\n{extra_source_keys}\n",
+            self.state_dir().display().to_string()
+        );
+        std::fs::write(&self.config_path, config).unwrap();
+    }
+
+    pub fn aksync(&self, args: &[&str]) -> Run {
+        run_binary(Some(&self.config_path), args)
+    }
+
+    pub fn store(&self) -> Store {
+        Store::open(&self.database(), Duration::from_secs(5)).expect("database opens")
+    }
+
+    pub fn sync_ok(&self) -> Run {
+        let run = self.aksync(&["sync"]);
+        assert_eq!(run.code, 0, "sync failed: {}{}", run.stdout, run.stderr);
+        run
+    }
+
+    pub fn show_json(&self, kind: &str, run: &str) -> Value {
+        let result = self.aksync(&["show", kind, "--run", run, "--json"]);
+        assert_eq!(result.code, 0, "show failed: {}", result.stderr);
+        result.json()
+    }
+}
+
+pub fn run_binary(config: Option<&Path>, args: &[&str]) -> Run {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_aksync"));
+    if let Some(config) = config {
+        command.arg("--config").arg(config);
+    }
+    command
+        .args(args)
+        .env_remove("AKSYNC_CONFIG")
+        .env_remove("STATE_DIRECTORY");
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = command.output().expect("aksync runs");
+    let run = Run {
+        code: status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    };
+    assert!(
+        !run.stderr.contains("panicked") && !run.stderr.contains("stack backtrace"),
+        "aksync panicked: {}",
+        run.stderr
+    );
+    run
+}
+
+/// The ids of a JSON array of records.
+pub fn ids(records: &Value, key: &str) -> Vec<String> {
+    let mut ids: Vec<String> = records
+        .as_array()
+        .expect("an array")
+        .iter()
+        .map(|record| record[key].as_str().expect("string id").to_string())
+        .collect();
+    ids.sort();
+    ids
+}

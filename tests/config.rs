@@ -1,0 +1,137 @@
+//! Bad configuration: one line on stderr naming the file or key, exit code 2, no panic.
+
+mod common;
+
+use common::run_binary;
+
+fn config_error(dir: &std::path::Path, text: &str, expected: &[&str]) {
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    std::fs::write(dir.join("token"), "x").unwrap();
+    for command in [&["sync"][..], &["check"], &["runs"]] {
+        let run = run_binary(Some(&path), command);
+        assert_eq!(
+            run.code, 2,
+            "{command:?} {text}: {}{}",
+            run.stdout, run.stderr
+        );
+        assert_eq!(
+            run.stderr.trim().lines().count(),
+            1,
+            "one line: {}",
+            run.stderr
+        );
+        for needle in expected {
+            assert!(
+                run.stderr.contains(needle),
+                "{needle:?} not in {}",
+                run.stderr
+            );
+        }
+    }
+}
+
+const GOOD_SOURCE: &str =
+    "[sources.corp]\nbase_url = \"https://ak.example.com\"\ntoken_file = \"token\"\n";
+
+#[test]
+fn unknown_keys_name_the_key_and_file() {
+    let dir = tempfile::tempdir().unwrap();
+    config_error(
+        dir.path(),
+        &format!("{GOOD_SOURCE}page_sise = 5\n"),
+        &["page_sise", "config.toml"],
+    );
+    config_error(
+        dir.path(),
+        &format!("stat_dir = \"/x\"\n{GOOD_SOURCE}"),
+        &["stat_dir"],
+    );
+}
+
+#[test]
+fn values_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    config_error(
+        dir.path(),
+        "[sources.corp]\nbase_url = \"http://ak.example.com\"\ntoken_file = \"token\"\n",
+        &["sources.corp.base_url", "https"],
+    );
+    config_error(
+        dir.path(),
+        "[sources.corp]\nbase_url = \"https://ak.example.com\"\ntoken_file = \"token\"\ntoken = \"y\"\n",
+        &["exactly one"],
+    );
+    config_error(
+        dir.path(),
+        "[sources.corp]\nbase_url = \"https://ak.example.com\"\ntoken_file = \"missing-token\"\n",
+        &["sources.corp.token_file", "missing-token"],
+    );
+    config_error(
+        dir.path(),
+        &format!("{GOOD_SOURCE}filter = \"payload.type == \"\n"),
+        &["sources.corp.filter", "CEL"],
+    );
+    config_error(
+        dir.path(),
+        &format!("{GOOD_SOURCE}page_size = 0\n"),
+        &["sources.corp.page_size"],
+    );
+    config_error(
+        dir.path(),
+        &format!("{GOOD_SOURCE}concurrency = \"four\"\n"),
+        &["concurrency"],
+    );
+    config_error(dir.path(), "state_dir = \"/tmp\"\n", &["no sources"]);
+    config_error(dir.path(), "this is = not toml [", &["config.toml"]);
+}
+
+#[test]
+fn a_missing_config_file_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = run_binary(Some(&dir.path().join("nope.toml")), &["sync"]);
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr.contains("nope.toml") && run.stderr.contains("does not exist"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn conf_d_and_environment_are_merged_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(
+        &path,
+        format!("state_dir = {:?}\n{GOOD_SOURCE}", dir.path().join("state")),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("token"), "x").unwrap();
+    std::fs::create_dir(dir.path().join("conf.d")).unwrap();
+    // 20 overrides 10; the environment overrides both.
+    std::fs::write(
+        dir.path().join("conf.d/10-a.toml"),
+        "[sources.corp]\npage_size = 0\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("conf.d/20-b.toml"),
+        "[sources.corp]\npage_size = 5000\n",
+    )
+    .unwrap();
+    let run = run_binary(Some(&path), &["runs"]);
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("5000"), "{}", run.stderr);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_aksync"))
+        .args(["--config", path.to_str().unwrap(), "runs"])
+        .env("AKSYNC_SOURCES__CORP__PAGE_SIZE", "50")
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

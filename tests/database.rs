@@ -1,0 +1,82 @@
+//! The database as an admin meets it: held by another process, damaged, or not there yet.
+//! Each case is one clear line, never a panic.
+
+mod common;
+
+use common::TestEnv;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_held_by_another_process_is_reported_clearly() {
+    let env = TestEnv::start(3).await;
+    env.sync_ok();
+    // An exclusive holder, as an older tool or a copy of redb without multi-process mode.
+    let holder = redb::Database::create(env.database()).unwrap();
+    let run = env.aksync(&["runs"]);
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    assert_eq!(run.stderr.trim().lines().count(), 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("in use by another process"),
+        "{}",
+        run.stderr
+    );
+    drop(holder);
+    assert_eq!(env.aksync(&["runs"]).code, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_work_while_another_aksync_has_the_database_open() {
+    let env = TestEnv::start(3).await;
+    env.sync_ok();
+    let _daemon_like = env.store();
+    let run = env.aksync(&["runs", "--json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.json().as_array().unwrap().len(), 1);
+    env.sync_ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_database_is_one_line_and_no_data_is_overwritten() {
+    let env = TestEnv::start(3).await;
+    env.sync_ok();
+    let path = env.database();
+    let mut bytes = std::fs::read(&path).unwrap();
+    for byte in bytes.iter_mut().skip(4096) {
+        *byte ^= 0xA5;
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    for command in [&["runs"][..], &["show", "accounts"], &["sync"]] {
+        let run = env.aksync(command);
+        assert_eq!(run.code, 1, "{command:?}: {}{}", run.stdout, run.stderr);
+        assert_eq!(
+            run.stderr.trim().lines().count(),
+            1,
+            "{command:?}: {}",
+            run.stderr
+        );
+        assert!(
+            run.stderr.contains("corrupt"),
+            "{command:?}: {}",
+            run.stderr
+        );
+    }
+    let after = std::fs::read(&path).unwrap();
+    assert_eq!(
+        after, bytes,
+        "a damaged database is left as it was for recovery"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_before_any_sync_say_so() {
+    let env = TestEnv::start(3).await;
+    let run = env.aksync(&["runs"]);
+    assert_eq!(run.code, 0);
+    assert!(
+        run.stdout.contains("no runs recorded yet"),
+        "{}",
+        run.stdout
+    );
+    let run = env.aksync(&["show", "accounts"]);
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("aksync sync"), "{}", run.stderr);
+}

@@ -1,0 +1,611 @@
+//! Joiner/mover/leaver evidence end to end: the real binary syncs the fake Authentik, the
+//! directory changes in every way an auditor samples, and the diff, the envelope file, the
+//! reports, `history` and webhook delivery must say exactly what happened.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use aksync::fake::Directory;
+use common::TestEnv;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+fn run_ids(env: &TestEnv) -> Vec<String> {
+    let mut ids: Vec<String> = env
+        .store()
+        .runs(Some("corp"))
+        .unwrap()
+        .into_iter()
+        .map(|run| run.run_id)
+        .collect();
+    ids.reverse();
+    ids
+}
+
+fn envelope_lines(env: &TestEnv, run_id: &str) -> (Vec<u8>, Vec<Value>) {
+    let path = env
+        .state_dir()
+        .join("envelopes/corp")
+        .join(format!("{run_id}.jsonl"));
+    let bytes = std::fs::read(&path).unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+    let lines = String::from_utf8(bytes.clone())
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    (bytes, lines)
+}
+
+fn uid_of(directory: &Directory, username: &str) -> String {
+    directory.uid(directory.user_by_username(username).unwrap().pk)
+}
+
+/// People in the generated directory, picked by what the scenario needs.
+struct Cast {
+    deleted: String,
+    deactivated: String,
+    reactivated: String,
+    renamed: String,
+    department: String,
+    promoted: String,
+    moved: String,
+}
+
+fn cast(directory: &Directory) -> Cast {
+    let people: Vec<&aksync::fake::FakeUser> = directory
+        .users
+        .values()
+        .filter(|user| {
+            user.user_type == "internal" && user.path == "users" && user.username != "akadmin"
+        })
+        .collect();
+    // A name, so that a rename changes the username alone.
+    let active_with_groups: Vec<&&aksync::fake::FakeUser> = people
+        .iter()
+        .filter(|user| user.is_active && !user.groups.is_empty() && !user.name.is_empty())
+        .collect();
+    let inactive = people
+        .iter()
+        .find(|user| !user.is_active)
+        .expect("an inactive person");
+    Cast {
+        deleted: active_with_groups[0].username.clone(),
+        deactivated: active_with_groups[1].username.clone(),
+        renamed: active_with_groups[2].username.clone(),
+        department: active_with_groups[3].username.clone(),
+        promoted: active_with_groups[4].username.clone(),
+        moved: active_with_groups[5].username.clone(),
+        reactivated: inactive.username.clone(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_of_change_is_exact_in_diff_envelopes_and_reports() {
+    let env = TestEnv::start(40).await;
+    env.sync_ok();
+    let first = run_ids(&env)[0].clone();
+    let before = env.fake.with_state(|state| state.directory.clone());
+
+    // The first run emits every record as created.
+    let (_, first_lines) = envelope_lines(&env, &first);
+    let counts = env.store().run(&first).unwrap().counts;
+    assert_eq!(
+        first_lines.len() as u64,
+        counts.accounts + counts.groups + counts.memberships
+    );
+    assert!(first_lines.iter().all(|line| line["action"] == "created"));
+
+    let cast = cast(&before);
+    let admins = before.group_by_name("authentik Admins").unwrap().pk.clone();
+    let finance = before.group_by_name("Finance").unwrap().pk.clone();
+    let moved_old_groups = before.user_by_username(&cast.moved).unwrap().groups.clone();
+    env.fake.with_state(|state| {
+        let d = &mut state.directory;
+        let pk = d.add_user("new.hire", "internal");
+        d.users.get_mut(&pk).unwrap().groups.push(finance.clone());
+        let deleted = d.user_by_username(&cast.deleted).unwrap().pk;
+        d.users.remove(&deleted);
+        d.user_by_username_mut(&cast.deactivated).unwrap().is_active = false;
+        d.user_by_username_mut(&cast.reactivated).unwrap().is_active = true;
+        d.user_by_username_mut(&cast.renamed).unwrap().username = "renamed.person".into();
+        d.user_by_username_mut(&cast.department).unwrap().attributes["department"] = "Audit".into();
+        d.user_by_username_mut(&cast.promoted)
+            .unwrap()
+            .groups
+            .push(admins.clone());
+        let moved = d.user_by_username_mut(&cast.moved).unwrap();
+        moved.groups = vec![finance.clone()];
+        // Logging in changes nothing that matters.
+        d.user_by_username_mut("akadmin").unwrap().last_login = Some("2026-11-28T10:00:00Z".into());
+    });
+    env.sync_ok();
+    let second = run_ids(&env)[1].clone();
+    let after = env.fake.with_state(|state| state.directory.clone());
+
+    let diff = env.aksync(&["diff", "previous", "latest", "--json"]).json();
+    assert_eq!(diff["from_run"], first.as_str());
+    assert_eq!(diff["to_run"], second.as_str());
+    let pairs = |key: &str, field: &str| -> BTreeSet<(String, String)> {
+        diff[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|item| {
+                (
+                    item["username"].as_str().unwrap().to_string(),
+                    item[field].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        pairs("joiners", "reason"),
+        BTreeSet::from([
+            ("new.hire".to_string(), "created".to_string()),
+            (cast.reactivated.clone(), "reactivated".to_string())
+        ])
+    );
+    assert_eq!(
+        pairs("leavers", "reason"),
+        BTreeSet::from([
+            (cast.deleted.clone(), "deleted".to_string()),
+            (cast.deactivated.clone(), "deactivated".to_string())
+        ])
+    );
+    let movers: BTreeSet<String> = pairs("movers", "username")
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    assert_eq!(
+        movers,
+        BTreeSet::from([
+            "renamed.person".to_string(),
+            cast.department.clone(),
+            cast.promoted.clone(),
+            cast.moved.clone()
+        ])
+    );
+    let mover = |name: &str| {
+        diff["movers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["username"] == name)
+            .unwrap()
+            .clone()
+    };
+    // A rename is a move, not a leave plus a join.
+    let renamed = mover("renamed.person");
+    assert_eq!(
+        renamed["external_id"],
+        uid_of(&before, &cast.renamed).as_str()
+    );
+    assert_eq!(
+        renamed["changes"],
+        serde_json::json!([{"field": "username", "old": cast.renamed, "new": "renamed.person"}])
+    );
+    assert_eq!(
+        mover(&cast.department)["changes"][0]["field"],
+        "metadata.department"
+    );
+    assert_eq!(mover(&cast.department)["changes"][0]["new"], "Audit");
+    let promoted = mover(&cast.promoted);
+    assert_eq!(promoted["privilege_escalation"], true);
+    assert_eq!(
+        promoted["groups_added"][0]["display_name"],
+        "authentik Admins"
+    );
+    assert!(promoted["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["field"] == "is_superuser"));
+    let moved = mover(&cast.moved);
+    assert_eq!(moved["privilege_escalation"], false);
+    assert_eq!(moved["groups_added"][0]["external_id"], finance.as_str());
+    let removed: BTreeSet<&str> = moved["groups_removed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["external_id"].as_str().unwrap())
+        .collect();
+    let expected_removed: BTreeSet<&str> = moved_old_groups
+        .iter()
+        .map(String::as_str)
+        .filter(|g| *g != finance)
+        .collect();
+    assert_eq!(removed, expected_removed);
+    for leaver in diff["leavers"].as_array().unwrap() {
+        assert!(!leaver["groups_at_departure"].as_array().unwrap().is_empty());
+        let run1 = env.store().run(&first).unwrap();
+        let run2 = env.store().run(&second).unwrap();
+        assert_eq!(
+            leaver["last_seen_active_at"],
+            serde_json::to_value(run1.finished_at).unwrap()
+        );
+        assert_eq!(
+            leaver["detected_at"],
+            serde_json::to_value(run2.finished_at).unwrap()
+        );
+    }
+    let deactivated = diff["leavers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["reason"] == "deactivated")
+        .unwrap();
+    // Authentik keeps a deactivated user's groups: the access was not removed.
+    assert_eq!(deactivated["memberships_removed"], false);
+
+    // The envelope file holds exactly the changed records.
+    let (bytes, lines) = envelope_lines(&env, &second);
+    let actual: BTreeSet<(String, String, String)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["schema"].as_str().unwrap().into(),
+                l["action"].as_str().unwrap().into(),
+                l["external_id"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let uid = |name: &str| uid_of(&after, name);
+    let account =
+        |action: &str, id: String| ("DirectoryAccount".to_string(), action.to_string(), id);
+    let membership =
+        |action: &str, id: String| ("DirectoryMembership".to_string(), action.to_string(), id);
+    let mut expected = BTreeSet::from([
+        account("created", uid("new.hire")),
+        account("deleted", uid_of(&before, &cast.deleted)),
+        account("updated", uid(&cast.deactivated)),
+        account("updated", uid(&cast.reactivated)),
+        account("updated", uid("renamed.person")),
+        account("updated", uid(&cast.department)),
+        account("updated", uid(&cast.promoted)),
+        membership("created", format!("{}:{finance}", uid("new.hire"))),
+        membership("created", format!("{}:{admins}", uid(&cast.promoted))),
+        membership("created", format!("{}:{finance}", uid(&cast.moved))),
+    ]);
+    for group in before
+        .user_by_username(&cast.deleted)
+        .unwrap()
+        .groups
+        .iter()
+    {
+        expected.insert(membership(
+            "deleted",
+            format!("{}:{group}", uid_of(&before, &cast.deleted)),
+        ));
+    }
+    for group in moved_old_groups.iter().filter(|g| **g != finance) {
+        expected.insert(membership(
+            "deleted",
+            format!("{}:{group}", uid(&cast.moved)),
+        ));
+    }
+    assert_eq!(actual, expected);
+    // Hashes chain: an update's previous_hash is the hash the record was created with.
+    let created_hash =
+        |id: &str| first_lines.iter().find(|l| l["external_id"] == id).unwrap()["hash"].clone();
+    for line in &lines {
+        assert_eq!(line["source"], "corp");
+        assert_eq!(line["integration"], "authentik");
+        assert_eq!(line["run_id"], second.as_str());
+        assert_eq!(line["hash"].as_str().unwrap().len(), 64);
+        if line["action"] != "created" {
+            assert_eq!(
+                line["previous_hash"],
+                created_hash(line["external_id"].as_str().unwrap()),
+                "{line}"
+            );
+        }
+        if line["action"] == "updated" {
+            assert!(!line["changes"].as_array().unwrap().is_empty());
+        }
+        if line["action"] == "deleted" {
+            assert_eq!(line["record"]["status"], "DELETED");
+        }
+        if line["schema"] == "DirectoryAccount" {
+            assert!(line["payload"]["uid"].is_string() && line["payload"].get("avatar").is_none());
+        }
+    }
+    let run2 = env.store().run(&second).unwrap();
+    let summary = run2.envelopes.expect("envelope summary");
+    assert_eq!(summary.sha256, hex::encode(Sha256::digest(&bytes)));
+    assert_eq!(summary.lines, lines.len() as u64);
+
+    // Reports exist in every default format and name every event.
+    let names = [
+        "new.hire",
+        &cast.reactivated,
+        &cast.deleted,
+        &cast.deactivated,
+        "renamed.person",
+        &cast.department,
+        &cast.promoted,
+        &cast.moved,
+    ];
+    for extension in ["md", "json", "csv", "html"] {
+        let path = env
+            .state_dir()
+            .join("reports/corp")
+            .join(format!("{second}.{extension}"));
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+        for name in names {
+            assert!(text.contains(name), "{extension} report lacks {name}");
+        }
+        assert!(text.contains(&second), "{extension} report names the run");
+        // CSV is one row per event; the other formats start with the re-performance header.
+        if extension != "csv" {
+            assert!(
+                text.contains(&first),
+                "{extension} header names the previous run"
+            );
+            assert!(
+                text.contains(&summary.sha256),
+                "{extension} header has the envelope hash"
+            );
+            assert!(
+                text.contains("/api/v3/core/users/"),
+                "{extension} header names the endpoints"
+            );
+        }
+    }
+    let html = std::fs::read_to_string(
+        env.state_dir()
+            .join("reports/corp")
+            .join(format!("{second}.html")),
+    )
+    .unwrap();
+    assert!(html.starts_with("<!doctype html>") || html.starts_with("<!DOCTYPE html>"));
+    assert!(html.contains("<svg") && html.contains("id=\"leavers\""));
+    assert!(!html.contains("<script"));
+
+    // A run without upstream change writes an empty envelope file and no events.
+    env.sync_ok();
+    let third = run_ids(&env)[2].clone();
+    let (bytes, _) = envelope_lines(&env, &third);
+    assert!(bytes.is_empty());
+    let quiet = env.aksync(&["diff", "previous", "latest", "--json"]).json();
+    for key in ["joiners", "movers", "leavers"] {
+        assert_eq!(quiet[key], serde_json::json!([]), "{key}");
+    }
+    let run3 = env.store().run(&third).unwrap();
+    assert_eq!(run3.changes.unwrap(), Default::default());
+    assert_eq!(run3.versions_written, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envelope_files_rebuild_identically_and_project_to_openlane() {
+    let env = TestEnv::start(10).await;
+    env.sync_ok();
+    env.fake.with_state(|state| {
+        state.directory.add_user("late.joiner", "external");
+    });
+    env.sync_ok();
+    let latest = run_ids(&env)[1].clone();
+    let (original, _) = envelope_lines(&env, &latest);
+    let path = env
+        .state_dir()
+        .join("envelopes/corp")
+        .join(format!("{latest}.jsonl"));
+    std::fs::remove_file(&path).unwrap();
+    let missing = env.aksync(&["envelopes", "latest"]);
+    assert_eq!(missing.code, 1);
+    assert!(missing.stderr.contains("--rebuild"), "{}", missing.stderr);
+    let rebuilt = env.aksync(&["envelopes", "latest", "--rebuild"]);
+    assert_eq!(rebuilt.code, 0, "{}", rebuilt.stderr);
+    assert_eq!(std::fs::read(&path).unwrap(), original);
+    assert_eq!(rebuilt.stdout.as_bytes(), original.as_slice());
+
+    let projection = env
+        .aksync(&["envelopes", &latest, "--format", "openlane"])
+        .json();
+    assert_eq!(projection[0]["schema"], "DirectoryAccount");
+    assert_eq!(projection[0]["snapshotComplete"], true);
+    assert_eq!(
+        projection[0]["envelopes"][0]["payload"]["username"],
+        "late.joiner"
+    );
+    assert_eq!(projection[1]["schema"], "DirectoryGroup");
+    assert_eq!(projection[2]["schema"], "DirectoryMembership");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_follows_an_account_that_left_and_came_back() {
+    let env = TestEnv::start(12).await;
+    let person = env
+        .fake
+        .with_state(|state| cast(&state.directory).deactivated);
+    env.sync_ok();
+    env.fake.with_state(|state| {
+        state
+            .directory
+            .user_by_username_mut(&person)
+            .unwrap()
+            .attributes["title"] = "Lead".into()
+    });
+    env.sync_ok();
+    env.fake.with_state(|state| {
+        state
+            .directory
+            .user_by_username_mut(&person)
+            .unwrap()
+            .is_active = false
+    });
+    env.sync_ok();
+    env.fake.with_state(|state| {
+        state
+            .directory
+            .user_by_username_mut(&person)
+            .unwrap()
+            .is_active = true
+    });
+    env.sync_ok();
+
+    let email = env.fake.with_state(|state| {
+        state
+            .directory
+            .user_by_username(&person)
+            .unwrap()
+            .email
+            .to_uppercase()
+    });
+    for query in [person.as_str(), email.as_str()] {
+        let history = env.aksync(&["history", query, "--json"]).json();
+        let events: Vec<(&str, &str)> = history[0]["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["event"].as_str().unwrap(),
+                    e["reason"].as_str().unwrap_or(""),
+                )
+            })
+            .collect();
+        assert_eq!(
+            events,
+            vec![
+                ("joined", "created"),
+                ("moved", ""),
+                ("left", "deactivated"),
+                ("rejoined", "reactivated")
+            ],
+            "{query}"
+        );
+        assert_eq!(
+            history[0]["events"][1]["changes"][0]["field"],
+            "metadata.title"
+        );
+    }
+    let text = env.aksync(&["history", &person]);
+    assert_eq!(text.code, 0);
+    assert!(text.stdout.contains("rejoined"), "{}", text.stdout);
+    let unknown = env.aksync(&["history", "nobody.at.all"]);
+    assert_eq!(unknown.code, 1);
+}
+
+/// A webhook receiver that answers 503 while `down` and records what it accepted.
+struct Receiver {
+    url: String,
+    down: Arc<AtomicBool>,
+    accepted: Arc<Mutex<Vec<(String, Value)>>>,
+}
+
+async fn receiver() -> Receiver {
+    let down = Arc::new(AtomicBool::new(true));
+    let accepted = Arc::new(Mutex::new(Vec::new()));
+    let (down_in, accepted_in) = (down.clone(), accepted.clone());
+    let app = axum::Router::new().route(
+        "/ingest",
+        axum::routing::post(
+            move |headers: axum::http::HeaderMap, body: axum::Json<Value>| {
+                let (down, accepted) = (down_in.clone(), accepted_in.clone());
+                async move {
+                    if down.load(Ordering::SeqCst) {
+                        return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+                    }
+                    let key = headers["idempotency-key"].to_str().unwrap().to_string();
+                    accepted.lock().unwrap().push((key, body.0));
+                    axum::http::StatusCode::ACCEPTED
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/ingest", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Receiver {
+        url,
+        down,
+        accepted,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_delivery_survives_a_receiver_that_is_down_for_two_runs() {
+    let env = TestEnv::start(15).await;
+    let receiver = receiver().await;
+    let config = std::fs::read_to_string(&env.config_path).unwrap();
+    std::fs::write(
+        &env.config_path,
+        format!(
+            "{config}\n[output.webhook]\nurl = {:?}\nbatch_size = 7\n",
+            receiver.url
+        ),
+    )
+    .unwrap();
+    let first = env.sync_ok();
+    assert!(
+        first.stderr.contains("webhook delivery paused"),
+        "{}",
+        first.stderr
+    );
+    env.fake.with_state(|state| {
+        state.directory.add_user("second.run", "internal");
+    });
+    env.sync_ok();
+    receiver.down.store(false, Ordering::SeqCst);
+    env.fake.with_state(|state| {
+        state.directory.add_user("third.run", "internal");
+    });
+    let third = env.sync_ok();
+    assert!(
+        third.stdout.contains("webhook: delivered"),
+        "{}",
+        third.stdout
+    );
+
+    let accepted = receiver.accepted.lock().unwrap().clone();
+    let keys: Vec<&str> = accepted.iter().map(|(key, _)| key.as_str()).collect();
+    let unique: BTreeSet<&str> = keys.iter().copied().collect();
+    assert_eq!(
+        unique.len(),
+        keys.len(),
+        "every batch arrives once: {keys:?}"
+    );
+    let order: Vec<(String, u64)> = accepted
+        .iter()
+        .map(|(_, body)| {
+            (
+                body["run_id"].as_str().unwrap().to_string(),
+                body["batch"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let mut sorted = order.clone();
+    sorted.sort();
+    assert_eq!(order, sorted, "runs oldest first, batches in order");
+    for (key, body) in &accepted {
+        assert_eq!(
+            key,
+            &format!("{}-{}", body["run_id"].as_str().unwrap(), body["batch"])
+        );
+    }
+    let store = env.store();
+    let runs = store.runs(Some("corp")).unwrap();
+    assert_eq!(runs.len(), 3);
+    for run in &runs {
+        let (_, lines) = envelope_lines(&env, &run.run_id);
+        let received: Vec<Value> = accepted
+            .iter()
+            .filter(|(_, body)| body["run_id"] == run.run_id.as_str())
+            .flat_map(|(_, body)| body["envelopes"].as_array().unwrap().clone())
+            .collect();
+        assert_eq!(
+            received, lines,
+            "run {} arrives whole and in order",
+            run.run_id
+        );
+        let delivery = run.delivery.as_ref().unwrap();
+        assert_eq!(delivery.status, aksync::store::DeliveryStatus::Delivered);
+    }
+    // Nothing is sent again once delivered.
+    env.sync_ok();
+    assert_eq!(receiver.accepted.lock().unwrap().len(), accepted.len());
+}

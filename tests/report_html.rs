@@ -1,0 +1,241 @@
+//! The HTML report in a real browser: a report of 30 leavers with 64-hex uids and long group
+//! lists lays out in a 1024 px wide window without horizontal overflow, and prints to PDF.
+//! Needs Chromium; without it the test is skipped, except on CI (`CI` set), where it fails.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aksync::diff::{DirectoryDiff, GroupChanges, GroupRef, LeaveReason, Leaver, MembershipChanges};
+use aksync::report::{
+    find_chromium, html_to_pdf, render, Report, ReportFormat, ReportHeader, TrendPoint,
+};
+use aksync::store::Counts;
+use chrono::{DateTime, Duration as Span, TimeZone, Utc};
+use sha2::{Digest, Sha256};
+
+const LEAVERS: usize = 30;
+const BROWSER_TIMEOUT: Duration = Duration::from_secs(60);
+/// Only the test's copy of the report gets this script: the report itself never has one.
+const MEASURE_SCRIPT: &str = "<script>\
+    document.body.dataset.scrollWidth = document.documentElement.scrollWidth;\
+    document.body.dataset.clientWidth = document.documentElement.clientWidth;\
+    </script>";
+
+fn at(day: u32, hour: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, day, hour, 0, 0).unwrap()
+}
+
+fn hex_id(seed: &str) -> String {
+    hex::encode(Sha256::digest(seed.as_bytes()))
+}
+
+fn report() -> Report {
+    let groups: Vec<GroupRef> = (0..12)
+        .map(|index| GroupRef {
+            external_id: hex_id(&format!("group {index}")),
+            display_name: format!("Department of Extremely Long Group Names number {index}"),
+        })
+        .collect();
+    let leavers = (0..LEAVERS)
+        .map(|index| Leaver {
+            external_id: hex_id(&format!("leaver {index}")),
+            username: format!("leaver.with.a.rather.long.username.{index:02}"),
+            canonical_email: Some(format!(
+                "leaver.with.a.rather.long.username.{index:02}@corp.example.com"
+            )),
+            reason: if index % 2 == 0 {
+                LeaveReason::Deactivated
+            } else {
+                LeaveReason::Deleted
+            },
+            groups_at_departure: groups[..(index % 12) + 1].to_vec(),
+            last_seen_active_at: (index % 5 != 0)
+                .then(|| at(2, 1) - Span::minutes(index as i64 * 7)),
+            detected_at: at(2, 2),
+            last_login_at: Some("2026-10-30T09:15:00Z".to_string()),
+            memberships_removed: index % 3 == 0,
+        })
+        .collect();
+    let diff = DirectoryDiff {
+        source: "corp".to_string(),
+        from_run: "01JC0000000000000000000001".to_string(),
+        to_run: "01JC0000000000000000000002".to_string(),
+        joiners: vec![],
+        movers: vec![],
+        leavers,
+        groups: GroupChanges::default(),
+        memberships: MembershipChanges::default(),
+    };
+    let trend = (0..14)
+        .map(|day| TrendPoint {
+            run_id: format!("01JC00000000000000000000{day:02}"),
+            finished_at: at(day + 1, 2),
+            accounts: 1_000 + u64::from(day) * 3,
+            joiners: u64::from(day % 4),
+            movers: u64::from(day % 3),
+            leavers: if day == 13 {
+                LEAVERS as u64
+            } else {
+                u64::from(day % 2)
+            },
+        })
+        .collect();
+    Report {
+        header: ReportHeader {
+            source: "corp".to_string(),
+            base_url: "https://authentik.corp.example.com".to_string(),
+            authentik_version: Some("2025.10.1".to_string()),
+            run_id: "01JC0000000000000000000002".to_string(),
+            started_at: at(2, 1),
+            finished_at: at(2, 2),
+            previous_run: Some("01JC0000000000000000000001".to_string()),
+            period_from: None,
+            endpoints: vec![
+                "GET /api/v3/core/users/?ordering=pk&include_groups=false&include_roles=false&page_size=100".to_string(),
+                "GET /api/v3/core/groups/?ordering=pk&include_users=false&include_children=false&page_size=100".to_string(),
+            ],
+            filter: None,
+            group_sync: true,
+            counts: Counts { accounts: 1_039, groups: 40, memberships: 5_000 },
+            aksync_version: "0.1.0".to_string(),
+            envelope_sha256: Some(hex_id("envelope")),
+        },
+        diffs: vec![diff],
+        trend,
+        generated_at: at(2, 3),
+    }
+}
+
+/// Runs headless Chromium on `page` with `extra` flags and returns what it printed,
+/// failing the test if it takes longer than a minute.
+fn run_chromium(chromium: &Path, profile: &Path, extra: &[&str], page: &Path) -> String {
+    let stdout_path = profile.with_extension("stdout");
+    let stdout = fs::File::create(&stdout_path).unwrap();
+    let mut child = Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(extra)
+        .arg(format!("file://{}", page.display()))
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + BROWSER_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            child.kill().ok();
+            child.wait().ok();
+            panic!(
+                "{} did not finish within {BROWSER_TIMEOUT:?}",
+                chromium.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{} failed: {status}", chromium.display());
+    fs::read_to_string(&stdout_path).unwrap()
+}
+
+fn dump_dom(chromium: &Path, work: &Path, name: &str, page: &Path) -> String {
+    run_chromium(
+        chromium,
+        &work.join(name),
+        &[
+            "--window-size=1024,800",
+            "--virtual-time-budget=2000",
+            "--dump-dom",
+        ],
+        page,
+    )
+}
+
+/// The number in `data-<name>="…"` of the dumped DOM.
+fn data_attribute(dom: &str, name: &str) -> u64 {
+    let marker = format!("data-{name}=\"");
+    let start = dom
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no {marker} in the DOM"))
+        + marker.len();
+    let end = start + dom[start..].find('"').unwrap();
+    dom[start..end].parse().unwrap()
+}
+
+fn chromium_or_skip() -> Option<PathBuf> {
+    let chromium = find_chromium();
+    if chromium.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "Chromium must be installed on CI (e.g. `apt-get install chromium`, or set AKSYNC_CHROMIUM)"
+        );
+        eprintln!("note: Chromium not found, skipping the browser checks of the HTML report");
+    }
+    chromium
+}
+
+#[test]
+fn html_report_fits_a_1024px_window_and_prints_to_pdf() {
+    let html = String::from_utf8(render(&report(), ReportFormat::Html).unwrap()).unwrap();
+    assert!(!html.contains("<script"));
+    let work = tempfile::tempdir().unwrap();
+    let page = work.path().join("report.html");
+    fs::write(&page, &html).unwrap();
+    let Some(chromium) = chromium_or_skip() else {
+        return;
+    };
+
+    let dom = dump_dom(&chromium, work.path(), "profile-dom", &page);
+    let table_start = dom
+        .find("<table id=\"leavers\"")
+        .expect("no leavers table in the DOM");
+    let table = &dom[table_start..table_start + dom[table_start..].find("</table>").unwrap()];
+    let body = &table[table.find("<tbody>").unwrap()..];
+    assert_eq!(
+        body.matches("<tr>").count(),
+        LEAVERS,
+        "leaver rows in the DOM"
+    );
+    assert!(
+        dom.contains("<svg id=\"trend-chart\""),
+        "no trend chart in the DOM"
+    );
+
+    let measured_page = work.path().join("measured.html");
+    fs::write(
+        &measured_page,
+        html.replace("</body>", &format!("{MEASURE_SCRIPT}</body>")),
+    )
+    .unwrap();
+    let measured = dump_dom(&chromium, work.path(), "profile-measure", &measured_page);
+    let scroll_width = data_attribute(&measured, "scroll-width");
+    let client_width = data_attribute(&measured, "client-width");
+    assert!(
+        client_width > 900,
+        "the window is not 1024 px wide: {client_width}"
+    );
+    assert!(
+        scroll_width <= client_width,
+        "the page overflows horizontally: {scroll_width} px of content in {client_width} px"
+    );
+
+    let pdf = html_to_pdf(html.as_bytes(), &chromium).unwrap();
+    assert!(pdf.starts_with(b"%PDF"), "not a PDF");
+    assert!(
+        pdf.len() > 1000,
+        "a PDF of {} bytes cannot hold the report",
+        pdf.len()
+    );
+}

@@ -1,0 +1,420 @@
+//! `aksync sync` against the fake Authentik: the stored snapshot is exactly the directory,
+//! storage grows with changes only, past runs read back as they were, and faults end as
+//! failed runs that leave the last complete snapshot in place.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use aksync::fake::{Directory, Fault, ListKind, PageHook};
+use common::{ids, TestEnv};
+use serde_json::Value;
+
+/// The directory as aksync should store it: account uids, group pks and membership pairs.
+fn expected(directory: &Directory) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let mut accounts: Vec<String> = directory
+        .users
+        .keys()
+        .map(|pk| directory.uid(*pk))
+        .collect();
+    accounts.sort();
+    let groups: Vec<String> = directory.groups.keys().cloned().collect();
+    let mut memberships: Vec<String> = directory
+        .users
+        .values()
+        .flat_map(|user| {
+            let uid = directory.uid(user.pk);
+            user.groups
+                .iter()
+                .map(move |group| format!("{uid}:{group}"))
+        })
+        .collect();
+    memberships.sort();
+    (accounts, groups, memberships)
+}
+
+fn membership_ids(records: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = records
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            assert_eq!(m["role"], "MEMBER");
+            format!(
+                "{}:{}",
+                m["account_external_id"].as_str().unwrap(),
+                m["group_external_id"].as_str().unwrap()
+            )
+        })
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_stores_exactly_the_directory() {
+    let env = TestEnv::start(30).await;
+    let run = env.sync_ok();
+    assert!(run.stdout.contains("complete"), "{}", run.stdout);
+
+    let directory = env.fake.with_state(|state| state.directory.clone());
+    let (accounts, groups, memberships) = expected(&directory);
+    let stored_accounts = env.show_json("accounts", "latest");
+    assert_eq!(ids(&stored_accounts, "external_id"), accounts);
+    assert_eq!(
+        ids(&env.show_json("groups", "latest"), "external_id"),
+        groups
+    );
+    assert_eq!(
+        membership_ids(&env.show_json("memberships", "latest")),
+        memberships
+    );
+
+    // Field by field, for every account.
+    for record in stored_accounts.as_array().unwrap() {
+        let user = directory
+            .users
+            .values()
+            .find(|user| directory.uid(user.pk) == record["external_id"])
+            .expect("account maps to a user");
+        assert_eq!(record["username"], user.username.as_str());
+        assert_eq!(record["secondary_key"], user.uuid.as_str());
+        let display = if user.name.is_empty() {
+            &user.username
+        } else {
+            &user.name
+        };
+        assert_eq!(record["display_name"], display.as_str());
+        let email = user.email.to_lowercase();
+        if email.is_empty() {
+            assert!(record["canonical_email"].is_null());
+        } else {
+            assert_eq!(record["canonical_email"], email.as_str());
+        }
+        assert_eq!(
+            record["status"],
+            if user.is_active { "ACTIVE" } else { "INACTIVE" }
+        );
+        assert_eq!(record["authentik_type"], user.user_type.as_str());
+        let expected_type = match user.user_type.as_str() {
+            "internal" => "USER",
+            "external" => "GUEST",
+            "service_account" | "internal_service_account" => "SERVICE",
+            other => panic!("unexpected type {other}"),
+        };
+        assert_eq!(record["account_type"], expected_type, "{}", user.username);
+        assert_eq!(record["organization_unit"], user.path.as_str());
+        assert_eq!(record["metadata"], user.attributes);
+        assert_eq!(record["added_at"], user.date_joined.as_str());
+        assert_eq!(
+            record["last_login_at"],
+            serde_json::to_value(&user.last_login).unwrap()
+        );
+        assert_eq!(record["primary_source"], false);
+    }
+    let types: BTreeSet<&str> = directory
+        .users
+        .values()
+        .map(|u| u.user_type.as_str())
+        .collect();
+    assert_eq!(
+        types,
+        BTreeSet::from([
+            "internal",
+            "external",
+            "service_account",
+            "internal_service_account"
+        ]),
+        "the generated directory holds every user type"
+    );
+
+    // Groups keep their parents (several for some) and superuser flag.
+    for record in env.show_json("groups", "latest").as_array().unwrap() {
+        let group = &directory.groups[record["external_id"].as_str().unwrap()];
+        let mut parents = group.parents.clone();
+        parents.sort();
+        assert_eq!(record["parents"], serde_json::to_value(&parents).unwrap());
+        assert_eq!(record["is_superuser"], group.is_superuser);
+        assert_eq!(record["display_name"], group.name.as_str());
+    }
+    assert!(directory.groups.values().any(|g| g.parents.len() > 1));
+
+    // The raw payload is kept without the avatar.
+    let store = env.store();
+    let latest = store.latest_complete("corp").unwrap().unwrap();
+    let snapshot = store.snapshot(&latest).unwrap();
+    let payload = &snapshot.accounts.values().next().unwrap().payload;
+    assert!(payload.get("avatar").is_none());
+    assert!(payload.get("uid").is_some());
+    assert_eq!(latest.authentik_version.as_deref(), Some("2025.12.4"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clamped_concurrent_paging_equals_sequential_paging() {
+    let env = TestEnv::start(60).await;
+    env.fake.with_state(|state| state.max_page_size = 7);
+    env.write_config(
+        aksync::fake::READER_TOKEN,
+        "page_size = 1000\nconcurrency = 1",
+    );
+    env.sync_ok();
+    let sequential = env.show_json("accounts", "latest");
+    let sequential_members = env.show_json("memberships", "latest");
+    env.write_config(
+        aksync::fake::READER_TOKEN,
+        "page_size = 1000\nconcurrency = 8",
+    );
+    env.sync_ok();
+    assert_eq!(env.show_json("accounts", "latest"), sequential);
+    assert_eq!(env.show_json("memberships", "latest"), sequential_members);
+    let users = env.fake.with_state(|state| state.directory.users.len());
+    assert_eq!(sequential.as_array().unwrap().len(), users);
+    // The clamp was in force: many pages were requested.
+    let pages = env.fake.with_state(|state| {
+        state
+            .request_log
+            .iter()
+            .filter(|line| line.contains("/core/users/?"))
+            .count()
+    });
+    assert!(pages >= 2 * users.div_ceil(7), "{pages} page requests");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unchanged_directory_adds_a_run_but_no_record_versions() {
+    let env = TestEnv::start(20).await;
+    env.sync_ok();
+    let versions = env.store().version_count("corp").unwrap();
+    assert!(versions > 20);
+    env.sync_ok();
+    let store = env.store();
+    assert_eq!(store.version_count("corp").unwrap(), versions);
+    let runs = store.runs(Some("corp")).unwrap();
+    assert_eq!(runs.len(), 2);
+    assert_eq!(runs[0].versions_written, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_past_run_reads_back_as_the_directory_was() {
+    let env = TestEnv::start(15).await;
+    let mut history = Vec::new();
+    let capture = |env: &TestEnv| {
+        (
+            env.show_json("accounts", "latest"),
+            env.show_json("groups", "latest"),
+            env.show_json("memberships", "latest"),
+        )
+    };
+    env.sync_ok();
+    history.push(capture(&env));
+
+    env.fake.with_state(|state| {
+        let directory = &mut state.directory;
+        let pk = directory.add_user("new.joiner", "internal");
+        let group = directory.groups.keys().next().unwrap().clone();
+        directory.users.get_mut(&pk).unwrap().groups.push(group);
+        let victim = *directory.users.keys().nth(10).unwrap();
+        directory.users.remove(&victim);
+    });
+    env.sync_ok();
+    history.push(capture(&env));
+
+    env.fake.with_state(|state| {
+        let directory = &mut state.directory;
+        let user = directory.user_by_username_mut("new.joiner").unwrap();
+        user.is_active = false;
+        user.name = "Renamed Person".into();
+        user.groups.clear();
+        let hr = directory.group_by_name("HR").unwrap().pk.clone();
+        directory.remove_group(&hr);
+    });
+    env.sync_ok();
+    history.push(capture(&env));
+
+    let runs = env.store().runs(Some("corp")).unwrap();
+    let run_ids: Vec<String> = runs.iter().rev().map(|run| run.run_id.clone()).collect();
+    assert_eq!(run_ids.len(), 3);
+    for (run_id, (accounts, groups, memberships)) in run_ids.iter().zip(&history) {
+        assert_eq!(
+            &env.show_json("accounts", run_id),
+            accounts,
+            "accounts of {run_id}"
+        );
+        assert_eq!(
+            &env.show_json("groups", run_id),
+            groups,
+            "groups of {run_id}"
+        );
+        assert_eq!(
+            &env.show_json("memberships", run_id),
+            memberships,
+            "memberships of {run_id}"
+        );
+    }
+    assert_ne!(history[0].0, history[1].0);
+    assert_ne!(history[1].1, history[2].1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_failing_mid_listing_gives_a_failed_run_and_keeps_the_snapshot() {
+    let env = TestEnv::start(50).await;
+    env.fake.with_state(|state| state.max_page_size = 10);
+    env.write_config(
+        aksync::fake::READER_TOKEN,
+        "page_size = 10\nconcurrency = 2",
+    );
+    env.sync_ok();
+    let before = env.show_json("accounts", "latest");
+    env.fake.with_state(|state| {
+        state.directory.add_user("never.stored", "internal");
+        state.faults.push(Fault {
+            path_contains: "/core/users/".into(),
+            // /me/ and page 1 pass, then the listing breaks for good.
+            skip: 2,
+            times: None,
+            status: 502,
+            body: "<html>Bad Gateway</html>".into(),
+            retry_after: None,
+        });
+    });
+    let run = env.aksync(&["sync"]);
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("failed"), "{}", run.stdout);
+    assert!(run.stdout.contains("502"), "{}", run.stdout);
+
+    let runs = env.store().runs(Some("corp")).unwrap();
+    assert_eq!(runs[0].status, aksync::store::RunStatus::Failed);
+    assert!(runs[0].error.as_deref().unwrap().contains("502"));
+    assert_eq!(runs[0].counts.accounts, 0);
+    assert_eq!(env.show_json("accounts", "latest"), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_that_shifts_between_pages_is_never_stored_partially() {
+    for (list, page) in [(ListKind::Users, 3), (ListKind::Groups, 2)] {
+        let env = TestEnv::start(40).await;
+        env.fake.with_state(|state| state.max_page_size = 5);
+        env.write_config(aksync::fake::READER_TOKEN, "page_size = 5\nconcurrency = 1");
+        env.fake.with_state(|state| {
+            state.page_hooks.push(PageHook {
+                list,
+                page,
+                action: Box::new(|directory: &mut Directory| {
+                    // Sorts first by name, shifting every later group page by one.
+                    directory.add_group("AAA early group", &[], false);
+                    directory.add_user("aaa.inserted", "internal");
+                }),
+            });
+        });
+        let run = env.aksync(&["sync"]);
+        let directory = env.fake.with_state(|state| state.directory.clone());
+        let (accounts, groups, memberships) = expected(&directory);
+        if run.code == 0 {
+            assert_eq!(
+                ids(&env.show_json("accounts", "latest"), "external_id"),
+                accounts
+            );
+            assert_eq!(
+                ids(&env.show_json("groups", "latest"), "external_id"),
+                groups
+            );
+            assert_eq!(
+                membership_ids(&env.show_json("memberships", "latest")),
+                memberships
+            );
+        } else {
+            assert_eq!(run.code, 1);
+            let runs = env.store().runs(Some("corp")).unwrap();
+            assert_eq!(runs[0].status, aksync::store::RunStatus::Failed);
+        }
+        // The shift was seen and the listing was read again.
+        let first_pages = env.fake.with_state(|state| {
+            state
+                .request_log
+                .iter()
+                .filter(|line| line.contains("/core/users/?") && line.contains("page=1&"))
+                .count()
+        });
+        assert!(first_pages >= 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pre_2025_12_servers_with_a_single_parent_are_read() {
+    let env = TestEnv::start(10).await;
+    env.fake.with_state(|state| {
+        state.legacy_parent_shape = true;
+        state.version = "2025.10.3".into();
+    });
+    env.sync_ok();
+    let directory = env.fake.with_state(|state| state.directory.clone());
+    for record in env.show_json("groups", "latest").as_array().unwrap() {
+        let group = &directory.groups[record["external_id"].as_str().unwrap()];
+        let expected: Vec<String> = group.parents.first().cloned().into_iter().collect();
+        assert_eq!(record["parents"], serde_json::to_value(expected).unwrap());
+    }
+    let latest = env.store().latest_complete("corp").unwrap().unwrap();
+    assert_eq!(latest.authentik_version.as_deref(), Some("2025.10.3"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_sync_off_stores_accounts_only() {
+    let env = TestEnv::start(10).await;
+    env.write_config(
+        aksync::fake::READER_TOKEN,
+        "disable_group_sync = true\nprimary_directory = true",
+    );
+    env.sync_ok();
+    assert_eq!(env.show_json("groups", "latest"), serde_json::json!([]));
+    assert_eq!(
+        env.show_json("memberships", "latest"),
+        serde_json::json!([])
+    );
+    let accounts = env.show_json("accounts", "latest");
+    assert!(accounts
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|a| a["primary_source"] == true));
+    let groups_requested = env.fake.with_state(|state| {
+        state
+            .request_log
+            .iter()
+            .any(|l| l.contains("/core/groups/"))
+    });
+    assert!(!groups_requested);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_that_sees_part_of_the_directory_fails_the_run() {
+    let env = TestEnv::start(10).await;
+    env.write_config(aksync::fake::OBJECT_READER_TOKEN, "");
+    let run = env.aksync(&["sync"]);
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stdout.contains("only part of the directory"),
+        "{}",
+        run.stdout
+    );
+    assert!(env.store().latest_complete("corp").unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_never_reaches_the_database_or_output() {
+    let env = TestEnv::start(10).await;
+    env.sync_ok();
+    env.write_config(aksync::fake::REVOKED_TOKEN, "");
+    let failed = env.aksync(&["sync"]);
+    let check = env.aksync(&["check"]);
+    let database = std::fs::read(env.database()).unwrap();
+    for token in [aksync::fake::READER_TOKEN, aksync::fake::REVOKED_TOKEN] {
+        let needle = token.as_bytes();
+        assert!(
+            !database.windows(needle.len()).any(|w| w == needle),
+            "token in the database"
+        );
+        for text in [&failed.stdout, &failed.stderr, &check.stdout, &check.stderr] {
+            assert!(!text.contains(token), "token in output: {text}");
+        }
+    }
+}
