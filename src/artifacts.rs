@@ -167,26 +167,60 @@ pub fn build_report(
     generated_at: DateTime<Utc>,
 ) -> Result<Report, StoreError> {
     let runs = complete_runs(store, &source.name)?;
-    let in_period: Vec<&RunRecord> = runs
-        .iter()
-        .filter(|run| run.run_id <= to.run_id)
-        .filter(|run| match from {
+    let mut diffs = Vec::new();
+    for run in runs.iter().filter(|run| run.run_id <= to.run_id) {
+        let in_period = match from {
             Some(from) => run.run_id > from.run_id,
             None => run.run_id == to.run_id,
-        })
-        .collect();
-    let mut diffs = Vec::new();
-    for run in &in_period {
-        diffs.push(diff_with_previous(store, source, run)?);
+        };
+        if in_period {
+            diffs.push(diff_with_previous(store, source, run)?);
+        }
     }
-    let trend_start = runs
+    Ok(assemble_report(
+        source,
+        from,
+        to,
+        diffs,
+        &runs,
+        generated_at,
+    ))
+}
+
+/// The report of one run whose diff is at hand, as a sync has it.
+pub fn run_report(
+    store: &Store,
+    source: &SourceConfig,
+    run: &RunRecord,
+    diff: DirectoryDiff,
+    generated_at: DateTime<Utc>,
+) -> Result<Report, StoreError> {
+    let runs = complete_runs(store, &source.name)?;
+    Ok(assemble_report(
+        source,
+        None,
+        run,
+        vec![diff],
+        &runs,
+        generated_at,
+    ))
+}
+
+/// The header and the chart of the source's recent runs around the diffs.
+fn assemble_report(
+    source: &SourceConfig,
+    from: Option<&RunRecord>,
+    to: &RunRecord,
+    diffs: Vec<DirectoryDiff>,
+    complete_runs: &[RunRecord],
+    generated_at: DateTime<Utc>,
+) -> Report {
+    let up_to_run: Vec<&RunRecord> = complete_runs
         .iter()
-        .position(|run| run.run_id == to.run_id)
-        .map_or(0, |end| (end + 1).saturating_sub(TREND_RUNS));
-    let trend = runs
-        .iter()
-        .skip(trend_start)
         .filter(|run| run.run_id <= to.run_id)
+        .collect();
+    let trend = up_to_run[up_to_run.len().saturating_sub(TREND_RUNS)..]
+        .iter()
         .map(|run| {
             let changes = run.changes.unwrap_or_default();
             TrendPoint {
@@ -199,12 +233,12 @@ pub fn build_report(
             }
         })
         .collect();
-    Ok(Report {
+    Report {
         header: header(source, to, from),
         diffs,
         trend,
         generated_at,
-    })
+    }
 }
 
 /// A complete run's diff against the run it was compared with when it was stored.

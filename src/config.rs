@@ -28,8 +28,9 @@ const DEFAULT_REPORTS: [ReportFormat; 4] = [
     ReportFormat::Csv,
     ReportFormat::Html,
 ];
-/// Variables with the `AKSYNC_` prefix that select the config or logging, not config keys.
-const ENV_NOT_KEYS: [&str; 2] = ["config", "log"];
+/// Variables with the `AKSYNC_` prefix that select the config file, logging or the browser
+/// for PDF reports; they are not config keys.
+const ENV_NOT_KEYS: [&str; 3] = ["config", "log", "chromium"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -215,7 +216,7 @@ impl Config {
         figment = figment.merge(
             Env::prefixed(ENV_PREFIX)
                 .split("__")
-                .filter(|key| !ENV_NOT_KEYS.contains(&key.as_str())),
+                .filter(|key| !ENV_NOT_KEYS.iter().any(|not_key| key == *not_key)),
         );
         let origin = path.display().to_string();
         let raw: RawConfig = figment

@@ -18,6 +18,14 @@ use crate::sync::STORE_WAIT;
 const ATTEMPTS: u32 = 3;
 const BASE_DELAY: Duration = Duration::from_millis(300);
 
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot set up the webhook client: {0}")]
+    Client(String),
+}
+
 /// What one delivery pass did.
 #[derive(Debug, Default)]
 pub struct DeliveryReport {
@@ -31,7 +39,7 @@ pub async fn deliver_pending(
     config: &Config,
     webhook: &WebhookConfig,
     clock: &dyn Clock,
-) -> Result<DeliveryReport, StoreError> {
+) -> Result<DeliveryReport, DeliveryError> {
     let store = Store::open(&config.database_path(), STORE_WAIT)?;
     let mut pending: Vec<RunRecord> = store
         .runs(None)?
@@ -47,7 +55,7 @@ pub async fn deliver_pending(
         .timeout(webhook.timeout)
         .redirect(reqwest::redirect::Policy::none())
         .build()
-        .map_err(|error| StoreError::Aborted(format!("webhook client: {error}")))?;
+        .map_err(|error| DeliveryError::Client(error.to_string()))?;
     let mut report = DeliveryReport::default();
     for run in pending {
         if let Err(reason) =

@@ -8,8 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::diff::{
-    diff, leaver_ids, DiffInput, DirectoryDiff, FieldChange, GroupRef, JoinReason, LastActive,
-    LeaveReason, Side,
+    diff, leaver_ids, DiffInput, DirectoryDiff, FieldChange, GroupRef, LastActive, Side,
 };
 use crate::normalize::{
     AccountStatus, DirectoryAccount, DirectoryGroup, DirectoryMembership, Entry, Snapshot,
@@ -50,8 +49,19 @@ pub fn compare(
         finished_at: to.finished_at,
         snapshot: &empty,
     });
+    // Next to each other, `from` is the last run before `to`: a leaver active there was last
+    // seen active there, which the diff knows without the history.
+    let adjacent = runs_before_to.last().map(|run| run.run_id.as_str()) == Some(from.run_id);
     let mut last_active = BTreeMap::new();
     for uid in leaver_ids(from.snapshot, to.snapshot) {
+        let active_in_from = from
+            .snapshot
+            .accounts
+            .get(&uid)
+            .is_some_and(|entry| entry.record.status == AccountStatus::Active);
+        if adjacent && active_in_from {
+            continue;
+        }
         let history = AccountHistory::load(store, source, &uid)?;
         if let Some(found) = history.last_active(runs_before_to) {
             last_active.insert(uid, found);
@@ -320,14 +330,14 @@ fn timeline_events(
         } else {
             TimelineKind::Joined
         };
-        let reason = match joiner.reason {
-            JoinReason::Created => "created",
-            JoinReason::Reactivated => "reactivated",
-        };
         *ever_seen = true;
         events.push(TimelineEvent {
             groups: joiner.groups.clone(),
-            ..event(kind, Some(reason.to_string()), &joiner.username)
+            ..event(
+                kind,
+                Some(joiner.reason.as_str().to_string()),
+                &joiner.username,
+            )
         });
     }
     for mover in &result.movers {
@@ -340,17 +350,10 @@ fn timeline_events(
         });
     }
     for leaver in &result.leavers {
-        let reason = match leaver.reason {
-            LeaveReason::Deleted => "deleted",
-            LeaveReason::Deactivated => "deactivated",
-        };
+        let reason = Some(leaver.reason.as_str().to_string());
         events.push(TimelineEvent {
             groups: leaver.groups_at_departure.clone(),
-            ..event(
-                TimelineKind::Left,
-                Some(reason.to_string()),
-                &leaver.username,
-            )
+            ..event(TimelineKind::Left, reason, &leaver.username)
         });
     }
     events

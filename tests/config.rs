@@ -126,6 +126,9 @@ fn conf_d_and_environment_are_merged_in_order() {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_aksync"))
         .args(["--config", path.to_str().unwrap(), "runs"])
         .env("AKSYNC_SOURCES__CORP__PAGE_SIZE", "50")
+        // Variables that select logging or the browser are not config keys.
+        .env("AKSYNC_LOG", "warn")
+        .env("AKSYNC_CHROMIUM", "/usr/bin/chromium")
         .output()
         .unwrap();
     assert_eq!(

@@ -609,3 +609,146 @@ async fn webhook_delivery_survives_a_receiver_that_is_down_for_two_runs() {
     env.sync_ok();
     assert_eq!(receiver.accepted.lock().unwrap().len(), accepted.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leavers_carry_their_last_active_run_from_the_history() {
+    let env = TestEnv::start(12).await;
+    let (gone_later, quitter) = env.fake.with_state(|state| {
+        let cast = cast(&state.directory);
+        (cast.deleted, cast.deactivated)
+    });
+    env.sync_ok(); // R1: both active
+    env.fake.with_state(|state| {
+        state
+            .directory
+            .user_by_username_mut(&quitter)
+            .unwrap()
+            .is_active = false
+    });
+    env.sync_ok(); // R2: quitter deactivated, gone_later still active
+    let held = env.fake.with_state(|state| {
+        state
+            .directory
+            .user_by_username(&quitter)
+            .unwrap()
+            .groups
+            .len()
+    });
+    env.fake.with_state(|state| {
+        let directory = &mut state.directory;
+        for name in [&quitter, &gone_later] {
+            let pk = directory.user_by_username(name).unwrap().pk;
+            directory.users.remove(&pk);
+        }
+    });
+    env.sync_ok(); // R3: both deleted
+    let runs = env.store().runs(Some("corp")).unwrap();
+    let (r3, r2, r1) = (&runs[0], &runs[1], &runs[2]);
+
+    let leaver = |diff: &Value, name: &str| {
+        diff["leavers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["username"] == name)
+            .unwrap()
+            .clone()
+    };
+    // Adjacent: the deleted account had been inactive since R2; it was last active in R1.
+    let adjacent = env
+        .aksync(&["diff", &r2.run_id, &r3.run_id, "--json"])
+        .json();
+    let deleted = leaver(&adjacent, &quitter);
+    assert_eq!(deleted["reason"], "deleted");
+    assert_eq!(
+        deleted["last_seen_active_at"],
+        serde_json::to_value(r1.finished_at).unwrap()
+    );
+    assert_eq!(
+        deleted["groups_at_departure"].as_array().unwrap().len(),
+        held
+    );
+    // Across runs: the other account was still active in R2, between the two runs compared.
+    let across = env
+        .aksync(&["diff", &r1.run_id, &r3.run_id, "--json"])
+        .json();
+    let deleted = leaver(&across, &gone_later);
+    assert_eq!(
+        deleted["last_seen_active_at"],
+        serde_json::to_value(r2.finished_at).unwrap()
+    );
+    assert_eq!(
+        deleted["detected_at"],
+        serde_json::to_value(r3.finished_at).unwrap()
+    );
+
+    // A period report covers every run after --from, each event with the run that saw it.
+    let out = env.dir.path().join("period.csv");
+    let report = env.aksync(&[
+        "report",
+        "latest",
+        "--from",
+        &r1.run_id,
+        "--format",
+        "csv",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(report.code, 0, "{}", report.stderr);
+    let csv = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        csv.starts_with("type,external_id,username,email,detail,detected_at,run_id"),
+        "{csv}"
+    );
+    let leaver_rows: Vec<&str> = csv
+        .lines()
+        .filter(|line| line.starts_with("leaver,"))
+        .collect();
+    assert_eq!(leaver_rows.len(), 3, "{csv}");
+    assert!(leaver_rows
+        .iter()
+        .any(|row| row.contains(&quitter) && row.ends_with(&r2.run_id)));
+    assert!(leaver_rows
+        .iter()
+        .any(|row| row.contains(&quitter) && row.ends_with(&r3.run_id)));
+
+    let json = env.aksync(&["report", "--format", "json"]).json();
+    assert_eq!(json["header"]["run_id"], r3.run_id.as_str());
+    assert_eq!(json["header"]["previous_run"], r2.run_id.as_str());
+    let bad = env.aksync(&["report", "--format", "xml"]);
+    assert_eq!(bad.code, 2);
+    assert!(
+        bad.stderr.contains("md, json, csv, html or pdf"),
+        "{}",
+        bad.stderr
+    );
+    let backwards = env.aksync(&["report", &r1.run_id, "--from", &r3.run_id]);
+    assert_eq!(backwards.code, 2, "{}", backwards.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pdf_reports_need_chromium_and_say_so() {
+    let env = TestEnv::start(5).await;
+    env.sync_ok();
+    let out = env.dir.path().join("report.pdf");
+    let missing = std::process::Command::new(env!("CARGO_BIN_EXE_aksync"))
+        .args([
+            "--config",
+            env.config_path.to_str().unwrap(),
+            "report",
+            "--format",
+            "pdf",
+        ])
+        .env("AKSYNC_CHROMIUM", env.dir.path().join("no-such-chromium"))
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.to_lowercase().contains("chromium"), "{stderr}");
+    if aksync::report::find_chromium().is_some() {
+        let run = env.aksync(&["report", "--format", "pdf", "--out", out.to_str().unwrap()]);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        assert!(std::fs::read(&out).unwrap().starts_with(b"%PDF"));
+    }
+}

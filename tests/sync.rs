@@ -139,6 +139,20 @@ async fn sync_stores_exactly_the_directory() {
     }
     assert!(directory.groups.values().any(|g| g.parents.len() > 1));
 
+    // The readable table and the CSV hold the same accounts.
+    let table = env.aksync(&["show", "accounts"]);
+    assert_eq!(table.stdout.lines().count(), accounts.len() + 1);
+    assert!(table.stdout.starts_with("USERNAME"), "{}", table.stdout);
+    let csv = env.aksync(&["show", "accounts", "--csv"]);
+    let mut lines = csv.stdout.lines();
+    assert!(lines
+        .next()
+        .unwrap()
+        .starts_with("external_id,secondary_key,username,"));
+    assert_eq!(lines.count(), accounts.len());
+    let both = env.aksync(&["show", "accounts", "--csv", "--json"]);
+    assert_eq!(both.code, 2);
+
     // The raw payload is kept without the avatar.
     let store = env.store();
     let latest = store.latest_complete("corp").unwrap().unwrap();

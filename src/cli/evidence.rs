@@ -6,7 +6,9 @@ use std::path::Path;
 use serde_json::Value;
 
 use super::{open_existing, print_json, resolve_run, CliError, Exit};
-use crate::artifacts::{self, build_report, read_envelopes, rebuild_envelopes, write_reports};
+use crate::artifacts::{
+    self, build_report, read_envelopes, rebuild_envelopes, run_report, write_reports,
+};
 use crate::cli::opt::EnvelopeFormat;
 use crate::clock::Clock;
 use crate::config::{Config, SourceConfig};
@@ -48,11 +50,12 @@ pub(crate) fn write_run_reports(
     config: &Config,
     source: &SourceConfig,
     run: &RunRecord,
+    diff: &DirectoryDiff,
     clock: &dyn Clock,
 ) {
     let written = Store::open(&config.database_path(), crate::sync::STORE_WAIT)
         .map_err(artifacts::ArtifactError::from)
-        .and_then(|store| Ok(build_report(&store, source, None, run, clock.now())?))
+        .and_then(|store| Ok(run_report(&store, source, run, diff.clone(), clock.now())?))
         .and_then(|report| write_reports(config, &report));
     if let Err(error) = written {
         eprintln!(
@@ -90,6 +93,10 @@ fn groups(groups: &[GroupRef]) -> String {
         .map(|group| group.display_name.as_str())
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+fn when(at: chrono::DateTime<chrono::Utc>) -> String {
+    at.format("%Y-%m-%d %H:%M:%S UTC").to_string()
 }
 
 fn value_text(value: &Value) -> String {
@@ -133,9 +140,9 @@ fn human_diff(diff: &DirectoryDiff) -> String {
     }
     for joiner in &diff.joiners {
         out.push_str(&format!(
-            "  + {} ({:?}): {}\n",
+            "  + {} ({}): {}\n",
             joiner.username,
-            joiner.reason,
+            joiner.reason.as_str(),
             groups(&joiner.groups)
         ));
     }
@@ -166,12 +173,12 @@ fn human_diff(diff: &DirectoryDiff) -> String {
     for leaver in &diff.leavers {
         let last_seen = leaver
             .last_seen_active_at
-            .map_or_else(|| "unknown".to_string(), |at| at.to_rfc3339());
+            .map_or_else(|| "unknown".to_string(), when);
         out.push_str(&format!(
-            "  - {} ({:?}), detected {}, last seen active {last_seen}; held: {}\n",
+            "  - {} ({}), detected {}, last seen active {last_seen}; held: {}\n",
             leaver.username,
-            leaver.reason,
-            leaver.detected_at.to_rfc3339(),
+            leaver.reason.as_str(),
+            when(leaver.detected_at),
             groups(&leaver.groups_at_departure)
         ));
     }
@@ -349,7 +356,7 @@ pub(crate) fn history(
             }
             println!(
                 "  {}  {:<8} {}  (run {})",
-                event.detected_at.format("%Y-%m-%d %H:%M:%S"),
+                when(event.detected_at),
                 what,
                 details.join("; "),
                 event.run_id

@@ -188,13 +188,18 @@ pub(crate) async fn sync(
         match &synced.diff {
             Some(diff) => {
                 println!("{}", evidence::diff_headline(diff));
-                evidence::write_run_reports(config, source, &synced.run, clock);
+                evidence::write_run_reports(config, source, &synced.run, diff, clock);
             }
             None => exit = Exit::Failure,
         }
     }
     if let Some(webhook) = &config.output.webhook {
-        let report = crate::delivery::deliver_pending(config, webhook, clock).await?;
+        let report = crate::delivery::deliver_pending(config, webhook, clock)
+            .await
+            .map_err(|error| match error {
+                crate::delivery::DeliveryError::Store(error) => CliError::Store(error),
+                other => CliError::Runtime(other.to_string()),
+            })?;
         if let Some(reason) = &report.stopped {
             eprintln!("aksync: webhook delivery paused, will resume on the next run: {reason}");
         } else if !report.runs_delivered.is_empty() {

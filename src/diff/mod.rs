@@ -49,6 +49,24 @@ pub enum LeaveReason {
     Deactivated,
 }
 
+impl JoinReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JoinReason::Created => "created",
+            JoinReason::Reactivated => "reactivated",
+        }
+    }
+}
+
+impl LeaveReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeaveReason::Deleted => "deleted",
+            LeaveReason::Deactivated => "deactivated",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Joiner {
     pub external_id: String,

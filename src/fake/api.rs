@@ -608,15 +608,7 @@ fn canonical_uuid(raw: &str) -> Option<String> {
     if hex.len() != 32 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
         return None;
     }
-    let hex = hex.to_ascii_lowercase();
-    Some(format!(
-        "{}-{}-{}-{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..]
-    ))
+    Some(super::directory::dashed_uuid(&hex.to_ascii_lowercase()))
 }
 
 /// django-filter validation errors, keyed by parameter, answered as a 400.

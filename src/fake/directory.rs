@@ -570,7 +570,11 @@ fn derived_uuid(parts: &[&str]) -> String {
     bytes.copy_from_slice(&digest[..16]);
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let hex = hex::encode(bytes);
+    dashed_uuid(&hex::encode(bytes))
+}
+
+/// 32 lowercase hex digits in the canonical 8-4-4-4-12 form.
+pub(super) fn dashed_uuid(hex: &str) -> String {
     format!(
         "{}-{}-{}-{}-{}",
         &hex[..8],

@@ -8,8 +8,7 @@ use similar::TextDiff;
 
 use super::Report;
 use crate::diff::{
-    DirectoryDiff, FieldChange, GroupChange, GroupRef, JoinReason, Joiner, LeaveReason, Leaver,
-    MembershipRef, Mover,
+    DirectoryDiff, FieldChange, GroupChange, GroupRef, Joiner, Leaver, MembershipRef, Mover,
 };
 
 /// Values longer than this, or on several lines, are shown as a unified diff: an `old → new`
@@ -282,14 +281,14 @@ impl Event<'_> {
         match self.kind {
             EventKind::Leaver(leaver) => format!(
                 "{}; groups: {}; latency {}; memberships removed: {}",
-                leave_reason(leaver.reason),
+                leaver.reason.as_str(),
                 group_names(&leaver.groups_at_departure),
                 detection_latency(leaver),
                 yes_no(leaver.memberships_removed)
             ),
             EventKind::Joiner(joiner) => format!(
                 "{}; groups: {}",
-                join_reason(joiner.reason),
+                joiner.reason.as_str(),
                 group_names(&joiner.groups)
             ),
             EventKind::Mover(mover) => {
@@ -407,20 +406,6 @@ impl Section {
 /// RFC 3339 in UTC to the second: unambiguous, sortable, and read by spreadsheets.
 pub(super) fn timestamp(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Secs, true)
-}
-
-pub(super) fn leave_reason(reason: LeaveReason) -> &'static str {
-    match reason {
-        LeaveReason::Deleted => "deleted",
-        LeaveReason::Deactivated => "deactivated",
-    }
-}
-
-pub(super) fn join_reason(reason: JoinReason) -> &'static str {
-    match reason {
-        JoinReason::Created => "created",
-        JoinReason::Reactivated => "reactivated",
-    }
 }
 
 pub(super) fn yes_no(flag: bool) -> &'static str {

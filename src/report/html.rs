@@ -7,8 +7,8 @@ use chrono::{DateTime, Utc};
 
 use super::chart::trend_chart;
 use super::content::{
-    change_views, detection_latency, events, group_names, header_fields, join_reason, leave_reason,
-    timestamp, title, yes_no, ChangeView, Event, EventKind, HeaderValue, Section, ESCALATION_FLAG,
+    change_views, detection_latency, events, group_names, header_fields, timestamp, title, yes_no,
+    ChangeView, Event, EventKind, HeaderValue, Section, ESCALATION_FLAG,
 };
 use super::Report;
 use crate::diff::{FieldChange, GroupRef, MembershipRef};
@@ -159,7 +159,7 @@ fn event_row(event: &Event<'_>) -> Vec<String> {
             account(),
             format!(
                 "{}<span class=\"label\">Memberships removed</span>{}",
-                escape(leave_reason(leaver.reason)),
+                escape(leaver.reason.as_str()),
                 escape(yes_no(leaver.memberships_removed))
             ),
             escape(&group_names(&leaver.groups_at_departure)),
@@ -180,7 +180,7 @@ fn event_row(event: &Event<'_>) -> Vec<String> {
         ],
         EventKind::Joiner(joiner) => vec![
             account(),
-            escape(join_reason(joiner.reason)),
+            escape(joiner.reason.as_str()),
             escape(&group_names(&joiner.groups)),
             run,
         ],

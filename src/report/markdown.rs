@@ -4,9 +4,8 @@
 //! read verbatim and no username can inject markup.
 
 use super::content::{
-    change_views, detection_latency, events, group_names, header_fields, join_reason, leave_reason,
-    timestamp, title, yes_no, ChangeView, Event, EventKind, HeaderValue, Section, ESCALATION_FLAG,
-    LATENCY_MEANING,
+    change_views, detection_latency, events, group_names, header_fields, timestamp, title, yes_no,
+    ChangeView, Event, EventKind, HeaderValue, Section, ESCALATION_FLAG, LATENCY_MEANING,
 };
 use super::Report;
 use crate::diff::{FieldChange, MembershipRef};
@@ -84,7 +83,7 @@ fn push_event(out: &mut String, section: Section, event: &Event<'_>) {
     let external_id = ("External id", code(&event.external_id()));
     match event.kind {
         EventKind::Leaver(leaver) => {
-            let reason = leave_reason(leaver.reason);
+            let reason = leaver.reason.as_str();
             push_line(
                 out,
                 &format!("- **{name}** ({reason}), detected by run {run}"),
@@ -125,7 +124,7 @@ fn push_event(out: &mut String, section: Section, event: &Event<'_>) {
             );
         }
         EventKind::Joiner(joiner) => {
-            let reason = join_reason(joiner.reason);
+            let reason = joiner.reason.as_str();
             push_line(out, &format!("- **{name}** ({reason}), run {run}"));
             push_facts(
                 out,
