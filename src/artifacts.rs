@@ -295,6 +295,7 @@ fn header(source: &SourceConfig, run: &RunRecord, from: Option<&RunRecord>) -> R
         started_at: run.started_at,
         finished_at: run.finished_at,
         previous_run: run.previous_run.clone(),
+        baseline_reason: run.baseline_reason.clone(),
         period_from: from.map(|from| from.run_id.clone()),
         endpoints,
         filter: source.filter.clone(),

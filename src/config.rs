@@ -14,6 +14,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use url::Url;
 
+use crate::filter::RecordFilter;
 use crate::report::ReportFormat;
 use crate::secret::ApiToken;
 
@@ -173,7 +174,6 @@ struct DataShapingSettings<'a> {
     filter: Option<&'a str>,
     disable_group_sync: bool,
     primary_directory: bool,
-    ignore_fields: &'a [String],
 }
 
 impl SourceConfig {
@@ -182,7 +182,6 @@ impl SourceConfig {
             filter: self.filter.as_deref(),
             disable_group_sync: self.disable_group_sync,
             primary_directory: self.primary_directory,
-            ignore_fields: &self.ignore_fields,
         };
         let canonical = serde_json::to_vec(&settings).expect("plain struct serializes");
         hex::encode(Sha256::digest(canonical))
@@ -430,7 +429,7 @@ fn validate_source(name: &str, raw: RawSource, config_dir: &Path) -> Result<Sour
     let filter = match raw.filter {
         Some(expression) if expression.trim().is_empty() => None,
         Some(expression) => {
-            validate_filter(&expression).map_err(|reason| {
+            RecordFilter::compile(&expression).map_err(|reason| {
                 format!(
                     "`{}` is not a valid CEL expression ({expression:?}): {reason}",
                     key("filter")
@@ -617,14 +616,6 @@ mod tests {
             source.api_url("admin/version/").as_str(),
             "https://example.com/api/v3/admin/version/"
         );
-    }
-
-    #[test]
-    fn cel_typos_are_errors_not_panics() {
-        assert!(validate_filter("payload.type == 'internal'").is_ok());
-        assert!(validate_filter("1 +").is_err());
-        assert!(validate_filter("payload.type == ").is_err());
-        assert!(validate_filter("payload.type == 'internal").is_err());
     }
 
     #[test]

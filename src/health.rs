@@ -1,6 +1,7 @@
 //! The health check of a source: is the token valid, can it read users and groups, and what
 //! Authentik version answers. Every failure becomes a "Needs Attention" reason that tells the
-//! admin what to fix.
+//! admin what to fix. Syncs record what they see too, so a token revoked between checks
+//! shows up as unhealthy.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -35,19 +36,38 @@ pub fn reason_code(error: &ClientError) -> &'static str {
 
 pub async fn check_source(source: &SourceConfig, clock: &dyn Clock) -> HealthRecord {
     let result = probe(source).await;
-    let checked_at = clock.now();
-    let (status, version, user, error) = match result {
-        Ok((version, user)) => (HealthStatus::Healthy, Some(version), Some(user), None),
-        Err(error) => (HealthStatus::NeedsAttention, None, None, Some(error)),
+    health_record(
+        &source.name,
+        clock,
+        result.map_err(|error| (reason_code(&error), error.to_string())),
+    )
+}
+
+/// A health record from what a check or a sync saw: the Authentik version and the token's
+/// user, or a reason code and the reason.
+pub fn health_record(
+    source: &str,
+    clock: &dyn Clock,
+    result: Result<(String, String), (&str, String)>,
+) -> HealthRecord {
+    let (status, version, user, reason_code, reason) = match result {
+        Ok((version, user)) => (HealthStatus::Healthy, Some(version), Some(user), None, None),
+        Err((code, reason)) => (
+            HealthStatus::NeedsAttention,
+            None,
+            None,
+            Some(code.to_string()),
+            Some(reason),
+        ),
     };
     HealthRecord {
-        source: source.name.clone(),
+        source: source.to_string(),
         status,
-        checked_at,
+        checked_at: clock.now(),
         authentik_version: version,
         token_user: user,
-        reason_code: error.as_ref().map(|error| reason_code(error).to_string()),
-        reason: error.map(|error| error.to_string()),
+        reason_code,
+        reason,
         extra: BTreeMap::new(),
     }
 }

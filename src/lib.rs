@@ -1,7 +1,7 @@
 //! aksync: Authentik directory snapshots, joiner/mover/leaver diffs and audit evidence.
 //!
 //! Data flows top-down through the modules:
-//! `config → authentik (client) → normalize → store (snapshots) → sync / health → diff →
+//! `config → authentik (client) → normalize → filter → store (snapshots) → sync / health → diff →
 //! evidence → envelope / report (artifacts, delivery) → cli`.
 //! `fake` is the bundled fake Authentik server used by the demo and the tests.
 
@@ -16,6 +16,7 @@ pub mod diff;
 pub mod envelope;
 pub mod evidence;
 pub mod fake;
+pub mod filter;
 pub mod health;
 pub mod normalize;
 pub mod report;

@@ -11,6 +11,8 @@ use crate::clock::Clock;
 use crate::config::{Config, SourceConfig};
 use crate::diff::DirectoryDiff;
 use crate::evidence::{self, complete_runs, RunSnapshot};
+use crate::filter::RecordFilter;
+use crate::health::{health_record, reason_code};
 use crate::normalize::{normalize, NormalizeError, Snapshot};
 use crate::store::{DeliveryState, RunOutcome, RunRecord, Store, StoreError};
 
@@ -23,11 +25,23 @@ enum FetchError {
     Client(#[from] ClientError),
     #[error("the directory changed during the run: {0}")]
     Normalize(#[from] NormalizeError),
+    #[error("{0}")]
+    Filter(String),
     #[error("the token's own user `{0}` is not in the users listing, so the token sees only part of the directory (object-level permissions): give its user a role with authentik_core.view_user and view_group")]
     PartialVisibility(String),
 }
 
 impl FetchError {
+    /// What this failure says about the source's health, if anything: a listing that moved
+    /// or a filter that failed says nothing about the connection.
+    fn health(&self) -> Option<(&'static str, String)> {
+        match self {
+            FetchError::Client(error) => Some((reason_code(error), error.to_string())),
+            FetchError::PartialVisibility(_) => Some(("partial_visibility", self.to_string())),
+            FetchError::Normalize(_) | FetchError::Filter(_) => None,
+        }
+    }
+
     /// A listing that shifted while it was read may be fine on a second read.
     fn is_inconsistency(&self) -> bool {
         matches!(
@@ -40,6 +54,7 @@ impl FetchError {
 struct Fetched {
     snapshot: Snapshot,
     authentik_version: String,
+    token_user: String,
 }
 
 /// Runs one sync and records it. Only a failure to record the run is an error; everything
@@ -70,12 +85,21 @@ pub async fn sync_source(
         Ok(fetched) => fetched,
         Err(error) => {
             tracing::warn!(source = %source.name, "sync failed: {error}");
+            if let Some(problem) = error.health() {
+                store.put_health(&health_record(&source.name, clock, Err(problem)))?;
+            }
             let run = store.commit_failed(outcome, &error.to_string())?;
             return Ok(SyncedRun { run, diff: None });
         }
     };
+    let seen = (
+        fetched.authentik_version.clone(),
+        fetched.token_user.clone(),
+    );
+    store.put_health(&health_record(&source.name, clock, Ok(seen)))?;
     outcome.authentik_version = Some(fetched.authentik_version);
-    let previous = store.latest_complete(&source.name)?;
+    let latest = store.latest_complete(&source.name)?;
+    let (previous, baseline_reason) = compared_run(latest.clone(), &outcome.settings_fingerprint);
     let previous_snapshot = match &previous {
         Some(run) => store.snapshot(run)?,
         None => Snapshot::default(),
@@ -101,8 +125,10 @@ pub async fn sync_source(
     let committed = store.commit_complete(
         outcome.clone(),
         &fetched.snapshot,
-        previous.as_ref().map(|run| run.run_id.as_str()),
+        latest.as_ref().map(|run| run.run_id.as_str()),
         |record| {
+            record.previous_run = previous.as_ref().map(|run| run.run_id.clone());
+            record.baseline_reason = baseline_reason;
             let summary = write_envelopes(
                 &config.state_dir,
                 source,
@@ -133,6 +159,26 @@ pub async fn sync_source(
         run,
         diff: Some(diff),
     })
+}
+
+/// The run a new run is compared with: the latest complete one, unless the settings that
+/// shape the data changed since. Comparing across such a change would turn a narrower filter
+/// into leavers and disabled group sync into deleted groups, so the new run starts a new
+/// baseline instead, and says why.
+fn compared_run(
+    latest: Option<RunRecord>,
+    fingerprint: &str,
+) -> (Option<RunRecord>, Option<String>) {
+    match latest {
+        Some(run) if run.settings_fingerprint != fingerprint => {
+            let reason = format!(
+                "the settings that shape the data (filter, group sync, primary directory) changed since run {}, so this run starts a new baseline",
+                run.run_id
+            );
+            (None, Some(reason))
+        }
+        latest => (latest, None),
+    }
 }
 
 /// A stored run, and for a complete run its diff against the previous one.
@@ -176,9 +222,15 @@ async fn fetch_once(
     if !sees_itself {
         return Err(FetchError::PartialVisibility(me.user.username));
     }
-    let snapshot = normalize(users.records, groups, source.primary_directory)?;
+    let mut snapshot = normalize(users.records, groups, source.primary_directory)?;
+    if let Some(expression) = &source.filter {
+        RecordFilter::compile(expression)
+            .and_then(|filter| filter.apply(&mut snapshot))
+            .map_err(FetchError::Filter)?;
+    }
     Ok(Fetched {
         snapshot,
         authentik_version: version.version_current,
+        token_user: me.user.username,
     })
 }

@@ -74,6 +74,11 @@ fn values_are_checked() {
     );
     config_error(
         dir.path(),
+        &format!("{GOOD_SOURCE}filter = \"paylod.type == 'internal'\"\n"),
+        &["sources.corp.filter", "paylod"],
+    );
+    config_error(
+        dir.path(),
         &format!("{GOOD_SOURCE}page_size = 0\n"),
         &["sources.corp.page_size"],
     );

@@ -91,6 +91,7 @@ fn report() -> Report {
             started_at: at(2, 1),
             finished_at: at(2, 2),
             previous_run: Some("01JC0000000000000000000001".to_string()),
+            baseline_reason: None,
             period_from: None,
             endpoints: vec![
                 "GET /api/v3/core/users/?ordering=pk&include_groups=false&include_roles=false&page_size=100".to_string(),

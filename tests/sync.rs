@@ -432,3 +432,99 @@ async fn the_token_never_reaches_the_database_or_output() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_filter_keeps_matching_accounts_and_their_memberships_only() {
+    let env = TestEnv::start(30).await;
+    env.write_config(
+        aksync::fake::READER_TOKEN,
+        "filter = \"payload.type == 'internal'\"",
+    );
+    env.sync_ok();
+    let directory = env.fake.with_state(|state| state.directory.clone());
+    let internal: Vec<&aksync::fake::FakeUser> = directory
+        .users
+        .values()
+        .filter(|user| user.user_type == "internal")
+        .collect();
+    let mut expected_accounts: Vec<String> =
+        internal.iter().map(|user| directory.uid(user.pk)).collect();
+    expected_accounts.sort();
+    assert_eq!(
+        ids(&env.show_json("accounts", "latest"), "external_id"),
+        expected_accounts
+    );
+    let mut expected_memberships: Vec<String> = internal
+        .iter()
+        .flat_map(|user| {
+            user.groups
+                .iter()
+                .map(|group| format!("{}:{group}", directory.uid(user.pk)))
+        })
+        .collect();
+    expected_memberships.sort();
+    assert_eq!(
+        membership_ids(&env.show_json("memberships", "latest")),
+        expected_memberships
+    );
+    assert_eq!(
+        ids(&env.show_json("groups", "latest"), "external_id").len(),
+        directory.groups.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_settings_start_a_new_baseline_instead_of_fabricating_leavers() {
+    let env = TestEnv::start(20).await;
+    env.sync_ok();
+    env.write_config(
+        aksync::fake::READER_TOKEN,
+        "disable_group_sync = true\nfilter = \"payload.type == 'internal'\"",
+    );
+    env.sync_ok();
+    let store = env.store();
+    let runs = store.runs(Some("corp")).unwrap();
+    let baseline = &runs[0];
+    assert_eq!(baseline.previous_run, None);
+    assert!(baseline
+        .baseline_reason
+        .as_deref()
+        .unwrap()
+        .contains(&runs[1].run_id));
+    assert_eq!(baseline.changes.unwrap().leavers, 0);
+    let path = env
+        .state_dir()
+        .join("envelopes/corp")
+        .join(format!("{}.jsonl", baseline.run_id));
+    let lines = std::fs::read_to_string(path).unwrap();
+    assert!(!lines.is_empty());
+    for line in lines.lines() {
+        let envelope: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(envelope["action"], "created", "{line}");
+        assert_eq!(envelope["schema"], "DirectoryAccount");
+    }
+    let report = env.aksync(&["report", "--format", "md"]);
+    assert!(report.stdout.contains("new baseline"), "{}", report.stdout);
+    // Comparing across the change on request works, with a warning.
+    let across = env.aksync(&["diff", "previous", "latest", "--json"]);
+    assert_eq!(across.code, 0);
+    assert!(
+        across.stderr.contains("different filter"),
+        "{}",
+        across.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_with_a_revoked_token_marks_the_source_unhealthy() {
+    let env = TestEnv::start(5).await;
+    env.sync_ok();
+    let healthy = env.store().health("corp").unwrap().unwrap();
+    assert_eq!(healthy.status, aksync::store::HealthStatus::Healthy);
+    env.write_config(aksync::fake::REVOKED_TOKEN, "");
+    let run = env.aksync(&["sync"]);
+    assert_eq!(run.code, 1);
+    let health = env.store().health("corp").unwrap().unwrap();
+    assert_eq!(health.status, aksync::store::HealthStatus::NeedsAttention);
+    assert_eq!(health.reason_code.as_deref(), Some("bad_token"));
+}

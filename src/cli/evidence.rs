@@ -75,6 +75,12 @@ pub(crate) fn diff(
     let store = store(config, &source.name)?;
     let from = resolve_run(&store, &source.name, from)?;
     let to = resolve_run(&store, &source.name, to)?;
+    if from.settings_fingerprint != to.settings_fingerprint {
+        eprintln!(
+            "aksync: warning: runs {} and {} were made with different filter, group-sync or primary-directory settings; some differences come from the settings, not from Authentik",
+            from.run_id, to.run_id
+        );
+    }
     let result = compare_runs(&store, &source.ignore_fields, &from, &to)?;
     if json {
         print_json(&result)?;

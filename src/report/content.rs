@@ -69,10 +69,13 @@ pub(super) fn header_fields(report: &Report) -> Vec<HeaderField> {
         field("Run finished at", Prose(timestamp(header.finished_at))),
         field(
             "Compared with run",
-            literal_or(
-                &header.previous_run,
-                "none: first run of this source, every record is new",
-            ),
+            match (&header.previous_run, &header.baseline_reason) {
+                (Some(previous), _) => Literal(previous.clone()),
+                (None, Some(reason)) => Prose(format!("none: {reason}; every record is new")),
+                (None, None) => {
+                    Prose("none: first run of this source, every record is new".to_string())
+                }
+            },
         ),
     ];
     if let Some(from) = &header.period_from {

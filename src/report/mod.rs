@@ -29,8 +29,10 @@ pub struct ReportHeader {
     pub run_id: String,
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
-    /// The run this one was compared with; `None` for a source's first run.
+    /// The run this one was compared with; `None` for a source's first run or a new baseline.
     pub previous_run: Option<String>,
+    /// Why a run that is not the source's first was not compared with the run before it.
+    pub baseline_reason: Option<String>,
     /// For a period report: the first run of the period.
     pub period_from: Option<String>,
     /// The API calls made, with their parameters, e.g.

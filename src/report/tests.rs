@@ -115,6 +115,7 @@ fn header() -> ReportHeader {
         started_at: at(2, 0),
         finished_at: at(2, 10),
         previous_run: Some("R2".to_string()),
+        baseline_reason: None,
         period_from: Some("R1".to_string()),
         endpoints: vec![
             "GET /api/v3/core/users/?ordering=pk&include_groups=false&page_size=100".to_string(),
@@ -204,6 +205,7 @@ fn empty_report() -> Report {
     Report {
         header: ReportHeader {
             previous_run: None,
+            baseline_reason: None,
             period_from: None,
             ..header()
         },

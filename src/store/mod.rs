@@ -218,21 +218,21 @@ impl Store {
 
     /// Stores a complete snapshot as a new run, in one transaction, and returns its record.
     ///
-    /// `previous_run` is the latest complete run the caller compared with; if another process
-    /// committed a newer one meanwhile, nothing is stored. `finish` sees the record with its
-    /// id before the commit, writes what must exist once the run does (the outbox), and may
-    /// add to the record; an error from it stores nothing.
+    /// `expected_latest` is the source's latest complete run when the caller looked; if
+    /// another process committed a newer one meanwhile, nothing is stored. `finish` sees the
+    /// record with its id before the commit, writes what must exist once the run does (the
+    /// outbox), and completes the record; an error from it stores nothing.
     pub fn commit_complete(
         &self,
         outcome: RunOutcome,
         snapshot: &Snapshot,
-        previous_run: Option<&str>,
+        expected_latest: Option<&str>,
         finish: impl FnOnce(&mut RunRecord) -> Result<(), String>,
     ) -> Result<RunRecord, StoreError> {
         self.write(|txn| {
             let source = outcome.source.clone();
             let latest = latest_complete_id(txn, &source)?;
-            if latest.as_deref() != previous_run {
+            if latest.as_deref() != expected_latest {
                 return Err(Failure::Store(StoreError::Conflict {
                     source_name: source,
                     found: latest.unwrap_or_default(),
@@ -263,7 +263,6 @@ impl Store {
             };
             let mut record =
                 outcome.into_record(run_id, RunStatus::Complete, None, counts, versions_written);
-            record.previous_run = previous_run.map(str::to_string);
             finish(&mut record).map_err(|reason| Failure::Store(StoreError::Aborted(reason)))?;
             put_json(&mut txn.open_table(RUNS)?, &record.run_id, &record)?;
             Ok(record)

@@ -56,6 +56,10 @@ pub struct RunRecord {
     /// The complete run this one was compared with; `None` for a source's first run.
     #[serde(default)]
     pub previous_run: Option<String>,
+    /// Why the run was not compared with the source's previous complete run, e.g. because
+    /// the settings that shape the data changed in between.
+    #[serde(default)]
+    pub baseline_reason: Option<String>,
     /// What changed since `previous_run`.
     #[serde(default)]
     pub changes: Option<ChangeCounts>,
@@ -157,6 +161,7 @@ impl RunOutcome {
             settings_fingerprint: self.settings_fingerprint,
             aksync_version: env!("CARGO_PKG_VERSION").to_string(),
             previous_run: None,
+            baseline_reason: None,
             changes: None,
             envelopes: None,
             delivery: None,
