@@ -143,3 +143,47 @@ fn conf_d_and_environment_are_merged_in_order() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// Every key that config.example.toml documents, commented out or not, is a real key.
+#[test]
+fn the_example_config_documents_real_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), "x").unwrap();
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml"))
+            .unwrap();
+    let mut enabled = Vec::new();
+    for line in example.lines() {
+        let uncommented = line.strip_prefix("# ").filter(|rest| {
+            let is_key = rest
+                .split_once(" = ")
+                .is_some_and(|(key, _)| key.chars().all(|c| c.is_ascii_lowercase() || c == '_'));
+            (is_key || rest.starts_with("[output."))
+                && !rest.starts_with("token =")
+                && !rest.starts_with("ca_file")
+        });
+        let line = uncommented.unwrap_or(line);
+        let line = if line.starts_with("token_file") {
+            "token_file = \"token\""
+        } else {
+            line
+        };
+        let line = if line.starts_with("state_dir") {
+            format!("state_dir = {:?}", dir.path().join("state"))
+        } else {
+            line.to_string()
+        };
+        enabled.push(line);
+    }
+    let text = enabled.join("\n");
+    assert!(
+        text.contains("\nfilter = ")
+            && text.contains("[output.webhook]")
+            && text.contains("\nignore_fields = "),
+        "{text}"
+    );
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, &text).unwrap();
+    let run = run_binary(Some(&path), &["runs"]);
+    assert_eq!(run.code, 0, "{}\n{text}", run.stderr);
+}
