@@ -115,3 +115,24 @@ async fn an_unknown_host_is_a_dns_failure() {
     let (code, reason) = reason_of(&env);
     assert_eq!(code, "dns", "{reason}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_a_plain_http_port_is_a_tls_failure() {
+    let env = TestEnv::start(1).await;
+    let https = env.fake.base_url().replace("http://", "https://");
+    env.write_config_for(&https, READER_TOKEN, "timeout_secs = 5");
+    let (code, reason) = reason_of(&env);
+    assert_eq!(code, "tls", "{reason}");
+    assert!(reason.contains("ca_file"), "{reason}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_server_is_a_timeout() {
+    let env = TestEnv::start(1).await;
+    env.fake
+        .with_state(|state| state.latency = std::time::Duration::from_millis(2500));
+    env.write_config(READER_TOKEN, "timeout_secs = 1");
+    let (code, reason) = reason_of(&env);
+    assert_eq!(code, "timeout", "{reason}");
+    assert!(reason.contains("timeout_secs"), "{reason}");
+}

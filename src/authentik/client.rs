@@ -362,6 +362,19 @@ fn excerpt(body: &[u8]) -> String {
     }
 }
 
+/// How rustls and hyper describe TLS failures in the error chain. They share no error type
+/// that survives reqwest's wrapping, so the text is what tells them apart from a refused or
+/// reset connection.
+const TLS_FAILURE_MARKERS: [&str; 7] = [
+    "certificate",
+    "tls",
+    "handshake",
+    "corrupt message",
+    "fatal alert",
+    "invalid peer",
+    "peer is incompatible",
+];
+
 fn transport_error(error: reqwest::Error, endpoint: &str, url: &url::Url, attempt: u32) -> Attempt {
     let chain = error_chain(&error);
     let endpoint = endpoint.to_string();
@@ -372,7 +385,7 @@ fn transport_error(error: reqwest::Error, endpoint: &str, url: &url::Url, attemp
             host: url.host_str().unwrap_or_default().to_string(),
         });
     }
-    if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake") {
+    if TLS_FAILURE_MARKERS.iter().any(|marker| lower.contains(marker)) {
         return final_error(ClientError::Tls {
             endpoint,
             reason: chain,
