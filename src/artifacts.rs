@@ -313,22 +313,28 @@ pub fn report_path(state_dir: &Path, source: &str, run_id: &str, format: ReportF
         .join(format!("{run_id}.{}", format.extension()))
 }
 
-/// Writes the configured report formats of a run; returns the files written.
-pub fn write_reports(config: &Config, report: &Report) -> Result<Vec<PathBuf>, ArtifactError> {
-    let mut written = Vec::new();
+/// Writes the configured report formats of a run. One format failing (PDF without Chromium,
+/// say) does not keep the others from being written; the first failure is returned.
+pub fn write_reports(config: &Config, report: &Report) -> Result<(), ArtifactError> {
+    let mut first_failure = None;
     for format in &config.output.reports {
-        let bytes = report::render(report, *format)?;
         let path = report_path(
             &config.state_dir,
             &report.header.source,
             &report.header.run_id,
             *format,
         );
-        envelope::write_atomic(&path, &bytes).map_err(|error| ArtifactError::Write {
-            path: path.clone(),
-            reason: error.to_string(),
-        })?;
-        written.push(path);
+        let written = report::render(report, *format)
+            .map_err(ArtifactError::from)
+            .and_then(|bytes| {
+                envelope::write_atomic(&path, &bytes).map_err(|error| ArtifactError::Write {
+                    path: path.clone(),
+                    reason: error.to_string(),
+                })
+            });
+        if let Err(error) = written {
+            first_failure.get_or_insert(error);
+        }
     }
-    Ok(written)
+    first_failure.map_or(Ok(()), Err)
 }

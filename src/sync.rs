@@ -98,15 +98,27 @@ pub async fn sync_source(
     );
     store.put_health(&health_record(&source.name, clock, Ok(seen)))?;
     outcome.authentik_version = Some(fetched.authentik_version);
+    store_complete(config, source, &store, outcome, &fetched.snapshot)
+}
+
+/// Compares a complete snapshot with the previous run, writes its envelope file and commits
+/// it. A run that cannot write its outbox is recorded as failed.
+fn store_complete(
+    config: &Config,
+    source: &SourceConfig,
+    store: &Store,
+    outcome: RunOutcome,
+    snapshot: &Snapshot,
+) -> Result<SyncedRun, StoreError> {
     let latest = store.latest_complete(&source.name)?;
     let (previous, baseline_reason) = compared_run(latest.clone(), &outcome.settings_fingerprint);
     let previous_snapshot = match &previous {
         Some(run) => store.snapshot(run)?,
         None => Snapshot::default(),
     };
-    let runs_before = complete_runs(&store, &source.name)?;
+    let runs_before = complete_runs(store, &source.name)?;
     let mut diff = evidence::compare(
-        &store,
+        store,
         &source.name,
         &source.ignore_fields,
         previous.as_ref().map(|run| RunSnapshot {
@@ -118,13 +130,13 @@ pub async fn sync_source(
             // The id is given at commit.
             run_id: "",
             finished_at: outcome.finished_at,
-            snapshot: &fetched.snapshot,
+            snapshot,
         },
         &runs_before,
     )?;
     let committed = store.commit_complete(
         outcome.clone(),
-        &fetched.snapshot,
+        snapshot,
         latest.as_ref().map(|run| run.run_id.as_str()),
         |record| {
             record.previous_run = previous.as_ref().map(|run| run.run_id.clone());
@@ -134,7 +146,7 @@ pub async fn sync_source(
                 source,
                 record,
                 &previous_snapshot,
-                &fetched.snapshot,
+                snapshot,
             )
             .map_err(|error| error.to_string())?;
             if config.output.webhook.is_some() && summary.lines > 0 {

@@ -80,3 +80,45 @@ async fn queries_before_any_sync_say_so() {
     assert_eq!(run.code, 1);
     assert!(run.stderr.contains("aksync sync"), "{}", run.stderr);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_killed_mid_fetch_leaves_the_history_intact() {
+    let env = TestEnv::start(30).await;
+    env.sync_ok();
+    let before = env.aksync(&["runs", "--json"]).json();
+    env.fake.with_state(|state| {
+        state.latency = std::time::Duration::from_millis(300);
+        state.directory.add_user("late.arrival", "internal");
+    });
+    env.write_config(aksync::fake::READER_TOKEN, "page_size = 5\nconcurrency = 1");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_aksync"))
+        .args(["--config", env.config_path.to_str().unwrap(), "sync"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the listing is under way, then kill it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while env
+        .fake
+        .with_state(|state| !state.request_log.iter().any(|line| line.contains("page=2")))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sync never reached page 2"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(env.aksync(&["runs", "--json"]).json(), before);
+    env.fake
+        .with_state(|state| state.latency = std::time::Duration::ZERO);
+    env.sync_ok();
+    let accounts = env.show_json("accounts", "latest");
+    assert!(accounts
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|a| a["username"] == "late.arrival"));
+}

@@ -385,7 +385,10 @@ fn transport_error(error: reqwest::Error, endpoint: &str, url: &url::Url, attemp
             host: url.host_str().unwrap_or_default().to_string(),
         });
     }
-    if TLS_FAILURE_MARKERS.iter().any(|marker| lower.contains(marker)) {
+    if TLS_FAILURE_MARKERS
+        .iter()
+        .any(|marker| lower.contains(marker))
+    {
         return final_error(ClientError::Tls {
             endpoint,
             reason: chain,
