@@ -6,7 +6,28 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     install_panic_hook();
-    let opt = aksync::cli::opt::Opt::parse();
+    let opt = match aksync::cli::opt::Opt::try_parse() {
+        Ok(opt) => opt,
+        Err(error) if !error.use_stderr() => {
+            // --help and --version
+            let _ = error.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(error) => {
+            // clap explains over several lines; the part before the usage is the message.
+            let rendered = error.render().to_string();
+            let message = rendered
+                .split("\n\nUsage:")
+                .next()
+                .unwrap_or_default()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            let message = message.trim_start_matches("error: ");
+            eprintln!("aksync: {message} (see aksync --help)");
+            return ExitCode::from(aksync::cli::Exit::Usage as u8);
+        }
+    };
     init_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

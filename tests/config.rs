@@ -187,3 +187,22 @@ fn the_example_config_documents_real_keys() {
     let run = run_binary(Some(&path), &["runs"]);
     assert_eq!(run.code, 0, "{}\n{text}", run.stderr);
 }
+
+#[test]
+fn usage_errors_are_one_line() {
+    for args in [
+        &["frobnicate"][..],
+        &["show"],
+        &["show", "accounts", "--json", "--csv"],
+    ] {
+        let run = run_binary(None, args);
+        assert_eq!(run.code, 2, "{args:?}");
+        assert_eq!(
+            run.stderr.trim().lines().count(),
+            1,
+            "{args:?}: {}",
+            run.stderr
+        );
+        assert!(run.stderr.starts_with("aksync: "), "{}", run.stderr);
+    }
+}

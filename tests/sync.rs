@@ -153,6 +153,17 @@ async fn sync_stores_exactly_the_directory() {
     let both = env.aksync(&["show", "accounts", "--csv", "--json"]);
     assert_eq!(both.code, 2);
 
+    // The state directory aksync created holds personal data: owner only.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(env.state_dir())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
+
     // The raw payload is kept without the avatar.
     let store = env.store();
     let latest = store.latest_complete("corp").unwrap().unwrap();

@@ -142,7 +142,7 @@ impl Store {
             .parent()
             .filter(|parent| !parent.as_os_str().is_empty())
         {
-            std::fs::create_dir_all(parent).map_err(|error| StoreError::Io {
+            create_private_dir(parent).map_err(|error| StoreError::Io {
                 path: path.to_path_buf(),
                 reason: error.to_string(),
             })?;
@@ -466,6 +466,16 @@ impl Store {
         })
         .map_err(|failure| failure.into_store_error(&self.path))
     }
+}
+
+/// The state directory holds personal data (the directory, envelopes, reports), so one that
+/// aksync creates is readable by its owner only.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
 }
 
 /// Why a store operation stopped, before it is given the database path.
