@@ -158,7 +158,8 @@ pub fn read_envelopes(state_dir: &Path, run: &RunRecord) -> Result<Vec<Envelope>
 }
 
 /// The report of the complete runs after `from` up to `to` (just `to` when `from` is
-/// `None`), each compared with the run before it.
+/// `None`), each compared with the run it was compared with when it was stored. Each
+/// snapshot is read once, however long the period.
 pub fn build_report(
     store: &Store,
     source: &SourceConfig,
@@ -168,14 +169,48 @@ pub fn build_report(
 ) -> Result<Report, StoreError> {
     let runs = complete_runs(store, &source.name)?;
     let mut diffs = Vec::new();
-    for run in runs.iter().filter(|run| run.run_id <= to.run_id) {
+    let mut last_read: Option<(&RunRecord, Snapshot)> = None;
+    for (index, run) in runs.iter().enumerate() {
         let in_period = match from {
-            Some(from) => run.run_id > from.run_id,
+            Some(from) => run.run_id > from.run_id && run.run_id <= to.run_id,
             None => run.run_id == to.run_id,
         };
-        if in_period {
-            diffs.push(diff_with_previous(store, source, run)?);
+        if !in_period {
+            continue;
         }
+        let previous = match run.previous_run.as_deref() {
+            None => None,
+            Some(id) => match last_read.take() {
+                Some((record, snapshot)) if record.run_id == id => Some((record, snapshot)),
+                _ => {
+                    let record = runs
+                        .iter()
+                        .find(|record| record.run_id == id)
+                        .ok_or_else(|| StoreError::UnknownRun(id.to_string()))?;
+                    Some((record, store.snapshot(record)?))
+                }
+            },
+        };
+        let snapshot = store.snapshot(run)?;
+        diffs.push(evidence::compare(
+            store,
+            &source.name,
+            &source.ignore_fields,
+            previous
+                .as_ref()
+                .map(|(record, snapshot)| evidence::RunSnapshot {
+                    run_id: &record.run_id,
+                    finished_at: record.finished_at,
+                    snapshot,
+                }),
+            evidence::RunSnapshot {
+                run_id: &run.run_id,
+                finished_at: run.finished_at,
+                snapshot: &snapshot,
+            },
+            &runs[..index],
+        )?);
+        last_read = Some((run, snapshot));
     }
     Ok(assemble_report(
         source,
@@ -238,31 +273,6 @@ fn assemble_report(
         diffs,
         trend,
         generated_at,
-    }
-}
-
-/// A complete run's diff against the run it was compared with when it was stored.
-pub fn diff_with_previous(
-    store: &Store,
-    source: &SourceConfig,
-    run: &RunRecord,
-) -> Result<DirectoryDiff, StoreError> {
-    match &run.previous_run {
-        Some(previous) => {
-            evidence::compare_runs(store, &source.ignore_fields, &store.run(previous)?, run)
-        }
-        None => evidence::compare(
-            store,
-            &source.name,
-            &source.ignore_fields,
-            None,
-            evidence::RunSnapshot {
-                run_id: &run.run_id,
-                finished_at: run.finished_at,
-                snapshot: &store.snapshot(run)?,
-            },
-            &[],
-        ),
     }
 }
 

@@ -110,13 +110,13 @@ fn store_complete(
     outcome: RunOutcome,
     snapshot: &Snapshot,
 ) -> Result<SyncedRun, StoreError> {
-    let latest = store.latest_complete(&source.name)?;
+    let runs_before = complete_runs(store, &source.name)?;
+    let latest = runs_before.last().cloned();
     let (previous, baseline_reason) = compared_run(latest.clone(), &outcome.settings_fingerprint);
     let previous_snapshot = match &previous {
         Some(run) => store.snapshot(run)?,
         None => Snapshot::default(),
     };
-    let runs_before = complete_runs(store, &source.name)?;
     let mut diff = evidence::compare(
         store,
         &source.name,
