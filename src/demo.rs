@@ -27,7 +27,7 @@ pub async fn run(
             .map_err(|error| runtime_error("cannot create a temporary directory", error))?
             .keep(),
     };
-    std::fs::create_dir_all(&state_dir)
+    crate::store::create_private_dir(&state_dir)
         .map_err(|error| runtime_error(&format!("cannot create {}", state_dir.display()), error))?;
     let server = FakeAuthentik::start(Directory::generate(DEMO_SEED, people))
         .await

@@ -48,6 +48,9 @@ const SCHEMA_VERSION_KEY: &str = "schema_version";
 /// Separates the parts of a key; it cannot occur in source names or Authentik ids.
 const SEP: char = '\u{1f}';
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// redb's page cache. Runs read and write each record about once, so a large cache buys
+/// little and would count against the memory budget of a large directory.
+const CACHE_BYTES: usize = 64 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -152,6 +155,7 @@ impl Store {
             let attempt = guarded(path, || {
                 redb::Builder::new()
                     .set_concurrency_mode(ConcurrencyMode::MultiWriter)
+                    .set_cache_size(CACHE_BYTES)
                     .create(path)
                     .map_err(|error| Failure::Redb(error.into()))
             });
@@ -470,7 +474,7 @@ impl Store {
 
 /// The state directory holds personal data (the directory, envelopes, reports), so one that
 /// aksync creates is readable by its owner only.
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]
