@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::authentik::ListKind;
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Config, ConfigError, ConfigLocation};
+use crate::config::{Config, ConfigError, ConfigLocation, SourceConfig};
 use crate::demo;
 use crate::health::check_source;
 use crate::store::{HealthStatus, RunRecord, RunStatus, Store, StoreError};
@@ -52,19 +52,28 @@ impl CliError {
 /// Runs one command; the caller prints the error and exits with the code.
 pub async fn run(opt: Opt) -> Result<Exit, CliError> {
     let clock = SystemClock;
-    let location = ConfigLocation::from_option(opt.config);
     match opt.command {
+        // The demo writes its own configuration.
         Command::Demo { people, state_dir } => demo::run(people, state_dir, &clock).await,
+        command => {
+            let config = Config::load(&ConfigLocation::from_option(opt.config))?;
+            run_configured(command, &config, &clock).await
+        }
+    }
+}
+
+async fn run_configured(
+    command: Command,
+    config: &Config,
+    clock: &dyn Clock,
+) -> Result<Exit, CliError> {
+    match command {
+        Command::Demo { .. } => Err(CliError::Usage("the demo needs no configuration".into())),
         Command::Check { source, json } => {
-            let config = Config::load(&location)?;
-            check(&config, source.source.as_deref(), json, &clock).await
+            check(config, source.source.as_deref(), json, clock).await
         }
-        Command::Sync { source } => {
-            let config = Config::load(&location)?;
-            sync(&config, source.source.as_deref(), &clock).await
-        }
+        Command::Sync { source } => sync(config, source.source.as_deref(), clock).await,
         Command::Runs { source, json } => {
-            let config = Config::load(&location)?;
             if let Some(name) = &source.source {
                 config.select_sources(Some(name))?;
             }
@@ -76,9 +85,8 @@ pub async fn run(opt: Opt) -> Result<Exit, CliError> {
             run,
             format,
         } => {
-            let config = Config::load(&location)?;
-            let source = single_source(&config, source.source.as_deref())?;
-            show(&config.database_path(), &source, kind, &run, &format)
+            let source = single_source(config, source.source.as_deref())?;
+            show(&config.database_path(), &source.name, kind, &run, &format)
         }
         Command::Diff {
             from,
@@ -86,9 +94,8 @@ pub async fn run(opt: Opt) -> Result<Exit, CliError> {
             source,
             json,
         } => {
-            let config = Config::load(&location)?;
-            let source = single_source(&config, source.source.as_deref())?;
-            evidence::diff(&config, &config.sources[&source], &from, &to, json)
+            let source = single_source(config, source.source.as_deref())?;
+            evidence::diff(config, source, &from, &to, json)
         }
         Command::Envelopes {
             run,
@@ -96,9 +103,8 @@ pub async fn run(opt: Opt) -> Result<Exit, CliError> {
             format,
             rebuild,
         } => {
-            let config = Config::load(&location)?;
-            let source = single_source(&config, source.source.as_deref())?;
-            evidence::envelopes(&config, &config.sources[&source], &run, format, rebuild)
+            let source = single_source(config, source.source.as_deref())?;
+            evidence::envelopes(config, source, &run, format, rebuild)
         }
         Command::Report {
             run,
@@ -107,20 +113,18 @@ pub async fn run(opt: Opt) -> Result<Exit, CliError> {
             format,
             out,
         } => {
-            let config = Config::load(&location)?;
-            let source = single_source(&config, source.source.as_deref())?;
+            let source = single_source(config, source.source.as_deref())?;
             let request = evidence::ReportRequest {
                 run: &run,
                 from: from.as_deref(),
                 format: &format,
                 out: out.as_deref(),
             };
-            evidence::report(&config, &config.sources[&source], &request, &clock)
+            evidence::report(config, source, &request, clock)
         }
         Command::History { user, source, json } => {
-            let config = Config::load(&location)?;
-            let source = single_source(&config, source.source.as_deref())?;
-            evidence::history(&config, &source, &user, json)
+            let source = single_source(config, source.source.as_deref())?;
+            evidence::history(config, &source.name, &user, json)
         }
     }
 }
@@ -336,13 +340,14 @@ const GROUP_TABLE: [&str; 5] = [
 const MEMBERSHIP_FIELDS: [&str; 3] = ["account_external_id", "group_external_id", "role"];
 
 /// The one source a command reads: the named one, or the only one configured.
-pub(crate) fn single_source(config: &Config, name: Option<&str>) -> Result<String, CliError> {
-    match name {
-        Some(name) => Ok(config.select_sources(Some(name))?[0].name.clone()),
-        None if config.sources.len() == 1 => {
-            Ok(config.sources.keys().next().cloned().unwrap_or_default())
-        }
-        None => Err(CliError::Usage(format!(
+pub(crate) fn single_source<'a>(
+    config: &'a Config,
+    name: Option<&str>,
+) -> Result<&'a SourceConfig, CliError> {
+    match (name, config.sources.values().next()) {
+        (Some(name), _) => Ok(config.select_sources(Some(name))?[0]),
+        (None, Some(only)) if config.sources.len() == 1 => Ok(only),
+        (None, _) => Err(CliError::Usage(format!(
             "several sources are configured ({}): pass --source NAME",
             config
                 .sources
