@@ -47,6 +47,8 @@ pub enum ConfigError {
     },
     #[error("no sources configured in {0}: add a [sources.<name>] table with base_url and token_file (see config.example.toml)")]
     NoSources(String),
+    #[error("no configuration: {0} does not exist; create it from config.example.toml, or pass --config FILE")]
+    NoConfig(PathBuf),
     #[error("unknown source `{name}`: configured sources are {known}")]
     UnknownSource { name: String, known: String },
 }
@@ -221,6 +223,9 @@ impl Config {
         let raw: RawConfig = figment
             .extract()
             .map_err(|error| figment_error(&figment, error, &origin))?;
+        if raw.sources.is_empty() && !path.is_file() {
+            return Err(ConfigError::NoConfig(path.to_path_buf()));
+        }
         let state_dir_env = std::env::var_os("STATE_DIRECTORY").map(PathBuf::from);
         validate(raw, path, state_dir_env, origin)
     }

@@ -206,3 +206,17 @@ fn usage_errors_are_one_line() {
         assert!(run.stderr.starts_with("aksync: "), "{}", run.stderr);
     }
 }
+
+#[test]
+fn without_any_configuration_the_error_says_where_it_looked() {
+    if std::path::Path::new(aksync::config::DEFAULT_CONFIG_PATH).exists() {
+        return; // a machine with aksync installed
+    }
+    let run = run_binary(None, &["sync"]);
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr.contains("/etc/aksync/config.toml") && run.stderr.contains("--config"),
+        "{}",
+        run.stderr
+    );
+}

@@ -60,7 +60,7 @@ pub enum StoreError {
     Corrupt { path: PathBuf, reason: String },
     #[error("database {path} was written by a newer aksync (schema {found}, this build knows up to {SCHEMA_VERSION}): upgrade aksync")]
     NewerSchema { path: PathBuf, found: u32 },
-    #[error("cannot use database {path}: {reason}")]
+    #[error("cannot use database {path}: {reason}; check that state_dir is right and writable by this user")]
     Io { path: PathBuf, reason: String },
     #[error("no run `{0}`: list runs with `aksync runs`")]
     UnknownRun(String),
