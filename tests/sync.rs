@@ -544,3 +544,60 @@ async fn a_sync_with_a_revoked_token_marks_the_source_unhealthy() {
     assert_eq!(health.status, aksync::store::HealthStatus::NeedsAttention);
     assert_eq!(health.reason_code.as_deref(), Some("bad_token"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_sources_are_kept_apart() {
+    let env = TestEnv::start(8).await;
+    let other = aksync::fake::FakeAuthentik::start(Directory::generate(99, 5))
+        .await
+        .unwrap();
+    let config = format!(
+        "state_dir = {:?}\n\n[sources.corp]\nbase_url = {:?}\ntoken_file = \"token\"\n\n[sources.lab]\nbase_url = {:?}\ntoken_file = \"token\"\n",
+        env.state_dir().display().to_string(),
+        env.fake.base_url(),
+        other.base_url()
+    );
+    std::fs::write(&env.config_path, config).unwrap();
+    let run = env.aksync(&["sync"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.contains("corp: run") && run.stdout.contains("lab: run"),
+        "{}",
+        run.stdout
+    );
+    let ambiguous = env.aksync(&["show", "accounts"]);
+    assert_eq!(ambiguous.code, 2);
+    assert!(
+        ambiguous.stderr.contains("--source"),
+        "{}",
+        ambiguous.stderr
+    );
+    let lab = env
+        .aksync(&["show", "accounts", "--source", "lab", "--json"])
+        .json();
+    let lab_users = other.with_state(|state| state.directory.users.len());
+    assert_eq!(lab.as_array().unwrap().len(), lab_users);
+    let all_runs = env.aksync(&["runs", "--json"]).json();
+    assert_eq!(all_runs.as_array().unwrap().len(), 2);
+    let corp_runs = env.aksync(&["runs", "--source", "corp", "--json"]).json();
+    assert_eq!(corp_runs.as_array().unwrap().len(), 1);
+    let corp_run = corp_runs[0]["run_id"].as_str().unwrap().to_string();
+    let wrong = env.aksync(&["show", "accounts", "--source", "lab", "--run", &corp_run]);
+    assert_eq!(wrong.code, 2);
+    assert!(
+        wrong.stderr.contains("belongs to source `corp`"),
+        "{}",
+        wrong.stderr
+    );
+    assert!(
+        env.state_dir().join("envelopes/lab").is_dir()
+            && env.state_dir().join("envelopes/corp").is_dir()
+    );
+    let unknown = env.aksync(&["sync", "--source", "nope"]);
+    assert_eq!(unknown.code, 2);
+    assert!(
+        unknown.stderr.contains("`corp`, `lab`"),
+        "{}",
+        unknown.stderr
+    );
+}

@@ -160,7 +160,10 @@ fn unknown_run_fields_survive() {
     let record: RunRecord = serde_json::from_value(raw).unwrap();
     assert_eq!(record.counts.accounts, 1);
     // Only what this version does not know lands in `extra`, so nothing is written twice.
-    assert_eq!(record.extra.keys().collect::<Vec<_>>(), vec!["chain_digest"]);
+    assert_eq!(
+        record.extra.keys().collect::<Vec<_>>(),
+        vec!["chain_digest"]
+    );
     let written = serde_json::to_string(&record).unwrap();
     assert_eq!(written.matches("\"accounts\"").count(), 1, "{written}");
     let again: RunRecord = serde_json::from_str(&written).unwrap();
