@@ -374,6 +374,10 @@ fn validate_output(raw: RawOutput, config_dir: &Path) -> Result<OutputConfig, St
             let url = Url::parse(raw.url.trim()).map_err(|error| {
                 format!("`output.webhook.url` = {:?} is not a URL: {error}", raw.url)
             })?;
+            if !url.username().is_empty() || url.password().is_some() {
+                // The URL appears in messages; a secret in it would leak there.
+                return Err("`output.webhook.url` carries credentials: remove them and put the token in output.webhook.token_file".into());
+            }
             require_secure_transport(&url, raw.allow_insecure_http)
                 .map_err(|reason| format!("`output.webhook.url` = {:?}: {reason}", raw.url))?;
             let token = raw

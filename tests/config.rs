@@ -88,6 +88,18 @@ fn values_are_checked() {
         &["concurrency"],
     );
     config_error(dir.path(), "state_dir = \"/tmp\"\n", &["no sources"]);
+    config_error(
+        dir.path(),
+        &format!(
+            "{GOOD_SOURCE}[output.webhook]\nurl = \"https://user:secret@hooks.example.com/x\"\n"
+        ),
+        &["output.webhook.url", "token_file"],
+    );
+    config_error(
+        dir.path(),
+        &format!("{GOOD_SOURCE}[output]\nreports = [\"md\", \"docx\"]\n"),
+        &["output.reports", "docx"],
+    );
     config_error(dir.path(), "this is = not toml [", &["config.toml"]);
 }
 
