@@ -10,7 +10,7 @@ use crate::authentik::ListKind;
 use crate::config::{Config, SourceConfig};
 use crate::diff::DirectoryDiff;
 use crate::envelope::{self, Envelope, EnvelopeContext};
-use crate::evidence::{self, complete_runs};
+use crate::evidence;
 use crate::normalize::Snapshot;
 use crate::report::{self, Report, ReportFormat, ReportHeader, TrendPoint};
 use crate::store::{ChangeCounts, EnvelopeSummary, RunRecord, Store, StoreError};
@@ -167,7 +167,7 @@ pub fn build_report(
     to: &RunRecord,
     generated_at: DateTime<Utc>,
 ) -> Result<Report, StoreError> {
-    let runs = complete_runs(store, &source.name)?;
+    let runs = store.complete_runs(&source.name)?;
     let mut diffs = Vec::new();
     let mut last_read: Option<(&RunRecord, Snapshot)> = None;
     for (index, run) in runs.iter().enumerate() {
@@ -230,7 +230,7 @@ pub fn run_report(
     diff: DirectoryDiff,
     generated_at: DateTime<Utc>,
 ) -> Result<Report, StoreError> {
-    let runs = complete_runs(store, &source.name)?;
+    let runs = store.complete_runs(&source.name)?;
     Ok(assemble_report(
         source,
         None,

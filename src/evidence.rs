@@ -13,18 +13,7 @@ use crate::diff::{
 use crate::normalize::{
     AccountStatus, DirectoryAccount, DirectoryGroup, DirectoryMembership, Entry, Snapshot,
 };
-use crate::store::{RecordKind, RecordVersion, RunRecord, RunStatus, Store, StoreError};
-
-/// The complete runs of a source, oldest first.
-pub fn complete_runs(store: &Store, source: &str) -> Result<Vec<RunRecord>, StoreError> {
-    let mut runs: Vec<RunRecord> = store
-        .runs(Some(source))?
-        .into_iter()
-        .filter(|run| run.status == RunStatus::Complete)
-        .collect();
-    runs.reverse();
-    Ok(runs)
-}
+use crate::store::{RecordKind, RecordVersion, RunRecord, Store, StoreError};
 
 /// One side of a comparison that may not be stored yet (a run being committed).
 pub struct RunSnapshot<'a> {
@@ -91,7 +80,7 @@ pub fn compare_runs(
     from: &RunRecord,
     to: &RunRecord,
 ) -> Result<DirectoryDiff, StoreError> {
-    let runs = complete_runs(store, &to.source)?;
+    let runs = store.complete_runs(&to.source)?;
     let before: Vec<RunRecord> = runs
         .into_iter()
         .filter(|run| run.run_id < to.run_id)
@@ -258,7 +247,7 @@ pub fn find_accounts(store: &Store, source: &str, user: &str) -> Result<Vec<Stri
 /// Everything that happened to one account across the stored complete runs.
 pub fn timeline(store: &Store, source: &str, uid: &str) -> Result<Timeline, StoreError> {
     let history = AccountHistory::load(store, source, uid)?;
-    let runs = complete_runs(store, source)?;
+    let runs = store.complete_runs(source)?;
     let mut usernames = BTreeSet::new();
     let mut events = Vec::new();
     let mut ever_seen = false;

@@ -10,7 +10,7 @@ use crate::authentik::{AuthentikClient, ClientError, ListKind, RetryPolicy};
 use crate::clock::Clock;
 use crate::config::{Config, SourceConfig};
 use crate::diff::DirectoryDiff;
-use crate::evidence::{self, complete_runs, RunSnapshot};
+use crate::evidence::{self, RunSnapshot};
 use crate::filter::RecordFilter;
 use crate::health::{health_record, reason_code};
 use crate::normalize::{normalize, NormalizeError, Snapshot};
@@ -110,7 +110,7 @@ fn store_complete(
     outcome: RunOutcome,
     snapshot: &Snapshot,
 ) -> Result<SyncedRun, StoreError> {
-    let runs_before = complete_runs(store, &source.name)?;
+    let runs_before = store.complete_runs(&source.name)?;
     let latest = runs_before.last().cloned();
     let (previous, baseline_reason) = compared_run(latest.clone(), &outcome.settings_fingerprint);
     let previous_snapshot = match &previous {

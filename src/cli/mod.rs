@@ -418,9 +418,9 @@ pub(crate) fn resolve_run(store: &Store, source: &str, spec: &str) -> Result<Run
         "latest" | "previous" => {
             let skip = usize::from(spec == "previous");
             store
-                .runs(Some(source))?
+                .complete_runs(source)?
                 .into_iter()
-                .filter(|run| run.status == RunStatus::Complete)
+                .rev()
                 .nth(skip)
                 .ok_or_else(|| match skip {
                     0 => no_run(source),

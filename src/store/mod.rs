@@ -311,9 +311,7 @@ impl Store {
                 if !rest.starts_with(id_prefix) {
                     break;
                 }
-                let Some((external_id, valid_from)) = rest.rsplit_once(SEP) else {
-                    return Err(corrupt_value("record version key"));
-                };
+                let (external_id, valid_from) = split_version_key(rest)?;
                 let version: StoredVersion = from_json(value.value(), "record version")?;
                 rows.push(RecordVersion {
                     external_id: external_id.to_string(),
@@ -369,11 +367,16 @@ impl Store {
         })
     }
 
+    /// The complete runs of a source, oldest first.
+    pub fn complete_runs(&self, source: &str) -> Result<Vec<RunRecord>, StoreError> {
+        let mut runs = self.runs(Some(source))?;
+        runs.retain(|run| run.status == RunStatus::Complete);
+        runs.reverse();
+        Ok(runs)
+    }
+
     pub fn latest_complete(&self, source: &str) -> Result<Option<RunRecord>, StoreError> {
-        Ok(self
-            .runs(Some(source))?
-            .into_iter()
-            .find(|run| run.status == RunStatus::Complete))
+        Ok(self.complete_runs(source)?.pop())
     }
 
     /// The snapshot of a complete run, exactly as that run stored it.
@@ -400,10 +403,7 @@ impl Store {
         self.read(|txn| {
             let versions = txn.open_table(VERSIONS)?;
             let start = format!("{source}{SEP}");
-            let end = format!(
-                "{source}{}",
-                char::from_u32(SEP as u32 + 1).expect("valid char")
-            );
+            let end = prefix_end(&start);
             let mut count = 0;
             for row in versions.range(start.as_str()..end.as_str())? {
                 row?;
@@ -705,18 +705,13 @@ fn read_kind<R: DeserializeOwned>(
     let mut entries = BTreeMap::new();
     for row in versions.range(prefix.as_str()..end.as_str())? {
         let (key, value) = row?;
-        let Some((external_id, valid_from)) = key.value()[prefix.len()..].rsplit_once(SEP) else {
-            return Err(corrupt_value("record version key"));
-        };
+        let (external_id, valid_from) = split_version_key(&key.value()[prefix.len()..])?;
+        // The key alone rules out later versions, without parsing them.
         if valid_from > run_id {
             continue;
         }
         let version: StoredVersion = from_json(value.value(), "record version")?;
-        if version
-            .valid_to
-            .as_deref()
-            .is_some_and(|valid_to| valid_to <= run_id)
-        {
+        if !covers(valid_from, version.valid_to.as_deref(), run_id) {
             continue;
         }
         let entry = serde_json::from_value(version.entry)
@@ -724,6 +719,12 @@ fn read_kind<R: DeserializeOwned>(
         entries.insert(external_id.to_string(), entry);
     }
     Ok(entries)
+}
+
+/// `external_id␟valid_from` (the part of a version key after its kind prefix).
+fn split_version_key(rest: &str) -> Result<(&str, &str), Failure> {
+    rest.rsplit_once(SEP)
+        .ok_or_else(|| corrupt_value("record version key"))
 }
 
 /// Whether a version valid from `valid_from` until `valid_to` is the one `run_id` saw.
