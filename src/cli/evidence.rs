@@ -3,8 +3,6 @@
 
 use std::path::Path;
 
-use serde_json::Value;
-
 use super::{open_existing, print_json, resolve_run, CliError, Exit};
 use crate::artifacts::{
     self, build_report, read_envelopes, rebuild_envelopes, run_report, write_reports,
@@ -12,10 +10,10 @@ use crate::artifacts::{
 use crate::cli::opt::EnvelopeFormat;
 use crate::clock::Clock;
 use crate::config::{Config, SourceConfig};
-use crate::diff::{DirectoryDiff, FieldChange, GroupRef};
+use crate::diff::{DirectoryDiff, FieldChange};
 use crate::envelope;
 use crate::evidence::{compare_runs, find_accounts, timeline, TimelineKind};
-use crate::report::{self, ReportFormat};
+use crate::report::{self, group_names, inline_text, ReportFormat};
 use crate::store::{RunRecord, Store};
 
 fn store(config: &Config, source: &str) -> Result<Store, CliError> {
@@ -90,35 +88,16 @@ pub(crate) fn diff(
     Ok(Exit::Success)
 }
 
-fn groups(groups: &[GroupRef]) -> String {
-    if groups.is_empty() {
-        return "no groups".to_string();
-    }
-    groups
-        .iter()
-        .map(|group| group.display_name.as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 fn when(at: chrono::DateTime<chrono::Utc>) -> String {
     at.format("%Y-%m-%d %H:%M:%S UTC").to_string()
-}
-
-fn value_text(value: &Value) -> String {
-    match value {
-        Value::Null => "(none)".to_string(),
-        Value::String(text) => text.clone(),
-        other => other.to_string(),
-    }
 }
 
 fn change_text(change: &FieldChange) -> String {
     format!(
         "{}: {} → {}",
         change.field,
-        value_text(&change.old),
-        value_text(&change.new)
+        inline_text(&change.old),
+        inline_text(&change.new)
     )
 }
 
@@ -146,10 +125,10 @@ fn human_diff(diff: &DirectoryDiff) -> String {
     }
     for joiner in &diff.joiners {
         out.push_str(&format!(
-            "  + {} ({}): {}\n",
+            "  + {} ({}), groups: {}\n",
             joiner.username,
             joiner.reason.as_str(),
-            groups(&joiner.groups)
+            group_names(&joiner.groups)
         ));
     }
     if !diff.movers.is_empty() {
@@ -163,13 +142,13 @@ fn human_diff(diff: &DirectoryDiff) -> String {
         if !mover.groups_added.is_empty() {
             out.push_str(&format!(
                 "      groups added: {}\n",
-                groups(&mover.groups_added)
+                group_names(&mover.groups_added)
             ));
         }
         if !mover.groups_removed.is_empty() {
             out.push_str(&format!(
                 "      groups removed: {}\n",
-                groups(&mover.groups_removed)
+                group_names(&mover.groups_removed)
             ));
         }
     }
@@ -185,7 +164,7 @@ fn human_diff(diff: &DirectoryDiff) -> String {
             leaver.username,
             leaver.reason.as_str(),
             when(leaver.detected_at),
-            groups(&leaver.groups_at_departure)
+            group_names(&leaver.groups_at_departure)
         ));
     }
     let group_lines: Vec<String> = diff
@@ -346,16 +325,22 @@ pub(crate) fn history(
             let mut details: Vec<String> = event.reason.iter().cloned().collect();
             details.extend(event.changes.iter().map(change_text));
             if !event.groups_added.is_empty() {
-                details.push(format!("groups added: {}", groups(&event.groups_added)));
+                details.push(format!(
+                    "groups added: {}",
+                    group_names(&event.groups_added)
+                ));
             }
             if !event.groups_removed.is_empty() {
-                details.push(format!("groups removed: {}", groups(&event.groups_removed)));
+                details.push(format!(
+                    "groups removed: {}",
+                    group_names(&event.groups_removed)
+                ));
             }
             if matches!(
                 event.event,
                 TimelineKind::Joined | TimelineKind::Rejoined | TimelineKind::Left
             ) {
-                details.push(groups(&event.groups));
+                details.push(format!("groups: {}", group_names(&event.groups)));
             }
             if event.privilege_escalation {
                 details.push("PRIVILEGE ESCALATION".to_string());

@@ -420,7 +420,7 @@ pub(super) fn yes_no(flag: bool) -> &'static str {
 }
 
 /// Display names, comma-separated, or "none".
-pub(super) fn group_names(groups: &[GroupRef]) -> String {
+pub fn group_names(groups: &[GroupRef]) -> String {
     if groups.is_empty() {
         return "none".to_string();
     }
@@ -510,7 +510,7 @@ fn one_line_changes(changes: &[FieldChange]) -> Vec<String> {
 
 /// Strings as they are, JSON for anything else, and a word for what would otherwise be
 /// invisible.
-fn inline_text(value: &Value) -> String {
+pub fn inline_text(value: &Value) -> String {
     match value {
         Value::Null => "(none)".to_string(),
         Value::String(text) if text.is_empty() => "(empty)".to_string(),

@@ -18,6 +18,7 @@ use serde::Serialize;
 use crate::diff::DirectoryDiff;
 use crate::store::Counts;
 
+pub use content::{group_names, inline_text};
 pub use pdf::{find_chromium, html_to_pdf};
 
 /// What an auditor needs to re-perform the run.
