@@ -5,18 +5,22 @@
 
 use std::time::Duration;
 
-use rand::Rng;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
 use serde_json::json;
 
 use crate::artifacts::{read_envelopes, rebuild_envelopes};
+use crate::authentik::RetryPolicy;
 use crate::clock::Clock;
 use crate::config::{Config, WebhookConfig};
 use crate::store::{DeliveryStatus, RunRecord, Store, StoreError};
 use crate::sync::STORE_WAIT;
 
-const ATTEMPTS: u32 = 3;
-const BASE_DELAY: Duration = Duration::from_millis(300);
+const RETRY: RetryPolicy = RetryPolicy {
+    attempts: 3,
+    base_delay: Duration::from_millis(300),
+    max_delay: Duration::from_secs(5),
+    max_retry_after: Duration::from_secs(30),
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
@@ -164,11 +168,9 @@ async fn post_with_retries(
             }
             Err(error) => (true, format!("cannot reach {}: {error}", webhook.url)),
         };
-        if !retryable || attempt >= ATTEMPTS {
+        if !retryable || attempt >= RETRY.attempts {
             return Err(error);
         }
-        let millis = BASE_DELAY.as_millis() as u64 * (1 << (attempt - 1));
-        let jittered = rand::thread_rng().gen_range(millis / 2..=millis);
-        tokio::time::sleep(Duration::from_millis(jittered)).await;
+        tokio::time::sleep(RETRY.delay(attempt, None)).await;
     }
 }

@@ -27,6 +27,24 @@ pub struct RetryPolicy {
     pub max_retry_after: Duration,
 }
 
+impl RetryPolicy {
+    /// How long to wait before attempt `attempt + 1`: the server's `Retry-After` when it
+    /// gave one (bounded), else exponential backoff with jitter.
+    pub fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+        if let Some(retry_after) = retry_after {
+            return retry_after.min(self.max_retry_after);
+        }
+        let exponential = self
+            .base_delay
+            .saturating_mul(1 << (attempt - 1).min(16))
+            .min(self.max_delay);
+        // A random half to all of it, so that several aksync instances do not retry in
+        // lockstep.
+        let millis = exponential.as_millis() as u64;
+        Duration::from_millis(rand::thread_rng().gen_range(millis / 2..=millis.max(1)))
+    }
+}
+
 impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
@@ -229,7 +247,7 @@ impl AuthentikClient {
                     return Err(error)
                 }
                 Attempt::Retry { error, .. } => {
-                    let delay = self.backoff(attempt, retry_after.flatten());
+                    let delay = self.retry.delay(attempt, retry_after.flatten());
                     tracing::warn!(
                         source = %self.source.name,
                         %endpoint,
@@ -319,20 +337,6 @@ impl AuthentikClient {
                 attempts: attempt,
             },
         }))
-    }
-
-    fn backoff(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
-        if let Some(retry_after) = retry_after {
-            return retry_after.min(self.retry.max_retry_after);
-        }
-        let exponential = self
-            .retry
-            .base_delay
-            .saturating_mul(1 << (attempt - 1).min(16))
-            .min(self.retry.max_delay);
-        // Full jitter, so that several aksync instances do not retry in lockstep.
-        let millis = exponential.as_millis() as u64;
-        Duration::from_millis(rand::thread_rng().gen_range(millis / 2..=millis.max(1)))
     }
 }
 
@@ -536,6 +540,30 @@ mod tests {
         )
         .unwrap_err();
         assert!(error.to_string().contains("count changed"), "{error}");
+    }
+
+    #[test]
+    fn retry_delays_grow_stay_bounded_and_honour_retry_after() {
+        let policy = RetryPolicy::default();
+        for attempt in 1..=10 {
+            let exponential = policy
+                .base_delay
+                .saturating_mul(1 << (attempt - 1))
+                .min(policy.max_delay);
+            let delay = policy.delay(attempt, None);
+            assert!(
+                delay >= exponential / 2 && delay <= exponential,
+                "{attempt}: {delay:?}"
+            );
+        }
+        assert_eq!(
+            policy.delay(1, Some(Duration::from_secs(3))),
+            Duration::from_secs(3)
+        );
+        assert_eq!(
+            policy.delay(1, Some(Duration::from_secs(3600))),
+            policy.max_retry_after
+        );
     }
 
     #[test]
