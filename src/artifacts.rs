@@ -49,18 +49,31 @@ pub fn change_counts(diff: &DirectoryDiff) -> ChangeCounts {
     }
 }
 
-fn envelope_context<'a>(
-    source: &'a SourceConfig,
-    run_id: &'a str,
-    observed_at: DateTime<Utc>,
-) -> EnvelopeContext<'a> {
-    EnvelopeContext {
+/// A run's envelopes and its envelope file's bytes, from the two snapshots it compares.
+fn planned_envelopes(
+    source: &SourceConfig,
+    run: &RunRecord,
+    from: &Snapshot,
+    to: &Snapshot,
+) -> (Vec<Envelope>, Vec<u8>) {
+    let context = EnvelopeContext {
         source: &source.name,
-        run_id,
-        observed_at,
+        run_id: &run.run_id,
+        observed_at: run.finished_at,
         primary_directory: source.primary_directory,
         ignore_fields: &source.ignore_fields,
-    }
+    };
+    let envelopes = envelope::plan(from, to, &context);
+    let bytes = envelope::to_jsonl(&envelopes);
+    (envelopes, bytes)
+}
+
+/// Writes a file atomically, naming it in the error.
+pub fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ArtifactError> {
+    envelope::write_atomic(path, bytes).map_err(|error| ArtifactError::Write {
+        path: path.to_path_buf(),
+        reason: error.to_string(),
+    })
 }
 
 /// Plans the envelopes of a run and writes its file atomically.
@@ -71,17 +84,11 @@ pub fn write_envelopes(
     from: &Snapshot,
     to: &Snapshot,
 ) -> Result<EnvelopeSummary, ArtifactError> {
-    let envelopes = envelope::plan(
-        from,
-        to,
-        &envelope_context(source, &run.run_id, run.finished_at),
-    );
-    let bytes = envelope::to_jsonl(&envelopes);
-    let path = envelope::envelope_path(state_dir, &source.name, &run.run_id);
-    envelope::write_atomic(&path, &bytes).map_err(|error| ArtifactError::Write {
-        path: path.clone(),
-        reason: error.to_string(),
-    })?;
+    let (envelopes, bytes) = planned_envelopes(source, run, from, to);
+    write_file(
+        &envelope::envelope_path(state_dir, &source.name, &run.run_id),
+        &bytes,
+    )?;
     Ok(envelope::summary(&envelopes, &bytes))
 }
 
@@ -102,12 +109,7 @@ pub fn rebuild_envelopes(
 ) -> Result<PathBuf, ArtifactError> {
     let from = previous_snapshot(store, run)?;
     let to = store.snapshot(run)?;
-    let envelopes = envelope::plan(
-        &from,
-        &to,
-        &envelope_context(source, &run.run_id, run.finished_at),
-    );
-    let bytes = envelope::to_jsonl(&envelopes);
+    let (_, bytes) = planned_envelopes(source, run, &from, &to);
     let path = envelope::envelope_path(state_dir, &source.name, &run.run_id);
     if let Some(summary) = &run.envelopes {
         let found = envelope::sha256_hex(&bytes);
@@ -121,10 +123,7 @@ pub fn rebuild_envelopes(
             });
         }
     }
-    envelope::write_atomic(&path, &bytes).map_err(|error| ArtifactError::Write {
-        path: path.clone(),
-        reason: error.to_string(),
-    })?;
+    write_file(&path, &bytes)?;
     Ok(path)
 }
 
@@ -336,12 +335,7 @@ pub fn write_reports(config: &Config, report: &Report) -> Result<(), ArtifactErr
         );
         let written = report::render(report, *format)
             .map_err(ArtifactError::from)
-            .and_then(|bytes| {
-                envelope::write_atomic(&path, &bytes).map_err(|error| ArtifactError::Write {
-                    path: path.clone(),
-                    reason: error.to_string(),
-                })
-            });
+            .and_then(|bytes| write_file(&path, &bytes));
         if let Err(error) = written {
             first_failure.get_or_insert(error);
         }

@@ -272,9 +272,8 @@ pub(crate) fn report(
         report::render(&built, format).map_err(|error| CliError::Runtime(error.to_string()))?;
     match request.out {
         Some(path) => {
-            envelope::write_atomic(path, &bytes).map_err(|error| {
-                CliError::Runtime(format!("cannot write {}: {error}", path.display()))
-            })?;
+            artifacts::write_file(path, &bytes)
+                .map_err(|error| CliError::Runtime(error.to_string()))?;
             eprintln!("wrote {}", path.display());
         }
         None => {
