@@ -13,7 +13,6 @@ use crate::authentik::RetryPolicy;
 use crate::clock::Clock;
 use crate::config::{Config, WebhookConfig};
 use crate::store::{DeliveryStatus, RunRecord, Store, StoreError};
-use crate::sync::STORE_WAIT;
 
 const RETRY: RetryPolicy = RetryPolicy {
     attempts: 3,
@@ -41,10 +40,10 @@ pub struct DeliveryReport {
 
 pub async fn deliver_pending(
     config: &Config,
+    store: &Store,
     webhook: &WebhookConfig,
     clock: &dyn Clock,
 ) -> Result<DeliveryReport, DeliveryError> {
-    let store = Store::open(&config.database_path(), STORE_WAIT)?;
     let mut pending: Vec<RunRecord> = store
         .runs(None)?
         .into_iter()
@@ -63,13 +62,14 @@ pub async fn deliver_pending(
     let mut report = DeliveryReport::default();
     for run in pending {
         if let Err(reason) =
-            deliver_run(config, webhook, &http, &store, &run, clock, &mut report).await
+            deliver_run(config, webhook, &http, store, &run, clock, &mut report).await
         {
             store.update_run(&run.run_id, |record| {
                 if let Some(delivery) = record.delivery.as_mut() {
                     delivery.attempts += 1;
                     delivery.last_error = Some(reason.clone());
                 }
+                Ok(())
             })?;
             tracing::warn!(run = %run.run_id, "webhook delivery stopped: {reason}");
             report.stopped = Some(format!("run {}: {reason}", run.run_id));
@@ -128,14 +128,20 @@ async fn deliver_run(
         state.batches_delivered = number;
         let progress = state.clone();
         store
-            .update_run(&run.run_id, |record| record.delivery = Some(progress))
+            .update_run(&run.run_id, |record| {
+                record.delivery = Some(progress);
+                Ok(())
+            })
             .map_err(|error| error.to_string())?;
     }
     state.status = DeliveryStatus::Delivered;
     state.last_error = None;
     state.delivered_at = Some(clock.now());
     store
-        .update_run(&run.run_id, |record| record.delivery = Some(state))
+        .update_run(&run.run_id, |record| {
+            record.delivery = Some(state);
+            Ok(())
+        })
         .map_err(|error| error.to_string())?;
     Ok(())
 }

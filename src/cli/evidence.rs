@@ -5,7 +5,8 @@ use std::path::Path;
 
 use super::{open_existing, print_json, resolve_run, CliError, Exit};
 use crate::artifacts::{
-    self, build_report, read_envelopes, rebuild_envelopes, run_report, write_reports,
+    self, build_report, read_envelope_file, read_envelopes, rebuild_envelopes, run_report,
+    write_reports,
 };
 use crate::cli::opt::EnvelopeFormat;
 use crate::clock::Clock;
@@ -22,17 +23,24 @@ fn store(config: &Config, source: &str) -> Result<Store, CliError> {
 
 /// One line: how many of each event.
 pub(crate) fn diff_headline(diff: &DirectoryDiff) -> String {
-    let escalations = diff
-        .movers
-        .iter()
-        .filter(|mover| mover.privilege_escalation)
-        .count();
+    if let Some(baseline) = &diff.baseline {
+        return format!(
+            "{}: baseline, {} accounts present ({} active, {} superusers): {}",
+            diff.source,
+            diff.population.accounts.after,
+            diff.population.active.after,
+            baseline.superusers.len(),
+            baseline.reason
+        );
+    }
+    let escalations = diff.escalations();
     let mut line = format!(
-        "{}: {} joiners, {} movers, {} leavers, {} group changes, {} membership changes",
+        "{}: {} joiners, {} movers, {} leavers, {} purged, {} group changes, {} membership changes",
         diff.source,
         diff.joiners.len(),
         diff.movers.len(),
         diff.leavers.len(),
+        diff.purged.len(),
         diff.groups.created.len() + diff.groups.deleted.len() + diff.groups.changed.len(),
         diff.memberships.added.len() + diff.memberships.removed.len()
     );
@@ -46,14 +54,14 @@ pub(crate) fn diff_headline(diff: &DirectoryDiff) -> String {
 /// is already stored, so a failure here is a warning: `aksync report` can write it again.
 pub(crate) fn write_run_reports(
     config: &Config,
+    store: &Store,
     source: &SourceConfig,
     run: &RunRecord,
     diff: &DirectoryDiff,
     clock: &dyn Clock,
 ) {
-    let written = Store::open(&config.database_path(), crate::sync::STORE_WAIT)
+    let written = run_report(store, source, run, diff.clone(), clock.now())
         .map_err(artifacts::ArtifactError::from)
-        .and_then(|store| Ok(run_report(&store, source, run, diff.clone(), clock.now())?))
         .and_then(|report| write_reports(config, &report));
     if let Err(error) = written {
         eprintln!(
@@ -79,7 +87,7 @@ pub(crate) fn diff(
             from.run_id, to.run_id
         );
     }
-    let result = compare_runs(&store, &source.ignore_fields, &from, &to)?;
+    let (result, _) = compare_runs(&store, source, Some(&from), &to, None)?;
     if json {
         print_json(&result)?;
     } else {
@@ -217,16 +225,20 @@ pub(crate) fn envelopes(
     if rebuild {
         let path = rebuild_envelopes(&config.state_dir, &store, source, &run).map_err(runtime)?;
         eprintln!("rebuilt {}", path.display());
+        return Ok(Exit::Success);
     }
-    let envelopes = read_envelopes(&config.state_dir, &run).map_err(runtime)?;
     match format {
         EnvelopeFormat::Jsonl => {
             use std::io::Write;
+            let bytes = read_envelope_file(&config.state_dir, &run).map_err(runtime)?;
             std::io::stdout()
-                .write_all(&envelope::to_jsonl(&envelopes))
+                .write_all(&bytes)
                 .map_err(|error| CliError::Runtime(error.to_string()))?;
         }
-        EnvelopeFormat::Openlane => print_json(&envelope::openlane_projection(&envelopes, true))?,
+        EnvelopeFormat::Openlane => {
+            let envelopes = read_envelopes(&config.state_dir, &run).map_err(runtime)?;
+            print_json(&envelope::openlane_projection(&envelopes, true))?
+        }
     }
     Ok(Exit::Success)
 }
@@ -288,10 +300,11 @@ pub(crate) fn report(
 
 pub(crate) fn history(
     config: &Config,
-    source: &str,
+    source_config: &SourceConfig,
     user: &str,
     json: bool,
 ) -> Result<Exit, CliError> {
+    let source = source_config.name.as_str();
     let store = store(config, source)?;
     let uids = find_accounts(&store, source, user)?;
     if uids.is_empty() {
@@ -301,7 +314,7 @@ pub(crate) fn history(
     }
     let timelines = uids
         .iter()
-        .map(|uid| timeline(&store, source, uid))
+        .map(|uid| timeline(&store, source_config, uid))
         .collect::<Result<Vec<_>, _>>()?;
     if json {
         print_json(&timelines)?;
@@ -315,12 +328,7 @@ pub(crate) fn history(
             timeline.source
         );
         for event in &timeline.events {
-            let what = match event.event {
-                TimelineKind::Joined => "joined",
-                TimelineKind::Rejoined => "rejoined",
-                TimelineKind::Moved => "moved",
-                TimelineKind::Left => "left",
-            };
+            let what = event.event.as_str();
             let mut details: Vec<String> = event.reason.iter().cloned().collect();
             details.extend(event.changes.iter().map(change_text));
             if !event.groups_added.is_empty() {
@@ -337,7 +345,10 @@ pub(crate) fn history(
             }
             if matches!(
                 event.event,
-                TimelineKind::Joined | TimelineKind::Rejoined | TimelineKind::Left
+                TimelineKind::Baseline
+                    | TimelineKind::Joined
+                    | TimelineKind::Rejoined
+                    | TimelineKind::Left
             ) {
                 details.push(format!("groups: {}", group_names(&event.groups)));
             }
@@ -345,7 +356,7 @@ pub(crate) fn history(
                 details.push("PRIVILEGE ESCALATION".to_string());
             }
             println!(
-                "  {}  {:<8} {}  (run {})",
+                "  {}  {:<19} {}  (run {})",
                 when(event.detected_at),
                 what,
                 details.join("; "),

@@ -8,6 +8,7 @@ pub mod output;
 
 use std::io::{IsTerminal, Write};
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -17,6 +18,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ConfigError, ConfigLocation, SourceConfig};
 use crate::demo;
 use crate::health::check_source;
+use crate::record::{with_volatile, RecordKind};
 use crate::store::{HealthStatus, RunRecord, RunStatus, Store, StoreError};
 use crate::sync::{sync_source, STORE_WAIT};
 use opt::{Command, FormatArgs, Opt, ShowKind};
@@ -124,7 +126,7 @@ async fn run_configured(
         }
         Command::History { user, source, json } => {
             let source = single_source(config, source.source.as_deref())?;
-            evidence::history(config, &source.name, &user, json)
+            evidence::history(config, source, &user, json)
         }
     }
 }
@@ -176,6 +178,7 @@ pub(crate) async fn sync(
 ) -> Result<Exit, CliError> {
     let sources = config.select_sources(source)?;
     let show_progress = std::io::stderr().is_terminal();
+    let store = Arc::new(Store::open(&config.database_path(), STORE_WAIT)?);
     let mut exit = Exit::Success;
     for source in sources {
         let name = source.name.clone();
@@ -187,18 +190,18 @@ pub(crate) async fn sync(
                 }
             }
         };
-        let synced = sync_source(config, source, clock, &progress).await?;
+        let synced = sync_source(config, source, &store, clock, &progress).await?;
         println!("{}", run_summary(&synced.run));
         match &synced.diff {
             Some(diff) => {
                 println!("{}", evidence::diff_headline(diff));
-                evidence::write_run_reports(config, source, &synced.run, diff, clock);
+                evidence::write_run_reports(config, &store, source, &synced.run, diff, clock);
             }
             None => exit = Exit::Failure,
         }
     }
     if let Some(webhook) = &config.output.webhook {
-        let report = crate::delivery::deliver_pending(config, webhook, clock)
+        let report = crate::delivery::deliver_pending(config, &store, webhook, clock)
             .await
             .map_err(|error| match error {
                 crate::delivery::DeliveryError::Store(error) => CliError::Store(error),
@@ -368,36 +371,65 @@ pub(crate) fn show(
 ) -> Result<Exit, CliError> {
     let store = open_existing(database)?.ok_or_else(|| no_run(source))?;
     let run = resolve_run(&store, source, run)?;
-    let snapshot = store.snapshot(&run)?;
-    let (records, fields, table_fields): (Vec<Value>, &[&str], &[&str]) = match kind {
-        ShowKind::Accounts => (
-            to_values(snapshot.accounts.values().map(|entry| &entry.record))?,
-            &ACCOUNT_FIELDS,
-            &ACCOUNT_TABLE,
-        ),
-        ShowKind::Groups => (
-            to_values(snapshot.groups.values().map(|entry| &entry.record))?,
-            &GROUP_FIELDS,
-            &GROUP_TABLE,
-        ),
+    let (record_kind, fields, table_fields): (RecordKind, &[&str], &[&str]) = match kind {
+        ShowKind::Accounts => (RecordKind::Account, &ACCOUNT_FIELDS, &ACCOUNT_TABLE),
+        ShowKind::Groups => (RecordKind::Group, &GROUP_FIELDS, &GROUP_TABLE),
         ShowKind::Memberships => (
-            to_values(snapshot.memberships.values().map(|entry| &entry.record))?,
+            RecordKind::Membership,
             &MEMBERSHIP_FIELDS,
             &MEMBERSHIP_FIELDS,
         ),
     };
+    let reader = store.reader()?;
+    // Volatile values (last login, member count) are kept as their latest value only, so
+    // they belong to the latest run; an older run shows its material content alone.
+    let is_latest = store
+        .latest_complete(source)?
+        .is_some_and(|latest| latest.run_id == run.run_id);
+    // Records are written as they are read, so that a large directory never sits in memory
+    // (except for the aligned table, which needs every row's width).
+    let records = reader.records_at(&run, record_kind)?.map(|stored| {
+        let stored = stored?;
+        if !is_latest {
+            return Ok::<_, CliError>(stored.record);
+        }
+        let volatile = reader.volatile(source, record_kind, &stored.external_id)?;
+        Ok(with_volatile(stored.record, &volatile))
+    });
+    let mut stdout = std::io::stdout().lock();
+    let write_error = |error: std::io::Error| CliError::Runtime(error.to_string());
+    let mut count = 0usize;
     if format.json {
-        print_json(&records)?;
+        stdout.write_all(b"[").map_err(write_error)?;
+        for record in records {
+            let separator: &[u8] = if count == 0 { b"\n  " } else { b",\n  " };
+            stdout.write_all(separator).map_err(write_error)?;
+            serde_json::to_writer(&mut stdout, &record?)
+                .map_err(|error| CliError::Runtime(error.to_string()))?;
+            count += 1;
+        }
+        stdout
+            .write_all(if count == 0 { b"]\n" } else { b"\n]\n" })
+            .map_err(write_error)?;
     } else if format.csv {
-        print!("{}", output::csv(fields, &output::rows(&records, fields)));
+        stdout
+            .write_all(output::csv(fields, &[]).as_bytes())
+            .map_err(write_error)?;
+        for record in records {
+            let row = output::rows(&[record?], fields);
+            let line = output::csv_rows(&row);
+            stdout.write_all(line.as_bytes()).map_err(write_error)?;
+        }
     } else {
-        print!(
-            "{}",
-            output::table(table_fields, &output::rows(&records, table_fields))
-        );
+        let records: Vec<Value> = records.collect::<Result<_, _>>()?;
+        count = records.len();
+        stdout
+            .write_all(
+                output::table(table_fields, &output::rows(&records, table_fields)).as_bytes(),
+            )
+            .map_err(write_error)?;
         eprintln!(
-            "{} {} in run {} of source `{source}`",
-            records.len(),
+            "{count} {} in run {} of source `{source}`",
             kind_name(kind),
             run.run_id
         );
@@ -448,16 +480,6 @@ fn kind_name(kind: ShowKind) -> &'static str {
         ShowKind::Groups => "groups",
         ShowKind::Memberships => "memberships",
     }
-}
-
-fn to_values<'a, T: Serialize + 'a>(
-    records: impl Iterator<Item = &'a T>,
-) -> Result<Vec<Value>, CliError> {
-    records
-        .map(|record| {
-            serde_json::to_value(record).map_err(|error| CliError::Runtime(error.to_string()))
-        })
-        .collect()
 }
 
 pub(crate) fn print_json<T: Serialize>(value: &T) -> Result<(), CliError> {

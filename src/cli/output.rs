@@ -46,9 +46,16 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
 
 /// RFC 4180 CSV with a header row.
 pub fn csv(headers: &[&str], rows: &[Vec<String>]) -> String {
-    let mut out = String::new();
     let header_row: Vec<String> = headers.iter().map(|header| header.to_string()).collect();
-    for row in std::iter::once(&header_row).chain(rows) {
+    let mut out = csv_rows(std::slice::from_ref(&header_row));
+    out.push_str(&csv_rows(rows));
+    out
+}
+
+/// CSV lines without a header, for output written as it is read.
+pub fn csv_rows(rows: &[Vec<String>]) -> String {
+    let mut out = String::new();
+    for row in rows {
         let line: Vec<String> = row.iter().map(|cell| csv_field(cell)).collect();
         out.push_str(&line.join(","));
         out.push_str("\r\n");
