@@ -10,6 +10,7 @@ use crate::authentik::{AuthentikClient, ClientError, ListKind, RetryPolicy};
 use crate::clock::Clock;
 use crate::config::{Config, SourceConfig};
 use crate::diff::DirectoryDiff;
+use crate::envelope::envelope_path;
 use crate::evidence::{self, RunSnapshot};
 use crate::filter::RecordFilter;
 use crate::health::{health_record, reason_code};
@@ -29,6 +30,11 @@ enum FetchError {
     Filter(String),
     #[error("the token's own user `{0}` is not in the users listing, so the token sees only part of the directory (object-level permissions): give its user a role with authentik_core.view_user and view_group")]
     PartialVisibility(String),
+    #[error("the run did not finish within {}s: raise `sources.{source_name}.run_timeout_secs` if reading the directory takes that long, or check the server", limit.as_secs())]
+    Deadline {
+        source_name: String,
+        limit: Duration,
+    },
 }
 
 impl FetchError {
@@ -38,6 +44,7 @@ impl FetchError {
         match self {
             FetchError::Client(error) => Some((reason_code(error), error.to_string())),
             FetchError::PartialVisibility(_) => Some(("partial_visibility", self.to_string())),
+            FetchError::Deadline { .. } => Some(("timeout", self.to_string())),
             FetchError::Normalize(_) | FetchError::Filter(_) => None,
         }
     }
@@ -84,7 +91,8 @@ pub async fn sync_source(
     let fetched = match fetched {
         Ok(fetched) => fetched,
         Err(error) => {
-            tracing::warn!(source = %source.name, "sync failed: {error}");
+            let error_text = error.to_string();
+            tracing::warn!(source = %source.name, "sync failed: {}", crate::display::escape(&error_text));
             if let Some(problem) = error.health() {
                 store.put_health(&health_record(&source.name, clock, Err(problem)))?;
             }
@@ -134,6 +142,9 @@ fn store_complete(
         },
         &runs_before,
     )?;
+    // The envelope file of a run that then fails to commit must not stay behind as the
+    // outbox of a run that does not exist.
+    let mut written_envelopes = None;
     let committed = store.commit_complete(
         outcome.clone(),
         snapshot,
@@ -141,6 +152,11 @@ fn store_complete(
         |record| {
             record.previous_run = previous.as_ref().map(|run| run.run_id.clone());
             record.baseline_reason = baseline_reason;
+            written_envelopes = Some(envelope_path(
+                &config.state_dir,
+                &source.name,
+                &record.run_id,
+            ));
             let summary = write_envelopes(
                 &config.state_dir,
                 source,
@@ -159,18 +175,39 @@ fn store_complete(
     );
     let run = match committed {
         Ok(run) => run,
-        Err(StoreError::Aborted(reason)) => {
+        Err(error) => {
+            if let Some(path) = written_envelopes {
+                remove_orphan(&path);
+            }
+            let reason = match error {
+                StoreError::Aborted(reason) => reason,
+                // Another process's newer run is a reason to run again, not a failure.
+                StoreError::Conflict { .. } => return Err(error),
+                other => format!("the run could not be stored: {other}"),
+            };
             tracing::warn!(source = %source.name, "run not stored: {reason}");
+            // Recording the failure may fail for the same reason (a full disk); then the
+            // error is what the caller sees.
             let run = store.commit_failed(outcome, &reason)?;
             return Ok(SyncedRun { run, diff: None });
         }
-        Err(error) => return Err(error),
     };
     diff.to_run = run.run_id.clone();
     Ok(SyncedRun {
         run,
         diff: Some(diff),
     })
+}
+
+fn remove_orphan(path: &std::path::Path) {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => tracing::warn!(
+            "cannot remove {} of a run that was not stored: {error}",
+            path.display()
+        ),
+    }
 }
 
 /// The run a new run is compared with: the latest complete one, unless the settings that
@@ -199,18 +236,30 @@ pub struct SyncedRun {
     pub diff: Option<DirectoryDiff>,
 }
 
+/// The whole directory, within the source's run deadline whatever the server does.
 async fn fetch_directory(
     source: &SourceConfig,
     progress: ProgressFn<'_>,
 ) -> Result<Fetched, FetchError> {
-    let client = AuthentikClient::new(source, RetryPolicy::default())?;
-    match fetch_once(source, &client, progress).await {
-        Err(error) if error.is_inconsistency() => {
-            tracing::warn!(source = %source.name, "re-reading the directory once: {error}");
-            fetch_once(source, &client, progress).await
+    let fetch = async {
+        let client = AuthentikClient::new(source, RetryPolicy::default())?;
+        match fetch_once(source, &client, progress).await {
+            Err(error) if error.is_inconsistency() => {
+                // A live directory changes; one more read is the normal remedy.
+                tracing::info!(source = %source.name, "re-reading the directory once: {error}");
+                fetch_once(source, &client, progress).await
+            }
+            result => result,
         }
-        result => result,
-    }
+    };
+    tokio::time::timeout(source.run_timeout, fetch)
+        .await
+        .unwrap_or_else(|_| {
+            Err(FetchError::Deadline {
+                source_name: source.name.clone(),
+                limit: source.run_timeout,
+            })
+        })
 }
 
 async fn fetch_once(

@@ -300,6 +300,7 @@ async fn a_server_failing_mid_listing_gives_a_failed_run_and_keeps_the_snapshot(
             status: 502,
             body: "<html>Bad Gateway</html>".into(),
             retry_after: None,
+            location: None,
         });
     });
     let run = env.aksync(&["sync"]);
