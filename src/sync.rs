@@ -186,9 +186,10 @@ fn store_complete(
                 other => format!("the run could not be stored: {other}"),
             };
             tracing::warn!(source = %source.name, "run not stored: {reason}");
-            // Recording the failure may fail for the same reason (a full disk); then the
-            // error is what the caller sees.
-            let run = store.commit_failed(outcome, &reason)?;
+            // After an I/O error redb wants the database opened afresh. Recording the failure
+            // may still fail for the same reason (a full disk); then that error is what the
+            // caller sees.
+            let run = Store::open(store.path(), STORE_WAIT)?.commit_failed(outcome, &reason)?;
             return Ok(SyncedRun { run, diff: None });
         }
     };

@@ -2,12 +2,12 @@
 
 mod common;
 
-use common::run_binary;
+use common::{run_binary, write_secret};
 
 fn config_error(dir: &std::path::Path, text: &str, expected: &[&str]) {
     let path = dir.join("config.toml");
     std::fs::write(&path, text).unwrap();
-    std::fs::write(dir.join("token"), "x").unwrap();
+    write_secret(&dir.join("token"), "x");
     for command in [&["sync"][..], &["check"], &["runs"]] {
         let run = run_binary(Some(&path), command);
         assert_eq!(
@@ -124,7 +124,7 @@ fn conf_d_and_environment_are_merged_in_order() {
         format!("state_dir = {:?}\n{GOOD_SOURCE}", dir.path().join("state")),
     )
     .unwrap();
-    std::fs::write(dir.path().join("token"), "x").unwrap();
+    write_secret(&dir.path().join("token"), "x");
     std::fs::create_dir(dir.path().join("conf.d")).unwrap();
     // 20 overrides 10; the environment overrides both.
     std::fs::write(
@@ -160,7 +160,7 @@ fn conf_d_and_environment_are_merged_in_order() {
 #[test]
 fn the_example_config_documents_real_keys() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("token"), "x").unwrap();
+    write_secret(&dir.path().join("token"), "x");
     let example =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml"))
             .unwrap();

@@ -6,7 +6,7 @@ pub(crate) mod evidence;
 pub mod opt;
 pub mod output;
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::Path;
 
 use serde::Serialize;
@@ -16,6 +16,7 @@ use crate::authentik::ListKind;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ConfigError, ConfigLocation, SourceConfig};
 use crate::demo;
+use crate::display::escape;
 use crate::health::check_source;
 use crate::store::{HealthStatus, RunRecord, RunStatus, Store, StoreError};
 use crate::sync::{sync_source, STORE_WAIT};
@@ -156,7 +157,12 @@ async fn check(
                 ),
                 HealthStatus::NeedsAttention => result.reason.clone().unwrap_or_default(),
             };
-            println!("{}: {}: {detail}", result.source, result.status.as_str());
+            output::print_line(&format!(
+                "{}: {}: {}",
+                result.source,
+                result.status.as_str(),
+                escape(&detail)
+            ))?;
         }
     }
     let all_healthy = results
@@ -188,10 +194,10 @@ pub(crate) async fn sync(
             }
         };
         let synced = sync_source(config, source, clock, &progress).await?;
-        println!("{}", run_summary(&synced.run));
+        output::print_line(&run_summary(&synced.run))?;
         match &synced.diff {
             Some(diff) => {
-                println!("{}", evidence::diff_headline(diff));
+                output::print_line(&evidence::diff_headline(diff))?;
                 evidence::write_run_reports(config, source, &synced.run, diff, clock);
             }
             None => exit = Exit::Failure,
@@ -205,13 +211,16 @@ pub(crate) async fn sync(
                 other => CliError::Runtime(other.to_string()),
             })?;
         if let Some(reason) = &report.stopped {
-            eprintln!("aksync: webhook delivery paused, will resume on the next run: {reason}");
+            eprintln!(
+                "aksync: webhook delivery paused, will resume on the next run: {}",
+                escape(reason)
+            );
         } else if !report.runs_delivered.is_empty() {
-            println!(
+            output::print_line(&format!(
                 "webhook: delivered {} batch(es) of {} run(s)",
                 report.batches_sent,
                 report.runs_delivered.len()
-            );
+            ))?;
         }
     }
     Ok(exit)
@@ -224,7 +233,7 @@ pub(crate) fn run_summary(run: &RunRecord) -> String {
             "{}: run {} failed after {seconds:.1}s: {} (the last complete snapshot is kept)",
             run.source,
             run.run_id,
-            run.error.as_deref().unwrap_or("unknown error")
+            escape(run.error.as_deref().unwrap_or("unknown error"))
         ),
         status => format!(
             "{}: run {} {} in {seconds:.1}s: {} accounts, {} groups, {} memberships, {} new record versions",
@@ -256,7 +265,7 @@ pub(crate) fn runs(database: &Path, source: Option<&str>, json: bool) -> Result<
         return Ok(Exit::Success);
     }
     if runs.is_empty() {
-        println!("no runs recorded yet in {}", database.display());
+        output::print_line(&format!("no runs recorded yet in {}", database.display()))?;
         return Ok(Exit::Success);
     }
     let rows: Vec<Vec<String>> = runs
@@ -291,7 +300,7 @@ pub(crate) fn runs(database: &Path, source: Option<&str>, json: bool) -> Result<
         "new versions",
         "error",
     ];
-    print!("{}", output::table(&headers, &rows));
+    output::print(&output::table(&headers, &rows))?;
     Ok(Exit::Success)
 }
 
@@ -389,12 +398,12 @@ pub(crate) fn show(
     if format.json {
         print_json(&records)?;
     } else if format.csv {
-        print!("{}", output::csv(fields, &output::rows(&records, fields)));
+        output::print(&output::csv(fields, &output::rows(&records, fields)))?;
     } else {
-        print!(
-            "{}",
-            output::table(table_fields, &output::rows(&records, table_fields))
-        );
+        output::print(&output::table(
+            table_fields,
+            &output::rows(&records, table_fields),
+        ))?;
         eprintln!(
             "{} {} in run {} of source `{source}`",
             records.len(),
@@ -461,8 +470,8 @@ fn to_values<'a, T: Serialize + 'a>(
 }
 
 pub(crate) fn print_json<T: Serialize>(value: &T) -> Result<(), CliError> {
-    let mut stdout = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut stdout, value)
-        .map_err(|error| CliError::Runtime(error.to_string()))?;
-    writeln!(stdout).map_err(|error| CliError::Runtime(error.to_string()))
+    let mut text =
+        serde_json::to_vec_pretty(value).map_err(|error| CliError::Runtime(error.to_string()))?;
+    text.push(b'\n');
+    output::print_bytes(&text)
 }
