@@ -664,10 +664,14 @@ impl Collector {
 
     /// Adds a page's records. A record seen before on an earlier page is dropped if it is
     /// the same (a listing that shifted by one); two different records with one pk make the
-    /// listing inconsistent.
+    /// listing inconsistent, and so does a page of records that were all seen before: a
+    /// shift cannot explain it, a server that answers every page with the same records can.
     fn add(&mut self, page: Page) -> Result<(), ClientError> {
         self.shape.check(self.kind, &page)?;
         self.pages += 1;
+        let distinct_before = self.records.len();
+        let current = page.pagination.current;
+        let held = page.results.len();
         for record in page.results {
             let Some(pk) = record.get("pk").filter(|pk| !pk.is_null()) else {
                 return Err(inconsistent(self.kind, "a record has no pk".to_string()));
@@ -689,6 +693,12 @@ impl Collector {
                     self.records.push(record);
                 }
             }
+        }
+        if held > 0 && self.records.len() == distinct_before {
+            return Err(inconsistent(
+                self.kind,
+                format!("page {current} held only records of earlier pages"),
+            ));
         }
         Ok(())
     }
@@ -855,6 +865,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(listing.records.len(), 11);
+        // A page that only repeats earlier records, as from a server answering every page.
+        let error = collect(vec![page(1, 15, 3, &five), page(2, 15, 3, &five)], 100).unwrap_err();
+        assert!(matches!(error, ClientError::Inconsistent { .. }), "{error}");
         // A middle page that is short, or a last page that names a next one, is not.
         for bad_page in [
             page(2, 11, 3, &records(&[6, 7])),
