@@ -19,6 +19,8 @@ use crate::store::{DeliveryState, RunOutcome, RunRecord, Store, StoreError};
 
 /// How long a command waits for another process that holds the database.
 pub const STORE_WAIT: Duration = Duration::from_secs(10);
+/// The longest error a failed run records.
+const MAX_ERROR_CHARS: usize = 2000;
 
 #[derive(Debug, thiserror::Error)]
 enum FetchError {
@@ -38,15 +40,22 @@ enum FetchError {
 }
 
 impl FetchError {
+    /// The error as the run records it: bounded, because it may quote what the server sent
+    /// (a record's pk, a value serde could not read).
+    fn message(&self) -> String {
+        crate::display::truncate(&self.to_string(), MAX_ERROR_CHARS).into_owned()
+    }
+
     /// What this failure says about the source's health, if anything: a listing that moved
     /// or a filter that failed says nothing about the connection.
     fn health(&self) -> Option<(&'static str, String)> {
-        match self {
-            FetchError::Client(error) => Some((reason_code(error), error.to_string())),
-            FetchError::PartialVisibility(_) => Some(("partial_visibility", self.to_string())),
-            FetchError::Deadline { .. } => Some(("timeout", self.to_string())),
-            FetchError::Normalize(_) | FetchError::Filter(_) => None,
-        }
+        let code = match self {
+            FetchError::Client(error) => reason_code(error),
+            FetchError::PartialVisibility(_) => "partial_visibility",
+            FetchError::Deadline { .. } => "timeout",
+            FetchError::Normalize(_) | FetchError::Filter(_) => return None,
+        };
+        Some((code, self.message()))
     }
 
     /// A listing that shifted while it was read may be fine on a second read.
@@ -91,12 +100,12 @@ pub async fn sync_source(
     let fetched = match fetched {
         Ok(fetched) => fetched,
         Err(error) => {
-            let error_text = error.to_string();
-            tracing::warn!(source = %source.name, "sync failed: {}", crate::display::escape(&error_text));
+            let message = error.message();
+            tracing::warn!(source = %source.name, "sync failed: {}", crate::display::escape(&message));
             if let Some(problem) = error.health() {
                 store.put_health(&health_record(&source.name, clock, Err(problem)))?;
             }
-            let run = store.commit_failed(outcome, &error.to_string())?;
+            let run = store.commit_failed(outcome, &message)?;
             return Ok(SyncedRun { run, diff: None });
         }
     };
@@ -247,7 +256,11 @@ async fn fetch_directory(
         match fetch_once(source, &client, progress).await {
             Err(error) if error.is_inconsistency() => {
                 // A live directory changes; one more read is the normal remedy.
-                tracing::info!(source = %source.name, "re-reading the directory once: {error}");
+                tracing::info!(
+                    source = %source.name,
+                    "re-reading the directory once: {}",
+                    crate::display::escape(&error.to_string())
+                );
                 fetch_once(source, &client, progress).await
             }
             result => result,

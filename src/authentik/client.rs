@@ -535,6 +535,11 @@ fn bad_pagination(kind: ListKind, reason: String) -> ClientError {
 /// the records it holds. A server may serve fewer records per page than asked for
 /// (Authentik 2025.12+ clamps to its maximum silently), so the page size is what page 1
 /// actually held.
+///
+/// Two kinds of disagreement: how many records a page holds can be off on an honest server
+/// whose directory changed between counting and selecting (a shift, read once more), while
+/// the structure (more records than asked for, no pages, a total that changes under the
+/// same count, a wrong `next`) can only be off on a server that cannot be trusted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct PageShape {
     count: u64,
@@ -552,19 +557,20 @@ impl PageShape {
             count, total_pages, ..
         } = first.pagination;
         let served = first.results.len() as u64;
-        let bad = |reason: String| Err(bad_pagination(kind, reason));
         if served > u64::from(requested) {
-            return bad(format!(
-                "page 1 holds {served} records, more than the {requested} asked for"
+            return Err(bad_pagination(
+                kind,
+                format!("page 1 holds {served} records, more than the {requested} asked for"),
             ));
         }
+        let shifted = |reason: String| Err(inconsistent(kind, reason));
         match total_pages {
-            0 => return bad("0 pages".to_string()),
+            0 => return Err(bad_pagination(kind, "0 pages".to_string())),
             // Page 1 is the last; `check` compares what it holds with `count`.
             1 => {}
-            _ if served == 0 => return bad(format!("page 1 of {total_pages} is empty")),
+            _ if served == 0 => return shifted(format!("page 1 of {total_pages} is empty")),
             _ if count.div_ceil(served) != total_pages => {
-                return bad(format!(
+                return shifted(format!(
                     "{count} records at {served} per page make {} pages, not {total_pages}",
                     count.div_ceil(served)
                 ))
@@ -580,8 +586,9 @@ impl PageShape {
         Ok(shape)
     }
 
-    /// Checks one page against the shape. A changed count means that the listing shifted
-    /// while it was read; any other disagreement means that the numbers cannot be trusted.
+    /// Checks one page against the shape: a changed count or a page that holds more or fewer
+    /// records than the count allows means that the listing shifted while it was read; a
+    /// changed total or a wrong `next` means that the numbers cannot be trusted.
     fn check(&self, kind: ListKind, page: &Page) -> Result<(), ClientError> {
         let pagination = page.pagination;
         let current = pagination.current;
@@ -614,7 +621,7 @@ impl PageShape {
         };
         let held = page.results.len() as u64;
         if expected_records != Some(held) {
-            return Err(bad_pagination(
+            return Err(inconsistent(
                 kind,
                 format!(
                     "page {current} of {} holds {held} records, which does not fit a count of {} at {} per page",
@@ -834,25 +841,31 @@ mod tests {
         );
     }
 
+    /// Whether an error is a shift (read again) or a server that cannot be trusted.
+    fn is_shift(error: &ClientError) -> bool {
+        match error {
+            ClientError::Inconsistent { .. } => true,
+            ClientError::BadPagination { .. } => false,
+            other => panic!("neither a shift nor bad pagination: {other}"),
+        }
+    }
+
     #[test]
-    fn counts_and_pages_that_disagree_are_bad_pagination() {
+    fn counts_and_pages_that_disagree_fail_the_listing() {
         let five = records(&[1, 2, 3, 4, 5]);
-        // (count, total_pages, records on page 1, requested page size)
-        let cases: [(u64, u64, &[Value], u32); 7] = [
-            (1 << 40, 1, &five, 100),
-            (1 << 62, 1, &five, 100),
-            (5, 1_000_000_000_000, &five, 100),
-            (u64::MAX, u64::MAX, &five, 100),
-            (5, 0, &five, 100),
-            (10, 2, &[], 100),
-            (5, 1, &five, 2),
+        // (count, total_pages, records on page 1, requested page size, a shift?)
+        let cases: [(u64, u64, &[Value], u32, bool); 7] = [
+            (1 << 40, 1, &five, 100, true),
+            (1 << 62, 1, &five, 100, true),
+            (5, 1_000_000_000_000, &five, 100, true),
+            (u64::MAX, u64::MAX, &five, 100, true),
+            (10, 2, &[], 100, true),
+            (5, 0, &five, 100, false),
+            (5, 1, &five, 2, false),
         ];
-        for (count, total_pages, held, requested) in cases {
+        for (count, total_pages, held, requested, shift) in cases {
             let error = collect(vec![page(1, count, total_pages, held)], requested).unwrap_err();
-            assert!(
-                matches!(error, ClientError::BadPagination { .. }),
-                "{count} {total_pages}: {error}"
-            );
+            assert_eq!(is_shift(&error), shift, "{count} {total_pages}: {error}");
         }
         // A clamped page size is fine: 5 asked for 100 make 3 pages of 11 records.
         let listing = collect(
@@ -867,23 +880,23 @@ mod tests {
         assert_eq!(listing.records.len(), 11);
         // A page that only repeats earlier records, as from a server answering every page.
         let error = collect(vec![page(1, 15, 3, &five), page(2, 15, 3, &five)], 100).unwrap_err();
-        assert!(matches!(error, ClientError::Inconsistent { .. }), "{error}");
-        // A middle page that is short, or a last page that names a next one, is not.
-        for bad_page in [
-            page(2, 11, 3, &records(&[6, 7])),
-            Page {
-                pagination: Pagination {
-                    next: 4,
-                    ..page(3, 11, 3, &[]).pagination
-                },
-                results: records(&[11]),
+        assert!(is_shift(&error), "{error}");
+        // A short middle page is a shift; a last page that names a next one, or a total that
+        // changes under the same count, is not.
+        let last_with_next = Page {
+            pagination: Pagination {
+                next: 4,
+                ..page(3, 11, 3, &[]).pagination
             },
+            results: records(&[11]),
+        };
+        for (later_page, shift) in [
+            (page(2, 11, 3, &records(&[6, 7])), true),
+            (last_with_next, false),
+            (page(2, 11, 4, &records(&[6, 7, 8, 9, 10])), false),
         ] {
-            let error = collect(vec![page(1, 11, 3, &five), bad_page], 100).unwrap_err();
-            assert!(
-                matches!(error, ClientError::BadPagination { .. }),
-                "{error}"
-            );
+            let error = collect(vec![page(1, 11, 3, &five), later_page], 100).unwrap_err();
+            assert_eq!(is_shift(&error), shift, "{error}");
         }
     }
 
