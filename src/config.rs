@@ -787,6 +787,30 @@ mod tests {
     }
 
     #[test]
+    fn urls_in_messages_lose_credentials_queries_and_fragments() {
+        for (raw, shown) in [
+            ("https://ak.example.com/auth", "https://ak.example.com/auth"),
+            (
+                "https://admin:pw@ak.example.com/x?token=t#f",
+                "https://***@ak.example.com/x?***",
+            ),
+            ("admin:pw@ak example.com", "***@ak example.com"),
+            ("https://ak.example.com#token", "https://ak.example.com#***"),
+        ] {
+            assert_eq!(redact_url(raw), shown);
+        }
+    }
+
+    #[test]
+    fn toml_errors_lose_the_quoted_source_line() {
+        let message = "TOML parse error at line 3, column 16\n  |\n3 | token = \"s3cr3t\n  |                ^\ninvalid basic string\n";
+        assert_eq!(
+            without_source_lines(message),
+            "TOML parse error at line 3, column 16: invalid basic string"
+        );
+    }
+
+    #[test]
     fn api_url_keeps_a_path_prefix() {
         let source = test_source("https://example.com/auth");
         assert_eq!(
