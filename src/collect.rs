@@ -340,25 +340,6 @@ impl Memberships {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::secret::ApiToken;
-    use std::time::Duration;
-
-    pub(crate) fn source(group_sync: bool) -> SourceConfig {
-        SourceConfig {
-            name: "corp".into(),
-            base_url: crate::config::normalize_base_url("https://ak.example.com", false).unwrap(),
-            token: ApiToken::new("t"),
-            primary_directory: false,
-            disable_group_sync: !group_sync,
-            filter: None,
-            page_size: 100,
-            concurrency: 4,
-            timeout: Duration::from_secs(60),
-            ca_file: None,
-            allow_insecure_http: false,
-            ignore_fields: Vec::new(),
-        }
-    }
 
     fn user(pk: i64, kind: &str, groups: &[&str]) -> Value {
         json!({"pk": pk, "username": format!("u{pk}"), "uid": format!("uid{pk}"),
@@ -375,7 +356,7 @@ mod tests {
         filter: Option<&RecordFilter>,
     ) -> Result<Collected, CollectError> {
         let dir = tempfile::tempdir().unwrap();
-        let source = source(true);
+        let source = crate::testing::source_config();
         let mut collector = Collector::new(dir.path(), &source, filter).unwrap();
         for raw in groups {
             collector.add_group(raw)?;

@@ -3,6 +3,7 @@
 //! Data flows top-down through the modules:
 //! `config → authentik (client) → normalize → filter → store (snapshots) → sync / health → diff →
 //! evidence → envelope / report (artifacts, delivery) → cli`.
+//! `display` escapes and shortens untrusted text for every human-readable output.
 //! `fake` is the bundled fake Authentik server used by the demo and the tests.
 
 pub mod artifacts;
@@ -14,6 +15,7 @@ pub mod config;
 pub mod delivery;
 pub mod demo;
 pub mod diff;
+pub mod display;
 pub mod envelope;
 pub mod evidence;
 pub mod fake;

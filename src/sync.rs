@@ -31,6 +31,8 @@ use crate::store::{
 
 /// How long a command waits for another process that holds the database.
 pub const STORE_WAIT: Duration = Duration::from_secs(10);
+/// The longest error a failed run records.
+const MAX_ERROR_CHARS: usize = 2000;
 
 #[derive(Debug, thiserror::Error)]
 enum FetchError {
@@ -44,6 +46,11 @@ enum FetchError {
     Spool(std::io::Error),
     #[error("the token's own user `{0}` is not in the users listing, so the token sees only part of the directory (object-level permissions): give its user a role with authentik_core.view_user and view_group")]
     PartialVisibility(String),
+    #[error("the run did not finish within {}s: raise `sources.{source_name}.run_timeout_secs` if reading the directory takes that long, or check the server", limit.as_secs())]
+    Deadline {
+        source_name: String,
+        limit: Duration,
+    },
 }
 
 impl From<CollectError> for FetchError {
@@ -60,11 +67,13 @@ impl FetchError {
     /// What this failure says about the source's health, if anything: a listing that moved
     /// or a filter that failed says nothing about the connection.
     fn health(&self) -> Option<(&'static str, String)> {
-        match self {
-            FetchError::Client(error) => Some((reason_code(error), error.to_string())),
-            FetchError::PartialVisibility(_) => Some(("partial_visibility", self.to_string())),
-            FetchError::Collect(_) | FetchError::Filter(_) | FetchError::Spool(_) => None,
-        }
+        let code = match self {
+            FetchError::Client(error) => reason_code(error),
+            FetchError::PartialVisibility(_) => "partial_visibility",
+            FetchError::Deadline { .. } => "timeout",
+            FetchError::Collect(_) | FetchError::Filter(_) | FetchError::Spool(_) => return None,
+        };
+        Some((code, bounded_error(&self.to_string())))
     }
 
     /// A listing that shifted while it was read may be fine on a second read.
@@ -115,12 +124,13 @@ pub async fn sync_source(
     let fetched = match fetched {
         Ok(fetched) => fetched,
         Err(error) => {
-            tracing::warn!(source = %source.name, "sync failed: {error}");
+            let message = bounded_error(&error.to_string());
+            tracing::warn!(source = %source.name, "sync failed: {}", crate::display::escape(&message));
             if let Some(problem) = error.health() {
                 let health = health_record(&source.name, clock, Err(problem));
                 blocking(store, move |store| store.put_health(&health)).await?;
             }
-            return record_failed(store, outcome, error.to_string()).await;
+            return record_failed(store, outcome, message).await;
         }
     };
     let health = health_record(
@@ -148,10 +158,17 @@ pub async fn sync_source(
         Ok(synced) => Ok(synced),
         Err(Rejected::Store(error)) => Err(error),
         Err(Rejected::Failed(outcome, reason)) => {
-            tracing::warn!(source = %source.name, "run not stored: {reason}");
+            let reason = bounded_error(&reason);
+            tracing::warn!(source = %source.name, "run not stored: {}", crate::display::escape(&reason));
             record_failed(store, outcome, reason).await
         }
     }
+}
+
+/// The error as a failed run records it: bounded, because it may quote what the server sent
+/// (a record's pk, a value serde could not read).
+fn bounded_error(message: &str) -> String {
+    crate::display::truncate(message, MAX_ERROR_CHARS).into_owned()
 }
 
 async fn record_failed(
@@ -159,7 +176,18 @@ async fn record_failed(
     outcome: RunOutcome,
     error: String,
 ) -> Result<SyncedRun, StoreError> {
-    let run = blocking(store, move |store| store.commit_failed(outcome, &error)).await?;
+    let run = blocking(store, move |store| {
+        store
+            .commit_failed(outcome.clone(), &error)
+            .or_else(|first| {
+                // After an I/O error (a full disk) redb wants the database opened afresh. If that
+                // fails too, the first error is what the caller sees.
+                Store::open(store.path(), STORE_WAIT)
+                    .and_then(|fresh| fresh.commit_failed(outcome, &error))
+                    .map_err(|_| first)
+            })
+    })
+    .await?;
     Ok(SyncedRun { run, diff: None })
 }
 
@@ -263,7 +291,7 @@ impl CompleteRun {
                 remove_orphan(&path);
                 match error {
                     StoreError::Conflict { .. } => Err(fail(error.to_string())),
-                    other => Err(Rejected::Store(other)),
+                    other => Err(fail(format!("the run could not be stored: {other}"))),
                 }
             }
         }
@@ -319,8 +347,13 @@ impl CompleteRun {
 }
 
 fn remove_orphan(path: &Path) {
-    if let Err(error) = std::fs::remove_file(path) {
-        tracing::warn!(path = %path.display(), "cannot remove the envelope file of a run that was not stored: {error}");
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => tracing::warn!(
+            "cannot remove {} of a run that was not stored: {error}",
+            crate::display::escape(&path.display().to_string())
+        ),
     }
 }
 
@@ -358,25 +391,41 @@ fn compared_run(
     }
 }
 
+/// The whole directory, within the source's run deadline whatever the server does.
 async fn fetch_directory(
     state_dir: &Path,
     source: &SourceConfig,
     progress: ProgressFn<'_>,
 ) -> Result<Fetched, FetchError> {
-    let client = AuthentikClient::new(source, RetryPolicy::default())?;
-    let filter = source
-        .filter
-        .as_deref()
-        .map(RecordFilter::compile)
-        .transpose()
-        .map_err(FetchError::Filter)?;
-    match fetch_once(state_dir, source, &client, filter.as_ref(), progress).await {
-        Err(error) if error.is_inconsistency() => {
-            tracing::warn!(source = %source.name, "re-reading the directory once: {error}");
-            fetch_once(state_dir, source, &client, filter.as_ref(), progress).await
+    let fetch = async {
+        let client = AuthentikClient::new(source, RetryPolicy::default())?;
+        let filter = source
+            .filter
+            .as_deref()
+            .map(RecordFilter::compile)
+            .transpose()
+            .map_err(FetchError::Filter)?;
+        match fetch_once(state_dir, source, &client, filter.as_ref(), progress).await {
+            Err(error) if error.is_inconsistency() => {
+                // A live directory changes; one more read is the normal remedy.
+                tracing::info!(
+                    source = %source.name,
+                    "re-reading the directory once: {}",
+                    crate::display::escape(&error.to_string())
+                );
+                fetch_once(state_dir, source, &client, filter.as_ref(), progress).await
+            }
+            result => result,
         }
-        result => result,
-    }
+    };
+    tokio::time::timeout(source.run_timeout, fetch)
+        .await
+        .unwrap_or_else(|_| {
+            Err(FetchError::Deadline {
+                source_name: source.name.clone(),
+                limit: source.run_timeout,
+            })
+        })
 }
 
 async fn fetch_once(

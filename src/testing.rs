@@ -22,6 +22,8 @@ pub(crate) fn source_config() -> SourceConfig {
         page_size: 100,
         concurrency: 4,
         timeout: std::time::Duration::from_secs(60),
+        max_page_bytes: 64 * 1024 * 1024,
+        run_timeout: std::time::Duration::from_secs(7200),
         ca_file: None,
         allow_insecure_http: false,
         ignore_fields: Vec::new(),

@@ -6,7 +6,7 @@ pub(crate) mod evidence;
 pub mod opt;
 pub mod output;
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -17,6 +17,7 @@ use crate::authentik::ListKind;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ConfigError, ConfigLocation, SourceConfig};
 use crate::demo;
+use crate::display::escape;
 use crate::health::check_source;
 use crate::record::{with_volatile, RecordKind};
 use crate::store::{HealthStatus, RunRecord, RunStatus, Store, StoreError};
@@ -158,7 +159,12 @@ async fn check(
                 ),
                 HealthStatus::NeedsAttention => result.reason.clone().unwrap_or_default(),
             };
-            println!("{}: {}: {detail}", result.source, result.status.as_str());
+            output::print_line(&format!(
+                "{}: {}: {}",
+                result.source,
+                result.status.as_str(),
+                escape(&detail)
+            ))?;
         }
     }
     let all_healthy = results
@@ -191,10 +197,10 @@ pub(crate) async fn sync(
             }
         };
         let synced = sync_source(config, source, &store, clock, &progress).await?;
-        println!("{}", run_summary(&synced.run));
+        output::print_line(&run_summary(&synced.run))?;
         match &synced.diff {
             Some(diff) => {
-                println!("{}", evidence::diff_headline(diff));
+                output::print_line(&evidence::diff_headline(diff))?;
                 evidence::write_run_reports(config, &store, source, &synced.run, diff, clock);
             }
             None => exit = Exit::Failure,
@@ -208,13 +214,16 @@ pub(crate) async fn sync(
                 other => CliError::Runtime(other.to_string()),
             })?;
         if let Some(reason) = &report.stopped {
-            eprintln!("aksync: webhook delivery paused, will resume on the next run: {reason}");
+            eprintln!(
+                "aksync: webhook delivery paused, will resume on the next run: {}",
+                escape(reason)
+            );
         } else if !report.runs_delivered.is_empty() {
-            println!(
+            output::print_line(&format!(
                 "webhook: delivered {} batch(es) of {} run(s)",
                 report.batches_sent,
                 report.runs_delivered.len()
-            );
+            ))?;
         }
     }
     Ok(exit)
@@ -227,7 +236,7 @@ pub(crate) fn run_summary(run: &RunRecord) -> String {
             "{}: run {} failed after {seconds:.1}s: {} (the last complete snapshot is kept)",
             run.source,
             run.run_id,
-            run.error.as_deref().unwrap_or("unknown error")
+            escape(run.error.as_deref().unwrap_or("unknown error"))
         ),
         status => format!(
             "{}: run {} {} in {seconds:.1}s: {} accounts, {} groups, {} memberships, {} new record versions",
@@ -259,7 +268,7 @@ pub(crate) fn runs(database: &Path, source: Option<&str>, json: bool) -> Result<
         return Ok(Exit::Success);
     }
     if runs.is_empty() {
-        println!("no runs recorded yet in {}", database.display());
+        output::print_line(&format!("no runs recorded yet in {}", database.display()))?;
         return Ok(Exit::Success);
     }
     let rows: Vec<Vec<String>> = runs
@@ -294,7 +303,7 @@ pub(crate) fn runs(database: &Path, source: Option<&str>, json: bool) -> Result<
         "new versions",
         "error",
     ];
-    print!("{}", output::table(&headers, &rows));
+    output::print(&output::table(&headers, &rows))?;
     Ok(Exit::Success)
 }
 
@@ -396,38 +405,28 @@ pub(crate) fn show(
         let volatile = reader.volatile(source, record_kind, &stored.external_id)?;
         Ok(with_volatile(stored.record, &volatile))
     });
-    let mut stdout = std::io::stdout().lock();
-    let write_error = |error: std::io::Error| CliError::Runtime(error.to_string());
-    let mut count = 0usize;
+    let mut out = output::Chunked::default();
     if format.json {
-        stdout.write_all(b"[").map_err(write_error)?;
-        for record in records {
-            let separator: &[u8] = if count == 0 { b"\n  " } else { b",\n  " };
-            stdout.write_all(separator).map_err(write_error)?;
-            serde_json::to_writer(&mut stdout, &record?)
-                .map_err(|error| CliError::Runtime(error.to_string()))?;
-            count += 1;
+        out.push("[")?;
+        for (index, record) in records.enumerate() {
+            out.push(if index == 0 { "\n  " } else { ",\n  " })?;
+            out.push(&record?.to_string())?;
         }
-        stdout
-            .write_all(if count == 0 { b"]\n" } else { b"\n]\n" })
-            .map_err(write_error)?;
+        out.push(if out.written() == 1 { "]\n" } else { "\n]\n" })?;
+        out.finish()?;
     } else if format.csv {
-        stdout
-            .write_all(output::csv(fields, &[]).as_bytes())
-            .map_err(write_error)?;
+        out.push(&output::csv(fields, &[]))?;
         for record in records {
-            let row = output::rows(&[record?], fields);
-            let line = output::csv_rows(&row);
-            stdout.write_all(line.as_bytes()).map_err(write_error)?;
+            out.push(&output::csv_rows(&output::rows(&[record?], fields)))?;
         }
+        out.finish()?;
     } else {
         let records: Vec<Value> = records.collect::<Result<_, _>>()?;
-        count = records.len();
-        stdout
-            .write_all(
-                output::table(table_fields, &output::rows(&records, table_fields)).as_bytes(),
-            )
-            .map_err(write_error)?;
+        let count = records.len();
+        output::print(&output::table(
+            table_fields,
+            &output::rows(&records, table_fields),
+        ))?;
         eprintln!(
             "{count} {} in run {} of source `{source}`",
             kind_name(kind),
@@ -483,8 +482,8 @@ fn kind_name(kind: ShowKind) -> &'static str {
 }
 
 pub(crate) fn print_json<T: Serialize>(value: &T) -> Result<(), CliError> {
-    let mut stdout = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut stdout, value)
-        .map_err(|error| CliError::Runtime(error.to_string()))?;
-    writeln!(stdout).map_err(|error| CliError::Runtime(error.to_string()))
+    let mut text =
+        serde_json::to_vec_pretty(value).map_err(|error| CliError::Runtime(error.to_string()))?;
+    text.push(b'\n');
+    output::print_bytes(&text)
 }

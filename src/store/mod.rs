@@ -29,6 +29,7 @@
 //! the file; opening and reading never take the write lock.
 
 pub mod codec;
+mod file;
 mod guard;
 mod migrate;
 pub mod ops;
@@ -172,6 +173,7 @@ impl Store {
                 reason: error.to_string(),
             })?;
         }
+        file::prepare(path)?;
         let guard = Guard::default();
         let started = Instant::now();
         let db = loop {
@@ -1161,8 +1163,12 @@ impl Failure {
                 reason: "the database handle failed earlier in this process and is not used again"
                     .into(),
             },
+            // A file that ends before its header does is damaged, not unwritable.
             Failure::Redb(redb::Error::Io(error))
-                if error.kind() != std::io::ErrorKind::InvalidData =>
+                if !matches!(
+                    error.kind(),
+                    std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+                ) =>
             {
                 StoreError::Io {
                     path,
