@@ -32,7 +32,7 @@ fn store(config: &Config, source: &str) -> Result<Store, CliError> {
 pub(crate) fn diff_headline(diff: &DirectoryDiff) -> String {
     if let Some(baseline) = &diff.baseline {
         return format!(
-            "{}: baseline, {} accounts present ({} active, {} superusers): {}",
+            "{}: baseline, {} accounts present ({} active, {} with the superuser flag): {}",
             diff.source,
             diff.population.accounts.after,
             diff.population.active.after,
