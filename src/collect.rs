@@ -21,9 +21,12 @@ use crate::spool::{Spool, SpoolWriter};
 #[derive(Debug, thiserror::Error)]
 pub enum CollectError {
     /// The directory is not consistent (it changed while it was read, or the server lies).
-    #[error(transparent)]
+    #[error("the directory changed during the run: {0}")]
     Inconsistent(#[from] NormalizeError),
-    #[error("the {list} listing has two different records with pk {pk}")]
+    #[error(
+        "the {list} listing was inconsistent: two different records have the pk {}",
+        crate::display::quote(pk, 100)
+    )]
     Duplicate { list: &'static str, pk: String },
     #[error("{0}")]
     Filter(String),
@@ -104,13 +107,8 @@ impl<'a> Collector<'a> {
         self.user_index.contains_key(&pk)
     }
 
-    /// Distinct users and groups so far, for the count checks.
-    pub fn distinct(&self) -> (u64, u64) {
-        let listed = self.groups.iter().filter(|g| g.listed.is_some()).count();
-        (self.users.len() as u64, listed as u64)
-    }
-
-    pub fn add_user(&mut self, raw: Value) -> Result<(), CollectError> {
+    /// Adds a raw user; `false` when it was seen before (and is the same).
+    pub fn add_user(&mut self, raw: Value) -> Result<bool, CollectError> {
         let user = read_user(&raw)?;
         let digest = digest(&raw);
         if let Some(&index) = self.user_index.get(&user.pk) {
@@ -121,7 +119,7 @@ impl<'a> Collector<'a> {
                     pk: user.pk.to_string(),
                 });
             }
-            return Ok(());
+            return Ok(false);
         }
         let kept = match self.filter {
             Some(filter) => filter
@@ -148,16 +146,17 @@ impl<'a> Collector<'a> {
             self.accounts
                 .push(&user.uid, record, stored_payload(raw), &self.rule)?;
         }
-        Ok(())
+        Ok(true)
     }
 
-    pub fn add_group(&mut self, raw: Value) -> Result<(), CollectError> {
+    /// Adds a raw group; `false` when it was seen before (and is the same).
+    pub fn add_group(&mut self, raw: Value) -> Result<bool, CollectError> {
         let group = read_group(&raw)?;
         let digest = digest(&raw);
         let index = self.group(&group.pk);
         let slot = &mut self.groups[index as usize];
         match slot.listed {
-            Some(seen) if seen == digest => return Ok(()),
+            Some(seen) if seen == digest => return Ok(false),
             Some(_) => {
                 return Err(CollectError::Duplicate {
                     list: "groups",
@@ -178,7 +177,7 @@ impl<'a> Collector<'a> {
         let record = serde_json::to_value(group_record(&group)).map_err(std::io::Error::other)?;
         self.group_records
             .push(&group.pk, record, stored_payload(raw), &self.rule)?;
-        Ok(())
+        Ok(true)
     }
 
     fn group(&mut self, pk: &str) -> Index {

@@ -38,7 +38,7 @@ const MAX_ERROR_CHARS: usize = 2000;
 enum FetchError {
     #[error(transparent)]
     Client(#[from] ClientError),
-    #[error("the directory changed during the run: {0}")]
+    #[error(transparent)]
     Collect(CollectError),
     #[error("{0}")]
     Filter(String),
@@ -437,18 +437,31 @@ async fn fetch_once(
 ) -> Result<Fetched, FetchError> {
     crate::store::create_private_dir(state_dir).map_err(FetchError::Spool)?;
     let mut collector = Collector::new(state_dir, source, filter).map_err(FetchError::Spool)?;
-    let me = client.me().await?;
-    let version = client.version().await?;
-    let users = client.list_all(ListKind::Users, progress).await?;
-    for raw in users.records {
-        collector.add_user(raw)?;
-    }
-    if !source.disable_group_sync {
-        let groups = client.list_all(ListKind::Groups, progress).await?;
-        for raw in groups.records {
-            collector.add_group(raw)?;
-        }
-    }
+    let kinds: &[ListKind] = if source.disable_group_sync {
+        &[ListKind::Users]
+    } else {
+        &[ListKind::Users, ListKind::Groups]
+    };
+    // Everything through the client's one pool of requests, both listings at once; each
+    // page is normalized and spooled as it arrives.
+    let listings = client.fetch_listings(
+        kinds,
+        |kind, records| {
+            let mut new = 0;
+            for raw in records {
+                let added = match kind {
+                    ListKind::Users => collector.add_user(raw)?,
+                    ListKind::Groups => collector.add_group(raw)?,
+                };
+                new += u64::from(added);
+            }
+            Ok::<u64, FetchError>(new)
+        },
+        progress,
+    );
+    let (me, version, listings) = tokio::join!(client.me(), client.version(), listings);
+    let (me, version) = (me?, version?);
+    listings?;
     // A complete listing contains the token's own user; object-level visibility rarely does.
     if !collector.has_user(me.user.pk) {
         return Err(FetchError::PartialVisibility(me.user.username));

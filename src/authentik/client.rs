@@ -1,6 +1,8 @@
 //! The HTTP client for one Authentik source: bearer auth, bounded retries with jitter, error
-//! classification, and complete paged listings (concurrent after page 1, verified against
-//! `pagination.count`).
+//! classification, and complete paged listings. Every request of a client shares one pool of
+//! `concurrency` slots, so that the users and groups listings (and `/me/` and the version)
+//! fill the pipe together; pages are handed on as they arrive, each checked against the shape
+//! page 1 announced, and the distinct records must number `pagination.count`.
 //!
 //! The server is untrusted input: a response body is read up to a size limit, every number
 //! it sends is checked against the others before it is used, and nothing is allocated by
@@ -67,7 +69,7 @@ impl Default for RetryPolicy {
 }
 
 /// The two directory listings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum ListKind {
     Users,
     Groups,
@@ -107,17 +109,12 @@ impl ListKind {
 /// Called as pages arrive: (list, pages fetched, pages in total).
 pub type ProgressFn<'a> = &'a (dyn Fn(ListKind, u64, u64) + Sync);
 
-/// Every record of one listing, de-duplicated by pk.
-#[derive(Debug)]
-pub struct Listing {
-    pub records: Vec<Value>,
-    pub pages: u64,
-}
-
 pub struct AuthentikClient {
     http: reqwest::Client,
     source: SourceConfig,
     retry: RetryPolicy,
+    /// One slot per request in flight; a retry's back-off holds none.
+    slots: tokio::sync::Semaphore,
 }
 
 impl AuthentikClient {
@@ -150,6 +147,7 @@ impl AuthentikClient {
             http,
             source: source.clone(),
             retry,
+            slots: tokio::sync::Semaphore::new(source.concurrency),
         })
     }
 
@@ -169,28 +167,52 @@ impl AuthentikClient {
         Ok(page.pagination.count)
     }
 
-    /// Every record of a listing. Page 1 tells how many records there are and how many a
-    /// page holds; the other pages are fetched `concurrency` at a time, each checked against
-    /// page 1 as it arrives. The result is complete only if every page agrees on `count` and
-    /// the distinct records number `count`.
-    pub async fn list_all(
+    /// Every page of the given listings, handed to `accept` as it arrives (in no particular
+    /// order). Page 1 of every listing is asked for at once; it tells how many records there
+    /// are and how many a page holds, and the other pages follow through the shared pool,
+    /// each checked against page 1 as it arrives. `accept` takes a page's records and says
+    /// how many of them it had not seen before: the distinct records must number `count`,
+    /// and a page of records that were all seen before cannot be a shift, only a server that
+    /// answers every page alike. Memory holds the pages in flight, never what the server
+    /// announced.
+    pub async fn fetch_listings<E: From<ClientError>>(
         &self,
-        kind: ListKind,
+        kinds: &[ListKind],
+        mut accept: impl FnMut(ListKind, Vec<Value>) -> Result<u64, E>,
         progress: ProgressFn<'_>,
-    ) -> Result<Listing, ClientError> {
-        let first = self.fetch_page(kind, 1).await?;
-        let shape = PageShape::from_first_page(kind, &first, self.source.page_size)?;
-        progress(kind, 1, shape.total_pages);
-        let mut collector = Collector::new(kind, shape);
-        collector.add(first)?;
-        let mut rest = stream::iter(2..=shape.total_pages)
-            .map(|page| self.fetch_page(kind, page))
-            .buffered(self.source.concurrency);
-        while let Some(page) = rest.next().await {
-            collector.add(page?)?;
-            progress(kind, collector.pages, shape.total_pages);
+    ) -> Result<(), E> {
+        let fetch = |kind: ListKind, number: u64| async move {
+            (kind, number, self.fetch_page(kind, number).await)
+        };
+        let mut listings: BTreeMap<ListKind, ListingProgress> = BTreeMap::new();
+        let mut in_flight = stream::FuturesUnordered::new();
+        for kind in kinds {
+            listings.insert(*kind, ListingProgress::default());
+            in_flight.push(fetch(*kind, 1));
         }
-        collector.finish()
+        while let Some((kind, number, page)) = in_flight.next().await {
+            let page = page?;
+            let listing = listings.get_mut(&kind).expect("a listing asked for");
+            let shape = listing.check(kind, &page, self.source.page_size)?;
+            let held = page.results.len() as u64;
+            let new = accept(kind, page.results)?;
+            listing.record(kind, number, held, new)?;
+            progress(kind, listing.pages, shape.total_pages);
+            // Refill the pool with the next pages of the listings whose shape is known.
+            while in_flight.len() < self.source.concurrency {
+                let Some((kind, number)) = listings
+                    .iter_mut()
+                    .find_map(|(kind, listing)| listing.next_page().map(|page| (*kind, page)))
+                else {
+                    break;
+                };
+                in_flight.push(fetch(kind, number));
+            }
+        }
+        for (kind, listing) in &listings {
+            listing.finish(*kind)?;
+        }
+        Ok(())
     }
 
     async fn fetch_page(&self, kind: ListKind, page: u64) -> Result<Page, ClientError> {
@@ -264,6 +286,8 @@ impl AuthentikClient {
         endpoint: &str,
         attempt: u32,
     ) -> Attempt {
+        // The pool is never closed, so a slot always comes.
+        let _slot = self.slots.acquire().await;
         let token: &ApiToken = &self.source.token;
         let response = self
             .http
@@ -647,84 +671,80 @@ impl PageShape {
     }
 }
 
-/// The distinct records of a listing as its pages arrive. Memory grows with the records
-/// actually received, never with what the server announced.
-struct Collector {
-    kind: ListKind,
-    shape: PageShape,
-    /// Each record's position in `records`, by its pk as JSON text.
-    positions: BTreeMap<String, usize>,
-    records: Vec<Value>,
+/// How far one listing has come: its shape once page 1 arrived, the pages asked for and
+/// received, and how many distinct records they held.
+#[derive(Debug, Default)]
+struct ListingProgress {
+    shape: Option<PageShape>,
+    /// The last page asked for.
+    requested: u64,
     pages: u64,
+    distinct: u64,
 }
 
-impl Collector {
-    fn new(kind: ListKind, shape: PageShape) -> Collector {
-        Collector {
-            kind,
-            shape,
-            positions: BTreeMap::new(),
-            records: Vec::new(),
-            pages: 0,
+impl ListingProgress {
+    /// Checks a page against the listing's shape, which page 1 sets.
+    fn check(
+        &mut self,
+        kind: ListKind,
+        page: &Page,
+        requested: u32,
+    ) -> Result<PageShape, ClientError> {
+        match self.shape {
+            Some(shape) => {
+                shape.check(kind, page)?;
+                Ok(shape)
+            }
+            None => {
+                let shape = PageShape::from_first_page(kind, page, requested)?;
+                self.shape = Some(shape);
+                self.requested = 1;
+                Ok(shape)
+            }
         }
     }
 
-    /// Adds a page's records. A record seen before on an earlier page is dropped if it is
-    /// the same (a listing that shifted by one); two different records with one pk make the
-    /// listing inconsistent, and so does a page of records that were all seen before: a
-    /// shift cannot explain it, a server that answers every page with the same records can.
-    fn add(&mut self, page: Page) -> Result<(), ClientError> {
-        self.shape.check(self.kind, &page)?;
+    fn record(
+        &mut self,
+        kind: ListKind,
+        number: u64,
+        held: u64,
+        new: u64,
+    ) -> Result<(), ClientError> {
         self.pages += 1;
-        let distinct_before = self.records.len();
-        let current = page.pagination.current;
-        let held = page.results.len();
-        for record in page.results {
-            let Some(pk) = record.get("pk").filter(|pk| !pk.is_null()) else {
-                return Err(inconsistent(self.kind, "a record has no pk".to_string()));
-            };
-            let key = pk.to_string();
-            match self.positions.get(&key) {
-                Some(&position) if self.records[position] == record => {}
-                Some(_) => {
-                    return Err(inconsistent(
-                        self.kind,
-                        format!(
-                            "two different records have the pk {}",
-                            display::quote(&key, QUOTE_CHARS)
-                        ),
-                    ))
-                }
-                None => {
-                    self.positions.insert(key, self.records.len());
-                    self.records.push(record);
-                }
-            }
-        }
-        if held > 0 && self.records.len() == distinct_before {
+        self.distinct += new;
+        if held > 0 && new == 0 {
             return Err(inconsistent(
-                self.kind,
-                format!("page {current} held only records of earlier pages"),
+                kind,
+                format!("page {number} held only records of earlier pages"),
             ));
         }
         Ok(())
     }
 
-    fn finish(self) -> Result<Listing, ClientError> {
-        if self.records.len() as u64 != self.shape.count {
+    /// The next page to ask for, once the shape is known.
+    fn next_page(&mut self) -> Option<u64> {
+        let shape = self.shape?;
+        (self.requested < shape.total_pages).then(|| {
+            self.requested += 1;
+            self.requested
+        })
+    }
+
+    fn finish(&self, kind: ListKind) -> Result<(), ClientError> {
+        let Some(shape) = self.shape else {
+            return Err(inconsistent(kind, "page 1 never arrived".to_string()));
+        };
+        if self.distinct != shape.count {
             return Err(inconsistent(
-                self.kind,
+                kind,
                 format!(
                     "{} distinct records arrived but the server counted {}",
-                    self.records.len(),
-                    self.shape.count
+                    self.distinct, shape.count
                 ),
             ));
         }
-        Ok(Listing {
-            records: self.records,
-            pages: self.pages,
-        })
+        Ok(())
     }
 }
 
@@ -754,17 +774,44 @@ mod tests {
         pks.iter().map(|pk| json!({ "pk": pk })).collect()
     }
 
-    /// Collects the pages as `list_all` does, page 1 first.
+    /// What a listing of these pages (page 1 first) comes to, with records de-duplicated
+    /// by pk as the sync's collector does.
+    #[derive(Debug)]
+    struct Listing {
+        records: Vec<Value>,
+        pages: u64,
+    }
+
     fn collect(pages: Vec<Page>, requested: u32) -> Result<Listing, ClientError> {
-        let mut pages = pages.into_iter();
-        let first = pages.next().unwrap();
-        let shape = PageShape::from_first_page(ListKind::Users, &first, requested)?;
-        let mut collector = Collector::new(ListKind::Users, shape);
-        collector.add(first)?;
+        let mut listing = ListingProgress::default();
+        let mut records: Vec<Value> = Vec::new();
         for page in pages {
-            collector.add(page)?;
+            let number = page.pagination.current;
+            listing.check(ListKind::Users, &page, requested)?;
+            let held = page.results.len() as u64;
+            let mut new = 0;
+            for record in page.results {
+                match records.iter().find(|seen| seen["pk"] == record["pk"]) {
+                    Some(seen) if *seen == record => {}
+                    Some(_) => {
+                        return Err(inconsistent(
+                            ListKind::Users,
+                            format!("two different records have the pk {}", record["pk"]),
+                        ))
+                    }
+                    None => {
+                        records.push(record);
+                        new += 1;
+                    }
+                }
+            }
+            listing.record(ListKind::Users, number, held, new)?;
         }
-        collector.finish()
+        listing.finish(ListKind::Users)?;
+        Ok(Listing {
+            records,
+            pages: listing.pages,
+        })
     }
 
     #[test]

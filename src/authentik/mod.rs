@@ -5,5 +5,5 @@ pub mod client;
 pub mod error;
 pub mod model;
 
-pub use client::{AuthentikClient, ListKind, Listing, RetryPolicy};
+pub use client::{AuthentikClient, ListKind, RetryPolicy};
 pub use error::ClientError;
