@@ -7,15 +7,18 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use serde_json::{json, Value};
+use serde_json::value::RawValue;
+use serde_json::Value;
 
+use crate::authentik::client::ListedPage;
+use crate::authentik::ListKind;
 use crate::config::SourceConfig;
 use crate::filter::RecordFilter;
 use crate::normalize::{
     account, group_record, read_group, read_user, stored_payload, DirectoryMembership,
     NormalizeError,
 };
-use crate::record::{canonical_json, sha256, ChangeRule, RecordKind};
+use crate::record::{canonical_json, raw, sha256, ChangeRule, RecordKind};
 use crate::spool::{Spool, SpoolWriter};
 
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +31,8 @@ pub enum CollectError {
         crate::display::quote(pk, 100)
     )]
     Duplicate { list: &'static str, pk: String },
+    #[error("the {list} listing was inconsistent: page {page} held only records of earlier pages")]
+    StalePage { list: &'static str, page: u64 },
     #[error("{0}")]
     Filter(String),
     #[error("cannot spool the run's records in the state directory: {0}")]
@@ -39,7 +44,9 @@ impl CollectError {
     pub fn is_inconsistency(&self) -> bool {
         matches!(
             self,
-            CollectError::Inconsistent(_) | CollectError::Duplicate { .. }
+            CollectError::Inconsistent(_)
+                | CollectError::Duplicate { .. }
+                | CollectError::StalePage { .. }
         )
     }
 }
@@ -47,11 +54,11 @@ impl CollectError {
 /// A group pk or a user, by its index in the collector's tables.
 type Index = u32;
 
-pub struct Collector<'a> {
+pub struct Collector {
     primary_directory: bool,
     group_sync: bool,
-    filter: Option<&'a RecordFilter>,
-    rule: ChangeRule<'a>,
+    filter: Option<RecordFilter>,
+    ignore_fields: Vec<String>,
     user_index: HashMap<i64, Index>,
     users: Vec<UserSlot>,
     group_index: HashMap<Box<str>, Index>,
@@ -78,18 +85,18 @@ struct GroupSlot {
     listed: Option<u64>,
 }
 
-impl<'a> Collector<'a> {
+impl Collector {
     /// Spools into `dir` (the state directory).
     pub fn new(
         dir: &Path,
-        source: &'a SourceConfig,
-        filter: Option<&'a RecordFilter>,
-    ) -> std::io::Result<Collector<'a>> {
+        source: &SourceConfig,
+        filter: Option<RecordFilter>,
+    ) -> std::io::Result<Collector> {
         Ok(Collector {
             primary_directory: source.primary_directory,
             group_sync: !source.disable_group_sync,
             filter,
-            rule: ChangeRule::new(&source.ignore_fields),
+            ignore_fields: source.ignore_fields.clone(),
             user_index: HashMap::new(),
             users: Vec::new(),
             group_index: HashMap::new(),
@@ -107,6 +114,35 @@ impl<'a> Collector<'a> {
         self.user_index.contains_key(&pk)
     }
 
+    /// How many distinct records of a listing arrived.
+    pub fn distinct(&self, kind: ListKind) -> u64 {
+        match kind {
+            ListKind::Users => self.users.len() as u64,
+            ListKind::Groups => self.groups.iter().filter(|g| g.listed.is_some()).count() as u64,
+        }
+    }
+
+    /// Adds one page of a listing. A page that holds records and none of them new cannot be
+    /// a shift, only a server that answers every page alike.
+    pub fn add_page(&mut self, page: ListedPage) -> Result<(), CollectError> {
+        let held = page.records.len();
+        let mut new = 0;
+        for raw in page.records {
+            let added = match page.kind {
+                ListKind::Users => self.add_user(raw)?,
+                ListKind::Groups => self.add_group(raw)?,
+            };
+            new += usize::from(added);
+        }
+        if held > 0 && new == 0 {
+            return Err(CollectError::StalePage {
+                list: page.kind.name(),
+                page: page.number,
+            });
+        }
+        Ok(())
+    }
+
     /// Adds a raw user; `false` when it was seen before (and is the same).
     pub fn add_user(&mut self, raw: Value) -> Result<bool, CollectError> {
         let user = read_user(&raw)?;
@@ -121,7 +157,7 @@ impl<'a> Collector<'a> {
             }
             return Ok(false);
         }
-        let kept = match self.filter {
+        let kept = match &self.filter {
             Some(filter) => filter
                 .keeps(&raw, &user.username)
                 .map_err(CollectError::Filter)?,
@@ -143,8 +179,9 @@ impl<'a> Collector<'a> {
         if kept {
             let record = account(&user, self.primary_directory);
             let record = serde_json::to_value(&record).map_err(std::io::Error::other)?;
+            let rule = ChangeRule::new(&self.ignore_fields);
             self.accounts
-                .push(&user.uid, record, stored_payload(raw), &self.rule)?;
+                .push(&user.uid, record, stored_payload(raw), &rule)?;
         }
         Ok(true)
     }
@@ -175,8 +212,9 @@ impl<'a> Collector<'a> {
             self.parents.push((index, parent));
         }
         let record = serde_json::to_value(group_record(&group)).map_err(std::io::Error::other)?;
+        let rule = ChangeRule::new(&self.ignore_fields);
         self.group_records
-            .push(&group.pk, record, stored_payload(raw), &self.rule)?;
+            .push(&group.pk, record, stored_payload(raw), &rule)?;
         Ok(true)
     }
 
@@ -319,19 +357,20 @@ impl Memberships {
         self.pairs.is_empty()
     }
 
-    /// Each membership's id and record, in id order.
-    pub fn iter(&self) -> impl Iterator<Item = (String, Value)> + '_ {
+    /// Each membership's id and record (as canonical JSON), in id order.
+    pub fn iter(&self) -> impl Iterator<Item = (String, Box<RawValue>)> + '_ {
         self.pairs.iter().map(|(user, group)| {
             let membership =
                 DirectoryMembership::new(&self.uids[*user as usize], &self.groups[*group as usize]);
-            (
-                membership.external_id(),
-                json!({
-                    "account_external_id": membership.account_external_id,
-                    "group_external_id": membership.group_external_id,
-                    "role": membership.role,
-                }),
-            )
+            let quoted = |text: &str| Value::String(text.to_string()).to_string();
+            // The keys in order: this is the record's canonical JSON.
+            let record = format!(
+                r#"{{"account_external_id":{},"group_external_id":{},"role":{}}}"#,
+                quoted(&membership.account_external_id),
+                quoted(&membership.group_external_id),
+                quoted(&membership.role)
+            );
+            (membership.external_id(), raw(record.into_bytes()))
         })
     }
 }
@@ -339,6 +378,7 @@ impl Memberships {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn user(pk: i64, kind: &str, groups: &[&str]) -> Value {
         json!({"pk": pk, "username": format!("u{pk}"), "uid": format!("uid{pk}"),
@@ -352,7 +392,7 @@ mod tests {
     fn collect(
         users: Vec<Value>,
         groups: Vec<Value>,
-        filter: Option<&RecordFilter>,
+        filter: Option<RecordFilter>,
     ) -> Result<Collected, CollectError> {
         let dir = tempfile::tempdir().unwrap();
         let source = crate::testing::source_config();
@@ -438,7 +478,7 @@ mod tests {
         let collected = collect(
             vec![user(1, "internal", &["g"]), user(2, "external", &["g"])],
             vec![group("g", &[1, 2], &[])],
-            Some(&filter),
+            Some(filter),
         )
         .unwrap();
         let ids: Vec<&str> = collected

@@ -16,10 +16,11 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::record::{hex_hash, FieldChange, Hash, RecordKind, DELETED_STATUS};
+use crate::record::{hex_hash, FieldChange, Hash, RecordKind};
 use crate::store::EnvelopeSummary;
 
 pub const INTEGRATION: &str = "authentik";
@@ -90,42 +91,63 @@ pub struct EnvelopeContext<'a> {
     pub primary_directory: bool,
 }
 
-/// One record's change, as the planner classified it.
+/// One record's change, as the planner classified it. Record and payload are canonical
+/// JSON, written as they are.
 pub struct RecordChange<'r> {
     pub kind: RecordKind,
     pub external_id: &'r str,
     pub action: Action,
-    /// The stored record: the new one, or for a deletion the last one.
-    pub record: &'r Value,
-    pub payload: &'r Value,
+    /// The record the envelope carries: the new one, or for a deletion the last one with the
+    /// status `DELETED`.
+    pub record: &'r RawValue,
+    pub payload: &'r RawValue,
     pub hash: Hash,
     pub previous_hash: Option<Hash>,
-    pub changes: Option<Vec<FieldChange>>,
+    pub changes: Option<&'r [FieldChange]>,
+}
+
+/// The serialized form of an [`Envelope`], borrowing its parts: same fields, same order.
+#[derive(Serialize)]
+struct EnvelopeLine<'a> {
+    schema: Schema,
+    action: Action,
+    source: &'a str,
+    integration: &'a str,
+    run_id: &'a str,
+    observed_at: DateTime<Utc>,
+    primary_directory: bool,
+    external_id: &'a str,
+    hash: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    previous_hash: Option<String>,
+    record: &'a RawValue,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    changes: Option<&'a [FieldChange]>,
 }
 
 impl EnvelopeContext<'_> {
-    pub fn envelope(&self, change: RecordChange<'_>) -> Envelope {
-        let mut record = change.record.clone();
-        if change.action == Action::Deleted {
-            if let Some(object) = record.as_object_mut() {
-                object.insert("status".into(), json!(DELETED_STATUS));
-            }
-        }
-        Envelope {
+    /// One line of the envelope file, with its line break.
+    pub fn line(&self, change: &RecordChange<'_>) -> Vec<u8> {
+        let line = EnvelopeLine {
             schema: Schema::of(change.kind),
             action: change.action,
-            source: self.source.to_string(),
-            integration: INTEGRATION.to_string(),
-            run_id: self.run_id.to_string(),
+            source: self.source,
+            integration: INTEGRATION,
+            run_id: self.run_id,
             observed_at: self.observed_at,
             primary_directory: self.primary_directory,
-            external_id: change.external_id.to_string(),
+            external_id: change.external_id,
             hash: hex_hash(&change.hash),
             previous_hash: change.previous_hash.as_ref().map(hex_hash),
-            record,
-            payload: (!change.payload.is_null()).then(|| change.payload.clone()),
+            record: change.record,
+            payload: (change.payload.get() != "null").then_some(change.payload),
             changes: change.changes,
-        }
+        };
+        let mut bytes = serde_json::to_vec(&line).expect("an envelope serializes into memory");
+        bytes.push(b'\n');
+        bytes
     }
 }
 
@@ -149,13 +171,11 @@ impl EnvelopeWriter {
         })
     }
 
-    pub fn push(&mut self, envelope: &Envelope) -> std::io::Result<()> {
-        let mut line = serde_json::to_vec(envelope).map_err(std::io::Error::other)?;
-        line.push(b'\n');
-        self.hasher.update(&line);
-        self.file.write_all(&line)?;
+    pub fn push(&mut self, action: Action, line: &[u8]) -> std::io::Result<()> {
+        self.hasher.update(line);
+        self.file.write_all(line)?;
         self.summary.lines += 1;
-        match envelope.action {
+        match action {
             Action::Created => self.summary.created += 1,
             Action::Updated => self.summary.updated += 1,
             Action::Deleted => self.summary.deleted += 1,
@@ -267,6 +287,7 @@ pub fn openlane_projection(envelopes: &[Envelope], snapshot_complete: bool) -> V
 mod tests {
     use super::*;
     use chrono::TimeZone;
+    use serde_json::value::RawValue;
 
     fn context() -> EnvelopeContext<'static> {
         EnvelopeContext {
@@ -287,23 +308,34 @@ mod tests {
         assert_eq!(Action::classify(None, None), None);
     }
 
+    fn raw(value: Value) -> Box<RawValue> {
+        crate::record::raw(crate::record::canonical_json(&value))
+    }
+
     #[test]
-    fn a_deletion_carries_the_deleted_status_and_chains() {
-        let record = json!({"external_id": "u1", "status": "ACTIVE"});
-        let envelope = context().envelope(RecordChange {
+    fn a_line_is_the_envelope_it_describes() {
+        let record = raw(json!({"external_id": "u1", "status": "DELETED"}));
+        let payload = raw(json!({"uid": "u1"}));
+        let line = context().line(&RecordChange {
             kind: RecordKind::Account,
             external_id: "u1",
             action: Action::Deleted,
             record: &record,
-            payload: &json!({"uid": "u1"}),
+            payload: &payload,
             hash: [3; 32],
             previous_hash: Some([4; 32]),
             changes: None,
         });
+        assert!(line.ends_with(b"\n"));
+        let envelope: Envelope = serde_json::from_slice(&line).unwrap();
         assert_eq!(envelope.record["status"], "DELETED");
         assert_eq!(envelope.hash, hex_hash(&[3; 32]));
         assert_eq!(envelope.previous_hash, Some(hex_hash(&[4; 32])));
         assert_eq!(envelope.payload, Some(json!({"uid": "u1"})));
+        // The borrowed form serializes exactly as the owned one.
+        let mut owned = serde_json::to_vec(&envelope).unwrap();
+        owned.push(b'\n');
+        assert_eq!(owned, line);
     }
 
     #[test]
@@ -311,33 +343,35 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = envelope_path(dir.path(), "corp", "R1");
         let mut writer = EnvelopeWriter::create(&path).unwrap();
-        let account = json!({"external_id": "u1"});
+        let account = raw(json!({"external_id": "u1"}));
+        let account_payload = raw(json!({"uid": "u1"}));
         let membership =
-            json!({"account_external_id": "u1", "group_external_id": "g", "role": "MEMBER"});
-        let envelopes = vec![
-            context().envelope(RecordChange {
+            raw(json!({"account_external_id": "u1", "group_external_id": "g", "role": "MEMBER"}));
+        let null = raw(Value::Null);
+        let lines = [
+            context().line(&RecordChange {
                 kind: RecordKind::Account,
                 external_id: "u1",
                 action: Action::Created,
                 record: &account,
-                payload: &json!({"uid": "u1"}),
+                payload: &account_payload,
                 hash: [1; 32],
                 previous_hash: None,
                 changes: None,
             }),
-            context().envelope(RecordChange {
+            context().line(&RecordChange {
                 kind: RecordKind::Membership,
                 external_id: "u1:g",
                 action: Action::Created,
                 record: &membership,
-                payload: &Value::Null,
+                payload: &null,
                 hash: [2; 32],
                 previous_hash: None,
                 changes: None,
             }),
         ];
-        for envelope in &envelopes {
-            writer.push(envelope).unwrap();
+        for line in &lines {
+            writer.push(Action::Created, line).unwrap();
         }
         let file = writer.finish().unwrap();
         assert!(!path.exists(), "nothing is in place before persist");
@@ -346,7 +380,9 @@ mod tests {
         let bytes = std::fs::read(&path).unwrap();
         assert_eq!(summary.sha256, sha256_hex(&bytes));
         assert_eq!((summary.lines, summary.created), (2, 2));
-        assert_eq!(parse_jsonl(&bytes).unwrap(), envelopes);
+        let envelopes = parse_jsonl(&bytes).unwrap();
+        assert_eq!(envelopes.len(), 2);
+        assert!(envelopes[1].payload.is_none());
         let projection = openlane_projection(&envelopes, true);
         assert_eq!(projection[0]["envelopes"][0]["payload"]["uid"], "u1");
         assert_eq!(projection[2]["envelopes"][0]["resource"], "g");

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use serde_json::Value;
 
 use crate::config::SourceConfig;
 use crate::diff::{
@@ -15,7 +16,7 @@ use crate::diff::{
 use crate::envelope::{Action, EnvelopeContext, EnvelopeFile, EnvelopeWriter};
 use crate::normalize::{AccountStatus, DirectoryAccount, DirectoryGroup};
 use crate::plan::{membership_pair, Loaded, PlanError, Planner, Sinks};
-use crate::record::{with_volatile, ChangeRule, Hash, RecordKind};
+use crate::record::{with_volatile, ChangeRule, Hash, RawEntry, RecordKind};
 use crate::store::{Reader, RecordVersion, RunRecord, Store, StoreError};
 
 impl From<PlanError> for StoreError {
@@ -182,14 +183,7 @@ fn replay_record(
     let tombstone = match (old, from) {
         (None, Some(from)) => deletion_before(versions, from, chain_start)
             .map(|version| {
-                Ok::<Hash, StoreError>(
-                    planner.rule().deleted_hash(
-                        &version
-                            .parse()
-                            .map_err(|e| StoreError::Aborted(e.to_string()))?
-                            .record,
-                    ),
-                )
+                Ok::<Hash, StoreError>(planner.rule().deleted_hash(&record_of(reader, version)?))
             })
             .transpose()?,
         _ => None,
@@ -222,12 +216,7 @@ fn loaded(
     version: &RecordVersion,
     with_volatile: bool,
 ) -> Result<Loaded, StoreError> {
-    let entry = version.parse().map_err(|error| {
-        StoreError::Aborted(format!(
-            "unreadable record version {}: {error}",
-            version.external_id
-        ))
-    })?;
+    let entry = entry_of(reader, version)?;
     let volatile = if with_volatile && !kind.volatile_fields().is_empty() {
         reader.volatile(source, kind, &version.external_id)?
     } else {
@@ -236,10 +225,27 @@ fn loaded(
     Ok(Loaded {
         hash: version.hash,
         flags: version.flags,
-        record: entry.record,
-        payload: entry.payload,
+        entry,
         volatile,
         valid_from: Some(version.valid_from.clone()),
+    })
+}
+
+fn entry_of(reader: &Reader<'_>, version: &RecordVersion) -> Result<RawEntry, StoreError> {
+    version.parse().map_err(|error| {
+        reader.corrupt(format_args!(
+            "record version {}: {error}",
+            version.external_id
+        ))
+    })
+}
+
+fn record_of(reader: &Reader<'_>, version: &RecordVersion) -> Result<Value, StoreError> {
+    entry_of(reader, version)?.record().map_err(|error| {
+        reader.corrupt(format_args!(
+            "record version {}: {error}",
+            version.external_id
+        ))
     })
 }
 
@@ -280,14 +286,7 @@ impl AccountHistory {
                 })
                 .collect::<Result<Vec<_>, _>>()
         };
-        let typed = |version: &RecordVersion| -> Result<serde_json::Value, StoreError> {
-            version.parse().map(|entry| entry.record).map_err(|error| {
-                StoreError::Aborted(format!(
-                    "unreadable record version {}: {error}",
-                    version.external_id
-                ))
-            })
-        };
+        let typed = |version: &RecordVersion| record_of(reader, version);
         let volatile = reader.volatile(source, RecordKind::Account, uid)?;
         let mut account = Vec::new();
         for version in parse_all(RecordKind::Account, uid, Some(uid))? {
@@ -493,8 +492,9 @@ pub fn find_accounts(store: &Store, source: &str, user: &str) -> Result<Vec<Stri
             found.insert(version.external_id);
             continue;
         }
-        let Ok(entry) = version.parse() else { continue };
-        let record = &entry.record;
+        let Ok(record) = record_of(&reader, &version) else {
+            continue;
+        };
         if record["username"].as_str() == Some(user)
             || record["canonical_email"].as_str() == Some(needle.as_str())
         {

@@ -18,7 +18,9 @@ use crate::collect::Collected;
 use crate::diff::{AccountRef, Baseline, DiffInput, Population, RunRef};
 use crate::envelope::{Action, EnvelopeContext, EnvelopeFile, EnvelopeWriter, RecordChange};
 use crate::normalize::{DirectoryAccount, DirectoryGroup};
-use crate::record::{canonical_json, with_volatile, ChangeRule, Hash, RecordKind};
+use crate::record::{
+    canonical_json, raw, with_volatile, ChangeRule, Hash, RawEntry, RecordKind, DELETED_STATUS,
+};
 use crate::store::codec::{self, CurrentRow, Flags};
 use crate::store::ops::{Op, OpWriter, Ops};
 use crate::store::{Reader, StoreError};
@@ -33,17 +35,25 @@ pub enum PlanError {
     Record(String),
 }
 
-/// One side of a changed record, read in full.
+/// One side of a changed record, read in full (as canonical JSON, parsed only when a rule
+/// needs its fields).
 #[derive(Debug, Clone)]
 pub struct Loaded {
     pub hash: Hash,
     pub flags: Flags,
-    /// The stored record, without volatile fields.
-    pub record: Value,
-    pub payload: Value,
+    /// The stored record (without volatile fields) and payload.
+    pub entry: RawEntry,
     pub volatile: Map<String, Value>,
     /// For a stored side: the run its version is valid from.
     pub valid_from: Option<String>,
+}
+
+impl Loaded {
+    fn record(&self) -> Result<Value, PlanError> {
+        self.entry
+            .record()
+            .map_err(|error| PlanError::Record(error.to_string()))
+    }
 }
 
 /// What a planner writes besides the diff's input.
@@ -164,27 +174,8 @@ impl<'a> Planner<'a> {
             return Ok(());
         };
         let changes = match (&old, &new) {
-            (Some(old), Some(new)) => self.rule.field_changes(&old.record, &new.record),
+            (Some(old), Some(new)) => self.rule.field_changes(&old.record()?, &new.record()?),
             _ => Vec::new(),
-        };
-        let (record, payload, hash, previous_hash) = match (action, &old, &new) {
-            (Action::Deleted, Some(old), _) => (
-                &old.record,
-                &old.payload,
-                self.rule.deleted_hash(&old.record),
-                Some(old.hash),
-            ),
-            (_, _, Some(new)) => (
-                &new.record,
-                &new.payload,
-                new.hash,
-                match &old {
-                    Some(old) => Some(old.hash),
-                    None if self.baseline => None,
-                    None => tombstone,
-                },
-            ),
-            _ => unreachable!("classify names a side that exists"),
         };
         if let Some(ops) = self.sinks.ops.as_mut() {
             let op = match (action, &old, &new) {
@@ -192,19 +183,14 @@ impl<'a> Planner<'a> {
                     kind,
                     external_id: external_id.to_string(),
                     valid_from: stored_from(old)?,
-                    tombstone: hash,
+                    tombstone: self.rule.deleted_hash(&old.record()?),
                 },
                 (_, _, Some(new)) => Op::Put {
                     kind,
                     external_id: external_id.to_string(),
                     replaces: old.as_ref().map(stored_from).transpose()?,
-                    version: codec::encode_version(
-                        &new.hash,
-                        new.flags,
-                        &canonical_json(&serde_json::json!({
-                            "record": new.record, "payload": new.payload
-                        })),
-                    ),
+                    clears_tombstone: tombstone.is_some(),
+                    version: codec::encode_version(&new.hash, new.flags, &new.entry.to_bytes()),
                     current: current_row(self.context.run_id, new)?,
                     volatile: volatile_bytes(kind, &new.volatile),
                 },
@@ -213,17 +199,42 @@ impl<'a> Planner<'a> {
             ops.push(&op)?;
         }
         if let Some(envelopes) = self.sinks.envelopes.as_mut() {
-            let envelope = self.context.envelope(RecordChange {
-                kind,
-                external_id,
-                action,
-                record,
-                payload,
-                hash,
-                previous_hash,
-                changes: (action == Action::Updated).then(|| changes.clone()),
-            });
-            envelopes.push(&envelope)?;
+            let line = match (action, &old, &new) {
+                (Action::Deleted, Some(old), _) => {
+                    let mut record = old.record()?;
+                    let hash = self.rule.deleted_hash(&record);
+                    if let Some(object) = record.as_object_mut() {
+                        object.insert("status".into(), Value::String(DELETED_STATUS.into()));
+                    }
+                    let record = raw(canonical_json(&record));
+                    self.context.line(&RecordChange {
+                        kind,
+                        external_id,
+                        action,
+                        record: &record,
+                        payload: &old.entry.payload,
+                        hash,
+                        previous_hash: Some(old.hash),
+                        changes: None,
+                    })
+                }
+                (_, _, Some(new)) => self.context.line(&RecordChange {
+                    kind,
+                    external_id,
+                    action,
+                    record: &new.entry.record,
+                    payload: &new.entry.payload,
+                    hash: new.hash,
+                    previous_hash: match &old {
+                        Some(old) => Some(old.hash),
+                        None if self.baseline => None,
+                        None => tombstone,
+                    },
+                    changes: (action == Action::Updated).then_some(changes.as_slice()),
+                }),
+                _ => unreachable!("classify names a side that exists"),
+            };
+            envelopes.push(action, &line)?;
         }
         match kind {
             RecordKind::Account => self.account_changed(external_id, old, new, changes)?,
@@ -287,7 +298,7 @@ impl<'a> Planner<'a> {
             (new, &mut self.input.groups_after),
         ] {
             if let Some(loaded) = loaded {
-                let group: DirectoryGroup = serde_json::from_value(loaded.record.clone())
+                let group: DirectoryGroup = serde_json::from_str(loaded.entry.record.get())
                     .map_err(|error| PlanError::Record(format!("group: {error}")))?;
                 catalog.insert(group.external_id.clone(), group);
             }
@@ -422,7 +433,7 @@ fn volatile_bytes(kind: RecordKind, volatile: &Map<String, Value>) -> Option<Vec
 }
 
 fn typed_account(loaded: &Loaded) -> Result<DirectoryAccount, PlanError> {
-    serde_json::from_value(with_volatile(loaded.record.clone(), &loaded.volatile))
+    serde_json::from_value(with_volatile(loaded.record()?, &loaded.volatile))
         .map_err(|error| PlanError::Record(format!("account: {error}")))
 }
 
@@ -580,14 +591,23 @@ pub fn plan_sync(
                 .or_else(|| new.as_ref().map(|(id, _)| id.clone()))
                 .expect("one side");
             planner.membership(&id, old.is_some(), new.is_some());
-            let new_loaded = new.map(|(_, record)| Loaded {
-                hash: planner.rule().material_hash(&record),
-                flags: Flags::default(),
-                record,
-                payload: Value::Null,
-                volatile: Map::new(),
-                valid_from: None,
-            });
+            let new_loaded = new
+                .map(|(_, record)| -> Result<Loaded, PlanError> {
+                    Ok(Loaded {
+                        hash: planner
+                            .rule()
+                            .material_hash_raw(RecordKind::Membership, &record)
+                            .map_err(|error| PlanError::Record(error.to_string()))?,
+                        flags: Flags::default(),
+                        entry: RawEntry {
+                            record,
+                            payload: raw(b"null".to_vec()),
+                        },
+                        volatile: Map::new(),
+                        valid_from: None,
+                    })
+                })
+                .transpose()?;
             if Action::classify(
                 old.as_ref().map(|(_, row)| &row.hash),
                 new_loaded.as_ref().map(|n| &n.hash),
@@ -670,8 +690,7 @@ fn stored_loaded(
     Ok(Loaded {
         hash: row.hash,
         flags: row.flags,
-        record: entry.record,
-        payload: entry.payload,
+        entry,
         volatile,
         valid_from: Some(row.valid_from().to_string()),
     })
@@ -682,12 +701,10 @@ fn spool_side(
     item: &crate::spool::SpoolItem,
 ) -> Result<Loaded, PlanError> {
     let record = spool.read(item)?;
-    let entry = record.parse()?;
     Ok(Loaded {
         hash: item.hash,
         flags: item.flags,
-        record: entry.record,
-        payload: entry.payload,
+        entry: record.entry,
         volatile: record.volatile,
         valid_from: None,
     })

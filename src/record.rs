@@ -12,6 +12,7 @@
 //! the store holds their latest value without versioning it, so a login adds no version.
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
@@ -53,6 +54,67 @@ impl RecordKind {
 
 /// A SHA-256 digest.
 pub type Hash = [u8; 32];
+
+/// The fields of a membership record.
+const MEMBERSHIP_FIELDS: [&str; 3] = ["account_external_id", "group_external_id", "role"];
+
+/// A record (without volatile fields) and its kept payload, each as canonical JSON: what a
+/// version stores, what a spool holds, and what an envelope carries, moved between them
+/// without parsing.
+#[derive(Debug, Clone)]
+pub struct RawEntry {
+    pub record: Box<RawValue>,
+    pub payload: Box<RawValue>,
+}
+
+impl RawEntry {
+    pub fn from_values(record: &Value, payload: &Value) -> RawEntry {
+        RawEntry {
+            record: raw(canonical_json(record)),
+            payload: raw(canonical_json(payload)),
+        }
+    }
+
+    /// A stored entry, `{"payload": …, "record": …}`.
+    pub fn parse(bytes: &[u8]) -> Result<RawEntry, serde_json::Error> {
+        #[derive(Deserialize)]
+        struct Stored {
+            record: Box<RawValue>,
+            payload: Option<Box<RawValue>>,
+        }
+        let stored: Stored = serde_json::from_slice(bytes)?;
+        Ok(RawEntry {
+            record: stored.record,
+            payload: stored.payload.unwrap_or_else(|| raw(b"null".to_vec())),
+        })
+    }
+
+    /// The stored form, canonical when its parts are (its keys are in order).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let (record, payload) = (self.record.get(), self.payload.get());
+        let mut out = Vec::with_capacity(record.len() + payload.len() + 24);
+        out.extend_from_slice(br#"{"payload":"#);
+        out.extend_from_slice(payload.as_bytes());
+        out.extend_from_slice(br#","record":"#);
+        out.extend_from_slice(record.as_bytes());
+        out.push(b'}');
+        out
+    }
+
+    pub fn record(&self) -> Result<Value, serde_json::Error> {
+        serde_json::from_str(self.record.get())
+    }
+
+    pub fn payload(&self) -> Result<Value, serde_json::Error> {
+        serde_json::from_str(self.payload.get())
+    }
+}
+
+/// JSON text known to be valid, as a raw value.
+pub fn raw(json: Vec<u8>) -> Box<RawValue> {
+    let text = String::from_utf8(json).expect("serde_json writes UTF-8");
+    RawValue::from_string(text).expect("serde_json writes valid JSON")
+}
 
 /// One field whose material value differs between two versions of a record. Metadata is
 /// compared key by key, as `metadata.<key>`.
@@ -106,6 +168,26 @@ impl<'a> ChangeRule<'a> {
 
     pub fn material_hash(&self, stored: &Value) -> Hash {
         sha256(&canonical_json(&self.material_view(stored)))
+    }
+
+    /// [`ChangeRule::material_hash`] of a record given as canonical JSON: when no ignored
+    /// field can be in it, the view is the record itself and needs no parsing.
+    pub fn material_hash_raw(
+        &self,
+        kind: RecordKind,
+        record: &RawValue,
+    ) -> Result<Hash, serde_json::Error> {
+        let untouched = match kind {
+            RecordKind::Membership => !self.ignore_fields.iter().any(|field| {
+                let top = field.split('.').next().unwrap_or(field);
+                MEMBERSHIP_FIELDS.contains(&top)
+            }),
+            RecordKind::Account | RecordKind::Group => self.ignore_fields.is_empty(),
+        };
+        if untouched {
+            return Ok(sha256(record.get().as_bytes()));
+        }
+        Ok(self.material_hash(&serde_json::from_str(record.get())?))
     }
 
     /// The hash of a record's deletion: its material view with the status `DELETED`, which is
@@ -350,6 +432,50 @@ mod tests {
         assert_ne!(volatile_digest(&volatile), 0);
         assert_eq!(volatile_digest(&Map::new()), 0);
         assert_eq!(with_volatile(stored, &volatile), record);
+    }
+
+    #[test]
+    fn raw_entries_hash_and_store_like_their_values() {
+        let record = account();
+        let payload = json!({"uid": "uid1", "attributes": {"b": 1, "a": 2}});
+        let entry = RawEntry::from_values(&record, &payload);
+        let stored = entry.to_bytes();
+        assert_eq!(
+            stored,
+            canonical_json(&json!({"record": record, "payload": payload}))
+        );
+        let back = RawEntry::parse(&stored).unwrap();
+        assert_eq!(back.record().unwrap(), record);
+        assert_eq!(back.payload().unwrap(), payload);
+        let plain = ChangeRule::new(&[]);
+        assert_eq!(
+            plain
+                .material_hash_raw(RecordKind::Account, &back.record)
+                .unwrap(),
+            plain.material_hash(&record)
+        );
+        let ignore = vec!["metadata.title".to_string()];
+        let rule = ChangeRule::new(&ignore);
+        assert_eq!(
+            rule.material_hash_raw(RecordKind::Account, &back.record)
+                .unwrap(),
+            rule.material_hash(&record)
+        );
+        let membership =
+            json!({"account_external_id": "u", "group_external_id": "g", "role": "MEMBER"});
+        let membership_raw = raw(canonical_json(&membership));
+        assert_eq!(
+            rule.material_hash_raw(RecordKind::Membership, &membership_raw)
+                .unwrap(),
+            rule.material_hash(&membership)
+        );
+        let role = vec!["role".to_string()];
+        assert_eq!(
+            ChangeRule::new(&role)
+                .material_hash_raw(RecordKind::Membership, &membership_raw)
+                .unwrap(),
+            ChangeRule::new(&role).material_hash(&membership)
+        );
     }
 
     #[test]

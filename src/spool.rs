@@ -11,10 +11,9 @@ use std::path::Path;
 use serde_json::{Map, Value};
 
 use crate::record::{
-    canonical_json, split_volatile, volatile_digest, ChangeRule, Hash, RecordKind,
+    canonical_json, raw, split_volatile, volatile_digest, ChangeRule, Hash, RawEntry, RecordKind,
 };
 use crate::store::codec::Flags;
-use crate::store::StoredEntry;
 
 /// Where one spooled record is, and what the merge compares without reading it.
 #[derive(Debug, Clone)]
@@ -24,22 +23,17 @@ pub struct SpoolItem {
     pub volatile_digest: u64,
     pub flags: Flags,
     offset: u64,
-    entry_len: u32,
+    record_len: u32,
+    payload_len: u32,
     volatile_len: u32,
 }
 
-/// A spooled record read back: the stored entry's JSON bytes and its volatile values.
-#[derive(Debug, Clone, PartialEq)]
+/// A spooled record read back: its entry (record and payload as canonical JSON) and its
+/// volatile values.
+#[derive(Debug, Clone)]
 pub struct SpooledRecord {
-    /// `{"record": …, "payload": …}` without volatile fields, as a version stores it.
-    pub entry: Vec<u8>,
+    pub entry: RawEntry,
     pub volatile: Map<String, Value>,
-}
-
-impl SpooledRecord {
-    pub fn parse(&self) -> std::io::Result<StoredEntry> {
-        serde_json::from_slice(&self.entry).map_err(std::io::Error::other)
-    }
 }
 
 pub struct SpoolWriter {
@@ -71,25 +65,30 @@ impl SpoolWriter {
         let (stored, volatile) = split_volatile(self.kind, record);
         let hash = rule.material_hash(&stored);
         let flags = Flags::of(&stored);
-        let entry = canonical_json(&serde_json::json!({"record": stored, "payload": payload}));
+        let record = canonical_json(&stored);
+        let payload = canonical_json(&payload);
         let volatile_bytes = if volatile.is_empty() {
             Vec::new()
         } else {
             canonical_json(&Value::Object(volatile.clone()))
         };
-        self.file.write_all(&entry)?;
-        self.file.write_all(&volatile_bytes)?;
-        let too_large = |_| std::io::Error::other("a record over 4 GiB");
+        for part in [&record, &payload, &volatile_bytes] {
+            self.file.write_all(part)?;
+        }
+        let length = |part: &Vec<u8>| {
+            u32::try_from(part.len()).map_err(|_| std::io::Error::other("a record over 4 GiB"))
+        };
         self.items.push(SpoolItem {
             external_id: external_id.into(),
             hash,
             volatile_digest: volatile_digest(&volatile),
             flags,
             offset: self.written,
-            entry_len: u32::try_from(entry.len()).map_err(too_large)?,
-            volatile_len: u32::try_from(volatile_bytes.len()).map_err(too_large)?,
+            record_len: length(&record)?,
+            payload_len: length(&payload)?,
+            volatile_len: length(&volatile_bytes)?,
         });
-        self.written += (entry.len() + volatile_bytes.len()) as u64;
+        self.written += (record.len() + payload.len() + volatile_bytes.len()) as u64;
         Ok(())
     }
 
@@ -129,17 +128,20 @@ impl Spool {
     }
 
     pub fn read(&self, item: &SpoolItem) -> std::io::Result<SpooledRecord> {
-        let mut bytes = vec![0; item.entry_len as usize + item.volatile_len as usize];
+        let (record_len, payload_len) = (item.record_len as usize, item.payload_len as usize);
+        let mut bytes = vec![0; record_len + payload_len + item.volatile_len as usize];
         self.file.read_exact_at(&mut bytes, item.offset)?;
         let volatile = if item.volatile_len == 0 {
             Map::new()
         } else {
-            serde_json::from_slice(&bytes[item.entry_len as usize..])
+            serde_json::from_slice(&bytes[record_len + payload_len..])
                 .map_err(std::io::Error::other)?
         };
-        bytes.truncate(item.entry_len as usize);
         Ok(SpooledRecord {
-            entry: bytes,
+            entry: RawEntry {
+                record: raw(bytes[..record_len].to_vec()),
+                payload: raw(bytes[record_len..record_len + payload_len].to_vec()),
+            },
             volatile,
         })
     }
@@ -172,13 +174,13 @@ mod tests {
         assert!(item.flags.active());
         let record = spool.read(item).unwrap();
         assert_eq!(record.volatile["last_login_at"], "t2");
-        let entry = record.parse().unwrap();
+        let entry = record.entry;
         assert_eq!(
-            entry.record,
+            entry.record().unwrap(),
             json!({"external_id": "u2", "status": "ACTIVE"})
         );
-        assert_eq!(entry.payload, json!({"uid": "u2"}));
-        assert_eq!(item.hash, rule.material_hash(&entry.record));
+        assert_eq!(entry.payload().unwrap(), json!({"uid": "u2"}));
+        assert_eq!(item.hash, rule.material_hash(&entry.record().unwrap()));
         assert!(spool.find("u9").is_none());
     }
 }

@@ -11,6 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::authentik::client::check_count;
 use crate::authentik::client::ProgressFn;
 use crate::authentik::{AuthentikClient, ClientError, ListKind, RetryPolicy};
 use crate::clock::Clock;
@@ -113,7 +114,9 @@ pub async fn sync_source(
         move |store| store.source_state(&name)
     })
     .await?;
+    let fetch_started = std::time::Instant::now();
     let fetched = fetch_directory(&config.state_dir, source, progress).await;
+    tracing::debug!(source = %source.name, seconds = fetch_started.elapsed().as_secs_f64(), "fetched");
     let outcome = RunOutcome {
         source: source.name.clone(),
         started_at,
@@ -244,12 +247,14 @@ impl CompleteRun {
             compared_run(self.latest.clone(), &self.outcome.settings_fingerprint);
         let run_id = store.new_run_id(&source.name, self.outcome.started_at)?;
         let fail = |reason: String| Rejected::Failed(self.outcome.clone(), reason);
+        let plan_started = std::time::Instant::now();
         let planned = self
             .plan(store, &run_id, previous.as_ref(), baseline_reason.clone())
             .map_err(|error| match error {
                 PlanError::Store(error) => Rejected::Store(error),
                 other => fail(other.to_string()),
             })?;
+        tracing::debug!(source = %source.name, seconds = plan_started.elapsed().as_secs_f64(), "planned");
         let diff = diff(&planned.input);
         let ops = planned.ops.expect("a sync plans store writes");
         let envelopes = planned.envelopes.expect("a sync writes envelopes");
@@ -276,12 +281,14 @@ impl CompleteRun {
         let path = envelopes
             .persist()
             .map_err(|error| fail(format!("cannot write the envelope file: {error}")))?;
+        let commit_started = std::time::Instant::now();
         let committed = store.commit_complete(CommitPlan {
             record,
             expected_latest: self.latest.as_ref().map(|run| run.run_id.clone()),
             reset: previous.is_none(),
             ops,
         });
+        tracing::debug!(source = %source.name, seconds = commit_started.elapsed().as_secs_f64(), "committed");
         match committed {
             Ok(run) => Ok(SyncedRun {
                 run,
@@ -399,13 +406,7 @@ async fn fetch_directory(
 ) -> Result<Fetched, FetchError> {
     let fetch = async {
         let client = AuthentikClient::new(source, RetryPolicy::default())?;
-        let filter = source
-            .filter
-            .as_deref()
-            .map(RecordFilter::compile)
-            .transpose()
-            .map_err(FetchError::Filter)?;
-        match fetch_once(state_dir, source, &client, filter.as_ref(), progress).await {
+        match fetch_once(state_dir, source, &client, progress).await {
             Err(error) if error.is_inconsistency() => {
                 // A live directory changes; one more read is the normal remedy.
                 tracing::info!(
@@ -413,7 +414,7 @@ async fn fetch_directory(
                     "re-reading the directory once: {}",
                     crate::display::escape(&error.to_string())
                 );
-                fetch_once(state_dir, source, &client, filter.as_ref(), progress).await
+                fetch_once(state_dir, source, &client, progress).await
             }
             result => result,
         }
@@ -432,36 +433,44 @@ async fn fetch_once(
     state_dir: &Path,
     source: &SourceConfig,
     client: &AuthentikClient,
-    filter: Option<&RecordFilter>,
     progress: ProgressFn<'_>,
 ) -> Result<Fetched, FetchError> {
     crate::store::create_private_dir(state_dir).map_err(FetchError::Spool)?;
+    let filter = source
+        .filter
+        .as_deref()
+        .map(RecordFilter::compile)
+        .transpose()
+        .map_err(FetchError::Filter)?;
     let mut collector = Collector::new(state_dir, source, filter).map_err(FetchError::Spool)?;
     let kinds: &[ListKind] = if source.disable_group_sync {
         &[ListKind::Users]
     } else {
         &[ListKind::Users, ListKind::Groups]
     };
-    // Everything through the client's one pool of requests, both listings at once; each
-    // page is normalized and spooled as it arrives.
-    let listings = client.fetch_listings(
-        kinds,
-        |kind, records| {
-            let mut new = 0;
-            for raw in records {
-                let added = match kind {
-                    ListKind::Users => collector.add_user(raw)?,
-                    ListKind::Groups => collector.add_group(raw)?,
-                };
-                new += u64::from(added);
-            }
-            Ok::<u64, FetchError>(new)
-        },
-        progress,
-    );
-    let (me, version, listings) = tokio::join!(client.me(), client.version(), listings);
-    let (me, version) = (me?, version?);
-    listings?;
+    // The pages are normalized and spooled on another thread as they arrive, while the next
+    // ones are on the way; everything is fetched through the client's one pool of requests,
+    // both listings at once.
+    let (pages, mut arriving) = tokio::sync::mpsc::channel(source.concurrency);
+    let collecting = tokio::task::spawn_blocking(move || {
+        while let Some(page) = arriving.blocking_recv() {
+            collector.add_page(page)?;
+        }
+        Ok::<_, CollectError>(collector)
+    });
+    let listings = async {
+        let counts = client.fetch_listings(kinds, &pages, progress).await;
+        drop(pages);
+        counts
+    };
+    let (me, version, counts) = tokio::join!(client.me(), client.version(), listings);
+    let collector = collecting
+        .await
+        .map_err(|error| FetchError::Spool(std::io::Error::other(error)))??;
+    let (me, version, counts) = (me?, version?, counts?);
+    for (kind, count) in counts {
+        check_count(kind, collector.distinct(kind), count)?;
+    }
     // A complete listing contains the token's own user; object-level visibility rarely does.
     if !collector.has_user(me.user.pk) {
         return Err(FetchError::PartialVisibility(me.user.username));

@@ -92,7 +92,7 @@ impl TestSource {
             .filter
             .as_deref()
             .map(|expression| RecordFilter::compile(expression).unwrap());
-        let mut collector = Collector::new(self.dir.path(), &self.source, filter.as_ref()).unwrap();
+        let mut collector = Collector::new(self.dir.path(), &self.source, filter).unwrap();
         for raw in users {
             collector.add_user(raw).map_err(|error| error.to_string())?;
         }

@@ -109,6 +109,25 @@ impl ListKind {
 /// Called as pages arrive: (list, pages fetched, pages in total).
 pub type ProgressFn<'a> = &'a (dyn Fn(ListKind, u64, u64) + Sync);
 
+/// One page of a listing, as [`AuthentikClient::fetch_listings`] hands it on.
+#[derive(Debug)]
+pub struct ListedPage {
+    pub kind: ListKind,
+    pub number: u64,
+    pub records: Vec<Value>,
+}
+
+/// The records of a listing must number what the server counted.
+pub fn check_count(kind: ListKind, distinct: u64, count: u64) -> Result<(), ClientError> {
+    if distinct == count {
+        return Ok(());
+    }
+    Err(inconsistent(
+        kind,
+        format!("{distinct} distinct records arrived but the server counted {count}"),
+    ))
+}
+
 pub struct AuthentikClient {
     http: reqwest::Client,
     source: SourceConfig,
@@ -167,20 +186,19 @@ impl AuthentikClient {
         Ok(page.pagination.count)
     }
 
-    /// Every page of the given listings, handed to `accept` as it arrives (in no particular
-    /// order). Page 1 of every listing is asked for at once; it tells how many records there
-    /// are and how many a page holds, and the other pages follow through the shared pool,
-    /// each checked against page 1 as it arrives. `accept` takes a page's records and says
-    /// how many of them it had not seen before: the distinct records must number `count`,
-    /// and a page of records that were all seen before cannot be a shift, only a server that
-    /// answers every page alike. Memory holds the pages in flight, never what the server
-    /// announced.
-    pub async fn fetch_listings<E: From<ClientError>>(
+    /// Every page of the given listings, sent to `sink` as it arrives (in no particular
+    /// order), so that the receiver works on one page while the next ones are on the way.
+    /// Page 1 of every listing is asked for at once; it tells how many records there are and
+    /// how many a page holds, and the other pages follow through the shared pool, each
+    /// checked against page 1 as it arrives. Memory holds the pages in flight, never what the
+    /// server announced. Returns each listing's `count`, which the distinct records received
+    /// must match; a receiver that hangs up (it found a problem) ends the listing early.
+    pub async fn fetch_listings(
         &self,
         kinds: &[ListKind],
-        mut accept: impl FnMut(ListKind, Vec<Value>) -> Result<u64, E>,
+        sink: &tokio::sync::mpsc::Sender<ListedPage>,
         progress: ProgressFn<'_>,
-    ) -> Result<(), E> {
+    ) -> Result<BTreeMap<ListKind, u64>, ClientError> {
         let fetch = |kind: ListKind, number: u64| async move {
             (kind, number, self.fetch_page(kind, number).await)
         };
@@ -194,9 +212,15 @@ impl AuthentikClient {
             let page = page?;
             let listing = listings.get_mut(&kind).expect("a listing asked for");
             let shape = listing.check(kind, &page, self.source.page_size)?;
-            let held = page.results.len() as u64;
-            let new = accept(kind, page.results)?;
-            listing.record(kind, number, held, new)?;
+            listing.pages += 1;
+            let listed = ListedPage {
+                kind,
+                number,
+                records: page.results,
+            };
+            if sink.send(listed).await.is_err() {
+                break;
+            }
             progress(kind, listing.pages, shape.total_pages);
             // Refill the pool with the next pages of the listings whose shape is known.
             while in_flight.len() < self.source.concurrency {
@@ -209,10 +233,13 @@ impl AuthentikClient {
                 in_flight.push(fetch(kind, number));
             }
         }
-        for (kind, listing) in &listings {
-            listing.finish(*kind)?;
-        }
-        Ok(())
+        listings
+            .iter()
+            .map(|(kind, listing)| match listing.shape {
+                Some(shape) => Ok((*kind, shape.count)),
+                None => Err(inconsistent(*kind, "page 1 never arrived".to_string())),
+            })
+            .collect()
     }
 
     async fn fetch_page(&self, kind: ListKind, page: u64) -> Result<Page, ClientError> {
@@ -671,15 +698,14 @@ impl PageShape {
     }
 }
 
-/// How far one listing has come: its shape once page 1 arrived, the pages asked for and
-/// received, and how many distinct records they held.
+/// How far one listing has come: its shape once page 1 arrived, and the pages asked for and
+/// received.
 #[derive(Debug, Default)]
 struct ListingProgress {
     shape: Option<PageShape>,
     /// The last page asked for.
     requested: u64,
     pages: u64,
-    distinct: u64,
 }
 
 impl ListingProgress {
@@ -704,24 +730,6 @@ impl ListingProgress {
         }
     }
 
-    fn record(
-        &mut self,
-        kind: ListKind,
-        number: u64,
-        held: u64,
-        new: u64,
-    ) -> Result<(), ClientError> {
-        self.pages += 1;
-        self.distinct += new;
-        if held > 0 && new == 0 {
-            return Err(inconsistent(
-                kind,
-                format!("page {number} held only records of earlier pages"),
-            ));
-        }
-        Ok(())
-    }
-
     /// The next page to ask for, once the shape is known.
     fn next_page(&mut self) -> Option<u64> {
         let shape = self.shape?;
@@ -729,22 +737,6 @@ impl ListingProgress {
             self.requested += 1;
             self.requested
         })
-    }
-
-    fn finish(&self, kind: ListKind) -> Result<(), ClientError> {
-        let Some(shape) = self.shape else {
-            return Err(inconsistent(kind, "page 1 never arrived".to_string()));
-        };
-        if self.distinct != shape.count {
-            return Err(inconsistent(
-                kind,
-                format!(
-                    "{} distinct records arrived but the server counted {}",
-                    self.distinct, shape.count
-                ),
-            ));
-        }
-        Ok(())
     }
 }
 
@@ -785,9 +777,11 @@ mod tests {
     fn collect(pages: Vec<Page>, requested: u32) -> Result<Listing, ClientError> {
         let mut listing = ListingProgress::default();
         let mut records: Vec<Value> = Vec::new();
+        let mut count = 0;
         for page in pages {
             let number = page.pagination.current;
-            listing.check(ListKind::Users, &page, requested)?;
+            count = listing.check(ListKind::Users, &page, requested)?.count;
+            listing.pages += 1;
             let held = page.results.len() as u64;
             let mut new = 0;
             for record in page.results {
@@ -805,9 +799,14 @@ mod tests {
                     }
                 }
             }
-            listing.record(ListKind::Users, number, held, new)?;
+            if held > 0 && new == 0 {
+                return Err(inconsistent(
+                    ListKind::Users,
+                    format!("page {number} held only records of earlier pages"),
+                ));
+            }
         }
-        listing.finish(ListKind::Users)?;
+        check_count(ListKind::Users, records.len() as u64, count)?;
         Ok(Listing {
             records,
             pages: listing.pages,

@@ -49,7 +49,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::record::{Hash, RecordKind};
+use crate::record::{Hash, RawEntry, RecordKind};
 use codec::{CurrentRow, DecodeError, SEP};
 pub use guard::in_guarded_operation;
 use guard::Guard;
@@ -122,8 +122,8 @@ impl RecordVersion {
         covers(&self.valid_from, self.valid_to.as_deref(), run_id)
     }
 
-    pub fn parse(&self) -> Result<StoredEntry, serde_json::Error> {
-        serde_json::from_slice(&self.entry)
+    pub fn parse(&self) -> Result<RawEntry, serde_json::Error> {
+        RawEntry::parse(&self.entry)
     }
 }
 
@@ -582,6 +582,11 @@ pub struct StoredEntry {
 }
 
 impl<'s> Reader<'s> {
+    /// The error for stored data that does not read back.
+    pub fn corrupt(&self, what: impl std::fmt::Display) -> StoreError {
+        self.store.corrupt(what)
+    }
+
     fn table<K: redb::Key + 'static, V: redb::Value + 'static>(
         &self,
         definition: TableDefinition<K, V>,
@@ -703,7 +708,7 @@ impl<'s> Reader<'s> {
         kind: RecordKind,
         external_id: &str,
         valid_from: &str,
-    ) -> Result<StoredEntry, StoreError> {
+    ) -> Result<RawEntry, StoreError> {
         let key = codec::version_key(&codec::record_key(source, kind, external_id), valid_from);
         let fail = |failure: Failure| failure.into_store_error(&self.store.path);
         let versions = self.table(VERSIONS).map_err(fail)?;
@@ -715,7 +720,11 @@ impl<'s> Reader<'s> {
             .ok_or_else(|| fail(corrupt_value("missing record version")))?;
         let row = codec::decode_version(value.value())
             .map_err(|_| fail(corrupt_value("record version")))?;
-        from_json(row.entry, "record version").map_err(fail)
+        RawEntry::parse(row.entry).map_err(|error| {
+            fail(Failure::Corrupt(format!(
+                "unreadable record version {external_id}: {error}"
+            )))
+        })
     }
 
     /// The hash of the deletion of a record that is gone, if it was deleted since the last
@@ -1028,17 +1037,18 @@ impl<'t> WriteTables<'t> {
                 kind,
                 external_id,
                 replaces,
+                clears_tombstone,
                 version,
                 current,
                 volatile,
             } => {
                 let record_key = codec::record_key(source, kind, &external_id);
-                match replaces {
-                    Some(valid_from) => self.close(&record_key, &valid_from, run_id)?,
-                    None => {
-                        self.guard
-                            .call(|| self.tombstones.remove(record_key.as_str()))?;
-                    }
+                if let Some(valid_from) = replaces {
+                    self.close(&record_key, &valid_from, run_id)?;
+                }
+                if clears_tombstone {
+                    self.guard
+                        .call(|| self.tombstones.remove(record_key.as_str()))?;
                 }
                 let version_key = codec::version_key(&record_key, run_id);
                 self.guard.call(|| {

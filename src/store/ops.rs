@@ -16,6 +16,8 @@ pub enum Op {
         kind: RecordKind,
         external_id: String,
         replaces: Option<String>,
+        /// The record comes back after a deletion: its tombstone goes.
+        clears_tombstone: bool,
         /// The encoded version row (see [`super::codec::encode_version`]).
         version: Vec<u8>,
         current: CurrentRow,
@@ -70,6 +72,7 @@ impl OpWriter {
                 kind,
                 external_id,
                 replaces,
+                clears_tombstone,
                 version,
                 current,
                 volatile,
@@ -78,6 +81,7 @@ impl OpWriter {
                 out.write_all(&[0, kind_byte(*kind)])?;
                 write_bytes(out, external_id.as_bytes())?;
                 write_bytes(out, replaces.as_deref().unwrap_or("").as_bytes())?;
+                out.write_all(&[u8::from(*clears_tombstone)])?;
                 write_bytes(out, version)?;
                 out.write_all(&current.encode())?;
                 write_bytes(out, volatile.as_deref().unwrap_or(&[]))?;
@@ -153,6 +157,8 @@ impl Ops {
             0 => {
                 let external_id = read_string(input)?;
                 let replaces = Some(read_string(input)?).filter(|id| !id.is_empty());
+                let mut clears_tombstone = [0u8];
+                input.read_exact(&mut clears_tombstone)?;
                 let version = read_bytes(input)?;
                 let current = read_current(input)?;
                 let volatile = read_bytes(input)?;
@@ -162,6 +168,7 @@ impl Ops {
                     kind,
                     external_id,
                     replaces,
+                    clears_tombstone: clears_tombstone[0] == 1,
                     version,
                     current,
                     volatile: (has_volatile[0] == 1).then_some(volatile),
@@ -251,6 +258,7 @@ mod tests {
                 kind: RecordKind::Account,
                 external_id: "u1".into(),
                 replaces: Some("01JDX0000000000000000000A9".into()),
+                clears_tombstone: false,
                 version: vec![1, 2, 3],
                 current,
                 volatile: Some(b"{}".to_vec()),
@@ -259,6 +267,7 @@ mod tests {
                 kind: RecordKind::Membership,
                 external_id: "u1:g".into(),
                 replaces: None,
+                clears_tombstone: true,
                 version: vec![4],
                 current,
                 volatile: None,

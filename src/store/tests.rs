@@ -447,8 +447,9 @@ fn a_schema_1_database_is_migrated() {
     let entry = reader
         .version("corp", RecordKind::Account, "uid1", r1)
         .unwrap();
-    assert!(entry.record.get("last_login_at").is_none());
-    assert!(entry.payload.get("groups").is_none() && entry.payload.get("last_login").is_none());
+    let (record, payload) = (entry.record().unwrap(), entry.payload().unwrap());
+    assert!(record.get("last_login_at").is_none());
+    assert!(payload.get("groups").is_none() && payload.get("last_login").is_none());
 }
 
 fn migrate_v1_versions() -> TableDefinition<'static, &'static str, &'static [u8]> {
