@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::artifacts::{change_counts, write_envelopes};
 use crate::authentik::client::ProgressFn;
 use crate::authentik::{AuthentikClient, ClientError, ListKind, RetryPolicy};
@@ -29,6 +31,8 @@ enum FetchError {
     Filter(String),
     #[error("the token's own user `{0}` is not in the users listing, so the token sees only part of the directory (object-level permissions): give its user a role with authentik_core.view_user and view_group")]
     PartialVisibility(String),
+    #[error("cancelled by shutdown")]
+    Cancelled,
 }
 
 impl FetchError {
@@ -38,7 +42,7 @@ impl FetchError {
         match self {
             FetchError::Client(error) => Some((reason_code(error), error.to_string())),
             FetchError::PartialVisibility(_) => Some(("partial_visibility", self.to_string())),
-            FetchError::Normalize(_) | FetchError::Filter(_) => None,
+            FetchError::Normalize(_) | FetchError::Filter(_) | FetchError::Cancelled => None,
         }
     }
 
@@ -58,7 +62,8 @@ struct Fetched {
 }
 
 /// Runs one sync and records it. Only a failure to record the run is an error; everything
-/// that goes wrong upstream becomes a failed run.
+/// that goes wrong upstream becomes a failed run, and so does a fetch that `cancel` stops:
+/// such a run stores nothing of the directory.
 ///
 /// A complete run is compared with the source's previous complete run; its envelope file is
 /// written before the run commits, so a committed run always has its outbox.
@@ -67,12 +72,16 @@ pub async fn sync_source(
     source: &SourceConfig,
     clock: &dyn Clock,
     progress: ProgressFn<'_>,
+    cancel: &CancellationToken,
 ) -> Result<SyncedRun, StoreError> {
     let database = config.database_path();
     let started_at = clock.now();
     // Open once up front, so that a corrupt or locked database is reported before a long fetch.
     drop(Store::open(&database, STORE_WAIT)?);
-    let fetched = fetch_directory(source, progress).await;
+    let fetched = tokio::select! {
+        fetched = fetch_directory(source, progress) => fetched,
+        () = cancel.cancelled() => Err(FetchError::Cancelled),
+    };
     let store = Store::open(&database, STORE_WAIT)?;
     let mut outcome = RunOutcome {
         source: source.name.clone(),

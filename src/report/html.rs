@@ -78,7 +78,7 @@ pub(super) fn render(report: &Report) -> String {
 }
 
 /// `&`, `<`, `>`, `"` and `'` as entities: safe in text and in quoted attributes.
-pub(super) fn escape(raw: &str) -> String {
+pub fn escape(raw: &str) -> String {
     let mut escaped = String::with_capacity(raw.len());
     for character in raw.chars() {
         match character {
