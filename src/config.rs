@@ -347,8 +347,11 @@ fn figment_error(figment: &Figment, error: figment::Error, default_origin: &str)
         .unwrap_or_else(|| default_origin.to_string());
     let message = match &error.kind {
         figment::error::Kind::UnknownField(field, _) => {
+            // figment's path usually ends with the unknown field itself.
             let full_key = if key.is_empty() {
                 field.clone()
+            } else if error.path.last() == Some(field) {
+                key.clone()
             } else {
                 format!("{key}.{field}")
             };
