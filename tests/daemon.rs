@@ -133,13 +133,13 @@ impl Drop for Daemon {
     }
 }
 
-/// Writes a configuration with the named sources on the fake, each with `source_keys`, and
+/// Writes a configuration with the named sources on the fake, each with its keys, and
 /// `tail` (top-level tables) after them.
-fn write_config(env: &TestEnv, sources: &[&str], source_keys: &str, tail: &str) {
+fn write_config(env: &TestEnv, sources: &[(&str, &str)], tail: &str) {
     let mut text = format!("state_dir = {:?}\n", env.state_dir().display().to_string());
-    for name in sources {
+    for (name, keys) in sources {
         text.push_str(&format!(
-            "\n[sources.{name}]\nbase_url = {:?}\ntoken_file = \"token\"\n{source_keys}\n",
+            "\n[sources.{name}]\nbase_url = {:?}\ntoken_file = \"token\"\n{keys}\n",
             env.fake.base_url()
         ));
     }
@@ -186,7 +186,7 @@ fn assert_plain_and_secret_free(log: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_seconds_schedule_makes_several_complete_runs() {
     let env = TestEnv::start(12).await;
-    write_config(&env, &["corp"], &schedule(EVERY_SECOND, false), "");
+    write_config(&env, &[("corp", &schedule(EVERY_SECOND, false))], "");
     let check = env.aksync(&["check"]);
     assert_eq!(check.code, 0, "{}", check.stderr);
     assert!(
@@ -250,7 +250,7 @@ async fn logs_piped_to_a_file_are_plain_text_without_the_token() {
             retry_after: None,
         })
     });
-    write_config(&env, &["corp"], &schedule(YEARLY, true), "");
+    write_config(&env, &[("corp", &schedule(YEARLY, true))], "");
     let sync = env.aksync(&["sync"]);
     assert_eq!(sync.code, 1, "{}{}", sync.stdout, sync.stderr);
     assert!(sync.stderr.contains("WARN"), "{}", sync.stderr);
@@ -278,7 +278,7 @@ async fn runs_never_overlap_and_a_manual_sync_waits_for_the_daemons_run() {
         "{}page_size = 5\nconcurrency = 1\n",
         schedule(EVERY_SECOND, true)
     );
-    write_config(&env, &["corp"], &keys, "");
+    write_config(&env, &[("corp", &keys)], "");
     let mut daemon = Daemon::start(&env);
     let daemon_pid = daemon.child.id();
     daemon
@@ -349,7 +349,7 @@ async fn sigterm_cancels_a_slow_sync_and_records_it_failed() {
         state.directory.add_user("late.arrival", "internal");
     });
     let keys = format!("{}page_size = 5\nconcurrency = 1\n", schedule(YEARLY, true));
-    write_config(&env, &["corp"], &keys, "");
+    write_config(&env, &[("corp", &keys)], "");
     let mut daemon = Daemon::start(&env);
     daemon
         .wait_for("the listing to reach page 2", || {
@@ -385,13 +385,13 @@ async fn sigterm_cancels_a_slow_sync_and_records_it_failed() {
 async fn sighup_adds_a_source_and_a_broken_configuration_keeps_the_old_one() {
     let env = TestEnv::start(6).await;
     let keys = schedule(EVERY_SECOND, true);
-    write_config(&env, &["corp"], &keys, "");
+    write_config(&env, &[("corp", &keys)], "");
     let mut daemon = Daemon::start(&env);
     daemon
         .wait_for("a run of corp", || when(complete_runs(&env, "corp") >= 1))
         .await;
 
-    write_config(&env, &["corp", "hr"], &keys, "");
+    write_config(&env, &[("corp", &keys), ("hr", &keys)], "");
     daemon.signal(libc::SIGHUP);
     daemon
         .wait_for("two runs of the new source", || {
@@ -417,6 +417,34 @@ async fn sighup_adds_a_source_and_a_broken_configuration_keeps_the_old_one() {
             when(complete_runs(&env, "corp") >= corp + 2 && complete_runs(&env, "hr") >= hr + 2)
         })
         .await;
+
+    // A changed schedule and a changed filter apply: corp waits for next year, hr leaves out
+    // akadmin from its next run on.
+    let filtered = format!("{keys}filter = \"payload.username != 'akadmin'\"\n");
+    write_config(
+        &env,
+        &[("corp", &schedule(YEARLY, true)), ("hr", &filtered)],
+        "",
+    );
+    daemon.signal(libc::SIGHUP);
+    daemon
+        .wait_for("the second reload", || {
+            let log = std::fs::read_to_string(env.dir.path().join("daemon.log")).unwrap();
+            when(log.matches("configuration reloaded").count() == 2)
+        })
+        .await;
+    let (corp, hr) = (complete_runs(&env, "corp"), complete_runs(&env, "hr"));
+    daemon
+        .wait_for("two filtered runs of hr", || {
+            when(complete_runs(&env, "hr") >= hr + 2)
+        })
+        .await;
+    // At most a run that was under way at the reload.
+    assert!(complete_runs(&env, "corp") <= corp + 1);
+    let hr_runs = runs(&env, "hr");
+    let (latest, first) = (&hr_runs[0], hr_runs.last().unwrap());
+    assert_ne!(latest.settings_fingerprint, first.settings_fingerprint);
+    assert_eq!(latest.counts.accounts + 1, first.counts.accounts);
     let log = daemon.stop().await;
     let errors: Vec<&str> = log.lines().filter(|line| line.contains("ERROR")).collect();
     assert_eq!(
@@ -433,6 +461,49 @@ async fn sighup_adds_a_source_and_a_broken_configuration_keeps_the_old_one() {
     assert!(runs(&env, "broken").is_empty());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sources_share_the_run_limit_and_a_failing_one_stops_none() {
+    let env = TestEnv::start(20).await;
+    env.fake
+        .with_state(|state| state.latency = Duration::from_millis(40));
+    let keys = format!("{}page_size = 5\nconcurrency = 1\n", schedule(YEARLY, true));
+    // Nothing listens on port 1: every run of `down` fails.
+    let tail = format!(
+        "\n[sources.down]\nbase_url = \"http://127.0.0.1:1\"\ntoken_file = \"token\"\n{}\n\
+         [daemon]\nmax_concurrent_runs = 1\n",
+        schedule(YEARLY, true)
+    );
+    write_config(&env, &[("corp", &keys), ("hr", &keys)], &tail);
+    let mut daemon = Daemon::start(&env);
+    daemon
+        .wait_for("a run of every source", || {
+            when(
+                complete_runs(&env, "corp") == 1
+                    && complete_runs(&env, "hr") == 1
+                    && !runs(&env, "down").is_empty(),
+            )
+        })
+        .await;
+    daemon.stop().await;
+    let failed = &runs(&env, "down")[0];
+    assert_eq!(failed.status, RunStatus::Failed);
+    assert!(
+        failed
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("Connection refused"),
+        "{failed:?}"
+    );
+    // One run at a time: the two sources never talked to the server at once.
+    assert_eq!(env.fake.with_state(|state| state.max_in_flight), 1);
+    let (corp, hr) = (&runs(&env, "corp")[0], &runs(&env, "hr")[0]);
+    assert!(
+        corp.finished_at <= hr.started_at || hr.finished_at <= corp.started_at,
+        "{corp:?} {hr:?}"
+    );
+}
+
 fn daemon_log_contains(env: &TestEnv, needle: &str) -> bool {
     std::fs::read_to_string(env.dir.path().join("daemon.log"))
         .unwrap_or_default()
@@ -442,7 +513,7 @@ fn daemon_log_contains(env: &TestEnv, needle: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn systemd_hears_ready_status_watchdog_reloading_and_stopping() {
     let env = TestEnv::start(5).await;
-    write_config(&env, &["corp"], &schedule(YEARLY, true), "");
+    write_config(&env, &[("corp", &schedule(YEARLY, true))], "");
     let socket_path = env.dir.path().join("notify.sock");
     let socket = tokio::net::UnixDatagram::bind(&socket_path).unwrap();
     let mut daemon = Daemon::start_with(
@@ -575,8 +646,7 @@ async fn healthz_metrics_and_the_status_page_follow_the_runs() {
     // Healthy means a complete run within twice the interval: ten seconds here.
     write_config(
         &env,
-        &["corp"],
-        &schedule(EVERY_FIVE_SECONDS, true),
+        &[("corp", &schedule(EVERY_FIVE_SECONDS, true))],
         &format!("\n[http]\nlisten = \"127.0.0.1:{port}\"\n"),
     );
     let mut daemon = Daemon::start(&env);
@@ -745,8 +815,7 @@ async fn a_receiver_that_was_down_gets_everything_once_and_in_order_without_a_sy
     );
     write_config(
         &env,
-        &["corp"],
-        &schedule(EVERY_TWO_SECONDS, true),
+        &[("corp", &schedule(EVERY_TWO_SECONDS, true))],
         &webhook,
     );
     let mut daemon = Daemon::start(&env);
@@ -778,7 +847,7 @@ async fn a_receiver_that_was_down_gets_everything_once_and_in_order_without_a_sy
     );
 
     // No more syncs from here on: only the delivery loop can catch up.
-    write_config(&env, &["corp"], &schedule(YEARLY, false), &webhook);
+    write_config(&env, &[("corp", &schedule(YEARLY, false))], &webhook);
     daemon.signal(libc::SIGHUP);
     daemon
         .wait_for("the reload", || {
@@ -825,7 +894,7 @@ async fn queries_and_a_manual_sync_work_while_the_daemon_runs() {
     let env = TestEnv::start(12).await;
     env.fake
         .with_state(|state| state.latency = Duration::from_millis(20));
-    write_config(&env, &["corp"], &schedule(EVERY_TWO_SECONDS, true), "");
+    write_config(&env, &[("corp", &schedule(EVERY_TWO_SECONDS, true))], "");
     let mut daemon = Daemon::start(&env);
     daemon
         .wait_for("two complete runs", || {
