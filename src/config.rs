@@ -33,6 +33,10 @@ const DEFAULT_REPORTS: [ReportFormat; 4] = [
 /// Variables with the `AKSYNC_` prefix that select the config file, logging or the browser
 /// for PDF reports; they are not config keys.
 const ENV_NOT_KEYS: [&str; 3] = ["config", "log", "chromium"];
+/// Keys whose values are secrets: never echoed in an error.
+const SECRET_KEYS: [&str; 1] = ["token"];
+/// A token file larger than this is not a token file.
+const MAX_TOKEN_FILE_BYTES: u64 = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -137,6 +141,8 @@ struct RawSource {
     page_size: Option<u32>,
     concurrency: Option<u32>,
     timeout_secs: Option<u64>,
+    max_page_mib: Option<u32>,
+    run_timeout_secs: Option<u64>,
     ca_file: Option<PathBuf>,
     #[serde(default)]
     allow_insecure_http: bool,
@@ -212,7 +218,12 @@ pub struct SourceConfig {
     pub filter: Option<String>,
     pub page_size: u32,
     pub concurrency: usize,
+    /// One request.
     pub timeout: Duration,
+    /// The largest response body accepted, so that a broken server cannot exhaust memory.
+    pub max_page_bytes: usize,
+    /// The whole fetch of a run, so that a run always ends whatever the server does.
+    pub run_timeout: Duration,
     pub ca_file: Option<PathBuf>,
     pub allow_insecure_http: bool,
     /// Fields that never make a change on their own, e.g. `metadata.last_sync`.
@@ -365,13 +376,57 @@ fn figment_error(figment: &Figment, error: figment::Error, default_origin: &str)
             };
             format!("missing required key `{full_key}`")
         }
+        kind if error
+            .path
+            .last()
+            .is_some_and(|last| SECRET_KEYS.contains(&last.as_str())) =>
+        {
+            format!("key `{key}`: {}", secret_kind(kind))
+        }
         kind if key.is_empty() => kind.to_string(),
         kind => format!("key `{key}`: {kind}"),
     };
     ConfigError::Invalid {
         origin,
-        message: message.replace('\n', " "),
+        message: without_source_lines(&message),
     }
+}
+
+/// What was wrong with a secret's value, without the value.
+fn secret_kind(kind: &figment::error::Kind) -> String {
+    use figment::error::{Actual, Kind};
+    match kind {
+        Kind::InvalidType(actual, expected) | Kind::InvalidValue(actual, expected) => {
+            let found = match actual {
+                Actual::Bool(_) => "a boolean",
+                Actual::Unsigned(_) | Actual::Signed(_) => "a number",
+                Actual::Float(_) => "a decimal number",
+                Actual::Char(_) | Actual::Str(_) => "a string",
+                Actual::Seq => "a list",
+                Actual::Map => "a table",
+                _ => "another kind of value",
+            };
+            format!("expected {expected}, found {found} (the value is not shown): write it in quotes, or better use token_file")
+        }
+        _ => "invalid value (not shown): use token_file".to_string(),
+    }
+}
+
+/// One line from a possibly multi-line message. A TOML parse error quotes the offending
+/// source line under a `|` gutter; that line may hold a secret, so it is left out.
+fn without_source_lines(message: &str) -> String {
+    let is_source_line = |line: &str| {
+        line.trim_start()
+            .split_once('|')
+            .is_some_and(|(gutter, _)| gutter.trim().chars().all(|c| c.is_ascii_digit()))
+    };
+    message
+        .lines()
+        .filter(|line| !is_source_line(line))
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 fn validate(
@@ -394,10 +449,12 @@ fn validate(
             state_dir_env.and_then(|dirs| {
                 dirs.to_str()
                     .and_then(|dirs| dirs.split(':').next())
+                    .filter(|dir| !dir.is_empty())
                     .map(PathBuf::from)
             })
         })
         .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+    check_state_dir(&state_dir).map_err(&invalid)?;
     let config_dir = config_path.parent().unwrap_or(Path::new("."));
     let mut sources = BTreeMap::new();
     for (name, raw_source) in raw.sources {
@@ -469,6 +526,31 @@ fn validate_http(raw: RawHttp) -> Result<HttpConfig, String> {
     Ok(HttpConfig { listen })
 }
 
+/// A state directory that cannot be one is a configuration error, said before anything
+/// tries to create files in it. A missing directory is fine: it is created on first use.
+fn check_state_dir(state_dir: &Path) -> Result<(), String> {
+    if state_dir.as_os_str().is_empty() {
+        return Err("`state_dir` is empty: give the directory for the database, e.g. /var/lib/aksync, or remove the key to use the default".into());
+    }
+    let shown = state_dir.display();
+    match std::fs::symlink_metadata(state_dir) {
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(format!("`state_dir` = {shown}: {error}")),
+        Ok(metadata) if metadata.file_type().is_symlink() && !state_dir.exists() => {
+            let target = std::fs::read_link(state_dir)
+                .map(|target| target.display().to_string())
+                .unwrap_or_default();
+            Err(format!(
+                "`state_dir` = {shown} is a symbolic link to {target}, which does not exist: create that directory or point state_dir at an existing one"
+            ))
+        }
+        Ok(_) if !state_dir.is_dir() => Err(format!(
+            "`state_dir` = {shown} is not a directory: move the file aside or choose another state_dir"
+        )),
+        Ok(_) => Ok(()),
+    }
+}
+
 fn validate_output(raw: RawOutput, config_dir: &Path) -> Result<OutputConfig, String> {
     let reports = match raw.reports {
         None => DEFAULT_REPORTS.to_vec(),
@@ -485,19 +567,25 @@ fn validate_output(raw: RawOutput, config_dir: &Path) -> Result<OutputConfig, St
         None => None,
         Some(raw) => {
             let url = Url::parse(raw.url.trim()).map_err(|error| {
-                format!("`output.webhook.url` = {:?} is not a URL: {error}", raw.url)
+                format!(
+                    "`output.webhook.url` = {:?} is not a URL: {error}",
+                    redact_url(&raw.url)
+                )
             })?;
             if !url.username().is_empty() || url.password().is_some() {
                 // The URL appears in messages; a secret in it would leak there.
                 return Err("`output.webhook.url` carries credentials: remove them and put the token in output.webhook.token_file".into());
             }
-            require_secure_transport(&url, raw.allow_insecure_http)
-                .map_err(|reason| format!("`output.webhook.url` = {:?}: {reason}", raw.url))?;
+            require_secure_transport(&url, raw.allow_insecure_http).map_err(|reason| {
+                format!(
+                    "`output.webhook.url` = {:?}: {reason}",
+                    redact_url(&raw.url)
+                )
+            })?;
             let token = raw
                 .token_file
                 .map(|file| read_token_file(&config_dir.join(file), "output.webhook.token_file"))
-                .transpose()?
-                .map(ApiToken::new);
+                .transpose()?;
             Some(WebhookConfig {
                 url,
                 token,
@@ -522,8 +610,14 @@ fn validate_source(name: &str, raw: RawSource, config_dir: &Path) -> Result<Sour
             "source name `{name}` is not allowed: use lowercase letters, digits, `-` and `_` (it names files and directories)"
         ));
     }
-    let base_url = normalize_base_url(&raw.base_url, raw.allow_insecure_http)
-        .map_err(|reason| format!("`{}` = {:?}: {reason}", key("base_url"), raw.base_url))?;
+    let base_url =
+        normalize_base_url(&raw.base_url, raw.allow_insecure_http).map_err(|reason| {
+            format!(
+                "`{}` = {:?}: {reason}",
+                key("base_url"),
+                redact_url(&raw.base_url)
+            )
+        })?;
     let token = match (raw.token, raw.token_file) {
         (Some(_), Some(_)) => {
             return Err(format!(
@@ -539,15 +633,19 @@ fn validate_source(name: &str, raw: RawSource, config_dir: &Path) -> Result<Sour
                 key("token")
             ))
         }
-        (Some(token), None) => token.trim().to_string(),
+        (Some(token), None) => checked_token(&token, &format!("`{}`", key("token")))?,
         (None, Some(file)) => read_token_file(&config_dir.join(file), &key("token_file"))?,
     };
-    if token.is_empty() {
-        return Err(format!("`{}` is empty", key("token")));
-    }
     let page_size = bounded(raw.page_size, 100, 1..=1000, &key("page_size"))?;
     let concurrency = bounded(raw.concurrency, 4, 1..=32, &key("concurrency"))?;
     let timeout_secs = bounded(raw.timeout_secs, 60, 1..=3600, &key("timeout_secs"))?;
+    let max_page_mib = bounded(raw.max_page_mib, 64, 1..=1024, &key("max_page_mib"))?;
+    let run_timeout_secs = bounded(
+        raw.run_timeout_secs,
+        7200,
+        1..=7 * 24 * 3600,
+        &key("run_timeout_secs"),
+    )?;
     let filter = match raw.filter {
         Some(expression) if expression.trim().is_empty() => None,
         Some(expression) => {
@@ -606,13 +704,15 @@ fn validate_source(name: &str, raw: RawSource, config_dir: &Path) -> Result<Sour
     Ok(SourceConfig {
         name: name.to_string(),
         base_url,
-        token: ApiToken::new(token),
+        token,
         primary_directory: raw.primary_directory,
         disable_group_sync: raw.disable_group_sync,
         filter,
         page_size,
         concurrency: concurrency as usize,
         timeout: Duration::from_secs(timeout_secs),
+        max_page_bytes: max_page_mib as usize * 1024 * 1024,
+        run_timeout: Duration::from_secs(run_timeout_secs),
         ca_file,
         allow_insecure_http: raw.allow_insecure_http,
         ignore_fields: raw.ignore_fields,
@@ -651,14 +751,87 @@ where
     }
 }
 
-fn read_token_file(path: &Path, key: &str) -> Result<String, String> {
-    let content = std::fs::read_to_string(path)
-        .map_err(|error| format!("`{key}`: cannot read {}: {error}", path.display()))?;
-    let token = content.trim().to_string();
-    if token.is_empty() {
-        return Err(format!("`{key}`: {} is empty", path.display()));
+/// Reads a token file, at most [`MAX_TOKEN_FILE_BYTES`] of it (a path such as `/dev/zero`
+/// must not read on forever), and warns when other users may read it too.
+fn read_token_file(path: &Path, key: &str) -> Result<ApiToken, String> {
+    use std::io::Read;
+    let cannot_read =
+        |error: std::io::Error| format!("`{key}`: cannot read {}: {error}", path.display());
+    let file = std::fs::File::open(path).map_err(cannot_read)?;
+    let mut content = Vec::new();
+    file.take(MAX_TOKEN_FILE_BYTES + 1)
+        .read_to_end(&mut content)
+        .map_err(cannot_read)?;
+    if content.len() as u64 > MAX_TOKEN_FILE_BYTES {
+        return Err(format!(
+            "`{key}`: {} is larger than {} KiB, so it is not a token file: give the file that holds only the token",
+            path.display(),
+            MAX_TOKEN_FILE_BYTES / 1024
+        ));
     }
+    let content = String::from_utf8(content).map_err(|_| {
+        format!(
+            "`{key}`: {} is not text: give the file that holds only the token",
+            path.display()
+        )
+    })?;
+    let token = checked_token(&content, &format!("`{key}` ({})", path.display()))?;
+    warn_if_readable_by_others(path, key);
     Ok(token)
+}
+
+/// A token as it can go into an `Authorization` header: surrounding whitespace is dropped,
+/// and anything but visible ASCII inside is an error, so that a stray line break or a
+/// pasted "Bearer " fails here and not as a confusing request error. The value is never
+/// echoed.
+fn checked_token(raw: &str, what: &str) -> Result<ApiToken, String> {
+    let token = raw.trim();
+    if token.is_empty() {
+        return Err(format!("{what} is empty: put the API token in it"));
+    }
+    if !token.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(format!(
+            "{what}: the token contains whitespace, a control character or a non-ASCII character: it must be the API token alone, on one line"
+        ));
+    }
+    Ok(ApiToken::new(token))
+}
+
+#[cfg(unix)]
+fn warn_if_readable_by_others(path: &Path, key: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(metadata) = std::fs::metadata(path) {
+        let mode = metadata.permissions().mode() & 0o777;
+        if mode & 0o044 != 0 {
+            tracing::warn!(
+                "`{key}`: {} is readable by other users (mode {mode:03o}): run chmod 600 on it",
+                path.display()
+            );
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn warn_if_readable_by_others(_path: &Path, _key: &str) {}
+
+/// A URL as it may appear in a message: credentials, query and fragment can carry secrets,
+/// so they are replaced by `***`. Works on text that is not a valid URL too.
+fn redact_url(raw: &str) -> String {
+    let (scheme, rest) = match raw.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), raw),
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((_, host)) => format!("***@{host}"),
+        None => authority.to_string(),
+    };
+    let tail = match tail.find(['?', '#']) {
+        Some(at) => format!("{}{}***", &tail[..at], &tail[at..=at]),
+        None => tail.to_string(),
+    };
+    format!("{scheme}{authority}{tail}")
 }
 
 /// Compiles a CEL expression so that a typo fails at startup, not in the middle of a run.
@@ -747,6 +920,30 @@ mod tests {
     }
 
     #[test]
+    fn urls_in_messages_lose_credentials_queries_and_fragments() {
+        for (raw, shown) in [
+            ("https://ak.example.com/auth", "https://ak.example.com/auth"),
+            (
+                "https://admin:pw@ak.example.com/x?token=t#f",
+                "https://***@ak.example.com/x?***",
+            ),
+            ("admin:pw@ak example.com", "***@ak example.com"),
+            ("https://ak.example.com#token", "https://ak.example.com#***"),
+        ] {
+            assert_eq!(redact_url(raw), shown);
+        }
+    }
+
+    #[test]
+    fn toml_errors_lose_the_quoted_source_line() {
+        let message = "TOML parse error at line 3, column 16\n  |\n3 | token = \"s3cr3t\n  |                ^\ninvalid basic string\n";
+        assert_eq!(
+            without_source_lines(message),
+            "TOML parse error at line 3, column 16: invalid basic string"
+        );
+    }
+
+    #[test]
     fn api_url_keeps_a_path_prefix() {
         let source = test_source("https://example.com/auth");
         assert_eq!(
@@ -790,6 +987,8 @@ mod tests {
             page_size: 100,
             concurrency: 4,
             timeout: Duration::from_secs(60),
+            max_page_bytes: 64 * 1024 * 1024,
+            run_timeout: Duration::from_secs(7200),
             ca_file: None,
             allow_insecure_http: false,
             ignore_fields: Vec::new(),

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use crate::cli::opt::{FormatArgs, ShowKind};
+use crate::cli::output::print_line;
 use crate::cli::{self, CliError, Exit};
 use crate::clock::Clock;
 use crate::config::{Config, ConfigLocation};
@@ -34,8 +35,9 @@ pub async fn run(
         .map_err(|error| runtime_error("cannot start the fake Authentik", error))?;
     let config_path = state_dir.join("config.toml");
     let token_path = state_dir.join("token");
-    std::fs::write(&token_path, READER_TOKEN)
-        .map_err(|error| runtime_error(&format!("cannot write {}", token_path.display()), error))?;
+    // Written owner-only, as a token file should be.
+    crate::artifacts::write_file(&token_path, READER_TOKEN.as_bytes())
+        .map_err(|error| CliError::Runtime(format!("demo: {error}")))?;
     let config_text = format!(
         "# Written by `aksync demo`; the fake server it names is gone when the demo ends.\n\
          state_dir = {state_dir:?}\n\n[sources.{DEMO_SOURCE}]\nbase_url = {base_url:?}\ntoken_file = \"token\"\n",
@@ -46,24 +48,26 @@ pub async fn run(
         runtime_error(&format!("cannot write {}", config_path.display()), error)
     })?;
     let config = Config::load(&ConfigLocation::Explicit(config_path.clone()))?;
-    println!(
+    print_line(&format!(
         "Fake Authentik at {} with {people} generated people; state in {}\n",
         server.base_url(),
         state_dir.display()
-    );
+    ))?;
     let exit = cli::sync(&config, None, clock).await?;
     if exit != Exit::Success {
         server.shutdown().await;
         return Ok(exit);
     }
-    println!("\nChanging the directory: a new hire, a leaver, a promotion to the admin group...");
+    print_line(
+        "\nChanging the directory: a new hire, a leaver, a promotion to the admin group...",
+    )?;
     server.with_state(|state| change_directory(&mut state.directory));
     let exit = cli::sync(&config, None, clock).await?;
     server.shutdown().await;
     if exit != Exit::Success {
         return Ok(exit);
     }
-    println!();
+    print_line("")?;
     cli::evidence::diff(
         &config,
         &config.sources[DEMO_SOURCE],
@@ -77,19 +81,19 @@ pub async fn run(
         csv: false,
     };
     for kind in [ShowKind::Accounts, ShowKind::Groups] {
-        println!();
+        print_line("")?;
         cli::show(&database, DEMO_SOURCE, kind, "latest", &table)?;
     }
-    println!();
+    print_line("")?;
     cli::runs(&database, None, false)?;
-    println!(
+    print_line(&format!(
         "\nEnvelopes and audit reports are in {}/envelopes and {}/reports.\n\
          Query the stored history yourself, e.g.:\n  aksync --config {} report latest\n  aksync --config {} show memberships",
         state_dir.display(),
         state_dir.display(),
         config_path.display(),
         config_path.display()
-    );
+    ))?;
     Ok(Exit::Success)
 }
 

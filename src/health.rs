@@ -30,7 +30,12 @@ pub fn reason_code(error: &ClientError) -> &'static str {
         ClientError::Tls { .. } => "tls",
         ClientError::Timeout { .. } => "timeout",
         ClientError::Status { .. } => "server_error",
-        ClientError::Decode { .. } | ClientError::Inconsistent { .. } => "unexpected_response",
+        ClientError::Decode { .. }
+        | ClientError::Inconsistent { .. }
+        | ClientError::BadPagination { .. }
+        | ClientError::Malformed { .. } => "unexpected_response",
+        ClientError::TooLarge { .. } => "response_too_large",
+        ClientError::Redirect { .. } => "redirect",
     }
 }
 

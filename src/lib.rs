@@ -4,7 +4,7 @@
 //! `config (schedule) → authentik (client) → normalize → filter → store (snapshots) → sync /
 //! health → diff → evidence → envelope / report (artifacts, delivery) → runner → cli / daemon`.
 //! `runner` is one run of one source under its `run_lock`, the same for `aksync sync` and the
-//! daemon.
+//! daemon. `display` escapes and shortens untrusted text for every human-readable output.
 //! `fake` is the bundled fake Authentik server used by the demo and the tests.
 
 pub mod artifacts;
@@ -16,6 +16,7 @@ pub mod daemon;
 pub mod delivery;
 pub mod demo;
 pub mod diff;
+pub mod display;
 pub mod envelope;
 pub mod evidence;
 pub mod fake;

@@ -1,5 +1,6 @@
 //! The `aksync` binary: parse the command line, run the command, print any error as one line.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -45,7 +46,12 @@ fn main() -> ExitCode {
     let exit = match runtime.block_on(aksync::cli::run(opt)) {
         Ok(exit) => exit,
         Err(error) => {
-            eprintln!("aksync: {error}");
+            // Errors may quote what a server sent; escaped, they cannot drive the terminal.
+            let _ = writeln!(
+                std::io::stderr(),
+                "aksync: {}",
+                aksync::display::escape(&error.to_string())
+            );
             error.exit()
         }
     };
@@ -68,6 +74,9 @@ fn install_panic_hook() {
             .or_else(|| info.payload().downcast_ref::<String>().cloned())
             .unwrap_or_default();
         let first_line = message.lines().next().unwrap_or("");
-        eprintln!("aksync: internal error, please report it: {first_line}");
+        eprintln!(
+            "aksync: internal error, please report it: {}",
+            aksync::display::escape(first_line)
+        );
     }));
 }

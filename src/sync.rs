@@ -12,6 +12,7 @@ use crate::authentik::{AuthentikClient, ClientError, ListKind, RetryPolicy};
 use crate::clock::Clock;
 use crate::config::{Config, SourceConfig};
 use crate::diff::DirectoryDiff;
+use crate::envelope::envelope_path;
 use crate::evidence::{self, RunSnapshot};
 use crate::filter::RecordFilter;
 use crate::health::{health_record, reason_code};
@@ -20,6 +21,8 @@ use crate::store::{DeliveryState, RunOutcome, RunRecord, Store, StoreError};
 
 /// How long a command waits for another process that holds the database.
 pub const STORE_WAIT: Duration = Duration::from_secs(10);
+/// The longest error a failed run records.
+const MAX_ERROR_CHARS: usize = 2000;
 
 #[derive(Debug, thiserror::Error)]
 enum FetchError {
@@ -31,19 +34,34 @@ enum FetchError {
     Filter(String),
     #[error("the token's own user `{0}` is not in the users listing, so the token sees only part of the directory (object-level permissions): give its user a role with authentik_core.view_user and view_group")]
     PartialVisibility(String),
+    #[error("the run did not finish within {}s: raise `sources.{source_name}.run_timeout_secs` if reading the directory takes that long, or check the server", limit.as_secs())]
+    Deadline {
+        source_name: String,
+        limit: Duration,
+    },
     #[error("cancelled by shutdown")]
     Cancelled,
 }
 
 impl FetchError {
+    /// The error as the run records it: bounded, because it may quote what the server sent
+    /// (a record's pk, a value serde could not read).
+    fn message(&self) -> String {
+        crate::display::truncate(&self.to_string(), MAX_ERROR_CHARS).into_owned()
+    }
+
     /// What this failure says about the source's health, if anything: a listing that moved
     /// or a filter that failed says nothing about the connection.
     fn health(&self) -> Option<(&'static str, String)> {
-        match self {
-            FetchError::Client(error) => Some((reason_code(error), error.to_string())),
-            FetchError::PartialVisibility(_) => Some(("partial_visibility", self.to_string())),
-            FetchError::Normalize(_) | FetchError::Filter(_) | FetchError::Cancelled => None,
-        }
+        let code = match self {
+            FetchError::Client(error) => reason_code(error),
+            FetchError::PartialVisibility(_) => "partial_visibility",
+            FetchError::Deadline { .. } => "timeout",
+            FetchError::Normalize(_) | FetchError::Filter(_) | FetchError::Cancelled => {
+                return None
+            }
+        };
+        Some((code, self.message()))
     }
 
     /// A listing that shifted while it was read may be fine on a second read.
@@ -93,11 +111,12 @@ pub async fn sync_source(
     let fetched = match fetched {
         Ok(fetched) => fetched,
         Err(error) => {
-            tracing::warn!(source = %source.name, "sync failed: {error}");
+            let message = error.message();
+            tracing::warn!(source = %source.name, "sync failed: {}", crate::display::escape(&message));
             if let Some(problem) = error.health() {
                 store.put_health(&health_record(&source.name, clock, Err(problem)))?;
             }
-            let run = store.commit_failed(outcome, &error.to_string())?;
+            let run = store.commit_failed(outcome, &message)?;
             return Ok(SyncedRun { run, diff: None });
         }
     };
@@ -143,6 +162,9 @@ fn store_complete(
         },
         &runs_before,
     )?;
+    // The envelope file of a run that then fails to commit must not stay behind as the
+    // outbox of a run that does not exist.
+    let mut written_envelopes = None;
     let committed = store.commit_complete(
         outcome.clone(),
         snapshot,
@@ -150,6 +172,11 @@ fn store_complete(
         |record| {
             record.previous_run = previous.as_ref().map(|run| run.run_id.clone());
             record.baseline_reason = baseline_reason;
+            written_envelopes = Some(envelope_path(
+                &config.state_dir,
+                &source.name,
+                &record.run_id,
+            ));
             let summary = write_envelopes(
                 &config.state_dir,
                 source,
@@ -168,18 +195,40 @@ fn store_complete(
     );
     let run = match committed {
         Ok(run) => run,
-        Err(StoreError::Aborted(reason)) => {
+        Err(error) => {
+            if let Some(path) = written_envelopes {
+                remove_orphan(&path);
+            }
+            let reason = match error {
+                StoreError::Aborted(reason) => reason,
+                // Another process's newer run is a reason to run again, not a failure.
+                StoreError::Conflict { .. } => return Err(error),
+                other => format!("the run could not be stored: {other}"),
+            };
             tracing::warn!(source = %source.name, "run not stored: {reason}");
-            let run = store.commit_failed(outcome, &reason)?;
+            // After an I/O error redb wants the database opened afresh. Recording the failure
+            // may still fail for the same reason (a full disk); then that error is what the
+            // caller sees.
+            let run = Store::open(store.path(), STORE_WAIT)?.commit_failed(outcome, &reason)?;
             return Ok(SyncedRun { run, diff: None });
         }
-        Err(error) => return Err(error),
     };
     diff.to_run = run.run_id.clone();
     Ok(SyncedRun {
         run,
         diff: Some(diff),
     })
+}
+
+fn remove_orphan(path: &std::path::Path) {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => tracing::warn!(
+            "cannot remove {} of a run that was not stored: {error}",
+            path.display()
+        ),
+    }
 }
 
 /// The run a new run is compared with: the latest complete one, unless the settings that
@@ -208,18 +257,34 @@ pub struct SyncedRun {
     pub diff: Option<DirectoryDiff>,
 }
 
+/// The whole directory, within the source's run deadline whatever the server does.
 async fn fetch_directory(
     source: &SourceConfig,
     progress: ProgressFn<'_>,
 ) -> Result<Fetched, FetchError> {
-    let client = AuthentikClient::new(source, RetryPolicy::default())?;
-    match fetch_once(source, &client, progress).await {
-        Err(error) if error.is_inconsistency() => {
-            tracing::warn!(source = %source.name, "re-reading the directory once: {error}");
-            fetch_once(source, &client, progress).await
+    let fetch = async {
+        let client = AuthentikClient::new(source, RetryPolicy::default())?;
+        match fetch_once(source, &client, progress).await {
+            Err(error) if error.is_inconsistency() => {
+                // A live directory changes; one more read is the normal remedy.
+                tracing::info!(
+                    source = %source.name,
+                    "re-reading the directory once: {}",
+                    crate::display::escape(&error.to_string())
+                );
+                fetch_once(source, &client, progress).await
+            }
+            result => result,
         }
-        result => result,
-    }
+    };
+    tokio::time::timeout(source.run_timeout, fetch)
+        .await
+        .unwrap_or_else(|_| {
+            Err(FetchError::Deadline {
+                source_name: source.name.clone(),
+                limit: source.run_timeout,
+            })
+        })
 }
 
 async fn fetch_once(

@@ -2,12 +2,12 @@
 
 mod common;
 
-use common::run_binary;
+use common::{run_binary, write_secret};
 
 fn config_error(dir: &std::path::Path, text: &str, expected: &[&str]) {
     let path = dir.join("config.toml");
     std::fs::write(&path, text).unwrap();
-    std::fs::write(dir.join("token"), "x").unwrap();
+    write_secret(&dir.join("token"), "x");
     for command in [&["sync"][..], &["check"], &["runs"]] {
         let run = run_binary(Some(&path), command);
         assert_eq!(
@@ -33,6 +33,19 @@ fn config_error(dir: &std::path::Path, text: &str, expected: &[&str]) {
 
 const GOOD_SOURCE: &str =
     "[sources.corp]\nbase_url = \"https://ak.example.com\"\ntoken_file = \"token\"\n";
+
+/// A valid config.toml in `dir` with a state directory beside it and `token` in its token
+/// file; returns the config's path.
+fn good_config(dir: &std::path::Path, token: &str) -> std::path::PathBuf {
+    let path = dir.join("config.toml");
+    std::fs::write(
+        &path,
+        format!("state_dir = {:?}\n{GOOD_SOURCE}", dir.join("state")),
+    )
+    .unwrap();
+    write_secret(&dir.join("token"), token);
+    path
+}
 
 #[test]
 fn unknown_keys_name_the_key_and_file() {
@@ -184,13 +197,7 @@ fn a_missing_config_file_is_an_error() {
 #[test]
 fn conf_d_and_environment_are_merged_in_order() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("config.toml");
-    std::fs::write(
-        &path,
-        format!("state_dir = {:?}\n{GOOD_SOURCE}", dir.path().join("state")),
-    )
-    .unwrap();
-    std::fs::write(dir.path().join("token"), "x").unwrap();
+    let path = good_config(dir.path(), "x");
     std::fs::create_dir(dir.path().join("conf.d")).unwrap();
     // 20 overrides 10; the environment overrides both.
     std::fs::write(
@@ -226,7 +233,7 @@ fn conf_d_and_environment_are_merged_in_order() {
 #[test]
 fn the_example_config_documents_real_keys() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("token"), "x").unwrap();
+    write_secret(&dir.path().join("token"), "x");
     let example =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml"))
             .unwrap();
@@ -299,4 +306,146 @@ fn without_any_configuration_the_error_says_where_it_looked() {
         "{}",
         run.stderr
     );
+}
+
+/// Runs `runs` with a config and asserts a one-line configuration error that names all of
+/// `expected` and shows none of `secrets`.
+fn secret_safe_error(text: &str, env: &[(&str, &str)], expected: &[&str], secrets: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    write_secret(&dir.path().join("token"), "x");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_aksync"))
+        .args(["--config", path.to_str().unwrap(), "runs"])
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert_eq!(output.status.code(), Some(2), "{text}: {stdout}{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    for needle in expected {
+        assert!(stderr.contains(needle), "{needle:?} not in {stderr}");
+    }
+    for secret in secrets {
+        assert!(
+            !stderr.contains(secret) && !stdout.contains(secret),
+            "{secret:?} echoed: {stderr}"
+        );
+    }
+}
+
+const SOURCE_HEAD: &str = "[sources.corp]\nbase_url = \"https://ak.example.com\"\n";
+
+#[test]
+fn errors_never_echo_a_secret() {
+    // A token that TOML or the environment reads as a number.
+    secret_safe_error(
+        &format!("{SOURCE_HEAD}token = 8675309123\n"),
+        &[],
+        &["sources.corp.token", "expected a string"],
+        &["8675309123"],
+    );
+    secret_safe_error(
+        &format!("{SOURCE_HEAD}token_file = \"token\"\n"),
+        &[("AKSYNC_SOURCES__CORP__TOKEN", "4242424242")],
+        &["sources.corp.token"],
+        &["4242424242"],
+    );
+    // A TOML syntax error on the token's line: the line is not quoted.
+    secret_safe_error(
+        &format!("{SOURCE_HEAD}token = \"s3cr3t-tok3n\n"),
+        &[],
+        &["config.toml", "line 3"],
+        &["s3cr3t-tok3n"],
+    );
+    // Credentials and tokens in URLs.
+    secret_safe_error(
+        "[sources.corp]\nbase_url = \"https://admin:hunter22@ak.example.com/?token=t0k3n\"\ntoken_file = \"token\"\n",
+        &[],
+        &["sources.corp.base_url", "ak.example.com"],
+        &["hunter22", "t0k3n", "admin:"],
+    );
+    secret_safe_error(
+        "[sources.corp]\nbase_url = \"https://admin:hunter22@ak example.com\"\ntoken_file = \"token\"\n",
+        &[],
+        &["sources.corp.base_url"],
+        &["hunter22"],
+    );
+    secret_safe_error(
+        &format!(
+            "{GOOD_SOURCE}[output.webhook]\nurl = \"ftp://ingest.example.com/x?key=w3bh00k\"\n"
+        ),
+        &[],
+        &["output.webhook.url"],
+        &["w3bh00k"],
+    );
+}
+
+#[test]
+fn a_token_with_whitespace_or_controls_inside_is_a_configuration_error() {
+    // As TOML basic strings: a space, an escape sequence, a pasted scheme, a line break.
+    for token in ["abc def", "abc\\u001b[2Jdef", "Bearer abcdef", "abc\\ndef"] {
+        secret_safe_error(
+            &format!("{SOURCE_HEAD}token = \"{token}\"\n"),
+            &[],
+            &["sources.corp.token", "whitespace, a control character"],
+            &["abc"],
+        );
+    }
+    // Surrounding whitespace, such as the line break of a token file, is fine.
+    let dir = tempfile::tempdir().unwrap();
+    let path = good_config(dir.path(), "  abcdef\n");
+    let run = run_binary(Some(&path), &["runs"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+}
+
+#[test]
+fn token_files_are_read_with_a_size_limit_and_warned_about_when_shared() {
+    secret_safe_error(
+        &format!("{SOURCE_HEAD}token_file = \"/dev/zero\"\n"),
+        &[],
+        &["sources.corp.token_file", "/dev/zero", "larger than 64 KiB"],
+        &[],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = good_config(dir.path(), "abcdef");
+    let token = dir.path().join("token");
+    let run = run_binary(Some(&path), &["runs"]);
+    assert_eq!((run.code, run.stderr.as_str()), (0, ""));
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let run = run_binary(Some(&path), &["runs"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stderr.trim().lines().count(), 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("readable by other users") && run.stderr.contains("chmod 600"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("abcdef"), "{}", run.stderr);
+}
+
+#[test]
+fn a_state_dir_that_cannot_be_one_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let dangling = dir.path().join("dangling");
+    std::os::unix::fs::symlink(dir.path().join("gone"), &dangling).unwrap();
+    for (state_dir, expected) in [
+        (String::new(), "`state_dir` is empty"),
+        (file.display().to_string(), "is not a directory"),
+        (dangling.display().to_string(), "which does not exist"),
+    ] {
+        config_error(
+            dir.path(),
+            &format!("state_dir = {state_dir:?}\n{GOOD_SOURCE}"),
+            &[expected, &state_dir],
+        );
+    }
+    assert!(!dir.path().join("gone").exists());
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "x");
 }

@@ -178,6 +178,19 @@ fn when(condition: bool) -> Option<()> {
     condition.then_some(())
 }
 
+/// Every request for users, `/me/` included, answers `status` with `body` from now on.
+fn users_fail(status: u16, body: &str) -> Fault {
+    Fault {
+        path_contains: "/core/users/".into(),
+        skip: 0,
+        times: None,
+        status,
+        body: body.into(),
+        retry_after: None,
+        location: None,
+    }
+}
+
 fn assert_plain_and_secret_free(log: &str) {
     assert!(!log.contains('\u{1b}'), "ANSI escape codes in:\n{log}");
     assert!(!log.contains(READER_TOKEN), "the token is in:\n{log}");
@@ -241,14 +254,9 @@ async fn logs_piped_to_a_file_are_plain_text_without_the_token() {
     let env = TestEnv::start(4).await;
     // Every request fails, so that warnings and errors are logged.
     env.fake.with_state(|state| {
-        state.faults.push(Fault {
-            path_contains: "/core/users/".into(),
-            skip: 0,
-            times: None,
-            status: 502,
-            body: "<html>bad gateway</html>".into(),
-            retry_after: None,
-        })
+        state
+            .faults
+            .push(users_fail(502, "<html>bad gateway</html>"))
     });
     write_config(&env, &[("corp", &schedule(YEARLY, true))], "");
     let sync = env.aksync(&["sync"]);
@@ -749,14 +757,9 @@ async fn healthz_metrics_and_the_status_page_follow_the_runs() {
 
     // A failed run makes the source unhealthy.
     env.fake.with_state(|state| {
-        state.faults.push(Fault {
-            path_contains: "/core/users/".into(),
-            skip: 0,
-            times: None,
-            status: 503,
-            body: "{\"detail\": \"down for maintenance\"}".into(),
-            retry_after: None,
-        })
+        state
+            .faults
+            .push(users_fail(503, "{\"detail\": \"down for maintenance\"}"))
     });
     let health: Value = daemon
         .wait_for("an unhealthy /healthz after a failed run", || {

@@ -300,6 +300,7 @@ async fn a_server_failing_mid_listing_gives_a_failed_run_and_keeps_the_snapshot(
             status: 502,
             body: "<html>Bad Gateway</html>".into(),
             retry_after: None,
+            location: None,
         });
     });
     let run = env.aksync(&["sync"]);
@@ -325,7 +326,7 @@ async fn a_listing_that_shifts_between_pages_is_never_stored_partially() {
                 list,
                 page,
                 action: Box::new(|directory: &mut Directory| {
-                    // Sorts first by name, shifting every later group page by one.
+                    // Changes the count of both listings, which is seen as a shift.
                     directory.add_group("AAA early group", &[], false);
                     directory.add_user("aaa.inserted", "internal");
                 }),
@@ -367,6 +368,46 @@ async fn a_listing_that_shifts_between_pages_is_never_stored_partially() {
         // The hook fires once, so the second read is consistent and the run complete.
         assert_eq!(run.code, 0, "{list:?}: {}", run.stdout);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_renamed_during_the_listing_keeps_its_page() {
+    let env = TestEnv::start(40).await;
+    env.fake.with_state(|state| state.max_page_size = 3);
+    env.write_config(aksync::fake::READER_TOKEN, "page_size = 3\nconcurrency = 1");
+    env.fake.with_state(|state| {
+        // Sorted by name, the group that comes last would jump to page 1 once renamed, and
+        // the listing would miss it; sorted by pk, it stays where it is.
+        let last = state
+            .directory
+            .groups
+            .values()
+            .max_by(|a, b| a.name.cmp(&b.name))
+            .unwrap()
+            .pk
+            .clone();
+        state.page_hooks.push(PageHook {
+            list: ListKind::Groups,
+            page: 2,
+            action: Box::new(move |directory: &mut Directory| {
+                directory.groups.get_mut(&last).unwrap().name = "AAA renamed".into();
+            }),
+        });
+    });
+    env.sync_ok();
+    let group_reads = env.fake.with_state(|state| {
+        state
+            .request_log
+            .iter()
+            .filter(|line| line.contains("/core/groups/?") && line.contains("page=1&"))
+            .count()
+    });
+    assert_eq!(group_reads, 1, "the rename did not disturb the listing");
+    let directory = env.fake.with_state(|state| state.directory.clone());
+    assert_eq!(
+        ids(&env.show_json("groups", "latest"), "external_id"),
+        expected(&directory).1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,13 +1,17 @@
 //! The HTTP client for one Authentik source: bearer auth, bounded retries with jitter, error
 //! classification, and complete paged listings (concurrent after page 1, verified against
 //! `pagination.count`).
+//!
+//! The server is untrusted input: a response body is read up to a size limit, every number
+//! it sends is checked against the others before it is used, and nothing is allocated by
+//! its word alone.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use futures::stream::{self, StreamExt, TryStreamExt};
+use futures::stream::{self, StreamExt};
 use rand::Rng;
-use reqwest::header::{ACCEPT, AUTHORIZATION, RETRY_AFTER, USER_AGENT};
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, LOCATION, RETRY_AFTER, USER_AGENT};
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -15,7 +19,13 @@ use serde_json::Value;
 use super::error::ClientError;
 use super::model::{Page, Pagination, SessionUser, Version};
 use crate::config::SourceConfig;
+use crate::display;
 use crate::secret::ApiToken;
+
+/// How much of an error response is read: enough for its `detail` and an excerpt.
+const ERROR_BODY_BYTES: usize = 64 * 1024;
+/// How many characters of a server's text an error message quotes.
+const QUOTE_CHARS: usize = 200;
 
 /// How often and how patiently a request is retried.
 #[derive(Debug, Clone, Copy)]
@@ -78,9 +88,10 @@ impl ListKind {
         }
     }
 
-    /// Query parameters besides paging. Users are ordered by pk, which is auto-increment, so
-    /// new users append instead of shifting pages; the nested objects are not needed because
-    /// the id lists stay present.
+    /// Query parameters besides paging. Both lists are ordered by pk, so that a rename during
+    /// a sync cannot move a record between pages; user pks are auto-increment, so new users
+    /// even append instead of shifting pages. The nested objects are not needed because the
+    /// id lists stay present.
     pub fn params(self) -> &'static [(&'static str, &'static str)] {
         match self {
             ListKind::Users => &[
@@ -88,7 +99,7 @@ impl ListKind {
                 ("include_groups", "false"),
                 ("include_roles", "false"),
             ],
-            ListKind::Groups => &[("include_users", "false")],
+            ListKind::Groups => &[("ordering", "pk"), ("include_users", "false")],
         }
     }
 }
@@ -158,44 +169,28 @@ impl AuthentikClient {
         Ok(page.pagination.count)
     }
 
-    /// Every record of a listing. Page 1 tells how many pages there are; the rest are fetched
-    /// `concurrency` at a time, then `next` is followed in case the listing grew. The result is
-    /// complete only if every page agrees on `count` and the distinct records number `count`.
+    /// Every record of a listing. Page 1 tells how many records there are and how many a
+    /// page holds; the other pages are fetched `concurrency` at a time, each checked against
+    /// page 1 as it arrives. The result is complete only if every page agrees on `count` and
+    /// the distinct records number `count`.
     pub async fn list_all(
         &self,
         kind: ListKind,
         progress: ProgressFn<'_>,
     ) -> Result<Listing, ClientError> {
         let first = self.fetch_page(kind, 1).await?;
-        let expected = first.pagination;
-        progress(kind, 1, expected.total_pages);
-        let fetched = std::sync::atomic::AtomicU64::new(1);
-        let rest: Vec<Page> = stream::iter(2..=expected.total_pages)
+        let shape = PageShape::from_first_page(kind, &first, self.source.page_size)?;
+        progress(kind, 1, shape.total_pages);
+        let mut collector = Collector::new(kind, shape);
+        collector.add(first)?;
+        let mut rest = stream::iter(2..=shape.total_pages)
             .map(|page| self.fetch_page(kind, page))
-            .buffered(self.source.concurrency)
-            .inspect_ok(|_| {
-                let done = fetched.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                progress(kind, done, expected.total_pages);
-            })
-            .try_collect()
-            .await?;
-        let mut pages = Vec::with_capacity(rest.len() + 1);
-        pages.push(first);
-        pages.extend(rest);
-        // The listing may have grown past the pages announced by page 1.
-        let mut extra_pages = 0;
-        while let Some(next) = pages
-            .last()
-            .map(|page| page.pagination.next)
-            .filter(|n| *n != 0)
-        {
-            extra_pages += 1;
-            if extra_pages > expected.total_pages + 2 {
-                return Err(inconsistent(kind, "`next` kept pointing at more pages"));
-            }
-            pages.push(self.fetch_page(kind, next).await?);
+            .buffered(self.source.concurrency);
+        while let Some(page) = rest.next().await {
+            collector.add(page?)?;
+            progress(kind, collector.pages, shape.total_pages);
         }
-        check_listing(kind, expected, pages)
+        collector.finish()
     }
 
     async fn fetch_page(&self, kind: ListKind, page: u64) -> Result<Page, ClientError> {
@@ -206,9 +201,9 @@ impl AuthentikClient {
         params.push(("page_size", &page_size));
         let result: Page = self.get_typed(kind.path(), &params).await?;
         if result.pagination.current != page {
-            return Err(inconsistent(
+            return Err(bad_pagination(
                 kind,
-                &format!(
+                format!(
                     "asked for page {page}, got page {}",
                     result.pagination.current
                 ),
@@ -225,7 +220,8 @@ impl AuthentikClient {
         let value = self.get_json(path, params).await?;
         serde_json::from_value(value).map_err(|error| ClientError::Decode {
             endpoint: endpoint_name(path),
-            reason: error.to_string(),
+            // serde quotes the offending value, which the server chose.
+            reason: display::quote(&error.to_string(), QUOTE_CHARS),
         })
     }
 
@@ -283,30 +279,57 @@ impl AuthentikClient {
             Err(error) => return transport_error(error, endpoint, url, attempt),
         };
         let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|value| value.to_str().ok())
+        let header = |name| {
+            response
+                .headers()
+                .get(name)
+                .map(|value: &reqwest::header::HeaderValue| {
+                    String::from_utf8_lossy(value.as_bytes()).into_owned()
+                })
+        };
+        let retry_after = header(RETRY_AFTER)
             .and_then(|value| value.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let body = match response.bytes().await {
-            Ok(body) => body,
-            Err(error) => return transport_error(error, endpoint, url, attempt),
+        let declares_json = header(CONTENT_TYPE).is_some_and(|value| value.contains("json"));
+        let location = header(LOCATION);
+        let limit = if status.is_success() {
+            BodyLimit::Fail(self.source.max_page_bytes)
+        } else {
+            BodyLimit::Cut(ERROR_BODY_BYTES)
         };
+        let body = match read_body(response, limit).await {
+            Ok(body) => body,
+            Err(BodyError::Transport(error)) => {
+                return transport_error(error, endpoint, url, attempt)
+            }
+            Err(BodyError::TooLarge) => {
+                return Attempt::Done(Err(ClientError::TooLarge {
+                    endpoint: endpoint.to_string(),
+                    limit_mib: self.source.max_page_bytes / (1024 * 1024),
+                }))
+            }
+        };
+        let endpoint = endpoint.to_string();
+        if status.is_success() {
+            return Attempt::Done(parse_json(&body, declares_json, endpoint));
+        }
+        if status.is_redirection() {
+            return Attempt::Done(Err(ClientError::Redirect {
+                endpoint,
+                status: status.as_u16(),
+                location: location.map_or_else(
+                    || "nowhere (no Location header)".to_string(),
+                    |location| display::quote(&location, QUOTE_CHARS),
+                ),
+            }));
+        }
         let json: Option<Value> = serde_json::from_slice(&body).ok();
         let detail = json
             .as_ref()
             .and_then(|json| json.get("detail"))
             .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
-        let endpoint = endpoint.to_string();
-        if status.is_success() {
-            return Attempt::Done(json.ok_or_else(|| ClientError::NotAuthentik {
-                endpoint,
-                reason: "the response is not JSON".into(),
-            }));
-        }
+            .map(|detail| display::quote(detail, QUOTE_CHARS))
+            .unwrap_or_default();
         if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
             return Attempt::Retry {
                 error: ClientError::Status {
@@ -357,13 +380,73 @@ fn endpoint_name(path: &str) -> String {
 }
 
 fn excerpt(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(body);
-    let single_line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    if single_line.chars().count() > 200 {
-        format!("{}…", single_line.chars().take(200).collect::<String>())
-    } else {
-        single_line
+    display::quote(&String::from_utf8_lossy(body), QUOTE_CHARS)
+}
+
+/// How much of a body to read, and what to do with the rest.
+#[derive(Debug, Clone, Copy)]
+enum BodyLimit {
+    /// A body larger than this fails the request.
+    Fail(usize),
+    /// Only this much is read; the rest is not needed.
+    Cut(usize),
+}
+
+enum BodyError {
+    Transport(reqwest::Error),
+    TooLarge,
+}
+
+/// Reads a body chunk by chunk, so that an endless or huge body stops at the limit instead
+/// of growing in memory until the kernel steps in.
+async fn read_body(
+    mut response: reqwest::Response,
+    limit: BodyLimit,
+) -> Result<Vec<u8>, BodyError> {
+    let (BodyLimit::Fail(max) | BodyLimit::Cut(max)) = limit;
+    if let (BodyLimit::Fail(_), Some(length)) = (limit, response.content_length()) {
+        if length > max as u64 {
+            return Err(BodyError::TooLarge);
+        }
     }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(BodyError::Transport)? {
+        let room = max - body.len();
+        if chunk.len() > room {
+            return match limit {
+                BodyLimit::Fail(_) => Err(BodyError::TooLarge),
+                BodyLimit::Cut(_) => {
+                    body.extend_from_slice(&chunk[..room]);
+                    Ok(body)
+                }
+            };
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// A successful response's JSON. Text that does not even try to be JSON (an HTML page) means
+/// base_url points elsewhere; JSON that breaks off, nests too deeply or is not UTF-8 is a
+/// malformed answer from something that meant to send JSON.
+fn parse_json(body: &[u8], declares_json: bool, endpoint: String) -> Result<Value, ClientError> {
+    serde_json::from_slice(body).map_err(|error| {
+        let looks_like_json = body
+            .iter()
+            .find(|byte| !byte.is_ascii_whitespace())
+            .is_some_and(|byte| matches!(byte, b'{' | b'['));
+        if declares_json || looks_like_json {
+            ClientError::Malformed {
+                endpoint,
+                reason: error.to_string(),
+            }
+        } else {
+            ClientError::NotAuthentik {
+                endpoint,
+                reason: "the response is not JSON".into(),
+            }
+        }
+    })
 }
 
 /// How rustls and hyper describe TLS failures in the error chain. They share no error type
@@ -434,58 +517,215 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     parts.join(": ")
 }
 
-fn inconsistent(kind: ListKind, reason: &str) -> ClientError {
+fn inconsistent(kind: ListKind, reason: String) -> ClientError {
     ClientError::Inconsistent {
         list: kind.name().to_string(),
-        reason: reason.to_string(),
+        reason,
     }
 }
 
-/// Verifies that the pages form one complete listing and de-duplicates it by pk.
-fn check_listing(
-    kind: ListKind,
-    expected: Pagination,
-    pages: Vec<Page>,
-) -> Result<Listing, ClientError> {
-    if let Some(page) = pages
-        .iter()
-        .find(|page| page.pagination.count != expected.count)
-    {
-        return Err(inconsistent(
-            kind,
-            &format!(
-                "the count changed from {} to {} during the listing (page {})",
-                expected.count, page.pagination.count, page.pagination.current
-            ),
-        ));
+fn bad_pagination(kind: ListKind, reason: String) -> ClientError {
+    ClientError::BadPagination {
+        list: kind.name().to_string(),
+        reason,
     }
-    let page_count = pages.len() as u64;
-    let mut seen = BTreeSet::new();
-    let mut records = Vec::with_capacity(expected.count as usize);
-    for page in pages {
-        for record in page.results {
-            let Some(pk) = record.get("pk").filter(|pk| !pk.is_null()) else {
-                return Err(inconsistent(kind, "a record has no pk"));
-            };
-            if seen.insert(pk.to_string()) {
-                records.push(record);
+}
+
+/// What page 1 says the listing looks like, once its numbers agree with each other and with
+/// the records it holds. A server may serve fewer records per page than asked for
+/// (Authentik 2025.12+ clamps to its maximum silently), so the page size is what page 1
+/// actually held.
+///
+/// Two kinds of disagreement: how many records a page holds can be off on an honest server
+/// whose directory changed between counting and selecting (a shift, read once more), while
+/// the structure (more records than asked for, no pages, a total that changes under the
+/// same count, a wrong `next`) can only be off on a server that cannot be trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PageShape {
+    count: u64,
+    total_pages: u64,
+    page_size: u64,
+}
+
+impl PageShape {
+    fn from_first_page(
+        kind: ListKind,
+        first: &Page,
+        requested: u32,
+    ) -> Result<PageShape, ClientError> {
+        let Pagination {
+            count, total_pages, ..
+        } = first.pagination;
+        let served = first.results.len() as u64;
+        if served > u64::from(requested) {
+            return Err(bad_pagination(
+                kind,
+                format!("page 1 holds {served} records, more than the {requested} asked for"),
+            ));
+        }
+        let shifted = |reason: String| Err(inconsistent(kind, reason));
+        match total_pages {
+            0 => return Err(bad_pagination(kind, "0 pages".to_string())),
+            // Page 1 is the last; `check` compares what it holds with `count`.
+            1 => {}
+            _ if served == 0 => return shifted(format!("page 1 of {total_pages} is empty")),
+            _ if count.div_ceil(served) != total_pages => {
+                return shifted(format!(
+                    "{count} records at {served} per page make {} pages, not {total_pages}",
+                    count.div_ceil(served)
+                ))
             }
+            _ => {}
+        }
+        let shape = PageShape {
+            count,
+            total_pages,
+            page_size: served,
+        };
+        shape.check(kind, first)?;
+        Ok(shape)
+    }
+
+    /// Checks one page against the shape: a changed count or a page that holds more or fewer
+    /// records than the count allows means that the listing shifted while it was read; a
+    /// changed total or a wrong `next` means that the numbers cannot be trusted.
+    fn check(&self, kind: ListKind, page: &Page) -> Result<(), ClientError> {
+        let pagination = page.pagination;
+        let current = pagination.current;
+        if pagination.count != self.count {
+            return Err(inconsistent(
+                kind,
+                format!(
+                    "the count changed from {} to {} during the listing (page {current})",
+                    self.count, pagination.count
+                ),
+            ));
+        }
+        if pagination.total_pages != self.total_pages {
+            return Err(bad_pagination(
+                kind,
+                format!(
+                    "page {current} counts {} pages, page 1 counted {}",
+                    pagination.total_pages, self.total_pages
+                ),
+            ));
+        }
+        let is_last = current == self.total_pages;
+        let before = current
+            .checked_sub(1)
+            .and_then(|earlier| earlier.checked_mul(self.page_size));
+        let expected_records = match before {
+            Some(before) if is_last => self.count.checked_sub(before),
+            Some(_) => Some(self.page_size),
+            None => None,
+        };
+        let held = page.results.len() as u64;
+        if expected_records != Some(held) {
+            return Err(inconsistent(
+                kind,
+                format!(
+                    "page {current} of {} holds {held} records, which does not fit a count of {} at {} per page",
+                    self.total_pages, self.count, self.page_size
+                ),
+            ));
+        }
+        let expected_next = if is_last {
+            0
+        } else {
+            current.saturating_add(1)
+        };
+        if pagination.next != expected_next {
+            return Err(bad_pagination(
+                kind,
+                format!(
+                    "page {current} of {} names page {} as the next",
+                    self.total_pages, pagination.next
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The distinct records of a listing as its pages arrive. Memory grows with the records
+/// actually received, never with what the server announced.
+struct Collector {
+    kind: ListKind,
+    shape: PageShape,
+    /// Each record's position in `records`, by its pk as JSON text.
+    positions: BTreeMap<String, usize>,
+    records: Vec<Value>,
+    pages: u64,
+}
+
+impl Collector {
+    fn new(kind: ListKind, shape: PageShape) -> Collector {
+        Collector {
+            kind,
+            shape,
+            positions: BTreeMap::new(),
+            records: Vec::new(),
+            pages: 0,
         }
     }
-    if records.len() as u64 != expected.count {
-        return Err(inconsistent(
-            kind,
-            &format!(
-                "{} distinct records arrived but the server counted {}",
-                records.len(),
-                expected.count
-            ),
-        ));
+
+    /// Adds a page's records. A record seen before on an earlier page is dropped if it is
+    /// the same (a listing that shifted by one); two different records with one pk make the
+    /// listing inconsistent, and so does a page of records that were all seen before: a
+    /// shift cannot explain it, a server that answers every page with the same records can.
+    fn add(&mut self, page: Page) -> Result<(), ClientError> {
+        self.shape.check(self.kind, &page)?;
+        self.pages += 1;
+        let distinct_before = self.records.len();
+        let current = page.pagination.current;
+        let held = page.results.len();
+        for record in page.results {
+            let Some(pk) = record.get("pk").filter(|pk| !pk.is_null()) else {
+                return Err(inconsistent(self.kind, "a record has no pk".to_string()));
+            };
+            let key = pk.to_string();
+            match self.positions.get(&key) {
+                Some(&position) if self.records[position] == record => {}
+                Some(_) => {
+                    return Err(inconsistent(
+                        self.kind,
+                        format!(
+                            "two different records have the pk {}",
+                            display::quote(&key, QUOTE_CHARS)
+                        ),
+                    ))
+                }
+                None => {
+                    self.positions.insert(key, self.records.len());
+                    self.records.push(record);
+                }
+            }
+        }
+        if held > 0 && self.records.len() == distinct_before {
+            return Err(inconsistent(
+                self.kind,
+                format!("page {current} held only records of earlier pages"),
+            ));
+        }
+        Ok(())
     }
-    Ok(Listing {
-        records,
-        pages: page_count,
-    })
+
+    fn finish(self) -> Result<Listing, ClientError> {
+        if self.records.len() as u64 != self.shape.count {
+            return Err(inconsistent(
+                self.kind,
+                format!(
+                    "{} distinct records arrived but the server counted {}",
+                    self.records.len(),
+                    self.shape.count
+                ),
+            ));
+        }
+        Ok(Listing {
+            records: self.records,
+            pages: self.pages,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -493,53 +733,188 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn page(current: u64, count: u64, next: u64, pks: &[i64]) -> Page {
+    fn page(current: u64, count: u64, total_pages: u64, records: &[Value]) -> Page {
         Page {
             pagination: Pagination {
-                next,
+                next: if current < total_pages {
+                    current + 1
+                } else {
+                    0
+                },
                 previous: current.saturating_sub(1),
                 count,
                 current,
-                total_pages: 2,
+                total_pages,
             },
-            results: pks.iter().map(|pk| json!({ "pk": pk })).collect(),
+            results: records.to_vec(),
         }
     }
 
-    #[test]
-    fn duplicates_are_dropped_and_counts_checked() {
-        let expected = page(1, 3, 2, &[1, 2]).pagination;
-        let listing = check_listing(
-            ListKind::Users,
-            expected,
-            vec![page(1, 3, 2, &[1, 2]), page(2, 3, 0, &[2, 3])],
-        )
-        .unwrap();
-        assert_eq!(listing.records.len(), 3);
+    fn records(pks: &[i64]) -> Vec<Value> {
+        pks.iter().map(|pk| json!({ "pk": pk })).collect()
+    }
+
+    /// Collects the pages as `list_all` does, page 1 first.
+    fn collect(pages: Vec<Page>, requested: u32) -> Result<Listing, ClientError> {
+        let mut pages = pages.into_iter();
+        let first = pages.next().unwrap();
+        let shape = PageShape::from_first_page(ListKind::Users, &first, requested)?;
+        let mut collector = Collector::new(ListKind::Users, shape);
+        collector.add(first)?;
+        for page in pages {
+            collector.add(page)?;
+        }
+        collector.finish()
     }
 
     #[test]
-    fn a_missing_record_is_inconsistent() {
-        let expected = page(1, 4, 2, &[1, 2]).pagination;
-        let error = check_listing(
-            ListKind::Users,
-            expected,
-            vec![page(1, 4, 2, &[1, 2]), page(2, 4, 0, &[2, 3])],
+    fn identical_duplicates_are_dropped_and_counts_checked() {
+        let listing = collect(
+            vec![
+                page(1, 3, 2, &records(&[1, 2])),
+                page(2, 3, 2, &records(&[2])),
+            ],
+            2,
+        );
+        // A shifted listing: record 3 was missed, so the listing is incomplete.
+        assert!(
+            matches!(listing, Err(ClientError::Inconsistent { .. })),
+            "{listing:?}"
+        );
+        let listing = collect(
+            vec![
+                page(1, 3, 2, &records(&[1, 2])),
+                page(2, 3, 2, &records(&[3])),
+            ],
+            2,
+        )
+        .unwrap();
+        assert_eq!(listing.records.len(), 3);
+        assert_eq!(listing.pages, 2);
+    }
+
+    #[test]
+    fn different_records_with_one_pk_are_inconsistent() {
+        let error = collect(
+            vec![page(
+                1,
+                2,
+                1,
+                &[json!({"pk": 1, "name": "a"}), json!({"pk": 1, "name": "b"})],
+            )],
+            100,
         )
         .unwrap_err();
-        assert!(matches!(error, ClientError::Inconsistent { .. }), "{error}");
+        assert!(
+            error
+                .to_string()
+                .contains("two different records have the pk 1"),
+            "{error}"
+        );
+        let listing = collect(
+            vec![page(
+                1,
+                2,
+                1,
+                &[json!({"pk": 1, "name": "a"}), json!({"pk": 2})],
+            )],
+            100,
+        )
+        .unwrap();
+        assert_eq!(listing.records.len(), 2);
     }
 
     #[test]
     fn a_count_that_changes_between_pages_is_inconsistent() {
-        let expected = page(1, 3, 2, &[1, 2]).pagination;
-        let error = check_listing(
-            ListKind::Groups,
-            expected,
-            vec![page(1, 3, 2, &[1, 2]), page(2, 4, 0, &[3, 4])],
+        let error = collect(
+            vec![
+                page(1, 3, 2, &records(&[1, 2])),
+                page(2, 4, 2, &records(&[3, 4])),
+            ],
+            2,
         )
         .unwrap_err();
-        assert!(error.to_string().contains("count changed"), "{error}");
+        assert!(
+            matches!(error, ClientError::Inconsistent { .. })
+                && error.to_string().contains("count changed"),
+            "{error}"
+        );
+    }
+
+    /// Whether an error is a shift (read again) or a server that cannot be trusted.
+    fn is_shift(error: &ClientError) -> bool {
+        match error {
+            ClientError::Inconsistent { .. } => true,
+            ClientError::BadPagination { .. } => false,
+            other => panic!("neither a shift nor bad pagination: {other}"),
+        }
+    }
+
+    #[test]
+    fn counts_and_pages_that_disagree_fail_the_listing() {
+        let five = records(&[1, 2, 3, 4, 5]);
+        // (count, total_pages, records on page 1, requested page size, a shift?)
+        let cases: [(u64, u64, &[Value], u32, bool); 7] = [
+            (1 << 40, 1, &five, 100, true),
+            (1 << 62, 1, &five, 100, true),
+            (5, 1_000_000_000_000, &five, 100, true),
+            (u64::MAX, u64::MAX, &five, 100, true),
+            (10, 2, &[], 100, true),
+            (5, 0, &five, 100, false),
+            (5, 1, &five, 2, false),
+        ];
+        for (count, total_pages, held, requested, shift) in cases {
+            let error = collect(vec![page(1, count, total_pages, held)], requested).unwrap_err();
+            assert_eq!(is_shift(&error), shift, "{count} {total_pages}: {error}");
+        }
+        // A clamped page size is fine: 5 asked for 100 make 3 pages of 11 records.
+        let listing = collect(
+            vec![
+                page(1, 11, 3, &five),
+                page(2, 11, 3, &records(&[6, 7, 8, 9, 10])),
+                page(3, 11, 3, &records(&[11])),
+            ],
+            100,
+        )
+        .unwrap();
+        assert_eq!(listing.records.len(), 11);
+        // A page that only repeats earlier records, as from a server answering every page.
+        let error = collect(vec![page(1, 15, 3, &five), page(2, 15, 3, &five)], 100).unwrap_err();
+        assert!(is_shift(&error), "{error}");
+        // A short middle page is a shift; a last page that names a next one, or a total that
+        // changes under the same count, is not.
+        let last_with_next = Page {
+            pagination: Pagination {
+                next: 4,
+                ..page(3, 11, 3, &[]).pagination
+            },
+            results: records(&[11]),
+        };
+        for (later_page, shift) in [
+            (page(2, 11, 3, &records(&[6, 7])), true),
+            (last_with_next, false),
+            (page(2, 11, 4, &records(&[6, 7, 8, 9, 10])), false),
+        ] {
+            let error = collect(vec![page(1, 11, 3, &five), later_page], 100).unwrap_err();
+            assert_eq!(is_shift(&error), shift, "{error}");
+        }
+    }
+
+    #[test]
+    fn only_json_that_is_not_even_attempted_means_another_server() {
+        let endpoint = || "/api/v3/core/users/".to_string();
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        for (body, declares_json) in [
+            (deep.as_bytes(), false),
+            (&b"{\"name\": \"\xff\xfe\"}"[..], false),
+            (b"{\"pagination\": {", false),
+            (b"not json", true),
+        ] {
+            let error = parse_json(body, declares_json, endpoint()).unwrap_err();
+            assert!(matches!(error, ClientError::Malformed { .. }), "{error}");
+        }
+        let error = parse_json(b"<!doctype html><p>login</p>", false, endpoint()).unwrap_err();
+        assert!(matches!(error, ClientError::NotAuthentik { .. }), "{error}");
     }
 
     #[test]

@@ -39,6 +39,18 @@ pub enum ClientError {
     Decode { endpoint: String, reason: String },
     #[error("the {list} listing was inconsistent: {reason}")]
     Inconsistent { list: String, reason: String },
+    #[error("the {list} listing's pagination does not add up ({reason}): the server, or a proxy in front of it, is misbehaving")]
+    BadPagination { list: String, reason: String },
+    #[error("malformed response from {endpoint} ({reason}): the server, or a proxy in front of it, sent broken JSON")]
+    Malformed { endpoint: String, reason: String },
+    #[error("{endpoint} sent more than {limit_mib} MiB in one response: lower page_size, or raise max_page_mib if the records are really that large")]
+    TooLarge { endpoint: String, limit_mib: usize },
+    #[error("{endpoint} redirected (HTTP {status}) to {location}: set base_url to the address Authentik answers on itself")]
+    Redirect {
+        endpoint: String,
+        status: u16,
+        location: String,
+    },
 }
 
 fn retry_note(attempts: u32) -> String {

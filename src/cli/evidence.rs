@@ -3,16 +3,23 @@
 
 use std::path::Path;
 
+use super::output::{print, print_bytes, print_line};
 use super::{open_existing, print_json, resolve_run, CliError, Exit};
 use crate::artifacts::{self, build_report, read_envelopes, rebuild_envelopes};
 use crate::cli::opt::EnvelopeFormat;
 use crate::clock::Clock;
 use crate::config::{Config, SourceConfig};
-use crate::diff::{DirectoryDiff, FieldChange};
+use crate::diff::{DirectoryDiff, FieldChange, GroupRef};
+use crate::display::escape;
 use crate::envelope;
 use crate::evidence::{compare_runs, find_accounts, timeline, TimelineKind};
 use crate::report::{self, group_names, inline_text, ReportFormat};
 use crate::store::Store;
+
+/// Group names for people: escaped, as all directory text in this module.
+fn groups_text(groups: &[GroupRef]) -> String {
+    escape(&group_names(groups)).into_owned()
+}
 
 fn store(config: &Config, source: &str) -> Result<Store, CliError> {
     open_existing(&config.database_path())?.ok_or_else(|| super::no_run(source))
@@ -60,7 +67,7 @@ pub(crate) fn diff(
     if json {
         print_json(&result)?;
     } else {
-        print!("{}", human_diff(&result));
+        print(&human_diff(&result))?;
     }
     Ok(Exit::Success)
 }
@@ -70,12 +77,13 @@ fn when(at: chrono::DateTime<chrono::Utc>) -> String {
 }
 
 fn change_text(change: &FieldChange) -> String {
-    format!(
+    escape(&format!(
         "{}: {} → {}",
         change.field,
         inline_text(&change.old),
         inline_text(&change.new)
-    )
+    ))
+    .into_owned()
 }
 
 /// The readable summary of a diff.
@@ -94,7 +102,8 @@ fn human_diff(diff: &DirectoryDiff) -> String {
     {
         out.push_str(&format!(
             "\n!! PRIVILEGE ESCALATION: {} ({})\n",
-            mover.username, mover.external_id
+            escape(&mover.username),
+            escape(&mover.external_id)
         ));
     }
     if !diff.joiners.is_empty() {
@@ -103,29 +112,29 @@ fn human_diff(diff: &DirectoryDiff) -> String {
     for joiner in &diff.joiners {
         out.push_str(&format!(
             "  + {} ({}), groups: {}\n",
-            joiner.username,
+            escape(&joiner.username),
             joiner.reason.as_str(),
-            group_names(&joiner.groups)
+            groups_text(&joiner.groups)
         ));
     }
     if !diff.movers.is_empty() {
         out.push_str("\nMovers\n");
     }
     for mover in &diff.movers {
-        out.push_str(&format!("  ~ {}\n", mover.username));
+        out.push_str(&format!("  ~ {}\n", escape(&mover.username)));
         for change in &mover.changes {
             out.push_str(&format!("      {}\n", change_text(change)));
         }
         if !mover.groups_added.is_empty() {
             out.push_str(&format!(
                 "      groups added: {}\n",
-                group_names(&mover.groups_added)
+                groups_text(&mover.groups_added)
             ));
         }
         if !mover.groups_removed.is_empty() {
             out.push_str(&format!(
                 "      groups removed: {}\n",
-                group_names(&mover.groups_removed)
+                groups_text(&mover.groups_removed)
             ));
         }
     }
@@ -138,26 +147,30 @@ fn human_diff(diff: &DirectoryDiff) -> String {
             .map_or_else(|| "unknown".to_string(), when);
         out.push_str(&format!(
             "  - {} ({}), detected {}, last seen active {last_seen}; held: {}\n",
-            leaver.username,
+            escape(&leaver.username),
             leaver.reason.as_str(),
             when(leaver.detected_at),
-            group_names(&leaver.groups_at_departure)
+            groups_text(&leaver.groups_at_departure)
         ));
     }
     let group_lines: Vec<String> = diff
         .groups
         .created
         .iter()
-        .map(|group| format!("  + {}", group.display_name))
+        .map(|group| format!("  + {}", escape(&group.display_name)))
         .chain(
             diff.groups
                 .deleted
                 .iter()
-                .map(|group| format!("  - {}", group.display_name)),
+                .map(|group| format!("  - {}", escape(&group.display_name))),
         )
         .chain(diff.groups.changed.iter().map(|group| {
             let changes: Vec<String> = group.changes.iter().map(change_text).collect();
-            format!("  ~ {}: {}", group.display_name, changes.join("; "))
+            format!(
+                "  ~ {}: {}",
+                escape(&group.display_name),
+                changes.join("; ")
+            )
         }))
         .collect();
     if !group_lines.is_empty() {
@@ -167,12 +180,12 @@ fn human_diff(diff: &DirectoryDiff) -> String {
         .memberships
         .added
         .iter()
-        .map(|m| format!("  + {} in {}", m.username, m.group_name))
+        .map(|m| format!("  + {} in {}", escape(&m.username), escape(&m.group_name)))
         .chain(
             diff.memberships
                 .removed
                 .iter()
-                .map(|m| format!("  - {} from {}", m.username, m.group_name)),
+                .map(|m| format!("  - {} from {}", escape(&m.username), escape(&m.group_name))),
         )
         .collect();
     if !membership_lines.is_empty() {
@@ -197,12 +210,7 @@ pub(crate) fn envelopes(
     }
     let envelopes = read_envelopes(&config.state_dir, &run).map_err(runtime)?;
     match format {
-        EnvelopeFormat::Jsonl => {
-            use std::io::Write;
-            std::io::stdout()
-                .write_all(&envelope::to_jsonl(&envelopes))
-                .map_err(|error| CliError::Runtime(error.to_string()))?;
-        }
+        EnvelopeFormat::Jsonl => print_bytes(&envelope::to_jsonl(&envelopes))?,
         EnvelopeFormat::Openlane => print_json(&envelope::openlane_projection(&envelopes, true))?,
     }
     Ok(Exit::Success)
@@ -253,12 +261,7 @@ pub(crate) fn report(
                 .map_err(|error| CliError::Runtime(error.to_string()))?;
             eprintln!("wrote {}", path.display());
         }
-        None => {
-            use std::io::Write;
-            std::io::stdout()
-                .write_all(&bytes)
-                .map_err(|error| CliError::Runtime(error.to_string()))?;
-        }
+        None => print_bytes(&bytes)?,
     }
     Ok(Exit::Success)
 }
@@ -285,12 +288,12 @@ pub(crate) fn history(
         return Ok(Exit::Success);
     }
     for timeline in &timelines {
-        println!(
+        print_line(&format!(
             "{} ({}), source {}",
-            timeline.usernames.join(" / "),
-            timeline.external_id,
+            escape(&timeline.usernames.join(" / ")),
+            escape(&timeline.external_id),
             timeline.source
-        );
+        ))?;
         for event in &timeline.events {
             let what = match event.event {
                 TimelineKind::Joined => "joined",
@@ -298,36 +301,40 @@ pub(crate) fn history(
                 TimelineKind::Moved => "moved",
                 TimelineKind::Left => "left",
             };
-            let mut details: Vec<String> = event.reason.iter().cloned().collect();
+            let mut details: Vec<String> = event
+                .reason
+                .iter()
+                .map(|reason| escape(reason).into_owned())
+                .collect();
             details.extend(event.changes.iter().map(change_text));
             if !event.groups_added.is_empty() {
                 details.push(format!(
                     "groups added: {}",
-                    group_names(&event.groups_added)
+                    groups_text(&event.groups_added)
                 ));
             }
             if !event.groups_removed.is_empty() {
                 details.push(format!(
                     "groups removed: {}",
-                    group_names(&event.groups_removed)
+                    groups_text(&event.groups_removed)
                 ));
             }
             if matches!(
                 event.event,
                 TimelineKind::Joined | TimelineKind::Rejoined | TimelineKind::Left
             ) {
-                details.push(format!("groups: {}", group_names(&event.groups)));
+                details.push(format!("groups: {}", groups_text(&event.groups)));
             }
             if event.privilege_escalation {
                 details.push("PRIVILEGE ESCALATION".to_string());
             }
-            println!(
+            print_line(&format!(
                 "  {}  {:<8} {}  (run {})",
                 when(event.detected_at),
                 what,
                 details.join("; "),
                 event.run_id
-            );
+            ))?;
         }
     }
     Ok(Exit::Success)

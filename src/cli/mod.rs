@@ -6,7 +6,7 @@ pub(crate) mod evidence;
 pub mod opt;
 pub mod output;
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -18,6 +18,7 @@ use crate::authentik::ListKind;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ConfigError, ConfigLocation, LogFormat, SourceConfig};
 use crate::demo;
+use crate::display::escape;
 use crate::health::check_source;
 use crate::logging;
 use crate::run_lock::{source_lock_path, RunLock};
@@ -199,11 +200,12 @@ async fn check(
                 || "never".to_string(),
                 |at| format!("{} UTC", at.format("%Y-%m-%d %H:%M:%S")),
             );
-            println!(
-                "{}: {}: {detail}; next scheduled run {next} ({schedule})",
+            output::print_line(&format!(
+                "{}: {}: {}; next scheduled run {next} ({schedule})",
                 result.source,
-                result.status.as_str()
-            );
+                result.status.as_str(),
+                escape(&detail)
+            ))?;
         }
     }
     let all_healthy = results
@@ -264,9 +266,9 @@ pub(crate) async fn sync(
             cancel: &cancel,
         };
         let synced = run_source(&context, source, lock).await?;
-        println!("{}", run_summary(&synced.run));
+        output::print_line(&run_summary(&synced.run))?;
         match &synced.diff {
-            Some(diff) => println!("{}", evidence::diff_headline(diff)),
+            Some(diff) => output::print_line(&evidence::diff_headline(diff))?,
             None => exit = Exit::Failure,
         }
     }
@@ -278,13 +280,16 @@ pub(crate) async fn sync(
                 other => CliError::Runtime(other.to_string()),
             })?;
         if let Some(reason) = &report.stopped {
-            eprintln!("aksync: webhook delivery paused, will resume on the next run: {reason}");
+            eprintln!(
+                "aksync: webhook delivery paused, will resume on the next run: {}",
+                escape(reason)
+            );
         } else if !report.runs_delivered.is_empty() {
-            println!(
+            output::print_line(&format!(
                 "webhook: delivered {} batch(es) of {} run(s)",
                 report.batches_sent,
                 report.runs_delivered.len()
-            );
+            ))?;
         }
     }
     Ok(exit)
@@ -297,7 +302,7 @@ pub(crate) fn run_summary(run: &RunRecord) -> String {
             "{}: run {} failed after {seconds:.1}s: {} (the last complete snapshot is kept)",
             run.source,
             run.run_id,
-            run.error.as_deref().unwrap_or("unknown error")
+            escape(run.error.as_deref().unwrap_or("unknown error"))
         ),
         status => format!(
             "{}: run {} {} in {seconds:.1}s: {} accounts, {} groups, {} memberships, {} new record versions",
@@ -329,7 +334,7 @@ pub(crate) fn runs(database: &Path, source: Option<&str>, json: bool) -> Result<
         return Ok(Exit::Success);
     }
     if runs.is_empty() {
-        println!("no runs recorded yet in {}", database.display());
+        output::print_line(&format!("no runs recorded yet in {}", database.display()))?;
         return Ok(Exit::Success);
     }
     let rows: Vec<Vec<String>> = runs
@@ -364,7 +369,7 @@ pub(crate) fn runs(database: &Path, source: Option<&str>, json: bool) -> Result<
         "new versions",
         "error",
     ];
-    print!("{}", output::table(&headers, &rows));
+    output::print(&output::table(&headers, &rows))?;
     Ok(Exit::Success)
 }
 
@@ -462,12 +467,12 @@ pub(crate) fn show(
     if format.json {
         print_json(&records)?;
     } else if format.csv {
-        print!("{}", output::csv(fields, &output::rows(&records, fields)));
+        output::print(&output::csv(fields, &output::rows(&records, fields)))?;
     } else {
-        print!(
-            "{}",
-            output::table(table_fields, &output::rows(&records, table_fields))
-        );
+        output::print(&output::table(
+            table_fields,
+            &output::rows(&records, table_fields),
+        ))?;
         eprintln!(
             "{} {} in run {} of source `{source}`",
             records.len(),
@@ -534,8 +539,8 @@ fn to_values<'a, T: Serialize + 'a>(
 }
 
 pub(crate) fn print_json<T: Serialize>(value: &T) -> Result<(), CliError> {
-    let mut stdout = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut stdout, value)
-        .map_err(|error| CliError::Runtime(error.to_string()))?;
-    writeln!(stdout).map_err(|error| CliError::Runtime(error.to_string()))
+    let mut text =
+        serde_json::to_vec_pretty(value).map_err(|error| CliError::Runtime(error.to_string()))?;
+    text.push(b'\n');
+    output::print_bytes(&text)
 }

@@ -1,7 +1,52 @@
 //! Rendering of records for people and spreadsheets: aligned text tables and CSV. Both pick
-//! named fields out of a record's JSON form, so one field list serves both.
+//! named fields out of a record's JSON form, so one field list serves both. And the one way
+//! the commands write to standard output.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::Value;
+
+use super::CliError;
+use crate::display;
+
+/// The widest a table cell gets; longer values end in an ellipsis (`--json` and `--csv`
+/// keep them whole).
+pub const MAX_CELL_CHARS: usize = 120;
+/// The last column needs no padding, so it may hold more, e.g. a failed run's error.
+pub const MAX_LAST_CELL_CHARS: usize = 1000;
+
+/// Set once the reader of standard output has gone away.
+static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
+
+/// Writes to standard output. A reader that went away (`aksync runs | head`) is not an error:
+/// as with other Unix tools the output just ends, and later writes are dropped, so that a
+/// sync still finishes its work.
+pub fn print(text: &str) -> Result<(), CliError> {
+    print_bytes(text.as_bytes())
+}
+
+pub fn print_bytes(bytes: &[u8]) -> Result<(), CliError> {
+    if STDOUT_CLOSED.load(Ordering::Relaxed) {
+        return Ok(());
+    }
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => {
+            STDOUT_CLOSED.store(true, Ordering::Relaxed);
+            Ok(())
+        }
+        Err(error) => Err(CliError::Runtime(format!(
+            "cannot write to standard output: {error}"
+        ))),
+    }
+}
+
+/// [`print`] with a line break.
+pub fn print_line(line: &str) -> Result<(), CliError> {
+    print(&format!("{line}\n"))
+}
 
 /// One cell of a record: strings as they are, `null` empty, anything else as compact JSON.
 pub fn cell(record: &Value, field: &str) -> String {
@@ -19,26 +64,44 @@ pub fn rows(records: &[Value], fields: &[&str]) -> Vec<Vec<String>> {
         .collect()
 }
 
-/// Columns padded to their widest cell; headers in upper case.
+/// Columns padded to their widest cell; headers in upper case. Cells are escaped (a value
+/// cannot drive the terminal or forge a line) and cut to [`MAX_CELL_CHARS`].
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = headers
-        .iter()
-        .map(|header| header.chars().count())
+    let header_row: Vec<String> = headers.iter().map(|header| header.to_uppercase()).collect();
+    let last = headers.len().saturating_sub(1);
+    let cells: Vec<Vec<String>> = std::iter::once(header_row)
+        .chain(rows.iter().map(|row| {
+            row.iter()
+                .enumerate()
+                .map(|(column, cell)| {
+                    let max = if column == last {
+                        MAX_LAST_CELL_CHARS
+                    } else {
+                        MAX_CELL_CHARS
+                    };
+                    display::truncate(&display::escape(cell), max).into_owned()
+                })
+                .collect()
+        }))
         .collect();
-    for row in rows {
+    let mut widths = vec![0; headers.len()];
+    for row in &cells {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
         }
     }
     let mut out = String::new();
-    let header_row: Vec<String> = headers.iter().map(|header| header.to_uppercase()).collect();
-    for row in std::iter::once(&header_row).chain(rows) {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
+    for row in &cells {
+        let mut line = String::new();
+        for (cell, width) in row.iter().zip(&widths) {
+            if !line.is_empty() {
+                line.push_str("  ");
+            }
+            line.push_str(cell);
+            // Padding by hand: `{:<width$}` fails for widths above 65,535.
+            line.extend(std::iter::repeat_n(' ', width - cell.chars().count()));
+        }
+        out.push_str(line.trim_end());
         out.push('\n');
     }
     out
@@ -57,8 +120,9 @@ pub fn csv(headers: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 fn csv_field(cell: &str) -> String {
-    // A leading formula character would run as a formula when a spreadsheet opens the file.
-    let defused = if cell.starts_with(['=', '+', '-', '@']) {
+    // A leading formula character would run as a formula when a spreadsheet opens the file;
+    // a leading tab or carriage return can hide one (OWASP's list).
+    let defused = if cell.starts_with(['=', '+', '-', '@', '\t', '\r']) {
         format!("'{cell}")
     } else {
         cell.to_string()
@@ -86,6 +150,33 @@ mod tests {
             csv(&["x", "y", "z"], &rows),
             "x,y,z\r\n\"a,b\",'=SUM(1),\"say \"\"hi\"\"\"\r\n"
         );
+    }
+
+    #[test]
+    fn csv_defuses_cells_that_start_with_tab_or_carriage_return() {
+        let rows = vec![vec!["\t=1+1".to_string(), "\r=1+1".to_string()]];
+        assert_eq!(csv(&["a", "b"], &rows), "a,b\r\n'\t=1+1,\"'\r=1+1\"\r\n");
+    }
+
+    #[test]
+    fn table_cells_are_escaped_and_cut() {
+        let hostile = "Eve\u{1b}]0;pwned\u{7}\r\nroot\u{202e}x";
+        let long = "L".repeat(70_000);
+        let rows = vec![
+            vec![hostile.to_string(), long.clone()],
+            vec![long, "x".into()],
+        ];
+        let text = table(&["a", "b"], &rows);
+        assert!(!text.chars().any(|c| c.is_control() && c != '\n'), "{text}");
+        assert!(!text.contains('\u{202e}'));
+        assert_eq!(text.lines().count(), 3);
+        assert!(text.contains("Eve\\u{1b}]0;pwned\\u{7}\\u{d}\\u{a}root\\u{202e}x"));
+        let widest = text.lines().map(|line| line.chars().count()).max().unwrap();
+        assert!(
+            widest <= MAX_CELL_CHARS + 2 + MAX_LAST_CELL_CHARS,
+            "{widest}"
+        );
+        assert!(text.contains(&format!("{}…", "L".repeat(MAX_CELL_CHARS - 1))));
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! The daemon's webhook delivery loop: after every complete run with envelopes, and on its
 //! own, it delivers the outbox with [`deliver_pending`] (oldest run first, batch by batch).
 //! While the receiver fails, passes back off 1, 2, 4 … seconds up to half a minute, so a
-//! receiver that comes back is caught up within a minute, without waiting for a sync.
+//! receiver that comes back is caught up within a minute, without waiting for a sync. A pass
+//! that a stop cuts short may leave a batch sent but not recorded as acknowledged; it is sent
+//! again on the next pass, with the same `Idempotency-Key`.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -15,7 +15,7 @@ use super::render::{
     ConfigJson, Detail, EmptyObject, ErrorReportingJson, GroupIncludes, Paginated, Pagination,
     Render, UserIncludes, VersionJson,
 };
-use super::server::{FakeState, ListKind};
+use super::server::{FakeState, Fault, ListKind};
 
 const NOT_PROVIDED: &str = "Authentication credentials were not provided.";
 const TOKEN_INVALID: &str = "Token invalid/expired";
@@ -56,8 +56,19 @@ const SUPERUSER_SYSTEM_PERMISSIONS: &[&str] = &[
 pub(super) struct Reply {
     pub status: u16,
     pub content_type: &'static str,
-    pub body: String,
+    pub body: ReplyBody,
     pub retry_after: Option<u32>,
+    pub location: Option<String>,
+}
+
+#[derive(Debug)]
+pub(super) enum ReplyBody {
+    Full(Vec<u8>),
+    /// `head`, then `repeat` again and again, without end.
+    Endless {
+        head: Vec<u8>,
+        repeat: Vec<u8>,
+    },
 }
 
 impl Reply {
@@ -65,8 +76,11 @@ impl Reply {
         Reply {
             status,
             content_type: "application/json",
-            body: serde_json::to_string(value).expect("fake API shapes always serialize"),
+            body: ReplyBody::Full(
+                serde_json::to_vec(value).expect("fake API shapes always serialize"),
+            ),
             retry_after: None,
+            location: None,
         }
     }
 
@@ -79,24 +93,26 @@ impl Reply {
         Reply {
             status: 404,
             content_type: "text/html; charset=utf-8",
-            body: "<!doctype html>\n<html lang=\"en\">\n<head>\n  <title>Not Found</title>\n</head>\n<body>\n  <h1>Not Found</h1><p>The requested resource was not found on this server.</p>\n</body>\n</html>\n".to_owned(),
+            body: ReplyBody::Full(b"<!doctype html>\n<html lang=\"en\">\n<head>\n  <title>Not Found</title>\n</head>\n<body>\n  <h1>Not Found</h1><p>The requested resource was not found on this server.</p>\n</body>\n</html>\n".to_vec()),
             retry_after: None,
+            location: None,
         }
     }
 
     /// A body supplied by a test: served as JSON when it is JSON, otherwise as an HTML page
     /// the way a proxy in front of authentik would.
-    pub(super) fn injected(status: u16, body: String, retry_after: Option<u32>) -> Reply {
-        let is_json = serde_json::from_str::<serde_json::Value>(&body).is_ok();
+    pub(super) fn injected(fault: &Fault) -> Reply {
+        let is_json = serde_json::from_slice::<serde_json::Value>(&fault.body).is_ok();
         Reply {
-            status,
+            status: fault.status,
             content_type: if is_json {
                 "application/json"
             } else {
                 "text/html; charset=utf-8"
             },
-            body,
-            retry_after,
+            body: ReplyBody::Full(fault.body.clone()),
+            retry_after: fault.retry_after,
+            location: fault.location.clone(),
         }
     }
 }
@@ -333,7 +349,9 @@ fn dispatch(
                 visible.into_iter().filter(|u| filter.matches(u)).collect();
             sort(&mut users, query.get("ordering"), USER_ORDERING, "username");
             let includes = user_includes(query);
-            paginate(state, query, &users, |u| render.user(u, &includes))
+            paginate(state, ListKind::Users, query, &users, |u| {
+                render.user(u, &includes)
+            })
         }
         Route::UserDetail(raw) => {
             let visible = caller.object_filter(dir.users.values(), Caller::sees_user)?;
@@ -354,7 +372,9 @@ fn dispatch(
                 visible.into_iter().filter(|g| filter.matches(g)).collect();
             sort(&mut groups, query.get("ordering"), GROUP_ORDERING, "name");
             let includes = group_includes(query);
-            paginate(state, query, &groups, |g| render.group(g, &includes))
+            paginate(state, ListKind::Groups, query, &groups, |g| {
+                render.group(g, &includes)
+            })
         }
         Route::GroupDetail(raw) => {
             let visible = caller.object_filter(dir.groups.values(), Caller::sees_group)?;
@@ -446,13 +466,15 @@ fn group_includes(query: &Query) -> GroupIncludes {
     }
 }
 
-/// DRF's PageNumberPagination with authentik's page-size settings.
+/// DRF's PageNumberPagination with authentik's page-size settings, and the list's lies.
 fn paginate<'d, T, J: Serialize>(
     state: &FakeState,
+    list: ListKind,
     query: &Query,
     items: &[&'d T],
     render: impl Fn(&'d T) -> J,
 ) -> Result<Reply, Reply> {
+    let lies = state.lies.get(&list).cloned().unwrap_or_default();
     // A missing, non-integer, zero or negative page_size means the default; larger than
     // the maximum is clamped without telling the client.
     let size = query
@@ -468,29 +490,80 @@ fn paginate<'d, T, J: Serialize>(
     let total_pages = count.div_ceil(size).max(1);
     let page = match PageParam::parse(query) {
         PageParam::Number(n) if (1..=total_pages).contains(&n) => n,
+        PageParam::Number(n) if lies.answer_every_page && n > 0 => n,
         PageParam::Last => total_pages,
         PageParam::Number(_) | PageParam::Invalid => return Err(Reply::detail(404, INVALID_PAGE)),
     };
-    let start = (page - 1) * size;
+    let served_page = page.min(total_pages);
+    let start = (served_page - 1) * size;
     let end = (start + size).min(count);
+    let announced_pages = lies.total_pages.unwrap_or(total_pages as u64);
     let pagination = Pagination {
-        next: if page < total_pages { page + 1 } else { 0 },
-        previous: page - 1,
-        count,
-        current: page,
-        total_pages,
-        start_index: if count == 0 { 0 } else { start + 1 },
-        end_index: end,
-    };
-    let results = items[start..end].iter().map(|item| render(item)).collect();
-    Ok(Reply::json(
-        200,
-        &Paginated {
-            pagination,
-            results,
-            autocomplete: EmptyObject {},
+        next: if (page as u64) < announced_pages {
+            page as u64 + 1
+        } else {
+            0
         },
-    ))
+        previous: page as u64 - 1,
+        count: lies.count.unwrap_or(count as u64),
+        current: page as u64,
+        total_pages: announced_pages,
+        start_index: if count == 0 { 0 } else { start as u64 + 1 },
+        end_index: end as u64,
+    };
+    let mut results: Vec<Served<J>> = items[start..end]
+        .iter()
+        .map(|item| Served::Real(render(item)))
+        .collect();
+    if lies.conflicting_duplicate && served_page == total_pages && count > 1 {
+        let mut twin = serde_json::to_value(render(items[0])).expect("records serialize");
+        twin["name"] = serde_json::Value::from("a different record with the same pk");
+        results.pop();
+        results.push(Served::Twin(twin));
+    }
+    let page = Paginated {
+        pagination,
+        results,
+        autocomplete: EmptyObject {},
+    };
+    if lies.endless_body {
+        return Ok(endless_page(&page));
+    }
+    Ok(Reply::json(200, &page))
+}
+
+/// A record as served: rendered from the directory, or made up by a lie.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Served<J> {
+    Real(J),
+    Twin(serde_json::Value),
+}
+
+/// The page's JSON up to its first record, then that record again and again, never closed.
+fn endless_page<J: Serialize>(page: &Paginated<Served<J>>) -> Reply {
+    let full = serde_json::to_vec(page).expect("pages serialize");
+    let results_at = full
+        .windows(11)
+        .position(|window| window == b"\"results\":[")
+        .map_or(full.len(), |at| at + 11);
+    let head = full[..results_at].to_vec();
+    let record = page.results.first().map_or_else(
+        || b"{\"pk\":0}".to_vec(),
+        |record| serde_json::to_vec(record).expect("records serialize"),
+    );
+    let mut repeat = Vec::with_capacity(64 * 1024 + record.len());
+    while repeat.len() < 64 * 1024 {
+        repeat.extend_from_slice(&record);
+        repeat.push(b',');
+    }
+    Reply {
+        status: 200,
+        content_type: "application/json",
+        body: ReplyBody::Endless { head, repeat },
+        retry_after: None,
+        location: None,
+    }
 }
 
 type Compare<T> = fn(&T, &T) -> Ordering;

@@ -32,13 +32,13 @@ pub(super) struct Paginated<T> {
 
 #[derive(Serialize)]
 pub(super) struct Pagination {
-    pub next: usize,
-    pub previous: usize,
-    pub count: usize,
-    pub current: usize,
-    pub total_pages: usize,
-    pub start_index: usize,
-    pub end_index: usize,
+    pub next: u64,
+    pub previous: u64,
+    pub count: u64,
+    pub current: u64,
+    pub total_pages: u64,
+    pub start_index: u64,
+    pub end_index: u64,
 }
 
 #[derive(Serialize)]

@@ -2,22 +2,26 @@
 //! (request log and in-flight count, latency, injected faults, page hooks, then the API
 //! itself) and shutdown.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, LOCATION, RETRY_AFTER};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use futures::StreamExt;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use super::api::{self, Query, Reply, Route};
+use super::api::{self, Query, Reply, ReplyBody, Route};
 use super::directory::Directory;
+use super::hostile::ListingLies;
 
 type Shared = Arc<Mutex<FakeState>>;
 
@@ -96,6 +100,8 @@ pub struct FakeState {
     /// Added to every request before it is answered.
     pub latency: Duration,
     pub page_hooks: Vec<PageHook>,
+    /// Misbehaviour of the list endpoints, by list; absent lists are honest.
+    pub lies: BTreeMap<ListKind, ListingLies>,
     /// Path and query of every request, in arrival order.
     pub request_log: Vec<String>,
     /// Requests being answered right now, and the most there ever were at once.
@@ -115,6 +121,7 @@ impl FakeState {
             faults: Vec::new(),
             latency: Duration::ZERO,
             page_hooks: Vec::new(),
+            lies: BTreeMap::new(),
             request_log: Vec::new(),
             in_flight: 0,
             max_in_flight: 0,
@@ -156,11 +163,7 @@ impl FakeState {
                 fault.skip -= 1;
             } else if reply.is_none() && fault.times != Some(0) {
                 fault.times = fault.times.map(|t| t - 1);
-                reply = Some(Reply::injected(
-                    fault.status,
-                    fault.body.clone(),
-                    fault.retry_after,
-                ));
+                reply = Some(Reply::injected(fault));
             }
         }
         reply
@@ -177,19 +180,21 @@ impl FakeState {
     }
 }
 
-/// An injected error response for requests whose path (without query) contains
+/// An injected response for requests whose path (without query) contains
 /// `path_contains`: the first `skip` matching requests pass, the next `times` (None:
 /// all later ones) get `status` and `body`. The body is served as JSON when it parses as
-/// JSON, otherwise as HTML.
+/// JSON, otherwise as HTML; it need not be UTF-8.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fault {
     pub path_contains: String,
     pub skip: u32,
     pub times: Option<u32>,
     pub status: u16,
-    pub body: String,
+    pub body: Vec<u8>,
     /// Seconds for a `Retry-After` header.
     pub retry_after: Option<u32>,
+    /// A `Location` header, for redirects.
+    pub location: Option<String>,
 }
 
 /// Changes the directory right before the given page of a list is served, once, to
@@ -209,7 +214,7 @@ impl fmt::Debug for PageHook {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum ListKind {
     Users,
     Groups,
@@ -257,11 +262,28 @@ impl Drop for InFlight<'_> {
 impl IntoResponse for Reply {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let mut response = (status, [(CONTENT_TYPE, self.content_type)], self.body).into_response();
+        let body = match self.body {
+            ReplyBody::Full(bytes) => Body::from(bytes),
+            ReplyBody::Endless { head, repeat } => {
+                let (head, repeat) = (Bytes::from(head), Bytes::from(repeat));
+                // Chunked, and only the client closing the connection ends it.
+                let chunks = futures::stream::once(async move { head })
+                    .chain(futures::stream::repeat(repeat))
+                    .map(Ok::<Bytes, std::convert::Infallible>);
+                Body::from_stream(chunks)
+            }
+        };
+        let mut response = (status, [(CONTENT_TYPE, self.content_type)], body).into_response();
         if let Some(seconds) = self.retry_after {
             response
                 .headers_mut()
                 .insert(RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if let Some(location) = self
+            .location
+            .and_then(|location| HeaderValue::from_bytes(location.as_bytes()).ok())
+        {
+            response.headers_mut().insert(LOCATION, location);
         }
         response
     }

@@ -853,17 +853,18 @@ async fn faults_skip_then_answer_a_limited_number_of_times() {
             skip: 1,
             times: Some(2),
             status: 502,
-            body: "<html>Bad Gateway</html>".to_owned(),
+            body: "<html>Bad Gateway</html>".into(),
             retry_after: None,
+            location: None,
         });
         s.faults.push(Fault {
             path_contains: "/core/groups/".to_owned(),
             skip: 0,
             times: None,
             status: 429,
-            body: r#"{"detail": "Request was throttled. Expected available in 3 seconds."}"#
-                .to_owned(),
+            body: r#"{"detail": "Request was throttled. Expected available in 3 seconds."}"#.into(),
             retry_after: Some(3),
+            location: None,
         });
     });
     let statuses = [

@@ -9,6 +9,7 @@ use super::content::{
 };
 use super::Report;
 use crate::diff::{FieldChange, MembershipRef};
+use crate::display::escape;
 
 pub(super) fn render(report: &Report) -> String {
     let mut out = String::new();
@@ -211,7 +212,7 @@ fn push_changes(out: &mut String, changes: &[FieldChange]) {
                 let fence = fence(&unified, 3);
                 push_line(out, &format!("      {fence}diff"));
                 for line in unified.lines() {
-                    push_line(out, &format!("      {line}"));
+                    push_line(out, &format!("      {}", escape(line)));
                 }
                 push_line(out, &format!("      {fence}"));
             }
@@ -224,25 +225,28 @@ fn push_line(out: &mut String, line: &str) {
     out.push('\n');
 }
 
-/// Plain text with Markdown's inline markup escaped, on one line.
+/// Plain text with Markdown's inline markup escaped, on one line; control characters are
+/// written out, so the report is as safe in a terminal as rendered.
 fn text(raw: &str) -> String {
-    let mut escaped = String::with_capacity(raw.len());
-    for character in raw.chars() {
-        match character {
-            '\\' | '`' | '*' | '_' | '[' | ']' | '<' | '>' | '#' => {
-                escaped.push('\\');
-                escaped.push(character);
-            }
-            '\n' | '\r' => escaped.push(' '),
-            other => escaped.push(other),
+    let single_line = raw.replace(['\n', '\r'], " ");
+    let safe = escape(&single_line);
+    let mut escaped = String::with_capacity(safe.len());
+    for character in safe.chars() {
+        if matches!(
+            character,
+            '\\' | '`' | '*' | '_' | '[' | ']' | '<' | '>' | '#'
+        ) {
+            escaped.push('\\');
         }
+        escaped.push(character);
     }
     escaped
 }
 
-/// A code span that holds any text verbatim: its fence is longer than any backtick run inside.
+/// A code span that holds any text verbatim, control characters written out: its fence is
+/// longer than any backtick run inside.
 fn code(raw: &str) -> String {
-    let single_line = raw.replace(['\n', '\r'], " ");
+    let single_line = escape(&raw.replace(['\n', '\r'], " ")).into_owned();
     let fence = fence(&single_line, 1);
     let pad = if single_line.starts_with('`') || single_line.ends_with('`') {
         " "

@@ -477,6 +477,24 @@ fn markdown_escapes_table_cells_and_code_spans() {
 }
 
 #[test]
+fn markdown_and_html_write_control_characters_out() {
+    let hostile = "Eve\u{1b}]0;pwned\u{7}\u{1b}[2J\r\nroot\u{202e}x";
+    let mut report = empty_report();
+    report.diffs[0]
+        .memberships
+        .added
+        .push(membership(hostile, hostile));
+    for format in [ReportFormat::Markdown, ReportFormat::Html] {
+        let text = rendered(&report, format);
+        let raw = text
+            .chars()
+            .find(|&c| (c.is_control() && c != '\n') || c == '\u{202e}');
+        assert_eq!(raw, None, "{format:?}");
+        assert!(text.contains("\\u{1b}]0;pwned\\u{7}"), "{format:?}");
+    }
+}
+
+#[test]
 fn empty_report_says_none_in_every_format() {
     let report = empty_report();
     let csv = rendered(&report, ReportFormat::Csv);

@@ -10,6 +10,7 @@
 //! opened in redb's multi-writer mode, so several aksync processes (a daemon and an admin's
 //! queries) can share the file; only write transactions exclude each other.
 
+mod file;
 pub mod run;
 
 use std::collections::BTreeMap;
@@ -150,6 +151,7 @@ impl Store {
                 reason: error.to_string(),
             })?;
         }
+        file::prepare(path)?;
         let started = Instant::now();
         let db = loop {
             let attempt = guarded(path, || {
@@ -524,8 +526,12 @@ impl Failure {
         match self {
             Failure::Store(error) => error,
             Failure::Corrupt(reason) => StoreError::Corrupt { path, reason },
+            // A file that ends before its header does is damaged, not unwritable.
             Failure::Redb(redb::Error::Io(error))
-                if error.kind() != std::io::ErrorKind::InvalidData =>
+                if !matches!(
+                    error.kind(),
+                    std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+                ) =>
             {
                 StoreError::Io {
                     path,

@@ -69,7 +69,7 @@ impl TestEnv {
     }
 
     pub fn write_config_for(&self, base_url: &str, token: &str, extra_source_keys: &str) {
-        std::fs::write(self.dir.path().join("token"), token).unwrap();
+        write_secret(&self.dir.path().join("token"), token);
         let config = format!(
             "state_dir = {:?}\n\n[sources.corp]\nbase_url = {base_url:?}\ntoken_file = \"token\"\n{extra_source_keys}\n",
             self.state_dir().display().to_string()
@@ -96,6 +96,21 @@ impl TestEnv {
         assert_eq!(result.code, 0, "show failed: {}", result.stderr);
         result.json()
     }
+}
+
+/// Writes a token file readable by its owner only, as an admin should (aksync warns about
+/// others).
+pub fn write_secret(path: &Path, content: &str) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap();
+    file.write_all(content.as_bytes()).unwrap();
 }
 
 pub fn run_binary(config: Option<&Path>, args: &[&str]) -> Run {
