@@ -35,6 +35,7 @@ type FloatGauge = Gauge<f64, AtomicU64>;
 
 /// Every series, registered on a fresh registry so that a source removed by a reload
 /// disappears with it.
+#[derive(Default)]
 struct Series {
     runs: Family<RunLabels, Counter>,
     envelopes: Family<SourceLabel, Counter>,
@@ -53,21 +54,7 @@ struct Series {
 
 impl Series {
     fn register(registry: &mut Registry) -> Series {
-        let series = Series {
-            runs: Family::default(),
-            envelopes: Family::default(),
-            healthy: Family::default(),
-            last_success: Family::default(),
-            last_duration: Family::default(),
-            next_run: Family::default(),
-            accounts: Family::default(),
-            groups: Family::default(),
-            memberships: Family::default(),
-            joiners: Family::default(),
-            movers: Family::default(),
-            leavers: Family::default(),
-            backlog: Family::default(),
-        };
+        let series = Series::default();
         registry.register(
             "runs",
             "Runs this daemon made since it started, by status",
