@@ -1,6 +1,6 @@
 //! The files a complete run leaves under the state directory: its envelope file (the outbox,
-//! written before the run commits) and its audit reports (written after). Both can be rebuilt
-//! from the store at any time.
+//! written while the run is planned and in place before it commits) and its audit reports
+//! (written after). Both can be rebuilt from the store at any time.
 
 use std::path::{Path, PathBuf};
 
@@ -9,11 +9,10 @@ use chrono::{DateTime, Utc};
 use crate::authentik::ListKind;
 use crate::config::{Config, SourceConfig};
 use crate::diff::DirectoryDiff;
-use crate::envelope::{self, Envelope, EnvelopeContext};
+use crate::envelope::{self, Envelope, EnvelopeWriter};
 use crate::evidence;
-use crate::normalize::Snapshot;
 use crate::report::{self, Report, ReportFormat, ReportHeader, TrendPoint};
-use crate::store::{ChangeCounts, EnvelopeSummary, RunRecord, Store, StoreError};
+use crate::store::{RunRecord, Store, StoreError};
 
 /// How many recent runs the report's chart shows.
 const TREND_RUNS: usize = 30;
@@ -37,37 +36,6 @@ pub enum ArtifactError {
     Report(#[from] report::ReportError),
 }
 
-pub fn change_counts(diff: &DirectoryDiff) -> ChangeCounts {
-    ChangeCounts {
-        joiners: diff.joiners.len() as u64,
-        movers: diff.movers.len() as u64,
-        leavers: diff.leavers.len() as u64,
-        groups_changed: (diff.groups.created.len()
-            + diff.groups.deleted.len()
-            + diff.groups.changed.len()) as u64,
-        memberships_changed: (diff.memberships.added.len() + diff.memberships.removed.len()) as u64,
-    }
-}
-
-/// A run's envelopes and its envelope file's bytes, from the two snapshots it compares.
-fn planned_envelopes(
-    source: &SourceConfig,
-    run: &RunRecord,
-    from: &Snapshot,
-    to: &Snapshot,
-) -> (Vec<Envelope>, Vec<u8>) {
-    let context = EnvelopeContext {
-        source: &source.name,
-        run_id: &run.run_id,
-        observed_at: run.finished_at,
-        primary_directory: source.primary_directory,
-        ignore_fields: &source.ignore_fields,
-    };
-    let envelopes = envelope::plan(from, to, &context);
-    let bytes = envelope::to_jsonl(&envelopes);
-    (envelopes, bytes)
-}
-
 /// Writes a file atomically, naming it in the error.
 pub fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ArtifactError> {
     envelope::write_atomic(path, bytes).map_err(|error| ArtifactError::Write {
@@ -76,59 +44,49 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ArtifactError> {
     })
 }
 
-/// Plans the envelopes of a run and writes its file atomically.
-pub fn write_envelopes(
-    state_dir: &Path,
-    source: &SourceConfig,
-    run: &RunRecord,
-    from: &Snapshot,
-    to: &Snapshot,
-) -> Result<EnvelopeSummary, ArtifactError> {
-    let (envelopes, bytes) = planned_envelopes(source, run, from, to);
-    write_file(
-        &envelope::envelope_path(state_dir, &source.name, &run.run_id),
-        &bytes,
-    )?;
-    Ok(envelope::summary(&envelopes, &bytes))
+/// The complete run `run` was compared with when it was stored.
+fn previous_run(store: &Store, run: &RunRecord) -> Result<Option<RunRecord>, StoreError> {
+    run.previous_run
+        .as_deref()
+        .map(|previous| store.run(previous))
+        .transpose()
 }
 
-/// The snapshot of the complete run before `run`, or an empty one for a source's first run.
-fn previous_snapshot(store: &Store, run: &RunRecord) -> Result<Snapshot, StoreError> {
-    match &run.previous_run {
-        Some(previous) => store.snapshot(&store.run(previous)?),
-        None => Ok(Snapshot::default()),
-    }
-}
-
-/// Rebuilds a run's envelope file from the store; it must hash to what the run recorded.
+/// Rebuilds a run's envelope file from the store, replaying the comparison the run made; it
+/// must hash to what the run recorded, or nothing is written.
 pub fn rebuild_envelopes(
     state_dir: &Path,
     store: &Store,
     source: &SourceConfig,
     run: &RunRecord,
 ) -> Result<PathBuf, ArtifactError> {
-    let from = previous_snapshot(store, run)?;
-    let to = store.snapshot(run)?;
-    let (_, bytes) = planned_envelopes(source, run, &from, &to);
     let path = envelope::envelope_path(state_dir, &source.name, &run.run_id);
+    let writer = EnvelopeWriter::create(&path).map_err(|error| ArtifactError::Write {
+        path: path.clone(),
+        reason: error.to_string(),
+    })?;
+    let previous = previous_run(store, run)?;
+    let (_, file) = evidence::compare_runs(store, source, previous.as_ref(), run, Some(writer))?;
+    let file = file.expect("an envelope writer was given");
     if let Some(summary) = &run.envelopes {
-        let found = envelope::sha256_hex(&bytes);
-        if found != summary.sha256 {
+        if file.summary.sha256 != summary.sha256 {
             // The settings that shape envelopes changed since the run (e.g. ignore_fields).
             return Err(ArtifactError::Mismatch {
                 path,
                 run_id: run.run_id.clone(),
                 expected: summary.sha256.clone(),
-                found,
+                found: file.summary.sha256,
             });
         }
     }
-    write_file(&path, &bytes)?;
-    Ok(path)
+    file.persist().map_err(|error| ArtifactError::Write {
+        path: path.clone(),
+        reason: error.to_string(),
+    })
 }
 
-/// A run's envelopes from its file, checked against the SHA-256 the run recorded.
-pub fn read_envelopes(state_dir: &Path, run: &RunRecord) -> Result<Vec<Envelope>, ArtifactError> {
+/// A run's envelope file, checked against the SHA-256 the run recorded.
+pub fn read_envelope_file(state_dir: &Path, run: &RunRecord) -> Result<Vec<u8>, ArtifactError> {
     let path = envelope::envelope_path(state_dir, &run.source, &run.run_id);
     let bytes = std::fs::read(&path).map_err(|error| ArtifactError::Read {
         path: path.clone(),
@@ -150,15 +108,20 @@ pub fn read_envelopes(state_dir: &Path, run: &RunRecord) -> Result<Vec<Envelope>
             found,
         });
     }
+    Ok(bytes)
+}
+
+/// A run's envelopes from its file, checked against the SHA-256 the run recorded.
+pub fn read_envelopes(state_dir: &Path, run: &RunRecord) -> Result<Vec<Envelope>, ArtifactError> {
+    let bytes = read_envelope_file(state_dir, run)?;
     envelope::parse_jsonl(&bytes).map_err(|error| ArtifactError::Read {
-        path,
+        path: envelope::envelope_path(state_dir, &run.source, &run.run_id),
         reason: error.to_string(),
     })
 }
 
 /// The report of the complete runs after `from` up to `to` (just `to` when `from` is
-/// `None`), each compared with the run it was compared with when it was stored. Each
-/// snapshot is read once, however long the period.
+/// `None`), each compared with the run it was compared with when it was stored.
 pub fn build_report(
     store: &Store,
     source: &SourceConfig,
@@ -168,8 +131,7 @@ pub fn build_report(
 ) -> Result<Report, StoreError> {
     let runs = store.complete_runs(&source.name)?;
     let mut diffs = Vec::new();
-    let mut last_read: Option<(&RunRecord, Snapshot)> = None;
-    for (index, run) in runs.iter().enumerate() {
+    for run in &runs {
         let in_period = match from {
             Some(from) => run.run_id > from.run_id && run.run_id <= to.run_id,
             None => run.run_id == to.run_id,
@@ -177,39 +139,8 @@ pub fn build_report(
         if !in_period {
             continue;
         }
-        let previous = match run.previous_run.as_deref() {
-            None => None,
-            Some(id) => match last_read.take() {
-                Some((record, snapshot)) if record.run_id == id => Some((record, snapshot)),
-                _ => {
-                    let record = runs
-                        .iter()
-                        .find(|record| record.run_id == id)
-                        .ok_or_else(|| StoreError::UnknownRun(id.to_string()))?;
-                    Some((record, store.snapshot(record)?))
-                }
-            },
-        };
-        let snapshot = store.snapshot(run)?;
-        diffs.push(evidence::compare(
-            store,
-            &source.name,
-            &source.ignore_fields,
-            previous
-                .as_ref()
-                .map(|(record, snapshot)| evidence::RunSnapshot {
-                    run_id: &record.run_id,
-                    finished_at: record.finished_at,
-                    snapshot,
-                }),
-            evidence::RunSnapshot {
-                run_id: &run.run_id,
-                finished_at: run.finished_at,
-                snapshot: &snapshot,
-            },
-            &runs[..index],
-        )?);
-        last_read = Some((run, snapshot));
+        let previous = previous_run(store, run)?;
+        diffs.push(evidence::compare_runs(store, source, previous.as_ref(), run, None)?.0);
     }
     Ok(assemble_report(
         source,

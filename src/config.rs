@@ -241,6 +241,10 @@ struct DataShapingSettings<'a> {
     filter: Option<&'a str>,
     disable_group_sync: bool,
     primary_directory: bool,
+    /// Left out when empty, so that sources without any keep the fingerprint that runs
+    /// recorded before it was part of it.
+    #[serde(skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    ignore_fields: std::collections::BTreeSet<&'a str>,
 }
 
 impl SourceConfig {
@@ -249,6 +253,7 @@ impl SourceConfig {
             filter: self.filter.as_deref(),
             disable_group_sync: self.disable_group_sync,
             primary_directory: self.primary_directory,
+            ignore_fields: self.ignore_fields.iter().map(String::as_str).collect(),
         };
         let canonical = serde_json::to_vec(&settings).expect("plain struct serializes");
         hex::encode(Sha256::digest(canonical))
@@ -974,26 +979,22 @@ mod tests {
         assert_eq!(before, source.settings_fingerprint());
         source.disable_group_sync = true;
         assert_ne!(before, source.settings_fingerprint());
+        // ignore_fields shape every hash: changing them restarts the chains explicitly.
+        let mut source = test_source("https://example.com");
+        source.ignore_fields = vec!["metadata.last_sync".into()];
+        assert_ne!(before, source.settings_fingerprint());
+        // Without them the fingerprint is the one schema-1 runs recorded, so an upgrade
+        // does not start a new baseline.
+        assert_eq!(
+            before,
+            "747c8c9c443f50a0a12789b2802cd7661af8230115017fb916030a09c57d61f8"
+        );
     }
 
     fn test_source(base: &str) -> SourceConfig {
         SourceConfig {
-            name: "corp".into(),
             base_url: normalize_base_url(base, false).unwrap(),
-            token: ApiToken::new("t"),
-            primary_directory: false,
-            disable_group_sync: false,
-            filter: None,
-            page_size: 100,
-            concurrency: 4,
-            timeout: Duration::from_secs(60),
-            max_page_bytes: 64 * 1024 * 1024,
-            run_timeout: Duration::from_secs(7200),
-            ca_file: None,
-            allow_insecure_http: false,
-            ignore_fields: Vec::new(),
-            schedule: Schedule::default(),
-            run_on_start: true,
+            ..crate::testing::source_config()
         }
     }
 }

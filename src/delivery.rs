@@ -16,7 +16,6 @@ use crate::clock::Clock;
 use crate::config::{Config, WebhookConfig};
 use crate::run_lock::{outbox_lock_path, LockError, RunLock, TryLock};
 use crate::store::{DeliveryStatus, RunRecord, Store, StoreError};
-use crate::sync::STORE_WAIT;
 
 const RETRY: RetryPolicy = RetryPolicy {
     attempts: 3,
@@ -46,6 +45,7 @@ pub struct DeliveryReport {
 
 pub async fn deliver_pending(
     config: &Config,
+    store: &Store,
     webhook: &WebhookConfig,
     clock: &dyn Clock,
 ) -> Result<DeliveryReport, DeliveryError> {
@@ -63,7 +63,6 @@ pub async fn deliver_pending(
             });
         }
     };
-    let store = Store::open(&config.database_path(), STORE_WAIT)?;
     let mut pending: Vec<RunRecord> = store
         .runs(None)?
         .into_iter()
@@ -82,13 +81,14 @@ pub async fn deliver_pending(
     let mut report = DeliveryReport::default();
     for run in pending {
         if let Err(reason) =
-            deliver_run(config, webhook, &http, &store, &run, clock, &mut report).await
+            deliver_run(config, webhook, &http, store, &run, clock, &mut report).await
         {
             store.update_run(&run.run_id, |record| {
                 if let Some(delivery) = record.delivery.as_mut() {
                     delivery.attempts += 1;
                     delivery.last_error = Some(reason.clone());
                 }
+                Ok(())
             })?;
             tracing::warn!(run = %run.run_id, "webhook delivery stopped: {reason}");
             report.stopped = Some(format!("run {}: {reason}", run.run_id));
@@ -147,14 +147,20 @@ async fn deliver_run(
         state.batches_delivered = number;
         let progress = state.clone();
         store
-            .update_run(&run.run_id, |record| record.delivery = Some(progress))
+            .update_run(&run.run_id, |record| {
+                record.delivery = Some(progress);
+                Ok(())
+            })
             .map_err(|error| error.to_string())?;
     }
     state.status = DeliveryStatus::Delivered;
     state.last_error = None;
     state.delivered_at = Some(clock.now());
     store
-        .update_run(&run.run_id, |record| record.delivery = Some(state))
+        .update_run(&run.run_id, |record| {
+            record.delivery = Some(state);
+            Ok(())
+        })
         .map_err(|error| error.to_string())?;
     Ok(())
 }

@@ -22,8 +22,10 @@ pub async fn run(
         |what: &str, error: std::io::Error| CliError::Runtime(format!("demo: {what}: {error}"));
     let state_dir = match state_dir {
         Some(dir) => dir,
+        // Owner-only from the start: it will hold the directory's names and emails.
         None => tempfile::Builder::new()
             .prefix("aksync-demo-")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .tempdir()
             .map_err(|error| runtime_error("cannot create a temporary directory", error))?
             .keep(),

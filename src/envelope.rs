@@ -1,12 +1,17 @@
-//! Directory ingest envelopes: one JSON line per record that was created, updated (a material
-//! change) or deleted between two snapshots, in the order accounts, groups, memberships. The
-//! plan is a pure function; writing the file is atomic (temp file, fsync, rename).
+//! Directory ingest envelopes: one JSON line per record that was created, updated or deleted
+//! in a run, in the order accounts, groups, memberships, each sorted by external id.
 //!
-//! `hash` covers a record's material content only: volatile fields (`last_login_at`, a
-//! group's `member_count`) and ignored fields are left out, so a login alone changes no hash
-//! and `previous_hash` always equals the hash of the last envelope sent for that record.
+//! An envelope is emitted exactly when a record's material hash changes (see
+//! [`crate::record`]); its `hash` is that material hash, and `previous_hash` is the hash of
+//! the last envelope emitted for the record (for a record that comes back after a deletion,
+//! the deletion's). A new baseline restarts every chain: its envelopes carry no
+//! `previous_hash`. Records and payloads carry no volatile fields, so an envelope file can be
+//! rebuilt from the store byte for byte.
+//!
+//! The file is written while the run is planned, to a temporary file beside its final name,
+//! and renamed into place (after fsync) before the run commits.
 
-use std::io::Write;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
@@ -14,14 +19,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::diff::{account_changes, group_field_changes, FieldChange};
-use crate::normalize::{Entry, Snapshot};
+use crate::record::{hex_hash, FieldChange, Hash, RecordKind, DELETED_STATUS};
 use crate::store::EnvelopeSummary;
 
 pub const INTEGRATION: &str = "authentik";
-const DELETED_STATUS: &str = "DELETED";
-/// Fields that change without a change in access; they never make an envelope.
-const VOLATILE_FIELDS: [&str; 2] = ["last_login_at", "member_count"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -31,11 +32,33 @@ pub enum Action {
     Deleted,
 }
 
+impl Action {
+    /// What a record's old and new material hashes say happened; `None` when it is unchanged.
+    pub fn classify(old: Option<&Hash>, new: Option<&Hash>) -> Option<Action> {
+        match (old, new) {
+            (None, Some(_)) => Some(Action::Created),
+            (Some(_), None) => Some(Action::Deleted),
+            (Some(old), Some(new)) if old != new => Some(Action::Updated),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Schema {
     DirectoryAccount,
     DirectoryGroup,
     DirectoryMembership,
+}
+
+impl Schema {
+    pub fn of(kind: RecordKind) -> Schema {
+        match kind {
+            RecordKind::Account => Schema::DirectoryAccount,
+            RecordKind::Group => Schema::DirectoryGroup,
+            RecordKind::Membership => Schema::DirectoryMembership,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -59,165 +82,124 @@ pub struct Envelope {
 }
 
 /// What every envelope of a run shares.
+#[derive(Debug, Clone)]
 pub struct EnvelopeContext<'a> {
     pub source: &'a str,
     pub run_id: &'a str,
     pub observed_at: DateTime<Utc>,
     pub primary_directory: bool,
-    pub ignore_fields: &'a [String],
 }
 
-/// The envelopes of the changes from `from` to `to`. The first run of a source compares
-/// with an empty snapshot, so every record is `created`.
-pub fn plan(from: &Snapshot, to: &Snapshot, context: &EnvelopeContext<'_>) -> Vec<Envelope> {
-    let mut envelopes = Vec::new();
-    plan_kind(
-        Schema::DirectoryAccount,
-        &from.accounts,
-        &to.accounts,
-        context,
-        |before, after| {
-            let mut changes = account_changes(before, after, context.ignore_fields);
-            if before.status != after.status {
-                changes.insert(
-                    0,
-                    FieldChange {
-                        field: "status".into(),
-                        old: json!(before.status),
-                        new: json!(after.status),
-                    },
-                );
+/// One record's change, as the planner classified it.
+pub struct RecordChange<'r> {
+    pub kind: RecordKind,
+    pub external_id: &'r str,
+    pub action: Action,
+    /// The stored record: the new one, or for a deletion the last one.
+    pub record: &'r Value,
+    pub payload: &'r Value,
+    pub hash: Hash,
+    pub previous_hash: Option<Hash>,
+    pub changes: Option<Vec<FieldChange>>,
+}
+
+impl EnvelopeContext<'_> {
+    pub fn envelope(&self, change: RecordChange<'_>) -> Envelope {
+        let mut record = change.record.clone();
+        if change.action == Action::Deleted {
+            if let Some(object) = record.as_object_mut() {
+                object.insert("status".into(), json!(DELETED_STATUS));
             }
-            changes
-        },
-        &mut envelopes,
-    );
-    plan_kind(
-        Schema::DirectoryGroup,
-        &from.groups,
-        &to.groups,
-        context,
-        |before, after| group_field_changes(before, after, context.ignore_fields),
-        &mut envelopes,
-    );
-    plan_kind(
-        Schema::DirectoryMembership,
-        &from.memberships,
-        &to.memberships,
-        context,
-        // A membership is its identity: it is only ever created or deleted.
-        |_, _| Vec::new(),
-        &mut envelopes,
-    );
-    envelopes
-}
-
-fn plan_kind<R: Serialize>(
-    schema: Schema,
-    from: &std::collections::BTreeMap<String, Entry<R>>,
-    to: &std::collections::BTreeMap<String, Entry<R>>,
-    context: &EnvelopeContext<'_>,
-    changes_of: impl Fn(&R, &R) -> Vec<FieldChange>,
-    envelopes: &mut Vec<Envelope>,
-) {
-    let envelope = |action, external_id: &str, entry: &Entry<R>, previous: Option<&Entry<R>>| {
-        let mut record = serde_json::to_value(&entry.record).unwrap_or(Value::Null);
-        if action == Action::Deleted {
-            record["status"] = json!(DELETED_STATUS);
         }
-        let hash = record_hash(&record, context.ignore_fields);
-        let previous_hash = previous.map(|previous| {
-            record_hash(
-                &serde_json::to_value(&previous.record).unwrap_or(Value::Null),
-                context.ignore_fields,
-            )
-        });
         Envelope {
-            schema,
-            action,
-            source: context.source.to_string(),
+            schema: Schema::of(change.kind),
+            action: change.action,
+            source: self.source.to_string(),
             integration: INTEGRATION.to_string(),
-            run_id: context.run_id.to_string(),
-            observed_at: context.observed_at,
-            primary_directory: context.primary_directory,
-            external_id: external_id.to_string(),
-            hash,
-            previous_hash,
+            run_id: self.run_id.to_string(),
+            observed_at: self.observed_at,
+            primary_directory: self.primary_directory,
+            external_id: change.external_id.to_string(),
+            hash: hex_hash(&change.hash),
+            previous_hash: change.previous_hash.as_ref().map(hex_hash),
             record,
-            payload: (!entry.payload.is_null()).then(|| entry.payload.clone()),
-            changes: None,
-        }
-    };
-    for (external_id, entry) in to {
-        match from.get(external_id) {
-            None => envelopes.push(envelope(Action::Created, external_id, entry, None)),
-            Some(before) => {
-                let changes = changes_of(&before.record, &entry.record);
-                if !changes.is_empty() {
-                    let mut updated = envelope(Action::Updated, external_id, entry, Some(before));
-                    updated.changes = Some(changes);
-                    envelopes.push(updated);
-                }
-            }
-        }
-    }
-    for (external_id, entry) in from {
-        if !to.contains_key(external_id) {
-            envelopes.push(envelope(Action::Deleted, external_id, entry, Some(entry)));
+            payload: (!change.payload.is_null()).then(|| change.payload.clone()),
+            changes: change.changes,
         }
     }
 }
 
-/// SHA-256 of the canonical JSON (sorted keys) of a record without volatile or ignored
-/// fields.
-fn record_hash(record: &Value, ignore_fields: &[String]) -> String {
-    let mut material = record.clone();
-    if let Some(object) = material.as_object_mut() {
-        for field in VOLATILE_FIELDS
-            .iter()
-            .copied()
-            .chain(ignore_fields.iter().map(String::as_str))
-        {
-            match field.split_once('.') {
-                Some(("metadata", key)) => {
-                    if let Some(metadata) =
-                        object.get_mut("metadata").and_then(Value::as_object_mut)
-                    {
-                        metadata.remove(key);
-                    }
-                }
-                _ => {
-                    object.remove(field);
-                }
-            }
-        }
+/// Streams envelopes to a temporary file beside `path`, hashing as it goes.
+pub struct EnvelopeWriter {
+    path: PathBuf,
+    file: BufWriter<tempfile::NamedTempFile>,
+    hasher: Sha256,
+    summary: EnvelopeSummary,
+}
+
+impl EnvelopeWriter {
+    pub fn create(path: &Path) -> std::io::Result<EnvelopeWriter> {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        crate::store::create_private_dir(dir)?;
+        Ok(EnvelopeWriter {
+            path: path.to_path_buf(),
+            file: BufWriter::new(tempfile::NamedTempFile::new_in(dir)?),
+            hasher: Sha256::new(),
+            summary: EnvelopeSummary::default(),
+        })
     }
-    sha256_hex(material.to_string().as_bytes())
+
+    pub fn push(&mut self, envelope: &Envelope) -> std::io::Result<()> {
+        let mut line = serde_json::to_vec(envelope).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        self.hasher.update(&line);
+        self.file.write_all(&line)?;
+        self.summary.lines += 1;
+        match envelope.action {
+            Action::Created => self.summary.created += 1,
+            Action::Updated => self.summary.updated += 1,
+            Action::Deleted => self.summary.deleted += 1,
+        }
+        Ok(())
+    }
+
+    /// Flushes and fsyncs the file, and returns it with its summary; nothing is at `path` yet.
+    pub fn finish(self) -> std::io::Result<EnvelopeFile> {
+        let file = self.file.into_inner().map_err(|error| error.into_error())?;
+        file.as_file().sync_all()?;
+        let mut summary = self.summary;
+        summary.sha256 = hex::encode(self.hasher.finalize());
+        Ok(EnvelopeFile {
+            path: self.path,
+            file,
+            summary,
+        })
+    }
+}
+
+/// A complete envelope file, not yet in place.
+pub struct EnvelopeFile {
+    path: PathBuf,
+    file: tempfile::NamedTempFile,
+    pub summary: EnvelopeSummary,
+}
+
+impl EnvelopeFile {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Moves the file to its final name and makes the rename durable.
+    pub fn persist(self) -> std::io::Result<PathBuf> {
+        self.file.persist(&self.path).map_err(|error| error.error)?;
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        std::fs::File::open(dir)?.sync_all()?;
+        Ok(self.path)
+    }
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
-}
-
-/// One JSON object per line, each line ending in `\n`.
-pub fn to_jsonl(envelopes: &[Envelope]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for envelope in envelopes {
-        serde_json::to_writer(&mut out, envelope).expect("envelopes serialize");
-        out.push(b'\n');
-    }
-    out
-}
-
-pub fn summary(envelopes: &[Envelope], file: &[u8]) -> EnvelopeSummary {
-    let count = |action| envelopes.iter().filter(|e| e.action == action).count() as u64;
-    EnvelopeSummary {
-        sha256: sha256_hex(file),
-        lines: envelopes.len() as u64,
-        created: count(Action::Created),
-        updated: count(Action::Updated),
-        deleted: count(Action::Deleted),
-    }
 }
 
 pub fn envelope_path(state_dir: &Path, source: &str, run_id: &str) -> PathBuf {
@@ -251,54 +233,40 @@ pub fn parse_jsonl(bytes: &[u8]) -> Result<Vec<Envelope>, serde_json::Error> {
 /// memberships, each envelope `{resource, payload}`. A membership's resource is its group
 /// and its payload carries the member uid.
 pub fn openlane_projection(envelopes: &[Envelope], snapshot_complete: bool) -> Value {
-    let sets: Vec<Value> = [
-        Schema::DirectoryAccount,
-        Schema::DirectoryGroup,
-        Schema::DirectoryMembership,
-    ]
-    .into_iter()
-    .map(|schema| {
-        let items: Vec<Value> = envelopes
-            .iter()
-            .filter(|envelope| envelope.schema == schema)
-            .map(|envelope| match schema {
-                Schema::DirectoryMembership => json!({
-                    "resource": envelope.record["group_external_id"],
-                    "action": envelope.action,
-                    "payload": {
-                        "uid": envelope.record["account_external_id"],
-                        "group": envelope.record["group_external_id"],
-                        "role": envelope.record["role"],
-                    },
-                }),
-                _ => json!({
-                    "resource": envelope.external_id,
-                    "action": envelope.action,
-                    "payload": envelope.payload.clone().unwrap_or_else(|| envelope.record.clone()),
-                }),
-            })
-            .collect();
-        json!({"schema": schema, "envelopes": items, "snapshotComplete": snapshot_complete})
-    })
-    .collect();
+    let sets: Vec<Value> = RecordKind::ALL
+        .into_iter()
+        .map(Schema::of)
+        .map(|schema| {
+            let items: Vec<Value> = envelopes
+                .iter()
+                .filter(|envelope| envelope.schema == schema)
+                .map(|envelope| match schema {
+                    Schema::DirectoryMembership => json!({
+                        "resource": envelope.record["group_external_id"],
+                        "action": envelope.action,
+                        "payload": {
+                            "uid": envelope.record["account_external_id"],
+                            "group": envelope.record["group_external_id"],
+                            "role": envelope.record["role"],
+                        },
+                    }),
+                    _ => json!({
+                        "resource": envelope.external_id,
+                        "action": envelope.action,
+                        "payload": envelope.payload.clone().unwrap_or_else(|| envelope.record.clone()),
+                    }),
+                })
+                .collect();
+            json!({"schema": schema, "envelopes": items, "snapshotComplete": snapshot_complete})
+        })
+        .collect();
     Value::Array(sets)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::normalize::normalize;
     use chrono::TimeZone;
-
-    fn user(pk: i64, active: bool, name: &str, login: &str, groups: &[&str]) -> Value {
-        json!({"pk": pk, "username": format!("u{pk}"), "name": name, "is_active": active,
-               "last_login": login, "groups": groups, "email": "", "attributes": {},
-               "uid": format!("uid{pk}"), "path": "users", "type": "internal"})
-    }
-
-    fn group(pk: &str, users: &[i64]) -> Value {
-        json!({"pk": pk, "name": pk, "parents": [], "users": users, "attributes": {}})
-    }
 
     fn context() -> EnvelopeContext<'static> {
         EnvelopeContext {
@@ -306,84 +274,83 @@ mod tests {
             run_id: "R2",
             observed_at: Utc.with_ymd_and_hms(2026, 11, 2, 0, 0, 0).unwrap(),
             primary_directory: true,
-            ignore_fields: &[],
         }
     }
 
     #[test]
-    fn only_changed_records_with_actions_and_hash_chain() {
-        let from = normalize(
-            vec![
-                user(1, true, "A", "t1", &["g"]),
-                user(2, true, "B", "t1", &[]),
-                user(3, true, "C", "t1", &[]),
-            ],
-            Some(vec![group("g", &[1])]),
-            true,
-        )
-        .unwrap();
-        let to = normalize(
-            // 1 logs in (volatile), 2 deactivated, 3 deleted, 4 created and joins g.
-            vec![
-                user(1, true, "A", "t2", &["g"]),
-                user(2, false, "B", "t1", &[]),
-                user(4, true, "D", "t1", &["g"]),
-            ],
-            Some(vec![group("g", &[1, 4])]),
-            true,
-        )
-        .unwrap();
-        let envelopes = plan(&from, &to, &context());
-        let summary: Vec<(Schema, Action, &str)> = envelopes
-            .iter()
-            .map(|e| (e.schema, e.action, e.external_id.as_str()))
-            .collect();
-        assert_eq!(
-            summary,
-            vec![
-                (Schema::DirectoryAccount, Action::Updated, "uid2"),
-                (Schema::DirectoryAccount, Action::Created, "uid4"),
-                (Schema::DirectoryAccount, Action::Deleted, "uid3"),
-                (Schema::DirectoryMembership, Action::Created, "uid4:g"),
-            ]
-        );
-        let updated = &envelopes[0];
-        assert_eq!(updated.changes.as_ref().unwrap()[0].field, "status");
-        let first_run = plan(&Snapshot::default(), &from, &context());
-        let uid2_created = first_run.iter().find(|e| e.external_id == "uid2").unwrap();
-        assert_eq!(
-            updated.previous_hash.as_deref(),
-            Some(uid2_created.hash.as_str())
-        );
-        let deleted = &envelopes[2];
-        assert_eq!(deleted.record["status"], "DELETED");
-        assert!(deleted.previous_hash.is_some());
-        assert!(deleted.payload.is_some());
-        assert!(envelopes[3].payload.is_none());
-        assert!(plan(&to, &to, &context()).is_empty());
-        assert_eq!(first_run.len(), 3 + 1 + 1);
-        assert!(first_run.iter().all(|e| e.action == Action::Created));
+    fn the_hashes_say_what_happened() {
+        let (a, b) = ([1; 32], [2; 32]);
+        assert_eq!(Action::classify(None, Some(&a)), Some(Action::Created));
+        assert_eq!(Action::classify(Some(&a), None), Some(Action::Deleted));
+        assert_eq!(Action::classify(Some(&a), Some(&b)), Some(Action::Updated));
+        assert_eq!(Action::classify(Some(&a), Some(&a)), None);
+        assert_eq!(Action::classify(None, None), None);
     }
 
     #[test]
-    fn jsonl_round_trips_and_openlane_projection_shapes() {
-        let to = normalize(
-            vec![user(1, true, "A", "t", &["g"])],
-            Some(vec![group("g", &[1])]),
-            false,
-        )
-        .unwrap();
-        let envelopes = plan(&Snapshot::default(), &to, &context());
-        let bytes = to_jsonl(&envelopes);
-        assert_eq!(bytes.iter().filter(|b| **b == b'\n').count(), 3);
+    fn a_deletion_carries_the_deleted_status_and_chains() {
+        let record = json!({"external_id": "u1", "status": "ACTIVE"});
+        let envelope = context().envelope(RecordChange {
+            kind: RecordKind::Account,
+            external_id: "u1",
+            action: Action::Deleted,
+            record: &record,
+            payload: &json!({"uid": "u1"}),
+            hash: [3; 32],
+            previous_hash: Some([4; 32]),
+            changes: None,
+        });
+        assert_eq!(envelope.record["status"], "DELETED");
+        assert_eq!(envelope.hash, hex_hash(&[3; 32]));
+        assert_eq!(envelope.previous_hash, Some(hex_hash(&[4; 32])));
+        assert_eq!(envelope.payload, Some(json!({"uid": "u1"})));
+    }
+
+    #[test]
+    fn streamed_files_hash_what_they_hold_and_project_to_openlane() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = envelope_path(dir.path(), "corp", "R1");
+        let mut writer = EnvelopeWriter::create(&path).unwrap();
+        let account = json!({"external_id": "u1"});
+        let membership =
+            json!({"account_external_id": "u1", "group_external_id": "g", "role": "MEMBER"});
+        let envelopes = vec![
+            context().envelope(RecordChange {
+                kind: RecordKind::Account,
+                external_id: "u1",
+                action: Action::Created,
+                record: &account,
+                payload: &json!({"uid": "u1"}),
+                hash: [1; 32],
+                previous_hash: None,
+                changes: None,
+            }),
+            context().envelope(RecordChange {
+                kind: RecordKind::Membership,
+                external_id: "u1:g",
+                action: Action::Created,
+                record: &membership,
+                payload: &Value::Null,
+                hash: [2; 32],
+                previous_hash: None,
+                changes: None,
+            }),
+        ];
+        for envelope in &envelopes {
+            writer.push(envelope).unwrap();
+        }
+        let file = writer.finish().unwrap();
+        assert!(!path.exists(), "nothing is in place before persist");
+        let summary = file.summary.clone();
+        file.persist().unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(summary.sha256, sha256_hex(&bytes));
+        assert_eq!((summary.lines, summary.created), (2, 2));
         assert_eq!(parse_jsonl(&bytes).unwrap(), envelopes);
         let projection = openlane_projection(&envelopes, true);
-        assert_eq!(projection[0]["schema"], "DirectoryAccount");
-        assert_eq!(projection[0]["envelopes"][0]["resource"], "uid1");
-        assert_eq!(projection[0]["envelopes"][0]["payload"]["uid"], "uid1");
+        assert_eq!(projection[0]["envelopes"][0]["payload"]["uid"], "u1");
         assert_eq!(projection[2]["envelopes"][0]["resource"], "g");
-        assert_eq!(projection[2]["envelopes"][0]["payload"]["uid"], "uid1");
-        assert_eq!(summary(&envelopes, &bytes).created, 3);
+        assert_eq!(projection[2]["envelopes"][0]["payload"]["uid"], "u1");
     }
 
     #[test]

@@ -1,137 +1,312 @@
-//! Evidence from the stored history: diffs between any two complete runs (with each leaver's
-//! last active run looked up in the history), and one account's timeline across all runs.
-//! The rules live in the pure [`crate::diff`]; this module only gathers their input.
+//! Evidence from the stored history: the diff between any two complete runs (replayed from
+//! their versions through the same [`Planner`] a sync uses, so a rebuilt envelope file is the
+//! one the run wrote), each leaver's last active run, and one account's timeline.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::config::SourceConfig;
 use crate::diff::{
-    diff, leaver_ids, DiffInput, DirectoryDiff, FieldChange, GroupRef, LastActive, Side,
+    diff, AccountSides, DiffInput, DirectoryDiff, FieldChange, GroupRef, LastActive, Population,
+    RunRef,
 };
-use crate::normalize::{
-    AccountStatus, DirectoryAccount, DirectoryGroup, DirectoryMembership, Entry, Snapshot,
-};
-use crate::store::{RecordKind, RecordVersion, RunRecord, Store, StoreError};
+use crate::envelope::{Action, EnvelopeContext, EnvelopeFile, EnvelopeWriter};
+use crate::normalize::{AccountStatus, DirectoryAccount, DirectoryGroup};
+use crate::plan::{membership_pair, Loaded, PlanError, Planner, Sinks};
+use crate::record::{with_volatile, ChangeRule, Hash, RecordKind};
+use crate::store::{Reader, RecordVersion, RunRecord, Store, StoreError};
 
-/// One side of a comparison that may not be stored yet (a run being committed).
-pub struct RunSnapshot<'a> {
-    pub run_id: &'a str,
-    pub finished_at: DateTime<Utc>,
-    pub snapshot: &'a Snapshot,
-}
-
-/// The diff from `from` (none for a source's first run) to `to`. `runs_before_to` are the
-/// complete runs older than `to`, oldest first, where leavers' last active run is sought.
-pub fn compare(
-    store: &Store,
-    source: &str,
-    ignore_fields: &[String],
-    from: Option<RunSnapshot<'_>>,
-    to: RunSnapshot<'_>,
-    runs_before_to: &[RunRecord],
-) -> Result<DirectoryDiff, StoreError> {
-    let empty = Snapshot::default();
-    let from = from.unwrap_or(RunSnapshot {
-        run_id: "",
-        finished_at: to.finished_at,
-        snapshot: &empty,
-    });
-    // Next to each other, `from` is the last run before `to`: a leaver active there was last
-    // seen active there, which the diff knows without the history.
-    let adjacent = runs_before_to.last().map(|run| run.run_id.as_str()) == Some(from.run_id);
-    let mut last_active = BTreeMap::new();
-    for uid in leaver_ids(from.snapshot, to.snapshot) {
-        let active_in_from = from
-            .snapshot
-            .accounts
-            .get(&uid)
-            .is_some_and(|entry| entry.record.status == AccountStatus::Active);
-        if adjacent && active_in_from {
-            continue;
-        }
-        let history = AccountHistory::load(store, source, &uid)?;
-        if let Some(found) = history.last_active(runs_before_to) {
-            last_active.insert(uid, found);
+impl From<PlanError> for StoreError {
+    fn from(error: PlanError) -> StoreError {
+        match error {
+            PlanError::Store(error) => error,
+            other => StoreError::Aborted(other.to_string()),
         }
     }
-    Ok(diff(&DiffInput {
-        source,
-        from: Side {
-            run_id: from.run_id,
-            finished_at: from.finished_at,
-            snapshot: from.snapshot,
-        },
-        to: Side {
-            run_id: to.run_id,
-            finished_at: to.finished_at,
-            snapshot: to.snapshot,
-        },
-        last_active: &last_active,
-        ignore_fields,
-    }))
 }
 
-/// The diff between two stored complete runs of a source.
+/// A stored run's diff against `from` (`None`: compared with nothing, as a baseline), and,
+/// when `envelopes` is given, the envelope file of that comparison.
 pub fn compare_runs(
     store: &Store,
-    ignore_fields: &[String],
-    from: &RunRecord,
+    source: &SourceConfig,
+    from: Option<&RunRecord>,
     to: &RunRecord,
-) -> Result<DirectoryDiff, StoreError> {
-    let runs = store.complete_runs(&to.source)?;
+    envelopes: Option<EnvelopeWriter>,
+) -> Result<(DirectoryDiff, Option<EnvelopeFile>), StoreError> {
+    let runs = store.complete_runs(&source.name)?;
+    let reader = store.reader()?;
+    let context = EnvelopeContext {
+        source: &source.name,
+        run_id: &to.run_id,
+        observed_at: to.finished_at,
+        primary_directory: source.primary_directory,
+    };
+    let run_ref = |run: &RunRecord| RunRef {
+        run_id: run.run_id.clone(),
+        finished_at: run.finished_at,
+    };
+    let mut planner = Planner::new(
+        ChangeRule::new(&source.ignore_fields),
+        context,
+        from.map(run_ref),
+        run_ref(to),
+        to.baseline_reason.clone(),
+        Sinks {
+            ops: None,
+            envelopes,
+        },
+    );
+    let chain_start = chain_start(&runs, to);
+    replay(
+        &reader,
+        &source.name,
+        from.map(|run| run.run_id.as_str()),
+        &to.run_id,
+        chain_start.as_deref(),
+        &mut planner,
+    )?;
+    let mut planned = planner.finish()?;
+    // Next to each other, `from` is the last run before `to`: a leaver active there was last
+    // seen active there, which the diff knows without the history.
     let before: Vec<RunRecord> = runs
         .into_iter()
         .filter(|run| run.run_id < to.run_id)
         .collect();
-    let (from_snapshot, to_snapshot) = (store.snapshot(from)?, store.snapshot(to)?);
-    compare(
-        store,
-        &to.source,
-        ignore_fields,
-        Some(RunSnapshot {
-            run_id: &from.run_id,
-            finished_at: from.finished_at,
-            snapshot: &from_snapshot,
-        }),
-        RunSnapshot {
-            run_id: &to.run_id,
-            finished_at: to.finished_at,
-            snapshot: &to_snapshot,
-        },
-        &before,
-    )
+    let adjacent = before.last().map(|run| &run.run_id) == from.map(|run| &run.run_id);
+    let uids = planned.input.history_needed(adjacent);
+    if !uids.is_empty() {
+        planned.input.last_active = last_active(&reader, &source.name, &uids, &before)?;
+    }
+    Ok((diff(&planned.input), planned.envelopes))
+}
+
+/// The run that started `run`'s envelope chain: the nearest baseline at or before it.
+fn chain_start(runs: &[RunRecord], run: &RunRecord) -> Option<String> {
+    let mut current = run;
+    for _ in 0..=runs.len() {
+        match &current.previous_run {
+            None => return Some(current.run_id.clone()),
+            Some(previous) => current = runs.iter().find(|r| &r.run_id == previous)?,
+        }
+    }
+    None
+}
+
+/// Feeds the planner every record of the two runs, from the stored versions.
+fn replay(
+    reader: &Reader<'_>,
+    source: &str,
+    from: Option<&str>,
+    to: &str,
+    chain_start: Option<&str>,
+    planner: &mut Planner<'_>,
+) -> Result<(), StoreError> {
+    for kind in RecordKind::ALL {
+        let mut versions = reader.versions(source, kind, "")?.peekable();
+        while let Some(first) = versions.next() {
+            let mut group = vec![first?];
+            while let Some(Ok(next)) = versions.peek() {
+                if next.external_id != group[0].external_id {
+                    break;
+                }
+                group.push(versions.next().expect("peeked")?);
+            }
+            replay_record(reader, source, kind, &group, from, to, chain_start, planner)?;
+        }
+    }
+    for uid in planner.needs_records() {
+        let versions: Vec<RecordVersion> = reader
+            .versions(source, RecordKind::Account, &uid)?
+            .filter(|version| version.as_ref().map_or(true, |v| v.external_id == uid))
+            .collect::<Result<_, _>>()?;
+        let old = at_run(&versions, from)
+            .map(|v| loaded(reader, source, RecordKind::Account, v, false))
+            .transpose()?;
+        let new = at_run(&versions, Some(to))
+            .map(|v| loaded(reader, source, RecordKind::Account, v, false))
+            .transpose()?;
+        planner.fill(&uid, old.as_ref(), new.as_ref())?;
+    }
+    Ok(())
+}
+
+fn at_run<'v>(versions: &'v [RecordVersion], run: Option<&str>) -> Option<&'v RecordVersion> {
+    let run = run?;
+    versions.iter().find(|version| version.valid_at(run))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn replay_record(
+    reader: &Reader<'_>,
+    source: &str,
+    kind: RecordKind,
+    versions: &[RecordVersion],
+    from: Option<&str>,
+    to: &str,
+    chain_start: Option<&str>,
+    planner: &mut Planner<'_>,
+) -> Result<(), StoreError> {
+    let id = versions[0].external_id.as_str();
+    let old = at_run(versions, from);
+    let new = at_run(versions, Some(to));
+    if old.is_none() && new.is_none() {
+        return Ok(());
+    }
+    match kind {
+        RecordKind::Account => planner.count(old.map(|v| v.flags), new.map(|v| v.flags)),
+        RecordKind::Membership => planner.membership(id, old.is_some(), new.is_some()),
+        RecordKind::Group => {}
+    }
+    let action = Action::classify(old.map(|v| &v.hash), new.map(|v| &v.hash));
+    if action.is_none() {
+        if kind == RecordKind::Group {
+            let old = old
+                .map(|v| loaded(reader, source, kind, v, false))
+                .transpose()?;
+            let new = new
+                .map(|v| loaded(reader, source, kind, v, false))
+                .transpose()?;
+            planner.catalog(old.as_ref(), new.as_ref())?;
+        }
+        return Ok(());
+    }
+    let old_loaded = old
+        .map(|v| loaded(reader, source, kind, v, new.is_none()))
+        .transpose()?;
+    let new_loaded = new
+        .map(|v| loaded(reader, source, kind, v, false))
+        .transpose()?;
+    let tombstone = match (old, from) {
+        (None, Some(from)) => deletion_before(versions, from, chain_start)
+            .map(|version| {
+                Ok::<Hash, StoreError>(
+                    planner.rule().deleted_hash(
+                        &version
+                            .parse()
+                            .map_err(|e| StoreError::Aborted(e.to_string()))?
+                            .record,
+                    ),
+                )
+            })
+            .transpose()?,
+        _ => None,
+    };
+    planner.changed(kind, id, old_loaded, new_loaded, tombstone)?;
+    Ok(())
+}
+
+/// The record's last deletion at or before `run` within its chain: what the live store's
+/// tombstone held when `run` was the latest.
+fn deletion_before<'v>(
+    versions: &'v [RecordVersion],
+    run: &str,
+    chain_start: Option<&str>,
+) -> Option<&'v RecordVersion> {
+    versions
+        .iter()
+        .filter(|version| {
+            version.valid_to.as_deref().is_some_and(|valid_to| {
+                valid_to <= run && chain_start.is_none_or(|start| valid_to > start)
+            })
+        })
+        .max_by(|a, b| a.valid_to.cmp(&b.valid_to))
+}
+
+fn loaded(
+    reader: &Reader<'_>,
+    source: &str,
+    kind: RecordKind,
+    version: &RecordVersion,
+    with_volatile: bool,
+) -> Result<Loaded, StoreError> {
+    let entry = version.parse().map_err(|error| {
+        StoreError::Aborted(format!(
+            "unreadable record version {}: {error}",
+            version.external_id
+        ))
+    })?;
+    let volatile = if with_volatile && !kind.volatile_fields().is_empty() {
+        reader.volatile(source, kind, &version.external_id)?
+    } else {
+        serde_json::Map::new()
+    };
+    Ok(Loaded {
+        hash: version.hash,
+        flags: version.flags,
+        record: entry.record,
+        payload: entry.payload,
+        volatile,
+        valid_from: Some(version.valid_from.clone()),
+    })
+}
+
+/// For each account: the newest of `runs` (oldest first) that saw it active, with its groups
+/// then.
+pub fn last_active(
+    reader: &Reader<'_>,
+    source: &str,
+    uids: &[String],
+    runs: &[RunRecord],
+) -> Result<BTreeMap<String, LastActive>, StoreError> {
+    let mut found = BTreeMap::new();
+    for uid in uids {
+        let history = AccountHistory::load(reader, source, uid)?;
+        if let Some(last) = runs.iter().rev().find_map(|run| history.active_at(run)) {
+            found.insert(uid.clone(), last);
+        }
+    }
+    Ok(found)
 }
 
 /// Every stored version of one account, its memberships and the groups they name.
 struct AccountHistory {
     uid: String,
-    account: Vec<RecordVersion>,
+    account: Vec<(RecordVersion, DirectoryAccount)>,
     memberships: Vec<RecordVersion>,
-    groups: Vec<RecordVersion>,
+    groups: Vec<(RecordVersion, DirectoryGroup)>,
 }
 
 impl AccountHistory {
-    fn load(store: &Store, source: &str, uid: &str) -> Result<AccountHistory, StoreError> {
-        let account = store
-            .versions(source, RecordKind::Account, uid)?
-            .into_iter()
-            .filter(|version| version.external_id == uid)
-            .collect();
-        let memberships = store.versions(source, RecordKind::Membership, &format!("{uid}:"))?;
-        let group_ids: BTreeSet<&str> = memberships
+    fn load(reader: &Reader<'_>, source: &str, uid: &str) -> Result<AccountHistory, StoreError> {
+        let parse_all = |kind: RecordKind, prefix: &str, exact: Option<&str>| {
+            reader
+                .versions(source, kind, prefix)?
+                .filter(|version| match (version, exact) {
+                    (Ok(version), Some(id)) => version.external_id == id,
+                    _ => true,
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let typed = |version: &RecordVersion| -> Result<serde_json::Value, StoreError> {
+            version.parse().map(|entry| entry.record).map_err(|error| {
+                StoreError::Aborted(format!(
+                    "unreadable record version {}: {error}",
+                    version.external_id
+                ))
+            })
+        };
+        let volatile = reader.volatile(source, RecordKind::Account, uid)?;
+        let mut account = Vec::new();
+        for version in parse_all(RecordKind::Account, uid, Some(uid))? {
+            let record = serde_json::from_value(with_volatile(typed(&version)?, &volatile))
+                .map_err(|error| StoreError::Aborted(format!("account {uid}: {error}")))?;
+            account.push((version, record));
+        }
+        let memberships = parse_all(RecordKind::Membership, &format!("{uid}:"), None)?;
+        let group_ids: BTreeSet<String> = memberships
             .iter()
-            .filter_map(|version| version.external_id.split_once(':').map(|(_, group)| group))
+            .map(|version| membership_pair(&version.external_id).1)
             .collect();
         let mut groups = Vec::new();
-        for group in group_ids {
-            groups.extend(
-                store
-                    .versions(source, RecordKind::Group, group)?
-                    .into_iter()
-                    .filter(|version| version.external_id == group),
-            );
+        for group in &group_ids {
+            for version in parse_all(RecordKind::Group, group, Some(group))? {
+                let record = serde_json::from_value(typed(&version)?)
+                    .map_err(|error| StoreError::Aborted(format!("group {group}: {error}")))?;
+                groups.push((version, record));
+            }
         }
         Ok(AccountHistory {
             uid: uid.to_string(),
@@ -141,66 +316,145 @@ impl AccountHistory {
         })
     }
 
-    /// The part of the snapshot of `run_id` that concerns this account.
-    fn snapshot_at(&self, run_id: &str) -> Snapshot {
-        fn valid<R: serde::de::DeserializeOwned>(
-            versions: &[RecordVersion],
-            run_id: &str,
-        ) -> BTreeMap<String, Entry<R>> {
-            versions
-                .iter()
-                .filter(|version| version.valid_at(run_id))
-                .filter_map(|version| {
-                    serde_json::from_value(version.entry.clone())
-                        .ok()
-                        .map(|entry| (version.external_id.clone(), entry))
-                })
-                .collect()
-        }
-        Snapshot {
-            accounts: valid::<DirectoryAccount>(&self.account, run_id),
-            groups: valid::<DirectoryGroup>(&self.groups, run_id),
-            memberships: valid::<DirectoryMembership>(&self.memberships, run_id),
-        }
+    fn account_at(&self, run_id: &str) -> Option<&DirectoryAccount> {
+        self.account
+            .iter()
+            .find(|(version, _)| version.valid_at(run_id))
+            .map(|(_, record)| record)
     }
 
-    /// The newest of `runs` (oldest first) that saw the account active.
-    fn last_active(&self, runs: &[RunRecord]) -> Option<LastActive> {
-        runs.iter()
-            .rev()
-            .find_map(|run| self.active_at(run, &self.snapshot_at(&run.run_id)))
+    fn groups_at(&self, run_id: &str) -> BTreeSet<String> {
+        self.memberships
+            .iter()
+            .filter(|version| version.valid_at(run_id))
+            .map(|version| membership_pair(&version.external_id).1)
+            .collect()
+    }
+
+    fn catalog_at(&self, run_id: &str) -> BTreeMap<String, DirectoryGroup> {
+        self.groups
+            .iter()
+            .filter(|(version, _)| version.valid_at(run_id))
+            .map(|(_, group)| (group.external_id.clone(), group.clone()))
+            .collect()
+    }
+
+    /// The account's direct groups at `run_id`, named as that run saw them.
+    fn group_refs_at(&self, run_id: &str) -> Vec<GroupRef> {
+        let catalog = self.catalog_at(run_id);
+        self.groups_at(run_id)
+            .into_iter()
+            .map(|id| GroupRef {
+                display_name: catalog
+                    .get(&id)
+                    .map_or_else(|| id.clone(), |group| group.display_name.clone()),
+                external_id: id,
+            })
+            .collect()
     }
 
     /// The account's groups at `run`, if that run saw it active.
-    fn active_at(&self, run: &RunRecord, snapshot: &Snapshot) -> Option<LastActive> {
-        let account = snapshot.accounts.get(&self.uid)?;
-        (account.record.status == AccountStatus::Active).then(|| LastActive {
+    fn active_at(&self, run: &RunRecord) -> Option<LastActive> {
+        let account = self.account_at(&run.run_id)?;
+        (account.status == AccountStatus::Active).then(|| LastActive {
             finished_at: run.finished_at,
-            groups: snapshot
-                .memberships
-                .values()
-                .map(|membership| {
-                    let id = &membership.record.group_external_id;
-                    GroupRef {
-                        external_id: id.clone(),
-                        display_name: snapshot
-                            .groups
-                            .get(id)
-                            .map_or_else(|| id.clone(), |group| group.record.display_name.clone()),
-                    }
-                })
-                .collect(),
+            groups: self.group_refs_at(&run.run_id),
         })
+    }
+
+    /// The diff of this one account between two runs.
+    fn diff_input(
+        &self,
+        source: &str,
+        rule: &ChangeRule<'_>,
+        from: &RunRecord,
+        to: &RunRecord,
+        last_active: Option<LastActive>,
+    ) -> DiffInput {
+        let at = |run: &RunRecord| {
+            (
+                self.account_at(&run.run_id).cloned(),
+                self.groups_at(&run.run_id),
+                self.catalog_at(&run.run_id),
+            )
+        };
+        let (old, old_groups, groups_before) = at(from);
+        let (new, new_groups, groups_after) = at(to);
+        let value = |account: &Option<DirectoryAccount>| {
+            account.as_ref().map(|account| {
+                crate::record::split_volatile(
+                    RecordKind::Account,
+                    serde_json::to_value(account).unwrap_or_default(),
+                )
+                .0
+            })
+        };
+        let changes = match (value(&old), value(&new)) {
+            (Some(old), Some(new)) => rule.field_changes(&old, &new),
+            _ => Vec::new(),
+        };
+        let pairs = |a: &BTreeSet<String>, b: &BTreeSet<String>| {
+            a.difference(b)
+                .map(|group| (self.uid.clone(), group.clone()))
+                .collect::<Vec<_>>()
+        };
+        DiffInput {
+            source: source.to_string(),
+            from: Some(RunRef {
+                run_id: from.run_id.clone(),
+                finished_at: from.finished_at,
+            }),
+            to: RunRef {
+                run_id: to.run_id.clone(),
+                finished_at: to.finished_at,
+            },
+            baseline: None,
+            memberships_added: pairs(&new_groups, &old_groups),
+            memberships_removed: pairs(&old_groups, &new_groups),
+            accounts: BTreeMap::from([(
+                self.uid.clone(),
+                AccountSides {
+                    old,
+                    new,
+                    changes,
+                    old_groups,
+                    new_groups,
+                },
+            )]),
+            groups_before,
+            groups_after,
+            group_changes: BTreeMap::new(),
+            last_active: last_active
+                .map(|last| BTreeMap::from([(self.uid.clone(), last)]))
+                .unwrap_or_default(),
+            population: Population::default(),
+        }
     }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TimelineKind {
+    /// Present in a run compared with nothing (the source's first run, or a new baseline).
+    Baseline,
     Joined,
     Rejoined,
     Moved,
     Left,
+    Purged,
+}
+
+impl TimelineKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TimelineKind::Baseline => "present at baseline",
+            TimelineKind::Joined => "joined",
+            TimelineKind::Rejoined => "rejoined",
+            TimelineKind::Moved => "moved",
+            TimelineKind::Left => "left",
+            TimelineKind::Purged => "purged",
+        }
+    }
 }
 
 /// One event in an account's life, as the run that detected it saw it.
@@ -215,7 +469,7 @@ pub struct TimelineEvent {
     pub changes: Vec<FieldChange>,
     pub groups_added: Vec<GroupRef>,
     pub groups_removed: Vec<GroupRef>,
-    /// The groups held after a join, or at departure for a leave.
+    /// The groups held after a join or at a baseline, or at departure for a leave.
     pub groups: Vec<GroupRef>,
     pub privilege_escalation: bool,
 }
@@ -231,119 +485,125 @@ pub struct Timeline {
 /// The uids of accounts that ever had `user` as username, email or uid.
 pub fn find_accounts(store: &Store, source: &str, user: &str) -> Result<Vec<String>, StoreError> {
     let needle = user.to_lowercase();
+    let reader = store.reader()?;
     let mut found = BTreeSet::new();
-    for version in store.versions(source, RecordKind::Account, "")? {
-        let record = &version.entry["record"];
-        let matches = version.external_id == user
-            || record["username"].as_str() == Some(user)
-            || record["canonical_email"].as_str() == Some(needle.as_str());
-        if matches {
+    for version in reader.versions(source, RecordKind::Account, "")? {
+        let version = version?;
+        if version.external_id == user {
+            found.insert(version.external_id);
+            continue;
+        }
+        let Ok(entry) = version.parse() else { continue };
+        let record = &entry.record;
+        if record["username"].as_str() == Some(user)
+            || record["canonical_email"].as_str() == Some(needle.as_str())
+        {
             found.insert(version.external_id);
         }
     }
     Ok(found.into_iter().collect())
 }
 
-/// Everything that happened to one account across the stored complete runs.
-pub fn timeline(store: &Store, source: &str, uid: &str) -> Result<Timeline, StoreError> {
-    let history = AccountHistory::load(store, source, uid)?;
-    let runs = store.complete_runs(source)?;
+/// Everything that happened to one account across the stored complete runs, judged by the
+/// source's change rule (its `ignore_fields` included).
+pub fn timeline(store: &Store, source: &SourceConfig, uid: &str) -> Result<Timeline, StoreError> {
+    let reader = store.reader()?;
+    let history = AccountHistory::load(&reader, &source.name, uid)?;
+    let rule = ChangeRule::new(&source.ignore_fields);
+    let runs = store.complete_runs(&source.name)?;
     let mut usernames = BTreeSet::new();
     let mut events = Vec::new();
     let mut ever_seen = false;
-    let mut previous: Option<(&RunRecord, Snapshot)> = None;
     let mut last_active: Option<LastActive> = None;
-    for run in &runs {
-        let snapshot = history.snapshot_at(&run.run_id);
-        if let Some(account) = snapshot.accounts.get(uid) {
-            usernames.insert(account.record.username.clone());
+    for (index, run) in runs.iter().enumerate() {
+        let account = history.account_at(&run.run_id);
+        if let Some(account) = account {
+            usernames.insert(account.username.clone());
         }
-        let empty = Snapshot::default();
-        let (from_run, from_snapshot) = match &previous {
-            Some((run, snapshot)) => (*run, snapshot),
-            None => (run, &empty),
+        let from = run
+            .previous_run
+            .as_ref()
+            .and_then(|id| runs[..index].iter().find(|r| &r.run_id == id));
+        let event = |kind, reason: Option<&str>, username: &str| TimelineEvent {
+            run_id: run.run_id.clone(),
+            detected_at: run.finished_at,
+            event: kind,
+            reason: reason.map(str::to_string),
+            username: username.to_string(),
+            changes: Vec::new(),
+            groups_added: Vec::new(),
+            groups_removed: Vec::new(),
+            groups: Vec::new(),
+            privilege_escalation: false,
         };
-        let result = diff(&DiffInput {
-            source,
-            from: Side {
-                run_id: &from_run.run_id,
-                finished_at: from_run.finished_at,
-                snapshot: from_snapshot,
-            },
-            to: Side {
-                run_id: &run.run_id,
-                finished_at: run.finished_at,
-                snapshot: &snapshot,
-            },
-            last_active: &last_active
-                .clone()
-                .map(|found| BTreeMap::from([(uid.to_string(), found)]))
-                .unwrap_or_default(),
-            ignore_fields: &[],
-        });
-        events.extend(timeline_events(&result, run, &mut ever_seen));
-        if let Some(active) = history.active_at(run, &snapshot) {
+        match from {
+            None => {
+                if let Some(account) = account {
+                    ever_seen = true;
+                    events.push(TimelineEvent {
+                        groups: history.group_refs_at(&run.run_id),
+                        ..event(TimelineKind::Baseline, None, &account.username)
+                    });
+                }
+            }
+            Some(from) => {
+                let result =
+                    diff(&history.diff_input(&source.name, &rule, from, run, last_active.clone()));
+                for joiner in &result.joiners {
+                    let kind = if ever_seen {
+                        TimelineKind::Rejoined
+                    } else {
+                        TimelineKind::Joined
+                    };
+                    events.push(TimelineEvent {
+                        groups: joiner.groups.clone(),
+                        changes: joiner.changes.clone(),
+                        groups_added: joiner.groups_added.clone(),
+                        groups_removed: joiner.groups_removed.clone(),
+                        privilege_escalation: joiner.privilege_escalation,
+                        ..event(kind, Some(joiner.reason.as_str()), &joiner.username)
+                    });
+                }
+                for mover in &result.movers {
+                    events.push(TimelineEvent {
+                        changes: mover.changes.clone(),
+                        groups_added: mover.groups_added.clone(),
+                        groups_removed: mover.groups_removed.clone(),
+                        privilege_escalation: mover.privilege_escalation,
+                        ..event(TimelineKind::Moved, None, &mover.username)
+                    });
+                }
+                for leaver in &result.leavers {
+                    events.push(TimelineEvent {
+                        groups: leaver.groups_at_departure.clone(),
+                        changes: leaver.changes.clone(),
+                        ..event(
+                            TimelineKind::Left,
+                            Some(leaver.reason.as_str()),
+                            &leaver.username,
+                        )
+                    });
+                }
+                for purge in &result.purged {
+                    events.push(event(
+                        TimelineKind::Purged,
+                        Some("deleted"),
+                        &purge.username,
+                    ));
+                }
+                if account.is_some() {
+                    ever_seen = true;
+                }
+            }
+        }
+        if let Some(active) = history.active_at(run) {
             last_active = Some(active);
         }
-        previous = Some((run, snapshot));
     }
     Ok(Timeline {
-        source: source.to_string(),
+        source: source.name.clone(),
         external_id: uid.to_string(),
         usernames: usernames.into_iter().collect(),
         events,
     })
-}
-
-fn timeline_events(
-    result: &DirectoryDiff,
-    run: &RunRecord,
-    ever_seen: &mut bool,
-) -> Vec<TimelineEvent> {
-    let event = |kind, reason: Option<String>, username: &str| TimelineEvent {
-        run_id: run.run_id.clone(),
-        detected_at: run.finished_at,
-        event: kind,
-        reason,
-        username: username.to_string(),
-        changes: Vec::new(),
-        groups_added: Vec::new(),
-        groups_removed: Vec::new(),
-        groups: Vec::new(),
-        privilege_escalation: false,
-    };
-    let mut events = Vec::new();
-    for joiner in &result.joiners {
-        let kind = if *ever_seen {
-            TimelineKind::Rejoined
-        } else {
-            TimelineKind::Joined
-        };
-        *ever_seen = true;
-        events.push(TimelineEvent {
-            groups: joiner.groups.clone(),
-            ..event(
-                kind,
-                Some(joiner.reason.as_str().to_string()),
-                &joiner.username,
-            )
-        });
-    }
-    for mover in &result.movers {
-        events.push(TimelineEvent {
-            changes: mover.changes.clone(),
-            groups_added: mover.groups_added.clone(),
-            groups_removed: mover.groups_removed.clone(),
-            privilege_escalation: mover.privilege_escalation,
-            ..event(TimelineKind::Moved, None, &mover.username)
-        });
-    }
-    for leaver in &result.leavers {
-        let reason = Some(leaver.reason.as_str().to_string());
-        events.push(TimelineEvent {
-            groups: leaver.groups_at_departure.clone(),
-            ..event(TimelineKind::Left, reason, &leaver.username)
-        });
-    }
-    events
 }

@@ -1,6 +1,6 @@
 //! The CEL filter of a source: an expression over each account's raw Authentik object, as
 //! `payload.<field>`, that keeps the accounts for which it is true. Memberships of accounts
-//! it drops are dropped too. Groups are kept whole: `payload.type == 'internal'` means
+//! it drops are dropped too (see [`crate::collect`]). Groups are kept whole: `payload.type == 'internal'` means
 //! nothing for a group (Openlane applies one filter to every kind, and it fails on all of
 //! them); filters per record kind are a later addition.
 //!
@@ -8,8 +8,6 @@
 //! `payload`, and give a boolean for a typical user object.
 
 use serde_json::{json, Value};
-
-use crate::normalize::Snapshot;
 
 const VARIABLE: &str = "payload";
 
@@ -70,31 +68,16 @@ impl RecordFilter {
         }
     }
 
-    /// Drops the accounts the filter rejects, and their memberships. A record the
-    /// expression cannot be evaluated on is an error: keeping or dropping it silently would
-    /// both misstate the directory.
-    pub fn apply(&self, snapshot: &mut Snapshot) -> Result<(), String> {
-        let mut rejected = Vec::new();
-        for (uid, entry) in &snapshot.accounts {
-            let keep = self.matches(&entry.payload).map_err(|reason| {
-                format!(
-                    "the filter {:?} cannot be evaluated on user {} ({reason}); guard optional fields with has(), e.g. has(payload.type) && payload.type == 'internal'",
-                    self.expression, entry.record.username
-                )
-            })?;
-            if !keep {
-                rejected.push(uid.clone());
-            }
-        }
-        for uid in &rejected {
-            snapshot.accounts.remove(uid);
-        }
-        snapshot.memberships.retain(|_, membership| {
-            snapshot
-                .accounts
-                .contains_key(&membership.record.account_external_id)
-        });
-        Ok(())
+    /// Whether the account of a raw user object is kept. A record the expression cannot be
+    /// evaluated on is an error: keeping or dropping it silently would both misstate the
+    /// directory.
+    pub fn keeps(&self, raw_user: &Value, username: &str) -> Result<bool, String> {
+        self.matches(raw_user).map_err(|reason| {
+            format!(
+                "the filter {:?} cannot be evaluated on user {username} ({reason}); guard optional fields with has(), e.g. has(payload.type) && payload.type == 'internal'",
+                self.expression
+            )
+        })
     }
 }
 
@@ -122,7 +105,6 @@ fn typical_user() -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::normalize::normalize;
 
     #[test]
     fn typos_are_rejected_at_compile_time() {
@@ -144,33 +126,21 @@ mod tests {
     }
 
     #[test]
-    fn rejected_accounts_take_their_memberships_along() {
-        let users = vec![
-            json!({"pk": 1, "username": "a", "uid": "u1", "type": "internal", "groups": ["g"]}),
-            json!({"pk": 2, "username": "b", "uid": "u2", "type": "external", "groups": ["g"]}),
-        ];
-        let groups = vec![json!({"pk": "g", "name": "G", "users": [1, 2]})];
-        let mut snapshot = normalize(users, Some(groups), false).unwrap();
-        RecordFilter::compile("payload.type == 'internal'")
-            .unwrap()
-            .apply(&mut snapshot)
-            .unwrap();
-        assert_eq!(snapshot.accounts.keys().collect::<Vec<_>>(), vec!["u1"]);
-        assert_eq!(
-            snapshot.memberships.keys().collect::<Vec<_>>(),
-            vec!["u1:g"]
-        );
-        assert_eq!(snapshot.groups.len(), 1);
+    fn accounts_are_kept_by_their_raw_object() {
+        let filter = RecordFilter::compile("payload.type == 'internal'").unwrap();
+        let internal = json!({"pk": 1, "username": "a", "uid": "u1", "type": "internal"});
+        let external = json!({"pk": 2, "username": "b", "uid": "u2", "type": "external"});
+        assert!(filter.keeps(&internal, "a").unwrap());
+        assert!(!filter.keeps(&external, "b").unwrap());
     }
 
     #[test]
     fn a_record_the_filter_cannot_read_fails_loudly() {
-        let users = vec![json!({"pk": 1, "username": "old", "uid": "u1"})];
-        let mut snapshot = normalize(users, None, false).unwrap();
+        let old = json!({"pk": 1, "username": "old", "uid": "u1"});
         let error = RecordFilter::compile("payload.type == 'internal'")
             .unwrap()
-            .apply(&mut snapshot)
+            .keeps(&old, "old")
             .unwrap_err();
-        assert!(error.contains("has("), "{error}");
+        assert!(error.contains("has(") && error.contains("old"), "{error}");
     }
 }

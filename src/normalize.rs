@@ -1,17 +1,27 @@
-//! Turns raw Authentik users and groups into the normalized directory records
-//! (`DirectoryAccount`, `DirectoryGroup`, `DirectoryMembership`) of one [`Snapshot`], and
-//! checks that the memberships refer only to records of the same snapshot.
-
-use std::collections::{BTreeMap, BTreeSet};
+//! Turns one raw Authentik user or group into its normalized directory record
+//! (`DirectoryAccount`, `DirectoryGroup`; memberships are `DirectoryMembership`), and strips
+//! the raw object down to the payload that is kept beside it. The checks that span records
+//! (references, the two membership views) are in [`crate::collect`].
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::authentik::model::{Group, User};
 
-/// Keys dropped from the raw payload before it is kept: `avatar` can be a multi-kilobyte
-/// data URI and says nothing about identity.
-const DROPPED_PAYLOAD_KEYS: [&str; 1] = ["avatar"];
+/// Keys dropped from the raw payload before it is kept. `avatar` can be a multi-kilobyte
+/// data URI and says nothing about identity; the membership lists (`groups` of a user,
+/// `users` and `children` of a group) live in membership and group records, not in every
+/// payload; the timestamps that move with every login are volatile. Keys ending in `_obj`
+/// are expansions of id lists that are kept, and would copy other records into this one.
+const DROPPED_PAYLOAD_KEYS: [&str; 7] = [
+    "avatar",
+    "groups",
+    "users",
+    "children",
+    "last_login",
+    "last_updated",
+    "password_change_date",
+];
 
 /// Before 2023.8 users had no `type`; service accounts carried this attribute instead.
 const LEGACY_SERVICE_ACCOUNT_ATTRIBUTE: &str = "goauthentik.io/user/service-account";
@@ -77,6 +87,8 @@ pub struct DirectoryGroup {
     pub is_superuser: bool,
     pub parents: Vec<String>,
     pub metadata: Map<String, Value>,
+    /// Volatile: not part of a stored version (see [`crate::record`]).
+    #[serde(default)]
     pub member_count: u64,
 }
 
@@ -104,22 +116,6 @@ impl DirectoryMembership {
     }
 }
 
-/// A normalized record together with the raw Authentik object it came from (without the
-/// dropped keys). Memberships have no raw object; their payload is `null`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Entry<R> {
-    pub record: R,
-    pub payload: Value,
-}
-
-/// One complete directory as seen by one run, keyed by external id.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Snapshot {
-    pub accounts: BTreeMap<String, Entry<DirectoryAccount>>,
-    pub groups: BTreeMap<String, Entry<DirectoryGroup>>,
-    pub memberships: BTreeMap<String, Entry<DirectoryMembership>>,
-}
-
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum NormalizeError {
     #[error("{kind} record {pk} could not be read: {reason}")]
@@ -132,110 +128,28 @@ pub enum NormalizeError {
     Dangling(String),
 }
 
-/// Builds the snapshot. `groups` is `None` when group sync is disabled: then neither groups
-/// nor memberships are kept.
-pub fn normalize(
-    users: Vec<Value>,
-    groups: Option<Vec<Value>>,
-    primary_directory: bool,
-) -> Result<Snapshot, NormalizeError> {
-    let mut snapshot = Snapshot::default();
-    let mut uid_by_pk = BTreeMap::new();
-    let mut memberships_from_users = BTreeSet::new();
-    for raw in users {
-        let user = User::deserialize(&raw).map_err(|error| record_error("user", &raw, error))?;
-        uid_by_pk.insert(user.pk, user.uid.clone());
-        for group in &user.groups {
-            memberships_from_users.insert((user.uid.clone(), group.clone()));
-        }
-        let record = account(&user, primary_directory);
-        snapshot.accounts.insert(
-            record.external_id.clone(),
-            Entry {
-                record,
-                payload: strip_payload(raw),
-            },
-        );
-    }
-    let Some(groups) = groups else {
-        return Ok(snapshot);
-    };
-    let mut memberships_from_groups = Some(BTreeSet::new());
-    for raw in groups {
-        let group = Group::deserialize(&raw).map_err(|error| record_error("group", &raw, error))?;
-        match (&group.users, memberships_from_groups.as_mut()) {
-            (Some(members), Some(pairs)) => {
-                for pk in members {
-                    let uid = uid_by_pk.get(pk).ok_or_else(|| {
-                        NormalizeError::Dangling(format!(
-                            "group {} lists user pk {pk}, which is not in the users listing",
-                            group.pk
-                        ))
-                    })?;
-                    pairs.insert((uid.clone(), group.pk.clone()));
-                }
-            }
-            // A server that omits `users` gives no second view to compare with.
-            _ => memberships_from_groups = None,
-        }
-        let record = DirectoryGroup {
-            external_id: group.pk.clone(),
-            display_name: group.name.clone(),
-            is_superuser: group.is_superuser,
-            parents: group.parent_ids(),
-            metadata: group.attributes.clone().unwrap_or_default(),
-            member_count: group.users.as_ref().map_or(0, |users| users.len() as u64),
-        };
-        snapshot.groups.insert(
-            record.external_id.clone(),
-            Entry {
-                record,
-                payload: strip_payload(raw),
-            },
-        );
-    }
-    if let Some(from_groups) = memberships_from_groups {
-        if from_groups != memberships_from_users {
-            let differing = from_groups
-                .symmetric_difference(&memberships_from_users)
-                .count();
-            return Err(NormalizeError::Dangling(format!(
-                "users' and groups' membership lists disagree on {differing} pair(s)"
-            )));
-        }
-    }
-    for group in snapshot.groups.values() {
-        if let Some(parent) = group
-            .record
-            .parents
-            .iter()
-            .find(|parent| !snapshot.groups.contains_key(*parent))
-        {
-            return Err(NormalizeError::Dangling(format!(
-                "group {} has parent {parent}, which is not in the groups listing",
-                group.record.external_id
-            )));
-        }
-    }
-    for (uid, group) in memberships_from_users {
-        if !snapshot.groups.contains_key(&group) {
-            return Err(NormalizeError::Dangling(format!(
-                "user {uid} is a member of group {group}, which is not in the groups listing"
-            )));
-        }
-        let membership = DirectoryMembership::new(&uid, &group);
-        snapshot.memberships.insert(
-            membership.external_id(),
-            Entry {
-                record: membership,
-                payload: Value::Null,
-            },
-        );
-    }
-    Ok(snapshot)
+/// Reads a raw user; the error names its pk.
+pub fn read_user(raw: &Value) -> Result<User, NormalizeError> {
+    User::deserialize(raw).map_err(|error| record_error("user", raw, error))
 }
 
-fn account(user: &User, primary_directory: bool) -> DirectoryAccount {
+/// Reads a raw group; the error names its pk.
+pub fn read_group(raw: &Value) -> Result<Group, NormalizeError> {
+    Group::deserialize(raw).map_err(|error| record_error("group", raw, error))
+}
+
+pub fn group_record(group: &Group) -> DirectoryGroup {
+    DirectoryGroup {
+        external_id: group.pk.clone(),
+        display_name: group.name.clone(),
+        is_superuser: group.is_superuser,
+        parents: group.parent_ids(),
+        metadata: group.attributes.clone().unwrap_or_default(),
+        member_count: group.users.as_ref().map_or(0, |users| users.len() as u64),
+    }
+}
+
+pub fn account(user: &User, primary_directory: bool) -> DirectoryAccount {
     let name = user.name.as_deref().unwrap_or("").trim();
     let (given_name, family_name) = split_name(name);
     let attributes = user.attributes.clone().unwrap_or_default();
@@ -280,11 +194,13 @@ fn split_name(name: &str) -> (Option<String>, Option<String>) {
     (given, Some(family).filter(|family| !family.is_empty()))
 }
 
-fn strip_payload(mut raw: Value) -> Value {
+/// The raw object as it is kept: without the keys that [`DROPPED_PAYLOAD_KEYS`] and the
+/// `_obj` rule name.
+pub fn stored_payload(mut raw: Value) -> Value {
     if let Some(object) = raw.as_object_mut() {
-        for key in DROPPED_PAYLOAD_KEYS {
-            object.remove(key);
-        }
+        object.retain(|key, _| {
+            !DROPPED_PAYLOAD_KEYS.contains(&key.as_str()) && !key.ends_with("_obj")
+        });
     }
     raw
 }
@@ -304,25 +220,21 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn user(pk: i64, user_type: &str, groups: &[&str]) -> Value {
+    fn user(pk: i64, user_type: &str) -> Value {
         json!({
             "pk": pk, "username": format!("u{pk}"), "name": "Ada Lovelace King",
             "is_active": pk % 2 == 0, "last_login": null, "date_joined": "2026-01-01T00:00:00Z",
-            "is_superuser": false, "groups": groups, "groups_obj": null,
+            "is_superuser": false, "groups": ["g1"], "groups_obj": null,
             "email": "Ada@Example.COM", "avatar": "data:image/svg+xml;base64,AAAA",
             "attributes": {"department": "it"}, "uid": format!("uid{pk}"), "path": "users",
-            "type": user_type, "uuid": format!("uuid-{pk}")
+            "type": user_type, "uuid": format!("uuid-{pk}"), "last_updated": "x",
+            "password_change_date": "y", "roles": ["r1"]
         })
-    }
-
-    fn group(pk: &str, users: &[i64], parents: &[&str]) -> Value {
-        json!({"pk": pk, "num_pk": 1, "name": format!("G {pk}"), "is_superuser": false,
-               "parents": parents, "users": users, "users_obj": null, "attributes": {}})
     }
 
     #[test]
     fn account_types_map_as_documented() {
-        let users = [
+        let types: Vec<AccountType> = [
             "internal",
             "external",
             "service_account",
@@ -330,66 +242,47 @@ mod tests {
             "future_kind",
         ]
         .iter()
-        .enumerate()
-        .map(|(i, kind)| user(i as i64 + 1, kind, &[]))
+        .map(|kind| account(&read_user(&user(1, kind)).unwrap(), true).account_type)
         .collect();
-        let snapshot = normalize(users, None, true).unwrap();
-        let types: Vec<AccountType> = (1..=5)
-            .map(|pk| snapshot.accounts[&format!("uid{pk}")].record.account_type)
-            .collect();
         use AccountType::*;
         assert_eq!(types, vec![User, Guest, Service, Service, User]);
     }
 
     #[test]
-    fn fields_are_normalized_and_avatar_dropped() {
-        let snapshot = normalize(vec![user(2, "internal", &[])], None, true).unwrap();
-        let entry = &snapshot.accounts["uid2"];
-        assert_eq!(
-            entry.record.canonical_email.as_deref(),
-            Some("ada@example.com")
+    fn fields_are_normalized() {
+        let record = account(&read_user(&user(2, "internal")).unwrap(), true);
+        assert_eq!(record.canonical_email.as_deref(), Some("ada@example.com"));
+        assert_eq!(record.given_name.as_deref(), Some("Ada"));
+        assert_eq!(record.family_name.as_deref(), Some("Lovelace King"));
+        assert_eq!(record.status, AccountStatus::Active);
+        assert!(record.primary_source);
+    }
+
+    #[test]
+    fn the_kept_payload_has_no_avatar_memberships_or_login_times() {
+        let payload = stored_payload(user(2, "internal"));
+        for key in [
+            "avatar",
+            "groups",
+            "groups_obj",
+            "last_login",
+            "last_updated",
+            "password_change_date",
+        ] {
+            assert!(payload.get(key).is_none(), "{key}");
+        }
+        assert_eq!(payload["email"], "Ada@Example.COM");
+        assert_eq!(payload["roles"], json!(["r1"]));
+        let group = stored_payload(
+            json!({"pk": "g", "users": [1], "users_obj": [], "children": ["c"],
+                                          "parents": ["p"], "parents_obj": [{}], "name": "G"}),
         );
-        assert_eq!(entry.record.given_name.as_deref(), Some("Ada"));
-        assert_eq!(entry.record.family_name.as_deref(), Some("Lovelace King"));
-        assert_eq!(entry.record.status, AccountStatus::Active);
-        assert!(entry.record.primary_source);
-        assert!(entry.payload.get("avatar").is_none());
-        assert_eq!(entry.payload["email"], "Ada@Example.COM");
+        assert_eq!(group, json!({"pk": "g", "parents": ["p"], "name": "G"}));
     }
 
     #[test]
-    fn memberships_come_from_both_sides_and_must_agree() {
-        let users = vec![
-            user(1, "internal", &["g1"]),
-            user(2, "internal", &["g1", "g2"]),
-        ];
-        let groups = vec![group("g1", &[1, 2], &[]), group("g2", &[2], &["g1"])];
-        let snapshot = normalize(users.clone(), Some(groups), false).unwrap();
-        assert_eq!(
-            snapshot.memberships.keys().cloned().collect::<Vec<_>>(),
-            vec!["uid1:g1", "uid2:g1", "uid2:g2"]
-        );
-        assert_eq!(snapshot.groups["g2"].record.parents, vec!["g1".to_string()]);
-        assert_eq!(snapshot.groups["g1"].record.member_count, 2);
-
-        let disagreeing = vec![group("g1", &[1], &[]), group("g2", &[2], &["g1"])];
-        assert!(normalize(users, Some(disagreeing), false).is_err());
-    }
-
-    #[test]
-    fn references_to_unknown_records_are_errors() {
-        let users = vec![user(1, "internal", &["missing"])];
-        assert!(normalize(users, Some(vec![group("g1", &[], &[])]), false).is_err());
-        let users = vec![user(1, "internal", &[])];
-        assert!(normalize(users, Some(vec![group("g1", &[1], &[])]), false).is_err());
-        let users = vec![user(1, "internal", &[])];
-        assert!(normalize(users, Some(vec![group("g1", &[], &["nope"])]), false).is_err());
-    }
-
-    #[test]
-    fn group_sync_off_keeps_only_accounts() {
-        let snapshot = normalize(vec![user(1, "internal", &["g1"])], None, false).unwrap();
-        assert!(snapshot.groups.is_empty() && snapshot.memberships.is_empty());
-        assert_eq!(snapshot.accounts.len(), 1);
+    fn a_record_that_does_not_parse_names_its_pk() {
+        let error = read_user(&json!({"pk": 7, "username": 3})).unwrap_err();
+        assert!(error.to_string().contains("user record 7"), "{error}");
     }
 }

@@ -3,6 +3,7 @@
 //! counts, duration and joiners/movers/leavers. Callers take the lock their own way (the
 //! daemon skips a busy source, the CLI waits) and only print or schedule around this.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -14,11 +15,13 @@ use crate::config::{Config, SourceConfig};
 use crate::diff::DirectoryDiff;
 use crate::run_lock::RunLock;
 use crate::store::{RunRecord, RunStatus, Store, StoreError};
-use crate::sync::{sync_source, SyncedRun, STORE_WAIT};
+use crate::sync::{sync_source, SyncedRun};
 
 /// What a run needs besides its source.
 pub struct RunContext<'a> {
     pub config: &'a Config,
+    /// The database, opened once per process.
+    pub store: &'a Arc<Store>,
     pub clock: &'a dyn Clock,
     /// Called as pages arrive; the daemon passes [`no_progress`].
     pub progress: ProgressFn<'a>,
@@ -40,6 +43,7 @@ pub async fn run_source(
     let synced = sync_source(
         context.config,
         source,
+        context.store,
         context.clock,
         context.progress,
         context.cancel,
@@ -61,18 +65,15 @@ fn write_run_reports(
     run: &RunRecord,
     diff: &DirectoryDiff,
 ) {
-    let written = Store::open(&context.config.database_path(), STORE_WAIT)
-        .map_err(artifacts::ArtifactError::from)
-        .and_then(|store| {
-            Ok(run_report(
-                &store,
-                source,
-                run,
-                diff.clone(),
-                context.clock.now(),
-            )?)
-        })
-        .and_then(|report| write_reports(context.config, &report));
+    let written = run_report(
+        context.store,
+        source,
+        run,
+        diff.clone(),
+        context.clock.now(),
+    )
+    .map_err(artifacts::ArtifactError::from)
+    .and_then(|report| write_reports(context.config, &report));
     if let Err(error) = written {
         tracing::warn!(
             source = %source.name,

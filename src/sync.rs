@@ -1,23 +1,35 @@
-//! One sync run of one source: fetch the whole directory, normalize it, verify that it is
-//! complete and consistent, and store it as a run. Every fault ends as a failed run with its
-//! error; a partial directory is never stored, and so never becomes leavers or envelopes.
+//! One sync run of one source, as one pass over the data:
+//! fetch → normalize → filter → spool ([`crate::collect`]) → plan against the stored state
+//! ([`crate::plan`]: store writes, envelopes and the diff from one classification) → commit.
+//!
+//! Every fault ends as a failed run with its error; a partial directory is never stored, and
+//! so never becomes leavers or envelopes. The run records the source's latest complete run
+//! when it starts and commits only if that is still the latest, so two runs of one source can
+//! never commit history backwards.
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::artifacts::{change_counts, write_envelopes};
 use crate::authentik::client::ProgressFn;
 use crate::authentik::{AuthentikClient, ClientError, ListKind, RetryPolicy};
 use crate::clock::Clock;
+use crate::collect::{CollectError, Collected, Collector};
 use crate::config::{Config, SourceConfig};
-use crate::diff::DirectoryDiff;
-use crate::envelope::envelope_path;
-use crate::evidence::{self, RunSnapshot};
+use crate::diff::{diff, DirectoryDiff, RunRef};
+use crate::envelope::{envelope_path, EnvelopeContext, EnvelopeWriter};
+use crate::evidence;
 use crate::filter::RecordFilter;
 use crate::health::{health_record, reason_code};
-use crate::normalize::{normalize, NormalizeError, Snapshot};
-use crate::store::{DeliveryState, RunOutcome, RunRecord, Store, StoreError};
+use crate::plan::{plan_sync, PlanError, Planned, Planner, Sinks};
+use crate::record::ChangeRule;
+use crate::store::ops::OpWriter;
+use crate::store::{
+    ChangeCounts, CommitPlan, Counts, DeliveryState, RunOutcome, RunRecord, RunStatus, Store,
+    StoreError,
+};
 
 /// How long a command waits for another process that holds the database.
 pub const STORE_WAIT: Duration = Duration::from_secs(10);
@@ -29,9 +41,11 @@ enum FetchError {
     #[error(transparent)]
     Client(#[from] ClientError),
     #[error("the directory changed during the run: {0}")]
-    Normalize(#[from] NormalizeError),
+    Collect(CollectError),
     #[error("{0}")]
     Filter(String),
+    #[error(transparent)]
+    Spool(std::io::Error),
     #[error("the token's own user `{0}` is not in the users listing, so the token sees only part of the directory (object-level permissions): give its user a role with authentik_core.view_user and view_group")]
     PartialVisibility(String),
     #[error("the run did not finish within {}s: raise `sources.{source_name}.run_timeout_secs` if reading the directory takes that long, or check the server", limit.as_secs())]
@@ -43,13 +57,17 @@ enum FetchError {
     Cancelled,
 }
 
-impl FetchError {
-    /// The error as the run records it: bounded, because it may quote what the server sent
-    /// (a record's pk, a value serde could not read).
-    fn message(&self) -> String {
-        crate::display::truncate(&self.to_string(), MAX_ERROR_CHARS).into_owned()
+impl From<CollectError> for FetchError {
+    fn from(error: CollectError) -> FetchError {
+        match error {
+            CollectError::Filter(reason) => FetchError::Filter(reason),
+            CollectError::Io(error) => FetchError::Spool(error),
+            other => FetchError::Collect(other),
+        }
     }
+}
 
+impl FetchError {
     /// What this failure says about the source's health, if anything: a listing that moved
     /// or a filter that failed says nothing about the connection.
     fn health(&self) -> Option<(&'static str, String)> {
@@ -57,51 +75,58 @@ impl FetchError {
             FetchError::Client(error) => reason_code(error),
             FetchError::PartialVisibility(_) => "partial_visibility",
             FetchError::Deadline { .. } => "timeout",
-            FetchError::Normalize(_) | FetchError::Filter(_) | FetchError::Cancelled => {
-                return None
-            }
+            FetchError::Collect(_)
+            | FetchError::Filter(_)
+            | FetchError::Spool(_)
+            | FetchError::Cancelled => return None,
         };
-        Some((code, self.message()))
+        Some((code, bounded_error(&self.to_string())))
     }
 
     /// A listing that shifted while it was read may be fine on a second read.
     fn is_inconsistency(&self) -> bool {
-        matches!(
-            self,
-            FetchError::Client(ClientError::Inconsistent { .. }) | FetchError::Normalize(_)
-        )
+        match self {
+            FetchError::Client(ClientError::Inconsistent { .. }) => true,
+            FetchError::Collect(error) => error.is_inconsistency(),
+            _ => false,
+        }
     }
 }
 
 struct Fetched {
-    snapshot: Snapshot,
+    collected: Collected,
     authentik_version: String,
     token_user: String,
+}
+
+/// A stored run, and for a complete run its diff against the previous one.
+pub struct SyncedRun {
+    pub run: RunRecord,
+    pub diff: Option<DirectoryDiff>,
 }
 
 /// Runs one sync and records it. Only a failure to record the run is an error; everything
 /// that goes wrong upstream becomes a failed run, and so does a fetch that `cancel` stops:
 /// such a run stores nothing of the directory.
-///
-/// A complete run is compared with the source's previous complete run; its envelope file is
-/// written before the run commits, so a committed run always has its outbox.
 pub async fn sync_source(
     config: &Config,
     source: &SourceConfig,
+    store: &Arc<Store>,
     clock: &dyn Clock,
     progress: ProgressFn<'_>,
     cancel: &CancellationToken,
 ) -> Result<SyncedRun, StoreError> {
-    let database = config.database_path();
     let started_at = clock.now();
-    // Open once up front, so that a corrupt or locked database is reported before a long fetch.
-    drop(Store::open(&database, STORE_WAIT)?);
+    let state = blocking(store, {
+        let name = source.name.clone();
+        move |store| store.source_state(&name)
+    })
+    .await?;
     let fetched = tokio::select! {
-        fetched = fetch_directory(source, progress) => fetched,
+        fetched = fetch_directory(&config.state_dir, source, progress) => fetched,
         () = cancel.cancelled() => Err(FetchError::Cancelled),
     };
-    let store = Store::open(&database, STORE_WAIT)?;
-    let mut outcome = RunOutcome {
+    let outcome = RunOutcome {
         source: source.name.clone(),
         started_at,
         finished_at: clock.now(),
@@ -111,123 +136,250 @@ pub async fn sync_source(
     let fetched = match fetched {
         Ok(fetched) => fetched,
         Err(error) => {
-            let message = error.message();
+            let message = bounded_error(&error.to_string());
             tracing::warn!(source = %source.name, "sync failed: {}", crate::display::escape(&message));
             if let Some(problem) = error.health() {
-                store.put_health(&health_record(&source.name, clock, Err(problem)))?;
+                let health = health_record(&source.name, clock, Err(problem));
+                blocking(store, move |store| store.put_health(&health)).await?;
             }
-            let run = store.commit_failed(outcome, &message)?;
-            return Ok(SyncedRun { run, diff: None });
+            return record_failed(store, outcome, message).await;
         }
     };
-    let seen = (
-        fetched.authentik_version.clone(),
-        fetched.token_user.clone(),
-    );
-    store.put_health(&health_record(&source.name, clock, Ok(seen)))?;
-    outcome.authentik_version = Some(fetched.authentik_version);
-    store_complete(config, source, &store, outcome, &fetched.snapshot)
-}
-
-/// Compares a complete snapshot with the previous run, writes its envelope file and commits
-/// it. A run that cannot write its outbox is recorded as failed.
-fn store_complete(
-    config: &Config,
-    source: &SourceConfig,
-    store: &Store,
-    outcome: RunOutcome,
-    snapshot: &Snapshot,
-) -> Result<SyncedRun, StoreError> {
-    let runs_before = store.complete_runs(&source.name)?;
-    let latest = runs_before.last().cloned();
-    let (previous, baseline_reason) = compared_run(latest.clone(), &outcome.settings_fingerprint);
-    let previous_snapshot = match &previous {
-        Some(run) => store.snapshot(run)?,
-        None => Snapshot::default(),
-    };
-    let mut diff = evidence::compare(
-        store,
+    let health = health_record(
         &source.name,
-        &source.ignore_fields,
-        previous.as_ref().map(|run| RunSnapshot {
-            run_id: &run.run_id,
-            finished_at: run.finished_at,
-            snapshot: &previous_snapshot,
-        }),
-        RunSnapshot {
-            // The id is given at commit.
-            run_id: "",
-            finished_at: outcome.finished_at,
-            snapshot,
-        },
-        &runs_before,
-    )?;
-    // The envelope file of a run that then fails to commit must not stay behind as the
-    // outbox of a run that does not exist.
-    let mut written_envelopes = None;
-    let committed = store.commit_complete(
-        outcome.clone(),
-        snapshot,
-        latest.as_ref().map(|run| run.run_id.as_str()),
-        |record| {
-            record.previous_run = previous.as_ref().map(|run| run.run_id.clone());
-            record.baseline_reason = baseline_reason;
-            written_envelopes = Some(envelope_path(
-                &config.state_dir,
-                &source.name,
-                &record.run_id,
-            ));
-            let summary = write_envelopes(
-                &config.state_dir,
-                source,
-                record,
-                &previous_snapshot,
-                snapshot,
-            )
-            .map_err(|error| error.to_string())?;
-            if config.output.webhook.is_some() && summary.lines > 0 {
-                record.delivery = Some(DeliveryState::pending());
-            }
-            record.envelopes = Some(summary);
-            record.changes = Some(change_counts(&diff));
-            Ok(())
-        },
+        clock,
+        Ok((
+            fetched.authentik_version.clone(),
+            fetched.token_user.clone(),
+        )),
     );
-    let run = match committed {
-        Ok(run) => run,
-        Err(error) => {
-            if let Some(path) = written_envelopes {
-                remove_orphan(&path);
-            }
-            let reason = match error {
-                StoreError::Aborted(reason) => reason,
-                // Another process's newer run is a reason to run again, not a failure.
-                StoreError::Conflict { .. } => return Err(error),
-                other => format!("the run could not be stored: {other}"),
-            };
-            tracing::warn!(source = %source.name, "run not stored: {reason}");
-            // After an I/O error redb wants the database opened afresh. Recording the failure
-            // may still fail for the same reason (a full disk); then that error is what the
-            // caller sees.
-            let run = Store::open(store.path(), STORE_WAIT)?.commit_failed(outcome, &reason)?;
-            return Ok(SyncedRun { run, diff: None });
-        }
+    blocking(store, move |store| store.put_health(&health)).await?;
+    let outcome = RunOutcome {
+        authentik_version: Some(fetched.authentik_version.clone()),
+        ..outcome
     };
-    diff.to_run = run.run_id.clone();
-    Ok(SyncedRun {
-        run,
-        diff: Some(diff),
-    })
+    let job = CompleteRun {
+        state_dir: config.state_dir.clone(),
+        source: source.clone(),
+        webhook: config.output.webhook.is_some(),
+        outcome,
+        latest: state.latest_complete,
+        collected: fetched.collected,
+    };
+    match blocking(store, move |store| job.store(store)).await {
+        Ok(synced) => Ok(synced),
+        Err(Rejected::Store(error)) => Err(error),
+        Err(Rejected::Failed(outcome, reason)) => {
+            let reason = bounded_error(&reason);
+            tracing::warn!(source = %source.name, "run not stored: {}", crate::display::escape(&reason));
+            record_failed(store, outcome, reason).await
+        }
+    }
 }
 
-fn remove_orphan(path: &std::path::Path) {
+/// The error as a failed run records it: bounded, because it may quote what the server sent
+/// (a record's pk, a value serde could not read).
+fn bounded_error(message: &str) -> String {
+    crate::display::truncate(message, MAX_ERROR_CHARS).into_owned()
+}
+
+async fn record_failed(
+    store: &Arc<Store>,
+    outcome: RunOutcome,
+    error: String,
+) -> Result<SyncedRun, StoreError> {
+    let run = blocking(store, move |store| {
+        store
+            .commit_failed(outcome.clone(), &error)
+            .or_else(|first| {
+                // After an I/O error (a full disk) redb wants the database opened afresh. If that
+                // fails too, the first error is what the caller sees.
+                Store::open(store.path(), STORE_WAIT)
+                    .and_then(|fresh| fresh.commit_failed(outcome, &error))
+                    .map_err(|_| first)
+            })
+    })
+    .await?;
+    Ok(SyncedRun { run, diff: None })
+}
+
+/// Runs blocking store work off the async executor.
+async fn blocking<T, E>(
+    store: &Arc<Store>,
+    work: impl FnOnce(&Store) -> Result<T, E> + Send + 'static,
+) -> Result<T, E>
+where
+    T: Send + 'static,
+    E: From<StoreError> + Send + 'static,
+{
+    let store = Arc::clone(store);
+    tokio::task::spawn_blocking(move || work(&store))
+        .await
+        .unwrap_or_else(|join| {
+            Err(E::from(StoreError::Aborted(format!(
+                "the run's storage task failed: {join}"
+            ))))
+        })
+}
+
+/// Why a complete fetch was not stored as a complete run.
+pub(crate) enum Rejected {
+    /// Recording anything failed.
+    Store(StoreError),
+    /// The run is recorded as failed with this reason.
+    Failed(RunOutcome, String),
+}
+
+impl From<StoreError> for Rejected {
+    fn from(error: StoreError) -> Rejected {
+        Rejected::Store(error)
+    }
+}
+
+/// A complete fetch on its way into the store.
+pub(crate) struct CompleteRun {
+    pub state_dir: std::path::PathBuf,
+    pub source: SourceConfig,
+    pub webhook: bool,
+    pub outcome: RunOutcome,
+    /// The source's latest complete run when the run started.
+    pub latest: Option<RunRecord>,
+    pub collected: Collected,
+}
+
+impl CompleteRun {
+    /// Plans against the latest complete run, writes the envelope file into place and commits.
+    /// A run that cannot write its outbox, or that another run overtook, is recorded as failed.
+    pub(crate) fn store(self, store: &Store) -> Result<SyncedRun, Rejected> {
+        let source = &self.source;
+        let (previous, baseline_reason) =
+            compared_run(self.latest.clone(), &self.outcome.settings_fingerprint);
+        let run_id = store.new_run_id(&source.name, self.outcome.started_at)?;
+        let fail = |reason: String| Rejected::Failed(self.outcome.clone(), reason);
+        let planned = self
+            .plan(store, &run_id, previous.as_ref(), baseline_reason.clone())
+            .map_err(|error| match error {
+                PlanError::Store(error) => Rejected::Store(error),
+                other => fail(other.to_string()),
+            })?;
+        let diff = diff(&planned.input);
+        let ops = planned.ops.expect("a sync plans store writes");
+        let envelopes = planned.envelopes.expect("a sync writes envelopes");
+        let counts = Counts {
+            accounts: self.collected.accounts.items().len() as u64,
+            groups: self.collected.groups.items().len() as u64,
+            memberships: self.collected.memberships.len() as u64,
+        };
+        let mut record = self.outcome.clone().into_record(
+            run_id,
+            RunStatus::Complete,
+            None,
+            counts,
+            ops.counts().versions,
+        );
+        record.previous_run = previous.as_ref().map(|run| run.run_id.clone());
+        record.baseline_reason = baseline_reason;
+        record.changes = Some(change_counts(&diff));
+        if self.webhook && envelopes.summary.lines > 0 {
+            record.delivery = Some(DeliveryState::pending());
+        }
+        record.envelopes = Some(envelopes.summary.clone());
+        // The outbox exists before the run does; it goes again if the run is not stored.
+        let path = envelopes
+            .persist()
+            .map_err(|error| fail(format!("cannot write the envelope file: {error}")))?;
+        let committed = store.commit_complete(CommitPlan {
+            record,
+            expected_latest: self.latest.as_ref().map(|run| run.run_id.clone()),
+            reset: previous.is_none(),
+            ops,
+        });
+        match committed {
+            Ok(run) => Ok(SyncedRun {
+                run,
+                diff: Some(diff),
+            }),
+            Err(error) => {
+                remove_orphan(&path);
+                match error {
+                    StoreError::Conflict { .. } => Err(fail(error.to_string())),
+                    other => Err(fail(format!("the run could not be stored: {other}"))),
+                }
+            }
+        }
+    }
+
+    fn plan(
+        &self,
+        store: &Store,
+        run_id: &str,
+        previous: Option<&RunRecord>,
+        baseline_reason: Option<String>,
+    ) -> Result<Planned, PlanError> {
+        let source = &self.source;
+        let context = EnvelopeContext {
+            source: &source.name,
+            run_id,
+            observed_at: self.outcome.finished_at,
+            primary_directory: source.primary_directory,
+        };
+        let sinks = Sinks {
+            ops: Some(OpWriter::new(&self.state_dir)?),
+            envelopes: Some(EnvelopeWriter::create(&envelope_path(
+                &self.state_dir,
+                &source.name,
+                run_id,
+            ))?),
+        };
+        let mut planner = Planner::new(
+            ChangeRule::new(&source.ignore_fields),
+            context,
+            previous.map(|run| RunRef {
+                run_id: run.run_id.clone(),
+                finished_at: run.finished_at,
+            }),
+            RunRef {
+                run_id: run_id.to_string(),
+                finished_at: self.outcome.finished_at,
+            },
+            baseline_reason,
+            sinks,
+        );
+        let reader = store.reader()?;
+        plan_sync(&reader, &source.name, &self.collected, &mut planner)?;
+        let mut planned = planner.finish()?;
+        // Accounts purged now left in an earlier run: the history says when.
+        let uids = planned.input.history_needed(true);
+        if !uids.is_empty() {
+            let runs = store.complete_runs(&source.name)?;
+            planned.input.last_active = evidence::last_active(&reader, &source.name, &uids, &runs)?;
+        }
+        Ok(planned)
+    }
+}
+
+fn remove_orphan(path: &Path) {
     match std::fs::remove_file(path) {
         Ok(()) => {}
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
         Err(error) => tracing::warn!(
             "cannot remove {} of a run that was not stored: {error}",
-            path.display()
+            crate::display::escape(&path.display().to_string())
         ),
+    }
+}
+
+pub fn change_counts(diff: &DirectoryDiff) -> ChangeCounts {
+    ChangeCounts {
+        joiners: diff.joiners.len() as u64,
+        movers: diff.movers.len() as u64,
+        leavers: diff.leavers.len() as u64,
+        purged: diff.purged.len() as u64,
+        escalations: diff.escalations() as u64,
+        groups_changed: (diff.groups.created.len()
+            + diff.groups.deleted.len()
+            + diff.groups.changed.len()) as u64,
+        memberships_changed: (diff.memberships.added.len() + diff.memberships.removed.len()) as u64,
     }
 }
 
@@ -242,7 +394,7 @@ fn compared_run(
     match latest {
         Some(run) if run.settings_fingerprint != fingerprint => {
             let reason = format!(
-                "the settings that shape the data (filter, group sync, primary directory) changed since run {}, so this run starts a new baseline",
+                "the settings that shape the data (filter, group sync, primary directory, ignore_fields) changed since run {}, so this run starts a new baseline",
                 run.run_id
             );
             (None, Some(reason))
@@ -251,20 +403,21 @@ fn compared_run(
     }
 }
 
-/// A stored run, and for a complete run its diff against the previous one.
-pub struct SyncedRun {
-    pub run: RunRecord,
-    pub diff: Option<DirectoryDiff>,
-}
-
 /// The whole directory, within the source's run deadline whatever the server does.
 async fn fetch_directory(
+    state_dir: &Path,
     source: &SourceConfig,
     progress: ProgressFn<'_>,
 ) -> Result<Fetched, FetchError> {
     let fetch = async {
         let client = AuthentikClient::new(source, RetryPolicy::default())?;
-        match fetch_once(source, &client, progress).await {
+        let filter = source
+            .filter
+            .as_deref()
+            .map(RecordFilter::compile)
+            .transpose()
+            .map_err(FetchError::Filter)?;
+        match fetch_once(state_dir, source, &client, filter.as_ref(), progress).await {
             Err(error) if error.is_inconsistency() => {
                 // A live directory changes; one more read is the normal remedy.
                 tracing::info!(
@@ -272,7 +425,7 @@ async fn fetch_directory(
                     "re-reading the directory once: {}",
                     crate::display::escape(&error.to_string())
                 );
-                fetch_once(source, &client, progress).await
+                fetch_once(state_dir, source, &client, filter.as_ref(), progress).await
             }
             result => result,
         }
@@ -288,34 +441,32 @@ async fn fetch_directory(
 }
 
 async fn fetch_once(
+    state_dir: &Path,
     source: &SourceConfig,
     client: &AuthentikClient,
+    filter: Option<&RecordFilter>,
     progress: ProgressFn<'_>,
 ) -> Result<Fetched, FetchError> {
+    crate::store::create_private_dir(state_dir).map_err(FetchError::Spool)?;
+    let mut collector = Collector::new(state_dir, source, filter).map_err(FetchError::Spool)?;
     let me = client.me().await?;
     let version = client.version().await?;
     let users = client.list_all(ListKind::Users, progress).await?;
-    let groups = if source.disable_group_sync {
-        None
-    } else {
-        Some(client.list_all(ListKind::Groups, progress).await?.records)
-    };
+    for raw in users.records {
+        collector.add_user(raw)?;
+    }
+    if !source.disable_group_sync {
+        let groups = client.list_all(ListKind::Groups, progress).await?;
+        for raw in groups.records {
+            collector.add_group(raw)?;
+        }
+    }
     // A complete listing contains the token's own user; object-level visibility rarely does.
-    let sees_itself = users
-        .records
-        .iter()
-        .any(|user| user.get("pk").and_then(serde_json::Value::as_i64) == Some(me.user.pk));
-    if !sees_itself {
+    if !collector.has_user(me.user.pk) {
         return Err(FetchError::PartialVisibility(me.user.username));
     }
-    let mut snapshot = normalize(users.records, groups, source.primary_directory)?;
-    if let Some(expression) = &source.filter {
-        RecordFilter::compile(expression)
-            .and_then(|filter| filter.apply(&mut snapshot))
-            .map_err(FetchError::Filter)?;
-    }
     Ok(Fetched {
-        snapshot,
+        collected: collector.finish()?,
         authentik_version: version.version_current,
         token_user: me.user.username,
     })

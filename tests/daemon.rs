@@ -555,12 +555,17 @@ async fn systemd_hears_ready_status_watchdog_reloading_and_stopping() {
         .iter()
         .find(|m| m.contains("STATUS=corp: complete"))
         .unwrap();
-    // The first run is the baseline: every account joins.
-    let accounts = latest_complete(&env).counts.accounts;
-    assert!(
-        status.contains(&format!("({accounts} joiners, 0 movers, 0 leavers), next ")),
-        "{status}"
+    let changes = latest_complete(&env)
+        .changes
+        .expect("a complete run has changes");
+    let count = |n: u64, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+    let expected = format!(
+        "({}, {}, {}), next ",
+        count(changes.joiners, "joiner"),
+        count(changes.movers, "mover"),
+        count(changes.leavers, "leaver")
     );
+    assert!(status.contains(&expected), "{status} lacks {expected}");
 
     daemon.signal(libc::SIGHUP);
     let seen = messages.len();

@@ -571,15 +571,20 @@ async fn a_closed_standard_output_ends_quietly() {
 async fn a_full_disk_records_the_failed_run_and_leaves_no_orphan_envelope() {
     let env = synced(300).await;
     let before = history(&env);
+    const LATE: usize = 30;
     env.fake.with_state(|state| {
-        for index in 0..3 {
-            state
+        for index in 0..LATE {
+            let pk = state
                 .directory
                 .add_user(&format!("late.{index}"), "internal");
+            // Large enough that storing them must grow the database, small enough that the
+            // run's spool and envelope file (each under the database's size) can be written.
+            state.directory.users.get_mut(&pk).unwrap().attributes["notes"] =
+                serde_json::json!("x".repeat(8000));
         }
     });
-    // The database cannot grow when the run commits; the run's small envelope file can be
-    // written before that.
+    // The database cannot grow when the run commits; the run's smaller files can be written
+    // before that.
     let size = std::fs::metadata(env.database()).unwrap().len();
     let Measured { run, .. } = measured(&env, &["sync"], Some(size));
     assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
@@ -598,7 +603,7 @@ async fn a_full_disk_records_the_failed_run_and_leaves_no_orphan_envelope() {
     let accounts = env.show_json("accounts", "latest");
     assert_eq!(
         accounts.as_array().unwrap().len(),
-        before.accounts.as_array().unwrap().len() + 3
+        before.accounts.as_array().unwrap().len() + LATE
     );
 }
 

@@ -56,17 +56,21 @@ fn report() -> Report {
             detected_at: at(2, 2),
             last_login_at: Some("2026-10-30T09:15:00Z".to_string()),
             memberships_removed: index % 3 == 0,
+            changes: vec![],
         })
         .collect();
     let diff = DirectoryDiff {
         source: "corp".to_string(),
         from_run: "01JC0000000000000000000001".to_string(),
         to_run: "01JC0000000000000000000002".to_string(),
+        baseline: None,
         joiners: vec![],
         movers: vec![],
         leavers,
+        purged: vec![],
         groups: GroupChanges::default(),
         memberships: MembershipChanges::default(),
+        population: Default::default(),
     };
     let trend = (0..14)
         .map(|day| TrendPoint {

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use super::output::{print, print_bytes, print_line};
 use super::{open_existing, print_json, resolve_run, CliError, Exit};
-use crate::artifacts::{self, build_report, read_envelopes, rebuild_envelopes};
+use crate::artifacts::{self, build_report, read_envelope_file, read_envelopes, rebuild_envelopes};
 use crate::cli::opt::EnvelopeFormat;
 use crate::clock::Clock;
 use crate::config::{Config, SourceConfig};
@@ -27,17 +27,24 @@ fn store(config: &Config, source: &str) -> Result<Store, CliError> {
 
 /// One line: how many of each event.
 pub(crate) fn diff_headline(diff: &DirectoryDiff) -> String {
-    let escalations = diff
-        .movers
-        .iter()
-        .filter(|mover| mover.privilege_escalation)
-        .count();
+    if let Some(baseline) = &diff.baseline {
+        return format!(
+            "{}: baseline, {} accounts present ({} active, {} with the superuser flag): {}",
+            diff.source,
+            diff.population.accounts.after,
+            diff.population.active.after,
+            baseline.superusers.len(),
+            baseline.reason
+        );
+    }
+    let escalations = diff.escalations();
     let mut line = format!(
-        "{}: {} joiners, {} movers, {} leavers, {} group changes, {} membership changes",
+        "{}: {} joiners, {} movers, {} leavers, {} purged, {} group changes, {} membership changes",
         diff.source,
         diff.joiners.len(),
         diff.movers.len(),
         diff.leavers.len(),
+        diff.purged.len(),
         diff.groups.created.len() + diff.groups.deleted.len() + diff.groups.changed.len(),
         diff.memberships.added.len() + diff.memberships.removed.len()
     );
@@ -63,7 +70,7 @@ pub(crate) fn diff(
             from.run_id, to.run_id
         );
     }
-    let result = compare_runs(&store, &source.ignore_fields, &from, &to)?;
+    let (result, _) = compare_runs(&store, source, Some(&from), &to, None)?;
     if json {
         print_json(&result)?;
     } else {
@@ -207,11 +214,16 @@ pub(crate) fn envelopes(
     if rebuild {
         let path = rebuild_envelopes(&config.state_dir, &store, source, &run).map_err(runtime)?;
         eprintln!("rebuilt {}", path.display());
+        return Ok(Exit::Success);
     }
-    let envelopes = read_envelopes(&config.state_dir, &run).map_err(runtime)?;
     match format {
-        EnvelopeFormat::Jsonl => print_bytes(&envelope::to_jsonl(&envelopes))?,
-        EnvelopeFormat::Openlane => print_json(&envelope::openlane_projection(&envelopes, true))?,
+        EnvelopeFormat::Jsonl => {
+            print_bytes(&read_envelope_file(&config.state_dir, &run).map_err(runtime)?)?
+        }
+        EnvelopeFormat::Openlane => {
+            let envelopes = read_envelopes(&config.state_dir, &run).map_err(runtime)?;
+            print_json(&envelope::openlane_projection(&envelopes, true))?
+        }
     }
     Ok(Exit::Success)
 }
@@ -268,10 +280,11 @@ pub(crate) fn report(
 
 pub(crate) fn history(
     config: &Config,
-    source: &str,
+    source_config: &SourceConfig,
     user: &str,
     json: bool,
 ) -> Result<Exit, CliError> {
+    let source = source_config.name.as_str();
     let store = store(config, source)?;
     let uids = find_accounts(&store, source, user)?;
     if uids.is_empty() {
@@ -281,7 +294,7 @@ pub(crate) fn history(
     }
     let timelines = uids
         .iter()
-        .map(|uid| timeline(&store, source, uid))
+        .map(|uid| timeline(&store, source_config, uid))
         .collect::<Result<Vec<_>, _>>()?;
     if json {
         print_json(&timelines)?;
@@ -295,12 +308,7 @@ pub(crate) fn history(
             timeline.source
         ))?;
         for event in &timeline.events {
-            let what = match event.event {
-                TimelineKind::Joined => "joined",
-                TimelineKind::Rejoined => "rejoined",
-                TimelineKind::Moved => "moved",
-                TimelineKind::Left => "left",
-            };
+            let what = event.event.as_str();
             let mut details: Vec<String> = event
                 .reason
                 .iter()
@@ -321,7 +329,10 @@ pub(crate) fn history(
             }
             if matches!(
                 event.event,
-                TimelineKind::Joined | TimelineKind::Rejoined | TimelineKind::Left
+                TimelineKind::Baseline
+                    | TimelineKind::Joined
+                    | TimelineKind::Rejoined
+                    | TimelineKind::Left
             ) {
                 details.push(format!("groups: {}", groups_text(&event.groups)));
             }
@@ -329,7 +340,7 @@ pub(crate) fn history(
                 details.push("PRIVILEGE ESCALATION".to_string());
             }
             print_line(&format!(
-                "  {}  {:<8} {}  (run {})",
+                "  {}  {:<19} {}  (run {})",
                 when(event.detected_at),
                 what,
                 details.join("; "),

@@ -21,6 +21,7 @@ use crate::demo;
 use crate::display::escape;
 use crate::health::check_source;
 use crate::logging;
+use crate::record::{with_volatile, RecordKind};
 use crate::run_lock::{source_lock_path, RunLock};
 use crate::runner::{run_source, RunContext};
 use crate::store::{HealthStatus, RunRecord, RunStatus, Store, StoreError};
@@ -147,7 +148,7 @@ async fn run_configured(
         }
         Command::History { user, source, json } => {
             let source = single_source(config, source.source.as_deref())?;
-            evidence::history(config, &source.name, &user, json)
+            evidence::history(config, source, &user, json)
         }
     }
 }
@@ -234,6 +235,7 @@ pub(crate) async fn sync(
 ) -> Result<Exit, CliError> {
     let sources = config.select_sources(source)?;
     let show_progress = std::io::stderr().is_terminal();
+    let store = Arc::new(Store::open(&config.database_path(), STORE_WAIT)?);
     // A manual sync is stopped by its signals' default action; nothing cancels it.
     let cancel = CancellationToken::new();
     let mut exit = Exit::Success;
@@ -261,6 +263,7 @@ pub(crate) async fn sync(
         .map_err(|error| CliError::Runtime(error.to_string()))?;
         let context = RunContext {
             config,
+            store: &store,
             clock,
             progress: &progress,
             cancel: &cancel,
@@ -273,7 +276,7 @@ pub(crate) async fn sync(
         }
     }
     if let Some(webhook) = &config.output.webhook {
-        let report = crate::delivery::deliver_pending(config, webhook, clock)
+        let report = crate::delivery::deliver_pending(config, &store, webhook, clock)
             .await
             .map_err(|error| match error {
                 crate::delivery::DeliveryError::Store(error) => CliError::Store(error),
@@ -446,36 +449,55 @@ pub(crate) fn show(
 ) -> Result<Exit, CliError> {
     let store = open_existing(database)?.ok_or_else(|| no_run(source))?;
     let run = resolve_run(&store, source, run)?;
-    let snapshot = store.snapshot(&run)?;
-    let (records, fields, table_fields): (Vec<Value>, &[&str], &[&str]) = match kind {
-        ShowKind::Accounts => (
-            to_values(snapshot.accounts.values().map(|entry| &entry.record))?,
-            &ACCOUNT_FIELDS,
-            &ACCOUNT_TABLE,
-        ),
-        ShowKind::Groups => (
-            to_values(snapshot.groups.values().map(|entry| &entry.record))?,
-            &GROUP_FIELDS,
-            &GROUP_TABLE,
-        ),
+    let (record_kind, fields, table_fields): (RecordKind, &[&str], &[&str]) = match kind {
+        ShowKind::Accounts => (RecordKind::Account, &ACCOUNT_FIELDS, &ACCOUNT_TABLE),
+        ShowKind::Groups => (RecordKind::Group, &GROUP_FIELDS, &GROUP_TABLE),
         ShowKind::Memberships => (
-            to_values(snapshot.memberships.values().map(|entry| &entry.record))?,
+            RecordKind::Membership,
             &MEMBERSHIP_FIELDS,
             &MEMBERSHIP_FIELDS,
         ),
     };
+    let reader = store.reader()?;
+    // Volatile values (last login, member count) are kept as their latest value only, so
+    // they belong to the latest run; an older run shows its material content alone.
+    let is_latest = store
+        .latest_complete(source)?
+        .is_some_and(|latest| latest.run_id == run.run_id);
+    // Records are written as they are read, so that a large directory never sits in memory
+    // (except for the aligned table, which needs every row's width).
+    let records = reader.records_at(&run, record_kind)?.map(|stored| {
+        let stored = stored?;
+        if !is_latest {
+            return Ok::<_, CliError>(stored.record);
+        }
+        let volatile = reader.volatile(source, record_kind, &stored.external_id)?;
+        Ok(with_volatile(stored.record, &volatile))
+    });
+    let mut out = output::Chunked::default();
     if format.json {
-        print_json(&records)?;
+        out.push("[")?;
+        for (index, record) in records.enumerate() {
+            out.push(if index == 0 { "\n  " } else { ",\n  " })?;
+            out.push(&record?.to_string())?;
+        }
+        out.push(if out.written() == 1 { "]\n" } else { "\n]\n" })?;
+        out.finish()?;
     } else if format.csv {
-        output::print(&output::csv(fields, &output::rows(&records, fields)))?;
+        out.push(&output::csv(fields, &[]))?;
+        for record in records {
+            out.push(&output::csv_rows(&output::rows(&[record?], fields)))?;
+        }
+        out.finish()?;
     } else {
+        let records: Vec<Value> = records.collect::<Result<_, _>>()?;
+        let count = records.len();
         output::print(&output::table(
             table_fields,
             &output::rows(&records, table_fields),
         ))?;
         eprintln!(
-            "{} {} in run {} of source `{source}`",
-            records.len(),
+            "{count} {} in run {} of source `{source}`",
             kind_name(kind),
             run.run_id
         );
@@ -526,16 +548,6 @@ fn kind_name(kind: ShowKind) -> &'static str {
         ShowKind::Groups => "groups",
         ShowKind::Memberships => "memberships",
     }
-}
-
-fn to_values<'a, T: Serialize + 'a>(
-    records: impl Iterator<Item = &'a T>,
-) -> Result<Vec<Value>, CliError> {
-    records
-        .map(|record| {
-            serde_json::to_value(record).map_err(|error| CliError::Runtime(error.to_string()))
-        })
-        .collect()
 }
 
 pub(crate) fn print_json<T: Serialize>(value: &T) -> Result<(), CliError> {

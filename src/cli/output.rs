@@ -43,6 +43,37 @@ pub fn print_bytes(bytes: &[u8]) -> Result<(), CliError> {
     }
 }
 
+/// Output written as it is produced, in chunks: a command that streams many records does not
+/// make a system call per record, nor hold them all.
+#[derive(Default)]
+pub struct Chunked {
+    buffer: String,
+    pushed: usize,
+}
+
+impl Chunked {
+    const CHUNK: usize = 64 * 1024;
+
+    pub fn push(&mut self, text: &str) -> Result<(), CliError> {
+        self.buffer.push_str(text);
+        self.pushed += 1;
+        if self.buffer.len() >= Self::CHUNK {
+            print(&self.buffer)?;
+            self.buffer.clear();
+        }
+        Ok(())
+    }
+
+    /// How many pieces were pushed so far.
+    pub fn written(&self) -> usize {
+        self.pushed
+    }
+
+    pub fn finish(self) -> Result<(), CliError> {
+        print(&self.buffer)
+    }
+}
+
 /// [`print`] with a line break.
 pub fn print_line(line: &str) -> Result<(), CliError> {
     print(&format!("{line}\n"))
@@ -109,9 +140,16 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
 
 /// RFC 4180 CSV with a header row.
 pub fn csv(headers: &[&str], rows: &[Vec<String>]) -> String {
-    let mut out = String::new();
     let header_row: Vec<String> = headers.iter().map(|header| header.to_string()).collect();
-    for row in std::iter::once(&header_row).chain(rows) {
+    let mut out = csv_rows(std::slice::from_ref(&header_row));
+    out.push_str(&csv_rows(rows));
+    out
+}
+
+/// CSV lines without a header, for output written as it is read.
+pub fn csv_rows(rows: &[Vec<String>]) -> String {
+    let mut out = String::new();
+    for row in rows {
         let line: Vec<String> = row.iter().map(|cell| csv_field(cell)).collect();
         out.push_str(&line.join(","));
         out.push_str("\r\n");

@@ -26,6 +26,8 @@ use tokio::task::JoinHandle;
 use crate::cli::{CliError, Exit};
 use crate::clock::Clock;
 use crate::config::{Config, ConfigLocation};
+use crate::store::Store;
+use crate::sync::STORE_WAIT;
 use notify::Notifier;
 use outbox::Outbox;
 use scheduler::Scheduler;
@@ -46,8 +48,9 @@ pub async fn run(
     let mut signals =
         Signals::install().map_err(|error| runtime(&format!("cannot handle signals: {error}")))?;
     let names: Vec<String> = config.sources.keys().cloned().collect();
-    // The store must open before systemd hears READY=1.
-    let mut histories = supervisor::read_histories(&config, &names).await?;
+    // The store must open before systemd hears READY=1; runs, delivery and the endpoint share it.
+    let store = Arc::new(Store::open(&config.database_path(), STORE_WAIT)?);
+    let mut histories = supervisor::read_histories(&store, &names).await?;
     let listener = match &config.http {
         Some(http) => Some(http::bind(http.listen).await.map_err(|e| runtime(&e))?),
         None => None,
@@ -63,6 +66,7 @@ pub async fn run(
     let (config_sender, config_receiver) = watch::channel(Arc::clone(&config));
     let mut supervisor = Supervisor::new(
         Arc::clone(&config),
+        Arc::clone(&store),
         Arc::clone(&clock),
         scheduler,
         finished_sender,
@@ -89,6 +93,7 @@ pub async fn run(
     tasks.push(
         Outbox {
             config: config_receiver,
+            store,
             clock: Arc::clone(&clock),
             board: Arc::clone(&board),
             wake: Arc::clone(&outbox_wake),

@@ -17,7 +17,6 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::delivery::deliver_pending;
 use crate::store::Store;
-use crate::sync::STORE_WAIT;
 
 /// How often the loop looks for undelivered runs when nothing wakes it, e.g. runs a manual
 /// sync could not deliver.
@@ -27,6 +26,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 pub struct Outbox {
     pub config: watch::Receiver<Arc<Config>>,
+    pub store: Arc<Store>,
     pub clock: Arc<dyn Clock>,
     pub board: Arc<StatusBoard>,
     /// Notified when a run leaves envelopes to deliver.
@@ -55,7 +55,7 @@ impl Outbox {
             };
             let pass = tokio::select! {
                 () = self.cancel.cancelled() => return,
-                pass = deliver_pending(&config, webhook, &*self.clock) => pass,
+                pass = deliver_pending(&config, &self.store, webhook, &*self.clock) => pass,
             };
             let delivered_any = match pass {
                 Ok(report) => {
@@ -88,19 +88,15 @@ impl Outbox {
                 }
             };
             if delivered_any {
-                self.refresh_backlog(&config).await;
+                self.refresh_backlog().await;
             }
         }
     }
 
-    async fn refresh_backlog(&self, config: &Config) {
-        let database = config.database_path();
-        let board = Arc::clone(&self.board);
-        let refreshed = tokio::task::spawn_blocking(move || {
-            let store = Store::open(&database, STORE_WAIT)?;
-            board.refresh(&store, &board.names())
-        })
-        .await;
+    async fn refresh_backlog(&self) {
+        let (store, board) = (Arc::clone(&self.store), Arc::clone(&self.board));
+        let refreshed =
+            tokio::task::spawn_blocking(move || board.refresh(&store, &board.names())).await;
         if let Ok(Err(error)) = refreshed {
             tracing::warn!("cannot read the outbox backlog: {error}");
         }

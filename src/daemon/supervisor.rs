@@ -20,7 +20,6 @@ use crate::config::{Config, SourceConfig};
 use crate::run_lock::{source_lock_path, RunLock, TryLock};
 use crate::runner::{no_progress, run_source, RunContext};
 use crate::store::{DeliveryStatus, RunRecord, RunStatus, Store, StoreError};
-use crate::sync::STORE_WAIT;
 
 /// How long a stop waits for cancelled runs to record themselves as failed.
 const STOP_GRACE: Duration = Duration::from_secs(7);
@@ -58,6 +57,7 @@ struct Slot {
 
 pub struct Supervisor {
     config: Arc<Config>,
+    store: Arc<Store>,
     clock: Arc<dyn Clock>,
     scheduler: Scheduler,
     finished: UnboundedSender<Finished>,
@@ -71,6 +71,7 @@ pub struct Supervisor {
 impl Supervisor {
     pub fn new(
         config: Arc<Config>,
+        store: Arc<Store>,
         clock: Arc<dyn Clock>,
         scheduler: Scheduler,
         finished: UnboundedSender<Finished>,
@@ -80,6 +81,7 @@ impl Supervisor {
         Supervisor {
             runs: Arc::new(Semaphore::new(config.daemon.max_concurrent_runs)),
             config,
+            store,
             clock,
             scheduler,
             finished,
@@ -186,6 +188,7 @@ impl Supervisor {
         let task = RunTask {
             source: Arc::clone(&slot.source),
             config: Arc::clone(&self.config),
+            store: Arc::clone(&self.store),
             clock: Arc::clone(&self.clock),
             cancel: self.cancel.clone(),
             runs: Arc::clone(&self.runs),
@@ -299,7 +302,7 @@ impl Supervisor {
             .filter(|name| !self.slots.contains_key(*name))
             .cloned()
             .collect();
-        let histories = read_histories(&new, &added).await?;
+        let histories = read_histories(&self.store, &added).await?;
         let removed: Vec<String> = self
             .slots
             .keys()
@@ -381,29 +384,26 @@ pub enum ReloadError {
 
 /// The stored runs of the named sources.
 pub async fn read_histories(
-    config: &Config,
+    store: &Arc<Store>,
     names: &[String],
 ) -> Result<BTreeMap<String, History>, StoreError> {
-    let database = config.database_path();
     let names = names.to_vec();
+    let reader = Arc::clone(store);
     tokio::task::spawn_blocking(move || {
-        let store = Store::open(&database, STORE_WAIT)?;
         names
             .into_iter()
-            .map(|name| Ok((name.clone(), History::read(&store, &name)?)))
+            .map(|name| Ok((name.clone(), History::read(&reader, &name)?)))
             .collect()
     })
     .await
-    .map_err(|error| StoreError::Io {
-        path: config.database_path(),
-        reason: error.to_string(),
-    })?
+    .map_err(|error| StoreError::Aborted(format!("reading the run history failed: {error}")))?
 }
 
 /// One run of one source, in its own task.
 struct RunTask {
     source: Arc<SourceConfig>,
     config: Arc<Config>,
+    store: Arc<Store>,
     clock: Arc<dyn Clock>,
     cancel: CancellationToken,
     runs: Arc<Semaphore>,
@@ -415,7 +415,7 @@ struct RunTask {
 impl RunTask {
     async fn run(self) {
         let outcome = self.outcome().await;
-        let history = match read_histories(&self.config, std::slice::from_ref(&self.source.name))
+        let history = match read_histories(&self.store, std::slice::from_ref(&self.source.name))
             .await
         {
             Ok(mut histories) => histories.remove(&self.source.name),
@@ -453,6 +453,7 @@ impl RunTask {
         };
         let context = RunContext {
             config: &self.config,
+            store: &self.store,
             clock: &*self.clock,
             progress: &no_progress,
             cancel: &self.cancel,

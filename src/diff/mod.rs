@@ -1,26 +1,26 @@
-//! The joiner/mover/leaver diff between two complete snapshots of one source. It is a pure
-//! function of the two snapshots and of what the history says about leavers' last active
-//! run, so every rule is tested here without I/O.
+//! The joiner/mover/leaver diff between two complete runs of one source. It is a pure
+//! function of what changed (the accounts whose material content or memberships changed, as
+//! [`crate::record`]'s rule classified them, and the groups of both runs), so every rule is
+//! tested here without I/O.
+//!
+//! The rules:
+//! - a **joiner** is an account created active, or reactivated; created inactive is not one;
+//! - a **leaver** is an active account that was deactivated or deleted;
+//! - an account deleted after it had already left is **purged**: one event, not a second leaver;
+//! - a **mover** is any other account whose material fields or direct groups changed;
+//! - an account that ends up a superuser (its own flag, or a direct or inherited group with
+//!   the superuser flag) is a **privilege escalation** when it joins, or when it moves from
+//!   not being one;
+//! - a run compared with nothing (a source's first run, or a new baseline) is a **baseline**:
+//!   its accounts are "present at baseline", not joiners.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
-use crate::normalize::{AccountStatus, DirectoryAccount, DirectoryGroup, Snapshot};
-
-/// Account fields whose change makes a mover. `metadata` is compared key by key.
-const MATERIAL_ACCOUNT_FIELDS: [&str; 7] = [
-    "username",
-    "display_name",
-    "canonical_email",
-    "account_type",
-    "authentik_type",
-    "organization_unit",
-    "is_superuser",
-];
-const MATERIAL_GROUP_FIELDS: [&str; 3] = ["display_name", "is_superuser", "parents"];
+use crate::normalize::{AccountStatus, DirectoryAccount, DirectoryGroup};
+pub use crate::record::FieldChange;
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct GroupRef {
@@ -28,11 +28,12 @@ pub struct GroupRef {
     pub display_name: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FieldChange {
-    pub field: String,
-    pub old: Value,
-    pub new: Value,
+/// An account by its ids, for lists such as the superusers at a baseline.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct AccountRef {
+    pub external_id: String,
+    pub username: String,
+    pub canonical_email: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,7 +74,20 @@ pub struct Joiner {
     pub username: String,
     pub canonical_email: Option<String>,
     pub reason: JoinReason,
+    pub account_type: crate::normalize::AccountType,
+    pub is_superuser: bool,
+    /// Authentik's `date_joined`.
+    pub added_at: Option<String>,
+    /// The direct groups after joining.
     pub groups: Vec<GroupRef>,
+    /// For a reactivation: what changed together with it.
+    #[serde(default)]
+    pub changes: Vec<FieldChange>,
+    #[serde(default)]
+    pub groups_added: Vec<GroupRef>,
+    #[serde(default)]
+    pub groups_removed: Vec<GroupRef>,
+    pub privilege_escalation: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -99,6 +113,21 @@ pub struct Leaver {
     pub last_login_at: Option<String>,
     /// Whether the account holds no direct group membership any more.
     pub memberships_removed: bool,
+    /// For a deactivation: what changed together with it.
+    #[serde(default)]
+    pub changes: Vec<FieldChange>,
+}
+
+/// An account deleted after it had already left (it was inactive): the end of a termination
+/// case that a leaver event opened earlier.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Purge {
+    pub external_id: String,
+    pub username: String,
+    pub canonical_email: Option<String>,
+    pub last_seen_active_at: Option<DateTime<Utc>>,
+    pub detected_at: DateTime<Utc>,
+    pub last_login_at: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -129,16 +158,49 @@ pub struct MembershipChanges {
     pub removed: Vec<MembershipRef>,
 }
 
+/// A count before and after.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BeforeAfter {
+    pub before: u64,
+    pub after: u64,
+}
+
+/// How the population of accounts moved, so that it reconciles:
+/// `accounts.before + created - deleted = accounts.after`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Population {
+    pub accounts: BeforeAfter,
+    pub active: BeforeAfter,
+    pub superusers: BeforeAfter,
+    pub created: u64,
+    pub deleted: u64,
+}
+
+/// A run compared with nothing: why, and what was present.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Baseline {
+    pub reason: String,
+    /// Accounts with Authentik's superuser flag at the baseline.
+    pub superusers: Vec<AccountRef>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DirectoryDiff {
     pub source: String,
+    /// Empty for a baseline.
     pub from_run: String,
     pub to_run: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<Baseline>,
     pub joiners: Vec<Joiner>,
     pub movers: Vec<Mover>,
     pub leavers: Vec<Leaver>,
+    #[serde(default)]
+    pub purged: Vec<Purge>,
     pub groups: GroupChanges,
     pub memberships: MembershipChanges,
+    #[serde(default)]
+    pub population: Population,
 }
 
 impl DirectoryDiff {
@@ -146,8 +208,21 @@ impl DirectoryDiff {
         self.joiners.is_empty()
             && self.movers.is_empty()
             && self.leavers.is_empty()
+            && self.purged.is_empty()
             && self.groups == GroupChanges::default()
             && self.memberships == MembershipChanges::default()
+    }
+
+    pub fn escalations(&self) -> usize {
+        self.joiners
+            .iter()
+            .filter(|j| j.privilege_escalation)
+            .count()
+            + self
+                .movers
+                .iter()
+                .filter(|m| m.privilege_escalation)
+                .count()
     }
 }
 
@@ -158,157 +233,234 @@ pub struct LastActive {
     pub groups: Vec<GroupRef>,
 }
 
-/// One side of a diff: a complete run's id, finish time and snapshot.
-pub struct Side<'a> {
-    pub run_id: &'a str,
+/// A compared run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRef {
+    pub run_id: String,
     pub finished_at: DateTime<Utc>,
-    pub snapshot: &'a Snapshot,
 }
 
-/// What the diff needs besides the two snapshots.
-pub struct DiffInput<'a> {
-    pub source: &'a str,
-    pub from: Side<'a>,
-    pub to: Side<'a>,
-    /// For leavers: the last run that saw them active. Missing entries fall back to the
-    /// `from` run when the account was active there.
-    pub last_active: &'a BTreeMap<String, LastActive>,
-    /// Extra fields that never make a change on their own, e.g. `metadata.last_sync`.
-    pub ignore_fields: &'a [String],
+/// An account whose material content or direct groups differ between the two runs, with
+/// both sides (`None` where it does not exist).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AccountSides {
+    pub old: Option<DirectoryAccount>,
+    pub new: Option<DirectoryAccount>,
+    /// The material field changes, as [`crate::record::ChangeRule::field_changes`] found them.
+    pub changes: Vec<FieldChange>,
+    pub old_groups: BTreeSet<String>,
+    pub new_groups: BTreeSet<String>,
 }
 
-/// The accounts that leave between the two snapshots: the ones whose last active run the
-/// caller should look up in the history.
-pub fn leaver_ids(from: &Snapshot, to: &Snapshot) -> Vec<String> {
-    from.accounts
-        .iter()
-        .filter(|(uid, entry)| match to.accounts.get(*uid) {
-            None => true,
-            Some(now) => {
-                entry.record.status == AccountStatus::Active
-                    && now.record.status == AccountStatus::Inactive
-            }
-        })
-        .map(|(uid, _)| uid.clone())
-        .collect()
+/// Everything the diff needs: what changed, gathered by the caller from the store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiffInput {
+    pub source: String,
+    /// `None` for a baseline.
+    pub from: Option<RunRef>,
+    pub to: RunRef,
+    /// For a baseline: why it is one, and the superusers present.
+    pub baseline: Option<Baseline>,
+    pub accounts: BTreeMap<String, AccountSides>,
+    pub groups_before: BTreeMap<String, DirectoryGroup>,
+    pub groups_after: BTreeMap<String, DirectoryGroup>,
+    /// The material field changes of groups present on both sides.
+    pub group_changes: BTreeMap<String, Vec<FieldChange>>,
+    /// (account uid, group pk).
+    pub memberships_added: Vec<(String, String)>,
+    pub memberships_removed: Vec<(String, String)>,
+    /// For leavers not active in `from` (or when the runs are not adjacent): the last run that
+    /// saw them active, from the history.
+    pub last_active: BTreeMap<String, LastActive>,
+    pub population: Population,
 }
 
-pub fn diff(input: &DiffInput<'_>) -> DirectoryDiff {
-    let from = input.from.snapshot;
-    let to = input.to.snapshot;
-    let groups_from = groups_by_account(from);
-    let groups_to = groups_by_account(to);
-    let empty = BTreeSet::new();
+impl DiffInput {
+    /// The accounts that leave or are purged and were not active in `from`: whose last active
+    /// run the caller must look up in the history.
+    pub fn history_needed(&self, adjacent: bool) -> Vec<String> {
+        self.accounts
+            .iter()
+            .filter(|(_, sides)| match (&sides.old, &sides.new) {
+                (Some(old), None) => !adjacent || old.status != AccountStatus::Active,
+                (Some(old), Some(new)) => {
+                    !adjacent
+                        && old.status == AccountStatus::Active
+                        && new.status == AccountStatus::Inactive
+                }
+                _ => false,
+            })
+            .map(|(uid, _)| uid.clone())
+            .collect()
+    }
+}
+
+pub fn diff(input: &DiffInput) -> DirectoryDiff {
     let mut joiners = Vec::new();
     let mut movers = Vec::new();
     let mut leavers = Vec::new();
-
-    for (uid, entry) in &to.accounts {
-        let account = &entry.record;
-        let now_groups = groups_to.get(uid).unwrap_or(&empty);
-        let before = from.accounts.get(uid).map(|entry| &entry.record);
-        let reason = match before {
-            None => Some(JoinReason::Created),
-            Some(before)
-                if before.status == AccountStatus::Inactive
-                    && account.status == AccountStatus::Active =>
-            {
-                Some(JoinReason::Reactivated)
-            }
-            _ => None,
-        };
-        if let Some(reason) = reason {
-            joiners.push(Joiner {
+    let mut purged = Vec::new();
+    let to = &input.to;
+    for (uid, sides) in &input.accounts {
+        let added: BTreeSet<&String> = sides.new_groups.difference(&sides.old_groups).collect();
+        let removed: BTreeSet<&String> = sides.old_groups.difference(&sides.new_groups).collect();
+        let groups_added = group_refs(added.iter().copied(), input, After);
+        let groups_removed = group_refs(removed.iter().copied(), input, Before);
+        let without_status: Vec<FieldChange> = sides
+            .changes
+            .iter()
+            .filter(|change| change.field != "status")
+            .cloned()
+            .collect();
+        match (&sides.old, &sides.new) {
+            (None, Some(new)) if new.status == AccountStatus::Active => joiners.push(Joiner {
                 external_id: uid.clone(),
-                username: account.username.clone(),
-                canonical_email: account.canonical_email.clone(),
-                reason,
-                groups: group_refs(now_groups, to, from),
-            });
-            continue;
-        }
-        let Some(before) = before else { continue };
-        let before_groups = groups_from.get(uid).unwrap_or(&empty);
-        if before.status == AccountStatus::Active && account.status == AccountStatus::Inactive {
-            let removed = now_groups.is_empty();
-            leavers.push(leaver(
+                username: new.username.clone(),
+                canonical_email: new.canonical_email.clone(),
+                reason: JoinReason::Created,
+                account_type: new.account_type,
+                is_superuser: new.is_superuser,
+                added_at: new.added_at.clone(),
+                groups: group_refs(sides.new_groups.iter(), input, After),
+                changes: Vec::new(),
+                groups_added: Vec::new(),
+                groups_removed: Vec::new(),
+                privilege_escalation: effective_superuser(
+                    new,
+                    &sides.new_groups,
+                    &input.groups_after,
+                ),
+            }),
+            // Created inactive: no access was granted.
+            (None, Some(_)) | (None, None) => {}
+            (Some(old), None) if old.status == AccountStatus::Active => leavers.push(leaver(
                 input,
                 uid,
-                before,
-                before_groups,
-                LeaveReason::Deactivated,
-                removed,
-            ));
-            continue;
-        }
-        let changes = account_changes(before, account, input.ignore_fields);
-        let added: BTreeSet<&String> = now_groups.difference(before_groups).copied().collect();
-        let removed: BTreeSet<&String> = before_groups.difference(now_groups).copied().collect();
-        if changes.is_empty() && added.is_empty() && removed.is_empty() {
-            continue;
-        }
-        let gains_superuser_group = added.iter().any(|group| {
-            to.groups
-                .get(*group)
-                .is_some_and(|group| group.record.is_superuser)
-        });
-        movers.push(Mover {
-            external_id: uid.clone(),
-            username: account.username.clone(),
-            canonical_email: account.canonical_email.clone(),
-            changes,
-            groups_added: group_refs(&added, to, from),
-            groups_removed: group_refs(&removed, from, to),
-            privilege_escalation: gains_superuser_group
-                || (account.is_superuser && !before.is_superuser),
-        });
-    }
-    for (uid, entry) in &from.accounts {
-        if !to.accounts.contains_key(uid) {
-            let before_groups = groups_from.get(uid).unwrap_or(&empty);
-            let record = &entry.record;
-            leavers.push(leaver(
-                input,
-                uid,
-                record,
-                before_groups,
+                sides,
+                old,
                 LeaveReason::Deleted,
                 true,
-            ));
+                Vec::new(),
+            )),
+            (Some(old), None) => {
+                let last_active = last_active(input, uid, sides, old);
+                purged.push(Purge {
+                    external_id: uid.clone(),
+                    username: old.username.clone(),
+                    canonical_email: old.canonical_email.clone(),
+                    last_seen_active_at: last_active.map(|last| last.finished_at),
+                    detected_at: to.finished_at,
+                    last_login_at: old.last_login_at.clone(),
+                })
+            }
+            (Some(old), Some(new))
+                if old.status == AccountStatus::Inactive && new.status == AccountStatus::Active =>
+            {
+                joiners.push(Joiner {
+                    external_id: uid.clone(),
+                    username: new.username.clone(),
+                    canonical_email: new.canonical_email.clone(),
+                    reason: JoinReason::Reactivated,
+                    account_type: new.account_type,
+                    is_superuser: new.is_superuser,
+                    added_at: new.added_at.clone(),
+                    groups: group_refs(sides.new_groups.iter(), input, After),
+                    changes: without_status,
+                    groups_added,
+                    groups_removed,
+                    privilege_escalation: effective_superuser(
+                        new,
+                        &sides.new_groups,
+                        &input.groups_after,
+                    ),
+                })
+            }
+            (Some(old), Some(new))
+                if old.status == AccountStatus::Active && new.status == AccountStatus::Inactive =>
+            {
+                let removed_all = sides.new_groups.is_empty();
+                leavers.push(leaver(
+                    input,
+                    uid,
+                    sides,
+                    old,
+                    LeaveReason::Deactivated,
+                    removed_all,
+                    without_status,
+                ))
+            }
+            (Some(old), Some(new)) => {
+                if sides.changes.is_empty() && added.is_empty() && removed.is_empty() {
+                    continue;
+                }
+                movers.push(Mover {
+                    external_id: uid.clone(),
+                    username: new.username.clone(),
+                    canonical_email: new.canonical_email.clone(),
+                    changes: sides.changes.clone(),
+                    groups_added,
+                    groups_removed,
+                    privilege_escalation: effective_superuser(
+                        new,
+                        &sides.new_groups,
+                        &input.groups_after,
+                    ) && !effective_superuser(
+                        old,
+                        &sides.old_groups,
+                        &input.groups_before,
+                    ),
+                })
+            }
         }
     }
-    leavers.sort_by(|a, b| a.external_id.cmp(&b.external_id));
-
     DirectoryDiff {
-        source: input.source.to_string(),
-        from_run: input.from.run_id.to_string(),
-        to_run: input.to.run_id.to_string(),
+        source: input.source.clone(),
+        from_run: input
+            .from
+            .as_ref()
+            .map(|from| from.run_id.clone())
+            .unwrap_or_default(),
+        to_run: to.run_id.clone(),
+        baseline: input.baseline.clone(),
         joiners,
         movers,
         leavers,
-        groups: group_changes(from, to, input.ignore_fields),
-        memberships: membership_changes(from, to),
+        purged,
+        groups: group_changes(input),
+        memberships: membership_changes(input),
+        population: input.population,
     }
 }
 
-fn leaver(
-    input: &DiffInput<'_>,
+fn last_active(
+    input: &DiffInput,
     uid: &str,
-    before: &DirectoryAccount,
-    groups_before: &BTreeSet<&String>,
+    sides: &AccountSides,
+    old: &DirectoryAccount,
+) -> Option<LastActive> {
+    input.last_active.get(uid).cloned().or_else(|| {
+        let from = input.from.as_ref()?;
+        (old.status == AccountStatus::Active).then(|| LastActive {
+            finished_at: from.finished_at,
+            groups: group_refs(sides.old_groups.iter(), input, Before),
+        })
+    })
+}
+
+fn leaver(
+    input: &DiffInput,
+    uid: &str,
+    sides: &AccountSides,
+    old: &DirectoryAccount,
     reason: LeaveReason,
     memberships_removed: bool,
+    changes: Vec<FieldChange>,
 ) -> Leaver {
-    let last_active = input.last_active.get(uid).cloned().or_else(|| {
-        (before.status == AccountStatus::Active).then(|| LastActive {
-            finished_at: input.from.finished_at,
-            groups: group_refs(groups_before, input.from.snapshot, input.to.snapshot),
-        })
-    });
+    let last_active = last_active(input, uid, sides, old);
     Leaver {
         external_id: uid.to_string(),
-        username: before.username.clone(),
-        canonical_email: before.canonical_email.clone(),
+        username: old.username.clone(),
+        canonical_email: old.canonical_email.clone(),
         reason,
         groups_at_departure: last_active
             .as_ref()
@@ -316,178 +468,145 @@ fn leaver(
             .unwrap_or_default(),
         last_seen_active_at: last_active.map(|last| last.finished_at),
         detected_at: input.to.finished_at,
-        last_login_at: input
-            .to
-            .snapshot
-            .accounts
-            .get(uid)
-            .map_or(&before.last_login_at, |now| &now.record.last_login_at)
+        last_login_at: sides
+            .new
+            .as_ref()
+            .map_or(&old.last_login_at, |new| &new.last_login_at)
             .clone(),
         memberships_removed,
+        changes,
     }
 }
 
-/// Direct group ids per account uid.
-fn groups_by_account(snapshot: &Snapshot) -> BTreeMap<&String, BTreeSet<&String>> {
-    let mut groups: BTreeMap<&String, BTreeSet<&String>> = BTreeMap::new();
-    for entry in snapshot.memberships.values() {
-        groups
-            .entry(&entry.record.account_external_id)
-            .or_default()
-            .insert(&entry.record.group_external_id);
-    }
-    groups
+/// Whether an account holds superuser rights: its own flag, or a group it is in, directly or
+/// through any ancestor (Authentik inherits the flag from parent groups).
+pub fn effective_superuser(
+    account: &DirectoryAccount,
+    groups: &BTreeSet<String>,
+    catalog: &BTreeMap<String, DirectoryGroup>,
+) -> bool {
+    account.is_superuser || superuser_path(groups, catalog).is_some()
 }
 
-/// Names groups from the snapshot that holds them, falling back to the other one.
-fn group_refs(ids: &BTreeSet<&String>, primary: &Snapshot, fallback: &Snapshot) -> Vec<GroupRef> {
-    ids.iter()
-        .map(|id| GroupRef {
-            external_id: (*id).clone(),
-            display_name: group_name(id, primary, fallback),
+/// The first group (by id) through which `groups` grant superuser rights, with the path of
+/// group names from the direct group to the one with the flag.
+pub fn superuser_path(
+    groups: &BTreeSet<String>,
+    catalog: &BTreeMap<String, DirectoryGroup>,
+) -> Option<Vec<String>> {
+    groups.iter().find_map(|group| {
+        let mut visited = BTreeSet::new();
+        ancestor_path(group, catalog, &mut visited)
+    })
+}
+
+fn ancestor_path(
+    group: &str,
+    catalog: &BTreeMap<String, DirectoryGroup>,
+    visited: &mut BTreeSet<String>,
+) -> Option<Vec<String>> {
+    // A hierarchy with a cycle (hostile data) must not loop.
+    if !visited.insert(group.to_string()) {
+        return None;
+    }
+    let record = catalog.get(group)?;
+    if record.is_superuser {
+        return Some(vec![record.display_name.clone()]);
+    }
+    record.parents.iter().find_map(|parent| {
+        ancestor_path(parent, catalog, visited).map(|mut path| {
+            path.insert(0, record.display_name.clone());
+            path
         })
-        .collect()
+    })
 }
 
-fn group_name(id: &str, primary: &Snapshot, fallback: &Snapshot) -> String {
+#[derive(Clone, Copy)]
+enum Prefer {
+    Before,
+    After,
+}
+use Prefer::{After, Before};
+
+/// Names groups from the side that holds them, falling back to the other.
+fn group_refs<'a>(
+    ids: impl Iterator<Item = &'a String>,
+    input: &DiffInput,
+    prefer: Prefer,
+) -> Vec<GroupRef> {
+    ids.map(|id| GroupRef {
+        external_id: id.clone(),
+        display_name: group_name(id, input, prefer),
+    })
+    .collect()
+}
+
+fn group_name(id: &str, input: &DiffInput, prefer: Prefer) -> String {
+    let (primary, fallback) = match prefer {
+        Before => (&input.groups_before, &input.groups_after),
+        After => (&input.groups_after, &input.groups_before),
+    };
     primary
-        .groups
         .get(id)
-        .or_else(|| fallback.groups.get(id))
-        .map_or_else(|| id.to_string(), |group| group.record.display_name.clone())
+        .or_else(|| fallback.get(id))
+        .map_or_else(|| id.to_string(), |group| group.display_name.clone())
 }
 
-/// Material field changes of a record, `metadata` key by key, minus ignored fields.
-fn field_changes(
-    before: &Value,
-    after: &Value,
-    fields: &[&str],
-    ignore_fields: &[String],
-) -> Vec<FieldChange> {
-    let ignored = |field: &str| ignore_fields.iter().any(|ignored| ignored == field);
-    let mut changes = Vec::new();
-    for field in fields {
-        let (old, new) = (&before[*field], &after[*field]);
-        if old != new && !ignored(field) {
-            changes.push(FieldChange {
-                field: field.to_string(),
-                old: old.clone(),
-                new: new.clone(),
-            });
-        }
-    }
-    let empty = serde_json::Map::new();
-    let old_metadata = before["metadata"].as_object().unwrap_or(&empty);
-    let new_metadata = after["metadata"].as_object().unwrap_or(&empty);
-    let keys: BTreeSet<&String> = old_metadata.keys().chain(new_metadata.keys()).collect();
-    for key in keys {
-        let field = format!("metadata.{key}");
-        let old = old_metadata.get(key).cloned().unwrap_or(Value::Null);
-        let new = new_metadata.get(key).cloned().unwrap_or(Value::Null);
-        if old != new && !ignored(&field) && !ignored("metadata") {
-            changes.push(FieldChange { field, old, new });
-        }
-    }
-    changes
-}
-
-pub fn account_changes(
-    before: &DirectoryAccount,
-    after: &DirectoryAccount,
-    ignore_fields: &[String],
-) -> Vec<FieldChange> {
-    field_changes(
-        &to_value(before),
-        &to_value(after),
-        &MATERIAL_ACCOUNT_FIELDS,
-        ignore_fields,
-    )
-}
-
-pub fn group_field_changes(
-    before: &DirectoryGroup,
-    after: &DirectoryGroup,
-    ignore_fields: &[String],
-) -> Vec<FieldChange> {
-    field_changes(
-        &to_value(before),
-        &to_value(after),
-        &MATERIAL_GROUP_FIELDS,
-        ignore_fields,
-    )
-}
-
-fn to_value<T: Serialize>(record: &T) -> Value {
-    serde_json::to_value(record).unwrap_or(Value::Null)
-}
-
-fn group_changes(from: &Snapshot, to: &Snapshot, ignore_fields: &[String]) -> GroupChanges {
-    let mut changes = GroupChanges::default();
-    for (id, entry) in &to.groups {
-        match from.groups.get(id) {
-            None => changes.created.push(GroupRef {
+fn group_changes(input: &DiffInput) -> GroupChanges {
+    let reference = |id: &String, group: &DirectoryGroup| GroupRef {
+        external_id: id.clone(),
+        display_name: group.display_name.clone(),
+    };
+    GroupChanges {
+        created: input
+            .groups_after
+            .iter()
+            .filter(|(id, _)| !input.groups_before.contains_key(*id))
+            .map(|(id, group)| reference(id, group))
+            .collect(),
+        deleted: input
+            .groups_before
+            .iter()
+            .filter(|(id, _)| !input.groups_after.contains_key(*id))
+            .map(|(id, group)| reference(id, group))
+            .collect(),
+        changed: input
+            .group_changes
+            .iter()
+            .filter(|(_, changes)| !changes.is_empty())
+            .map(|(id, changes)| GroupChange {
                 external_id: id.clone(),
-                display_name: entry.record.display_name.clone(),
-            }),
-            Some(before) => {
-                let field_changes =
-                    group_field_changes(&before.record, &entry.record, ignore_fields);
-                if !field_changes.is_empty() {
-                    changes.changed.push(GroupChange {
-                        external_id: id.clone(),
-                        display_name: entry.record.display_name.clone(),
-                        changes: field_changes,
-                    });
-                }
-            }
-        }
+                display_name: group_name(id, input, After),
+                changes: changes.clone(),
+            })
+            .collect(),
     }
-    for (id, entry) in &from.groups {
-        if !to.groups.contains_key(id) {
-            changes.deleted.push(GroupRef {
-                external_id: id.clone(),
-                display_name: entry.record.display_name.clone(),
-            });
-        }
-    }
-    changes
 }
 
-fn membership_changes(from: &Snapshot, to: &Snapshot) -> MembershipChanges {
-    let describe = |key: &String, primary: &Snapshot, fallback: &Snapshot| {
-        let snapshot = if primary.memberships.contains_key(key) {
-            primary
-        } else {
-            fallback
+fn membership_changes(input: &DiffInput) -> MembershipChanges {
+    let describe = |(uid, group): &(String, String), prefer: Prefer| {
+        let sides = input.accounts.get(uid);
+        let account = match prefer {
+            Before => sides.and_then(|s| s.old.as_ref().or(s.new.as_ref())),
+            After => sides.and_then(|s| s.new.as_ref().or(s.old.as_ref())),
         };
-        let record = &snapshot.memberships[key].record;
-        let username = primary
-            .accounts
-            .get(&record.account_external_id)
-            .or_else(|| fallback.accounts.get(&record.account_external_id))
-            .map_or_else(
-                || record.account_external_id.clone(),
-                |a| a.record.username.clone(),
-            );
         MembershipRef {
-            account_external_id: record.account_external_id.clone(),
-            username,
-            group_external_id: record.group_external_id.clone(),
-            group_name: group_name(&record.group_external_id, primary, fallback),
+            account_external_id: uid.clone(),
+            username: account.map_or_else(|| uid.clone(), |a| a.username.clone()),
+            group_external_id: group.clone(),
+            group_name: group_name(group, input, prefer),
         }
     };
     MembershipChanges {
-        added: to
-            .memberships
-            .keys()
-            .filter(|key| !from.memberships.contains_key(*key))
-            .map(|key| describe(key, to, from))
+        added: input
+            .memberships_added
+            .iter()
+            .map(|pair| describe(pair, After))
             .collect(),
-        removed: from
-            .memberships
-            .keys()
-            .filter(|key| !to.memberships.contains_key(*key))
-            .map(|key| describe(key, from, to))
+        removed: input
+            .memberships_removed
+            .iter()
+            .map(|pair| describe(pair, Before))
             .collect(),
     }
 }

@@ -8,7 +8,7 @@ use similar::TextDiff;
 
 use super::Report;
 use crate::diff::{
-    DirectoryDiff, FieldChange, GroupChange, GroupRef, Joiner, Leaver, MembershipRef, Mover,
+    DirectoryDiff, FieldChange, GroupChange, GroupRef, Joiner, Leaver, MembershipRef, Mover, Purge,
 };
 
 /// Values longer than this, or on several lines, are shown as a unified diff: an `old → new`
@@ -127,6 +127,7 @@ pub(super) fn header_fields(report: &Report) -> Vec<HeaderField> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) enum EventType {
     Leaver,
+    Purged,
     Joiner,
     Mover,
     GroupCreated,
@@ -140,6 +141,7 @@ impl EventType {
     pub(super) fn as_str(self) -> &'static str {
         match self {
             EventType::Leaver => "leaver",
+            EventType::Purged => "purged",
             EventType::Joiner => "joiner",
             EventType::Mover => "mover",
             EventType::GroupCreated => "group_created",
@@ -153,6 +155,7 @@ impl EventType {
 
 pub(super) enum EventKind<'a> {
     Leaver(&'a Leaver),
+    Purged(&'a Purge),
     Joiner(&'a Joiner),
     Mover(&'a Mover),
     GroupCreated(&'a GroupRef),
@@ -190,6 +193,7 @@ fn diff_events<'a>(report: &'a Report, diff: &'a DirectoryDiff) -> Vec<Event<'a>
         .leavers
         .iter()
         .map(EventKind::Leaver)
+        .chain(diff.purged.iter().map(EventKind::Purged))
         .chain(diff.joiners.iter().map(EventKind::Joiner))
         .chain(diff.movers.iter().map(EventKind::Mover))
         .chain(groups.created.iter().map(EventKind::GroupCreated))
@@ -202,6 +206,7 @@ fn diff_events<'a>(report: &'a Report, diff: &'a DirectoryDiff) -> Vec<Event<'a>
             run_id: &diff.to_run,
             detected_at: match kind {
                 EventKind::Leaver(leaver) => leaver.detected_at,
+                EventKind::Purged(purge) => purge.detected_at,
                 _ => run_finished_at,
             },
             kind,
@@ -223,6 +228,7 @@ impl Event<'_> {
     pub(super) fn event_type(&self) -> EventType {
         match self.kind {
             EventKind::Leaver(_) => EventType::Leaver,
+            EventKind::Purged(_) => EventType::Purged,
             EventKind::Joiner(_) => EventType::Joiner,
             EventKind::Mover(_) => EventType::Mover,
             EventKind::GroupCreated(_) => EventType::GroupCreated,
@@ -237,6 +243,7 @@ impl Event<'_> {
     pub(super) fn external_id(&self) -> String {
         match self.kind {
             EventKind::Leaver(leaver) => leaver.external_id.clone(),
+            EventKind::Purged(purge) => purge.external_id.clone(),
             EventKind::Joiner(joiner) => joiner.external_id.clone(),
             EventKind::Mover(mover) => mover.external_id.clone(),
             EventKind::GroupCreated(group) | EventKind::GroupDeleted(group) => {
@@ -256,6 +263,7 @@ impl Event<'_> {
     pub(super) fn name(&self) -> &str {
         match self.kind {
             EventKind::Leaver(leaver) => &leaver.username,
+            EventKind::Purged(purge) => &purge.username,
             EventKind::Joiner(joiner) => &joiner.username,
             EventKind::Mover(mover) => &mover.username,
             EventKind::GroupCreated(group) | EventKind::GroupDeleted(group) => &group.display_name,
@@ -269,6 +277,7 @@ impl Event<'_> {
     pub(super) fn email(&self) -> Option<&str> {
         match self.kind {
             EventKind::Leaver(leaver) => leaver.canonical_email.as_deref(),
+            EventKind::Purged(purge) => purge.canonical_email.as_deref(),
             EventKind::Joiner(joiner) => joiner.canonical_email.as_deref(),
             EventKind::Mover(mover) => mover.canonical_email.as_deref(),
             _ => None,
@@ -276,7 +285,11 @@ impl Event<'_> {
     }
 
     pub(super) fn is_escalation(&self) -> bool {
-        matches!(self.kind, EventKind::Mover(mover) if mover.privilege_escalation)
+        match self.kind {
+            EventKind::Mover(mover) => mover.privilege_escalation,
+            EventKind::Joiner(joiner) => joiner.privilege_escalation,
+            _ => false,
+        }
     }
 
     /// A one-line description for a spreadsheet row or a summary list.
@@ -289,11 +302,26 @@ impl Event<'_> {
                 detection_latency(leaver),
                 yes_no(leaver.memberships_removed)
             ),
-            EventKind::Joiner(joiner) => format!(
-                "{}; groups: {}",
-                joiner.reason.as_str(),
-                group_names(&joiner.groups)
+            EventKind::Purged(purge) => format!(
+                "deleted after it had already left; last seen active {}",
+                purge
+                    .last_seen_active_at
+                    .map_or_else(|| "unknown".to_string(), timestamp)
             ),
+            EventKind::Joiner(joiner) => {
+                let mut detail = format!(
+                    "{}; groups: {}",
+                    joiner.reason.as_str(),
+                    group_names(&joiner.groups)
+                );
+                for change in one_line_changes(&joiner.changes) {
+                    detail.push_str(&format!("; {change}"));
+                }
+                if joiner.privilege_escalation {
+                    detail.push_str(&format!(" ({ESCALATION_FLAG})"));
+                }
+                detail
+            }
             EventKind::Mover(mover) => {
                 let mut parts = one_line_changes(&mover.changes);
                 // Words, not "+group": a cell starting with + or - is a formula to a
@@ -367,10 +395,10 @@ impl Section {
     pub(super) fn description(self) -> &'static str {
         match self {
             Section::Escalations => {
-                "Accounts that gained a superuser group or the superuser flag. Each needs an approval on record."
+                "Accounts that joined or moved with superuser rights (the superuser flag, or a superuser group, directly or through a parent group). Each needs an approval on record."
             }
             Section::Leavers => {
-                "Accounts deleted or deactivated. Detection latency is the time between the last run that saw the account active and the run that saw it gone: an upper bound on how long the change went unseen."
+                "Accounts deleted or deactivated. Detection latency is the time between the last run that saw the account active and the run that saw it gone: an upper bound on how long the change went unseen. An account deleted after it had already left is listed as purged: the end of the same termination, not a second leaver."
             }
             Section::Joiners => "Accounts created, or reactivated after being inactive.",
             Section::Movers => {
@@ -387,7 +415,7 @@ impl Section {
         let event_type = event.event_type();
         match self {
             Section::Escalations => event.is_escalation(),
-            Section::Leavers => event_type == EventType::Leaver,
+            Section::Leavers => matches!(event_type, EventType::Leaver | EventType::Purged),
             Section::Joiners => event_type == EventType::Joiner,
             Section::Movers => event_type == EventType::Mover,
             Section::Groups => matches!(

@@ -11,7 +11,7 @@ use super::content::{
     ChangeView, Event, EventKind, HeaderValue, Section, ESCALATION_FLAG,
 };
 use super::Report;
-use crate::diff::{FieldChange, GroupRef, MembershipRef};
+use crate::diff::{FieldChange, GroupRef, Joiner, MembershipRef};
 
 const STYLE: &str = r#"
 :root { color-scheme: light; }
@@ -140,7 +140,15 @@ fn event_section(section: Section, events: &[&Event<'_>]) -> String {
         Section::Groups => &[("Change", 10), ("Group", 30), ("Details", 45), ("Run", 15)],
         Section::Memberships => &[("Change", 12), ("Account", 35), ("Group", 38), ("Run", 15)],
     };
-    let rows = events.iter().map(|event| event_row(event)).collect();
+    let rows = events
+        .iter()
+        .map(|event| match (section, &event.kind) {
+            (Section::Escalations, EventKind::Joiner(joiner)) => {
+                joiner_escalation_row(event, joiner)
+            }
+            _ => event_row(event),
+        })
+        .collect();
     let heading = format!("{} ({})", section.title(), events.len());
     let content = table(section.id(), columns, rows);
     // Escalations stand out only when there are some, so an empty box does not cry wolf.
@@ -181,12 +189,33 @@ fn event_row(event: &Event<'_>) -> Vec<String> {
             ),
             format!("<strong>{}</strong>", escape(&detection_latency(leaver))),
         ],
-        EventKind::Joiner(joiner) => vec![
+        EventKind::Purged(purge) => vec![
             account(),
-            escape(joiner.reason.as_str()),
-            escape(&group_names(&joiner.groups)),
-            run,
+            "purged: deleted after it had already left".to_string(),
+            String::new(),
+            format!(
+                "<span class=\"label\">Last seen active</span>{}\
+                 <span class=\"label\">Detected</span>{}, run {run}",
+                purge
+                    .last_seen_active_at
+                    .map_or_else(|| "unknown".to_string(), breakable_timestamp),
+                breakable_timestamp(purge.detected_at),
+            ),
+            String::new(),
         ],
+        EventKind::Joiner(joiner) => {
+            let mut cell = account();
+            if joiner.privilege_escalation {
+                cell.push_str(&format!(
+                    "<br><span class=\"flag\">{ESCALATION_FLAG}</span>"
+                ));
+            }
+            let mut reason = escape(joiner.reason.as_str());
+            if !joiner.changes.is_empty() {
+                reason.push_str(&changes_cell(&joiner.changes));
+            }
+            vec![cell, reason, escape(&group_names(&joiner.groups)), run]
+        }
         EventKind::Mover(mover) => {
             let mut cell = account();
             if mover.privilege_escalation {
@@ -213,6 +242,26 @@ fn event_row(event: &Event<'_>) -> Vec<String> {
         EventKind::MembershipAdded(membership) => membership_row("added", membership, run),
         EventKind::MembershipRemoved(membership) => membership_row("removed", membership, run),
     }
+}
+
+/// A joiner in the escalations table, which has the movers' columns: its changes are its
+/// reason, its added groups the groups it joined with.
+fn joiner_escalation_row(event: &Event<'_>, joiner: &Joiner) -> Vec<String> {
+    let mut changes = escape(joiner.reason.as_str());
+    if !joiner.changes.is_empty() {
+        changes.push_str(&changes_cell(&joiner.changes));
+    }
+    let mut account = account_cell(event.name(), &event.external_id(), event.email());
+    account.push_str(&format!(
+        "<br><span class=\"flag\">{ESCALATION_FLAG}</span>"
+    ));
+    vec![
+        account,
+        changes,
+        escape(&group_names(&joiner.groups)),
+        escape(&group_names(&joiner.groups_removed)),
+        format!("<code>{}</code>", escape(event.run_id)),
+    ]
 }
 
 /// A created or deleted group: nothing to detail beyond its name and id.

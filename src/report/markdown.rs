@@ -124,9 +124,34 @@ fn push_event(out: &mut String, section: Section, event: &Event<'_>) {
                 ],
             );
         }
+        EventKind::Purged(purge) => {
+            push_line(
+                out,
+                &format!("- **{name}** (purged: deleted after it had already left), detected by run {run}"),
+            );
+            push_facts(
+                out,
+                &[
+                    external_id,
+                    ("Email", email),
+                    (
+                        "Last seen active at",
+                        purge
+                            .last_seen_active_at
+                            .map_or_else(|| "unknown".to_string(), timestamp),
+                    ),
+                    ("Detected at", timestamp(purge.detected_at)),
+                ],
+            );
+        }
         EventKind::Joiner(joiner) => {
             let reason = joiner.reason.as_str();
-            push_line(out, &format!("- **{name}** ({reason}), run {run}"));
+            let flag = if joiner.privilege_escalation {
+                format!(" **{ESCALATION_FLAG}**")
+            } else {
+                String::new()
+            };
+            push_line(out, &format!("- **{name}** ({reason}), run {run}{flag}"));
             push_facts(
                 out,
                 &[
@@ -135,6 +160,7 @@ fn push_event(out: &mut String, section: Section, event: &Event<'_>) {
                     ("Groups", text(&group_names(&joiner.groups))),
                 ],
             );
+            push_changes(out, &joiner.changes);
         }
         EventKind::Mover(mover) => {
             let flag = if mover.privilege_escalation {

@@ -56,6 +56,7 @@ fn leaver(
         detected_at,
         last_login_at: Some("2026-11-01T08:00:00Z".to_string()),
         memberships_removed: reason == LeaveReason::Deleted,
+        changes: vec![],
     }
 }
 
@@ -65,7 +66,14 @@ fn joiner(username: &str, reason: JoinReason) -> Joiner {
         username: username.to_string(),
         canonical_email: None,
         reason,
+        account_type: crate::normalize::AccountType::User,
+        is_superuser: false,
+        added_at: Some("2026-11-01T09:00:00Z".to_string()),
         groups: vec![group("Engineering")],
+        changes: vec![],
+        groups_added: vec![],
+        groups_removed: vec![],
+        privilege_escalation: false,
     }
 }
 
@@ -98,11 +106,14 @@ fn empty_diff(from_run: &str, to_run: &str) -> DirectoryDiff {
         source: "corp".to_string(),
         from_run: from_run.to_string(),
         to_run: to_run.to_string(),
+        baseline: None,
         joiners: vec![],
         movers: vec![],
         leavers: vec![],
+        purged: vec![],
         groups: GroupChanges::default(),
         memberships: MembershipChanges::default(),
+        population: Default::default(),
     }
 }
 

@@ -1,57 +1,82 @@
-//! The redb database: runs, record versions and health checks.
+//! The redb database: runs, record versions, the current state of every source, and health.
 //!
-//! Storage grows with changes, not with runs. Every record (account, group, membership) is
-//! kept as versions; a version is valid from the run that first saw it until the run that
-//! changed or removed it. A run that changes nothing adds only its metadata. Any past complete
-//! run reads back as it was: the versions whose validity covers its id. Run ids are ULIDs
-//! that the store makes strictly increasing, so "covers" is a string comparison.
+//! Storage grows with changes, not with runs or logins. Every record (account, group,
+//! membership) is kept as versions; a version is valid from the run that first saw its
+//! material content until the run that changed or removed it (see [`crate::record`] for what
+//! "changed" means). Volatile values (`last_login_at`, `member_count`) are kept as their
+//! latest value only. Any past complete run reads back as the versions whose validity covers
+//! its id; run ids are ULIDs that increase within a source, so "covers" is a string
+//! comparison.
 //!
-//! Each run is one write transaction: a run is fully visible or not at all. The database is
-//! opened in redb's multi-writer mode, so several aksync processes (a daemon and an admin's
-//! queries) can share the file; only write transactions exclude each other.
+//! Tables (keys are `␟`-joined strings, see [`codec`]):
+//!
+//! | table | key | value |
+//! |---|---|---|
+//! | `meta` | `schema_version` | the layout version |
+//! | `runs` | run id | [`RunRecord`] as JSON (growable: unknown fields are kept) |
+//! | `source_runs` | `source␟run_id` | the run's status: a per-source run index |
+//! | `latest_complete` | source | the id of the source's latest complete run |
+//! | `versions` | `source␟kind␟external_id␟valid_from` | `valid_to`, material hash, entry JSON |
+//! | `current` | `source␟kind␟external_id` | `valid_from`, material hash, volatile digest, flags |
+//! | `tombstones` | `source␟kind␟external_id` | the hash of a deleted record's last envelope |
+//! | `volatile` | `source␟kind␟external_id` | latest volatile values as JSON |
+//! | `health` | source | [`HealthRecord`] as JSON |
+//!
+//! A run is planned without any write transaction (reading `current` and the spooled new
+//! records side by side) and committed in one write transaction that holds only the conflict
+//! check, the planned writes and the run record. The database is opened in redb's
+//! multi-writer mode, so several aksync processes (the daemon and an admin's queries) share
+//! the file; opening and reading never take the write lock.
 
+pub mod codec;
 mod file;
+mod guard;
+mod migrate;
+pub mod ops;
 pub mod run;
+#[cfg(test)]
+mod tests;
 
-use std::collections::BTreeMap;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use redb::{
-    ConcurrencyMode, Database, ReadableDatabase, ReadableTable, TableDefinition, TransactionError,
-    WriteTransaction,
+    ConcurrencyMode, Database, ReadableDatabase, ReadableTable, TableDefinition, TableError,
+    TransactionError, WriteTransaction,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
-use sha2::{Digest, Sha256};
+use serde_json::{Map, Value};
 
-use crate::normalize::{Entry, Snapshot};
+use crate::record::{Hash, RecordKind};
+use codec::{CurrentRow, DecodeError, SEP};
+pub use guard::in_guarded_operation;
+use guard::Guard;
+use ops::{Op, Ops};
 pub use run::{
     ChangeCounts, Counts, DeliveryState, DeliveryStatus, EnvelopeSummary, HealthRecord,
     HealthStatus, RunOutcome, RunRecord, RunStatus,
 };
 
-/// The layout version of the tables below. Bump it with a migration in [`Store::open`].
-pub const SCHEMA_VERSION: u32 = 1;
+/// The layout version of the tables below. Bump it with a migration in [`migrate`].
+pub const SCHEMA_VERSION: u32 = 2;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const RUNS: TableDefinition<&str, &[u8]> = TableDefinition::new("runs");
-/// `source␟kind␟external_id␟valid_from_run` → [`StoredVersion`].
-const VERSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("record_versions");
-/// `source␟kind␟external_id` → [`OpenVersion`]: the versions of the last complete run.
-const CURRENT: TableDefinition<&str, &[u8]> = TableDefinition::new("current_versions");
+const SOURCE_RUNS: TableDefinition<&str, &[u8]> = TableDefinition::new("source_runs");
+const LATEST: TableDefinition<&str, &str> = TableDefinition::new("latest_complete");
+const VERSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("versions");
+const CURRENT: TableDefinition<&str, &[u8]> = TableDefinition::new("current");
+const TOMBSTONES: TableDefinition<&str, &[u8]> = TableDefinition::new("tombstones");
+const VOLATILE: TableDefinition<&str, &[u8]> = TableDefinition::new("volatile");
 const HEALTH: TableDefinition<&str, &[u8]> = TableDefinition::new("health");
 
 const SCHEMA_VERSION_KEY: &str = "schema_version";
-/// Separates the parts of a key; it cannot occur in source names or Authentik ids.
-const SEP: char = '\u{1f}';
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// redb's page cache. Runs read and write each record about once, so a large cache buys
 /// little and would count against the memory budget of a large directory.
-const CACHE_BYTES: usize = 64 * 1024 * 1024;
+const CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -63,6 +88,8 @@ pub enum StoreError {
     NewerSchema { path: PathBuf, found: u32 },
     #[error("cannot use database {path}: {reason}; check that state_dir is right and writable by this user")]
     Io { path: PathBuf, reason: String },
+    #[error("internal error while using database {path}, please report it: {reason}; the database itself is not known to be damaged")]
+    Internal { path: PathBuf, reason: String },
     #[error("no run `{0}`: list runs with `aksync runs`")]
     UnknownRun(String),
     #[error("run {run_id} is {status}, not complete: only complete runs have a snapshot")]
@@ -70,77 +97,72 @@ pub enum StoreError {
         run_id: String,
         status: &'static str,
     },
-    #[error("another process stored run {found} of source `{source_name}` during this run; run again to compare with it")]
+    #[error("another run of source `{source_name}` committed meanwhile (run {found}); this run was not stored, so that history never goes backwards: run it again")]
     Conflict { source_name: String, found: String },
     #[error("the run was not stored: {0}")]
     Aborted(String),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum RecordKind {
-    Account,
-    Group,
-    Membership,
-}
-
-impl RecordKind {
-    pub const ALL: [RecordKind; 3] = [
-        RecordKind::Account,
-        RecordKind::Group,
-        RecordKind::Membership,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RecordKind::Account => "account",
-            RecordKind::Group => "group",
-            RecordKind::Membership => "membership",
-        }
-    }
-}
-
-/// One version of one record.
-#[derive(Debug, Serialize, Deserialize)]
-struct StoredVersion {
-    /// The run that changed or removed this version; `None` while it is current.
-    valid_to: Option<String>,
-    hash: String,
-    entry: Value,
-}
-
-/// One stored version of a record, as [`Store::versions`] returns it.
+/// One stored version of a record, as [`Reader::versions`] returns it; its entry is parsed
+/// only when asked for.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RecordVersion {
     pub external_id: String,
     pub valid_from: String,
     pub valid_to: Option<String>,
-    /// The [`Entry`] as JSON: `{record, payload}`.
-    pub entry: Value,
+    pub hash: Hash,
+    pub flags: codec::Flags,
+    /// `{"record": …, "payload": …}` as JSON, without volatile fields.
+    pub entry: Vec<u8>,
 }
 
 impl RecordVersion {
-    /// Whether this version is the one a run saw.
+    /// Whether this version is the one `run_id` saw.
     pub fn valid_at(&self, run_id: &str) -> bool {
         covers(&self.valid_from, self.valid_to.as_deref(), run_id)
     }
+
+    pub fn parse(&self) -> Result<StoredEntry, serde_json::Error> {
+        serde_json::from_slice(&self.entry)
+    }
 }
 
-/// Where the current version of a record is.
-#[derive(Debug, Serialize, Deserialize)]
-struct OpenVersion {
-    valid_from: String,
-    hash: String,
+/// Whether a version valid from `valid_from` until `valid_to` is the one `run_id` saw.
+pub fn covers(valid_from: &str, valid_to: Option<&str>, run_id: &str) -> bool {
+    valid_from <= run_id && valid_to.is_none_or(|valid_to| valid_to > run_id)
+}
+
+/// What a run needs to know about its source before it plans.
+#[derive(Debug, Clone, Default)]
+pub struct SourceState {
+    pub latest_complete: Option<RunRecord>,
+    /// The source's newest run id of any status: a new run's id must be greater.
+    pub last_run_id: Option<String>,
+}
+
+/// A planned complete run: its record (with its id), the run the plan compared with, and the
+/// planned writes.
+pub struct CommitPlan {
+    pub record: RunRecord,
+    /// The source's latest complete run when the run started; if another run committed since,
+    /// nothing is stored.
+    pub expected_latest: Option<String>,
+    /// A new baseline: every current version of the source is closed before the writes.
+    pub reset: bool,
+    pub ops: Ops,
 }
 
 pub struct Store {
     db: Database,
     path: PathBuf,
     wait: Duration,
+    guard: Guard,
 }
 
 impl Store {
     /// Opens or creates the database, waiting up to `wait` for another process that holds it
-    /// exclusively, and checks the schema version.
+    /// exclusively. A current database is checked with a read transaction only; a new one gets
+    /// its tables, and an older layout is migrated, in one write transaction.
     pub fn open(path: &Path, wait: Duration) -> Result<Store, StoreError> {
         if let Some(parent) = path
             .parent()
@@ -152,14 +174,14 @@ impl Store {
             })?;
         }
         file::prepare(path)?;
+        let guard = Guard::default();
         let started = Instant::now();
         let db = loop {
-            let attempt = guarded(path, || {
+            let attempt = guard.call(|| {
                 redb::Builder::new()
                     .set_concurrency_mode(ConcurrencyMode::MultiWriter)
                     .set_cache_size(CACHE_BYTES)
                     .create(path)
-                    .map_err(|error| Failure::Redb(error.into()))
             });
             match attempt {
                 Ok(db) => break db,
@@ -181,28 +203,12 @@ impl Store {
             db,
             path: path.to_path_buf(),
             wait,
+            guard,
         };
-        store.write(|txn| {
-            for table in [META, RUNS, VERSIONS, CURRENT, HEALTH] {
-                txn.open_table(table)?;
-            }
-            let mut meta = txn.open_table(META)?;
-            let found = meta
-                .get(SCHEMA_VERSION_KEY)?
-                .map(|value| String::from_utf8_lossy(value.value()).parse::<u32>());
-            match found {
-                None => {
-                    meta.insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION.to_string().as_bytes())?;
-                    Ok(Ok(()))
-                }
-                Some(Ok(version)) if version <= SCHEMA_VERSION => Ok(Ok(())),
-                Some(Ok(found)) => Ok(Err(StoreError::NewerSchema {
-                    path: path.to_path_buf(),
-                    found,
-                })),
-                Some(Err(_)) => Err(corrupt_value("schema version")),
-            }
-        })??;
+        match store.layout()? {
+            Layout::Current => {}
+            Layout::Empty | Layout::Old => store.write(|txn| store.prepare(txn))?,
+        }
         Ok(store)
     }
 
@@ -210,126 +216,152 @@ impl Store {
         &self.path
     }
 
-    pub fn schema_version(&self) -> Result<u32, StoreError> {
-        self.read(|txn| {
-            let meta = txn.open_table(META)?;
-            let version = meta
-                .get(SCHEMA_VERSION_KEY)?
-                .ok_or_else(|| corrupt_value("schema version"))?;
-            String::from_utf8_lossy(version.value())
-                .parse()
-                .map_err(|_| corrupt_value("schema version"))
-        })
+    /// The error for stored data that does not read back.
+    pub fn corrupt(&self, what: impl std::fmt::Display) -> StoreError {
+        StoreError::Corrupt {
+            path: self.path.clone(),
+            reason: format!("unreadable {what}"),
+        }
     }
 
-    /// Stores a complete snapshot as a new run, in one transaction, and returns its record.
-    ///
-    /// `expected_latest` is the source's latest complete run when the caller looked; if
-    /// another process committed a newer one meanwhile, nothing is stored. `finish` sees the
-    /// record with its id before the commit, writes what must exist once the run does (the
-    /// outbox), and completes the record; an error from it stores nothing.
-    pub fn commit_complete(
-        &self,
-        outcome: RunOutcome,
-        snapshot: &Snapshot,
-        expected_latest: Option<&str>,
-        finish: impl FnOnce(&mut RunRecord) -> Result<(), String>,
-    ) -> Result<RunRecord, StoreError> {
-        self.write(|txn| {
-            let source = outcome.source.clone();
-            let latest = latest_complete_id(txn, &source)?;
-            if latest.as_deref() != expected_latest {
-                return Err(Failure::Store(StoreError::Conflict {
-                    source_name: source,
-                    found: latest.unwrap_or_default(),
+    /// What the file holds, read without the write lock.
+    fn layout(&self) -> Result<Layout, StoreError> {
+        self.read(|reader| {
+            let meta = match self.guard.call(|| reader.txn.open_table(META)) {
+                Ok(meta) => meta,
+                Err(Failure::Redb(redb::Error::TableDoesNotExist(_))) => return Ok(Layout::Empty),
+                Err(failure) => return Err(failure),
+            };
+            let version = match self.guard.call(|| meta.get(SCHEMA_VERSION_KEY))? {
+                None => return Ok(Layout::Empty),
+                Some(value) => parse_schema_version(value.value())?,
+            };
+            if version > SCHEMA_VERSION {
+                return Err(Failure::Store(StoreError::NewerSchema {
+                    path: self.path.clone(),
+                    found: version,
                 }));
             }
-            let run_id = next_run_id(txn, outcome.started_at)?;
-            let mut versions_written = 0;
-            versions_written += apply_kind(
-                txn,
-                &source,
-                RecordKind::Account,
-                &run_id,
-                &snapshot.accounts,
-            )?;
-            versions_written +=
-                apply_kind(txn, &source, RecordKind::Group, &run_id, &snapshot.groups)?;
-            versions_written += apply_kind(
-                txn,
-                &source,
-                RecordKind::Membership,
-                &run_id,
-                &snapshot.memberships,
-            )?;
-            let counts = Counts {
-                accounts: snapshot.accounts.len() as u64,
-                groups: snapshot.groups.len() as u64,
-                memberships: snapshot.memberships.len() as u64,
-            };
-            let mut record =
-                outcome.into_record(run_id, RunStatus::Complete, None, counts, versions_written);
-            finish(&mut record).map_err(|reason| Failure::Store(StoreError::Aborted(reason)))?;
-            put_json(&mut txn.open_table(RUNS)?, &record.run_id, &record)?;
-            Ok(record)
-        })
-    }
-
-    /// Rewrites a run's record, e.g. to advance its delivery state.
-    pub fn update_run(
-        &self,
-        run_id: &str,
-        update: impl FnOnce(&mut RunRecord),
-    ) -> Result<RunRecord, StoreError> {
-        self.write(|txn| {
-            let mut runs = txn.open_table(RUNS)?;
-            let mut record: RunRecord = match runs.get(run_id)? {
-                Some(value) => from_json(value.value(), "run")?,
-                None => return Err(Failure::Store(StoreError::UnknownRun(run_id.to_string()))),
-            };
-            update(&mut record);
-            put_json(&mut runs, run_id, &record)?;
-            Ok(record)
-        })
-    }
-
-    /// Every stored version of the records of one kind whose external id starts with
-    /// `id_prefix`, ordered by external id, then by the run that stored them.
-    pub fn versions(
-        &self,
-        source: &str,
-        kind: RecordKind,
-        id_prefix: &str,
-    ) -> Result<Vec<RecordVersion>, StoreError> {
-        self.read(|txn| {
-            let versions = txn.open_table(VERSIONS)?;
-            let prefix = record_prefix(source, kind);
-            let start = format!("{prefix}{id_prefix}");
-            let end = prefix_end(&prefix);
-            let mut rows = Vec::new();
-            for row in versions.range(start.as_str()..end.as_str())? {
-                let (key, value) = row?;
-                let rest = &key.value()[prefix.len()..];
-                if !rest.starts_with(id_prefix) {
-                    break;
-                }
-                let (external_id, valid_from) = split_version_key(rest)?;
-                let version: StoredVersion = from_json(value.value(), "record version")?;
-                rows.push(RecordVersion {
-                    external_id: external_id.to_string(),
-                    valid_from: valid_from.to_string(),
-                    valid_to: version.valid_to,
-                    entry: version.entry,
-                });
+            if version < SCHEMA_VERSION {
+                return Ok(Layout::Old);
             }
-            Ok(rows)
+            Ok(Layout::Current)
+        })
+    }
+
+    /// Creates the tables, or migrates an older layout, in the caller's write transaction.
+    /// Re-checks the layout inside it: another process may have done it meanwhile.
+    fn prepare(&self, txn: &WriteTransaction) -> Result<(), Failure> {
+        let mut meta = self.guard.call(|| txn.open_table(META))?;
+        let found = match self.guard.call(|| meta.get(SCHEMA_VERSION_KEY))? {
+            None => None,
+            Some(value) => Some(parse_schema_version(value.value())?),
+        };
+        match found {
+            Some(SCHEMA_VERSION) => return Ok(()),
+            Some(version) if version > SCHEMA_VERSION => {
+                return Err(Failure::Store(StoreError::NewerSchema {
+                    path: self.path.clone(),
+                    found: version,
+                }))
+            }
+            Some(old) => migrate::migrate(self, txn, old)?,
+            None => {}
+        }
+        for table in [
+            RUNS,
+            SOURCE_RUNS,
+            VERSIONS,
+            CURRENT,
+            TOMBSTONES,
+            VOLATILE,
+            HEALTH,
+        ] {
+            self.guard.call(|| txn.open_table(table))?;
+        }
+        self.guard.call(|| txn.open_table(LATEST))?;
+        let version = SCHEMA_VERSION.to_string();
+        self.guard
+            .call(|| meta.insert(SCHEMA_VERSION_KEY, version.as_bytes()))?;
+        Ok(())
+    }
+
+    pub fn schema_version(&self) -> Result<u32, StoreError> {
+        self.read(|reader| {
+            let meta = reader.table(META)?;
+            let value = self
+                .guard
+                .call(|| meta.get(SCHEMA_VERSION_KEY))?
+                .ok_or_else(|| corrupt_value("schema version"))?;
+            parse_schema_version(value.value())
+        })
+    }
+
+    /// What a run of `source` needs before it plans.
+    pub fn source_state(&self, source: &str) -> Result<SourceState, StoreError> {
+        self.read(|reader| {
+            let latest_complete = match reader.latest_complete_id(source)? {
+                Some(id) => Some(reader.run(&id)?),
+                None => None,
+            };
+            Ok(SourceState {
+                latest_complete,
+                last_run_id: reader.last_run_id(source)?,
+            })
+        })
+    }
+
+    /// A new run id for `source`: a ULID from `at`, made greater than every run id of the
+    /// source so that version validity compares as strings even when the clock went back.
+    pub fn new_run_id(&self, source: &str, at: DateTime<Utc>) -> Result<String, StoreError> {
+        let last = self.read(|reader| reader.last_run_id(source))?;
+        next_run_id(last.as_deref(), at).map_err(|failure| failure.into_store_error(&self.path))
+    }
+
+    /// Stores a planned complete run in one write transaction and returns its record.
+    pub fn commit_complete(&self, mut plan: CommitPlan) -> Result<RunRecord, StoreError> {
+        self.write(|txn| {
+            let source = plan.record.source.clone();
+            let run_id = plan.record.run_id.clone();
+            let (latest, last) = {
+                let reader = WriteReader { store: self, txn };
+                (
+                    reader.latest_complete_id(&source)?,
+                    reader.last_run_id(&source)?,
+                )
+            };
+            if latest != plan.expected_latest
+                || last.as_deref().is_some_and(|last| last >= run_id.as_str())
+            {
+                return Err(Failure::Store(StoreError::Conflict {
+                    source_name: source,
+                    found: last.or(latest).unwrap_or_default(),
+                }));
+            }
+            let mut tables = WriteTables::open(self, txn)?;
+            if plan.reset {
+                tables.reset_source(&source, &run_id)?;
+            }
+            while let Some(op) = plan.ops.next_op().map_err(|error| {
+                Failure::Store(StoreError::Io {
+                    path: self.path.clone(),
+                    reason: format!("reading the run's planned writes: {error}"),
+                })
+            })? {
+                tables.apply(&source, &run_id, op)?;
+            }
+            tables.put_run(&plan.record)?;
+            self.guard
+                .call(|| tables.latest.insert(source.as_str(), run_id.as_str()))?;
+            Ok(plan.record.clone())
         })
     }
 
     /// Records a failed run. The stored snapshots are not touched.
     pub fn commit_failed(&self, outcome: RunOutcome, error: &str) -> Result<RunRecord, StoreError> {
         self.write(|txn| {
-            let run_id = next_run_id(txn, outcome.started_at)?;
+            let last = WriteReader { store: self, txn }.last_run_id(&outcome.source)?;
+            let run_id = next_run_id(last.as_deref(), outcome.started_at)?;
             let record = outcome.into_record(
                 run_id,
                 RunStatus::Failed,
@@ -337,78 +369,96 @@ impl Store {
                 Counts::default(),
                 0,
             );
-            put_json(&mut txn.open_table(RUNS)?, &record.run_id, &record)?;
+            WriteTables::open(self, txn)?.put_run(&record)?;
             Ok(record)
         })
     }
 
-    /// Runs of one source or all, newest first.
+    /// Rewrites a run's record, e.g. to advance its delivery state. `update` sees the stored
+    /// record (not a stale copy) and may refuse by returning an error message.
+    pub fn update_run<T>(
+        &self,
+        run_id: &str,
+        update: impl FnOnce(&mut RunRecord) -> Result<T, String>,
+    ) -> Result<T, StoreError> {
+        self.write(|txn| {
+            let mut runs = self.guard.call(|| txn.open_table(RUNS))?;
+            let mut record: RunRecord = match self.guard.call(|| runs.get(run_id))? {
+                Some(value) => from_json(value.value(), "run")?,
+                None => return Err(Failure::Store(StoreError::UnknownRun(run_id.to_string()))),
+            };
+            let result = update(&mut record)
+                .map_err(|reason| Failure::Store(StoreError::Aborted(reason)))?;
+            let bytes = to_json(&record)?;
+            self.guard.call(|| runs.insert(run_id, bytes.as_slice()))?;
+            Ok(result)
+        })
+    }
+
+    /// Runs of one source (through the per-source index) or of all, newest first.
     pub fn runs(&self, source: Option<&str>) -> Result<Vec<RunRecord>, StoreError> {
-        self.read(|txn| {
-            let runs = txn.open_table(RUNS)?;
-            let mut records = Vec::new();
-            for row in runs.iter()?.rev() {
-                let (_, value) = row?;
-                let record: RunRecord = from_json(value.value(), "run")?;
-                if source.is_none_or(|source| record.source == source) {
-                    records.push(record);
+        self.read(|reader| match source {
+            Some(source) => reader
+                .run_ids(source)?
+                .iter()
+                .rev()
+                .map(|(id, _)| reader.run(id))
+                .collect(),
+            None => {
+                let runs = reader.table(RUNS)?;
+                let mut records = Vec::new();
+                let mut rows = self.guard.call(|| runs.iter())?.rev();
+                while let Some(row) = self.guard.call(|| rows.next().transpose())? {
+                    records.push(from_json(row.1.value(), "run")?);
                 }
+                Ok(records)
             }
-            Ok(records)
         })
     }
 
     pub fn run(&self, run_id: &str) -> Result<RunRecord, StoreError> {
-        self.read(|txn| {
-            let runs = txn.open_table(RUNS)?;
-            let value = runs.get(run_id)?;
-            match value {
-                Some(value) => from_json(value.value(), "run"),
-                None => Err(Failure::Store(StoreError::UnknownRun(run_id.to_string()))),
-            }
-        })
+        self.read(|reader| reader.run(run_id))
     }
 
     /// The complete runs of a source, oldest first.
     pub fn complete_runs(&self, source: &str) -> Result<Vec<RunRecord>, StoreError> {
-        let mut runs = self.runs(Some(source))?;
-        runs.retain(|run| run.status == RunStatus::Complete);
-        runs.reverse();
-        Ok(runs)
+        self.read(|reader| {
+            reader
+                .run_ids(source)?
+                .iter()
+                .filter(|(_, status)| *status == RunStatus::Complete)
+                .map(|(id, _)| reader.run(id))
+                .collect()
+        })
     }
 
     pub fn latest_complete(&self, source: &str) -> Result<Option<RunRecord>, StoreError> {
-        Ok(self.complete_runs(source)?.pop())
+        self.read(|reader| match reader.latest_complete_id(source)? {
+            Some(id) => Ok(Some(reader.run(&id)?)),
+            None => Ok(None),
+        })
     }
 
-    /// The snapshot of a complete run, exactly as that run stored it.
-    pub fn snapshot(&self, run: &RunRecord) -> Result<Snapshot, StoreError> {
-        if run.status != RunStatus::Complete {
-            return Err(StoreError::NotComplete {
-                run_id: run.run_id.clone(),
-                status: run.status.as_str(),
-            });
-        }
-        self.read(|txn| {
-            let versions = txn.open_table(VERSIONS)?;
-            let (source, run_id) = (run.source.as_str(), run.run_id.as_str());
-            Ok(Snapshot {
-                accounts: read_kind(&versions, source, RecordKind::Account, run_id)?,
-                groups: read_kind(&versions, source, RecordKind::Group, run_id)?,
-                memberships: read_kind(&versions, source, RecordKind::Membership, run_id)?,
-            })
-        })
+    /// A consistent read-only view of the database, for reads that stream.
+    pub fn reader(&self) -> Result<Reader<'_>, StoreError> {
+        let txn = self
+            .guard
+            .call(|| self.db.begin_read())
+            .map_err(|failure| failure.into_store_error(&self.path))?;
+        Ok(Reader { store: self, txn })
     }
 
     /// How many record versions are stored for a source, all kinds together.
     pub fn version_count(&self, source: &str) -> Result<u64, StoreError> {
-        self.read(|txn| {
-            let versions = txn.open_table(VERSIONS)?;
-            let start = format!("{source}{SEP}");
-            let end = prefix_end(&start);
+        self.read(|reader| {
+            let versions = reader.table(VERSIONS)?;
+            let start = codec::source_prefix(source);
+            let end = codec::prefix_end(&start);
+            let mut rows = self
+                .guard
+                .call(|| versions.range(start.as_str()..end.as_str()))?;
             let mut count = 0;
-            for row in versions.range(start.as_str()..end.as_str())? {
-                row?;
+            while self.guard.call(|| rows.next().transpose())?.is_some() {
                 count += 1;
             }
             Ok(count)
@@ -416,13 +466,19 @@ impl Store {
     }
 
     pub fn put_health(&self, health: &HealthRecord) -> Result<(), StoreError> {
-        self.write(|txn| put_json(&mut txn.open_table(HEALTH)?, &health.source, health))
+        let bytes = to_json(health).map_err(|failure| failure.into_store_error(&self.path))?;
+        self.write(|txn| {
+            let mut table = self.guard.call(|| txn.open_table(HEALTH))?;
+            self.guard
+                .call(|| table.insert(health.source.as_str(), bytes.as_slice()))?;
+            Ok(())
+        })
     }
 
     pub fn health(&self, source: &str) -> Result<Option<HealthRecord>, StoreError> {
-        self.read(|txn| {
-            let health = txn.open_table(HEALTH)?;
-            let value = health.get(source)?;
+        self.read(|reader| {
+            let health = reader.table(HEALTH)?;
+            let value = self.guard.call(|| health.get(source))?;
             value
                 .map(|value| from_json(value.value(), "health"))
                 .transpose()
@@ -431,13 +487,10 @@ impl Store {
 
     fn read<T>(
         &self,
-        operation: impl FnOnce(&redb::ReadTransaction) -> Result<T, Failure>,
+        operation: impl FnOnce(&Reader<'_>) -> Result<T, Failure>,
     ) -> Result<T, StoreError> {
-        guarded(&self.path, || {
-            let txn = self.db.begin_read().map_err(redb::Error::from)?;
-            operation(&txn)
-        })
-        .map_err(|failure| failure.into_store_error(&self.path))
+        let reader = self.reader()?;
+        operation(&reader).map_err(|failure| failure.into_store_error(&self.path))
     }
 
     /// One write transaction, committed only if `operation` succeeds. Waits up to the
@@ -448,7 +501,10 @@ impl Store {
     ) -> Result<T, StoreError> {
         let started = Instant::now();
         let txn = loop {
-            match guarded(&self.path, || Ok(self.db.try_begin_write())) {
+            match self
+                .guard
+                .call(|| Ok::<_, Failure>(self.db.try_begin_write()))
+            {
                 Ok(Ok(txn)) => break txn,
                 Ok(Err(TransactionError::WouldBlock)) if started.elapsed() < self.wait => {
                     std::thread::sleep(POLL_INTERVAL)
@@ -465,12 +521,574 @@ impl Store {
                 Err(failure) => return Err(failure.into_store_error(&self.path)),
             }
         };
-        guarded(&self.path, move || {
-            let value = operation(&txn)?;
-            txn.commit().map_err(redb::Error::from)?;
-            Ok(value)
+        let value = operation(&txn).map_err(|failure| failure.into_store_error(&self.path))?;
+        self.guard
+            .call(|| txn.commit())
+            .map_err(|failure| failure.into_store_error(&self.path))?;
+        Ok(value)
+    }
+}
+
+enum Layout {
+    Empty,
+    Old,
+    Current,
+}
+
+fn parse_schema_version(bytes: &[u8]) -> Result<u32, Failure> {
+    std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .ok_or_else(|| corrupt_value("schema version"))
+}
+
+/// A ULID from `at`, greater than `last`.
+fn next_run_id(last: Option<&str>, at: DateTime<Utc>) -> Result<String, Failure> {
+    let millis = u64::try_from(at.timestamp_millis()).unwrap_or(0);
+    let candidate = ulid::Ulid::from_parts(millis, rand::random::<u128>());
+    let id = match last.map(ulid::Ulid::from_string) {
+        Some(Ok(last)) if last >= candidate => last
+            .increment()
+            .ok_or_else(|| Failure::Corrupt("run ids exhausted".into()))?,
+        Some(Err(_)) => return Err(corrupt_value("run id")),
+        _ => candidate,
+    };
+    Ok(id.to_string())
+}
+
+/// A read-only view of the database at one moment.
+pub struct Reader<'s> {
+    store: &'s Store,
+    txn: redb::ReadTransaction,
+}
+
+/// What a stored record looks like to a reader: its version and its latest volatile values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRecord {
+    pub external_id: String,
+    pub valid_from: String,
+    pub hash: Hash,
+    /// The stored record, without volatile fields.
+    pub record: Value,
+    pub payload: Value,
+}
+
+/// The JSON of a stored entry.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StoredEntry {
+    pub record: Value,
+    #[serde(default)]
+    pub payload: Value,
+}
+
+impl<'s> Reader<'s> {
+    fn table<K: redb::Key + 'static, V: redb::Value + 'static>(
+        &self,
+        definition: TableDefinition<K, V>,
+    ) -> Result<redb::ReadOnlyTable<K, V>, Failure> {
+        self.store.guard.call(|| self.txn.open_table(definition))
+    }
+
+    fn run(&self, run_id: &str) -> Result<RunRecord, Failure> {
+        let runs = self.table(RUNS)?;
+        match self.store.guard.call(|| runs.get(run_id))? {
+            Some(value) => from_json(value.value(), "run"),
+            None => Err(Failure::Store(StoreError::UnknownRun(run_id.to_string()))),
+        }
+    }
+
+    fn latest_complete_id(&self, source: &str) -> Result<Option<String>, Failure> {
+        let latest = self.table(LATEST)?;
+        Ok(self
+            .store
+            .guard
+            .call(|| latest.get(source))?
+            .map(|value| value.value().to_string()))
+    }
+
+    fn last_run_id(&self, source: &str) -> Result<Option<String>, Failure> {
+        let index = self.table(SOURCE_RUNS)?;
+        let prefix = codec::source_prefix(source);
+        let end = codec::prefix_end(&prefix);
+        let mut range = self
+            .store
+            .guard
+            .call(|| index.range(prefix.as_str()..end.as_str()))?;
+        Ok(self
+            .store
+            .guard
+            .call(|| range.next_back().transpose())?
+            .map(|(key, _)| key.value()[prefix.len()..].to_string()))
+    }
+
+    /// The source's run ids with their status, oldest first.
+    fn run_ids(&self, source: &str) -> Result<Vec<(String, RunStatus)>, Failure> {
+        let index = self.table(SOURCE_RUNS)?;
+        let prefix = codec::source_prefix(source);
+        let end = codec::prefix_end(&prefix);
+        let mut range = self
+            .store
+            .guard
+            .call(|| index.range(prefix.as_str()..end.as_str()))?;
+        let mut ids = Vec::new();
+        while let Some((key, value)) = self.store.guard.call(|| range.next().transpose())? {
+            let status =
+                RunStatus::from_index(value.value()).ok_or_else(|| corrupt_value("run index"))?;
+            ids.push((key.value()[prefix.len()..].to_string(), status));
+        }
+        Ok(ids)
+    }
+
+    /// The current rows of one kind of one source, in external id order.
+    pub fn current(
+        &self,
+        source: &str,
+        kind: RecordKind,
+    ) -> Result<impl Iterator<Item = Result<(String, CurrentRow), StoreError>> + 's, StoreError>
+    {
+        let prefix = codec::kind_prefix(source, kind);
+        let rows = self.rows(CURRENT, &prefix, prefix.len())?;
+        let path = self.store.path.clone();
+        Ok(rows.map(move |row| {
+            let (key, value) = row?;
+            let row = CurrentRow::decode(&value)
+                .map_err(|_| corrupt_value("current row").into_store_error(&path))?;
+            Ok((key, row))
+        }))
+    }
+
+    /// The current row of one record, if it is present in the latest complete run.
+    pub fn current_row(
+        &self,
+        source: &str,
+        kind: RecordKind,
+        external_id: &str,
+    ) -> Result<Option<CurrentRow>, StoreError> {
+        self.point(CURRENT, source, kind, external_id)?
+            .map(|bytes| {
+                CurrentRow::decode(&bytes)
+                    .map_err(|_| corrupt_value("current row").into_store_error(&self.store.path))
+            })
+            .transpose()
+    }
+
+    /// Every row of `table` whose key starts with `prefix`; keys lose their first `strip`
+    /// bytes.
+    fn rows(
+        &self,
+        definition: TableDefinition<&'static str, &'static [u8]>,
+        prefix: &str,
+        strip: usize,
+    ) -> Result<Rows, StoreError> {
+        let fail = |failure: Failure| failure.into_store_error(&self.store.path);
+        let table = self.table(definition).map_err(fail)?;
+        let range = self
+            .store
+            .guard
+            .call(|| table.range(prefix..))
+            .map_err(fail)?;
+        Ok(Rows {
+            range,
+            prefix: prefix.to_string(),
+            strip,
+            guard: self.store.guard.clone(),
+            path: self.store.path.clone(),
         })
-        .map_err(|failure| failure.into_store_error(&self.path))
+    }
+
+    /// The stored version of a record that is valid from `valid_from`.
+    pub fn version(
+        &self,
+        source: &str,
+        kind: RecordKind,
+        external_id: &str,
+        valid_from: &str,
+    ) -> Result<StoredEntry, StoreError> {
+        let key = codec::version_key(&codec::record_key(source, kind, external_id), valid_from);
+        let fail = |failure: Failure| failure.into_store_error(&self.store.path);
+        let versions = self.table(VERSIONS).map_err(fail)?;
+        let value = self
+            .store
+            .guard
+            .call(|| versions.get(key.as_str()))
+            .map_err(fail)?
+            .ok_or_else(|| fail(corrupt_value("missing record version")))?;
+        let row = codec::decode_version(value.value())
+            .map_err(|_| fail(corrupt_value("record version")))?;
+        from_json(row.entry, "record version").map_err(fail)
+    }
+
+    /// The hash of the deletion of a record that is gone, if it was deleted since the last
+    /// baseline.
+    pub fn tombstone(
+        &self,
+        source: &str,
+        kind: RecordKind,
+        external_id: &str,
+    ) -> Result<Option<Hash>, StoreError> {
+        self.point(TOMBSTONES, source, kind, external_id)?
+            .map(|bytes| {
+                bytes
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| corrupt_value("tombstone").into_store_error(&self.store.path))
+            })
+            .transpose()
+    }
+
+    /// The latest volatile values of a record (also after it was deleted).
+    pub fn volatile(
+        &self,
+        source: &str,
+        kind: RecordKind,
+        external_id: &str,
+    ) -> Result<Map<String, Value>, StoreError> {
+        match self.point(VOLATILE, source, kind, external_id)? {
+            None => Ok(Map::new()),
+            Some(bytes) => from_json(&bytes, "volatile values")
+                .map_err(|failure| failure.into_store_error(&self.store.path)),
+        }
+    }
+
+    fn point(
+        &self,
+        definition: TableDefinition<&'static str, &'static [u8]>,
+        source: &str,
+        kind: RecordKind,
+        external_id: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let fail = |failure: Failure| failure.into_store_error(&self.store.path);
+        let table = self.table(definition).map_err(fail)?;
+        let key = codec::record_key(source, kind, external_id);
+        Ok(self
+            .store
+            .guard
+            .call(|| table.get(key.as_str()))
+            .map_err(fail)?
+            .map(|value| value.value().to_vec()))
+    }
+
+    /// Every stored version of the records of one kind whose external id starts with
+    /// `id_prefix`, ordered by external id, then by the run that stored them.
+    pub fn versions(
+        &self,
+        source: &str,
+        kind: RecordKind,
+        id_prefix: &str,
+    ) -> Result<impl Iterator<Item = Result<RecordVersion, StoreError>> + 's, StoreError> {
+        let prefix = codec::kind_prefix(source, kind);
+        let rows = self.rows(VERSIONS, &format!("{prefix}{id_prefix}"), prefix.len())?;
+        let path = self.store.path.clone();
+        Ok(rows.map(move |row| {
+            let (rest, value) = row?;
+            let corrupt = |what| corrupt_value(what).into_store_error(&path);
+            let (external_id, valid_from) =
+                codec::split_version_key(&rest).ok_or_else(|| corrupt("record version key"))?;
+            let row = codec::decode_version(&value).map_err(|_| corrupt("record version"))?;
+            Ok(RecordVersion {
+                external_id: external_id.to_string(),
+                valid_from: valid_from.to_string(),
+                valid_to: row.valid_to,
+                hash: row.hash,
+                flags: row.flags,
+                entry: row.entry.to_vec(),
+            })
+        }))
+    }
+
+    /// The records of one kind that `run` saw, in external id order. The latest complete run
+    /// is read through the current rows (cost: its records); an older one through the versions.
+    pub fn records_at(
+        &self,
+        run: &RunRecord,
+        kind: RecordKind,
+    ) -> Result<Box<dyn Iterator<Item = Result<StoredRecord, StoreError>> + 's>, StoreError> {
+        if run.status != RunStatus::Complete {
+            return Err(StoreError::NotComplete {
+                run_id: run.run_id.clone(),
+                status: run.status.as_str(),
+            });
+        }
+        let latest = self
+            .latest_complete_id(&run.source)
+            .map_err(|failure| failure.into_store_error(&self.store.path))?;
+        let source = run.source.clone();
+        if latest.as_deref() == Some(run.run_id.as_str()) {
+            let versions = self
+                .table(VERSIONS)
+                .map_err(|failure| failure.into_store_error(&self.store.path))?;
+            let guard = self.store.guard.clone();
+            let path = self.store.path.clone();
+            let rows = self.current(&source, kind)?;
+            return Ok(Box::new(rows.map(move |row| {
+                let (external_id, current) = row?;
+                let fail = |failure: Failure| failure.into_store_error(&path);
+                let key = codec::version_key(
+                    &codec::record_key(&source, kind, &external_id),
+                    current.valid_from(),
+                );
+                let value = guard
+                    .call(|| versions.get(key.as_str()))
+                    .map_err(fail)?
+                    .ok_or_else(|| fail(corrupt_value("missing record version")))?;
+                let version = codec::decode_version(value.value())
+                    .map_err(|_| fail(corrupt_value("record version")))?;
+                let entry: StoredEntry =
+                    from_json(version.entry, "record version entry").map_err(fail)?;
+                Ok(StoredRecord {
+                    valid_from: current.valid_from().to_string(),
+                    hash: current.hash,
+                    external_id,
+                    record: entry.record,
+                    payload: entry.payload,
+                })
+            })));
+        }
+        let run_id = run.run_id.clone();
+        let prefix = codec::kind_prefix(&source, kind);
+        let rows = self.rows(VERSIONS, &prefix, prefix.len())?;
+        let path = self.store.path.clone();
+        Ok(Box::new(rows.filter_map(move |row| {
+            let result = (|| {
+                let (rest, value) = row?;
+                let corrupt = |what| corrupt_value(what).into_store_error(&path);
+                let (external_id, valid_from) =
+                    codec::split_version_key(&rest).ok_or_else(|| corrupt("record version key"))?;
+                // The key alone rules out later versions, the header closed ones.
+                if valid_from > run_id.as_str() {
+                    return Ok(None);
+                }
+                let valid_to =
+                    codec::version_valid_to(&value).map_err(|_| corrupt("record version"))?;
+                if !covers(valid_from, valid_to.as_deref(), &run_id) {
+                    return Ok(None);
+                }
+                let version =
+                    codec::decode_version(&value).map_err(|_| corrupt("record version"))?;
+                let entry: StoredEntry = serde_json::from_slice(version.entry)
+                    .map_err(|_| corrupt("record version entry"))?;
+                Ok(Some(StoredRecord {
+                    external_id: external_id.to_string(),
+                    valid_from: valid_from.to_string(),
+                    hash: version.hash,
+                    record: entry.record,
+                    payload: entry.payload,
+                }))
+            })();
+            result.transpose()
+        })))
+    }
+}
+
+/// The `&str → &[u8]` rows whose keys start with a prefix, guarded row by row.
+struct Rows {
+    range: redb::Range<'static, &'static str, &'static [u8]>,
+    prefix: String,
+    strip: usize,
+    guard: Guard,
+    path: PathBuf,
+}
+
+impl Iterator for Rows {
+    type Item = Result<(String, Vec<u8>), StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let range = &mut self.range;
+        match self.guard.call(|| range.next().transpose()) {
+            Ok(None) => None,
+            Ok(Some((key, _))) if !key.value().starts_with(self.prefix.as_str()) => None,
+            Ok(Some((key, value))) => Some(Ok((
+                key.value()[self.strip..].to_string(),
+                value.value().to_vec(),
+            ))),
+            Err(failure) => Some(Err(failure.into_store_error(&self.path))),
+        }
+    }
+}
+
+/// Reads inside a write transaction (the conflict check sees what the commit will see).
+struct WriteReader<'a> {
+    store: &'a Store,
+    txn: &'a WriteTransaction,
+}
+
+impl WriteReader<'_> {
+    fn latest_complete_id(&self, source: &str) -> Result<Option<String>, Failure> {
+        let latest = self.store.guard.call(|| self.txn.open_table(LATEST))?;
+        let id = self
+            .store
+            .guard
+            .call(|| latest.get(source))?
+            .map(|value| value.value().to_string());
+        Ok(id)
+    }
+
+    fn last_run_id(&self, source: &str) -> Result<Option<String>, Failure> {
+        let index = self.store.guard.call(|| self.txn.open_table(SOURCE_RUNS))?;
+        let prefix = codec::source_prefix(source);
+        let end = codec::prefix_end(&prefix);
+        let mut range = self
+            .store
+            .guard
+            .call(|| index.range(prefix.as_str()..end.as_str()))?;
+        let id = self
+            .store
+            .guard
+            .call(|| range.next_back().transpose())?
+            .map(|(key, _)| key.value()[prefix.len()..].to_string());
+        Ok(id)
+    }
+}
+
+/// The tables a commit writes.
+struct WriteTables<'t> {
+    guard: &'t Guard,
+    runs: redb::Table<'t, &'static str, &'static [u8]>,
+    index: redb::Table<'t, &'static str, &'static [u8]>,
+    latest: redb::Table<'t, &'static str, &'static str>,
+    versions: redb::Table<'t, &'static str, &'static [u8]>,
+    current: redb::Table<'t, &'static str, &'static [u8]>,
+    tombstones: redb::Table<'t, &'static str, &'static [u8]>,
+    volatile: redb::Table<'t, &'static str, &'static [u8]>,
+}
+
+impl<'t> WriteTables<'t> {
+    fn open(store: &'t Store, txn: &'t WriteTransaction) -> Result<WriteTables<'t>, Failure> {
+        let guard = &store.guard;
+        Ok(WriteTables {
+            guard,
+            runs: guard.call(|| txn.open_table(RUNS))?,
+            index: guard.call(|| txn.open_table(SOURCE_RUNS))?,
+            latest: guard.call(|| txn.open_table(LATEST))?,
+            versions: guard.call(|| txn.open_table(VERSIONS))?,
+            current: guard.call(|| txn.open_table(CURRENT))?,
+            tombstones: guard.call(|| txn.open_table(TOMBSTONES))?,
+            volatile: guard.call(|| txn.open_table(VOLATILE))?,
+        })
+    }
+
+    fn put_run(&mut self, record: &RunRecord) -> Result<(), Failure> {
+        let bytes = to_json(record)?;
+        let index_key = format!("{}{SEP}{}", record.source, record.run_id);
+        self.guard
+            .call(|| self.runs.insert(record.run_id.as_str(), bytes.as_slice()))?;
+        self.guard.call(|| {
+            self.index
+                .insert(index_key.as_str(), record.status.index_value())
+        })?;
+        Ok(())
+    }
+
+    fn close(&mut self, record_key: &str, valid_from: &str, run_id: &str) -> Result<(), Failure> {
+        let key = codec::version_key(record_key, valid_from);
+        let closed = {
+            let value = self
+                .guard
+                .call(|| self.versions.get(key.as_str()))?
+                .ok_or_else(|| corrupt_value("missing record version"))?;
+            codec::close_version(value.value(), run_id)
+                .map_err(|_| corrupt_value("record version"))?
+        };
+        self.guard
+            .call(|| self.versions.insert(key.as_str(), closed.as_slice()))?;
+        Ok(())
+    }
+
+    /// A new baseline: every current version of the source is closed and its tombstones are
+    /// forgotten, so that the run's records all start new chains.
+    fn reset_source(&mut self, source: &str, run_id: &str) -> Result<(), Failure> {
+        let prefix = codec::source_prefix(source);
+        let end = codec::prefix_end(&prefix);
+        let mut open = Vec::new();
+        {
+            let mut rows = self
+                .guard
+                .call(|| self.current.range(prefix.as_str()..end.as_str()))?;
+            while let Some((key, value)) = self.guard.call(|| rows.next().transpose())? {
+                let row =
+                    CurrentRow::decode(value.value()).map_err(|_| corrupt_value("current row"))?;
+                open.push((key.value().to_string(), row.valid_from().to_string()));
+            }
+        }
+        for (record_key, valid_from) in open {
+            self.close(&record_key, &valid_from, run_id)?;
+            self.guard
+                .call(|| self.current.remove(record_key.as_str()))?;
+        }
+        self.guard.call(|| {
+            self.tombstones
+                .retain_in(prefix.as_str()..end.as_str(), |_, _| false)
+        })?;
+        Ok(())
+    }
+
+    fn apply(&mut self, source: &str, run_id: &str, op: Op) -> Result<(), Failure> {
+        match op {
+            Op::Put {
+                kind,
+                external_id,
+                replaces,
+                version,
+                current,
+                volatile,
+            } => {
+                let record_key = codec::record_key(source, kind, &external_id);
+                match replaces {
+                    Some(valid_from) => self.close(&record_key, &valid_from, run_id)?,
+                    None => {
+                        self.guard
+                            .call(|| self.tombstones.remove(record_key.as_str()))?;
+                    }
+                }
+                let version_key = codec::version_key(&record_key, run_id);
+                self.guard.call(|| {
+                    self.versions
+                        .insert(version_key.as_str(), version.as_slice())
+                })?;
+                self.guard.call(|| {
+                    self.current
+                        .insert(record_key.as_str(), current.encode().as_slice())
+                })?;
+                if let Some(volatile) = volatile {
+                    self.guard.call(|| {
+                        self.volatile
+                            .insert(record_key.as_str(), volatile.as_slice())
+                    })?;
+                }
+            }
+            Op::Delete {
+                kind,
+                external_id,
+                valid_from,
+                tombstone,
+            } => {
+                let record_key = codec::record_key(source, kind, &external_id);
+                self.close(&record_key, &valid_from, run_id)?;
+                self.guard
+                    .call(|| self.current.remove(record_key.as_str()))?;
+                self.guard.call(|| {
+                    self.tombstones
+                        .insert(record_key.as_str(), tombstone.as_slice())
+                })?;
+            }
+            Op::Touch {
+                kind,
+                external_id,
+                current,
+                volatile,
+            } => {
+                let record_key = codec::record_key(source, kind, &external_id);
+                self.guard.call(|| {
+                    self.current
+                        .insert(record_key.as_str(), current.encode().as_slice())
+                })?;
+                self.guard.call(|| {
+                    self.volatile
+                        .insert(record_key.as_str(), volatile.as_slice())
+                })?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -486,9 +1104,11 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 
 /// Why a store operation stopped, before it is given the database path.
 #[derive(Debug)]
-enum Failure {
+pub(crate) enum Failure {
     Redb(redb::Error),
     Corrupt(String),
+    /// The handle caught a panic from redb earlier and is not used again.
+    Broken,
     Store(StoreError),
 }
 
@@ -508,15 +1128,27 @@ macro_rules! redb_failure {
     )*};
 }
 redb_failure!(
+    redb::DatabaseError,
     redb::StorageError,
-    redb::TableError,
     redb::TransactionError,
     redb::CommitError
 );
 
+impl From<TableError> for Failure {
+    fn from(error: TableError) -> Failure {
+        Failure::Redb(error.into())
+    }
+}
+
 impl From<StoreError> for Failure {
     fn from(error: StoreError) -> Failure {
         Failure::Store(error)
+    }
+}
+
+impl From<DecodeError> for Failure {
+    fn from(_: DecodeError) -> Failure {
+        corrupt_value("stored row")
     }
 }
 
@@ -526,6 +1158,11 @@ impl Failure {
         match self {
             Failure::Store(error) => error,
             Failure::Corrupt(reason) => StoreError::Corrupt { path, reason },
+            Failure::Broken => StoreError::Internal {
+                path,
+                reason: "the database handle failed earlier in this process and is not used again"
+                    .into(),
+            },
             // A file that ends before its header does is damaged, not unwritable.
             Failure::Redb(redb::Error::Io(error))
                 if !matches!(
@@ -554,211 +1191,11 @@ fn corrupt_value(what: &str) -> Failure {
     Failure::Corrupt(format!("unreadable {what} record"))
 }
 
-thread_local! {
-    static GUARDED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Whether the current thread is inside a store operation whose panics become
-/// [`StoreError::Corrupt`]; the binary's panic hook stays quiet for those.
-pub fn in_guarded_operation() -> bool {
-    GUARDED.with(|flag| flag.get())
-}
-
-/// redb may panic on a damaged file (its debug builds do on purpose). A damaged file is bad
-/// input, so the panic becomes an error that says so.
-fn guarded<T>(path: &Path, operation: impl FnOnce() -> Result<T, Failure>) -> Result<T, Failure> {
-    let previous = GUARDED.with(|flag| flag.replace(true));
-    let result = catch_unwind(AssertUnwindSafe(operation));
-    GUARDED.with(|flag| flag.set(previous));
-    result.unwrap_or_else(|panic| {
-        let message = panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "internal failure".to_string());
-        tracing::debug!(path = %path.display(), "store operation panicked: {message}");
-        Err(Failure::Corrupt(
-            message.lines().next().unwrap_or("").to_string(),
-        ))
-    })
-}
-
-fn latest_complete_id(txn: &WriteTransaction, source: &str) -> Result<Option<String>, Failure> {
-    let runs = txn.open_table(RUNS)?;
-    for row in runs.iter()?.rev() {
-        let (_, value) = row?;
-        let record: RunRecord = from_json(value.value(), "run")?;
-        if record.source == source && record.status == RunStatus::Complete {
-            return Ok(Some(record.run_id));
-        }
-    }
-    Ok(None)
-}
-
-/// A ULID from the run's start, made strictly greater than every stored run id so that the
-/// order of ids is the order of commits.
-fn next_run_id(txn: &WriteTransaction, started_at: DateTime<Utc>) -> Result<String, Failure> {
-    let runs = txn.open_table(RUNS)?;
-    let millis = u64::try_from(started_at.timestamp_millis()).unwrap_or(0);
-    let candidate = ulid::Ulid::from_parts(millis, rand::random::<u128>());
-    let last = runs.last()?.map(|(key, _)| key.value().to_string());
-    let id = match last.map(|last| ulid::Ulid::from_string(&last)) {
-        Some(Ok(last)) if last >= candidate => last
-            .increment()
-            .ok_or_else(|| Failure::Corrupt("run ids exhausted".into()))?,
-        Some(Err(_)) => return Err(corrupt_value("run id")),
-        _ => candidate,
-    };
-    Ok(id.to_string())
-}
-
-fn content_hash(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
-fn record_prefix(source: &str, kind: RecordKind) -> String {
-    format!("{source}{SEP}{}{SEP}", kind.as_str())
-}
-
-/// Brings the versions of one kind in line with the new snapshot; returns how many
-/// versions were added.
-fn apply_kind<R: Serialize>(
-    txn: &WriteTransaction,
-    source: &str,
-    kind: RecordKind,
-    run_id: &str,
-    entries: &BTreeMap<String, Entry<R>>,
-) -> Result<u64, Failure> {
-    let mut versions = txn.open_table(VERSIONS)?;
-    let mut current = txn.open_table(CURRENT)?;
-    let prefix = record_prefix(source, kind);
-    let mut written = 0;
-    for (external_id, entry) in entries {
-        let entry =
-            serde_json::to_value(entry).map_err(|error| Failure::Corrupt(error.to_string()))?;
-        let hash = content_hash(entry.to_string().as_bytes());
-        let record_key = format!("{prefix}{external_id}");
-        let open: Option<OpenVersion> = current
-            .get(record_key.as_str())?
-            .map(|value| from_json(value.value(), "current version"))
-            .transpose()?;
-        match open {
-            Some(open) if open.hash == hash => continue,
-            Some(open) => close_version(&mut versions, &record_key, &open, run_id)?,
-            None => {}
-        }
-        let version = StoredVersion {
-            valid_to: None,
-            hash: hash.clone(),
-            entry,
-        };
-        put_json(
-            &mut versions,
-            &format!("{record_key}{SEP}{run_id}"),
-            &version,
-        )?;
-        put_json(
-            &mut current,
-            &record_key,
-            &OpenVersion {
-                valid_from: run_id.to_string(),
-                hash,
-            },
-        )?;
-        written += 1;
-    }
-    let end = prefix_end(&prefix);
-    let mut removed = Vec::new();
-    for row in current.range(prefix.as_str()..end.as_str())? {
-        let (key, value) = row?;
-        let external_id = &key.value()[prefix.len()..];
-        if !entries.contains_key(external_id) {
-            let open: OpenVersion = from_json(value.value(), "current version")?;
-            removed.push((key.value().to_string(), open));
-        }
-    }
-    for (record_key, open) in removed {
-        close_version(&mut versions, &record_key, &open, run_id)?;
-        current.remove(record_key.as_str())?;
-    }
-    Ok(written)
-}
-
-fn close_version(
-    versions: &mut redb::Table<&str, &[u8]>,
-    record_key: &str,
-    open: &OpenVersion,
-    run_id: &str,
-) -> Result<(), Failure> {
-    let version_key = format!("{record_key}{SEP}{}", open.valid_from);
-    let mut version: StoredVersion = match versions.get(version_key.as_str())? {
-        Some(value) => from_json(value.value(), "record version")?,
-        None => return Err(corrupt_value("missing record version")),
-    };
-    version.valid_to = Some(run_id.to_string());
-    put_json(versions, &version_key, &version)
-}
-
-/// The entries of one kind that were valid at `run_id`.
-fn read_kind<R: DeserializeOwned>(
-    versions: &redb::ReadOnlyTable<&str, &[u8]>,
-    source: &str,
-    kind: RecordKind,
-    run_id: &str,
-) -> Result<BTreeMap<String, Entry<R>>, Failure> {
-    let prefix = record_prefix(source, kind);
-    let end = prefix_end(&prefix);
-    let mut entries = BTreeMap::new();
-    for row in versions.range(prefix.as_str()..end.as_str())? {
-        let (key, value) = row?;
-        let (external_id, valid_from) = split_version_key(&key.value()[prefix.len()..])?;
-        // The key alone rules out later versions, without parsing them.
-        if valid_from > run_id {
-            continue;
-        }
-        let version: StoredVersion = from_json(value.value(), "record version")?;
-        if !covers(valid_from, version.valid_to.as_deref(), run_id) {
-            continue;
-        }
-        let entry = serde_json::from_value(version.entry)
-            .map_err(|error| Failure::Corrupt(format!("record version: {error}")))?;
-        entries.insert(external_id.to_string(), entry);
-    }
-    Ok(entries)
-}
-
-/// `external_id␟valid_from` (the part of a version key after its kind prefix).
-fn split_version_key(rest: &str) -> Result<(&str, &str), Failure> {
-    rest.rsplit_once(SEP)
-        .ok_or_else(|| corrupt_value("record version key"))
-}
-
-/// Whether a version valid from `valid_from` until `valid_to` is the one `run_id` saw.
-fn covers(valid_from: &str, valid_to: Option<&str>, run_id: &str) -> bool {
-    valid_from <= run_id && valid_to.is_none_or(|valid_to| valid_to > run_id)
-}
-
-fn prefix_end(prefix: &str) -> String {
-    // SEP ends every prefix; the next character bounds the range.
-    let mut end = prefix[..prefix.len() - SEP.len_utf8()].to_string();
-    end.push(char::from_u32(SEP as u32 + 1).expect("valid char"));
-    end
-}
-
-fn put_json<T: Serialize>(
-    table: &mut redb::Table<&str, &[u8]>,
-    key: &str,
-    value: &T,
-) -> Result<(), Failure> {
-    let bytes = serde_json::to_vec(value).map_err(|error| Failure::Corrupt(error.to_string()))?;
-    table.insert(key, bytes.as_slice())?;
-    Ok(())
+fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>, Failure> {
+    serde_json::to_vec(value).map_err(|error| Failure::Corrupt(error.to_string()))
 }
 
 fn from_json<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, Failure> {
     serde_json::from_slice(bytes)
         .map_err(|error| Failure::Corrupt(format!("unreadable {what} record: {error}")))
 }
-
-#[cfg(test)]
-mod tests;

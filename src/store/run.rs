@@ -27,6 +27,21 @@ impl RunStatus {
             RunStatus::Quarantined => "quarantined",
         }
     }
+
+    /// The value of the run in the per-source run index.
+    pub(crate) fn index_value(self) -> &'static [u8] {
+        self.as_str().as_bytes()
+    }
+
+    pub(crate) fn from_index(bytes: &[u8]) -> Option<RunStatus> {
+        [
+            RunStatus::Complete,
+            RunStatus::Failed,
+            RunStatus::Quarantined,
+        ]
+        .into_iter()
+        .find(|status| status.index_value() == bytes)
+    }
 }
 
 /// Record counts of one snapshot, per kind.
@@ -80,6 +95,12 @@ pub struct ChangeCounts {
     pub joiners: u64,
     pub movers: u64,
     pub leavers: u64,
+    /// Accounts deleted after they had already left (deactivated): not a second leaver.
+    #[serde(default)]
+    pub purged: u64,
+    /// Joiners and movers that gained superuser rights.
+    #[serde(default)]
+    pub escalations: u64,
     pub groups_changed: u64,
     pub memberships_changed: u64,
 }

@@ -1,0 +1,466 @@
+//! One run's directory as it arrives, page by page: each raw user and group is checked for
+//! duplicates, filtered, normalized and spooled to disk at once. What stays in memory is what
+//! the checks across records need: pks and uids, group ids, and memberships as pairs of small
+//! indexes. When the listings are complete, [`Collector::finish`] checks every reference and
+//! that users' and groups' membership lists agree, and hands the sorted records to the diff.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use crate::config::SourceConfig;
+use crate::filter::RecordFilter;
+use crate::normalize::{
+    account, group_record, read_group, read_user, stored_payload, DirectoryMembership,
+    NormalizeError,
+};
+use crate::record::{canonical_json, sha256, ChangeRule, RecordKind};
+use crate::spool::{Spool, SpoolWriter};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CollectError {
+    /// The directory is not consistent (it changed while it was read, or the server lies).
+    #[error(transparent)]
+    Inconsistent(#[from] NormalizeError),
+    #[error("the {list} listing has two different records with pk {pk}")]
+    Duplicate { list: &'static str, pk: String },
+    #[error("{0}")]
+    Filter(String),
+    #[error("cannot spool the run's records in the state directory: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl CollectError {
+    /// A listing that shifted while it was read may be fine on a second read.
+    pub fn is_inconsistency(&self) -> bool {
+        matches!(
+            self,
+            CollectError::Inconsistent(_) | CollectError::Duplicate { .. }
+        )
+    }
+}
+
+/// A group pk or a user, by its index in the collector's tables.
+type Index = u32;
+
+pub struct Collector<'a> {
+    primary_directory: bool,
+    group_sync: bool,
+    filter: Option<&'a RecordFilter>,
+    rule: ChangeRule<'a>,
+    user_index: HashMap<i64, Index>,
+    users: Vec<UserSlot>,
+    group_index: HashMap<Box<str>, Index>,
+    groups: Vec<GroupSlot>,
+    /// (user, group) from users' `groups`.
+    from_users: Vec<(Index, Index)>,
+    /// (member pk, group) from groups' `users`; `None` once a group came without the list.
+    from_groups: Option<Vec<(i64, Index)>>,
+    /// (group, parent).
+    parents: Vec<(Index, Index)>,
+    accounts: SpoolWriter,
+    group_records: SpoolWriter,
+}
+
+struct UserSlot {
+    uid: Box<str>,
+    digest: u64,
+    kept: bool,
+}
+
+struct GroupSlot {
+    pk: Box<str>,
+    /// The digest of the listed object; `None` while it is only referenced.
+    listed: Option<u64>,
+}
+
+impl<'a> Collector<'a> {
+    /// Spools into `dir` (the state directory).
+    pub fn new(
+        dir: &Path,
+        source: &'a SourceConfig,
+        filter: Option<&'a RecordFilter>,
+    ) -> std::io::Result<Collector<'a>> {
+        Ok(Collector {
+            primary_directory: source.primary_directory,
+            group_sync: !source.disable_group_sync,
+            filter,
+            rule: ChangeRule::new(&source.ignore_fields),
+            user_index: HashMap::new(),
+            users: Vec::new(),
+            group_index: HashMap::new(),
+            groups: Vec::new(),
+            from_users: Vec::new(),
+            from_groups: Some(Vec::new()),
+            parents: Vec::new(),
+            accounts: SpoolWriter::new(dir, RecordKind::Account)?,
+            group_records: SpoolWriter::new(dir, RecordKind::Group)?,
+        })
+    }
+
+    /// Whether the users listing held this pk (the token's own user, say).
+    pub fn has_user(&self, pk: i64) -> bool {
+        self.user_index.contains_key(&pk)
+    }
+
+    /// Distinct users and groups so far, for the count checks.
+    pub fn distinct(&self) -> (u64, u64) {
+        let listed = self.groups.iter().filter(|g| g.listed.is_some()).count();
+        (self.users.len() as u64, listed as u64)
+    }
+
+    pub fn add_user(&mut self, raw: Value) -> Result<(), CollectError> {
+        let user = read_user(&raw)?;
+        let digest = digest(&raw);
+        if let Some(&index) = self.user_index.get(&user.pk) {
+            // A listing that shifts by a page shows a record twice; it must be the same.
+            if self.users[index as usize].digest != digest {
+                return Err(CollectError::Duplicate {
+                    list: "users",
+                    pk: user.pk.to_string(),
+                });
+            }
+            return Ok(());
+        }
+        let kept = match self.filter {
+            Some(filter) => filter
+                .keeps(&raw, &user.username)
+                .map_err(CollectError::Filter)?,
+            None => true,
+        };
+        let index = self.users.len() as Index;
+        self.user_index.insert(user.pk, index);
+        self.users.push(UserSlot {
+            uid: user.uid.as_str().into(),
+            digest,
+            kept,
+        });
+        if self.group_sync {
+            for group in &user.groups {
+                let group = self.group(group);
+                self.from_users.push((index, group));
+            }
+        }
+        if kept {
+            let record = account(&user, self.primary_directory);
+            let record = serde_json::to_value(&record).map_err(std::io::Error::other)?;
+            self.accounts
+                .push(&user.uid, record, stored_payload(raw), &self.rule)?;
+        }
+        Ok(())
+    }
+
+    pub fn add_group(&mut self, raw: Value) -> Result<(), CollectError> {
+        let group = read_group(&raw)?;
+        let digest = digest(&raw);
+        let index = self.group(&group.pk);
+        let slot = &mut self.groups[index as usize];
+        match slot.listed {
+            Some(seen) if seen == digest => return Ok(()),
+            Some(_) => {
+                return Err(CollectError::Duplicate {
+                    list: "groups",
+                    pk: group.pk.clone(),
+                })
+            }
+            None => slot.listed = Some(digest),
+        }
+        match (&group.users, self.from_groups.as_mut()) {
+            (Some(members), Some(pairs)) => pairs.extend(members.iter().map(|pk| (*pk, index))),
+            // A server that omits `users` gives no second view to compare with.
+            _ => self.from_groups = None,
+        }
+        for parent in group.parent_ids() {
+            let parent = self.group(&parent);
+            self.parents.push((index, parent));
+        }
+        let record = serde_json::to_value(group_record(&group)).map_err(std::io::Error::other)?;
+        self.group_records
+            .push(&group.pk, record, stored_payload(raw), &self.rule)?;
+        Ok(())
+    }
+
+    fn group(&mut self, pk: &str) -> Index {
+        if let Some(&index) = self.group_index.get(pk) {
+            return index;
+        }
+        let index = self.groups.len() as Index;
+        self.group_index.insert(pk.into(), index);
+        self.groups.push(GroupSlot {
+            pk: pk.into(),
+            listed: None,
+        });
+        index
+    }
+
+    /// Checks every reference across records and the two membership views, drops the
+    /// memberships of filtered accounts, and sorts what was spooled.
+    pub fn finish(mut self) -> Result<Collected, CollectError> {
+        let dangling =
+            |message: String| CollectError::Inconsistent(NormalizeError::Dangling(message));
+        if let Some(&(group, parent)) = self
+            .parents
+            .iter()
+            .find(|(_, parent)| self.groups[*parent as usize].listed.is_none())
+        {
+            return Err(dangling(format!(
+                "group {} has parent {}, which is not in the groups listing",
+                self.groups[group as usize].pk, self.groups[parent as usize].pk
+            )));
+        }
+        if let Some(&(user, group)) = self
+            .from_users
+            .iter()
+            .find(|(_, group)| self.groups[*group as usize].listed.is_none())
+        {
+            return Err(dangling(format!(
+                "user {} is a member of group {}, which is not in the groups listing",
+                self.users[user as usize].uid, self.groups[group as usize].pk
+            )));
+        }
+        if let Some(from_groups) = self.from_groups.take() {
+            let mut resolved = Vec::with_capacity(from_groups.len());
+            for (pk, group) in from_groups {
+                let user = *self.user_index.get(&pk).ok_or_else(|| {
+                    dangling(format!(
+                        "group {} lists user pk {pk}, which is not in the users listing",
+                        self.groups[group as usize].pk
+                    ))
+                })?;
+                resolved.push((user, group));
+            }
+            resolved.sort_unstable();
+            resolved.dedup();
+            self.from_users.sort_unstable();
+            self.from_users.dedup();
+            if resolved != self.from_users {
+                let differing = symmetric_difference(&resolved, &self.from_users);
+                return Err(dangling(format!(
+                    "users' and groups' membership lists disagree on {differing} pair(s)"
+                )));
+            }
+        } else {
+            self.from_users.sort_unstable();
+            self.from_users.dedup();
+        }
+        let users = &self.users;
+        let groups = &self.groups;
+        let mut pairs: Vec<(Index, Index)> = self
+            .from_users
+            .iter()
+            .copied()
+            .filter(|(user, _)| users[*user as usize].kept)
+            .collect();
+        // In the order of the membership ids (`uid:group`), compared byte by byte.
+        pairs.sort_unstable_by(|a, b| {
+            membership_key_bytes(users, groups, *a).cmp(membership_key_bytes(users, groups, *b))
+        });
+        Ok(Collected {
+            accounts: self.accounts.finish()?,
+            groups: self.group_records.finish()?,
+            memberships: Memberships {
+                uids: self.users.into_iter().map(|user| user.uid).collect(),
+                groups: self.groups.into_iter().map(|group| group.pk).collect(),
+                pairs,
+            },
+        })
+    }
+}
+
+fn membership_key_bytes<'s>(
+    users: &'s [UserSlot],
+    groups: &'s [GroupSlot],
+    (user, group): (Index, Index),
+) -> impl Iterator<Item = u8> + 's {
+    users[user as usize]
+        .uid
+        .bytes()
+        .chain(std::iter::once(b':'))
+        .chain(groups[group as usize].pk.bytes())
+}
+
+fn symmetric_difference(a: &[(Index, Index)], b: &[(Index, Index)]) -> usize {
+    let only_a = a
+        .iter()
+        .filter(|pair| b.binary_search(pair).is_err())
+        .count();
+    let only_b = b
+        .iter()
+        .filter(|pair| a.binary_search(pair).is_err())
+        .count();
+    only_a + only_b
+}
+
+fn digest(raw: &Value) -> u64 {
+    let hash = sha256(&canonical_json(raw));
+    u64::from_le_bytes(hash[..8].try_into().expect("8 bytes"))
+}
+
+/// A run's complete, checked directory, sorted by external id.
+pub struct Collected {
+    pub accounts: Spool,
+    pub groups: Spool,
+    pub memberships: Memberships,
+}
+
+/// The memberships of kept accounts, sorted by membership id.
+pub struct Memberships {
+    uids: Vec<Box<str>>,
+    groups: Vec<Box<str>>,
+    pairs: Vec<(Index, Index)>,
+}
+
+impl Memberships {
+    pub fn len(&self) -> usize {
+        self.pairs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pairs.is_empty()
+    }
+
+    /// Each membership's id and record, in id order.
+    pub fn iter(&self) -> impl Iterator<Item = (String, Value)> + '_ {
+        self.pairs.iter().map(|(user, group)| {
+            let membership =
+                DirectoryMembership::new(&self.uids[*user as usize], &self.groups[*group as usize]);
+            (
+                membership.external_id(),
+                json!({
+                    "account_external_id": membership.account_external_id,
+                    "group_external_id": membership.group_external_id,
+                    "role": membership.role,
+                }),
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(pk: i64, kind: &str, groups: &[&str]) -> Value {
+        json!({"pk": pk, "username": format!("u{pk}"), "uid": format!("uid{pk}"),
+               "type": kind, "groups": groups, "attributes": {}})
+    }
+
+    fn group(pk: &str, users: &[i64], parents: &[&str]) -> Value {
+        json!({"pk": pk, "name": format!("G {pk}"), "parents": parents, "users": users})
+    }
+
+    fn collect(
+        users: Vec<Value>,
+        groups: Vec<Value>,
+        filter: Option<&RecordFilter>,
+    ) -> Result<Collected, CollectError> {
+        let dir = tempfile::tempdir().unwrap();
+        let source = crate::testing::source_config();
+        let mut collector = Collector::new(dir.path(), &source, filter).unwrap();
+        for raw in groups {
+            collector.add_group(raw)?;
+        }
+        for raw in users {
+            collector.add_user(raw)?;
+        }
+        collector.finish()
+    }
+
+    fn membership_ids(collected: &Collected) -> Vec<String> {
+        collected.memberships.iter().map(|(id, _)| id).collect()
+    }
+
+    #[test]
+    fn memberships_come_from_both_sides_and_must_agree() {
+        let users = vec![
+            user(1, "internal", &["g1"]),
+            user(2, "internal", &["g1", "g2"]),
+        ];
+        let groups = vec![group("g1", &[1, 2], &[]), group("g2", &[2], &["g1"])];
+        let collected = collect(users.clone(), groups, None).unwrap();
+        assert_eq!(
+            membership_ids(&collected),
+            ["uid1:g1", "uid2:g1", "uid2:g2"]
+        );
+        assert_eq!(collected.accounts.items().len(), 2);
+        assert_eq!(collected.groups.items().len(), 2);
+        let disagreeing = vec![group("g1", &[1], &[]), group("g2", &[2], &["g1"])];
+        assert!(collect(users, disagreeing, None).is_err());
+    }
+
+    #[test]
+    fn references_to_unknown_records_are_inconsistent() {
+        let cases = [
+            (
+                vec![user(1, "internal", &["missing"])],
+                vec![group("g1", &[], &[])],
+            ),
+            (
+                vec![user(1, "internal", &[])],
+                vec![group("g1", &[1, 9], &[])],
+            ),
+            (
+                vec![user(1, "internal", &[])],
+                vec![group("g1", &[], &["nope"])],
+            ),
+        ];
+        for (users, groups) in cases {
+            let error = collect(users, groups, None).err().unwrap();
+            assert!(error.is_inconsistency(), "{error}");
+        }
+    }
+
+    #[test]
+    fn duplicates_must_be_identical() {
+        let same = collect(
+            vec![user(1, "internal", &[]), user(1, "internal", &[])],
+            vec![],
+            None,
+        )
+        .unwrap();
+        assert_eq!(same.accounts.items().len(), 1);
+        let error = collect(
+            vec![user(1, "internal", &[]), user(1, "external", &[])],
+            vec![],
+            None,
+        )
+        .err()
+        .unwrap();
+        assert!(
+            matches!(error, CollectError::Duplicate { list: "users", .. }),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn filtered_accounts_take_their_memberships_along() {
+        let filter = RecordFilter::compile("payload.type == 'internal'").unwrap();
+        let collected = collect(
+            vec![user(1, "internal", &["g"]), user(2, "external", &["g"])],
+            vec![group("g", &[1, 2], &[])],
+            Some(&filter),
+        )
+        .unwrap();
+        let ids: Vec<&str> = collected
+            .accounts
+            .items()
+            .iter()
+            .map(|i| &*i.external_id)
+            .collect();
+        assert_eq!(ids, ["uid1"]);
+        assert_eq!(membership_ids(&collected), ["uid1:g"]);
+        assert_eq!(collected.groups.items().len(), 1);
+    }
+
+    #[test]
+    fn membership_ids_sort_as_strings() {
+        // "u1:g" sorts after "u10:g" byte by byte (':' > '0'), unlike the tuple ("u1", "g").
+        let users = vec![
+            json!({"pk": 1, "username": "a", "uid": "u1", "groups": ["g"]}),
+            json!({"pk": 2, "username": "b", "uid": "u10", "groups": ["g"]}),
+        ];
+        let collected = collect(users, vec![group("g", &[1, 2], &[])], None).unwrap();
+        assert_eq!(membership_ids(&collected), ["u10:g", "u1:g"]);
+    }
+}

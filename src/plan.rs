@@ -1,0 +1,858 @@
+//! Planning: what changed between two states of a source's directory, and everything that
+//! follows from it, decided once per record.
+//!
+//! A [`Planner`] is fed every record of both states in external id order (accounts, then
+//! groups, then memberships). For each record whose material hash differs (see
+//! [`crate::record`]) it derives, from that one classification, the store's writes (when
+//! planning a sync), the envelope (when writing or rebuilding an envelope file) and the diff's
+//! input. Unchanged records cost a comparison of two hashes.
+//!
+//! Two merges feed it: [`plan_sync`] walks the stored current state beside the spooled new
+//! records of a sync, and [`crate::evidence`] replays two stored runs from their versions.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::{Map, Value};
+
+use crate::collect::Collected;
+use crate::diff::{AccountRef, Baseline, DiffInput, Population, RunRef};
+use crate::envelope::{Action, EnvelopeContext, EnvelopeFile, EnvelopeWriter, RecordChange};
+use crate::normalize::{DirectoryAccount, DirectoryGroup};
+use crate::record::{canonical_json, with_volatile, ChangeRule, Hash, RecordKind};
+use crate::store::codec::{self, CurrentRow, Flags};
+use crate::store::ops::{Op, OpWriter, Ops};
+use crate::store::{Reader, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot write the run's plan or envelope file: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("a stored record does not read back: {0}")]
+    Record(String),
+}
+
+/// One side of a changed record, read in full.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub hash: Hash,
+    pub flags: Flags,
+    /// The stored record, without volatile fields.
+    pub record: Value,
+    pub payload: Value,
+    pub volatile: Map<String, Value>,
+    /// For a stored side: the run its version is valid from.
+    pub valid_from: Option<String>,
+}
+
+/// What a planner writes besides the diff's input.
+pub struct Sinks {
+    pub ops: Option<OpWriter>,
+    pub envelopes: Option<EnvelopeWriter>,
+}
+
+pub struct Planner<'a> {
+    rule: ChangeRule<'a>,
+    context: EnvelopeContext<'a>,
+    sinks: Sinks,
+    baseline: bool,
+    input: DiffInput,
+    block: Option<Block>,
+}
+
+/// The memberships of one account, gathered while they pass.
+struct Block {
+    uid: String,
+    old: BTreeSet<String>,
+    new: BTreeSet<String>,
+    changed: bool,
+}
+
+/// What a plan produced.
+pub struct Planned {
+    pub ops: Option<Ops>,
+    pub envelopes: Option<EnvelopeFile>,
+    pub input: DiffInput,
+}
+
+impl<'a> Planner<'a> {
+    /// `from` is `None` for a baseline, whose records all start new chains; `baseline_reason`
+    /// says why it is one.
+    pub fn new(
+        rule: ChangeRule<'a>,
+        context: EnvelopeContext<'a>,
+        from: Option<RunRef>,
+        to: RunRef,
+        baseline_reason: Option<String>,
+        sinks: Sinks,
+    ) -> Planner<'a> {
+        let baseline = from.is_none();
+        Planner {
+            rule,
+            sinks,
+            baseline,
+            input: DiffInput {
+                source: context.source.to_string(),
+                from,
+                to,
+                baseline: baseline.then(|| Baseline {
+                    reason: baseline_reason.unwrap_or_else(|| {
+                        "first run of this source: every record is new".to_string()
+                    }),
+                    superusers: Vec::new(),
+                }),
+                accounts: BTreeMap::new(),
+                groups_before: BTreeMap::new(),
+                groups_after: BTreeMap::new(),
+                group_changes: BTreeMap::new(),
+                memberships_added: Vec::new(),
+                memberships_removed: Vec::new(),
+                last_active: BTreeMap::new(),
+                population: Population::default(),
+            },
+            context,
+            block: None,
+        }
+    }
+
+    pub fn is_baseline(&self) -> bool {
+        self.baseline
+    }
+
+    pub fn rule(&self) -> &ChangeRule<'a> {
+        &self.rule
+    }
+
+    /// Counts an account of either side for the population.
+    pub fn count(&mut self, old: Option<Flags>, new: Option<Flags>) {
+        let population = &mut self.input.population;
+        for (flags, side) in [(old, Side::Before), (new, Side::After)] {
+            let Some(flags) = flags else { continue };
+            let bump = |count: &mut crate::diff::BeforeAfter| match side {
+                Side::Before => count.before += 1,
+                Side::After => count.after += 1,
+            };
+            bump(&mut population.accounts);
+            if flags.active() {
+                bump(&mut population.active);
+            }
+            if flags.superuser() {
+                bump(&mut population.superusers);
+            }
+        }
+        match (old, new) {
+            (None, Some(_)) => population.created += 1,
+            (Some(_), None) => population.deleted += 1,
+            _ => {}
+        }
+    }
+
+    /// A record whose material hash differs between the two sides. `tombstone` is the hash of
+    /// its deletion when it comes back after one.
+    pub fn changed(
+        &mut self,
+        kind: RecordKind,
+        external_id: &str,
+        old: Option<Loaded>,
+        new: Option<Loaded>,
+        tombstone: Option<Hash>,
+    ) -> Result<(), PlanError> {
+        let Some(action) =
+            Action::classify(old.as_ref().map(|o| &o.hash), new.as_ref().map(|n| &n.hash))
+        else {
+            return Ok(());
+        };
+        let changes = match (&old, &new) {
+            (Some(old), Some(new)) => self.rule.field_changes(&old.record, &new.record),
+            _ => Vec::new(),
+        };
+        let (record, payload, hash, previous_hash) = match (action, &old, &new) {
+            (Action::Deleted, Some(old), _) => (
+                &old.record,
+                &old.payload,
+                self.rule.deleted_hash(&old.record),
+                Some(old.hash),
+            ),
+            (_, _, Some(new)) => (
+                &new.record,
+                &new.payload,
+                new.hash,
+                match &old {
+                    Some(old) => Some(old.hash),
+                    None if self.baseline => None,
+                    None => tombstone,
+                },
+            ),
+            _ => unreachable!("classify names a side that exists"),
+        };
+        if let Some(ops) = self.sinks.ops.as_mut() {
+            let op = match (action, &old, &new) {
+                (Action::Deleted, Some(old), _) => Op::Delete {
+                    kind,
+                    external_id: external_id.to_string(),
+                    valid_from: stored_from(old)?,
+                    tombstone: hash,
+                },
+                (_, _, Some(new)) => Op::Put {
+                    kind,
+                    external_id: external_id.to_string(),
+                    replaces: old.as_ref().map(stored_from).transpose()?,
+                    version: codec::encode_version(
+                        &new.hash,
+                        new.flags,
+                        &canonical_json(&serde_json::json!({
+                            "record": new.record, "payload": new.payload
+                        })),
+                    ),
+                    current: current_row(self.context.run_id, new)?,
+                    volatile: volatile_bytes(kind, &new.volatile),
+                },
+                _ => unreachable!("classify names a side that exists"),
+            };
+            ops.push(&op)?;
+        }
+        if let Some(envelopes) = self.sinks.envelopes.as_mut() {
+            let envelope = self.context.envelope(RecordChange {
+                kind,
+                external_id,
+                action,
+                record,
+                payload,
+                hash,
+                previous_hash,
+                changes: (action == Action::Updated).then(|| changes.clone()),
+            });
+            envelopes.push(&envelope)?;
+        }
+        match kind {
+            RecordKind::Account => self.account_changed(external_id, old, new, changes)?,
+            RecordKind::Group => {
+                self.catalog(old.as_ref(), new.as_ref())?;
+                if action == Action::Updated {
+                    self.input
+                        .group_changes
+                        .insert(external_id.to_string(), changes);
+                }
+            }
+            RecordKind::Membership if !self.baseline => {
+                let pair = membership_pair(external_id);
+                match action {
+                    Action::Created => self.input.memberships_added.push(pair),
+                    Action::Deleted => self.input.memberships_removed.push(pair),
+                    Action::Updated => {}
+                }
+            }
+            RecordKind::Membership => {}
+        }
+        Ok(())
+    }
+
+    fn account_changed(
+        &mut self,
+        external_id: &str,
+        old: Option<Loaded>,
+        new: Option<Loaded>,
+        changes: Vec<crate::record::FieldChange>,
+    ) -> Result<(), PlanError> {
+        if self.baseline {
+            if let Some(new) = new.filter(|new| new.flags.superuser()) {
+                let account = typed_account(&new)?;
+                if let Some(baseline) = self.input.baseline.as_mut() {
+                    baseline.superusers.push(AccountRef {
+                        external_id: account.external_id,
+                        username: account.username,
+                        canonical_email: account.canonical_email,
+                    });
+                }
+            }
+            return Ok(());
+        }
+        let sides = self
+            .input
+            .accounts
+            .entry(external_id.to_string())
+            .or_default();
+        sides.old = old.as_ref().map(typed_account).transpose()?;
+        sides.new = new.as_ref().map(typed_account).transpose()?;
+        sides.changes = changes;
+        Ok(())
+    }
+
+    /// A group present on either side, changed or not: the diff names groups and walks their
+    /// hierarchy on both sides.
+    pub fn catalog(&mut self, old: Option<&Loaded>, new: Option<&Loaded>) -> Result<(), PlanError> {
+        for (loaded, catalog) in [
+            (old, &mut self.input.groups_before),
+            (new, &mut self.input.groups_after),
+        ] {
+            if let Some(loaded) = loaded {
+                let group: DirectoryGroup = serde_json::from_value(loaded.record.clone())
+                    .map_err(|error| PlanError::Record(format!("group: {error}")))?;
+                catalog.insert(group.external_id.clone(), group);
+            }
+        }
+        Ok(())
+    }
+
+    /// An unchanged record whose volatile values moved: no version, only the current row and
+    /// the latest values.
+    pub fn touch(
+        &mut self,
+        kind: RecordKind,
+        external_id: &str,
+        current: CurrentRow,
+        volatile: &Map<String, Value>,
+    ) -> Result<(), PlanError> {
+        if let Some(ops) = self.sinks.ops.as_mut() {
+            ops.push(&Op::Touch {
+                kind,
+                external_id: external_id.to_string(),
+                current,
+                volatile: canonical_json(&Value::Object(volatile.clone())),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Every membership of either side, in id order, so that each account's groups are known
+    /// on both sides when it joins, leaves or moves.
+    pub fn membership(&mut self, external_id: &str, old: bool, new: bool) {
+        if self.baseline {
+            return;
+        }
+        let (uid, group) = membership_pair(external_id);
+        if self.block.as_ref().is_none_or(|block| block.uid != uid) {
+            self.close_block();
+            self.block = Some(Block {
+                uid,
+                old: BTreeSet::new(),
+                new: BTreeSet::new(),
+                changed: false,
+            });
+        }
+        let block = self.block.as_mut().expect("a block was just opened");
+        if old {
+            block.old.insert(group.clone());
+        }
+        if new {
+            block.new.insert(group);
+        }
+        block.changed |= old != new;
+    }
+
+    fn close_block(&mut self) {
+        let Some(block) = self.block.take() else {
+            return;
+        };
+        if !block.changed && !self.input.accounts.contains_key(&block.uid) {
+            return;
+        }
+        let sides = self.input.accounts.entry(block.uid).or_default();
+        sides.old_groups = block.old;
+        sides.new_groups = block.new;
+    }
+
+    /// Accounts whose groups changed but whose records did not: the caller reads their
+    /// records with [`Planner::fill`].
+    pub fn needs_records(&mut self) -> Vec<String> {
+        self.close_block();
+        self.input
+            .accounts
+            .iter()
+            .filter(|(_, sides)| sides.old.is_none() && sides.new.is_none())
+            .map(|(uid, _)| uid.clone())
+            .collect()
+    }
+
+    pub fn fill(
+        &mut self,
+        uid: &str,
+        old: Option<&Loaded>,
+        new: Option<&Loaded>,
+    ) -> Result<(), PlanError> {
+        let old = old.map(typed_account).transpose()?;
+        let new = new.map(typed_account).transpose()?;
+        if let Some(sides) = self.input.accounts.get_mut(uid) {
+            sides.old = old;
+            sides.new = new;
+        }
+        Ok(())
+    }
+
+    pub fn finish(mut self) -> Result<Planned, PlanError> {
+        self.close_block();
+        Ok(Planned {
+            ops: self.sinks.ops.map(OpWriter::finish).transpose()?,
+            envelopes: self
+                .sinks
+                .envelopes
+                .map(EnvelopeWriter::finish)
+                .transpose()?,
+            input: self.input,
+        })
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Side {
+    Before,
+    After,
+}
+
+fn stored_from(loaded: &Loaded) -> Result<String, PlanError> {
+    loaded
+        .valid_from
+        .clone()
+        .ok_or_else(|| PlanError::Record("a stored side without its version".into()))
+}
+
+fn current_row(run_id: &str, loaded: &Loaded) -> Result<CurrentRow, PlanError> {
+    CurrentRow::new(
+        run_id,
+        loaded.hash,
+        crate::record::volatile_digest(&loaded.volatile),
+        loaded.flags,
+    )
+    .map_err(|_| PlanError::Record(format!("run id {run_id:?} is not a ULID")))
+}
+
+fn volatile_bytes(kind: RecordKind, volatile: &Map<String, Value>) -> Option<Vec<u8>> {
+    (!kind.volatile_fields().is_empty()).then(|| canonical_json(&Value::Object(volatile.clone())))
+}
+
+fn typed_account(loaded: &Loaded) -> Result<DirectoryAccount, PlanError> {
+    serde_json::from_value(with_volatile(loaded.record.clone(), &loaded.volatile))
+        .map_err(|error| PlanError::Record(format!("account: {error}")))
+}
+
+/// `(account uid, group pk)` of a membership id `uid:group`.
+pub fn membership_pair(external_id: &str) -> (String, String) {
+    match external_id.split_once(':') {
+        Some((uid, group)) => (uid.to_string(), group.to_string()),
+        None => (external_id.to_string(), String::new()),
+    }
+}
+
+/// Walks two sequences sorted by key side by side, calling `visit` once per key with the item
+/// of each side that has it.
+pub fn merge_sorted<A, B, E>(
+    old: impl Iterator<Item = Result<A, E>>,
+    new: impl Iterator<Item = Result<B, E>>,
+    key_old: impl Fn(&A) -> &str,
+    key_new: impl Fn(&B) -> &str,
+    mut visit: impl FnMut(Option<A>, Option<B>) -> Result<(), PlanError>,
+) -> Result<(), PlanError>
+where
+    PlanError: From<E>,
+{
+    let mut old = old.peekable();
+    let mut new = new.peekable();
+    loop {
+        let order = match (old.peek(), new.peek()) {
+            (None, None) => return Ok(()),
+            (Some(Err(_)), _) => {
+                return Err(old
+                    .next()
+                    .and_then(Result::err)
+                    .map(PlanError::from)
+                    .expect("peeked"))
+            }
+            (_, Some(Err(_))) => {
+                return Err(new
+                    .next()
+                    .and_then(Result::err)
+                    .map(PlanError::from)
+                    .expect("peeked"))
+            }
+            (Some(Ok(a)), Some(Ok(b))) => key_old(a).cmp(key_new(b)),
+            (Some(Ok(_)), None) => std::cmp::Ordering::Less,
+            (None, Some(Ok(_))) => std::cmp::Ordering::Greater,
+        };
+        match order {
+            std::cmp::Ordering::Less => visit(next_item(&mut old)?, None)?,
+            std::cmp::Ordering::Greater => visit(None, next_item(&mut new)?)?,
+            std::cmp::Ordering::Equal => {
+                let a = next_item(&mut old)?;
+                let b = next_item(&mut new)?;
+                visit(a, b)?
+            }
+        }
+    }
+}
+
+fn next_item<T, E>(
+    iter: &mut std::iter::Peekable<impl Iterator<Item = Result<T, E>>>,
+) -> Result<Option<T>, PlanError>
+where
+    PlanError: From<E>,
+{
+    iter.next().transpose().map_err(PlanError::from)
+}
+
+/// Plans a sync: the stored current state of `source` beside the collected new records.
+/// For a baseline the stored state is not read: every record starts a new chain.
+pub fn plan_sync(
+    reader: &Reader<'_>,
+    source: &str,
+    collected: &Collected,
+    planner: &mut Planner<'_>,
+) -> Result<(), PlanError> {
+    for (kind, spool) in [
+        (RecordKind::Account, &collected.accounts),
+        (RecordKind::Group, &collected.groups),
+    ] {
+        let old = stored_side(reader, source, kind, planner.is_baseline())?;
+        let new = spool.items().iter().map(Ok::<_, StoreError>);
+        merge_sorted(
+            old,
+            new,
+            |(id, _)| id.as_str(),
+            |item| &item.external_id,
+            |old, new| {
+                let id = old
+                    .as_ref()
+                    .map(|(id, _): &(String, CurrentRow)| id.clone())
+                    .or_else(|| new.map(|item| item.external_id.to_string()))
+                    .expect("one side");
+                if kind == RecordKind::Account {
+                    planner.count(
+                        old.as_ref().map(|(_, row)| row.flags),
+                        new.map(|item| item.flags),
+                    );
+                }
+                let changed = Action::classify(
+                    old.as_ref().map(|(_, row)| &row.hash),
+                    new.map(|item| &item.hash),
+                )
+                .is_some();
+                let volatile_moved = matches!((&old, new), (Some((_, row)), Some(item)) if row.volatile_digest != item.volatile_digest);
+                if !changed && !volatile_moved && kind != RecordKind::Group {
+                    return Ok(());
+                }
+                let new_loaded = new.map(|item| spool_side(spool, item)).transpose()?;
+                if !changed {
+                    let (row, loaded) = (
+                        old.as_ref().expect("both sides").1,
+                        new_loaded.as_ref().expect("both sides"),
+                    );
+                    if volatile_moved {
+                        let current = CurrentRow {
+                            volatile_digest: new.expect("both sides").volatile_digest,
+                            ..row
+                        };
+                        planner.touch(kind, &id, current, &loaded.volatile)?;
+                    }
+                    if kind == RecordKind::Group {
+                        let old_loaded = stored_loaded(reader, source, kind, &id, &row, false)?;
+                        planner.catalog(Some(&old_loaded), Some(loaded))?;
+                    }
+                    return Ok(());
+                }
+                let old_loaded = old
+                    .as_ref()
+                    .map(|(_, row)| stored_loaded(reader, source, kind, &id, row, new.is_none()))
+                    .transpose()?;
+                let tombstone = match (&old, planner.is_baseline()) {
+                    (None, false) => reader.tombstone(source, kind, &id)?,
+                    _ => None,
+                };
+                planner.changed(kind, &id, old_loaded, new_loaded, tombstone)
+            },
+        )?;
+    }
+    let old = stored_side(
+        reader,
+        source,
+        RecordKind::Membership,
+        planner.is_baseline(),
+    )?;
+    let new = collected.memberships.iter().map(Ok::<_, StoreError>);
+    merge_sorted(
+        old,
+        new,
+        |(id, _)| id.as_str(),
+        |(id, _)| id.as_str(),
+        |old, new| {
+            let id = old
+                .as_ref()
+                .map(|(id, _)| id.clone())
+                .or_else(|| new.as_ref().map(|(id, _)| id.clone()))
+                .expect("one side");
+            planner.membership(&id, old.is_some(), new.is_some());
+            let new_loaded = new.map(|(_, record)| Loaded {
+                hash: planner.rule().material_hash(&record),
+                flags: Flags::default(),
+                record,
+                payload: Value::Null,
+                volatile: Map::new(),
+                valid_from: None,
+            });
+            if Action::classify(
+                old.as_ref().map(|(_, row)| &row.hash),
+                new_loaded.as_ref().map(|n| &n.hash),
+            )
+            .is_none()
+            {
+                return Ok(());
+            }
+            let old_loaded = old
+                .as_ref()
+                .map(|(_, row)| {
+                    stored_loaded(reader, source, RecordKind::Membership, &id, row, false)
+                })
+                .transpose()?;
+            let tombstone = match (&old, planner.is_baseline()) {
+                (None, false) => reader.tombstone(source, RecordKind::Membership, &id)?,
+                _ => None,
+            };
+            planner.changed(
+                RecordKind::Membership,
+                &id,
+                old_loaded,
+                new_loaded,
+                tombstone,
+            )
+        },
+    )?;
+    for uid in planner.needs_records() {
+        let old = match reader.current_row(source, RecordKind::Account, &uid)? {
+            Some(row) => Some(stored_loaded(
+                reader,
+                source,
+                RecordKind::Account,
+                &uid,
+                &row,
+                false,
+            )?),
+            None => None,
+        };
+        let new = collected
+            .accounts
+            .find(&uid)
+            .map(|item| spool_side(&collected.accounts, item))
+            .transpose()?;
+        planner.fill(&uid, old.as_ref(), new.as_ref())?;
+    }
+    Ok(())
+}
+
+type StoredRows<'r> = Box<dyn Iterator<Item = Result<(String, CurrentRow), StoreError>> + 'r>;
+
+fn stored_side<'r>(
+    reader: &'r Reader<'_>,
+    source: &str,
+    kind: RecordKind,
+    baseline: bool,
+) -> Result<StoredRows<'r>, PlanError> {
+    if baseline {
+        return Ok(Box::new(std::iter::empty()));
+    }
+    Ok(Box::new(reader.current(source, kind)?))
+}
+
+/// A stored record read in full; a deleted account's latest volatile values come along, for
+/// the leaver's last login.
+fn stored_loaded(
+    reader: &Reader<'_>,
+    source: &str,
+    kind: RecordKind,
+    external_id: &str,
+    row: &CurrentRow,
+    with_volatile: bool,
+) -> Result<Loaded, PlanError> {
+    let entry = reader.version(source, kind, external_id, row.valid_from())?;
+    let volatile = if with_volatile && !kind.volatile_fields().is_empty() {
+        reader.volatile(source, kind, external_id)?
+    } else {
+        Map::new()
+    };
+    Ok(Loaded {
+        hash: row.hash,
+        flags: row.flags,
+        record: entry.record,
+        payload: entry.payload,
+        volatile,
+        valid_from: Some(row.valid_from().to_string()),
+    })
+}
+
+fn spool_side(
+    spool: &crate::spool::Spool,
+    item: &crate::spool::SpoolItem,
+) -> Result<Loaded, PlanError> {
+    let record = spool.read(item)?;
+    let entry = record.parse()?;
+    Ok(Loaded {
+        hash: item.hash,
+        flags: item.flags,
+        record: entry.record,
+        payload: entry.payload,
+        volatile: record.volatile,
+        valid_from: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use crate::envelope::Action;
+    use crate::record::{canonical_json, hex_hash, sha256, ChangeRule};
+    use crate::testing::TestSource;
+
+    /// One change to the small directory the property test evolves.
+    #[derive(Debug, Clone)]
+    enum Change {
+        ToggleActive(usize),
+        Rename(usize, u8),
+        Attribute(usize, u8),
+        ToggleMembership(usize, usize),
+        ToggleDeleted(usize),
+        RenameGroup(usize, u8),
+        ToggleGroupSuperuser(usize),
+        Login(usize, u8),
+    }
+
+    const USERS: usize = 4;
+    const GROUPS: usize = 3;
+
+    fn change() -> impl Strategy<Value = Change> {
+        prop_oneof![
+            (0..USERS).prop_map(Change::ToggleActive),
+            (0..USERS, 0..3u8).prop_map(|(u, n)| Change::Rename(u, n)),
+            (0..USERS, 0..3u8).prop_map(|(u, n)| Change::Attribute(u, n)),
+            (0..USERS, 0..GROUPS).prop_map(|(u, g)| Change::ToggleMembership(u, g)),
+            (0..USERS).prop_map(Change::ToggleDeleted),
+            (0..GROUPS, 0..3u8).prop_map(|(g, n)| Change::RenameGroup(g, n)),
+            (0..GROUPS).prop_map(Change::ToggleGroupSuperuser),
+            (0..USERS, 0..200u8).prop_map(|(u, n)| Change::Login(u, n)),
+        ]
+    }
+
+    #[derive(Clone)]
+    struct Person {
+        active: bool,
+        name: String,
+        title: String,
+        groups: [bool; GROUPS],
+        deleted: bool,
+        login: u8,
+    }
+
+    #[derive(Clone)]
+    struct Team {
+        name: String,
+        superuser: bool,
+    }
+
+    fn render(
+        people: &[Person],
+        teams: &[Team],
+    ) -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
+        let users = people
+            .iter()
+            .enumerate()
+            .filter(|(_, person)| !person.deleted)
+            .map(|(index, person)| {
+                let groups: Vec<String> = (0..GROUPS)
+                    .filter(|g| person.groups[*g])
+                    .map(|g| format!("g{g}"))
+                    .collect();
+                let superuser = (0..GROUPS).any(|g| person.groups[g] && teams[g].superuser);
+                json!({"pk": index + 1, "username": format!("u{index}"), "name": person.name,
+                       "is_active": person.active, "groups": groups, "uid": format!("uid{index}"),
+                       "attributes": {"title": person.title}, "type": "internal",
+                       "is_superuser": superuser,
+                       "last_login": format!("2026-11-01T08:{:02}:00Z", person.login % 60)})
+            })
+            .collect();
+        let groups = teams
+            .iter()
+            .enumerate()
+            .map(|(g, team)| {
+                let members: Vec<usize> = people
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, person)| !person.deleted && person.groups[g])
+                    .map(|(index, _)| index + 1)
+                    .collect();
+                json!({"pk": format!("g{g}"), "name": team.name, "is_superuser": team.superuser,
+                       "parents": [], "users": members, "attributes": {}})
+            })
+            .collect();
+        (users, groups)
+    }
+
+    fn apply(change: &Change, people: &mut [Person], teams: &mut [Team]) {
+        match *change {
+            Change::ToggleActive(u) => people[u].active = !people[u].active,
+            Change::Rename(u, n) => people[u].name = format!("Person {u} v{n}"),
+            Change::Attribute(u, n) => people[u].title = format!("title {n}"),
+            Change::ToggleMembership(u, g) => people[u].groups[g] = !people[u].groups[g],
+            Change::ToggleDeleted(u) => people[u].deleted = !people[u].deleted,
+            Change::RenameGroup(g, n) => teams[g].name = format!("Group {g} v{n}"),
+            Change::ToggleGroupSuperuser(g) => teams[g].superuser = !teams[g].superuser,
+            Change::Login(u, n) => people[u].login = n,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        /// Over any sequence of field, status, membership and deletion changes: every
+        /// record's envelopes form an unbroken chain (each `previous_hash` is the hash of the
+        /// record's previous envelope), each hash is the material hash of the record it
+        /// carries, an envelope appears exactly when that hash changes, and a run without a
+        /// material change emits nothing.
+        #[test]
+        fn envelope_chains_link_exactly(runs in prop::collection::vec(prop::collection::vec(change(), 0..4), 1..7)) {
+            let mut people: Vec<Person> = (0..USERS)
+                .map(|u| Person {
+                    active: u != 3,
+                    name: format!("Person {u}"),
+                    title: "t".into(),
+                    groups: [u == 0, u == 1, false],
+                    deleted: false,
+                    login: 0,
+                })
+                .collect();
+            let mut teams: Vec<Team> = (0..GROUPS)
+                .map(|g| Team { name: format!("Group {g}"), superuser: g == 2 })
+                .collect();
+            let mut source = TestSource::new();
+            let rule = ChangeRule::new(&[]);
+            let mut last_hash: BTreeMap<String, String> = BTreeMap::new();
+            let mut last_state: BTreeMap<String, Option<String>> = BTreeMap::new();
+            for (index, changes) in std::iter::once(Vec::new()).chain(runs).enumerate() {
+                for change in &changes {
+                    apply(change, &mut people, &mut teams);
+                }
+                let (users, groups) = render(&people, &teams);
+                let run = source.sync(users, groups).run;
+                let envelopes = source.envelopes(&run.run_id);
+                let material_changes = changes.iter().any(|c| !matches!(c, Change::Login(..)));
+                if index > 0 && !material_changes {
+                    prop_assert!(envelopes.is_empty(), "a login-only run emitted {}", envelopes.len());
+                }
+                let mut seen = std::collections::BTreeSet::new();
+                for envelope in &envelopes {
+                    let key = format!("{:?}:{}", envelope.schema, envelope.external_id);
+                    prop_assert!(seen.insert(key.clone()), "two envelopes for {key}");
+                    prop_assert_eq!(
+                        &envelope.hash,
+                        &hex_hash(&sha256(&canonical_json(&rule.material_view(&envelope.record))))
+                    );
+                    prop_assert_eq!(envelope.previous_hash.as_ref(), last_hash.get(&key), "chain of {}", key);
+                    prop_assert_ne!(Some(&Some(envelope.hash.clone())), last_state.get(&key), "no change in {}", key);
+                    last_hash.insert(key.clone(), envelope.hash.clone());
+                    let present = (envelope.action != Action::Deleted).then(|| envelope.hash.clone());
+                    last_state.insert(key, present);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! Test support: a source whose runs go through the real pipeline (collect → plan → commit)
+//! from hand-written raw Authentik objects, without HTTP.
+
+use chrono::{DateTime, Duration as ChronoDuration, TimeZone, Utc};
+use serde_json::Value;
+
+use crate::collect::Collector;
+use crate::config::SourceConfig;
+use crate::envelope::{envelope_path, parse_jsonl, Envelope};
+use crate::filter::RecordFilter;
+use crate::store::{RunOutcome, Store};
+use crate::sync::{CompleteRun, Rejected, SyncedRun};
+
+pub(crate) fn source_config() -> SourceConfig {
+    SourceConfig {
+        name: "corp".into(),
+        base_url: crate::config::normalize_base_url("https://ak.example.com", false).unwrap(),
+        token: crate::secret::ApiToken::new("t"),
+        primary_directory: false,
+        disable_group_sync: false,
+        filter: None,
+        page_size: 100,
+        concurrency: 4,
+        timeout: std::time::Duration::from_secs(60),
+        max_page_bytes: 64 * 1024 * 1024,
+        run_timeout: std::time::Duration::from_secs(7200),
+        ca_file: None,
+        allow_insecure_http: false,
+        ignore_fields: Vec::new(),
+        schedule: crate::schedule::Schedule::default(),
+        run_on_start: true,
+    }
+}
+
+/// Run start times: one minute apart from 2026-11-01 10:00 UTC.
+pub(crate) fn at(minute: i64) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 1, 10, 0, 0).unwrap() + ChronoDuration::minutes(minute)
+}
+
+pub(crate) struct TestSource {
+    pub dir: tempfile::TempDir,
+    pub store: Store,
+    pub source: SourceConfig,
+    runs: i64,
+}
+
+impl TestSource {
+    pub fn new() -> TestSource {
+        Self::with(source_config())
+    }
+
+    pub fn with(source: SourceConfig) -> TestSource {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            &dir.path().join("aksync.redb"),
+            std::time::Duration::from_secs(5),
+        )
+        .unwrap();
+        TestSource {
+            dir,
+            store,
+            source,
+            runs: 0,
+        }
+    }
+
+    /// One complete run of this directory; `groups: None` for a source without group sync.
+    pub fn sync(&mut self, users: Vec<Value>, groups: Vec<Value>) -> SyncedRun {
+        match self.try_sync(users, groups) {
+            Ok(synced) => synced,
+            Err(error) => panic!("run not stored: {error}"),
+        }
+    }
+
+    pub fn try_sync(&mut self, users: Vec<Value>, groups: Vec<Value>) -> Result<SyncedRun, String> {
+        let latest = self.store.latest_complete(&self.source.name).unwrap();
+        let job = self.collect(users, groups, latest)?;
+        match job.store(&self.store) {
+            Ok(synced) => Ok(synced),
+            Err(Rejected::Store(error)) => Err(error.to_string()),
+            Err(Rejected::Failed(_, reason)) => Err(reason),
+        }
+    }
+
+    /// A run collected now, to be stored later (for overlapping runs).
+    pub fn collect(
+        &mut self,
+        users: Vec<Value>,
+        groups: Vec<Value>,
+        latest: Option<crate::store::RunRecord>,
+    ) -> Result<CompleteRun, String> {
+        let filter = self
+            .source
+            .filter
+            .as_deref()
+            .map(|expression| RecordFilter::compile(expression).unwrap());
+        let mut collector = Collector::new(self.dir.path(), &self.source, filter.as_ref()).unwrap();
+        for raw in users {
+            collector.add_user(raw).map_err(|error| error.to_string())?;
+        }
+        if !self.source.disable_group_sync {
+            for raw in groups {
+                collector
+                    .add_group(raw)
+                    .map_err(|error| error.to_string())?;
+            }
+        }
+        let collected = collector.finish().map_err(|error| error.to_string())?;
+        self.runs += 1;
+        Ok(CompleteRun {
+            state_dir: self.dir.path().to_path_buf(),
+            source: self.source.clone(),
+            webhook: false,
+            outcome: RunOutcome {
+                source: self.source.name.clone(),
+                started_at: at(self.runs),
+                finished_at: at(self.runs) + ChronoDuration::seconds(30),
+                authentik_version: Some("2025.12.4".into()),
+                settings_fingerprint: self.source.settings_fingerprint(),
+            },
+            latest,
+            collected,
+        })
+    }
+
+    pub fn envelopes(&self, run_id: &str) -> Vec<Envelope> {
+        let bytes =
+            std::fs::read(envelope_path(self.dir.path(), &self.source.name, run_id)).unwrap();
+        parse_jsonl(&bytes).unwrap()
+    }
+}
