@@ -872,15 +872,7 @@ async fn a_receiver_that_was_down_gets_everything_once_and_in_order_without_a_sy
     assert_eq!(delivered.len(), before_up.len(), "no run after the reload");
 
     let accepted = receiver.accepted.lock().unwrap().clone();
-    let received: Vec<(String, u64)> = accepted
-        .iter()
-        .map(|(_, body)| {
-            (
-                body["run_id"].as_str().unwrap().to_string(),
-                body["batch"].as_u64().unwrap(),
-            )
-        })
-        .collect();
+    let received = receiver.batches();
     let mut expected = Vec::new();
     for run in delivered.iter().rev() {
         let Some(delivery) = &run.delivery else {

@@ -536,15 +536,7 @@ async fn webhook_delivery_survives_a_receiver_that_is_down_for_two_runs() {
         keys.len(),
         "every batch arrives once: {keys:?}"
     );
-    let order: Vec<(String, u64)> = accepted
-        .iter()
-        .map(|(_, body)| {
-            (
-                body["run_id"].as_str().unwrap().to_string(),
-                body["batch"].as_u64().unwrap(),
-            )
-        })
-        .collect();
+    let order = receiver.batches();
     let mut sorted = order.clone();
     sorted.sort();
     assert_eq!(order, sorted, "runs oldest first, batches in order");

@@ -161,6 +161,23 @@ pub struct Receiver {
     pub accepted: Arc<Mutex<Vec<(String, Value)>>>,
 }
 
+impl Receiver {
+    /// (run id, batch number) of every accepted request, in arrival order.
+    pub fn batches(&self) -> Vec<(String, u64)> {
+        self.accepted
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, body)| {
+                (
+                    body["run_id"].as_str().unwrap().to_string(),
+                    body["batch"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    }
+}
+
 pub async fn receiver() -> Receiver {
     let down = Arc::new(AtomicBool::new(true));
     let refused = Arc::new(AtomicUsize::new(0));
