@@ -21,8 +21,9 @@ use crate::run_lock::{source_lock_path, RunLock, TryLock};
 use crate::runner::{no_progress, run_source, RunContext};
 use crate::store::{DeliveryStatus, RunRecord, RunStatus, Store, StoreError};
 
-/// How long a stop waits for cancelled runs to record themselves as failed.
-const STOP_GRACE: Duration = Duration::from_secs(7);
+/// How long a stop waits for cancelled runs to record themselves as failed. With the
+/// endpoint's and the runtime's own grace, the process is gone within 10 seconds.
+const STOP_GRACE: Duration = Duration::from_secs(6);
 
 /// A run task's end, sent back to the daemon's loop.
 #[derive(Debug)]
