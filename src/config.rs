@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use url::Url;
 
 use crate::filter::RecordFilter;
 use crate::report::ReportFormat;
+use crate::schedule::{Schedule, ScheduleError};
 use crate::secret::ApiToken;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/aksync/config.toml";
@@ -87,6 +88,25 @@ struct RawConfig {
     sources: BTreeMap<String, RawSource>,
     #[serde(default)]
     output: RawOutput,
+    #[serde(default)]
+    daemon: RawDaemon,
+    http: Option<RawHttp>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    max_concurrent_runs: Option<u32>,
+    log_level: Option<String>,
+    log_format: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    listen: String,
+    #[serde(default)]
+    allow_remote: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -128,6 +148,9 @@ struct RawSource {
     allow_insecure_http: bool,
     #[serde(default)]
     ignore_fields: Vec<String>,
+    schedule: Option<String>,
+    run_on_start: Option<bool>,
+    timezone: Option<String>,
 }
 
 /// The validated configuration.
@@ -136,8 +159,35 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub sources: BTreeMap<String, SourceConfig>,
     pub output: OutputConfig,
+    pub daemon: DaemonConfig,
+    /// The daemon's monitoring endpoint; off unless configured.
+    pub http: Option<HttpConfig>,
     /// The file the configuration was read from, for messages.
     pub origin: String,
+}
+
+/// How `aksync daemon` runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DaemonConfig {
+    /// Runs of all sources together at one time.
+    pub max_concurrent_runs: usize,
+    /// A level (`info`); `AKSYNC_LOG` overrides it.
+    pub log_level: String,
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One line per event with key=value fields.
+    Text,
+    /// One JSON object per event.
+    Json,
+}
+
+/// The daemon's HTTP endpoint: /healthz, /metrics and a status page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
 }
 
 /// What is written after every complete run.
@@ -157,7 +207,7 @@ pub struct WebhookConfig {
 }
 
 /// One Authentik instance.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SourceConfig {
     pub name: String,
     /// Normalized: no trailing `/`, no `/api/v3`.
@@ -178,6 +228,10 @@ pub struct SourceConfig {
     pub allow_insecure_http: bool,
     /// Fields that never make a change on their own, e.g. `metadata.last_sync`.
     pub ignore_fields: Vec<String>,
+    /// When the daemon syncs this source.
+    pub schedule: Schedule,
+    /// Whether the daemon syncs this source as soon as it starts.
+    pub run_on_start: bool,
 }
 
 /// The settings that shape the stored data; a change to any of them makes records differ
@@ -309,8 +363,11 @@ fn figment_error(figment: &Figment, error: figment::Error, default_origin: &str)
         .unwrap_or_else(|| default_origin.to_string());
     let message = match &error.kind {
         figment::error::Kind::UnknownField(field, _) => {
+            // figment's path usually ends with the unknown field itself.
             let full_key = if key.is_empty() {
                 field.clone()
+            } else if error.path.last() == Some(field) {
+                key.clone()
             } else {
                 format!("{key}.{field}")
             };
@@ -410,12 +467,68 @@ fn validate(
         sources.insert(name, source);
     }
     let output = validate_output(raw.output, config_dir).map_err(&invalid)?;
+    let daemon = validate_daemon(raw.daemon).map_err(&invalid)?;
+    let http = raw.http.map(validate_http).transpose().map_err(&invalid)?;
     Ok(Config {
         state_dir,
         sources,
         output,
+        daemon,
+        http,
         origin,
     })
+}
+
+const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+fn validate_daemon(raw: RawDaemon) -> Result<DaemonConfig, String> {
+    let max_concurrent_runs = bounded(
+        raw.max_concurrent_runs,
+        2,
+        1..=64,
+        "daemon.max_concurrent_runs",
+    )? as usize;
+    let log_level = raw.log_level.map_or_else(
+        || "info".to_string(),
+        |level| level.trim().to_ascii_lowercase(),
+    );
+    if !LOG_LEVELS.contains(&log_level.as_str()) {
+        return Err(format!(
+            "`daemon.log_level` = {log_level:?} is not a level: use one of {}",
+            LOG_LEVELS.join(", ")
+        ));
+    }
+    let log_format = match raw.log_format.as_deref().map(str::trim) {
+        None | Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(other) => {
+            return Err(format!(
+                "`daemon.log_format` = {other:?} is not a format: use \"text\" or \"json\""
+            ))
+        }
+    };
+    Ok(DaemonConfig {
+        max_concurrent_runs,
+        log_level,
+        log_format,
+    })
+}
+
+fn validate_http(raw: RawHttp) -> Result<HttpConfig, String> {
+    let listen: SocketAddr = raw.listen.trim().parse().map_err(|_| {
+        format!(
+            "`http.listen` = {:?} is not an address and port: use e.g. \"127.0.0.1:9464\"",
+            raw.listen
+        )
+    })?;
+    if !listen.ip().is_loopback() && !raw.allow_remote {
+        return Err(format!(
+            "`http.listen` = {:?} is not a loopback address, and the endpoint has no authentication: \
+             listen on 127.0.0.1 behind a reverse proxy, or set http.allow_remote = true",
+            raw.listen
+        ));
+    }
+    Ok(HttpConfig { listen })
 }
 
 /// A state directory that cannot be one is a configuration error, said before anything
@@ -565,6 +678,24 @@ fn validate_source(name: &str, raw: RawSource, config_dir: &Path) -> Result<Sour
         }
         None => None,
     };
+    let schedule = Schedule::parse(
+        raw.schedule
+            .as_deref()
+            .unwrap_or(crate::schedule::DEFAULT_SCHEDULE),
+        raw.timezone.as_deref(),
+    )
+    .map_err(|error| match error {
+        ScheduleError::Expression(_) => format!(
+            "`{}` = {:?} is {error} (e.g. \"*/30 * * * *\" is every 30 minutes)",
+            key("schedule"),
+            raw.schedule.as_deref().unwrap_or_default()
+        ),
+        ScheduleError::Timezone => format!(
+            "`{}` = {:?} is {error}",
+            key("timezone"),
+            raw.timezone.as_deref().unwrap_or_default()
+        ),
+    })?;
     if let Some(field) = raw
         .ignore_fields
         .iter()
@@ -590,6 +721,8 @@ fn validate_source(name: &str, raw: RawSource, config_dir: &Path) -> Result<Sour
         ca_file,
         allow_insecure_http: raw.allow_insecure_http,
         ignore_fields: raw.ignore_fields,
+        schedule,
+        run_on_start: raw.run_on_start.unwrap_or(true),
     })
 }
 

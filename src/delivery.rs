@@ -1,7 +1,9 @@
 //! Webhook delivery of envelopes. Runs are delivered oldest first and batch by batch; each
 //! acknowledged batch is recorded, so an endpoint that is down only delays delivery: the next
 //! sync resumes where it stopped, and nothing is sent out of order or, once acknowledged,
-//! twice. Each batch carries an `Idempotency-Key` of run id and batch number.
+//! twice. Each batch carries an `Idempotency-Key` of run id and batch number. One process
+//! delivers at a time (the outbox lock), so a daemon and a manual sync never send the same
+//! batch side by side.
 
 use std::time::Duration;
 
@@ -12,6 +14,7 @@ use crate::artifacts::{read_envelopes, rebuild_envelopes};
 use crate::authentik::RetryPolicy;
 use crate::clock::Clock;
 use crate::config::{Config, WebhookConfig};
+use crate::run_lock::{outbox_lock_path, LockError, RunLock, TryLock};
 use crate::store::{DeliveryStatus, RunRecord, Store, StoreError};
 
 const RETRY: RetryPolicy = RetryPolicy {
@@ -27,6 +30,8 @@ pub enum DeliveryError {
     Store(#[from] StoreError),
     #[error("cannot set up the webhook client: {0}")]
     Client(String),
+    #[error(transparent)]
+    Lock(#[from] LockError),
 }
 
 /// What one delivery pass did.
@@ -44,6 +49,20 @@ pub async fn deliver_pending(
     webhook: &WebhookConfig,
     clock: &dyn Clock,
 ) -> Result<DeliveryReport, DeliveryError> {
+    let _lock = match RunLock::try_acquire(&outbox_lock_path(&config.state_dir))? {
+        TryLock::Acquired(lock) => lock,
+        TryLock::Held { holder } => {
+            let pid = holder
+                .map(|pid| format!(" (pid {pid})"))
+                .unwrap_or_default();
+            return Ok(DeliveryReport {
+                stopped: Some(format!(
+                    "another aksync process{pid} is delivering the outbox"
+                )),
+                ..DeliveryReport::default()
+            });
+        }
+    };
     let mut pending: Vec<RunRecord> = store
         .runs(None)?
         .into_iter()

@@ -29,8 +29,11 @@ fn main() -> ExitCode {
             return ExitCode::from(aksync::cli::Exit::Usage as u8);
         }
     };
-    init_logging();
+    // Store operations block their thread; a few spare workers keep the daemon's endpoint
+    // and timers answering while runs commit.
+    let workers = std::thread::available_parallelism().map_or(4, |cores| cores.get().max(4));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
         .enable_all()
         .build()
     {
@@ -52,18 +55,9 @@ fn main() -> ExitCode {
             error.exit()
         }
     };
+    // A blocking task that is still waiting (a lock, a slow disk) must not hold up the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     ExitCode::from(exit as u8)
-}
-
-/// Logs go to stderr; `AKSYNC_LOG` sets the level (default: warnings).
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("AKSYNC_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
 }
 
 /// A panic is a bug, but it still gets one line and no backtrace. Panics that the store turns

@@ -11,6 +11,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::authentik::client::check_count;
 use crate::authentik::client::ProgressFn;
 use crate::authentik::{AuthentikClient, ClientError, ListKind, RetryPolicy};
@@ -52,6 +54,8 @@ enum FetchError {
         source_name: String,
         limit: Duration,
     },
+    #[error("cancelled by shutdown")]
+    Cancelled,
 }
 
 impl From<CollectError> for FetchError {
@@ -72,7 +76,10 @@ impl FetchError {
             FetchError::Client(error) => reason_code(error),
             FetchError::PartialVisibility(_) => "partial_visibility",
             FetchError::Deadline { .. } => "timeout",
-            FetchError::Collect(_) | FetchError::Filter(_) | FetchError::Spool(_) => return None,
+            FetchError::Collect(_)
+            | FetchError::Filter(_)
+            | FetchError::Spool(_)
+            | FetchError::Cancelled => return None,
         };
         Some((code, bounded_error(&self.to_string())))
     }
@@ -100,13 +107,15 @@ pub struct SyncedRun {
 }
 
 /// Runs one sync and records it. Only a failure to record the run is an error; everything
-/// that goes wrong upstream becomes a failed run.
+/// that goes wrong upstream becomes a failed run, and so does a fetch that `cancel` stops:
+/// such a run stores nothing of the directory.
 pub async fn sync_source(
     config: &Config,
     source: &SourceConfig,
     store: &Arc<Store>,
     clock: &dyn Clock,
     progress: ProgressFn<'_>,
+    cancel: &CancellationToken,
 ) -> Result<SyncedRun, StoreError> {
     let started_at = clock.now();
     let state = blocking(store, {
@@ -115,7 +124,10 @@ pub async fn sync_source(
     })
     .await?;
     let fetch_started = std::time::Instant::now();
-    let fetched = fetch_directory(&config.state_dir, source, progress).await;
+    let fetched = tokio::select! {
+        fetched = fetch_directory(&config.state_dir, source, progress) => fetched,
+        () = cancel.cancelled() => Err(FetchError::Cancelled),
+    };
     tracing::debug!(source = %source.name, seconds = fetch_started.elapsed().as_secs_f64(), "fetched");
     let outcome = RunOutcome {
         source: source.name.clone(),

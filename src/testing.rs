@@ -27,6 +27,8 @@ pub(crate) fn source_config() -> SourceConfig {
         ca_file: None,
         allow_insecure_http: false,
         ignore_fields: Vec::new(),
+        schedule: crate::schedule::Schedule::default(),
+        run_on_start: true,
     }
 }
 

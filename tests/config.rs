@@ -53,12 +53,12 @@ fn unknown_keys_name_the_key_and_file() {
     config_error(
         dir.path(),
         &format!("{GOOD_SOURCE}page_sise = 5\n"),
-        &["page_sise", "config.toml"],
+        &["unknown key `sources.corp.page_sise`:", "config.toml"],
     );
     config_error(
         dir.path(),
         &format!("stat_dir = \"/x\"\n{GOOD_SOURCE}"),
-        &["stat_dir"],
+        &["unknown key `stat_dir`:"],
     );
 }
 
@@ -114,6 +114,72 @@ fn values_are_checked() {
         &["output.reports", "docx"],
     );
     config_error(dir.path(), "this is = not toml [", &["config.toml"]);
+}
+
+#[test]
+fn daemon_settings_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    for (text, expected) in [
+        (
+            format!("{GOOD_SOURCE}schedule = \"*/30 * * *\"\n"),
+            &["sources.corp.schedule", "4 fields", "*/30 * * * *"][..],
+        ),
+        (
+            format!("{GOOD_SOURCE}schedule = \"61 * * * *\"\n"),
+            &["sources.corp.schedule", "not a cron expression"],
+        ),
+        (
+            format!("{GOOD_SOURCE}schedule = \"0 0 30 2 *\"\n"),
+            &["sources.corp.schedule", "never matches"],
+        ),
+        (
+            format!("{GOOD_SOURCE}timezone = \"Europe/Berln\"\n"),
+            &["sources.corp.timezone", "IANA"],
+        ),
+        (
+            format!("{GOOD_SOURCE}run_on_start = \"yes\"\n"),
+            &["sources.corp.run_on_start"],
+        ),
+        (
+            format!("{GOOD_SOURCE}[http]\nlisten = \"0.0.0.0:9464\"\n"),
+            &["http.listen", "loopback", "allow_remote"],
+        ),
+        (
+            format!("{GOOD_SOURCE}[http]\nlisten = \"localhost\"\n"),
+            &["http.listen", "127.0.0.1:9464"],
+        ),
+        (
+            format!("{GOOD_SOURCE}[http]\nlisten = \"127.0.0.1:9464\"\nauth = \"x\"\n"),
+            &["unknown key `http.auth`"],
+        ),
+        (
+            format!("{GOOD_SOURCE}[daemon]\nmax_concurrent_runs = 0\n"),
+            &["daemon.max_concurrent_runs", "1 to 64"],
+        ),
+        (
+            format!("{GOOD_SOURCE}[daemon]\nlog_level = \"loud\"\n"),
+            &["daemon.log_level", "debug"],
+        ),
+        (
+            format!("{GOOD_SOURCE}[daemon]\nlog_format = \"xml\"\n"),
+            &["daemon.log_format", "json"],
+        ),
+    ] {
+        config_error(dir.path(), &text, expected);
+    }
+    // A remote listener is a decision, not a default.
+    let path = dir.path().join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "state_dir = {:?}\n{GOOD_SOURCE}schedule = \"0 9 * * 1-5\"\ntimezone = \"Europe/Berlin\"\n\
+             [http]\nlisten = \"0.0.0.0:9464\"\nallow_remote = true\n",
+            dir.path().join("state")
+        ),
+    )
+    .unwrap();
+    let run = run_binary(Some(&path), &["runs"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
 }
 
 #[test]
@@ -177,7 +243,7 @@ fn the_example_config_documents_real_keys() {
             let is_key = rest
                 .split_once(" = ")
                 .is_some_and(|(key, _)| key.chars().all(|c| c.is_ascii_lowercase() || c == '_'));
-            (is_key || rest.starts_with("[output."))
+            (is_key || rest.starts_with("[output.") || rest.starts_with("[http]"))
                 && !rest.starts_with("token =")
                 && !rest.starts_with("ca_file")
         });
@@ -198,7 +264,9 @@ fn the_example_config_documents_real_keys() {
     assert!(
         text.contains("\nfilter = ")
             && text.contains("[output.webhook]")
-            && text.contains("\nignore_fields = "),
+            && text.contains("\nignore_fields = ")
+            && text.contains("\ntimezone = ")
+            && text.contains("\n[http]\nlisten = "),
         "{text}"
     );
     let path = dir.path().join("config.toml");

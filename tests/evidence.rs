@@ -5,11 +5,10 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 
 use aksync::fake::Directory;
-use common::TestEnv;
+use common::{receiver, TestEnv};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -495,43 +494,6 @@ async fn history_follows_an_account_that_left_and_came_back() {
     assert_eq!(unknown.code, 1);
 }
 
-/// A webhook receiver that answers 503 while `down` and records what it accepted.
-struct Receiver {
-    url: String,
-    down: Arc<AtomicBool>,
-    accepted: Arc<Mutex<Vec<(String, Value)>>>,
-}
-
-async fn receiver() -> Receiver {
-    let down = Arc::new(AtomicBool::new(true));
-    let accepted = Arc::new(Mutex::new(Vec::new()));
-    let (down_in, accepted_in) = (down.clone(), accepted.clone());
-    let app = axum::Router::new().route(
-        "/ingest",
-        axum::routing::post(
-            move |headers: axum::http::HeaderMap, body: axum::Json<Value>| {
-                let (down, accepted) = (down_in.clone(), accepted_in.clone());
-                async move {
-                    if down.load(Ordering::SeqCst) {
-                        return axum::http::StatusCode::SERVICE_UNAVAILABLE;
-                    }
-                    let key = headers["idempotency-key"].to_str().unwrap().to_string();
-                    accepted.lock().unwrap().push((key, body.0));
-                    axum::http::StatusCode::ACCEPTED
-                }
-            },
-        ),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/ingest", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    Receiver {
-        url,
-        down,
-        accepted,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_delivery_survives_a_receiver_that_is_down_for_two_runs() {
     let env = TestEnv::start(15).await;
@@ -574,15 +536,7 @@ async fn webhook_delivery_survives_a_receiver_that_is_down_for_two_runs() {
         keys.len(),
         "every batch arrives once: {keys:?}"
     );
-    let order: Vec<(String, u64)> = accepted
-        .iter()
-        .map(|(_, body)| {
-            (
-                body["run_id"].as_str().unwrap().to_string(),
-                body["batch"].as_u64().unwrap(),
-            )
-        })
-        .collect();
+    let order = receiver.batches();
     let mut sorted = order.clone();
     sorted.sort();
     assert_eq!(order, sorted, "runs oldest first, batches in order");

@@ -1,14 +1,11 @@
 //! The evidence commands: `diff`, `envelopes`, `report` and `history`, and what `sync` prints
-//! and writes about a run's changes.
+//! about a run's changes.
 
 use std::path::Path;
 
 use super::output::{print, print_bytes, print_line};
 use super::{open_existing, print_json, resolve_run, CliError, Exit};
-use crate::artifacts::{
-    self, build_report, read_envelope_file, read_envelopes, rebuild_envelopes, run_report,
-    write_reports,
-};
+use crate::artifacts::{self, build_report, read_envelope_file, read_envelopes, rebuild_envelopes};
 use crate::cli::opt::EnvelopeFormat;
 use crate::clock::Clock;
 use crate::config::{Config, SourceConfig};
@@ -17,12 +14,12 @@ use crate::display::escape;
 use crate::envelope;
 use crate::evidence::{compare_runs, find_accounts, timeline, TimelineKind};
 use crate::report::{self, group_names, inline_text, ReportFormat};
+use crate::store::Store;
 
 /// Group names for people: escaped, as all directory text in this module.
 fn groups_text(groups: &[GroupRef]) -> String {
     escape(&group_names(groups)).into_owned()
 }
-use crate::store::{RunRecord, Store};
 
 fn store(config: &Config, source: &str) -> Result<Store, CliError> {
     open_existing(&config.database_path())?.ok_or_else(|| super::no_run(source))
@@ -55,27 +52,6 @@ pub(crate) fn diff_headline(diff: &DirectoryDiff) -> String {
         line.push_str(&format!(", {escalations} PRIVILEGE ESCALATION(S)"));
     }
     line
-}
-
-/// Writes the configured reports of a complete run. A report is evidence about a run that
-/// is already stored, so a failure here is a warning: `aksync report` can write it again.
-pub(crate) fn write_run_reports(
-    config: &Config,
-    store: &Store,
-    source: &SourceConfig,
-    run: &RunRecord,
-    diff: &DirectoryDiff,
-    clock: &dyn Clock,
-) {
-    let written = run_report(store, source, run, diff.clone(), clock.now())
-        .map_err(artifacts::ArtifactError::from)
-        .and_then(|report| write_reports(config, &report));
-    if let Err(error) = written {
-        eprintln!(
-            "aksync: warning: reports of run {} not written ({error}); write them with `aksync report {} --source {}`",
-            run.run_id, run.run_id, source.name
-        );
-    }
 }
 
 pub(crate) fn diff(

@@ -12,17 +12,25 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 
 use crate::authentik::ListKind;
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Config, ConfigError, ConfigLocation, SourceConfig};
+use crate::config::{Config, ConfigError, ConfigLocation, LogFormat, SourceConfig};
 use crate::demo;
 use crate::display::escape;
 use crate::health::check_source;
+use crate::logging;
 use crate::record::{with_volatile, RecordKind};
+use crate::run_lock::{source_lock_path, RunLock};
+use crate::runner::{run_source, RunContext};
 use crate::store::{HealthStatus, RunRecord, RunStatus, Store, StoreError};
-use crate::sync::{sync_source, STORE_WAIT};
+use crate::sync::STORE_WAIT;
 use opt::{Command, FormatArgs, Opt, ShowKind};
+
+/// Commands other than the daemon log warnings and errors only, unless `AKSYNC_LOG` says
+/// otherwise; what they did is their output.
+const CLI_LOG_LEVEL: &str = "warn";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
@@ -55,11 +63,21 @@ impl CliError {
 /// Runs one command; the caller prints the error and exits with the code.
 pub async fn run(opt: Opt) -> Result<Exit, CliError> {
     let clock = SystemClock;
+    let location = ConfigLocation::from_option(opt.config);
     match opt.command {
         // The demo writes its own configuration.
-        Command::Demo { people, state_dir } => demo::run(people, state_dir, &clock).await,
+        Command::Demo { people, state_dir } => {
+            logging::init(CLI_LOG_LEVEL, LogFormat::Text);
+            demo::run(people, state_dir, &clock).await
+        }
+        Command::Daemon => {
+            let config = Config::load(&location)?;
+            logging::init(&config.daemon.log_level, config.daemon.log_format);
+            crate::daemon::run(location, config, Arc::new(clock)).await
+        }
         command => {
-            let config = Config::load(&ConfigLocation::from_option(opt.config))?;
+            logging::init(CLI_LOG_LEVEL, LogFormat::Text);
+            let config = Config::load(&location)?;
             run_configured(command, &config, &clock).await
         }
     }
@@ -71,7 +89,10 @@ async fn run_configured(
     clock: &dyn Clock,
 ) -> Result<Exit, CliError> {
     match command {
-        Command::Demo { .. } => Err(CliError::Usage("the demo needs no configuration".into())),
+        // `run` starts these two itself.
+        Command::Demo { .. } | Command::Daemon => Err(CliError::Usage(
+            "the demo and the daemon are not configured commands".into(),
+        )),
         Command::Check { source, json } => {
             check(config, source.source.as_deref(), json, clock).await
         }
@@ -147,10 +168,27 @@ async fn check(
     for result in &results {
         store.put_health(result)?;
     }
+    let now = clock.now();
+    let checked: Vec<CheckedSource> = results
+        .iter()
+        .map(|health| {
+            let schedule = &config.sources[&health.source].schedule;
+            CheckedSource {
+                health,
+                schedule: schedule.to_string(),
+                next_run: schedule.next_after(now),
+            }
+        })
+        .collect();
     if json {
-        print_json(&results)?;
+        print_json(&checked)?;
     } else {
-        for result in &results {
+        for CheckedSource {
+            health: result,
+            schedule,
+            next_run,
+        } in &checked
+        {
             let detail = match result.status {
                 HealthStatus::Healthy => format!(
                     "Authentik {}, token user {}",
@@ -159,8 +197,12 @@ async fn check(
                 ),
                 HealthStatus::NeedsAttention => result.reason.clone().unwrap_or_default(),
             };
+            let next = next_run.map_or_else(
+                || "never".to_string(),
+                |at| format!("{} UTC", at.format("%Y-%m-%d %H:%M:%S")),
+            );
             output::print_line(&format!(
-                "{}: {}: {}",
+                "{}: {}: {}; next scheduled run {next} ({schedule})",
                 result.source,
                 result.status.as_str(),
                 escape(&detail)
@@ -177,6 +219,15 @@ async fn check(
     })
 }
 
+/// A health check with the source's schedule, as `check` prints it.
+#[derive(Serialize)]
+struct CheckedSource<'a> {
+    #[serde(flatten)]
+    health: &'a crate::store::HealthRecord,
+    schedule: String,
+    next_run: Option<chrono::DateTime<chrono::Utc>>,
+}
+
 pub(crate) async fn sync(
     config: &Config,
     source: Option<&str>,
@@ -185,6 +236,8 @@ pub(crate) async fn sync(
     let sources = config.select_sources(source)?;
     let show_progress = std::io::stderr().is_terminal();
     let store = Arc::new(Store::open(&config.database_path(), STORE_WAIT)?);
+    // A manual sync is stopped by its signals' default action; nothing cancels it.
+    let cancel = CancellationToken::new();
     let mut exit = Exit::Success;
     for source in sources {
         let name = source.name.clone();
@@ -196,13 +249,29 @@ pub(crate) async fn sync(
                 }
             }
         };
-        let synced = sync_source(config, source, &store, clock, &progress).await?;
+        let lock_path = source_lock_path(&config.state_dir, &source.name);
+        let lock = RunLock::acquire(&lock_path, |holder| {
+            let pid = holder
+                .map(|pid| format!(" (pid {pid})"))
+                .unwrap_or_default();
+            eprintln!(
+                "aksync: waiting for the running sync of source `{}`{pid}…",
+                source.name
+            );
+        })
+        .await
+        .map_err(|error| CliError::Runtime(error.to_string()))?;
+        let context = RunContext {
+            config,
+            store: &store,
+            clock,
+            progress: &progress,
+            cancel: &cancel,
+        };
+        let synced = run_source(&context, source, lock).await?;
         output::print_line(&run_summary(&synced.run))?;
         match &synced.diff {
-            Some(diff) => {
-                output::print_line(&evidence::diff_headline(diff))?;
-                evidence::write_run_reports(config, &store, source, &synced.run, diff, clock);
-            }
+            Some(diff) => output::print_line(&evidence::diff_headline(diff))?,
             None => exit = Exit::Failure,
         }
     }

@@ -103,6 +103,10 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run as a service: sync each source on its schedule, deliver the outbox, and serve
+    /// /healthz, /metrics and a status page when [http] is configured. SIGHUP reloads the
+    /// configuration; SIGTERM stops.
+    Daemon,
     /// Start the bundled fake Authentik with a generated directory, sync it into a temporary
     /// state directory and print what was stored. Needs no configuration.
     Demo {

@@ -1,5 +1,6 @@
 //! The fake's HTTP server and its mutable state: binding, the per-request pipeline
-//! (request log, latency, injected faults, page hooks, then the API itself) and shutdown.
+//! (request log and in-flight count, latency, injected faults, page hooks, then the API
+//! itself) and shutdown.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -103,6 +104,9 @@ pub struct FakeState {
     pub lies: BTreeMap<ListKind, ListingLies>,
     /// Path and query of every request, in arrival order.
     pub request_log: Vec<String>,
+    /// Requests being answered right now, and the most there ever were at once.
+    pub in_flight: usize,
+    pub max_in_flight: usize,
 }
 
 impl FakeState {
@@ -119,6 +123,8 @@ impl FakeState {
             page_hooks: Vec::new(),
             lies: BTreeMap::new(),
             request_log: Vec::new(),
+            in_flight: 0,
+            max_in_flight: 0,
         }
     }
 
@@ -231,14 +237,26 @@ async fn serve(
             .path_and_query()
             .map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned());
         state.request_log.push(logged);
+        state.in_flight += 1;
+        state.max_in_flight = state.max_in_flight.max(state.in_flight);
         state.latency
     };
+    // Counted out even when the client goes away mid-request and this future is dropped.
+    let _in_flight = InFlight(&state);
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
     let authorization = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
     let reply = lock(&state).respond(&method, uri.path(), uri.query(), authorization);
     reply.into_response()
+}
+
+struct InFlight<'a>(&'a Shared);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        lock(self.0).in_flight -= 1;
+    }
 }
 
 impl IntoResponse for Reply {

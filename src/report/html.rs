@@ -80,7 +80,7 @@ pub(super) fn render(report: &Report) -> String {
 /// `&`, `<`, `>`, `"` and `'` as entities: safe in text and in quoted attributes. Control
 /// characters and bidirectional overrides are written out first, so that no name reads
 /// differently from what it is.
-pub(super) fn escape(raw: &str) -> String {
+pub fn escape(raw: &str) -> String {
     let raw = crate::display::escape(raw);
     let mut escaped = String::with_capacity(raw.len());
     for character in raw.chars() {

@@ -19,6 +19,7 @@ use crate::diff::DirectoryDiff;
 use crate::store::Counts;
 
 pub use content::{group_names, inline_text};
+pub use html::escape as escape_html;
 pub use pdf::{find_chromium, html_to_pdf};
 
 /// What an auditor needs to re-perform the run.

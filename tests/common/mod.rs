@@ -5,6 +5,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aksync::fake::{Directory, FakeAuthentik, READER_TOKEN};
@@ -148,4 +150,64 @@ pub fn ids(records: &Value, key: &str) -> Vec<String> {
         .collect();
     ids.sort();
     ids
+}
+
+/// A webhook receiver that answers 503 while `down` (counting those requests in `refused`)
+/// and records what it accepted.
+pub struct Receiver {
+    pub url: String,
+    pub down: Arc<AtomicBool>,
+    pub refused: Arc<AtomicUsize>,
+    pub accepted: Arc<Mutex<Vec<(String, Value)>>>,
+}
+
+impl Receiver {
+    /// (run id, batch number) of every accepted request, in arrival order.
+    pub fn batches(&self) -> Vec<(String, u64)> {
+        self.accepted
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, body)| {
+                (
+                    body["run_id"].as_str().unwrap().to_string(),
+                    body["batch"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    }
+}
+
+pub async fn receiver() -> Receiver {
+    let down = Arc::new(AtomicBool::new(true));
+    let refused = Arc::new(AtomicUsize::new(0));
+    let accepted = Arc::new(Mutex::new(Vec::new()));
+    let (down_in, refused_in, accepted_in) = (down.clone(), refused.clone(), accepted.clone());
+    let app = axum::Router::new().route(
+        "/ingest",
+        axum::routing::post(
+            move |headers: axum::http::HeaderMap, body: axum::Json<Value>| {
+                let (down, refused, accepted) =
+                    (down_in.clone(), refused_in.clone(), accepted_in.clone());
+                async move {
+                    if down.load(Ordering::SeqCst) {
+                        refused.fetch_add(1, Ordering::SeqCst);
+                        return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+                    }
+                    let key = headers["idempotency-key"].to_str().unwrap().to_string();
+                    accepted.lock().unwrap().push((key, body.0));
+                    axum::http::StatusCode::ACCEPTED
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/ingest", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Receiver {
+        url,
+        down,
+        refused,
+        accepted,
+    }
 }

@@ -1,0 +1,316 @@
+//! What the daemon knows about each source: its recent runs as the store has them (read
+//! again after every run and delivery pass, so runs of a manual `aksync sync` count too),
+//! whether a run is going, when the next one is due, and what this daemon counted since it
+//! started. `/healthz`, `/metrics`, the status page and systemd's STATUS line all read it.
+
+use std::collections::BTreeMap;
+use std::sync::{PoisonError, RwLock};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::schedule::Schedule;
+use crate::store::{DeliveryStatus, RunRecord, RunStatus, Store, StoreError};
+
+/// How many of a source's runs the status page can show.
+pub const RECENT_RUNS: usize = 20;
+
+/// A source's runs as stored.
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    /// Newest first, at most [`RECENT_RUNS`].
+    pub recent_runs: Vec<RunRecord>,
+    pub last_complete: Option<RunRecord>,
+    /// Complete runs whose envelopes still wait for webhook delivery.
+    pub outbox_backlog: u64,
+}
+
+impl History {
+    pub fn read(store: &Store, source: &str) -> Result<History, StoreError> {
+        let runs = store.runs(Some(source))?;
+        Ok(History {
+            last_complete: runs
+                .iter()
+                .find(|run| run.status == RunStatus::Complete)
+                .cloned(),
+            outbox_backlog: runs
+                .iter()
+                .filter(|run| {
+                    run.delivery
+                        .as_ref()
+                        .is_some_and(|delivery| delivery.status == DeliveryStatus::Pending)
+                })
+                .count() as u64,
+            recent_runs: runs.into_iter().take(RECENT_RUNS).collect(),
+        })
+    }
+
+    pub fn last_run(&self) -> Option<&RunRecord> {
+        self.recent_runs.first()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SourceStatus {
+    pub schedule: Schedule,
+    pub history: History,
+    pub next_run: Option<DateTime<Utc>>,
+    /// When the current run was started (or queued for a free slot).
+    pub running_since: Option<DateTime<Utc>>,
+    /// Runs this daemon made, by status name.
+    pub runs_by_status: BTreeMap<&'static str, u64>,
+    /// Envelopes written by this daemon's complete runs.
+    pub envelopes_emitted: u64,
+}
+
+impl SourceStatus {
+    pub fn new(schedule: Schedule, history: History) -> SourceStatus {
+        SourceStatus {
+            schedule,
+            history,
+            next_run: None,
+            running_since: None,
+            runs_by_status: BTreeMap::new(),
+            envelopes_emitted: 0,
+        }
+    }
+
+    /// Healthy when the last run is complete and no older than twice the schedule's interval.
+    pub fn health(&self, now: DateTime<Utc>) -> Health {
+        let reason = match self.history.last_run() {
+            None => Some("no run yet".to_string()),
+            Some(run) if run.status != RunStatus::Complete => Some(format!(
+                "the last run {} is {}{}",
+                run.run_id,
+                run.status.as_str(),
+                run.error
+                    .as_deref()
+                    .map(|error| format!(": {error}"))
+                    .unwrap_or_default()
+            )),
+            Some(run) => {
+                let allowed = self.schedule.interval(now) * 2;
+                let age = (now - run.finished_at).to_std().unwrap_or_default();
+                (age > allowed).then(|| {
+                    format!(
+                        "the last run {} finished {}s ago, more than twice the schedule's interval ({}s)",
+                        run.run_id,
+                        age.as_secs(),
+                        allowed.as_secs() / 2
+                    )
+                })
+            }
+        };
+        Health {
+            healthy: reason.is_none(),
+            reason,
+        }
+    }
+
+    /// One line for systemd's STATUS, e.g.
+    /// `corp: complete 12:00 (1 joiner, 0 movers, 0 leavers), next 12:30`.
+    pub fn status_line(&self, name: &str) -> String {
+        let time = |at: DateTime<Utc>| self.schedule.local_time(at, "%H:%M");
+        let mut line = format!("{name}: ");
+        match (self.running_since, self.history.last_run()) {
+            (Some(since), _) => line.push_str(&format!("running since {}", time(since))),
+            (None, None) => line.push_str("no run yet"),
+            (None, Some(run)) => {
+                line.push_str(&format!(
+                    "{} {}",
+                    run.status.as_str(),
+                    time(run.finished_at)
+                ));
+                if let Some(changes) = run.changes {
+                    line.push_str(&format!(
+                        " ({} joiner{}, {} mover{}, {} leaver{})",
+                        changes.joiners,
+                        plural(changes.joiners),
+                        changes.movers,
+                        plural(changes.movers),
+                        changes.leavers,
+                        plural(changes.leavers)
+                    ));
+                }
+            }
+        }
+        if let Some(next) = self.next_run {
+            line.push_str(&format!(", next {}", time(next)));
+        }
+        line
+    }
+}
+
+fn plural(count: u64) -> &'static str {
+    if count == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Health {
+    pub healthy: bool,
+    pub reason: Option<String>,
+}
+
+/// The status of every configured source, shared by the daemon's tasks.
+#[derive(Debug, Default)]
+pub struct StatusBoard {
+    sources: RwLock<BTreeMap<String, SourceStatus>>,
+}
+
+impl StatusBoard {
+    pub fn snapshot(&self) -> BTreeMap<String, SourceStatus> {
+        self.sources
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Changes one source's status, if the source is on the board.
+    pub fn update(&self, source: &str, change: impl FnOnce(&mut SourceStatus)) {
+        let mut sources = self.sources.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(status) = sources.get_mut(source) {
+            change(status);
+        }
+    }
+
+    pub fn insert(&self, source: &str, status: SourceStatus) {
+        self.sources
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(source.to_string(), status);
+    }
+
+    pub fn remove(&self, source: &str) {
+        self.sources
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(source);
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.sources
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Reads the named sources' histories from the store again.
+    pub fn refresh(&self, store: &Store, sources: &[String]) -> Result<(), StoreError> {
+        for source in sources {
+            let history = History::read(store, source)?;
+            self.update(source, |status| status.history = history);
+        }
+        Ok(())
+    }
+
+    /// systemd's STATUS: every source's line, joined.
+    pub fn status_line(&self) -> String {
+        self.sources
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(name, status)| status.status_line(name))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::store::{ChangeCounts, Counts, RunOutcome};
+
+    pub(crate) fn run(status: RunStatus, finished_at: &str) -> RunRecord {
+        let finished_at = DateTime::parse_from_rfc3339(finished_at)
+            .unwrap()
+            .with_timezone(&Utc);
+        let mut record = RunOutcome {
+            source: "corp".into(),
+            started_at: finished_at - chrono::Duration::seconds(3),
+            finished_at,
+            authentik_version: Some("2025.12.4".into()),
+            settings_fingerprint: "f".into(),
+        }
+        .into_record(
+            "01JTEST0000000000000000000".into(),
+            status,
+            (status == RunStatus::Failed).then(|| "cannot reach <ak>".to_string()),
+            Counts {
+                accounts: 12,
+                groups: 3,
+                memberships: 20,
+            },
+            4,
+        );
+        if status == RunStatus::Complete {
+            record.changes = Some(ChangeCounts {
+                joiners: 1,
+                ..ChangeCounts::default()
+            });
+        }
+        record
+    }
+
+    pub(crate) fn status_with(runs: Vec<RunRecord>) -> SourceStatus {
+        let history = History {
+            last_complete: runs
+                .iter()
+                .find(|run| run.status == RunStatus::Complete)
+                .cloned(),
+            recent_runs: runs,
+            outbox_backlog: 0,
+        };
+        SourceStatus::new(Schedule::default(), history)
+    }
+
+    fn at(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    #[test]
+    fn health_needs_a_recent_complete_last_run() {
+        let never = status_with(Vec::new());
+        assert_eq!(
+            never.health(at("2026-05-04T12:00:00Z")).reason.as_deref(),
+            Some("no run yet")
+        );
+        let complete = status_with(vec![run(RunStatus::Complete, "2026-05-04T12:00:05Z")]);
+        assert!(complete.health(at("2026-05-04T12:10:00Z")).healthy);
+        // The default schedule runs every 30 minutes: an hour is the limit.
+        assert!(complete.health(at("2026-05-04T13:00:05Z")).healthy);
+        let stale = complete.health(at("2026-05-04T13:00:06Z"));
+        assert!(!stale.healthy);
+        assert!(stale.reason.unwrap().contains("twice"));
+        let failed = status_with(vec![
+            run(RunStatus::Failed, "2026-05-04T12:30:05Z"),
+            run(RunStatus::Complete, "2026-05-04T12:00:05Z"),
+        ]);
+        let health = failed.health(at("2026-05-04T12:31:00Z"));
+        assert!(!health.healthy);
+        assert!(health.reason.unwrap().contains("failed: cannot reach"));
+    }
+
+    #[test]
+    fn the_status_line_says_what_happened_and_what_comes() {
+        let mut status = status_with(vec![run(RunStatus::Complete, "2026-05-04T12:00:05Z")]);
+        status.next_run = Some(at("2026-05-04T12:30:00Z"));
+        assert_eq!(
+            status.status_line("corp"),
+            "corp: complete 12:00 (1 joiner, 0 movers, 0 leavers), next 12:30"
+        );
+        status.running_since = Some(at("2026-05-04T12:30:00Z"));
+        assert_eq!(
+            status.status_line("corp"),
+            "corp: running since 12:30, next 12:30"
+        );
+        assert_eq!(status_with(Vec::new()).status_line("hr"), "hr: no run yet");
+    }
+}

@@ -1,0 +1,122 @@
+//! One run of one source, as both `aksync sync` and the daemon make it: under the source's
+//! run lock, sync, write the reports of a complete run, and log the start and the end with
+//! counts, duration and joiners/movers/leavers. Callers take the lock their own way (the
+//! daemon skips a busy source, the CLI waits) and only print or schedule around this.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::artifacts::{self, run_report, write_reports};
+use crate::authentik::client::ProgressFn;
+use crate::clock::Clock;
+use crate::config::{Config, SourceConfig};
+use crate::diff::DirectoryDiff;
+use crate::run_lock::RunLock;
+use crate::store::{RunRecord, RunStatus, Store, StoreError};
+use crate::sync::{sync_source, SyncedRun};
+
+/// What a run needs besides its source.
+pub struct RunContext<'a> {
+    pub config: &'a Config,
+    /// The database, opened once per process.
+    pub store: &'a Arc<Store>,
+    pub clock: &'a dyn Clock,
+    /// Called as pages arrive; the daemon passes [`no_progress`].
+    pub progress: ProgressFn<'a>,
+    /// Stops the fetch; the run is then recorded as failed and stores nothing.
+    pub cancel: &'a CancellationToken,
+}
+
+/// A progress callback that shows nothing.
+pub fn no_progress(_: crate::authentik::ListKind, _: u64, _: u64) {}
+
+/// Syncs `source` while holding its run lock, writes the reports of a complete run, and logs
+/// the run. Only a failure to record the run is an error.
+pub async fn run_source(
+    context: &RunContext<'_>,
+    source: &SourceConfig,
+    lock: RunLock,
+) -> Result<SyncedRun, StoreError> {
+    tracing::info!(source = %source.name, "run started");
+    let synced = sync_source(
+        context.config,
+        source,
+        context.store,
+        context.clock,
+        context.progress,
+        context.cancel,
+    )
+    .await?;
+    if let Some(diff) = &synced.diff {
+        write_run_reports(context, source, &synced.run, diff);
+    }
+    drop(lock);
+    log_finished(&synced.run);
+    Ok(synced)
+}
+
+/// Writes the configured reports of a complete run. A report is evidence about a run that
+/// is already stored, so a failure here is a warning: `aksync report` can write it again.
+fn write_run_reports(
+    context: &RunContext<'_>,
+    source: &SourceConfig,
+    run: &RunRecord,
+    diff: &DirectoryDiff,
+) {
+    let written = run_report(
+        context.store,
+        source,
+        run,
+        diff.clone(),
+        context.clock.now(),
+    )
+    .map_err(artifacts::ArtifactError::from)
+    .and_then(|report| write_reports(context.config, &report));
+    if let Err(error) = written {
+        tracing::warn!(
+            source = %source.name,
+            run = %run.run_id,
+            "reports not written ({error}); write them with `aksync report {} --source {}`",
+            run.run_id,
+            source.name
+        );
+    }
+}
+
+/// How long a run took.
+pub fn run_duration(run: &RunRecord) -> Duration {
+    (run.finished_at - run.started_at)
+        .to_std()
+        .unwrap_or_default()
+}
+
+fn log_finished(run: &RunRecord) {
+    let duration_secs = format!("{:.3}", run_duration(run).as_secs_f64());
+    let changes = run.changes.unwrap_or_default();
+    match run.status {
+        RunStatus::Failed => tracing::info!(
+            source = %run.source,
+            run = %run.run_id,
+            status = %run.status.as_str(),
+            duration_secs = %duration_secs,
+            error = run.error.as_deref().unwrap_or_default(),
+            "run finished"
+        ),
+        status => tracing::info!(
+            source = %run.source,
+            run = %run.run_id,
+            status = %status.as_str(),
+            duration_secs = %duration_secs,
+            accounts = run.counts.accounts,
+            groups = run.counts.groups,
+            memberships = run.counts.memberships,
+            joiners = changes.joiners,
+            movers = changes.movers,
+            leavers = changes.leavers,
+            envelopes = run.envelopes.as_ref().map_or(0, |summary| summary.lines),
+            "run finished"
+        ),
+    }
+}
