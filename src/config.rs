@@ -91,6 +91,17 @@ struct RawConfig {
     #[serde(default)]
     daemon: RawDaemon,
     http: Option<RawHttp>,
+    #[serde(default)]
+    retention: RawRetention,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    keep_days: Option<u32>,
+    keep_runs: Option<u32>,
+    #[serde(default)]
+    keep_files: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -162,8 +173,26 @@ pub struct Config {
     pub daemon: DaemonConfig,
     /// The daemon's monitoring endpoint; off unless configured.
     pub http: Option<HttpConfig>,
+    pub retention: Retention,
     /// The file the configuration was read from, for messages.
     pub origin: String,
+}
+
+/// How much history is kept. Without `keep_days` and `keep_runs` everything is kept.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Keep the runs of the last this many days.
+    pub keep_days: Option<u32>,
+    /// Keep at least this many of each source's newest complete runs.
+    pub keep_runs: Option<u32>,
+    /// Keep the envelope and report files of pruned runs.
+    pub keep_files: bool,
+}
+
+impl Retention {
+    pub fn prunes(&self) -> bool {
+        self.keep_days.is_some() || self.keep_runs.is_some()
+    }
 }
 
 /// How `aksync daemon` runs.
@@ -469,17 +498,32 @@ fn validate(
     let output = validate_output(raw.output, config_dir).map_err(&invalid)?;
     let daemon = validate_daemon(raw.daemon).map_err(&invalid)?;
     let http = raw.http.map(validate_http).transpose().map_err(&invalid)?;
+    let retention = validate_retention(raw.retention).map_err(&invalid)?;
     Ok(Config {
         state_dir,
         sources,
         output,
         daemon,
         http,
+        retention,
         origin,
     })
 }
 
 const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+fn validate_retention(raw: RawRetention) -> Result<Retention, String> {
+    let keep = |value: Option<u32>, key: &str| {
+        value
+            .map(|value| bounded(Some(value), value, 1..=1_000_000, key))
+            .transpose()
+    };
+    Ok(Retention {
+        keep_days: keep(raw.keep_days, "retention.keep_days")?,
+        keep_runs: keep(raw.keep_runs, "retention.keep_runs")?,
+        keep_files: raw.keep_files,
+    })
+}
 
 fn validate_daemon(raw: RawDaemon) -> Result<DaemonConfig, String> {
     let max_concurrent_runs = bounded(

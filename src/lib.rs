@@ -28,6 +28,7 @@ pub mod normalize;
 pub mod plan;
 pub mod record;
 pub mod report;
+pub mod retention;
 pub mod run_lock;
 pub mod runner;
 pub mod schedule;

@@ -50,38 +50,69 @@ pub async fn run_source(
     )
     .await?;
     if let Some(diff) = &synced.diff {
-        write_run_reports(context, source, &synced.run, diff);
+        write_run_reports(context, source, &synced.run, diff).await;
+        prune(context, source).await;
     }
     drop(lock);
     log_finished(&synced.run);
     Ok(synced)
 }
 
-/// Writes the configured reports of a complete run. A report is evidence about a run that
-/// is already stored, so a failure here is a warning: `aksync report` can write it again.
-fn write_run_reports(
+/// Writes the configured reports of a complete run, off the async executor (a PDF waits for
+/// Chromium). A report is evidence about a run that is already stored, so a failure here is a
+/// warning: `aksync report` can write it again.
+async fn write_run_reports(
     context: &RunContext<'_>,
     source: &SourceConfig,
     run: &RunRecord,
     diff: &DirectoryDiff,
 ) {
-    let written = run_report(
-        context.store,
-        source,
-        run,
-        diff.clone(),
-        context.clock.now(),
-    )
-    .map_err(artifacts::ArtifactError::from)
-    .and_then(|report| write_reports(context.config, &report));
+    let (config, source, store) = (
+        context.config.clone(),
+        source.clone(),
+        Arc::clone(context.store),
+    );
+    let (run, diff, now) = (run.clone(), diff.clone(), context.clock.now());
+    let written = tokio::task::spawn_blocking(move || {
+        run_report(&store, &source, &run, diff, now)
+            .map_err(artifacts::ArtifactError::from)
+            .and_then(|report| write_reports(&config, &report))
+            .map_err(|error| {
+                tracing::warn!(
+                    source = %source.name,
+                    run = %run.run_id,
+                    "reports not written ({error}); write them with `aksync report {} --source {}`",
+                    run.run_id,
+                    source.name
+                )
+            })
+    })
+    .await;
     if let Err(error) = written {
-        tracing::warn!(
-            source = %source.name,
-            run = %run.run_id,
-            "reports not written ({error}); write them with `aksync report {} --source {}`",
-            run.run_id,
-            source.name
-        );
+        tracing::warn!("reports not written: {error}");
+    }
+}
+
+/// Applies `[retention]` to the source after a complete run, still under its lock. A prune
+/// that fails leaves the history as it was; the next run tries again.
+async fn prune(context: &RunContext<'_>, source: &SourceConfig) {
+    if !context.config.retention.prunes() {
+        return;
+    }
+    let (config, source, store) = (
+        context.config.clone(),
+        source.clone(),
+        Arc::clone(context.store),
+    );
+    let now = context.clock.now();
+    let pruned = tokio::task::spawn_blocking(move || {
+        crate::retention::prune_sources(&config, &store, &[&source], now, false)
+    })
+    .await;
+    match pruned {
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => tracing::warn!("pruning not done: {error}"),
+        Err(error) => tracing::warn!("pruning not done: {error}"),
     }
 }
 

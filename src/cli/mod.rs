@@ -103,6 +103,11 @@ async fn run_configured(
             }
             runs(&config.database_path(), source.source.as_deref(), json)
         }
+        Command::Prune {
+            source,
+            dry_run,
+            json,
+        } => prune(config, source.source.as_deref(), dry_run, json, clock),
         Command::Show {
             kind,
             source,
@@ -296,6 +301,73 @@ pub(crate) async fn sync(
         }
     }
     Ok(exit)
+}
+
+fn prune(
+    config: &Config,
+    source: Option<&str>,
+    dry_run: bool,
+    json: bool,
+    clock: &dyn Clock,
+) -> Result<Exit, CliError> {
+    let sources = config.select_sources(source)?;
+    if !config.retention.prunes() {
+        return Err(CliError::Usage(format!(
+            "{}: no [retention] keep_days or keep_runs is set, so every run is kept",
+            config.origin
+        )));
+    }
+    let Some(mut store) = open_existing(&config.database_path())? else {
+        output::print_line("no runs recorded yet: nothing to prune")?;
+        return Ok(Exit::Success);
+    };
+    let outcomes = crate::retention::prune_sources(config, &store, &sources, clock.now(), dry_run)?;
+    // Free space is reused by later runs anyway; give it back to the file system only when a
+    // prune left much of it.
+    let freed = outcomes.iter().any(|outcome| outcome.versions > 0);
+    let before = store.usage()?;
+    let compacted = !dry_run
+        && freed
+        && before.used_bytes * 4 < before.file_bytes * 3
+        && {
+            let compacted = store.compact()?;
+            if !compacted {
+                eprintln!(
+                "aksync: the database keeps its free space for now: another process was inside a transaction; run `aksync prune` again, ideally with the service stopped"
+            );
+            }
+            compacted
+        };
+    let usage = store.usage()?;
+    if json {
+        print_json(&serde_json::json!({
+            "dry_run": dry_run,
+            "sources": outcomes,
+            "database": {"file_bytes": usage.file_bytes, "used_bytes": usage.used_bytes},
+            "compacted": compacted,
+        }))?;
+        return Ok(Exit::Success);
+    }
+    let verb = if dry_run { "would remove" } else { "removed" };
+    for outcome in &outcomes {
+        let line = match &outcome.keeps_from {
+            None => format!("{}: nothing to prune", outcome.source),
+            Some(keeps_from) => format!(
+                "{}: {verb} {} runs before {keeps_from}, {} record versions and {} files",
+                outcome.source, outcome.runs, outcome.versions, outcome.files
+            ),
+        };
+        output::print_line(&line)?;
+    }
+    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+    output::print_line(&format!(
+        "database {}: {:.1} MiB on disk, {:.1} MiB in use{}",
+        config.database_path().display(),
+        mib(usage.file_bytes),
+        mib(usage.used_bytes),
+        if compacted { " (compacted)" } else { "" }
+    ))?;
+    Ok(Exit::Success)
 }
 
 pub(crate) fn run_summary(run: &RunRecord) -> String {

@@ -103,6 +103,18 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Remove the runs older than `[retention]` keeps (keep_days, keep_runs), the versions
+    /// only they saw, and their envelope and report files; then give free space back to the
+    /// file system when no other process is inside a transaction.
+    Prune {
+        #[command(flatten)]
+        source: SourceArg,
+        /// Only say what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Run as a service: sync each source on its schedule, deliver the outbox, and serve
     /// /healthz, /metrics and a status page when [http] is configured. SIGHUP reloads the
     /// configuration; SIGTERM stops.

@@ -3,6 +3,7 @@
 //! and the values authentik computes instead of storing: group members, child groups,
 //! superuser status through ancestor groups, `num_pk`, `uid` and the initials avatar.
 
+use std::cell::OnceCell;
 use std::collections::{BTreeSet, HashMap};
 
 use serde::Serialize;
@@ -216,40 +217,51 @@ pub(super) struct GroupIncludes {
     pub inherited_roles: bool,
 }
 
-/// Renders directory objects; built once per request so derived relations are computed once.
+/// Renders directory objects; built once per request so derived relations are computed once,
+/// and only when the request renders them (a users page needs no member lists, and at 10^5
+/// users building them would dominate every request).
 pub(super) struct Render<'a> {
     dir: &'a Directory,
     legacy: bool,
     /// Group uuid -> direct member pks, ascending.
-    members: HashMap<&'a str, Vec<i64>>,
+    members: OnceCell<HashMap<&'a str, Vec<i64>>>,
     /// Group uuid -> direct child groups, in uuid order.
-    children: HashMap<&'a str, Vec<&'a FakeGroup>>,
+    children: OnceCell<HashMap<&'a str, Vec<&'a FakeGroup>>>,
 }
 
 impl<'a> Render<'a> {
     pub(super) fn new(dir: &'a Directory, legacy: bool) -> Render<'a> {
-        let mut members: HashMap<&str, Vec<i64>> = HashMap::new();
-        for user in dir.users.values() {
-            for group in &user.groups {
-                members.entry(group).or_default().push(user.pk);
-            }
-        }
-        let mut children: HashMap<&str, Vec<&FakeGroup>> = HashMap::new();
-        for group in dir.groups.values() {
-            for parent in &group.parents {
-                children.entry(parent).or_default().push(group);
-            }
-        }
         Render {
             dir,
             legacy,
-            members,
-            children,
+            members: OnceCell::new(),
+            children: OnceCell::new(),
         }
     }
 
     fn members(&self, group: &str) -> &[i64] {
-        self.members.get(group).map_or(&[], Vec::as_slice)
+        let members = self.members.get_or_init(|| {
+            let mut members: HashMap<&str, Vec<i64>> = HashMap::new();
+            for user in self.dir.users.values() {
+                for group in &user.groups {
+                    members.entry(group).or_default().push(user.pk);
+                }
+            }
+            members
+        });
+        members.get(group).map_or(&[], Vec::as_slice)
+    }
+
+    fn children(&self) -> &HashMap<&'a str, Vec<&'a FakeGroup>> {
+        self.children.get_or_init(|| {
+            let mut children: HashMap<&str, Vec<&FakeGroup>> = HashMap::new();
+            for group in self.dir.groups.values() {
+                for parent in &group.parents {
+                    children.entry(parent).or_default().push(group);
+                }
+            }
+            children
+        })
     }
 
     /// The groups a user belongs to directly or through ancestors, each once, by name.
@@ -311,7 +323,7 @@ impl<'a> Render<'a> {
 
     pub(super) fn group(&self, group: &'a FakeGroup, includes: &GroupIncludes) -> GroupJson<'a> {
         let children = self
-            .children
+            .children()
             .get(group.pk.as_str())
             .map_or(&[][..], Vec::as_slice);
         GroupJson {

@@ -78,6 +78,14 @@ pub enum ReportFormat {
 }
 
 impl ReportFormat {
+    pub const ALL: [ReportFormat; 5] = [
+        ReportFormat::Markdown,
+        ReportFormat::Json,
+        ReportFormat::Csv,
+        ReportFormat::Html,
+        ReportFormat::Pdf,
+    ];
+
     pub fn extension(self) -> &'static str {
         match self {
             ReportFormat::Markdown => "md",

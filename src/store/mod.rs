@@ -33,6 +33,7 @@ mod file;
 mod guard;
 mod migrate;
 pub mod ops;
+pub mod prune;
 pub mod run;
 #[cfg(test)]
 mod tests;
@@ -499,13 +500,35 @@ impl Store {
         &self,
         operation: impl FnOnce(&WriteTransaction) -> Result<T, Failure>,
     ) -> Result<T, StoreError> {
+        let txn = self.begin_write()?;
+        let value = operation(&txn).map_err(|failure| failure.into_store_error(&self.path))?;
+        self.guard
+            .call(|| txn.commit())
+            .map_err(|failure| failure.into_store_error(&self.path))?;
+        Ok(value)
+    }
+
+    /// A write transaction that is only looked into (statistics) and then dropped.
+    fn write_then_abort<T>(
+        &self,
+        operation: impl FnOnce(&WriteTransaction) -> Result<T, Failure>,
+    ) -> Result<T, StoreError> {
+        let txn = self.begin_write()?;
+        let value = operation(&txn).map_err(|failure| failure.into_store_error(&self.path))?;
+        self.guard
+            .call(|| txn.abort())
+            .map_err(|failure| failure.into_store_error(&self.path))?;
+        Ok(value)
+    }
+
+    fn begin_write(&self) -> Result<WriteTransaction, StoreError> {
         let started = Instant::now();
-        let txn = loop {
+        loop {
             match self
                 .guard
                 .call(|| Ok::<_, Failure>(self.db.try_begin_write()))
             {
-                Ok(Ok(txn)) => break txn,
+                Ok(Ok(txn)) => return Ok(txn),
                 Ok(Err(TransactionError::WouldBlock)) if started.elapsed() < self.wait => {
                     std::thread::sleep(POLL_INTERVAL)
                 }
@@ -520,12 +543,7 @@ impl Store {
                 }
                 Err(failure) => return Err(failure.into_store_error(&self.path)),
             }
-        };
-        let value = operation(&txn).map_err(|failure| failure.into_store_error(&self.path))?;
-        self.guard
-            .call(|| txn.commit())
-            .map_err(|failure| failure.into_store_error(&self.path))?;
-        Ok(value)
+        }
     }
 }
 
