@@ -243,7 +243,10 @@ fn the_example_config_documents_real_keys() {
             let is_key = rest
                 .split_once(" = ")
                 .is_some_and(|(key, _)| key.chars().all(|c| c.is_ascii_lowercase() || c == '_'));
-            (is_key || rest.starts_with("[output.") || rest.starts_with("[http]"))
+            (is_key
+                || rest.starts_with("[output.")
+                || rest.starts_with("[http]")
+                || rest.starts_with("[retention]"))
                 && !rest.starts_with("token =")
                 && !rest.starts_with("ca_file")
         });
@@ -266,7 +269,8 @@ fn the_example_config_documents_real_keys() {
             && text.contains("[output.webhook]")
             && text.contains("\nignore_fields = ")
             && text.contains("\ntimezone = ")
-            && text.contains("\n[http]\nlisten = "),
+            && text.contains("\n[http]\nlisten = ")
+            && text.contains("\n[retention]\nkeep_days = "),
         "{text}"
     );
     let path = dir.path().join("config.toml");
