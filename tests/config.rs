@@ -270,7 +270,8 @@ fn the_example_config_documents_real_keys() {
             && text.contains("\nignore_fields = ")
             && text.contains("\ntimezone = ")
             && text.contains("\n[http]\nlisten = ")
-            && text.contains("\n[retention]\nkeep_days = "),
+            && text.contains("\n[retention]\n")
+            && text.contains("\nkeep_days = "),
         "{text}"
     );
     let path = dir.path().join("config.toml");
