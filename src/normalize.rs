@@ -76,6 +76,9 @@ pub struct DirectoryAccount {
     pub organization_unit: Option<String>,
     pub added_at: Option<String>,
     pub last_login_at: Option<String>,
+    /// Authentik's own time of its last change to the user; volatile like the login.
+    #[serde(default)]
+    pub last_updated_at: Option<String>,
     pub metadata: Map<String, Value>,
     pub primary_source: bool,
 }
@@ -181,6 +184,7 @@ pub fn account(user: &User, primary_directory: bool) -> DirectoryAccount {
         organization_unit: user.path.clone().filter(|path| !path.is_empty()),
         added_at: user.date_joined.clone(),
         last_login_at: user.last_login.clone(),
+        last_updated_at: user.last_updated.clone(),
         metadata: attributes,
         primary_source: primary_directory,
     }

@@ -45,7 +45,7 @@ impl RecordKind {
     /// their own and are not part of a stored version.
     pub fn volatile_fields(self) -> &'static [&'static str] {
         match self {
-            RecordKind::Account => &["last_login_at"],
+            RecordKind::Account => &["last_login_at", "last_updated_at"],
             RecordKind::Group => &["member_count"],
             RecordKind::Membership => &[],
         }

@@ -55,6 +55,7 @@ fn report() -> Report {
                 .then(|| at(2, 1) - Span::minutes(index as i64 * 7)),
             detected_at: at(2, 2),
             last_login_at: Some("2026-10-30T09:15:00Z".to_string()),
+            authentik_last_updated: None,
             memberships_removed: index % 3 == 0,
             changes: vec![],
         })

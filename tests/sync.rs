@@ -267,14 +267,15 @@ async fn every_past_run_reads_back_as_the_directory_was() {
     let runs = env.store().runs(Some("corp")).unwrap();
     let run_ids: Vec<String> = runs.iter().rev().map(|run| run.run_id.clone()).collect();
     assert_eq!(run_ids.len(), 3);
-    // Volatile values (last login, member count) are kept as their latest value only: an
+    // Volatile values (last login and update, member count) are kept as their latest value only: an
     // older run reads back its material content, exactly.
     let material = |records: &Value| -> Value {
         let mut records = records.clone();
         for record in records.as_array_mut().unwrap() {
             let record = record.as_object_mut().unwrap();
-            record.remove("last_login_at");
-            record.remove("member_count");
+            for volatile in ["last_login_at", "last_updated_at", "member_count"] {
+                record.remove(volatile);
+            }
         }
         records
     };

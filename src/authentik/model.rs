@@ -31,6 +31,9 @@ pub struct User {
     pub is_active: bool,
     #[serde(default)]
     pub last_login: Option<String>,
+    /// When Authentik last changed the user (any save, a login included).
+    #[serde(default)]
+    pub last_updated: Option<String>,
     #[serde(default)]
     pub date_joined: Option<String>,
     #[serde(default)]

@@ -448,7 +448,7 @@ pub(crate) fn runs(database: &Path, source: Option<&str>, json: bool) -> Result<
     Ok(Exit::Success)
 }
 
-const ACCOUNT_FIELDS: [&str; 16] = [
+const ACCOUNT_FIELDS: [&str; 17] = [
     "external_id",
     "secondary_key",
     "username",
@@ -463,6 +463,7 @@ const ACCOUNT_FIELDS: [&str; 16] = [
     "organization_unit",
     "added_at",
     "last_login_at",
+    "last_updated_at",
     "metadata",
     "primary_source",
 ];

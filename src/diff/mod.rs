@@ -111,6 +111,10 @@ pub struct Leaver {
     pub last_seen_active_at: Option<DateTime<Utc>>,
     pub detected_at: DateTime<Utc>,
     pub last_login_at: Option<String>,
+    /// Authentik's own time of its last change to the account (for a deactivation, usually
+    /// the deactivation itself), when the server reports it.
+    #[serde(default)]
+    pub authentik_last_updated: Option<String>,
     /// Whether the account holds no direct group membership any more.
     pub memberships_removed: bool,
     /// For a deactivation: what changed together with it.
@@ -472,6 +476,11 @@ fn leaver(
             .new
             .as_ref()
             .map_or(&old.last_login_at, |new| &new.last_login_at)
+            .clone(),
+        authentik_last_updated: sides
+            .new
+            .as_ref()
+            .map_or(&old.last_updated_at, |new| &new.last_updated_at)
             .clone(),
         memberships_removed,
         changes,

@@ -55,6 +55,7 @@ fn leaver(
         last_seen_active_at,
         detected_at,
         last_login_at: Some("2026-11-01T08:00:00Z".to_string()),
+        authentik_last_updated: Some("2026-11-01T09:00:00Z".to_string()),
         memberships_removed: reason == LeaveReason::Deleted,
         changes: vec![],
     }
