@@ -1,13 +1,17 @@
 //! Webhook delivery of envelopes. Runs are delivered oldest first and batch by batch; each
-//! acknowledged batch is recorded, so an endpoint that is down only delays delivery: the next
-//! sync resumes where it stopped, and nothing is sent out of order or, once acknowledged,
-//! twice. Each batch carries an `Idempotency-Key` of run id and batch number. One process
-//! delivers at a time (the outbox lock), so a daemon and a manual sync never send the same
-//! batch side by side.
+//! acknowledged batch is recorded, and the record only ever moves forward, so an endpoint that
+//! is down only delays delivery: the next pass resumes where it stopped, and nothing is sent
+//! out of order or, once acknowledged, twice. Each batch carries an `Idempotency-Key` naming
+//! its run and its range of envelopes. One process delivers at a time (the outbox lock), so a
+//! daemon and a manual sync never send the same batch side by side.
+//!
+//! A receiver that keeps rejecting a batch outright (a 4xx such as 413) gets the run parked
+//! after [`PARK_AFTER`] passes, so that later runs still go; `aksync deliver --retry RUN`
+//! (with a smaller `batch_size`, say) or `--skip RUN` decides. `Retry-After` is honoured.
 
 use std::time::Duration;
 
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use serde_json::json;
 
 use crate::artifacts::{read_envelopes, rebuild_envelopes};
@@ -15,7 +19,7 @@ use crate::authentik::RetryPolicy;
 use crate::clock::Clock;
 use crate::config::{Config, WebhookConfig};
 use crate::run_lock::{outbox_lock_path, LockError, RunLock, TryLock};
-use crate::store::{DeliveryStatus, RunRecord, Store, StoreError};
+use crate::store::{DeliveryState, DeliveryStatus, RunRecord, Store, StoreError};
 
 const RETRY: RetryPolicy = RetryPolicy {
     attempts: 3,
@@ -34,13 +38,28 @@ pub enum DeliveryError {
     Lock(#[from] LockError),
 }
 
+/// How many passes in a row a receiver may reject a run's next batch outright before the
+/// run is parked, so that later runs are not held up behind it forever.
+pub const PARK_AFTER: u64 = 3;
+
 /// What one delivery pass did.
 #[derive(Debug, Default)]
 pub struct DeliveryReport {
     pub runs_delivered: Vec<String>,
     pub batches_sent: u64,
+    /// Runs parked in this pass: the receiver kept rejecting them.
+    pub runs_parked: Vec<String>,
     /// Why delivery stopped early; the remaining runs stay pending.
     pub stopped: Option<String>,
+}
+
+/// Why a run's delivery did not finish.
+enum Stop {
+    /// The receiver or the network failed; the run stays pending and later runs wait, so
+    /// that nothing arrives out of order.
+    Transient(String),
+    /// The receiver refused the batch itself (a 4xx such as 413).
+    Rejected(String),
 }
 
 pub async fn deliver_pending(
@@ -80,21 +99,40 @@ pub async fn deliver_pending(
         .map_err(|error| DeliveryError::Client(error.to_string()))?;
     let mut report = DeliveryReport::default();
     for run in pending {
-        if let Err(reason) =
-            deliver_run(config, webhook, &http, store, &run, clock, &mut report).await
+        let stop = match deliver_run(config, webhook, &http, store, &run, clock, &mut report).await
         {
-            store.update_run(&run.run_id, |record| {
-                if let Some(delivery) = record.delivery.as_mut() {
-                    delivery.attempts += 1;
-                    delivery.last_error = Some(reason.clone());
-                }
-                Ok(())
-            })?;
-            tracing::warn!(run = %run.run_id, "webhook delivery stopped: {reason}");
-            report.stopped = Some(format!("run {}: {reason}", run.run_id));
-            break;
+            Ok(()) => {
+                report.runs_delivered.push(run.run_id.clone());
+                continue;
+            }
+            Err(stop) => stop,
+        };
+        let (reason, rejected) = match stop {
+            Stop::Transient(reason) => (reason, false),
+            Stop::Rejected(reason) => (reason, true),
+        };
+        let parked = store.update_run(&run.run_id, |record| {
+            let Some(delivery) = record.delivery.as_mut() else {
+                return Ok(false);
+            };
+            delivery.attempts += 1;
+            delivery.last_error = Some(reason.clone());
+            delivery.rejections = if rejected { delivery.rejections + 1 } else { 0 };
+            let park =
+                delivery.status == DeliveryStatus::Pending && delivery.rejections >= PARK_AFTER;
+            if park {
+                delivery.status = DeliveryStatus::Parked;
+            }
+            Ok(park)
+        })?;
+        if parked {
+            tracing::warn!(run = %run.run_id, "webhook delivery parked after {PARK_AFTER} rejections: {reason}; decide with `aksync deliver --retry {}` or `--skip {}`", run.run_id, run.run_id);
+            report.runs_parked.push(run.run_id.clone());
+            continue;
         }
-        report.runs_delivered.push(run.run_id.clone());
+        tracing::warn!(run = %run.run_id, "webhook delivery stopped: {reason}");
+        report.stopped = Some(format!("run {}: {reason}", run.run_id));
+        break;
     }
     Ok(report)
 }
@@ -107,17 +145,21 @@ async fn deliver_run(
     run: &RunRecord,
     clock: &dyn Clock,
     report: &mut DeliveryReport,
-) -> Result<(), String> {
+) -> Result<(), Stop> {
     let envelopes = match read_envelopes(&config.state_dir, run) {
         Ok(envelopes) => envelopes,
         Err(error) => {
             // The outbox file can always be rebuilt from the store.
             let source = config.sources.get(&run.source).ok_or_else(|| {
-                format!("{error}; source `{}` is no longer configured", run.source)
+                Stop::Transient(format!(
+                    "{error}; source `{}` is no longer configured",
+                    run.source
+                ))
             })?;
             rebuild_envelopes(&config.state_dir, store, source, run)
-                .map_err(|error| error.to_string())?;
-            read_envelopes(&config.state_dir, run).map_err(|error| error.to_string())?
+                .map_err(|error| Stop::Transient(error.to_string()))?;
+            read_envelopes(&config.state_dir, run)
+                .map_err(|error| Stop::Transient(error.to_string()))?
         }
     };
     let mut state = run
@@ -127,42 +169,107 @@ async fn deliver_run(
     if state.batch_size == 0 {
         state.batch_size = webhook.batch_size as u64;
     }
-    let batches: Vec<_> = envelopes.chunks(state.batch_size as usize).collect();
-    state.batches_total = batches.len() as u64;
-    for (index, batch) in batches
-        .iter()
-        .enumerate()
-        .skip(state.batches_delivered as usize)
-    {
-        let number = index as u64 + 1;
+    let offset = (state.progress() as usize).min(envelopes.len());
+    let remaining = &envelopes[offset..];
+    let size = state.batch_size.max(1) as usize;
+    state.batches_total = state.batches_delivered + remaining.len().div_ceil(size) as u64;
+    let mut first = offset;
+    for batch in remaining.chunks(size) {
+        let number = state.batches_delivered + 1;
         let body = json!({
             "source": run.source,
             "run_id": run.run_id,
             "batch": number,
             "batches": state.batches_total,
+            "first": first,
             "envelopes": batch,
         });
-        post_with_retries(webhook, http, &format!("{}-{number}", run.run_id), &body).await?;
+        // The envelopes' range names the batch, whatever batch size sent it.
+        let key = format!("{}-{first}+{}", run.run_id, batch.len());
+        post_with_retries(webhook, http, &key, &body).await?;
         report.batches_sent += 1;
+        first += batch.len();
         state.batches_delivered = number;
-        let progress = state.clone();
-        store
-            .update_run(&run.run_id, |record| {
-                record.delivery = Some(progress);
-                Ok(())
-            })
-            .map_err(|error| error.to_string())?;
+        state.envelopes_delivered = Some(first as u64);
+        state.rejections = 0;
+        advance(store, run, &state)?;
     }
     state.status = DeliveryStatus::Delivered;
     state.last_error = None;
     state.delivered_at = Some(clock.now());
+    advance(store, run, &state)
+}
+
+/// Records delivery progress, only ever forward: a state another process moved further is
+/// never lowered.
+fn advance(store: &Store, run: &RunRecord, next: &DeliveryState) -> Result<(), Stop> {
     store
         .update_run(&run.run_id, |record| {
-            record.delivery = Some(state);
+            let current = record
+                .delivery
+                .clone()
+                .unwrap_or_else(DeliveryState::pending);
+            if !current.advances_to(next) {
+                return Err(format!(
+                    "its delivery state moved on meanwhile ({} of its envelopes delivered, {})",
+                    current.progress(),
+                    current.status.as_str()
+                ));
+            }
+            record.delivery = Some(next.clone());
             Ok(())
         })
-        .map_err(|error| error.to_string())?;
-    Ok(())
+        .map_err(|error| Stop::Transient(error.to_string()))
+}
+
+/// Puts a parked or skipped run back in the queue, batched with the configured size from
+/// where it stopped.
+pub fn retry(store: &Store, run_id: &str, batch_size: usize) -> Result<RunRecord, StoreError> {
+    store.update_run(run_id, |record| {
+        let delivery = record
+            .delivery
+            .as_mut()
+            .ok_or_else(|| format!("run {run_id} has no envelopes to deliver"))?;
+        if !matches!(
+            delivery.status,
+            DeliveryStatus::Parked | DeliveryStatus::Skipped
+        ) {
+            return Err(format!(
+                "run {run_id} is {}, not parked or skipped",
+                delivery.status.as_str()
+            ));
+        }
+        delivery.envelopes_delivered = Some(delivery.progress());
+        delivery.status = DeliveryStatus::Pending;
+        delivery.rejections = 0;
+        delivery.batch_size = batch_size as u64;
+        delivery.batches_delivered = 0;
+        delivery.batches_total = 0;
+        Ok(())
+    })?;
+    store.run(run_id)
+}
+
+/// Gives up a run's delivery: its envelopes are not sent, and later runs go on.
+pub fn skip(store: &Store, run_id: &str) -> Result<RunRecord, StoreError> {
+    store.update_run(run_id, |record| {
+        let delivery = record
+            .delivery
+            .as_mut()
+            .ok_or_else(|| format!("run {run_id} has no envelopes to deliver"))?;
+        if !matches!(
+            delivery.status,
+            DeliveryStatus::Parked | DeliveryStatus::Pending
+        ) {
+            return Err(format!(
+                "run {run_id} is {}, not pending or parked",
+                delivery.status.as_str()
+            ));
+        }
+        delivery.status = DeliveryStatus::Skipped;
+        Ok(())
+    })?;
+    store.run(run_id)
 }
 
 async fn post_with_retries(
@@ -170,7 +277,7 @@ async fn post_with_retries(
     http: &reqwest::Client,
     idempotency_key: &str,
     body: &serde_json::Value,
-) -> Result<(), String> {
+) -> Result<(), Stop> {
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -182,20 +289,33 @@ async fn post_with_retries(
         if let Some(token) = &webhook.token {
             request = request.header(AUTHORIZATION, token.bearer_header());
         }
-        let (retryable, error) = match request.send().await {
+        let (stop, retry_after) = match request.send().await {
             Ok(response) if response.status().is_success() => return Ok(()),
             Ok(response) => {
-                let status = response.status();
-                (
-                    status.is_server_error() || status.as_u16() == 429,
-                    format!("{} answered HTTP {}", webhook.url, status.as_u16()),
-                )
+                let status = response.status().as_u16();
+                let retry_after = response
+                    .headers()
+                    .get(RETRY_AFTER)
+                    .and_then(|value| value.to_str().ok())
+                    .and_then(|value| value.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs);
+                let message = format!("{} answered HTTP {status}", webhook.url);
+                // A timeout, a rate limit or "too early" are the receiver's state; any other
+                // 4xx is about the batch itself, and sending it again changes nothing.
+                let rejected = (400..500).contains(&status) && ![408, 425, 429].contains(&status);
+                if rejected {
+                    return Err(Stop::Rejected(message));
+                }
+                (Stop::Transient(message), retry_after)
             }
-            Err(error) => (true, format!("cannot reach {}: {error}", webhook.url)),
+            Err(error) => (
+                Stop::Transient(format!("cannot reach {}: {error}", webhook.url)),
+                None,
+            ),
         };
-        if !retryable || attempt >= RETRY.attempts {
-            return Err(error);
+        if attempt >= RETRY.attempts {
+            return Err(stop);
         }
-        tokio::time::sleep(RETRY.delay(attempt, None)).await;
+        tokio::time::sleep(RETRY.delay(attempt, retry_after)).await;
     }
 }

@@ -34,6 +34,43 @@ async fn queries_work_while_another_aksync_has_the_database_open() {
     env.sync_ok();
 }
 
+/// Opening the database and reading it never take the write lock: a query answers while
+/// another process is inside a write transaction (a long commit, say).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_answer_while_another_process_holds_a_write_transaction() {
+    let env = TestEnv::start(3).await;
+    env.sync_ok();
+    let writer = redb::Builder::new()
+        .set_concurrency_mode(redb::ConcurrencyMode::MultiWriter)
+        .create(env.database())
+        .unwrap();
+    let held = writer.begin_write().unwrap();
+    for command in [&["runs", "--json"][..], &["show", "accounts", "--json"]] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_aksync"))
+            .arg("--config")
+            .arg(&env.config_path)
+            .args(command)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Generous: it must not wait for the writer at all, which holds on until the end.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                child.kill().unwrap();
+                panic!("{command:?} waited for another process's write transaction");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        assert!(status.success(), "{command:?}: {status}");
+    }
+    held.abort().unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_database_is_one_line_and_no_data_is_overwritten() {
     let env = TestEnv::start(3).await;

@@ -540,10 +540,16 @@ async fn webhook_delivery_survives_a_receiver_that_is_down_for_two_runs() {
     let mut sorted = order.clone();
     sorted.sort();
     assert_eq!(order, sorted, "runs oldest first, batches in order");
+    // A batch's key names its run and its range of envelopes.
     for (key, body) in &accepted {
         assert_eq!(
             key,
-            &format!("{}-{}", body["run_id"].as_str().unwrap(), body["batch"])
+            &format!(
+                "{}-{}+{}",
+                body["run_id"].as_str().unwrap(),
+                body["first"],
+                body["envelopes"].as_array().unwrap().len()
+            )
         );
     }
     let store = env.store();

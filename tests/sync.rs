@@ -672,4 +672,29 @@ async fn several_sources_are_kept_apart() {
         "{}",
         unknown.stderr
     );
+
+    // A source that cannot be run (here its lock file cannot be opened) does not keep the
+    // other from its run; the exit code and one line on stderr say what happened.
+    let lock = env.state_dir().join("locks/source-corp.lock");
+    std::fs::remove_file(&lock).ok();
+    std::fs::create_dir_all(&lock).unwrap();
+    other.with_state(|state| {
+        state.directory.add_user("lab.joiner", "internal");
+    });
+    let partial = env.aksync(&["sync"]);
+    assert_eq!(partial.code, 1, "{}{}", partial.stdout, partial.stderr);
+    assert_eq!(
+        partial.stderr.trim().lines().count(),
+        1,
+        "{}",
+        partial.stderr
+    );
+    assert!(
+        partial.stderr.contains("source `corp`"),
+        "{}",
+        partial.stderr
+    );
+    assert!(partial.stdout.contains("lab: run"), "{}", partial.stdout);
+    let lab_runs = env.aksync(&["runs", "--source", "lab", "--json"]).json();
+    assert_eq!(lab_runs.as_array().unwrap().len(), 2);
 }

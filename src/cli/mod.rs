@@ -24,7 +24,7 @@ use crate::logging;
 use crate::record::{with_volatile, RecordKind};
 use crate::run_lock::{source_lock_path, RunLock};
 use crate::runner::{run_source, RunContext};
-use crate::store::{HealthStatus, RunRecord, RunStatus, Store, StoreError};
+use crate::store::{DeliveryStatus, HealthStatus, RunRecord, RunStatus, Store, StoreError};
 use crate::sync::STORE_WAIT;
 use opt::{Command, FormatArgs, Opt, ShowKind};
 
@@ -108,6 +108,7 @@ async fn run_configured(
             dry_run,
             json,
         } => prune(config, source.source.as_deref(), dry_run, json, clock),
+        Command::Deliver { decision } => deliver(config, decision, clock).await,
         Command::Show {
             kind,
             source,
@@ -254,18 +255,6 @@ pub(crate) async fn sync(
                 }
             }
         };
-        let lock_path = source_lock_path(&config.state_dir, &source.name);
-        let lock = RunLock::acquire(&lock_path, |holder| {
-            let pid = holder
-                .map(|pid| format!(" (pid {pid})"))
-                .unwrap_or_default();
-            eprintln!(
-                "aksync: waiting for the running sync of source `{}`{pid}…",
-                source.name
-            );
-        })
-        .await
-        .map_err(|error| CliError::Runtime(error.to_string()))?;
         let context = RunContext {
             config,
             store: &store,
@@ -273,34 +262,116 @@ pub(crate) async fn sync(
             progress: &progress,
             cancel: &cancel,
         };
-        let synced = run_source(&context, source, lock).await?;
-        output::print_line(&run_summary(&synced.run))?;
-        match &synced.diff {
-            Some(diff) => output::print_line(&evidence::diff_headline(diff))?,
-            None => exit = Exit::Failure,
+        // One source that cannot be synced (its lock, the database) does not keep the others
+        // from their runs, nor the outbox from delivery; the exit code still says it.
+        match sync_one(&context, source).await {
+            Ok(synced) => {
+                output::print_line(&run_summary(&synced.run))?;
+                match &synced.diff {
+                    Some(diff) => output::print_line(&evidence::diff_headline(diff))?,
+                    None => exit = Exit::Failure,
+                }
+            }
+            Err(error) => {
+                eprintln!("aksync: source `{}`: {error}", source.name);
+                exit = Exit::Failure;
+            }
         }
     }
-    if let Some(webhook) = &config.output.webhook {
-        let report = crate::delivery::deliver_pending(config, &store, webhook, clock)
-            .await
-            .map_err(|error| match error {
-                crate::delivery::DeliveryError::Store(error) => CliError::Store(error),
-                other => CliError::Runtime(other.to_string()),
-            })?;
-        if let Some(reason) = &report.stopped {
-            eprintln!(
-                "aksync: webhook delivery paused, will resume on the next run: {}",
-                escape(reason)
-            );
-        } else if !report.runs_delivered.is_empty() {
-            output::print_line(&format!(
-                "webhook: delivered {} batch(es) of {} run(s)",
-                report.batches_sent,
-                report.runs_delivered.len()
-            ))?;
-        }
+    if config.output.webhook.is_some() {
+        deliver_outbox(config, &store, clock).await?;
     }
     Ok(exit)
+}
+
+/// One source's run, waiting for its lock if another process runs it.
+async fn sync_one(
+    context: &RunContext<'_>,
+    source: &SourceConfig,
+) -> Result<crate::sync::SyncedRun, CliError> {
+    let lock_path = source_lock_path(&context.config.state_dir, &source.name);
+    let lock = RunLock::acquire(&lock_path, |holder| {
+        let pid = holder
+            .map(|pid| format!(" (pid {pid})"))
+            .unwrap_or_default();
+        eprintln!(
+            "aksync: waiting for the running sync of source `{}`{pid}…",
+            source.name
+        );
+    })
+    .await
+    .map_err(|error| CliError::Runtime(error.to_string()))?;
+    Ok(run_source(context, source, lock).await?)
+}
+
+/// Delivers the outbox, and says in a line what happened.
+async fn deliver_outbox(config: &Config, store: &Store, clock: &dyn Clock) -> Result<(), CliError> {
+    let Some(webhook) = &config.output.webhook else {
+        return Err(CliError::Usage(format!(
+            "{}: no [output.webhook] is configured",
+            config.origin
+        )));
+    };
+    let report = crate::delivery::deliver_pending(config, store, webhook, clock)
+        .await
+        .map_err(|error| match error {
+            crate::delivery::DeliveryError::Store(error) => CliError::Store(error),
+            other => CliError::Runtime(other.to_string()),
+        })?;
+    for run in &report.runs_parked {
+        eprintln!(
+            "aksync: webhook delivery of run {run} parked: the receiver kept rejecting it; decide with `aksync deliver --retry {run}` or `--skip {run}`"
+        );
+    }
+    if let Some(reason) = &report.stopped {
+        eprintln!(
+            "aksync: webhook delivery paused, will resume on the next run: {}",
+            escape(reason)
+        );
+    } else if !report.runs_delivered.is_empty() {
+        output::print_line(&format!(
+            "webhook: delivered {} batch(es) of {} run(s)",
+            report.batches_sent,
+            report.runs_delivered.len()
+        ))?;
+    }
+    Ok(())
+}
+
+async fn deliver(
+    config: &Config,
+    decision: opt::DeliveryDecision,
+    clock: &dyn Clock,
+) -> Result<Exit, CliError> {
+    if !config.database_path().exists() {
+        return Err(CliError::Runtime(
+            "no runs recorded yet: nothing to deliver".into(),
+        ));
+    }
+    let store = Store::open(&config.database_path(), STORE_WAIT)?;
+    let decided = match (&decision.retry, &decision.skip) {
+        (Some(run), _) => {
+            let batch_size = config
+                .output
+                .webhook
+                .as_ref()
+                .map_or(500, |webhook| webhook.batch_size);
+            Some(crate::delivery::retry(&store, run, batch_size)?)
+        }
+        (None, Some(run)) => Some(crate::delivery::skip(&store, run)?),
+        (None, None) => None,
+    };
+    if let Some(run) = decided {
+        let status = run
+            .delivery
+            .map_or("none", |delivery| delivery.status.as_str());
+        output::print_line(&format!("run {}: delivery {status}", run.run_id))?;
+        if decision.skip.is_some() {
+            return Ok(Exit::Success);
+        }
+    }
+    deliver_outbox(config, &store, clock).await?;
+    Ok(Exit::Success)
 }
 
 fn prune(
@@ -317,10 +388,11 @@ fn prune(
             config.origin
         )));
     }
-    let Some(mut store) = open_existing(&config.database_path())? else {
+    if !config.database_path().exists() {
         output::print_line("no runs recorded yet: nothing to prune")?;
         return Ok(Exit::Success);
-    };
+    }
+    let mut store = Store::open(&config.database_path(), STORE_WAIT)?;
     let outcomes = crate::retention::prune_sources(config, &store, &sources, clock.now(), dry_run)?;
     // Free space is reused by later runs anyway; give it back to the file system only when a
     // prune left much of it.
@@ -392,11 +464,13 @@ pub(crate) fn run_summary(run: &RunRecord) -> String {
     }
 }
 
+/// The database for a query, if there is one yet: opened for reading only, so that it never
+/// waits for another process's commit.
 pub(crate) fn open_existing(database: &Path) -> Result<Option<Store>, CliError> {
     if !database.exists() {
         return Ok(None);
     }
-    Ok(Some(Store::open(database, STORE_WAIT)?))
+    Ok(Some(Store::open_for_reading(database, STORE_WAIT)?))
 }
 
 pub(crate) fn runs(database: &Path, source: Option<&str>, json: bool) -> Result<Exit, CliError> {
@@ -428,6 +502,7 @@ pub(crate) fn runs(database: &Path, source: Option<&str>, json: bool) -> Result<
                 run.counts.groups.to_string(),
                 run.counts.memberships.to_string(),
                 run.versions_written.to_string(),
+                delivery_cell(run),
                 run.error.clone().unwrap_or_default(),
             ]
         })
@@ -442,10 +517,27 @@ pub(crate) fn runs(database: &Path, source: Option<&str>, json: bool) -> Result<
         "groups",
         "memberships",
         "new versions",
+        "delivery",
         "error",
     ];
     output::print(&output::table(&headers, &rows))?;
     Ok(Exit::Success)
+}
+
+/// A run's webhook delivery in a word, with its progress while it is not finished.
+fn delivery_cell(run: &RunRecord) -> String {
+    let Some(delivery) = &run.delivery else {
+        return String::new();
+    };
+    let lines = run.envelopes.as_ref().map_or(0, |summary| summary.lines);
+    match delivery.status {
+        DeliveryStatus::Pending | DeliveryStatus::Parked => format!(
+            "{} {}/{lines}",
+            delivery.status.as_str(),
+            delivery.progress()
+        ),
+        status => status.as_str().to_string(),
+    }
 }
 
 const ACCOUNT_FIELDS: [&str; 17] = [

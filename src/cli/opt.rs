@@ -103,6 +103,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Deliver the outbox to the webhook now, or decide about a run whose delivery was
+    /// parked because the receiver kept rejecting it.
+    Deliver {
+        #[command(flatten)]
+        decision: DeliveryDecision,
+    },
     /// Remove the runs older than `[retention]` keeps (keep_days, keep_runs), the versions
     /// only they saw, and their envelope and report files; then give free space back to the
     /// file system when no other process is inside a transaction.
@@ -136,6 +142,18 @@ pub struct SourceArg {
     /// Only this source (a `[sources.NAME]` table).
     #[arg(long, value_name = "NAME")]
     pub source: Option<String>,
+}
+
+#[derive(Debug, Args)]
+#[group(multiple = false)]
+pub struct DeliveryDecision {
+    /// Queue a parked or skipped run again, batched with the configured batch_size from
+    /// where it stopped.
+    #[arg(long, value_name = "RUN_ID")]
+    pub retry: Option<String>,
+    /// Give up a pending or parked run's delivery, so that later runs go on.
+    #[arg(long, value_name = "RUN_ID")]
+    pub skip: Option<String>,
 }
 
 #[derive(Debug, Args)]

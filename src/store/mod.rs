@@ -154,16 +154,58 @@ pub struct CommitPlan {
 }
 
 pub struct Store {
-    db: Database,
+    db: Handle,
     path: PathBuf,
     wait: Duration,
     guard: Guard,
 }
 
+/// How the database is open: for writing (syncs, the daemon, pruning), or for reading only
+/// (queries), which never takes the write lock and so never waits for another process's
+/// commit.
+enum Handle {
+    Writable(Database),
+    ReadOnly(redb::ReadOnlyDatabase),
+}
+
 impl Store {
-    /// Opens or creates the database, waiting up to `wait` for another process that holds it
-    /// exclusively. A current database is checked with a read transaction only; a new one gets
-    /// its tables, and an older layout is migrated, in one write transaction.
+    /// Opens an existing database for queries, without the write lock: a query answers while
+    /// another process commits. A database that must first be created, migrated or repaired
+    /// (after a writer crashed) is opened for writing instead, once.
+    pub fn open_for_reading(path: &Path, wait: Duration) -> Result<Store, StoreError> {
+        file::prepare(path)?;
+        let guard = Guard::default();
+        let opened = guard.call(|| {
+            redb::Builder::new()
+                .set_concurrency_mode(ConcurrencyMode::MultiWriter)
+                .set_cache_size(CACHE_BYTES)
+                .open_read_only(path)
+        });
+        let db = match opened {
+            Ok(db) => db,
+            Err(Failure::Redb(redb::Error::RepairAborted | redb::Error::DatabaseAlreadyOpen)) => {
+                return Store::open(path, wait)
+            }
+            Err(failure) => return Err(failure.into_store_error(path)),
+        };
+        let store = Store {
+            db: Handle::ReadOnly(db),
+            path: path.to_path_buf(),
+            wait,
+            guard,
+        };
+        match store.layout()? {
+            Layout::Current => Ok(store),
+            Layout::Empty | Layout::Old => {
+                drop(store);
+                Store::open(path, wait)
+            }
+        }
+    }
+
+    /// Opens or creates the database for writing, waiting up to `wait` for another process
+    /// that holds it exclusively. A current database is checked with a read transaction only;
+    /// a new one gets its tables, and an older layout is migrated, in one write transaction.
     pub fn open(path: &Path, wait: Duration) -> Result<Store, StoreError> {
         if let Some(parent) = path
             .parent()
@@ -201,7 +243,7 @@ impl Store {
             }
         };
         let store = Store {
-            db,
+            db: Handle::Writable(db),
             path: path.to_path_buf(),
             wait,
             guard,
@@ -444,7 +486,10 @@ impl Store {
     pub fn reader(&self) -> Result<Reader<'_>, StoreError> {
         let txn = self
             .guard
-            .call(|| self.db.begin_read())
+            .call(|| match &self.db {
+                Handle::Writable(db) => db.begin_read(),
+                Handle::ReadOnly(db) => db.begin_read(),
+            })
             .map_err(|failure| failure.into_store_error(&self.path))?;
         Ok(Reader { store: self, txn })
     }
@@ -522,12 +567,15 @@ impl Store {
     }
 
     fn begin_write(&self) -> Result<WriteTransaction, StoreError> {
+        let Handle::Writable(db) = &self.db else {
+            return Err(StoreError::Internal {
+                path: self.path.clone(),
+                reason: "a write on a database opened for reading".into(),
+            });
+        };
         let started = Instant::now();
         loop {
-            match self
-                .guard
-                .call(|| Ok::<_, Failure>(self.db.try_begin_write()))
-            {
+            match self.guard.call(|| Ok::<_, Failure>(db.try_begin_write())) {
                 Ok(Ok(txn)) => return Ok(txn),
                 Ok(Err(TransactionError::WouldBlock)) if started.elapsed() < self.wait => {
                     std::thread::sleep(POLL_INTERVAL)

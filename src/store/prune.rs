@@ -199,7 +199,9 @@ impl Store {
     /// Gives free space back to the file system. redb refuses while another process is inside
     /// a transaction; then nothing happens and `Ok(false)` says so.
     pub fn compact(&mut self) -> Result<bool, StoreError> {
-        let db = &mut self.db;
+        let super::Handle::Writable(db) = &mut self.db else {
+            return Ok(false);
+        };
         let result = self.guard.call(|| match db.compact() {
             Ok(_) => Ok(true),
             Err(redb::CompactionError::TransactionInProgress) => Ok(false),

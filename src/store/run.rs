@@ -120,18 +120,43 @@ pub struct EnvelopeSummary {
 pub enum DeliveryStatus {
     Pending,
     Delivered,
+    /// The receiver kept rejecting a batch (a 4xx such as 413): held back, so that later runs
+    /// still go, until an admin runs `aksync deliver --retry` or `--skip`.
+    Parked,
+    /// An admin decided that this run's envelopes are not delivered.
+    Skipped,
 }
 
-/// Where the webhook delivery of a run's envelopes stands. Batches are sent in order; a
-/// run is retried from `batches_delivered` on, so nothing is sent twice once acknowledged.
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Delivered => "delivered",
+            DeliveryStatus::Parked => "parked",
+            DeliveryStatus::Skipped => "skipped",
+        }
+    }
+}
+
+/// Where the webhook delivery of a run's envelopes stands. Envelopes are sent in order and
+/// in batches; each acknowledged batch moves `envelopes_delivered` forward, and it never moves
+/// back, so nothing is sent twice once acknowledged and a run resumes where it stopped.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeliveryState {
     pub status: DeliveryStatus,
-    /// Fixed at the first attempt, so that batch numbers (and idempotency keys) stay stable.
+    /// The batch size in use for this run; set at the first attempt, and again when an admin
+    /// retries a parked run (so that a smaller configured size can get past a 413).
     pub batch_size: u64,
+    /// Batches acknowledged under the current batch size (kept for readers of schema 1).
     pub batches_delivered: u64,
     pub batches_total: u64,
+    /// Envelopes acknowledged, in file order.
+    #[serde(default)]
+    pub envelopes_delivered: Option<u64>,
     pub attempts: u64,
+    /// Consecutive passes in which the receiver rejected the next batch outright.
+    #[serde(default)]
+    pub rejections: u64,
     pub last_error: Option<String>,
     pub delivered_at: Option<DateTime<Utc>>,
 }
@@ -143,10 +168,28 @@ impl DeliveryState {
             batch_size: 0,
             batches_delivered: 0,
             batches_total: 0,
+            envelopes_delivered: Some(0),
             attempts: 0,
+            rejections: 0,
             last_error: None,
             delivered_at: None,
         }
+    }
+
+    /// How many envelopes are acknowledged (schema-1 states counted batches only).
+    pub fn progress(&self) -> u64 {
+        self.envelopes_delivered
+            .unwrap_or(self.batches_delivered.saturating_mul(self.batch_size))
+    }
+
+    /// Whether `next` only moves this state forward: never fewer envelopes, never from
+    /// delivered or skipped back to pending.
+    pub fn advances_to(&self, next: &DeliveryState) -> bool {
+        let settled = matches!(
+            self.status,
+            DeliveryStatus::Delivered | DeliveryStatus::Skipped
+        );
+        next.progress() >= self.progress() && (!settled || next.status == self.status)
     }
 }
 

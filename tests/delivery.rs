@@ -1,0 +1,217 @@
+//! Webhook delivery that only moves forward: a receiver that keeps rejecting a batch gets the
+//! run parked so later runs still go, an admin retries it (with a smaller batch size) or skips
+//! it, and `Retry-After` is honoured.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use common::TestEnv;
+use serde_json::Value;
+
+/// A receiver that answers 413 to batches larger than `max_batch`, and 429 with
+/// `Retry-After: 1` to the first request after `rate_limit` is set.
+struct Receiver {
+    url: String,
+    max_batch: Arc<AtomicUsize>,
+    rate_limit: Arc<AtomicBool>,
+    accepted: Arc<Mutex<Vec<Value>>>,
+}
+
+async fn receiver() -> Receiver {
+    let max_batch = Arc::new(AtomicUsize::new(usize::MAX));
+    let rate_limit = Arc::new(AtomicBool::new(false));
+    let accepted = Arc::new(Mutex::new(Vec::new()));
+    let (max_in, limit_in, accepted_in) = (max_batch.clone(), rate_limit.clone(), accepted.clone());
+    let app = axum::Router::new().route(
+        "/ingest",
+        axum::routing::post(move |body: axum::Json<Value>| {
+            let (max, limit, accepted) = (max_in.clone(), limit_in.clone(), accepted_in.clone());
+            async move {
+                use axum::response::IntoResponse;
+                if limit.swap(false, Ordering::SeqCst) {
+                    return (
+                        axum::http::StatusCode::TOO_MANY_REQUESTS,
+                        [(axum::http::header::RETRY_AFTER, "1")],
+                    )
+                        .into_response();
+                }
+                if body["envelopes"].as_array().unwrap().len() > max.load(Ordering::SeqCst) {
+                    return axum::http::StatusCode::PAYLOAD_TOO_LARGE.into_response();
+                }
+                accepted.lock().unwrap().push(body.0);
+                axum::http::StatusCode::ACCEPTED.into_response()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/ingest", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Receiver {
+        url,
+        max_batch,
+        rate_limit,
+        accepted,
+    }
+}
+
+fn with_webhook(env: &TestEnv, base: &str, url: &str, batch_size: usize) {
+    std::fs::write(
+        &env.config_path,
+        format!("{base}\n[output.webhook]\nurl = {url:?}\nbatch_size = {batch_size}\n"),
+    )
+    .unwrap();
+}
+
+fn delivery(env: &TestEnv, run_id: &str) -> aksync::store::DeliveryState {
+    env.store().run(run_id).unwrap().delivery.unwrap()
+}
+
+fn change(env: &TestEnv, name: &str) {
+    env.fake.with_state(|state| {
+        state.directory.add_user(name, "internal");
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_run_is_parked_and_an_admin_retries_or_skips() {
+    use aksync::store::DeliveryStatus::{Delivered, Parked, Pending, Skipped};
+    let env = TestEnv::start(10).await;
+    let receiver = receiver().await;
+    let base = std::fs::read_to_string(&env.config_path).unwrap();
+    with_webhook(&env, &base, &receiver.url, 500);
+    // The first run's envelopes (every record) are too many for the receiver in one batch.
+    receiver.max_batch.store(5, Ordering::SeqCst);
+    let first = env.sync_ok();
+    assert!(first.stderr.contains("paused"), "{}", first.stderr);
+    let runs = |env: &TestEnv| -> Vec<String> {
+        let mut ids: Vec<String> = env
+            .store()
+            .runs(Some("corp"))
+            .unwrap()
+            .into_iter()
+            .map(|run| run.run_id)
+            .collect();
+        ids.reverse();
+        ids
+    };
+    let run1 = runs(&env)[0].clone();
+    assert_eq!(delivery(&env, &run1).rejections, 1);
+    change(&env, "second.run");
+    env.sync_ok();
+    // Still in order: the second run waits behind the first.
+    assert_eq!(delivery(&env, &runs(&env)[1]).status, Pending);
+    change(&env, "third.run");
+    let third = env.sync_ok();
+    assert!(
+        third.stderr.contains(&format!("--retry {run1}")),
+        "{}",
+        third.stderr
+    );
+    let ids = runs(&env);
+    assert_eq!(delivery(&env, &run1).status, Parked);
+    assert_eq!(delivery(&env, &ids[1]).status, Delivered);
+    assert_eq!(delivery(&env, &ids[2]).status, Delivered);
+    let listed = env.aksync(&["runs"]);
+    assert!(listed.stdout.contains("parked 0/"), "{}", listed.stdout);
+
+    // A smaller batch size gets past the receiver's limit.
+    with_webhook(&env, &base, &receiver.url, 5);
+    let retried = env.aksync(&["deliver", "--retry", &run1]);
+    assert_eq!(retried.code, 0, "{}", retried.stderr);
+    assert!(retried.stdout.contains("delivered"), "{}", retried.stdout);
+    let state = delivery(&env, &run1);
+    assert_eq!(state.status, Delivered);
+    let lines = env.store().run(&run1).unwrap().envelopes.unwrap().lines;
+    assert_eq!(state.progress(), lines);
+    let accepted = receiver.accepted.lock().unwrap().clone();
+    let received: Vec<Value> = accepted
+        .iter()
+        .filter(|body| body["run_id"] == run1.as_str())
+        .flat_map(|body| body["envelopes"].as_array().unwrap().clone())
+        .collect();
+    let file = std::fs::read_to_string(
+        env.state_dir()
+            .join("envelopes/corp")
+            .join(format!("{run1}.jsonl")),
+    )
+    .unwrap();
+    let expected: Vec<Value> = file
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(
+        received, expected,
+        "the parked run arrives whole and in order"
+    );
+
+    // A run an admin skips is never sent, and later runs go on.
+    receiver.max_batch.store(0, Ordering::SeqCst);
+    change(&env, "fourth.run");
+    env.sync_ok();
+    let run4 = runs(&env)[3].clone();
+    let skipped = env.aksync(&["deliver", "--skip", &run4]);
+    assert_eq!(skipped.code, 0, "{}", skipped.stderr);
+    assert_eq!(delivery(&env, &run4).status, Skipped);
+    receiver.max_batch.store(usize::MAX, Ordering::SeqCst);
+    let sent_before = receiver.accepted.lock().unwrap().len();
+    change(&env, "fifth.run");
+    env.sync_ok();
+    let accepted = receiver.accepted.lock().unwrap().clone();
+    assert!(accepted[sent_before..]
+        .iter()
+        .all(|body| body["run_id"] != run4.as_str()));
+    assert_eq!(delivery(&env, &runs(&env)[4]).status, Delivered);
+    // A delivered run cannot be skipped or retried.
+    let refused = env.aksync(&["deliver", "--skip", &run1]);
+    assert_eq!(refused.code, 1, "{}", refused.stderr);
+    assert!(refused.stderr.contains("delivered"), "{}", refused.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_is_honoured_within_one_pass() {
+    let env = TestEnv::start(5).await;
+    let receiver = receiver().await;
+    let base = std::fs::read_to_string(&env.config_path).unwrap();
+    with_webhook(&env, &base, &receiver.url, 500);
+    receiver.rate_limit.store(true, Ordering::SeqCst);
+    let synced = env.sync_ok();
+    assert!(
+        synced.stdout.contains("webhook: delivered"),
+        "{}{}",
+        synced.stdout,
+        synced.stderr
+    );
+    assert!(
+        !receiver.rate_limit.load(Ordering::SeqCst),
+        "the 429 was answered"
+    );
+    assert_eq!(receiver.accepted.lock().unwrap().len(), 1);
+}
+
+#[test]
+fn delivery_state_only_moves_forward() {
+    use aksync::store::{DeliveryState, DeliveryStatus};
+    let mut at_two = DeliveryState::pending();
+    at_two.envelopes_delivered = Some(2);
+    let mut at_one = at_two.clone();
+    at_one.envelopes_delivered = Some(1);
+    assert!(at_one.advances_to(&at_two));
+    assert!(!at_two.advances_to(&at_one), "progress never goes back");
+    let mut delivered = at_two.clone();
+    delivered.status = DeliveryStatus::Delivered;
+    assert!(at_two.advances_to(&delivered));
+    assert!(
+        !delivered.advances_to(&at_two),
+        "delivered never becomes pending again"
+    );
+    // Schema-1 states counted batches of a fixed size.
+    let legacy = DeliveryState {
+        envelopes_delivered: None,
+        batches_delivered: 3,
+        batch_size: 7,
+        ..DeliveryState::pending()
+    };
+    assert_eq!(legacy.progress(), 21);
+}
