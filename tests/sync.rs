@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeSet;
 
 use aksync::fake::{Directory, Fault, ListKind, PageHook};
-use common::{ids, TestEnv};
+use common::{assert_accounts_match, ids, TestEnv};
 use serde_json::Value;
 
 /// The directory as aksync should store it: account uids, group pks and membership pairs.
@@ -71,47 +71,7 @@ async fn sync_stores_exactly_the_directory() {
     );
 
     // Field by field, for every account.
-    for record in stored_accounts.as_array().unwrap() {
-        let user = directory
-            .users
-            .values()
-            .find(|user| directory.uid(user.pk) == record["external_id"])
-            .expect("account maps to a user");
-        assert_eq!(record["username"], user.username.as_str());
-        assert_eq!(record["secondary_key"], user.uuid.as_str());
-        let display = if user.name.is_empty() {
-            &user.username
-        } else {
-            &user.name
-        };
-        assert_eq!(record["display_name"], display.as_str());
-        let email = user.email.to_lowercase();
-        if email.is_empty() {
-            assert!(record["canonical_email"].is_null());
-        } else {
-            assert_eq!(record["canonical_email"], email.as_str());
-        }
-        assert_eq!(
-            record["status"],
-            if user.is_active { "ACTIVE" } else { "INACTIVE" }
-        );
-        assert_eq!(record["authentik_type"], user.user_type.as_str());
-        let expected_type = match user.user_type.as_str() {
-            "internal" => "USER",
-            "external" => "GUEST",
-            "service_account" | "internal_service_account" => "SERVICE",
-            other => panic!("unexpected type {other}"),
-        };
-        assert_eq!(record["account_type"], expected_type, "{}", user.username);
-        assert_eq!(record["organization_unit"], user.path.as_str());
-        assert_eq!(record["metadata"], user.attributes);
-        assert_eq!(record["added_at"], user.date_joined.as_str());
-        assert_eq!(
-            record["last_login_at"],
-            serde_json::to_value(&user.last_login).unwrap()
-        );
-        assert_eq!(record["primary_source"], false);
-    }
+    assert_accounts_match(&stored_accounts, &directory);
     let types: BTreeSet<&str> = directory
         .users
         .values()

@@ -140,6 +140,55 @@ pub fn run_binary(config: Option<&Path>, args: &[&str]) -> Run {
     run
 }
 
+/// Every stored account is its user in the fake directory, field by field, and every user
+/// is stored.
+pub fn assert_accounts_match(stored: &Value, directory: &Directory) {
+    let by_uid: std::collections::BTreeMap<String, &aksync::fake::FakeUser> = directory
+        .users
+        .values()
+        .map(|user| (directory.uid(user.pk), user))
+        .collect();
+    let records = stored.as_array().expect("an array");
+    assert_eq!(records.len(), by_uid.len(), "one account per user");
+    for record in records {
+        let user = by_uid[record["external_id"].as_str().expect("an id")];
+        assert_eq!(record["username"], user.username.as_str());
+        assert_eq!(record["secondary_key"], user.uuid.as_str());
+        let display = if user.name.is_empty() {
+            &user.username
+        } else {
+            &user.name
+        };
+        assert_eq!(record["display_name"], display.as_str());
+        let email = user.email.to_lowercase();
+        if email.is_empty() {
+            assert!(record["canonical_email"].is_null());
+        } else {
+            assert_eq!(record["canonical_email"], email.as_str());
+        }
+        assert_eq!(
+            record["status"],
+            if user.is_active { "ACTIVE" } else { "INACTIVE" }
+        );
+        assert_eq!(record["authentik_type"], user.user_type.as_str());
+        let expected_type = match user.user_type.as_str() {
+            "internal" => "USER",
+            "external" => "GUEST",
+            "service_account" | "internal_service_account" => "SERVICE",
+            other => panic!("unexpected type {other}"),
+        };
+        assert_eq!(record["account_type"], expected_type, "{}", user.username);
+        assert_eq!(record["organization_unit"], user.path.as_str());
+        assert_eq!(record["metadata"], user.attributes);
+        assert_eq!(record["added_at"], user.date_joined.as_str());
+        assert_eq!(
+            record["last_login_at"],
+            serde_json::to_value(&user.last_login).unwrap()
+        );
+        assert_eq!(record["primary_source"], false);
+    }
+}
+
 /// The ids of a JSON array of records.
 pub fn ids(records: &Value, key: &str) -> Vec<String> {
     let mut ids: Vec<String> = records
