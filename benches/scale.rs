@@ -367,13 +367,22 @@ fn churn(directory: &mut Directory, round: usize, users: usize) {
                 .push(groups[(round + index) % groups.len()].clone());
         }
     }
-    let pks: Vec<i64> = directory.users.keys().copied().collect();
+    // People only: the token's own service account and the admin stay.
+    let people = |directory: &Directory| -> Vec<i64> {
+        directory
+            .users
+            .values()
+            .filter(|user| user.user_type == "internal" && user.username != "akadmin")
+            .map(|user| user.pk)
+            .collect()
+    };
+    let pks = people(directory);
     let pick = |offset: usize| pks[(round * 7919 + offset * 104_729) % pks.len()];
     for index in 0..each {
         let pk = pick(index);
         directory.users.remove(&pk);
     }
-    let pks: Vec<i64> = directory.users.keys().copied().collect();
+    let pks = people(directory);
     let pick = |offset: usize| pks[(round * 6007 + offset * 7_927) % pks.len()];
     for index in 0..each {
         if let Some(user) = directory.users.get_mut(&pick(index)) {

@@ -1,11 +1,39 @@
 //! aksync: Authentik directory snapshots, joiner/mover/leaver diffs and audit evidence.
 //!
-//! Data flows top-down through the modules:
-//! `config (schedule) → authentik (client) → normalize → filter → store (snapshots) → sync /
-//! health → diff → evidence → envelope / report (artifacts, delivery) → runner → cli / daemon`.
-//! `runner` is one run of one source under its `run_lock`, the same for `aksync sync` and the
-//! daemon. `display` escapes and shortens untrusted text for every human-readable output.
-//! `fake` is the bundled fake Authentik server used by the demo and the tests.
+//! # One run, top to bottom
+//!
+//! A run of one source is one pass over the data, flowing one way:
+//!
+//! 1. **Fetch** ([`authentik`]): `/core/users/me/`, the version and both listings through one
+//!    pool of `concurrency` requests; every page is checked against the shape page 1 announced
+//!    and bounded in size ([`authentik::client`]).
+//! 2. **Collect** ([`collect`]): each page is normalized ([`normalize`]), filtered by the
+//!    source's CEL expression ([`filter`]) and spooled to disk ([`spool`]) on its own thread as it
+//!    arrives. Memory keeps pks, uids, group ids and memberships as pairs of small indexes; at
+//!    the end every reference and both membership views are checked.
+//! 3. **Plan** ([`plan`]): the spooled records, sorted by external id, are merged with the
+//!    store's current state. Each record is classified once by its material hash
+//!    ([`record`]: the one rule for "this record changed"), and that one classification yields
+//!    the store writes (spooled as [`store::ops`]), the envelope file ([`envelope`]) and the
+//!    diff's input. Unchanged records cost a comparison of two hashes.
+//! 4. **Diff** ([`diff`]): a pure function turns that input into joiners, movers, leavers,
+//!    purges, group and membership changes, privilege escalations and the population counts.
+//! 5. **Commit** ([`store`]): one short write transaction checks that no other run committed
+//!    meanwhile and replays the planned writes; the envelope file is in place before it.
+//! 6. **After**: reports ([`report`], [`artifacts`]), retention ([`retention`]) and webhook
+//!    delivery ([`delivery`]).
+//!
+//! [`sync`] drives steps 1–5; [`runner`] wraps it under the source's cross-process lock
+//! ([`run_lock`]) with step 6, the same for `aksync sync` ([`cli`]) and `aksync daemon`
+//! ([`daemon`], scheduled by [`schedule`]). [`evidence`] replays any two stored runs through
+//! the same planner for `diff`, `report`, `history` and rebuilt envelope files.
+//!
+//! # The other modules
+//!
+//! [`config`] reads and validates the configuration; [`health`] is `aksync check`; [`display`]
+//! escapes untrusted text for every human-readable output; [`secret`] holds the token;
+//! [`clock`] makes time a parameter; [`logging`] sets up journald-friendly logs; [`demo`] and
+//! [`fake`] are the demo and the bundled fake Authentik the tests use.
 
 pub mod artifacts;
 pub mod authentik;

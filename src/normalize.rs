@@ -198,7 +198,7 @@ fn split_name(name: &str) -> (Option<String>, Option<String>) {
     (given, Some(family).filter(|family| !family.is_empty()))
 }
 
-/// The raw object as it is kept: without the keys that [`DROPPED_PAYLOAD_KEYS`] and the
+/// The raw object as it is kept: without the keys that `DROPPED_PAYLOAD_KEYS` and the
 /// `_obj` rule name.
 pub fn stored_payload(mut raw: Value) -> Value {
     if let Some(object) = raw.as_object_mut() {

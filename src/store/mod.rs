@@ -60,7 +60,7 @@ pub use run::{
     HealthStatus, RunOutcome, RunRecord, RunStatus,
 };
 
-/// The layout version of the tables below. Bump it with a migration in [`migrate`].
+/// The layout version of the tables below. Bump it with a migration in `migrate.rs`.
 pub const SCHEMA_VERSION: u32 = 2;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
