@@ -51,6 +51,7 @@ pub fn compare_runs(
     };
     let mut planner = Planner::new(
         ChangeRule::new(&source.ignore_fields),
+        source.account_rules(),
         context,
         from.map(run_ref),
         run_ref(to),
@@ -295,17 +296,13 @@ impl AccountHistory {
             account.push((version, record));
         }
         let memberships = parse_all(RecordKind::Membership, &format!("{uid}:"), None)?;
-        let group_ids: BTreeSet<String> = memberships
-            .iter()
-            .map(|version| membership_pair(&version.external_id).1)
-            .collect();
+        // Every group, not only the account's own: privilege is inherited from ancestors.
         let mut groups = Vec::new();
-        for group in &group_ids {
-            for version in parse_all(RecordKind::Group, group, Some(group))? {
-                let record = serde_json::from_value(typed(&version)?)
-                    .map_err(|error| StoreError::Aborted(format!("group {group}: {error}")))?;
-                groups.push((version, record));
-            }
+        for version in parse_all(RecordKind::Group, "", None)? {
+            let record = serde_json::from_value(typed(&version)?).map_err(|error| {
+                StoreError::Aborted(format!("group {}: {error}", version.external_id))
+            })?;
+            groups.push((version, record));
         }
         Ok(AccountHistory {
             uid: uid.to_string(),
@@ -364,7 +361,7 @@ impl AccountHistory {
     /// The diff of this one account between two runs.
     fn diff_input(
         &self,
-        source: &str,
+        source: &SourceConfig,
         rule: &ChangeRule<'_>,
         from: &RunRecord,
         to: &RunRecord,
@@ -398,7 +395,7 @@ impl AccountHistory {
                 .collect::<Vec<_>>()
         };
         DiffInput {
-            source: source.to_string(),
+            source: source.name.clone(),
             from: Some(RunRef {
                 run_id: from.run_id.clone(),
                 finished_at: from.finished_at,
@@ -427,6 +424,7 @@ impl AccountHistory {
                 .map(|last| BTreeMap::from([(self.uid.clone(), last)]))
                 .unwrap_or_default(),
             population: Population::default(),
+            rules: source.account_rules(),
         }
     }
 }
@@ -548,7 +546,7 @@ pub fn timeline(store: &Store, source: &SourceConfig, uid: &str) -> Result<Timel
             }
             Some(from) => {
                 let result =
-                    diff(&history.diff_input(&source.name, &rule, from, run, last_active.clone()));
+                    diff(&history.diff_input(source, &rule, from, run, last_active.clone()));
                 for joiner in &result.joiners {
                     let kind = if ever_seen {
                         TimelineKind::Rejoined

@@ -340,6 +340,7 @@ impl CompleteRun {
         };
         let mut planner = Planner::new(
             ChangeRule::new(&source.ignore_fields),
+            source.account_rules(),
             context,
             previous.map(|run| RunRef {
                 run_id: run.run_id.clone(),

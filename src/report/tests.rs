@@ -58,6 +58,9 @@ fn leaver(
         authentik_last_updated: Some("2026-11-01T09:00:00Z".to_string()),
         memberships_removed: reason == LeaveReason::Deleted,
         changes: vec![],
+        privileged_at_departure: false,
+        privilege_source: None,
+        hr_key: None,
     }
 }
 
@@ -75,6 +78,9 @@ fn joiner(username: &str, reason: JoinReason) -> Joiner {
         groups_added: vec![],
         groups_removed: vec![],
         privilege_escalation: false,
+        privileged: false,
+        privilege_source: None,
+        hr_key: None,
     }
 }
 
@@ -86,6 +92,9 @@ fn mover(username: &str, changes: Vec<FieldChange>, groups_added: Vec<GroupRef>)
         privilege_escalation: groups_added
             .iter()
             .any(|g| g.display_name == "authentik Admins"),
+        privileged: false,
+        privilege_source: None,
+        hr_key: None,
         changes,
         groups_added,
         groups_removed: vec![],
@@ -115,6 +124,9 @@ fn empty_diff(from_run: &str, to_run: &str) -> DirectoryDiff {
         groups: GroupChanges::default(),
         memberships: MembershipChanges::default(),
         population: Default::default(),
+        privilege_granted: vec![],
+        privilege_removed: vec![],
+        privileged_group_changes: vec![],
     }
 }
 
