@@ -124,6 +124,7 @@ impl TestSource {
             },
             latest,
             collected,
+            token_user: None,
         })
     }
 

@@ -77,6 +77,9 @@ pub struct Joiner {
     pub username: String,
     pub canonical_email: Option<String>,
     pub reason: JoinReason,
+    /// Always active: an account created inactive is no joiner.
+    #[serde(default = "active")]
+    pub status: AccountStatus,
     pub account_type: crate::normalize::AccountType,
     pub is_superuser: bool,
     /// Authentik's `date_joined`.
@@ -100,6 +103,10 @@ pub struct Joiner {
     /// The account's key in the HR system, from the source's `hr_key_field`.
     #[serde(default)]
     pub hr_key: Option<String>,
+}
+
+fn active() -> AccountStatus {
+    AccountStatus::Active
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -213,6 +220,19 @@ pub struct PrivilegeChange {
     pub path: Vec<GroupRef>,
     /// For [`PrivilegeReason::GroupChanged`]: the groups whose change did it.
     pub groups_changed: Vec<GroupRef>,
+}
+
+/// An account that held privileged access in a run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PrivilegedAccount {
+    pub external_id: String,
+    pub username: String,
+    pub canonical_email: Option<String>,
+    pub hr_key: Option<String>,
+    /// The direct group, or the inheritance path such as `hr-team-8 → authentik Admins`, or
+    /// the superuser flag alone.
+    pub privilege_source: String,
+    pub path: Vec<GroupRef>,
 }
 
 /// A change to a group that makes, or made, accounts privileged: its superuser flag, its
@@ -535,6 +555,7 @@ pub fn diff(input: &DiffInput) -> DirectoryDiff {
                 username: new.username.clone(),
                 canonical_email: new.canonical_email.clone(),
                 reason,
+                status: new.status,
                 account_type: new.account_type,
                 is_superuser: new.is_superuser,
                 added_at: new.added_at.clone(),
