@@ -1,7 +1,9 @@
 //! The CSV report: one row per event, with typed columns an auditor can filter and pivot
 //! (times in RFC 3339 UTC, latencies in seconds, flags `true`/`false`, empty where a column
-//! does not apply). An event that changed several fields has one row per field, alike but
-//! for `field`, `old` and `new`. Quoting and formula defusing are the CLI's CSV writer's.
+//! does not apply). Every run of the period comes first as an event `run` whose reason is its
+//! status (and a failed run's error), so the file shows the coverage too. An event that
+//! changed several fields has one row per field, alike but for `field`, `old` and `new`.
+//! Quoting and formula defusing are the CLI's CSV writer's.
 
 use super::content::{events, run_started_at, timestamp, Event, EventKind};
 use super::period::{detection_latency_seconds, within_sla};
@@ -182,8 +184,30 @@ fn row(report: &Report, event: &Event<'_>) -> Row {
     }
 }
 
+/// The row of one run: `event` is `run`, `reason` its status.
+fn run_row(report: &Report, run: &super::PeriodRun) -> Vec<String> {
+    let mut row = vec![String::new(); COLUMNS.len()];
+    let reason = match &run.error {
+        Some(error) => format!("{}: {error}", run.status.as_str()),
+        None => run.status.as_str().to_string(),
+    };
+    for (column, value) in [
+        ("source", report.header.source.clone()),
+        ("run_id", run.run_id.clone()),
+        ("run_started_at", timestamp(run.started_at)),
+        ("event", "run".to_string()),
+        ("reason", reason),
+        ("detected_at", timestamp(run.finished_at)),
+    ] {
+        if let Some(index) = COLUMNS.iter().position(|name| *name == column) {
+            row[index] = value;
+        }
+    }
+    row
+}
+
 pub(super) fn render(report: &Report) -> String {
-    let mut rows: Vec<Vec<String>> = Vec::new();
+    let mut rows: Vec<Vec<String>> = report.runs.iter().map(|run| run_row(report, run)).collect();
     for event in events(report) {
         let row = row(report, &event);
         let fixed = |change: Option<&FieldChange>| {

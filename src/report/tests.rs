@@ -465,7 +465,22 @@ fn csv_has_exactly_the_columns_and_one_row_per_event_and_field() {
         text.split_terminator("\r\n").next().unwrap(),
         "source,run_id,run_started_at,event,reason,external_id,username,email,hr_key,privileged,escalation,privilege_source,groups,groups_added,groups_removed,field,old,new,last_seen_active_at,detected_at,latency_seconds,within_sla,last_login_at"
     );
-    let rows = csv_rows(&text);
+    let all_rows = csv_rows(&text);
+    // Every run first, the failed one with its error.
+    let runs: Vec<(&str, &str)> = all_rows[..3]
+        .iter()
+        .map(|row| (row["run_id"].as_str(), row["reason"].as_str()))
+        .collect();
+    assert_eq!(
+        runs,
+        vec![
+            ("R2", "complete"),
+            ("RF", "failed: the server answered 503"),
+            ("R3", "complete")
+        ]
+    );
+    assert!(all_rows[..3].iter().all(|row| row["event"] == "run"));
+    let rows = &all_rows[3..];
     let kinds: Vec<&str> = rows.iter().map(|row| row["event"].as_str()).collect();
     let mut expected: Vec<&str> = expected_events().iter().map(|(kind, _, _)| *kind).collect();
     // The privilege grant of now-admin, after the leavers; the group change of two fields
@@ -738,7 +753,7 @@ fn markdown_and_html_write_control_characters_out() {
 fn empty_report_says_none_in_every_format() {
     let report = empty_report();
     let csv = rendered(&report, ReportFormat::Csv);
-    assert_eq!(csv.lines().count(), 1, "a header alone: {csv}");
+    assert_eq!(csv.lines().count(), 2, "a header and the run alone: {csv}");
     let html = rendered(&report, ReportFormat::Html);
     assert_eq!(html.matches(">None.</td>").count(), 6 + Section::ALL.len());
     assert!(!html.contains("class=\"alert\""));
