@@ -1,6 +1,7 @@
 //! The HTML report in a real browser: a report of 30 leavers with 64-hex uids and long group
 //! lists lays out in a 1024 px wide window without horizontal overflow, and prints to PDF.
-//! Needs Chromium; without it the test is skipped, except on CI (`CI` set), where it fails.
+//! Needs Chromium, and poppler's pdftotext to read the PDF's page footers back; without them
+//! the checks are skipped, except on CI (`CI` set), where they fail.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -290,4 +291,47 @@ fn html_report_fits_a_1024px_window_and_prints_to_pdf() {
         "a PDF of {} bytes cannot hold the report",
         pdf.len()
     );
+    footer_on_every_page(&pdf, work.path());
+}
+
+/// Every page's footer has the report id and "page x/y", read back with poppler's pdftotext
+/// where it is installed.
+fn footer_on_every_page(pdf: &[u8], work: &Path) {
+    let path = work.join("report.pdf");
+    fs::write(&path, pdf).unwrap();
+    let Ok(output) = Command::new("pdftotext")
+        .args(["-layout"])
+        .arg(&path)
+        .arg("-")
+        .output()
+    else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "pdftotext must be installed on CI (`apt-get install poppler-utils`)"
+        );
+        eprintln!("note: pdftotext not found, skipping the check of the PDF's page footers");
+        return;
+    };
+    assert!(output.status.success(), "pdftotext failed");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let pages: Vec<&str> = text
+        .split('\u{c}')
+        .filter(|page| !page.trim().is_empty())
+        .collect();
+    assert!(
+        pages.len() > 1,
+        "a report of {LEAVERS} leavers has several pages"
+    );
+    for (index, page) in pages.iter().enumerate() {
+        assert!(
+            page.contains("aksync report corp-0123456789ab"),
+            "page {} lacks the report id",
+            index + 1
+        );
+        assert!(
+            page.contains(&format!("page {}/{}", index + 1, pages.len())),
+            "page {} lacks its number",
+            index + 1
+        );
+    }
 }

@@ -104,15 +104,13 @@ fn human_diff(diff: &DirectoryDiff) -> String {
         diff.source,
         diff_headline(diff)
     );
-    for mover in diff
-        .movers
-        .iter()
-        .filter(|mover| mover.privilege_escalation)
-    {
+    for grant in &diff.privilege_granted {
         out.push_str(&format!(
-            "\n!! PRIVILEGE ESCALATION: {} ({})\n",
-            escape(&mover.username),
-            escape(&mover.external_id)
+            "\n!! PRIVILEGE ESCALATION: {} ({}), {}: {}\n",
+            escape(&grant.username),
+            escape(&grant.external_id),
+            grant.reason.as_str(),
+            escape(&grant.privilege_source)
         ));
     }
     if !diff.joiners.is_empty() {

@@ -289,6 +289,18 @@ pub(super) struct Block {
     pub rows: Vec<Vec<Cell>>,
     /// Whether the section must stand out when it has rows.
     pub alert: bool,
+    /// Whether its rows are a list whose length the heading gives (not a table of figures).
+    pub listing: bool,
+}
+
+impl Block {
+    pub(super) fn heading(&self) -> String {
+        if self.listing {
+            format!("{} ({})", self.title, self.rows.len())
+        } else {
+            self.title.to_string()
+        }
+    }
 }
 
 /// The counts at the top of a report, each linking to its section.
@@ -401,6 +413,7 @@ pub(super) fn summary(report: &Report, figures: &Figures) -> Block {
         columns: vec![("Section", 30), ("Count", 70)],
         rows,
         alert: false,
+        listing: false,
     }
 }
 
@@ -487,6 +500,7 @@ fn runs_block(report: &Report) -> Block {
         ],
         rows,
         alert: false,
+        listing: true,
     }
 }
 
@@ -524,6 +538,7 @@ fn coverage_block(report: &Report, figures: &Figures) -> Block {
         columns: vec![("From", 30), ("To", 30), ("Length", 15), ("Runs that did not complete", 25)],
         rows,
         alert: !figures.gaps.is_empty(),
+        listing: true,
     }
 }
 
@@ -587,6 +602,7 @@ fn roll_forward_block(report: &Report, figures: &Figures) -> Block {
         ],
         rows,
         alert: !(roll.accounts.reconciles && roll.active.reconciles && roll.privileged.reconciles),
+        listing: false,
     }
 }
 
@@ -659,6 +675,7 @@ fn privileged_block(report: &Report, side: Side) -> Block {
         columns: vec![("Account", 55), ("Privilege source", 45)],
         rows,
         alert: false,
+        listing: true,
     }
 }
 
@@ -715,6 +732,7 @@ fn privilege_block(report: &Report, side: Side) -> Block {
             ("Run", 20),
         ],
         alert: side == Side::End && !rows.is_empty(),
+        listing: true,
         rows,
     }
 }
@@ -749,6 +767,7 @@ fn privileged_groups_block(report: &Report) -> Block {
         description: "Changes to groups that make their members privileged: the superuser flag, the parents (named) or the name, and such groups created or deleted, with the number of accounts each change granted or removed privilege for.".to_string(),
         columns: vec![("Group", 30), ("Change", 35), ("Accounts affected", 15), ("Run", 20)],
         alert: false,
+        listing: true,
         rows,
     }
 }
@@ -799,6 +818,7 @@ fn terminations_block(report: &Report, figures: &Figures) -> Block {
         ),
         columns: vec![("Figure", 30), ("Value", 70)],
         alert: !latency.breaches.is_empty(),
+        listing: false,
         rows,
     }
 }

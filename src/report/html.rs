@@ -56,6 +56,8 @@ svg { display: block; max-width: 100%; height: auto; }
 }
 "#;
 
+const FOOTER_FONT: &str = "font: 8pt system-ui, sans-serif; color: #444;";
+
 pub(super) fn render(report: &Report) -> String {
     let title = title(report);
     let figures = figures(report);
@@ -83,8 +85,8 @@ pub(super) fn render(report: &Report) -> String {
         "<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
          <title>{}</title>\n<style>{STYLE}\
-         @page {{ @bottom-left {{ content: {footer}; font-size: 8pt; color: #444; }} \
-         @bottom-right {{ content: \"page \" counter(page) \"/\" counter(pages); font-size: 8pt; color: #444; }} }}\n\
+         @page {{ @bottom-left {{ content: {footer}; {FOOTER_FONT} }} \
+         @bottom-right {{ content: \"page \" counter(page) \"/\" counter(pages); {FOOTER_FONT} }} }}\n\
          </style>\n</head>\n<body>\n{body}</body>\n</html>\n",
         escape(&title)
     )
@@ -110,11 +112,7 @@ fn block_section(block: &Block) -> String {
         .iter()
         .map(|row| row.iter().map(cell_html).collect())
         .collect();
-    let heading = if block.id == "summary" {
-        block.title.to_string()
-    } else {
-        format!("{} ({})", block.title, block.rows.len())
-    };
+    let heading = block.heading();
     section_html(
         block.id,
         (block.alert && !block.rows.is_empty()).then_some("alert"),

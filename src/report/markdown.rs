@@ -63,11 +63,7 @@ fn push_heading(out: &mut String, id: &str, heading: &str) {
 }
 
 fn push_block(out: &mut String, block: &Block) {
-    let heading = if block.id == "summary" {
-        block.title.to_string()
-    } else {
-        format!("{} ({})", block.title, block.rows.len())
-    };
+    let heading = block.heading();
     push_heading(out, block.id, &heading);
     push_line(out, &text(&block.description));
     push_line(out, "");
