@@ -8,21 +8,9 @@ use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 
 use aksync::fake::Directory;
-use common::{receiver, TestEnv};
+use common::{receiver, run_ids, TestEnv};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-
-fn run_ids(env: &TestEnv) -> Vec<String> {
-    let mut ids: Vec<String> = env
-        .store()
-        .runs(Some("corp"))
-        .unwrap()
-        .into_iter()
-        .map(|run| run.run_id)
-        .collect();
-    ids.reverse();
-    ids
-}
 
 fn envelope_lines(env: &TestEnv, run_id: &str) -> (Vec<u8>, Vec<Value>) {
     let path = env

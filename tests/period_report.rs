@@ -11,23 +11,11 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use aksync::fake::{Directory, Fault};
-use common::TestEnv;
+use common::{run_ids, TestEnv};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 const COLUMNS: &str = "source,run_id,run_started_at,event,reason,external_id,username,email,hr_key,privileged,escalation,privilege_source,groups,groups_added,groups_removed,field,old,new,last_seen_active_at,detected_at,latency_seconds,within_sla,last_login_at";
-
-fn run_ids(env: &TestEnv) -> Vec<String> {
-    let mut ids: Vec<String> = env
-        .store()
-        .runs(Some("corp"))
-        .unwrap()
-        .into_iter()
-        .map(|run| run.run_id)
-        .collect();
-    ids.reverse();
-    ids
-}
 
 /// The active accounts with Authentik's superuser flag (which the fake, like Authentik,
 /// inherits through groups) in a stored run: the privileged accounts under the default rules.

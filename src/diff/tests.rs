@@ -627,3 +627,59 @@ fn privileged_groups_are_found_top_down_through_a_cycle() {
         .unwrap();
     assert_eq!(path_text(&path), "B → A → ROOT");
 }
+
+/// The privileged accounts counted from a run's stored records agree with the diff's grants
+/// and removals: start + granted − removed = end, with the same paths.
+#[test]
+fn the_census_of_stored_runs_agrees_with_the_grants() {
+    let mut source = TestSource::new();
+    source.source.privileged_groups = vec!["approvers".to_string()];
+    let first = source.sync(
+        vec![
+            user(1, true, &["team"], json!({})),
+            user(2, true, &["admins"], json!({})),
+            user(3, false, &["admins"], json!({})),
+        ],
+        vec![
+            group("admins", true, &[2, 3]),
+            group("approvers", false, &[]),
+            group("team", false, &[1]),
+        ],
+    );
+    let second = source.sync(
+        vec![
+            user(1, true, &["team"], json!({})),
+            user(2, false, &["admins"], json!({})),
+            user(3, true, &["admins"], json!({})),
+        ],
+        vec![
+            group("admins", true, &[2, 3]),
+            group("approvers", false, &[]),
+            child_of("team", "approvers", &[1]),
+        ],
+    );
+    let diff = second.diff.unwrap();
+    let reader = source.store.reader().unwrap();
+    let census = |run| crate::evidence::census(&reader, &source.source, run).unwrap();
+    let (start, end) = (census(&first.run), census(&second.run));
+    let names = |census: &crate::evidence::Census| -> Vec<(String, String)> {
+        census
+            .privileged
+            .iter()
+            .map(|a| (a.username.clone(), a.privilege_source.clone()))
+            .collect()
+    };
+    assert_eq!(names(&start), vec![("user2".into(), "Group admins".into())]);
+    assert_eq!(
+        names(&end),
+        vec![
+            ("user1".into(), "Group team → Group approvers".into()),
+            ("user3".into(), "Group admins".into()),
+        ]
+    );
+    assert_eq!((end.accounts, end.active), (3, 2));
+    assert_eq!(
+        start.privileged.len() + diff.privilege_granted.len() - diff.privilege_removed.len(),
+        end.privileged.len()
+    );
+}
