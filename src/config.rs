@@ -162,6 +162,11 @@ struct RawSource {
     schedule: Option<String>,
     run_on_start: Option<bool>,
     timezone: Option<String>,
+    #[serde(default)]
+    privileged_groups: Vec<String>,
+    hr_key_field: Option<String>,
+    sla: Option<String>,
+    expected_interval: Option<String>,
 }
 
 /// The validated configuration.
@@ -261,6 +266,16 @@ pub struct SourceConfig {
     pub schedule: Schedule,
     /// Whether the daemon syncs this source as soon as it starts.
     pub run_on_start: bool,
+    /// Names or pks of groups whose members (direct or through child groups) are privileged,
+    /// besides the superuser groups.
+    pub privileged_groups: Vec<String>,
+    /// Where an account's HR key is, `attributes.<key>[.<key>…]`.
+    pub hr_key_field: Option<String>,
+    /// How soon a termination must be detected.
+    pub sla: Option<Duration>,
+    /// The longest time between two complete runs that is not a gap in coverage; `None`:
+    /// derived from the schedule.
+    pub expected_interval: Option<Duration>,
 }
 
 /// The settings that shape the stored data; a change to any of them makes records differ
@@ -286,6 +301,23 @@ impl SourceConfig {
         };
         let canonical = serde_json::to_vec(&settings).expect("plain struct serializes");
         hex::encode(Sha256::digest(canonical))
+    }
+
+    /// The account rules the diff applies for this source.
+    pub fn account_rules(&self) -> crate::diff::AccountRules {
+        crate::diff::AccountRules {
+            privileged_groups: self.privileged_groups.iter().cloned().collect(),
+            hr_key_field: self.hr_key_field.clone(),
+        }
+    }
+
+    /// `expected_interval`, or one and a half times the longest gap of the schedule after
+    /// `now`: a run's own duration or a late start is no gap, a missed run is.
+    pub fn expected_interval(&self, now: chrono::DateTime<chrono::Utc>) -> (Duration, bool) {
+        match self.expected_interval {
+            Some(interval) => (interval, true),
+            None => (self.schedule.interval(now).mul_f64(1.5), false),
+        }
     }
 
     /// `base_url` joined with an API path such as `core/users/`.
@@ -740,6 +772,31 @@ fn validate_source(name: &str, raw: RawSource, config_dir: &Path) -> Result<Sour
             raw.timezone.as_deref().unwrap_or_default()
         ),
     })?;
+    if let Some(group) = raw
+        .privileged_groups
+        .iter()
+        .find(|group| group.trim().is_empty())
+    {
+        return Err(format!(
+            "`{}` has an empty entry {group:?}: give group names or pks",
+            key("privileged_groups")
+        ));
+    }
+    let hr_key_field = raw
+        .hr_key_field
+        .map(|field| check_hr_key_field(&field).map(|()| field))
+        .transpose()
+        .map_err(|reason| format!("`{}` {reason}", key("hr_key_field")))?;
+    let sla = raw
+        .sla
+        .map(|text| parse_duration(&text))
+        .transpose()
+        .map_err(|reason| format!("`{}` {reason}", key("sla")))?;
+    let expected_interval = raw
+        .expected_interval
+        .map(|text| parse_duration(&text))
+        .transpose()
+        .map_err(|reason| format!("`{}` {reason}", key("expected_interval")))?;
     if let Some(field) = raw
         .ignore_fields
         .iter()
@@ -767,7 +824,37 @@ fn validate_source(name: &str, raw: RawSource, config_dir: &Path) -> Result<Sour
         ignore_fields: raw.ignore_fields,
         schedule,
         run_on_start: raw.run_on_start.unwrap_or(true),
+        privileged_groups: raw.privileged_groups,
+        hr_key_field,
+        sla,
+        expected_interval,
     })
+}
+
+/// The longest `sla` or `expected_interval` accepted: a year.
+const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// A duration such as "30m", "24h", "7d" or "1h 30m". The error is the reason, after the key.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text.trim()).map_err(|error| {
+        format!("= {text:?} is not a duration ({error}): write e.g. \"30m\", \"24h\" or \"7d\"")
+    })?;
+    if duration.is_zero() || duration > MAX_DURATION {
+        return Err(format!(
+            "= {text:?} is out of range: use a duration from 1s to 366d"
+        ));
+    }
+    Ok(duration)
+}
+
+fn check_hr_key_field(field: &str) -> Result<(), String> {
+    let path = field.strip_prefix(crate::diff::HR_KEY_PREFIX);
+    if path.is_none_or(|path| path.split('.').any(|key| key.trim().is_empty())) {
+        return Err(format!(
+            "= {field:?} does not name an attribute: write \"attributes.<key>\", e.g. \"attributes.employee_id\""
+        ));
+    }
+    Ok(())
 }
 
 fn is_valid_source_name(name: &str) -> bool {

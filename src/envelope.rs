@@ -232,7 +232,11 @@ pub fn envelope_path(state_dir: &Path, source: &str, run_id: &str) -> PathBuf {
 /// Writes `bytes` so that `path` holds either nothing or the whole content, even after a
 /// crash: a temporary file in the same directory, fsync, rename, fsync of the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    // A bare file name's parent is the empty path, which names no directory: the current one.
+    let dir = path
+        .parent()
+        .filter(|parent| !parent.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     crate::store::create_private_dir(dir)?;
     let mut temp = tempfile::NamedTempFile::new_in(dir)?;
     temp.write_all(bytes)?;

@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::config::SourceConfig;
 use crate::diff::{
     diff, AccountSides, DiffInput, DirectoryDiff, FieldChange, GroupRef, LastActive, Population,
-    RunRef,
+    PrivilegedAccount, RunRef,
 };
 use crate::envelope::{Action, EnvelopeContext, EnvelopeFile, EnvelopeWriter};
 use crate::normalize::{AccountStatus, DirectoryAccount, DirectoryGroup};
@@ -51,6 +51,7 @@ pub fn compare_runs(
     };
     let mut planner = Planner::new(
         ChangeRule::new(&source.ignore_fields),
+        source.account_rules(),
         context,
         from.map(run_ref),
         run_ref(to),
@@ -249,6 +250,80 @@ fn record_of(reader: &Reader<'_>, version: &RecordVersion) -> Result<Value, Stor
     })
 }
 
+/// A run's population, counted from its stored records.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Census {
+    pub accounts: u64,
+    pub active: u64,
+    /// The accounts privileged under the source's rules, in uid order.
+    pub privileged: Vec<PrivilegedAccount>,
+}
+
+/// Counts `run`'s accounts and finds its privileged ones. Only the groups, the memberships of
+/// privileged groups and the privileged accounts are held: the run's accounts and
+/// memberships pass by their ids and flags.
+pub fn census(
+    reader: &Reader<'_>,
+    source: &SourceConfig,
+    run: &RunRecord,
+) -> Result<Census, StoreError> {
+    let rules = source.account_rules();
+    let mut catalog = BTreeMap::new();
+    for record in reader.records_at(run, RecordKind::Group)? {
+        let record = record?;
+        let group: DirectoryGroup = serde_json::from_value(record.record).map_err(|error| {
+            reader.corrupt(format_args!("group {}: {error}", record.external_id))
+        })?;
+        catalog.insert(group.external_id.clone(), group);
+    }
+    let privileged_groups = rules.privileged_group_ids(&catalog);
+    let mut member_of: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    if !privileged_groups.is_empty() {
+        for head in reader.heads_at(run, RecordKind::Membership)? {
+            let (uid, group) = membership_pair(&head?.external_id);
+            if privileged_groups.contains(&group) {
+                member_of.entry(uid).or_default().insert(group);
+            }
+        }
+    }
+    let mut census = Census::default();
+    for head in reader.heads_at(run, RecordKind::Account)? {
+        let head = head?;
+        census.accounts += 1;
+        if head.flags.active() {
+            census.active += 1;
+        }
+        let groups = member_of.remove(&head.external_id).unwrap_or_default();
+        if !head.flags.active() || (groups.is_empty() && !head.flags.superuser()) {
+            continue;
+        }
+        let entry = reader.version(
+            &run.source,
+            RecordKind::Account,
+            &head.external_id,
+            &head.valid_from,
+        )?;
+        let account: DirectoryAccount =
+            entry
+                .record()
+                .and_then(serde_json::from_value)
+                .map_err(|error| {
+                    reader.corrupt(format_args!("account {}: {error}", head.external_id))
+                })?;
+        if let Some(path) = rules.privilege(&account, &groups, &catalog) {
+            census.privileged.push(PrivilegedAccount {
+                hr_key: rules.hr_key(&account),
+                privilege_source: crate::diff::path_text(&path),
+                path,
+                external_id: account.external_id,
+                username: account.username,
+                canonical_email: account.canonical_email,
+            });
+        }
+    }
+    Ok(census)
+}
+
 /// For each account: the newest of `runs` (oldest first) that saw it active, with its groups
 /// then.
 pub fn last_active(
@@ -295,17 +370,13 @@ impl AccountHistory {
             account.push((version, record));
         }
         let memberships = parse_all(RecordKind::Membership, &format!("{uid}:"), None)?;
-        let group_ids: BTreeSet<String> = memberships
-            .iter()
-            .map(|version| membership_pair(&version.external_id).1)
-            .collect();
+        // Every group, not only the account's own: privilege is inherited from ancestors.
         let mut groups = Vec::new();
-        for group in &group_ids {
-            for version in parse_all(RecordKind::Group, group, Some(group))? {
-                let record = serde_json::from_value(typed(&version)?)
-                    .map_err(|error| StoreError::Aborted(format!("group {group}: {error}")))?;
-                groups.push((version, record));
-            }
+        for version in parse_all(RecordKind::Group, "", None)? {
+            let record = serde_json::from_value(typed(&version)?).map_err(|error| {
+                StoreError::Aborted(format!("group {}: {error}", version.external_id))
+            })?;
+            groups.push((version, record));
         }
         Ok(AccountHistory {
             uid: uid.to_string(),
@@ -364,7 +435,7 @@ impl AccountHistory {
     /// The diff of this one account between two runs.
     fn diff_input(
         &self,
-        source: &str,
+        source: &SourceConfig,
         rule: &ChangeRule<'_>,
         from: &RunRecord,
         to: &RunRecord,
@@ -398,7 +469,7 @@ impl AccountHistory {
                 .collect::<Vec<_>>()
         };
         DiffInput {
-            source: source.to_string(),
+            source: source.name.clone(),
             from: Some(RunRef {
                 run_id: from.run_id.clone(),
                 finished_at: from.finished_at,
@@ -427,6 +498,7 @@ impl AccountHistory {
                 .map(|last| BTreeMap::from([(self.uid.clone(), last)]))
                 .unwrap_or_default(),
             population: Population::default(),
+            rules: source.account_rules(),
         }
     }
 }
@@ -548,7 +620,7 @@ pub fn timeline(store: &Store, source: &SourceConfig, uid: &str) -> Result<Timel
             }
             Some(from) => {
                 let result =
-                    diff(&history.diff_input(&source.name, &rule, from, run, last_active.clone()));
+                    diff(&history.diff_input(source, &rule, from, run, last_active.clone()));
                 for joiner in &result.joiners {
                     let kind = if ever_seen {
                         TimelineKind::Rejoined

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{Map, Value};
 
 use crate::collect::Collected;
-use crate::diff::{AccountRef, Baseline, DiffInput, Population, RunRef};
+use crate::diff::{AccountRef, AccountRules, Baseline, DiffInput, Population, RunRef};
 use crate::envelope::{Action, EnvelopeContext, EnvelopeFile, EnvelopeWriter, RecordChange};
 use crate::normalize::{DirectoryAccount, DirectoryGroup};
 use crate::record::{
@@ -69,6 +69,9 @@ pub struct Planner<'a> {
     baseline: bool,
     input: DiffInput,
     block: Option<Block>,
+    /// The groups whose members are privileged, before and after; known once the groups
+    /// have passed (memberships come after them).
+    privileged_groups: Option<[BTreeSet<String>; 2]>,
 }
 
 /// The memberships of one account, gathered while they pass.
@@ -88,9 +91,10 @@ pub struct Planned {
 
 impl<'a> Planner<'a> {
     /// `from` is `None` for a baseline, whose records all start new chains; `baseline_reason`
-    /// says why it is one.
+    /// says why it is one. `rules` are the source's account rules the diff applies.
     pub fn new(
         rule: ChangeRule<'a>,
+        rules: AccountRules,
         context: EnvelopeContext<'a>,
         from: Option<RunRef>,
         to: RunRef,
@@ -120,9 +124,11 @@ impl<'a> Planner<'a> {
                 memberships_removed: Vec::new(),
                 last_active: BTreeMap::new(),
                 population: Population::default(),
+                rules,
             },
             context,
             block: None,
+            privileged_groups: None,
         }
     }
 
@@ -332,6 +338,13 @@ impl<'a> Planner<'a> {
         if self.baseline {
             return;
         }
+        if self.privileged_groups.is_none() {
+            let rules = &self.input.rules;
+            self.privileged_groups = Some([
+                rules.privileged_group_ids(&self.input.groups_before),
+                rules.privileged_group_ids(&self.input.groups_after),
+            ]);
+        }
         let (uid, group) = membership_pair(external_id);
         if self.block.as_ref().is_none_or(|block| block.uid != uid) {
             self.close_block();
@@ -356,7 +369,15 @@ impl<'a> Planner<'a> {
         let Some(block) = self.block.take() else {
             return;
         };
-        if !block.changed && !self.input.accounts.contains_key(&block.uid) {
+        // A group's flag, parents or name can make its members privileged, or not, without
+        // any change to their records or memberships: the diff must see those accounts too.
+        let privilege_moved = self
+            .privileged_groups
+            .as_ref()
+            .is_some_and(|[before, after]| {
+                block.old.is_disjoint(before) != block.new.is_disjoint(after)
+            });
+        if !block.changed && !privilege_moved && !self.input.accounts.contains_key(&block.uid) {
             return;
         }
         let sides = self.input.accounts.entry(block.uid).or_default();

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::artifacts::report_path;
+use crate::artifacts::{manifest_path, report_path};
 use crate::config::{Config, SourceConfig};
 use crate::envelope::envelope_path;
 use crate::report::ReportFormat;
@@ -87,7 +87,11 @@ pub fn prune_sources(
 fn remove_files(state_dir: &Path, source: &str, run_id: &str, dry_run: bool) -> u64 {
     let reports = ReportFormat::ALL.map(|format| report_path(state_dir, source, run_id, format));
     let mut removed = 0;
-    for path in std::iter::once(envelope_path(state_dir, source, run_id)).chain(reports) {
+    let files = [
+        envelope_path(state_dir, source, run_id),
+        manifest_path(state_dir, source, run_id),
+    ];
+    for path in files.into_iter().chain(reports) {
         if !path.exists() {
             continue;
         }

@@ -29,7 +29,7 @@ use crate::record::ChangeRule;
 use crate::store::ops::OpWriter;
 use crate::store::{
     ChangeCounts, CommitPlan, Counts, DeliveryState, RunOutcome, RunRecord, RunStatus, Store,
-    StoreError,
+    StoreError, TokenUser,
 };
 
 /// How long a command waits for another process that holds the database.
@@ -97,7 +97,7 @@ impl FetchError {
 struct Fetched {
     collected: Collected,
     authentik_version: String,
-    token_user: String,
+    token_user: TokenUser,
 }
 
 /// A stored run, and for a complete run its diff against the previous one.
@@ -153,7 +153,7 @@ pub async fn sync_source(
         clock,
         Ok((
             fetched.authentik_version.clone(),
-            fetched.token_user.clone(),
+            fetched.token_user.username.clone(),
         )),
     );
     blocking(store, move |store| store.put_health(&health)).await?;
@@ -168,6 +168,7 @@ pub async fn sync_source(
         outcome,
         latest: state.latest_complete,
         collected: fetched.collected,
+        token_user: Some(fetched.token_user),
     };
     match blocking(store, move |store| job.store(store)).await {
         Ok(synced) => Ok(synced),
@@ -248,6 +249,8 @@ pub(crate) struct CompleteRun {
     /// The source's latest complete run when the run started.
     pub latest: Option<RunRecord>,
     pub collected: Collected,
+    /// Whom the token belongs to, recorded with the run.
+    pub token_user: Option<TokenUser>,
 }
 
 impl CompleteRun {
@@ -283,6 +286,7 @@ impl CompleteRun {
             ops.counts().versions,
         );
         record.previous_run = previous.as_ref().map(|run| run.run_id.clone());
+        record.token_user = self.token_user.clone();
         record.baseline_reason = baseline_reason;
         record.changes = Some(change_counts(&diff));
         if self.webhook && envelopes.summary.lines > 0 {
@@ -340,6 +344,7 @@ impl CompleteRun {
         };
         let mut planner = Planner::new(
             ChangeRule::new(&source.ignore_fields),
+            source.account_rules(),
             context,
             previous.map(|run| RunRef {
                 run_id: run.run_id.clone(),
@@ -490,6 +495,9 @@ async fn fetch_once(
     Ok(Fetched {
         collected: collector.finish()?,
         authentik_version: version.version_current,
-        token_user: me.user.username,
+        token_user: TokenUser {
+            username: me.user.username,
+            pk: me.user.pk,
+        },
     })
 }

@@ -29,6 +29,10 @@ pub(crate) fn source_config() -> SourceConfig {
         ignore_fields: Vec::new(),
         schedule: crate::schedule::Schedule::default(),
         run_on_start: true,
+        privileged_groups: Vec::new(),
+        hr_key_field: None,
+        sla: None,
+        expected_interval: None,
     }
 }
 
@@ -120,6 +124,7 @@ impl TestSource {
             },
             latest,
             collected,
+            token_user: None,
         })
     }
 

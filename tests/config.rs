@@ -117,6 +117,43 @@ fn values_are_checked() {
 }
 
 #[test]
+fn report_settings_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    for (text, expected) in [
+        (
+            format!("{GOOD_SOURCE}sla = \"soon\"\n"),
+            &["sources.corp.sla", "not a duration", "24h"][..],
+        ),
+        (
+            format!("{GOOD_SOURCE}sla = \"0s\"\n"),
+            &["sources.corp.sla", "out of range"],
+        ),
+        (
+            format!("{GOOD_SOURCE}expected_interval = \"400d\"\n"),
+            &["sources.corp.expected_interval", "out of range"],
+        ),
+        (
+            format!("{GOOD_SOURCE}hr_key_field = \"employee_id\"\n"),
+            &["sources.corp.hr_key_field", "attributes.employee_id"],
+        ),
+        (
+            format!("{GOOD_SOURCE}hr_key_field = \"attributes.\"\n"),
+            &["sources.corp.hr_key_field", "does not name an attribute"],
+        ),
+        (
+            format!("{GOOD_SOURCE}privileged_groups = [\"Admins\", \" \"]\n"),
+            &["sources.corp.privileged_groups", "empty entry"],
+        ),
+        (
+            format!("{GOOD_SOURCE}privileged_groups = \"Admins\"\n"),
+            &["sources.corp.privileged_groups"],
+        ),
+    ] {
+        config_error(dir.path(), &text, expected);
+    }
+}
+
+#[test]
 fn daemon_settings_are_checked() {
     let dir = tempfile::tempdir().unwrap();
     for (text, expected) in [

@@ -8,21 +8,9 @@ use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 
 use aksync::fake::Directory;
-use common::{receiver, TestEnv};
+use common::{receiver, run_ids, TestEnv};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-
-fn run_ids(env: &TestEnv) -> Vec<String> {
-    let mut ids: Vec<String> = env
-        .store()
-        .runs(Some("corp"))
-        .unwrap()
-        .into_iter()
-        .map(|run| run.run_id)
-        .collect();
-    ids.reverse();
-    ids
-}
 
 fn envelope_lines(env: &TestEnv, run_id: &str) -> (Vec<u8>, Vec<Value>) {
     let path = env
@@ -678,29 +666,32 @@ async fn leavers_carry_their_last_active_run_from_the_history() {
     assert_eq!(report.code, 0, "{}", report.stderr);
     let csv = std::fs::read_to_string(&out).unwrap();
     assert!(
-        csv.starts_with("type,external_id,username,email,detail,detected_at,run_id"),
+        csv.starts_with("source,run_id,run_started_at,event,reason,external_id,username"),
         "{csv}"
     );
-    let rows = |kind: &str| -> Vec<&str> {
+    // run_id is the second column, event the fourth.
+    let rows = |kind: &str| -> Vec<Vec<&str>> {
         csv.lines()
-            .filter(|line| line.starts_with(&format!("{kind},")))
+            .map(|line| line.split(',').collect::<Vec<_>>())
+            .filter(|cells| cells[3] == kind)
             .collect()
     };
     let leaver_rows = rows("leaver");
     assert_eq!(leaver_rows.len(), 2, "{csv}");
     assert!(leaver_rows
         .iter()
-        .any(|row| row.contains(&quitter) && row.ends_with(&r2.run_id)));
+        .any(|row| row[6] == quitter && row[1] == r2.run_id));
     assert!(leaver_rows
         .iter()
-        .any(|row| row.contains(&gone_later) && row.ends_with(&r3.run_id)));
+        .any(|row| row[6] == gone_later && row[1] == r3.run_id));
     let purged_rows = rows("purged");
     assert_eq!(purged_rows.len(), 1, "{csv}");
-    assert!(purged_rows[0].contains(&quitter) && purged_rows[0].ends_with(&r3.run_id));
+    assert!(purged_rows[0][6] == quitter && purged_rows[0][1] == r3.run_id);
 
     let json = env.aksync(&["report", "--format", "json"]).json();
-    assert_eq!(json["header"]["run_id"], r3.run_id.as_str());
-    assert_eq!(json["header"]["previous_run"], r2.run_id.as_str());
+    assert_eq!(json["period"]["run_id"], r3.run_id.as_str());
+    assert_eq!(json["period"]["start_run"], r2.run_id.as_str());
+    assert_eq!(json["runs"][0]["previous_run"], r2.run_id.as_str());
     let bad = env.aksync(&["report", "--format", "xml"]);
     assert_eq!(bad.code, 2);
     assert!(

@@ -1,6 +1,7 @@
 //! The HTML report in a real browser: a report of 30 leavers with 64-hex uids and long group
 //! lists lays out in a 1024 px wide window without horizontal overflow, and prints to PDF.
-//! Needs Chromium; without it the test is skipped, except on CI (`CI` set), where it fails.
+//! Needs Chromium, and poppler's pdftotext to read the PDF's page footers back; without them
+//! the checks are skipped, except on CI (`CI` set), where they fail.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -9,9 +10,10 @@ use std::time::{Duration, Instant};
 
 use aksync::diff::{DirectoryDiff, GroupChanges, GroupRef, LeaveReason, Leaver, MembershipChanges};
 use aksync::report::{
-    find_chromium, html_to_pdf, render, Report, ReportFormat, ReportHeader, TrendPoint,
+    find_chromium, html_to_pdf, render, Period, PeriodRun, Producer, Report, ReportFormat,
+    ReportHeader, ReportSettings, Snapshot, TrendPoint,
 };
-use aksync::store::Counts;
+use aksync::store::{Counts, RunStatus, TokenUser};
 use chrono::{DateTime, Duration as Span, TimeZone, Utc};
 use sha2::{Digest, Sha256};
 
@@ -58,6 +60,9 @@ fn report() -> Report {
             authentik_last_updated: None,
             memberships_removed: index % 3 == 0,
             changes: vec![],
+            privileged_at_departure: index % 4 == 0,
+            privilege_source: (index % 4 == 0).then(|| "authentik Admins".to_string()),
+            hr_key: Some(format!("E-{index:05}")),
         })
         .collect();
     let diff = DirectoryDiff {
@@ -72,6 +77,9 @@ fn report() -> Report {
         groups: GroupChanges::default(),
         memberships: MembershipChanges::default(),
         population: Default::default(),
+        privilege_granted: vec![],
+        privilege_removed: vec![],
+        privileged_group_changes: vec![],
     };
     let trend = (0..14)
         .map(|day| TrendPoint {
@@ -85,30 +93,69 @@ fn report() -> Report {
             } else {
                 u64::from(day % 2)
             },
+            baseline: day == 0,
         })
         .collect();
+    let run = PeriodRun {
+        run_id: "01JC0000000000000000000002".to_string(),
+        status: RunStatus::Complete,
+        error: None,
+        started_at: at(2, 1),
+        finished_at: at(2, 2),
+        counts: Counts {
+            accounts: 1_039,
+            groups: 40,
+            memberships: 5_000,
+        },
+        envelope_sha256: Some(hex_id("envelope")),
+        previous_run: Some("01JC0000000000000000000001".to_string()),
+        baseline_reason: None,
+        settings_fingerprint: hex_id("settings"),
+        authentik_version: Some("2025.10.1".to_string()),
+        aksync_version: "0.1.0".to_string(),
+        token_user: Some(TokenUser {
+            username: "aksync-reader".to_string(),
+            pk: 12,
+        }),
+        changes: None,
+    };
     Report {
         header: ReportHeader {
+            report_id: "corp-0123456789ab".to_string(),
             source: "corp".to_string(),
             base_url: "https://authentik.corp.example.com".to_string(),
-            authentik_version: Some("2025.10.1".to_string()),
             run_id: "01JC0000000000000000000002".to_string(),
-            started_at: at(2, 1),
-            finished_at: at(2, 2),
-            previous_run: Some("01JC0000000000000000000001".to_string()),
-            baseline_reason: None,
-            period_from: None,
+            period: Period {
+                start: at(1, 2),
+                end: at(2, 2),
+                selection: "run 01JC0000000000000000000002".to_string(),
+                start_run: Some("01JC0000000000000000000001".to_string()),
+                end_run: Some("01JC0000000000000000000002".to_string()),
+            },
             endpoints: vec![
                 "GET /api/v3/core/users/?ordering=pk&include_groups=false&include_roles=false&page_size=100".to_string(),
                 "GET /api/v3/core/groups/?ordering=pk&include_users=false&include_children=false&page_size=100".to_string(),
             ],
             filter: None,
             group_sync: true,
-            counts: Counts { accounts: 1_039, groups: 40, memberships: 5_000 },
-            aksync_version: "0.1.0".to_string(),
-            envelope_sha256: Some(hex_id("envelope")),
+            settings: ReportSettings {
+                sla_seconds: Some(3_600),
+                expected_interval_seconds: 2_700,
+                expected_interval_from: "sources.corp.expected_interval".to_string(),
+                hr_key_field: Some("attributes.employee_id".to_string()),
+                privileged_groups: vec![],
+            },
+            producer: Producer {
+                host: "auditbox".to_string(),
+                os_user: "aksync".to_string(),
+                aksync_version: "0.1.0".to_string(),
+            },
         },
+        runs: vec![run],
         diffs: vec![diff],
+        start: Snapshot::default(),
+        end: Snapshot::default(),
+        privileged_at_baselines: Default::default(),
         trend,
         generated_at: at(2, 3),
     }
@@ -244,4 +291,47 @@ fn html_report_fits_a_1024px_window_and_prints_to_pdf() {
         "a PDF of {} bytes cannot hold the report",
         pdf.len()
     );
+    footer_on_every_page(&pdf, work.path());
+}
+
+/// Every page's footer has the report id and "page x/y", read back with poppler's pdftotext
+/// where it is installed.
+fn footer_on_every_page(pdf: &[u8], work: &Path) {
+    let path = work.join("report.pdf");
+    fs::write(&path, pdf).unwrap();
+    let Ok(output) = Command::new("pdftotext")
+        .args(["-layout"])
+        .arg(&path)
+        .arg("-")
+        .output()
+    else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "pdftotext must be installed on CI (`apt-get install poppler-utils`)"
+        );
+        eprintln!("note: pdftotext not found, skipping the check of the PDF's page footers");
+        return;
+    };
+    assert!(output.status.success(), "pdftotext failed");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let pages: Vec<&str> = text
+        .split('\u{c}')
+        .filter(|page| !page.trim().is_empty())
+        .collect();
+    assert!(
+        pages.len() > 1,
+        "a report of {LEAVERS} leavers has several pages"
+    );
+    for (index, page) in pages.iter().enumerate() {
+        assert!(
+            page.contains("aksync report corp-0123456789ab"),
+            "page {} lacks the report id",
+            index + 1
+        );
+        assert!(
+            page.contains(&format!("page {}/{}", index + 1, pages.len())),
+            "page {} lacks its number",
+            index + 1
+        );
+    }
 }

@@ -86,8 +86,8 @@ async fn pruning_keeps_the_later_runs_readable_and_their_diffs_unchanged() {
     assert_eq!(pruned["sources"][0]["runs"], 2);
     assert_eq!(
         pruned["sources"][0]["files"],
-        2 * 5,
-        "an envelope and four reports each"
+        2 * 6,
+        "an envelope, four reports and their manifest each"
     );
     assert!(pruned["sources"][0]["versions"].as_u64().unwrap() > 0);
     assert_eq!(run_ids(&env), ids[2..].to_vec());

@@ -5,7 +5,9 @@ use std::path::Path;
 
 use super::output::{print, print_bytes, print_line};
 use super::{open_existing, print_json, resolve_run, CliError, Exit};
-use crate::artifacts::{self, build_report, read_envelope_file, read_envelopes, rebuild_envelopes};
+use crate::artifacts::{
+    self, build_report, read_envelope_file, read_envelopes, rebuild_envelopes, Selection,
+};
 use crate::cli::opt::EnvelopeFormat;
 use crate::clock::Clock;
 use crate::config::{Config, SourceConfig};
@@ -102,15 +104,13 @@ fn human_diff(diff: &DirectoryDiff) -> String {
         diff.source,
         diff_headline(diff)
     );
-    for mover in diff
-        .movers
-        .iter()
-        .filter(|mover| mover.privilege_escalation)
-    {
+    for grant in &diff.privilege_granted {
         out.push_str(&format!(
-            "\n!! PRIVILEGE ESCALATION: {} ({})\n",
-            escape(&mover.username),
-            escape(&mover.external_id)
+            "\n!! PRIVILEGE ESCALATION: {} ({}), {}: {}\n",
+            escape(&grant.username),
+            escape(&grant.external_id),
+            grant.reason.as_str(),
+            escape(&grant.privilege_source)
         ));
     }
     if !diff.joiners.is_empty() {
@@ -231,6 +231,8 @@ pub(crate) fn envelopes(
 pub(crate) struct ReportRequest<'a> {
     pub run: &'a str,
     pub from: Option<&'a str>,
+    pub since: Option<&'a str>,
+    pub until: Option<&'a str>,
     pub format: &'a str,
     pub out: Option<&'a Path>,
 }
@@ -253,29 +255,69 @@ pub(crate) fn report(
         ));
     }
     let store = store(config, &source.name)?;
-    let to = resolve_run(&store, &source.name, request.run)?;
-    let from = request
-        .from
-        .map(|from| resolve_run(&store, &source.name, from))
-        .transpose()?;
-    if let Some(from) = from.as_ref().filter(|from| from.run_id >= to.run_id) {
-        return Err(CliError::Usage(format!(
-            "--from {} is not older than {}: give the earlier run with --from",
-            from.run_id, to.run_id
-        )));
-    }
-    let built = build_report(&store, source, from.as_ref(), &to, clock.now())?;
+    let selection = match (request.since, request.from) {
+        (Some(since), _) => {
+            let since = parse_time("--since", since)?;
+            let until = request
+                .until
+                .map(|until| parse_time("--until", until))
+                .transpose()?
+                .unwrap_or_else(|| clock.now());
+            if since >= until {
+                return Err(CliError::Usage(format!(
+                    "--since {} is not before --until {}: give the earlier time with --since",
+                    timestamp(since),
+                    timestamp(until)
+                )));
+            }
+            Selection::Between { since, until }
+        }
+        (None, Some(from)) => {
+            let to = resolve_run(&store, &source.name, request.run)?;
+            let from = resolve_run(&store, &source.name, from)?;
+            if from.run_id >= to.run_id {
+                return Err(CliError::Usage(format!(
+                    "--from {} is not older than {}: give the earlier run with --from",
+                    from.run_id, to.run_id
+                )));
+            }
+            Selection::After {
+                from: Box::new(from),
+                to: Box::new(to),
+            }
+        }
+        (None, None) => Selection::Run(Box::new(resolve_run(&store, &source.name, request.run)?)),
+    };
+    let built = build_report(&store, source, &selection, clock.now())?;
     let bytes =
         report::render(&built, format).map_err(|error| CliError::Runtime(error.to_string()))?;
     match request.out {
         Some(path) => {
-            artifacts::write_file(path, &bytes)
+            artifacts::write_report_file(path, &built, &bytes)
                 .map_err(|error| CliError::Runtime(error.to_string()))?;
-            eprintln!("wrote {}", path.display());
+            eprintln!("wrote {} and its manifest", path.display());
         }
         None => print_bytes(&bytes)?,
     }
     Ok(Exit::Success)
+}
+
+fn timestamp(at: chrono::DateTime<chrono::Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// An RFC 3339 time, or a date meaning its midnight UTC.
+fn parse_time(option: &str, value: &str) -> Result<chrono::DateTime<chrono::Utc>, CliError> {
+    let value = value.trim();
+    if let Ok(at) = chrono::DateTime::parse_from_rfc3339(value) {
+        return Ok(at.with_timezone(&chrono::Utc));
+    }
+    if let Ok(date) = chrono::NaiveDate::parse_from_str(value, "%Y-%m-%d") {
+        return Ok(date.and_time(chrono::NaiveTime::MIN).and_utc());
+    }
+    Err(CliError::Usage(format!(
+        "{option} {value:?} is not a time: write RFC 3339 such as 2026-01-01T00:00:00Z, or a date such as 2026-01-01"
+    )))
 }
 
 pub(crate) fn history(

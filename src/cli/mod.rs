@@ -140,13 +140,17 @@ async fn run_configured(
             run,
             source,
             from,
+            since,
+            until,
             format,
             out,
         } => {
             let source = single_source(config, source.source.as_deref())?;
             let request = evidence::ReportRequest {
-                run: &run,
+                run: run.as_deref().unwrap_or("latest"),
                 from: from.as_deref(),
+                since: since.as_deref(),
+                until: until.as_deref(),
                 format: &format,
                 out: out.as_deref(),
             };

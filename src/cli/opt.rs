@@ -77,16 +77,25 @@ pub enum Command {
         #[arg(long)]
         rebuild: bool,
     },
-    /// Print or write the audit report of a run, or of the runs after --from up to RUN.
+    /// Print or write the audit report of a run, or of a period: the runs after --from up to
+    /// RUN, or the runs between --since and --until.
     Report {
-        /// A run id, `latest` or `previous`.
-        #[arg(default_value = "latest")]
-        run: String,
+        /// A run id, `latest` or `previous` [default: latest].
+        #[arg(conflicts_with = "since")]
+        run: Option<String>,
         #[command(flatten)]
         source: SourceArg,
-        /// Cover every run after this one, up to RUN.
-        #[arg(long, value_name = "RUN")]
+        /// Cover every run after this one up to RUN; this run's own changes are not included
+        /// (its state is where the period starts).
+        #[arg(long, value_name = "RUN", conflicts_with = "since")]
         from: Option<String>,
+        /// Cover every run that finished after this time (RFC 3339, e.g.
+        /// 2026-01-01T00:00:00Z, or a date, meaning its midnight UTC).
+        #[arg(long, value_name = "TIMESTAMP")]
+        since: Option<String>,
+        /// With --since: up to and including this time [default: now].
+        #[arg(long, value_name = "TIMESTAMP", requires = "since")]
+        until: Option<String>,
         /// md, json, csv, html or pdf (pdf needs Chromium).
         #[arg(long, default_value = "md")]
         format: String,

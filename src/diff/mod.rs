@@ -8,9 +8,12 @@
 //! - a **leaver** is an active account that was deactivated or deleted;
 //! - an account deleted after it had already left is **purged**: one event, not a second leaver;
 //! - a **mover** is any other account whose material fields or direct groups changed;
-//! - an account that ends up a superuser (its own flag, or a direct or inherited group with
-//!   the superuser flag) is a **privilege escalation** when it joins, or when it moves from
-//!   not being one;
+//! - an active account is **privileged** when it is a superuser (its own flag, or a direct or
+//!   inherited group with the superuser flag) or a member, directly or through a child group,
+//!   of a group named in the source's `privileged_groups` ([`AccountRules`]); every account
+//!   that becomes privileged, by any path (created, reactivated, moved, or a group's flag,
+//!   parents or name changing), is a **privilege grant**, and the joiner or mover event that
+//!   made it one is a **privilege escalation**; the reverse is a **privilege removal**;
 //! - a run compared with nothing (a source's first run, or a new baseline) is a **baseline**:
 //!   its accounts are "present at baseline", not joiners.
 
@@ -74,6 +77,9 @@ pub struct Joiner {
     pub username: String,
     pub canonical_email: Option<String>,
     pub reason: JoinReason,
+    /// Always active: an account created inactive is no joiner.
+    #[serde(default = "active")]
+    pub status: AccountStatus,
     pub account_type: crate::normalize::AccountType,
     pub is_superuser: bool,
     /// Authentik's `date_joined`.
@@ -87,7 +93,20 @@ pub struct Joiner {
     pub groups_added: Vec<GroupRef>,
     #[serde(default)]
     pub groups_removed: Vec<GroupRef>,
+    /// Whether the account became privileged by joining.
     pub privilege_escalation: bool,
+    /// Whether it is privileged after joining, and through what.
+    #[serde(default)]
+    pub privileged: bool,
+    #[serde(default)]
+    pub privilege_source: Option<String>,
+    /// The account's key in the HR system, from the source's `hr_key_field`.
+    #[serde(default)]
+    pub hr_key: Option<String>,
+}
+
+fn active() -> AccountStatus {
+    AccountStatus::Active
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -98,7 +117,15 @@ pub struct Mover {
     pub changes: Vec<FieldChange>,
     pub groups_added: Vec<GroupRef>,
     pub groups_removed: Vec<GroupRef>,
+    /// Whether the account became privileged by this move.
     pub privilege_escalation: bool,
+    /// Whether it is privileged after the move, and through what.
+    #[serde(default)]
+    pub privileged: bool,
+    #[serde(default)]
+    pub privilege_source: Option<String>,
+    #[serde(default)]
+    pub hr_key: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -120,6 +147,13 @@ pub struct Leaver {
     /// For a deactivation: what changed together with it.
     #[serde(default)]
     pub changes: Vec<FieldChange>,
+    /// Whether the account was privileged when it was last seen active, and through what.
+    #[serde(default)]
+    pub privileged_at_departure: bool,
+    #[serde(default)]
+    pub privilege_source: Option<String>,
+    #[serde(default)]
+    pub hr_key: Option<String>,
 }
 
 /// An account deleted after it had already left (it was inactive): the end of a termination
@@ -132,6 +166,86 @@ pub struct Purge {
     pub last_seen_active_at: Option<DateTime<Utc>>,
     pub detected_at: DateTime<Utc>,
     pub last_login_at: Option<String>,
+    #[serde(default)]
+    pub hr_key: Option<String>,
+}
+
+/// Why an account gained or lost privilege.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrivilegeReason {
+    Created,
+    Reactivated,
+    /// Its own groups or superuser flag changed.
+    Moved,
+    /// A group on its path changed: its superuser flag, its parents or its name.
+    GroupChanged,
+    Deactivated,
+    Deleted,
+}
+
+impl PrivilegeReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PrivilegeReason::Created => "created",
+            PrivilegeReason::Reactivated => "reactivated",
+            PrivilegeReason::Moved => "moved",
+            PrivilegeReason::GroupChanged => "group changed",
+            PrivilegeReason::Deactivated => "deactivated",
+            PrivilegeReason::Deleted => "deleted",
+        }
+    }
+}
+
+/// `privilege_source` of a grant caused by a group's superuser flag being switched on (or,
+/// for a removal, off).
+pub const GROUP_FLAG_CHANGED: &str = "group flag changed";
+/// `privilege_source` of an account privileged by its own superuser flag alone, without a
+/// group path (e.g. when group sync is disabled).
+pub const SUPERUSER_FLAG: &str = "superuser flag";
+
+/// An account that became privileged, or stopped being privileged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrivilegeChange {
+    pub external_id: String,
+    pub username: String,
+    pub canonical_email: Option<String>,
+    pub hr_key: Option<String>,
+    pub reason: PrivilegeReason,
+    /// The direct group, or the inheritance path such as `hr-team-8 → authentik Admins`, or
+    /// [`GROUP_FLAG_CHANGED`], or [`SUPERUSER_FLAG`].
+    pub privilege_source: String,
+    /// The path of groups from the account's direct group to the group that makes it
+    /// privileged (empty for the superuser flag alone).
+    pub path: Vec<GroupRef>,
+    /// For [`PrivilegeReason::GroupChanged`]: the groups whose change did it.
+    pub groups_changed: Vec<GroupRef>,
+}
+
+/// An account that held privileged access in a run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PrivilegedAccount {
+    pub external_id: String,
+    pub username: String,
+    pub canonical_email: Option<String>,
+    pub hr_key: Option<String>,
+    /// The direct group, or the inheritance path such as `hr-team-8 → authentik Admins`, or
+    /// the superuser flag alone.
+    pub privilege_source: String,
+    pub path: Vec<GroupRef>,
+}
+
+/// A change to a group that makes, or made, accounts privileged: its superuser flag, its
+/// parents (named, not as pks) or its name; or such a group created or deleted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrivilegedGroupChange {
+    pub external_id: String,
+    pub display_name: String,
+    /// `created`, `deleted` or `changed`.
+    pub change: String,
+    pub changes: Vec<FieldChange>,
+    pub accounts_granted: u64,
+    pub accounts_removed: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -205,6 +319,12 @@ pub struct DirectoryDiff {
     pub memberships: MembershipChanges,
     #[serde(default)]
     pub population: Population,
+    #[serde(default)]
+    pub privilege_granted: Vec<PrivilegeChange>,
+    #[serde(default)]
+    pub privilege_removed: Vec<PrivilegeChange>,
+    #[serde(default)]
+    pub privileged_group_changes: Vec<PrivilegedGroupChange>,
 }
 
 impl DirectoryDiff {
@@ -215,18 +335,13 @@ impl DirectoryDiff {
             && self.purged.is_empty()
             && self.groups == GroupChanges::default()
             && self.memberships == MembershipChanges::default()
+            && self.privilege_granted.is_empty()
+            && self.privilege_removed.is_empty()
     }
 
+    /// Accounts that became privileged, by any path.
     pub fn escalations(&self) -> usize {
-        self.joiners
-            .iter()
-            .filter(|j| j.privilege_escalation)
-            .count()
-            + self
-                .movers
-                .iter()
-                .filter(|m| m.privilege_escalation)
-                .count()
+        self.privilege_granted.len()
     }
 }
 
@@ -277,6 +392,111 @@ pub struct DiffInput {
     /// saw them active, from the history.
     pub last_active: BTreeMap<String, LastActive>,
     pub population: Population,
+    pub rules: AccountRules,
+}
+
+/// The source's settings that the diff applies to accounts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccountRules {
+    /// Names or pks of groups whose members, direct or through child groups, are
+    /// privileged (`privileged_groups`); groups with the superuser flag always are.
+    pub privileged_groups: BTreeSet<String>,
+    /// Where an account's HR key is: `attributes.<key>[.<key>…]` (`hr_key_field`).
+    pub hr_key_field: Option<String>,
+}
+
+impl AccountRules {
+    /// Whether members of `group` are privileged through it (before inheritance).
+    pub fn confers(&self, group: &DirectoryGroup) -> bool {
+        group.is_superuser
+            || self.privileged_groups.contains(&group.external_id)
+            || self.privileged_groups.contains(&group.display_name)
+    }
+
+    /// The path from the first of `groups` (by id) that makes its members privileged,
+    /// directly or through an ancestor, to the group that does.
+    pub fn privilege_path(
+        &self,
+        groups: &BTreeSet<String>,
+        catalog: &BTreeMap<String, DirectoryGroup>,
+    ) -> Option<Vec<GroupRef>> {
+        groups
+            .iter()
+            .find_map(|group| ancestor_path(group, catalog, &|g| self.confers(g)))
+    }
+
+    /// The groups of `catalog` whose members are privileged through them: the groups that
+    /// confer privilege and all their descendants, found from the top down so that a deep or
+    /// cyclic hierarchy costs one visit per group.
+    pub fn privileged_group_ids(
+        &self,
+        catalog: &BTreeMap<String, DirectoryGroup>,
+    ) -> BTreeSet<String> {
+        let mut children: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (id, group) in catalog {
+            for parent in &group.parents {
+                children
+                    .entry(parent.as_str())
+                    .or_default()
+                    .push(id.as_str());
+            }
+        }
+        let mut found: BTreeSet<String> = BTreeSet::new();
+        let mut queue: Vec<&str> = catalog
+            .iter()
+            .filter(|(_, group)| self.confers(group))
+            .map(|(id, _)| id.as_str())
+            .collect();
+        while let Some(id) = queue.pop() {
+            if found.insert(id.to_string()) {
+                queue.extend(children.get(id).into_iter().flatten().copied());
+            }
+        }
+        found
+    }
+
+    /// How an account with these direct groups holds privilege: the group path, an empty
+    /// path for its own superuser flag alone, or `None`. An inactive account holds none.
+    pub fn privilege(
+        &self,
+        account: &DirectoryAccount,
+        groups: &BTreeSet<String>,
+        catalog: &BTreeMap<String, DirectoryGroup>,
+    ) -> Option<Vec<GroupRef>> {
+        if account.status != AccountStatus::Active {
+            return None;
+        }
+        self.privilege_path(groups, catalog)
+            .or_else(|| account.is_superuser.then(Vec::new))
+    }
+
+    /// The account's HR key: the value at `hr_key_field` in its attributes, as text.
+    pub fn hr_key(&self, account: &DirectoryAccount) -> Option<String> {
+        let path = self.hr_key_field.as_deref()?.strip_prefix(HR_KEY_PREFIX)?;
+        let mut keys = path.split('.');
+        let mut value = account.metadata.get(keys.next()?)?;
+        for key in keys {
+            value = value.get(key)?;
+        }
+        match value {
+            serde_json::Value::Null => None,
+            serde_json::Value::String(text) => Some(text.clone()),
+            other => Some(other.to_string()),
+        }
+    }
+}
+
+/// `hr_key_field` names a key of the account's Authentik attributes.
+pub const HR_KEY_PREFIX: &str = "attributes.";
+
+/// A privilege path as people read it: `hr-team-8 → authentik Admins`, or
+/// [`SUPERUSER_FLAG`] for the account's own flag alone.
+pub fn path_text(path: &[GroupRef]) -> String {
+    if path.is_empty() {
+        return SUPERUSER_FLAG.to_string();
+    }
+    let names: Vec<&str> = path.iter().map(|g| g.display_name.as_str()).collect();
+    names.join(" → ")
 }
 
 impl DiffInput {
@@ -304,37 +524,58 @@ pub fn diff(input: &DiffInput) -> DirectoryDiff {
     let mut movers = Vec::new();
     let mut leavers = Vec::new();
     let mut purged = Vec::new();
+    let mut privilege_granted = Vec::new();
+    let mut privilege_removed = Vec::new();
+    let rules = &input.rules;
     let to = &input.to;
     for (uid, sides) in &input.accounts {
         let added: BTreeSet<&String> = sides.new_groups.difference(&sides.old_groups).collect();
         let removed: BTreeSet<&String> = sides.old_groups.difference(&sides.new_groups).collect();
         let groups_added = group_refs(added.iter().copied(), input, After);
         let groups_removed = group_refs(removed.iter().copied(), input, Before);
+        let held_before = sides
+            .old
+            .as_ref()
+            .and_then(|old| rules.privilege(old, &sides.old_groups, &input.groups_before));
+        let held_after = sides
+            .new
+            .as_ref()
+            .and_then(|new| rules.privilege(new, &sides.new_groups, &input.groups_after));
+        let escalation = held_before.is_none() && held_after.is_some();
+        let source_after = held_after.as_deref().map(path_text);
         let without_status: Vec<FieldChange> = sides
             .changes
             .iter()
             .filter(|change| change.field != "status")
             .cloned()
             .collect();
-        match (&sides.old, &sides.new) {
-            (None, Some(new)) if new.status == AccountStatus::Active => joiners.push(Joiner {
+        let joiner =
+            |new: &DirectoryAccount, reason, changes, groups_added, groups_removed| Joiner {
                 external_id: uid.clone(),
                 username: new.username.clone(),
                 canonical_email: new.canonical_email.clone(),
-                reason: JoinReason::Created,
+                reason,
+                status: new.status,
                 account_type: new.account_type,
                 is_superuser: new.is_superuser,
                 added_at: new.added_at.clone(),
                 groups: group_refs(sides.new_groups.iter(), input, After),
-                changes: Vec::new(),
-                groups_added: Vec::new(),
-                groups_removed: Vec::new(),
-                privilege_escalation: effective_superuser(
-                    new,
-                    &sides.new_groups,
-                    &input.groups_after,
-                ),
-            }),
+                changes,
+                groups_added,
+                groups_removed,
+                privilege_escalation: escalation,
+                privileged: held_after.is_some(),
+                privilege_source: source_after.clone(),
+                hr_key: rules.hr_key(new),
+            };
+        match (&sides.old, &sides.new) {
+            (None, Some(new)) if new.status == AccountStatus::Active => joiners.push(joiner(
+                new,
+                JoinReason::Created,
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+            )),
             // Created inactive: no access was granted.
             (None, Some(_)) | (None, None) => {}
             (Some(old), None) if old.status == AccountStatus::Active => leavers.push(leaver(
@@ -355,29 +596,19 @@ pub fn diff(input: &DiffInput) -> DirectoryDiff {
                     last_seen_active_at: last_active.map(|last| last.finished_at),
                     detected_at: to.finished_at,
                     last_login_at: old.last_login_at.clone(),
+                    hr_key: rules.hr_key(old),
                 })
             }
             (Some(old), Some(new))
                 if old.status == AccountStatus::Inactive && new.status == AccountStatus::Active =>
             {
-                joiners.push(Joiner {
-                    external_id: uid.clone(),
-                    username: new.username.clone(),
-                    canonical_email: new.canonical_email.clone(),
-                    reason: JoinReason::Reactivated,
-                    account_type: new.account_type,
-                    is_superuser: new.is_superuser,
-                    added_at: new.added_at.clone(),
-                    groups: group_refs(sides.new_groups.iter(), input, After),
-                    changes: without_status,
+                joiners.push(joiner(
+                    new,
+                    JoinReason::Reactivated,
+                    without_status,
                     groups_added,
                     groups_removed,
-                    privilege_escalation: effective_superuser(
-                        new,
-                        &sides.new_groups,
-                        &input.groups_after,
-                    ),
-                })
+                ))
             }
             (Some(old), Some(new))
                 if old.status == AccountStatus::Active && new.status == AccountStatus::Inactive =>
@@ -393,30 +624,35 @@ pub fn diff(input: &DiffInput) -> DirectoryDiff {
                     without_status,
                 ))
             }
-            (Some(old), Some(new)) => {
-                if sides.changes.is_empty() && added.is_empty() && removed.is_empty() {
-                    continue;
+            (Some(_), Some(new)) => {
+                if !sides.changes.is_empty() || !added.is_empty() || !removed.is_empty() {
+                    movers.push(Mover {
+                        external_id: uid.clone(),
+                        username: new.username.clone(),
+                        canonical_email: new.canonical_email.clone(),
+                        changes: sides.changes.clone(),
+                        groups_added,
+                        groups_removed,
+                        privilege_escalation: escalation,
+                        privileged: held_after.is_some(),
+                        privilege_source: source_after.clone(),
+                        hr_key: rules.hr_key(new),
+                    })
                 }
-                movers.push(Mover {
-                    external_id: uid.clone(),
-                    username: new.username.clone(),
-                    canonical_email: new.canonical_email.clone(),
-                    changes: sides.changes.clone(),
-                    groups_added,
-                    groups_removed,
-                    privilege_escalation: effective_superuser(
-                        new,
-                        &sides.new_groups,
-                        &input.groups_after,
-                    ) && !effective_superuser(
-                        old,
-                        &sides.old_groups,
-                        &input.groups_before,
-                    ),
-                })
             }
         }
+        match (&held_before, &held_after) {
+            (None, Some(path)) => {
+                privilege_granted.push(privilege_change(input, uid, sides, path, Gained))
+            }
+            (Some(path), None) => {
+                privilege_removed.push(privilege_change(input, uid, sides, path, Lost))
+            }
+            _ => {}
+        }
     }
+    let privileged_group_changes =
+        privileged_group_changes(input, &privilege_granted, &privilege_removed);
     DirectoryDiff {
         source: input.source.clone(),
         from_run: input
@@ -433,6 +669,173 @@ pub fn diff(input: &DiffInput) -> DirectoryDiff {
         groups: group_changes(input),
         memberships: membership_changes(input),
         population: input.population,
+        privilege_granted,
+        privilege_removed,
+        privileged_group_changes,
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Gained,
+    Lost,
+}
+use Direction::{Gained, Lost};
+
+/// A grant (the account's privilege `path` after) or a removal (its path before), with why.
+fn privilege_change(
+    input: &DiffInput,
+    uid: &str,
+    sides: &AccountSides,
+    path: &[GroupRef],
+    direction: Direction,
+) -> PrivilegeChange {
+    let (account, other, groups_moved) = match direction {
+        Gained => (&sides.new, &sides.old, &sides.old_groups),
+        Lost => (&sides.old, &sides.new, &sides.new_groups),
+    };
+    let account = account.as_ref().expect("a privileged side exists");
+    let active = |side: &Option<DirectoryAccount>| {
+        side.as_ref()
+            .is_some_and(|account| account.status == AccountStatus::Active)
+    };
+    let flag_switched = |group: &GroupRef| {
+        input
+            .group_changes
+            .get(&group.external_id)
+            .is_some_and(|changes| changes.iter().any(|c| c.field == "is_superuser"))
+    };
+    let reshaped = |group: &GroupRef| {
+        input
+            .group_changes
+            .get(&group.external_id)
+            .is_some_and(|changes| {
+                changes
+                    .iter()
+                    .any(|c| c.field == "parents" || c.field == "display_name")
+            })
+    };
+    let mut groups_changed = Vec::new();
+    let mut source = path_text(path);
+    let reason = match (direction, other) {
+        (Gained, None) => PrivilegeReason::Created,
+        (Lost, None) => PrivilegeReason::Deleted,
+        (Gained, Some(_)) if !active(other) => PrivilegeReason::Reactivated,
+        (Lost, Some(_)) if !active(other) => PrivilegeReason::Deactivated,
+        // Its own membership of the path's first group changed.
+        _ if path
+            .first()
+            .is_some_and(|direct| !groups_moved.contains(&direct.external_id)) =>
+        {
+            PrivilegeReason::Moved
+        }
+        _ if path.last().is_some_and(flag_switched) => {
+            groups_changed.push(path.last().expect("checked").clone());
+            source = GROUP_FLAG_CHANGED.to_string();
+            PrivilegeReason::GroupChanged
+        }
+        _ if path.iter().any(reshaped) => {
+            groups_changed.extend(path.iter().filter(|group| reshaped(group)).cloned());
+            PrivilegeReason::GroupChanged
+        }
+        _ => PrivilegeReason::Moved,
+    };
+    PrivilegeChange {
+        external_id: uid.to_string(),
+        username: account.username.clone(),
+        canonical_email: account.canonical_email.clone(),
+        hr_key: input.rules.hr_key(account),
+        reason,
+        privilege_source: source,
+        path: path.to_vec(),
+        groups_changed,
+    }
+}
+
+/// Changes of groups that make (or made) their members privileged, with the accounts each
+/// one granted or removed privilege for.
+fn privileged_group_changes(
+    input: &DiffInput,
+    granted: &[PrivilegeChange],
+    removed: &[PrivilegeChange],
+) -> Vec<PrivilegedGroupChange> {
+    let rules = &input.rules;
+    let privileged_before = rules.privileged_group_ids(&input.groups_before);
+    let privileged_after = rules.privileged_group_ids(&input.groups_after);
+    let affected = |changes: &[PrivilegeChange], id: &str| {
+        changes
+            .iter()
+            .filter(|change| change.groups_changed.iter().any(|g| g.external_id == id))
+            .count() as u64
+    };
+    let mut result = Vec::new();
+    let catalogs = [
+        (&input.groups_after, &input.groups_before, "created"),
+        (&input.groups_before, &input.groups_after, "deleted"),
+    ];
+    for (catalog, other, change) in catalogs {
+        for (id, group) in catalog {
+            if !other.contains_key(id) && rules.confers(group) {
+                result.push(PrivilegedGroupChange {
+                    external_id: id.clone(),
+                    display_name: group.display_name.clone(),
+                    change: change.to_string(),
+                    changes: Vec::new(),
+                    accounts_granted: 0,
+                    accounts_removed: 0,
+                });
+            }
+        }
+    }
+    for (id, changes) in &input.group_changes {
+        if !privileged_before.contains(id) && !privileged_after.contains(id) {
+            continue;
+        }
+        let relevant: Vec<FieldChange> = changes
+            .iter()
+            .filter(|c| {
+                matches!(
+                    c.field.as_str(),
+                    "is_superuser" | "parents" | "display_name"
+                )
+            })
+            .map(|c| named_parents(input, c))
+            .collect();
+        if relevant.is_empty() {
+            continue;
+        }
+        result.push(PrivilegedGroupChange {
+            external_id: id.clone(),
+            display_name: group_name(id, input, After),
+            change: "changed".to_string(),
+            changes: relevant,
+            accounts_granted: affected(granted, id),
+            accounts_removed: affected(removed, id),
+        });
+    }
+    result
+}
+
+/// A `parents` change with group names in place of pks; any other change as it is.
+fn named_parents(input: &DiffInput, change: &FieldChange) -> FieldChange {
+    if change.field != "parents" {
+        return change.clone();
+    }
+    let names = |value: &serde_json::Value, prefer| match value.as_array() {
+        Some(ids) => serde_json::Value::Array(
+            ids.iter()
+                .map(|id| match id.as_str() {
+                    Some(id) => serde_json::Value::String(group_name(id, input, prefer)),
+                    None => id.clone(),
+                })
+                .collect(),
+        ),
+        None => value.clone(),
+    };
+    FieldChange {
+        field: change.field.clone(),
+        old: names(&change.old, Before),
+        new: names(&change.new, After),
     }
 }
 
@@ -461,7 +864,13 @@ fn leaver(
     changes: Vec<FieldChange>,
 ) -> Leaver {
     let last_active = last_active(input, uid, sides, old);
+    let held = input
+        .rules
+        .privilege(old, &sides.old_groups, &input.groups_before);
     Leaver {
+        privileged_at_departure: held.is_some(),
+        privilege_source: held.as_deref().map(path_text),
+        hr_key: input.rules.hr_key(old),
         external_id: uid.to_string(),
         username: old.username.clone(),
         canonical_email: old.canonical_email.clone(),
@@ -504,27 +913,42 @@ pub fn superuser_path(
     catalog: &BTreeMap<String, DirectoryGroup>,
 ) -> Option<Vec<String>> {
     groups.iter().find_map(|group| {
-        let mut visited = BTreeSet::new();
-        ancestor_path(group, catalog, &mut visited)
+        ancestor_path(group, catalog, &|g| g.is_superuser)
+            .map(|path| path.into_iter().map(|g| g.display_name).collect())
     })
 }
 
+/// The path from `group` up through its ancestors to the first group that `confers`
+/// (depth first, parents in order), `group` itself included.
 fn ancestor_path(
     group: &str,
     catalog: &BTreeMap<String, DirectoryGroup>,
+    confers: &dyn Fn(&DirectoryGroup) -> bool,
+) -> Option<Vec<GroupRef>> {
+    walk_ancestors(group, catalog, confers, &mut BTreeSet::new())
+}
+
+fn walk_ancestors(
+    group: &str,
+    catalog: &BTreeMap<String, DirectoryGroup>,
+    confers: &dyn Fn(&DirectoryGroup) -> bool,
     visited: &mut BTreeSet<String>,
-) -> Option<Vec<String>> {
+) -> Option<Vec<GroupRef>> {
     // A hierarchy with a cycle (hostile data) must not loop.
     if !visited.insert(group.to_string()) {
         return None;
     }
     let record = catalog.get(group)?;
-    if record.is_superuser {
-        return Some(vec![record.display_name.clone()]);
+    let this = GroupRef {
+        external_id: record.external_id.clone(),
+        display_name: record.display_name.clone(),
+    };
+    if confers(record) {
+        return Some(vec![this]);
     }
     record.parents.iter().find_map(|parent| {
-        ancestor_path(parent, catalog, visited).map(|mut path| {
-            path.insert(0, record.display_name.clone());
+        walk_ancestors(parent, catalog, confers, visited).map(|mut path| {
+            path.insert(0, this.clone());
             path
         })
     })

@@ -388,3 +388,298 @@ fn effective_superuser_walks_a_cyclic_hierarchy_without_looping() {
         Some(vec!["C".to_string(), "D".to_string()])
     );
 }
+
+fn child_of(pk: &str, parent: &str, users: &[i64]) -> Value {
+    let mut child = group(pk, false, users);
+    child["parents"] = json!([parent]);
+    child
+}
+
+/// A group's superuser flag switched on makes every member privileged, also the members of
+/// its child groups and without any change to their own records: one privileged group
+/// change naming the group, and one grant per account.
+#[test]
+fn a_group_flag_switched_on_is_one_group_change_and_a_grant_per_member() {
+    let users = || {
+        vec![
+            user(1, true, &["g1"], json!({})),
+            user(2, true, &["child"], json!({})),
+            user(3, false, &["g1"], json!({})),
+            user(4, true, &[], json!({})),
+        ]
+    };
+    let result = diff_of(
+        (
+            users(),
+            vec![group("g1", false, &[1, 3]), child_of("child", "g1", &[2])],
+        ),
+        (
+            users(),
+            vec![group("g1", true, &[1, 3]), child_of("child", "g1", &[2])],
+        ),
+    );
+    let granted: Vec<(&str, PrivilegeReason, &str)> = result
+        .privilege_granted
+        .iter()
+        .map(|g| {
+            (
+                g.external_id.as_str(),
+                g.reason,
+                g.privilege_source.as_str(),
+            )
+        })
+        .collect();
+    // The inactive member holds no access.
+    assert_eq!(
+        granted,
+        vec![
+            ("uid1", PrivilegeReason::GroupChanged, GROUP_FLAG_CHANGED),
+            ("uid2", PrivilegeReason::GroupChanged, GROUP_FLAG_CHANGED),
+        ]
+    );
+    assert_eq!(
+        path_text(&result.privilege_granted[1].path),
+        "Group child → Group g1"
+    );
+    assert_eq!(result.privileged_group_changes.len(), 1);
+    let change = &result.privileged_group_changes[0];
+    assert_eq!(change.display_name, "Group g1");
+    assert_eq!(change.accounts_granted, 2);
+    assert_eq!(change.changes[0].field, "is_superuser");
+    assert!(result.movers.is_empty(), "no account record changed");
+    assert_eq!(result.escalations(), 2);
+}
+
+/// Configured privileged groups count like superuser groups, by name or pk; a parent change
+/// that puts a group under one is a grant for its members with the inheritance path, and its
+/// parents are named, not listed as pks.
+#[test]
+fn privileged_groups_by_name_and_a_parent_change_grant_with_the_path() {
+    let mut source = TestSource::new();
+    source.source.privileged_groups = vec!["Group approvers".to_string()];
+    source.source.hr_key_field = Some("attributes.hr.id".to_string());
+    let people = |in_team: &[i64]| {
+        vec![
+            user(1, true, &["team"], json!({"hr": {"id": "E-1"}})),
+            user(
+                2,
+                true,
+                if in_team.contains(&2) { &["team"] } else { &[] },
+                json!({"hr": {"id": 2}}),
+            ),
+        ]
+    };
+    source.sync(
+        people(&[1]),
+        vec![group("approvers", false, &[]), group("team", false, &[1])],
+    );
+    let result = source
+        .sync(
+            people(&[1, 2]),
+            vec![
+                group("approvers", false, &[]),
+                child_of("team", "approvers", &[1, 2]),
+            ],
+        )
+        .diff
+        .unwrap();
+    let granted: Vec<(&str, PrivilegeReason, &str, Option<&str>)> = result
+        .privilege_granted
+        .iter()
+        .map(|g| {
+            (
+                g.external_id.as_str(),
+                g.reason,
+                g.privilege_source.as_str(),
+                g.hr_key.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        granted,
+        vec![
+            (
+                "uid1",
+                PrivilegeReason::GroupChanged,
+                "Group team → Group approvers",
+                Some("E-1")
+            ),
+            // Added to the team in the same run: its own move is what granted it.
+            (
+                "uid2",
+                PrivilegeReason::Moved,
+                "Group team → Group approvers",
+                Some("2")
+            ),
+        ]
+    );
+    let mover = &result.movers[0];
+    assert!(mover.privilege_escalation && mover.privileged);
+    assert_eq!(mover.hr_key.as_deref(), Some("2"));
+    let change = &result.privileged_group_changes[0];
+    assert_eq!(change.display_name, "Group team");
+    assert_eq!(change.accounts_granted, 1);
+    assert_eq!(change.changes[0].field, "parents");
+    assert_eq!(change.changes[0].new, json!(["Group approvers"]));
+}
+
+/// A reactivated admin is a grant; an admin who leaves takes privilege away, and the leaver
+/// says it was privileged; an inactive account moved into the admin group gains nothing.
+#[test]
+fn reactivation_and_departure_of_admins_grant_and_remove_privilege() {
+    let result = diff_of(
+        (
+            vec![
+                user(1, false, &["admins"], json!({})),
+                user(2, true, &["admins"], json!({"employee_id": "E-2"})),
+                user(3, false, &[], json!({})),
+            ],
+            vec![group("admins", true, &[1, 2])],
+        ),
+        (
+            vec![
+                user(1, true, &["admins"], json!({})),
+                user(2, false, &["admins"], json!({"employee_id": "E-2"})),
+                user(3, false, &["admins"], json!({})),
+            ],
+            vec![group("admins", true, &[1, 2, 3])],
+        ),
+    );
+    assert_eq!(result.joiners.len(), 1);
+    assert!(result.joiners[0].privilege_escalation);
+    assert_eq!(
+        result.joiners[0].privilege_source.as_deref(),
+        Some("Group admins")
+    );
+    let granted: Vec<(&str, PrivilegeReason)> = result
+        .privilege_granted
+        .iter()
+        .map(|g| (g.external_id.as_str(), g.reason))
+        .collect();
+    assert_eq!(granted, vec![("uid1", PrivilegeReason::Reactivated)]);
+    let removed: Vec<(&str, PrivilegeReason)> = result
+        .privilege_removed
+        .iter()
+        .map(|g| (g.external_id.as_str(), g.reason))
+        .collect();
+    assert_eq!(removed, vec![("uid2", PrivilegeReason::Deactivated)]);
+    let leaver = &result.leavers[0];
+    assert!(leaver.privileged_at_departure);
+    assert_eq!(leaver.privilege_source.as_deref(), Some("Group admins"));
+    let mover = result
+        .movers
+        .iter()
+        .find(|m| m.external_id == "uid3")
+        .unwrap();
+    assert!(!mover.privilege_escalation && !mover.privileged);
+}
+
+#[test]
+fn hr_keys_come_from_the_configured_attribute() {
+    let rules = AccountRules {
+        privileged_groups: BTreeSet::new(),
+        hr_key_field: Some("attributes.employee_id".to_string()),
+    };
+    let mut account: DirectoryAccount = serde_json::from_value(json!({
+        "external_id": "u", "secondary_key": null, "username": "u", "display_name": "U",
+        "given_name": null, "family_name": null, "canonical_email": null, "status": "ACTIVE",
+        "account_type": "USER", "authentik_type": null, "is_superuser": false,
+        "organization_unit": null, "added_at": null, "last_login_at": null,
+        "metadata": {"employee_id": 4711}, "primary_source": false
+    }))
+    .unwrap();
+    assert_eq!(rules.hr_key(&account).as_deref(), Some("4711"));
+    account.metadata.clear();
+    assert_eq!(rules.hr_key(&account), None);
+    assert_eq!(AccountRules::default().hr_key(&account), None);
+}
+
+#[test]
+fn privileged_groups_are_found_top_down_through_a_cycle() {
+    let group = |id: &str, parents: &[&str], superuser: bool| {
+        (
+            id.to_string(),
+            DirectoryGroup {
+                external_id: id.into(),
+                display_name: id.to_uppercase(),
+                is_superuser: superuser,
+                parents: parents.iter().map(|p| p.to_string()).collect(),
+                metadata: Default::default(),
+                member_count: 0,
+            },
+        )
+    };
+    let catalog = BTreeMap::from([
+        group("root", &[], true),
+        group("a", &["root", "b"], false),
+        group("b", &["a"], false),
+        group("c", &["x"], false),
+        group("named", &[], false),
+    ]);
+    let rules = AccountRules {
+        privileged_groups: BTreeSet::from(["NAMED".to_string()]),
+        hr_key_field: None,
+    };
+    let ids: Vec<String> = rules.privileged_group_ids(&catalog).into_iter().collect();
+    assert_eq!(ids, vec!["a", "b", "named", "root"]);
+    let path = rules
+        .privilege_path(&BTreeSet::from(["b".to_string()]), &catalog)
+        .unwrap();
+    assert_eq!(path_text(&path), "B → A → ROOT");
+}
+
+/// The privileged accounts counted from a run's stored records agree with the diff's grants
+/// and removals: start + granted − removed = end, with the same paths.
+#[test]
+fn the_census_of_stored_runs_agrees_with_the_grants() {
+    let mut source = TestSource::new();
+    source.source.privileged_groups = vec!["approvers".to_string()];
+    let first = source.sync(
+        vec![
+            user(1, true, &["team"], json!({})),
+            user(2, true, &["admins"], json!({})),
+            user(3, false, &["admins"], json!({})),
+        ],
+        vec![
+            group("admins", true, &[2, 3]),
+            group("approvers", false, &[]),
+            group("team", false, &[1]),
+        ],
+    );
+    let second = source.sync(
+        vec![
+            user(1, true, &["team"], json!({})),
+            user(2, false, &["admins"], json!({})),
+            user(3, true, &["admins"], json!({})),
+        ],
+        vec![
+            group("admins", true, &[2, 3]),
+            group("approvers", false, &[]),
+            child_of("team", "approvers", &[1]),
+        ],
+    );
+    let diff = second.diff.unwrap();
+    let reader = source.store.reader().unwrap();
+    let census = |run| crate::evidence::census(&reader, &source.source, run).unwrap();
+    let (start, end) = (census(&first.run), census(&second.run));
+    let names = |census: &crate::evidence::Census| -> Vec<(String, String)> {
+        census
+            .privileged
+            .iter()
+            .map(|a| (a.username.clone(), a.privilege_source.clone()))
+            .collect()
+    };
+    assert_eq!(names(&start), vec![("user2".into(), "Group admins".into())]);
+    assert_eq!(
+        names(&end),
+        vec![
+            ("user1".into(), "Group team → Group approvers".into()),
+            ("user3".into(), "Group admins".into()),
+        ]
+    );
+    assert_eq!((end.accounts, end.active), (3, 2));
+    assert_eq!(
+        start.privileged.len() + diff.privilege_granted.len() - diff.privilege_removed.len(),
+        end.privileged.len()
+    );
+}

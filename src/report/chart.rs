@@ -54,7 +54,7 @@ fn description(trend: &[TrendPoint]) -> String {
     let (Some(first), Some(last)) = (trend.first(), trend.last()) else {
         return "No complete runs yet.".to_string();
     };
-    let total = |count: fn(&TrendPoint) -> u64| trend.iter().map(count).sum::<u64>();
+    let total = |count: fn(&TrendPoint) -> u64| events(trend).map(count).sum::<u64>();
     format!(
         "{} runs from {} to {}: accounts {} to {}; {} joiners, {} movers and {} leavers in total.",
         trend.len(),
@@ -75,8 +75,9 @@ fn draw(svg: &mut String, trend: &[TrendPoint]) {
         .max()
         .unwrap_or(0)
         .max(1);
-    let max_events = trend
-        .iter()
+    // Scaled to the changes: a baseline's accounts are present, not joiners, and would
+    // flatten every other bar.
+    let max_events = events(trend)
         .map(|point| point.joiners.max(point.movers).max(point.leavers))
         .max()
         .unwrap_or(0)
@@ -105,6 +106,9 @@ fn draw(svg: &mut String, trend: &[TrendPoint]) {
     // Bars first, so the accounts line stays visible on top of them.
     let bar_width = (slot * 0.7 / 3.0).min(MAX_BAR_WIDTH);
     for (index, point) in trend.iter().enumerate() {
+        if point.baseline {
+            continue;
+        }
         let values = [point.joiners, point.movers, point.leavers];
         for (series, (value, (_, color))) in values.iter().zip(EVENT_SERIES).enumerate() {
             let x = x_center(index) + (series as f64 - 1.5) * bar_width;
@@ -187,6 +191,11 @@ fn legend(svg: &mut String) {
             y + 4.0
         );
     }
+}
+
+/// The runs that were compared with an earlier one: the ones whose events are changes.
+fn events(trend: &[TrendPoint]) -> impl Iterator<Item = &TrendPoint> {
+    trend.iter().filter(|point| !point.baseline)
 }
 
 fn date(point: &TrendPoint) -> String {

@@ -2,14 +2,23 @@
 //! in section order, and the text of values, field changes and detection latencies. The
 //! formats only lay this out.
 
+use std::collections::BTreeSet;
+
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::Value;
 use similar::TextDiff;
 
+pub(super) use super::period::detection_latency_seconds;
+use super::period::{
+    coverage_gaps, roll_forward, terminations, CoverageGap, RollForward, RollForwardLine,
+    Terminations,
+};
 use super::Report;
 use crate::diff::{
-    DirectoryDiff, FieldChange, GroupChange, GroupRef, Joiner, Leaver, MembershipRef, Mover, Purge,
+    path_text, DirectoryDiff, FieldChange, GroupChange, GroupRef, Joiner, Leaver, MembershipRef,
+    Mover, PrivilegeChange, PrivilegedGroupChange, Purge,
 };
+use crate::store::RunStatus;
 
 /// Values longer than this, or on several lines, are shown as a unified diff: an `old → new`
 /// of two paragraphs hides what actually changed.
@@ -17,15 +26,69 @@ const INLINE_LIMIT: usize = 80;
 
 pub(super) const LATENCY_MEANING: &str = "an upper bound on how long the change went unseen";
 pub(super) const ESCALATION_FLAG: &str = "PRIVILEGE ESCALATION";
+pub(super) const LOGIN_WARNING: &str =
+    "logged in after the last run that saw the account active: it was used while its departure was not yet seen";
 
 pub(super) fn title(report: &Report) -> String {
     let header = &report.header;
-    match &header.period_from {
-        Some(from) => format!(
-            "Access changes of {}, runs {} to {}",
-            header.source, from, header.run_id
+    match report.diffs.as_slice() {
+        [only] if report.runs.len() == 1 => {
+            format!("Access report of {}, run {}", header.source, only.to_run)
+        }
+        _ => format!(
+            "Access report of {}, {} to {}",
+            header.source,
+            timestamp(header.period.start),
+            timestamp(header.period.end)
         ),
-        None => format!("Access changes of {}, run {}", header.source, header.run_id),
+    }
+}
+
+/// When a run finished, if the report knows the run.
+pub(super) fn run_finished_at(report: &Report, run_id: &str) -> Option<DateTime<Utc>> {
+    report
+        .runs
+        .iter()
+        .find(|run| run.run_id == run_id)
+        .map(|run| run.finished_at)
+        .or_else(|| {
+            report
+                .trend
+                .iter()
+                .find(|point| point.run_id == run_id)
+                .map(|point| point.finished_at)
+        })
+}
+
+/// When a run started, if it is one of the period's.
+pub(super) fn run_started_at(report: &Report, run_id: &str) -> Option<DateTime<Utc>> {
+    report
+        .runs
+        .iter()
+        .find(|run| run.run_id == run_id)
+        .map(|run| run.started_at)
+}
+
+/// A run id with the time it finished, so that a reader needs no lookup.
+pub(super) fn run_label(report: &Report, run_id: &str) -> String {
+    match run_finished_at(report, run_id) {
+        Some(at) => format!("{run_id} ({})", timestamp(at)),
+        None => run_id.to_string(),
+    }
+}
+
+/// The figures of the period, computed once for every format.
+pub(super) struct Figures {
+    pub gaps: Vec<CoverageGap>,
+    pub roll_forward: RollForward,
+    pub terminations: Terminations,
+}
+
+pub(super) fn figures(report: &Report) -> Figures {
+    Figures {
+        gaps: coverage_gaps(report),
+        roll_forward: roll_forward(report),
+        terminations: terminations(report),
     }
 }
 
@@ -41,58 +104,106 @@ pub(super) struct HeaderField {
     pub values: Vec<HeaderValue>,
 }
 
-/// Every field of the header, labelled for an auditor who re-performs the run.
+/// Every field of the header: what the report covers, how it was produced, and how to
+/// re-perform it.
 pub(super) fn header_fields(report: &Report) -> Vec<HeaderField> {
     use HeaderValue::{Literal, Prose};
     let header = &report.header;
+    let period = &header.period;
     let field = |label, value| HeaderField {
         label,
         values: vec![value],
     };
-    let literal_or = |value: &Option<String>, fallback: &str| match value {
-        Some(value) => Literal(value.clone()),
-        None => Prose(fallback.to_string()),
+    let list = |label, values: Vec<HeaderValue>, none: &str| HeaderField {
+        label,
+        values: if values.is_empty() {
+            vec![Prose(none.to_string())]
+        } else {
+            values
+        },
     };
-    let counts = header.counts;
-    let mut fields = vec![
+    let distinct = |values: Vec<String>| -> Vec<HeaderValue> {
+        let set: BTreeSet<String> = values.into_iter().collect();
+        set.into_iter().map(Literal).collect()
+    };
+    let count = |status: RunStatus| report.runs.iter().filter(|r| r.status == status).count();
+    let settings = &header.settings;
+    vec![
+        field("Report id", Literal(header.report_id.clone())),
         field("Source", Literal(header.source.clone())),
-        field("Authentik base URL", Literal(header.base_url.clone())),
+        field("Period start (UTC)", Prose(timestamp(period.start))),
+        field("Period end (UTC)", Prose(timestamp(period.end))),
+        field("Runs selected", Prose(period.selection.clone())),
         field(
-            "Authentik version",
-            literal_or(
-                &header.authentik_version,
-                "unknown: not reported by the server",
-            ),
-        ),
-        field("Run", Literal(header.run_id.clone())),
-        field("Run started at", Prose(timestamp(header.started_at))),
-        field("Run finished at", Prose(timestamp(header.finished_at))),
-        field(
-            "Compared with run",
-            match (&header.previous_run, &header.baseline_reason) {
-                (Some(previous), _) => Literal(previous.clone()),
-                (None, Some(reason)) => Prose(format!("none: {reason}; every record is new")),
-                (None, None) => {
-                    Prose("none: first run of this source, every record is new".to_string())
-                }
+            "Starts from the state of run",
+            match &period.start_run {
+                Some(run) => Literal(run_label(report, run)),
+                None => Prose("none: no complete run before the period".to_string()),
             },
         ),
-    ];
-    if let Some(from) = &header.period_from {
-        fields.push(field("Period from run", Literal(from.clone())));
-    }
-    fields.push(HeaderField {
-        label: "API calls made",
-        values: if header.endpoints.is_empty() {
-            vec![Prose("none".to_string())]
-        } else {
-            header.endpoints.iter().cloned().map(Literal).collect()
-        },
-    });
-    fields.extend([
+        field(
+            "Ends with the state of run",
+            match &period.end_run {
+                Some(run) => Literal(run_label(report, run)),
+                None => Prose("none: no complete run up to the period's end".to_string()),
+            },
+        ),
+        field(
+            "Runs in the period",
+            Prose(format!(
+                "{} ({} complete, {} failed, {} quarantined)",
+                report.runs.len(),
+                count(RunStatus::Complete),
+                count(RunStatus::Failed),
+                count(RunStatus::Quarantined)
+            )),
+        ),
+        list(
+            "Settings fingerprints in force",
+            distinct(
+                report
+                    .runs
+                    .iter()
+                    .map(|run| run.settings_fingerprint.clone())
+                    .collect(),
+            ),
+            "none: no run in the period",
+        ),
+        field("Authentik base URL", Literal(header.base_url.clone())),
+        list(
+            "Authentik versions",
+            distinct(
+                report
+                    .runs
+                    .iter()
+                    .filter_map(|run| run.authentik_version.clone())
+                    .collect(),
+            ),
+            "unknown: not reported by the server",
+        ),
+        list(
+            "Token's Authentik user",
+            distinct(
+                report
+                    .runs
+                    .iter()
+                    .filter_map(|run| run.token_user.as_ref())
+                    .map(|user| format!("{} (pk {})", user.username, user.pk))
+                    .collect(),
+            ),
+            "unknown: not recorded by the runs",
+        ),
+        list(
+            "API calls each run made",
+            header.endpoints.iter().cloned().map(Literal).collect(),
+            "none",
+        ),
         field(
             "Filter expression",
-            literal_or(&header.filter, "none: every record is included"),
+            match &header.filter {
+                Some(filter) => Literal(filter.clone()),
+                None => Prose("none: every record is included".to_string()),
+            },
         ),
         field(
             "Group sync",
@@ -103,24 +214,613 @@ pub(super) fn header_fields(report: &Report) -> Vec<HeaderField> {
                     .to_string()
             }),
         ),
-        field(
-            "Records in the run's snapshot",
-            Prose(format!(
-                "{} accounts, {} groups, {} memberships",
-                counts.accounts, counts.groups, counts.memberships
-            )),
+        list(
+            "Privileged groups",
+            settings
+                .privileged_groups
+                .iter()
+                .cloned()
+                .map(Literal)
+                .collect(),
+            "the superuser groups only (privileged_groups is not set)",
         ),
-        field("aksync version", Literal(header.aksync_version.clone())),
         field(
-            "SHA-256 of the envelope file",
-            literal_or(
-                &header.envelope_sha256,
-                "none: no envelope file was written",
+            "HR key field",
+            match &settings.hr_key_field {
+                Some(key) => Literal(key.clone()),
+                None => Prose("none: hr_key_field is not set".to_string()),
+            },
+        ),
+        field(
+            "Termination SLA",
+            Prose(
+                settings
+                    .sla_seconds
+                    .map_or_else(|| "none: sla is not set".to_string(), format_latency),
             ),
         ),
+        field(
+            "Expected interval between complete runs",
+            Prose(format!(
+                "{}, from {}",
+                format_latency(settings.expected_interval_seconds),
+                settings.expected_interval_from
+            )),
+        ),
+        field(
+            "Produced by",
+            Prose(format!(
+                "aksync {} on host {} as OS user {}",
+                header.producer.aksync_version, header.producer.host, header.producer.os_user
+            )),
+        ),
         field("Report generated at", Prose(timestamp(report.generated_at))),
-    ]);
-    fields
+    ]
+}
+
+/// A piece of a table cell.
+pub(super) enum Piece {
+    Text(String),
+    /// An identifier, shown verbatim.
+    Code(String),
+    Strong(String),
+    /// A link to a section of the report.
+    Link(&'static str, String),
+    /// A warning that must stand out.
+    Flag(String),
+}
+
+pub(super) type Cell = Vec<Piece>;
+
+fn text(value: impl Into<String>) -> Cell {
+    vec![Piece::Text(value.into())]
+}
+
+fn code(value: impl Into<String>) -> Cell {
+    vec![Piece::Code(value.into())]
+}
+
+/// A section that is one table.
+pub(super) struct Block {
+    pub id: &'static str,
+    pub title: &'static str,
+    pub description: String,
+    pub columns: Vec<(&'static str, u32)>,
+    pub rows: Vec<Vec<Cell>>,
+    /// Whether the section must stand out when it has rows.
+    pub alert: bool,
+    /// Whether its rows are a list whose length the heading gives (not a table of figures).
+    pub listing: bool,
+}
+
+impl Block {
+    pub(super) fn heading(&self) -> String {
+        if self.listing {
+            format!("{} ({})", self.title, self.rows.len())
+        } else {
+            self.title.to_string()
+        }
+    }
+}
+
+/// The counts at the top of a report, each linking to its section.
+pub(super) fn summary(report: &Report, figures: &Figures) -> Block {
+    let diffs = &report.diffs;
+    let total = |count: fn(&crate::diff::DirectoryDiff) -> usize| -> usize {
+        diffs.iter().map(count).sum()
+    };
+    let count = |status: RunStatus| report.runs.iter().filter(|r| r.status == status).count();
+    let roll = &figures.roll_forward;
+    let terminations = &figures.terminations;
+    let line = |label: &str, value: String, section: &'static str| {
+        vec![vec![Piece::Link(section, label.to_string())], text(value)]
+    };
+    let rows = vec![
+        line(
+            "Runs in period",
+            format!(
+                "{} ({} complete, {} failed, {} quarantined)",
+                report.runs.len(),
+                count(RunStatus::Complete),
+                count(RunStatus::Failed),
+                count(RunStatus::Quarantined)
+            ),
+            "runs",
+        ),
+        line("Coverage gaps", figures.gaps.len().to_string(), "coverage"),
+        line(
+            "Accounts",
+            format!(
+                "{} → {} ({})",
+                roll.accounts.start,
+                roll.accounts.end,
+                reconciled(&roll.accounts)
+            ),
+            "roll-forward",
+        ),
+        line(
+            "Active accounts",
+            format!(
+                "{} → {} ({})",
+                roll.active.start,
+                roll.active.end,
+                reconciled(&roll.active)
+            ),
+            "roll-forward",
+        ),
+        line(
+            "Privileged accounts",
+            format!(
+                "{} at the start, {} at the end ({})",
+                roll.privileged.start,
+                roll.privileged.end,
+                reconciled(&roll.privileged)
+            ),
+            "privileged-end",
+        ),
+        line(
+            "Privilege granted",
+            total(|d| d.privilege_granted.len()).to_string(),
+            "privilege-granted",
+        ),
+        line(
+            "Privilege removed",
+            total(|d| d.privilege_removed.len()).to_string(),
+            "privilege-removed",
+        ),
+        line(
+            "Privileged group changes",
+            total(|d| d.privileged_group_changes.len()).to_string(),
+            "privileged-groups",
+        ),
+        line(
+            "Terminations",
+            format!(
+                "{} leaver events, {} purged; {} cases, {} people",
+                total(|d| d.leavers.len()),
+                total(|d| d.purged.len()),
+                terminations.cases.len(),
+                terminations.people
+            ),
+            "terminations",
+        ),
+        line(
+            "SLA breaches",
+            match report.header.settings.sla_seconds {
+                Some(_) => terminations.latency.breaches.len().to_string(),
+                None => "no SLA set".to_string(),
+            },
+            "terminations",
+        ),
+        line("Joiners", total(|d| d.joiners.len()).to_string(), "joiners"),
+        line("Movers", total(|d| d.movers.len()).to_string(), "movers"),
+        line(
+            "Group changes",
+            total(|d| d.groups.created.len() + d.groups.deleted.len() + d.groups.changed.len())
+                .to_string(),
+            "groups",
+        ),
+        line(
+            "Membership changes",
+            total(|d| d.memberships.added.len() + d.memberships.removed.len()).to_string(),
+            "memberships",
+        ),
+    ];
+    Block {
+        id: "summary",
+        title: "Summary",
+        description: "What the period holds, with a link to each section.".to_string(),
+        columns: vec![("Section", 30), ("Count", 70)],
+        rows,
+        alert: false,
+        listing: false,
+    }
+}
+
+fn reconciled(line: &RollForwardLine) -> &'static str {
+    if line.reconciles {
+        "reconciles"
+    } else {
+        "DOES NOT RECONCILE"
+    }
+}
+
+/// The sections that are one table each, in report order after the header.
+pub(super) fn blocks(report: &Report, figures: &Figures) -> Vec<Block> {
+    vec![
+        runs_block(report),
+        coverage_block(report, figures),
+        roll_forward_block(report, figures),
+        privileged_block(report, Side::Start),
+        privileged_block(report, Side::End),
+        privilege_block(report, Side::End),
+        privilege_block(report, Side::Start),
+        privileged_groups_block(report),
+        terminations_block(report, figures),
+    ]
+}
+
+fn runs_block(report: &Report) -> Block {
+    let rows = report
+        .runs
+        .iter()
+        .map(|run| {
+            let status = match run.status {
+                RunStatus::Complete => text(run.status.as_str()),
+                _ => vec![Piece::Flag(run.status.as_str().to_string())],
+            };
+            let mut detail = Vec::new();
+            if let Some(error) = &run.error {
+                detail.push(Piece::Text(format!("error: {error}")));
+            }
+            match (&run.previous_run, run.status) {
+                (_, RunStatus::Failed) => {}
+                (Some(previous), _) => {
+                    detail.push(Piece::Text("compared with ".to_string()));
+                    detail.push(Piece::Code(run_label(report, previous)));
+                }
+                (None, _) => detail.push(Piece::Text(format!(
+                    "baseline: {}",
+                    run.baseline_reason
+                        .as_deref()
+                        .unwrap_or("first run of this source, every record is new")
+                ))),
+            }
+            vec![
+                code(run.run_id.clone()),
+                status,
+                text(format!(
+                    "{} to {}",
+                    timestamp(run.started_at),
+                    timestamp(run.finished_at)
+                )),
+                text(format!(
+                    "{} accounts, {} groups, {} memberships",
+                    run.counts.accounts, run.counts.groups, run.counts.memberships
+                )),
+                match &run.envelope_sha256 {
+                    Some(sha) => code(sha.clone()),
+                    None => text("none"),
+                },
+                detail,
+            ]
+        })
+        .collect();
+    Block {
+        id: "runs",
+        title: "Runs in period",
+        description: "Every run of the period, complete, failed or quarantined: a failed run stored nothing, so the time until the next complete run went unobserved.".to_string(),
+        columns: vec![
+            ("Run", 17),
+            ("Status", 9),
+            ("Started and finished (UTC)", 16),
+            ("Records", 14),
+            ("Envelope SHA-256", 24),
+            ("Compared with, baseline reason or error", 20),
+        ],
+        rows,
+        alert: false,
+        listing: true,
+    }
+}
+
+fn coverage_block(report: &Report, figures: &Figures) -> Block {
+    let end = |at: DateTime<Utc>, run: &Option<String>, edge: &str| match run {
+        Some(run) => vec![
+            Piece::Code(run.clone()),
+            Piece::Text(format!(" ({})", timestamp(at))),
+        ],
+        None => text(format!("{edge} ({})", timestamp(at))),
+    };
+    let rows = figures
+        .gaps
+        .iter()
+        .map(|gap| {
+            vec![
+                end(gap.from, &gap.from_run, "period start"),
+                end(gap.to, &gap.to_run, "period end"),
+                vec![Piece::Strong(format_latency(gap.seconds))],
+                if gap.runs_not_complete.is_empty() {
+                    text("none")
+                } else {
+                    code(gap.runs_not_complete.join(", "))
+                },
+            ]
+        })
+        .collect();
+    Block {
+        id: "coverage",
+        title: "Coverage gaps",
+        description: format!(
+            "Intervals between the period's start, its complete runs and its end that are longer than the expected interval ({}): the directory was not observed for that long.",
+            format_latency(report.header.settings.expected_interval_seconds)
+        ),
+        columns: vec![("From", 30), ("To", 30), ("Length", 15), ("Runs that did not complete", 25)],
+        rows,
+        alert: !figures.gaps.is_empty(),
+        listing: true,
+    }
+}
+
+fn roll_forward_block(report: &Report, figures: &Figures) -> Block {
+    let roll = &figures.roll_forward;
+    let lines = [
+        ("Accounts", "created", "deleted", &roll.accounts),
+        ("Active accounts", "joined", "left", &roll.active),
+        (
+            "Privileged accounts",
+            "granted",
+            "removed",
+            &roll.privileged,
+        ),
+    ];
+    let rows = lines
+        .iter()
+        .map(|(name, added, removed, line)| {
+            let mut check = text(reconciled(line));
+            if !line.reconciles {
+                check = vec![Piece::Flag(reconciled(line).to_string())];
+            }
+            vec![
+                text(*name),
+                text(line.start.to_string()),
+                text(format!("+{} {added}", line.added)),
+                text(format!("−{} {removed}", line.removed)),
+                text(if line.restated == 0 {
+                    "0".to_string()
+                } else {
+                    format!("{:+}", line.restated)
+                }),
+                text(line.end.to_string()),
+                check,
+            ]
+        })
+        .collect();
+    let start = report.start.run_id.as_deref().map_or_else(
+        || "no run (nothing yet)".to_string(),
+        |run| run_label(report, run),
+    );
+    let end = report
+        .end
+        .run_id
+        .as_deref()
+        .map_or_else(|| "no run".to_string(), |run| run_label(report, run));
+    Block {
+        id: "roll-forward",
+        title: "Roll-forward",
+        description: format!(
+            "Start (counted in run {start}) + added − removed + restated = end (counted in run {end}). Start and end are counted from the stored records, the changes from the runs' events, so the two check each other. Restated: the difference at a baseline run, which is compared with nothing."
+        ),
+        columns: vec![
+            ("Population", 20),
+            ("Start", 10),
+            ("Added", 15),
+            ("Removed", 15),
+            ("Restated", 10),
+            ("End", 10),
+            ("Check", 20),
+        ],
+        rows,
+        alert: !(roll.accounts.reconciles && roll.active.reconciles && roll.privileged.reconciles),
+        listing: false,
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Start,
+    End,
+}
+
+fn account_cell(
+    username: &str,
+    external_id: &str,
+    email: Option<&str>,
+    hr_key: Option<&str>,
+) -> Cell {
+    let mut cell = vec![
+        Piece::Strong(username.to_string()),
+        Piece::Text(" ".to_string()),
+        Piece::Code(external_id.to_string()),
+    ];
+    if let Some(email) = email {
+        cell.push(Piece::Text(format!(" {email}")));
+    }
+    if let Some(key) = hr_key {
+        cell.push(Piece::Text(format!(" HR key {key}")));
+    }
+    cell
+}
+
+fn privileged_block(report: &Report, side: Side) -> Block {
+    let (snapshot, id, title, when) = match side {
+        Side::Start => (
+            &report.start,
+            "privileged-start",
+            "Privileged accounts at the start",
+            "the period starts from",
+        ),
+        Side::End => (
+            &report.end,
+            "privileged-end",
+            "Privileged accounts at the end",
+            "the period ends with",
+        ),
+    };
+    let rows = snapshot
+        .privileged
+        .iter()
+        .map(|account| {
+            vec![
+                account_cell(
+                    &account.username,
+                    &account.external_id,
+                    account.canonical_email.as_deref(),
+                    account.hr_key.as_deref(),
+                ),
+                text(account.privilege_source.clone()),
+            ]
+        })
+        .collect();
+    let run = snapshot
+        .run_id
+        .as_deref()
+        .map_or_else(|| "no run".to_string(), |run| run_label(report, run));
+    Block {
+        id,
+        title,
+        description: format!(
+            "Active accounts with superuser rights (their own flag, or a superuser group reached directly or through a parent) or in a privileged group, in run {run}, which {when}."
+        ),
+        columns: vec![("Account", 55), ("Privilege source", 45)],
+        rows,
+        alert: false,
+        listing: true,
+    }
+}
+
+/// Grants (`Side::End`: privileged after) or removals.
+fn privilege_block(report: &Report, side: Side) -> Block {
+    let (id, title, description) = match side {
+        Side::End => (
+            "privilege-granted",
+            "Privilege granted",
+            "Every account that became privileged, by any path: created, reactivated, moved, or because a group's superuser flag, parents or name changed. Each needs an approval on record.",
+        ),
+        Side::Start => (
+            "privilege-removed",
+            "Privilege removed",
+            "Every account that stopped being privileged: it left, moved out of the group, or a group changed.",
+        ),
+    };
+    let mut rows = Vec::new();
+    for diff in &report.diffs {
+        let changes = match side {
+            Side::End => &diff.privilege_granted,
+            Side::Start => &diff.privilege_removed,
+        };
+        for change in changes {
+            let mut account = account_cell(
+                &change.username,
+                &change.external_id,
+                change.canonical_email.as_deref(),
+                change.hr_key.as_deref(),
+            );
+            if side == Side::End {
+                account.push(Piece::Flag(ESCALATION_FLAG.to_string()));
+            }
+            let mut source = text(change.privilege_source.clone());
+            if change.privilege_source == crate::diff::GROUP_FLAG_CHANGED {
+                source.push(Piece::Text(format!(": {}", path_text(&change.path))));
+            }
+            rows.push(vec![
+                account,
+                text(change.reason.as_str()),
+                source,
+                code(run_label(report, &diff.to_run)),
+            ]);
+        }
+    }
+    Block {
+        id,
+        title,
+        description: description.to_string(),
+        columns: vec![
+            ("Account", 40),
+            ("Reason", 13),
+            ("Privilege source", 27),
+            ("Run", 20),
+        ],
+        alert: side == Side::End && !rows.is_empty(),
+        listing: true,
+        rows,
+    }
+}
+
+fn privileged_groups_block(report: &Report) -> Block {
+    let mut rows = Vec::new();
+    for diff in &report.diffs {
+        for change in &diff.privileged_group_changes {
+            let what = if change.changes.is_empty() {
+                text(format!("group {}", change.change))
+            } else {
+                text(one_line_changes(&change.changes).join("; "))
+            };
+            rows.push(vec![
+                vec![
+                    Piece::Strong(change.display_name.clone()),
+                    Piece::Text(" ".to_string()),
+                    Piece::Code(change.external_id.clone()),
+                ],
+                what,
+                text(format!(
+                    "{} granted, {} removed",
+                    change.accounts_granted, change.accounts_removed
+                )),
+                code(run_label(report, &diff.to_run)),
+            ]);
+        }
+    }
+    Block {
+        id: "privileged-groups",
+        title: "Privileged group changes",
+        description: "Changes to groups that make their members privileged: the superuser flag, the parents (named) or the name, and such groups created or deleted, with the number of accounts each change granted or removed privilege for.".to_string(),
+        columns: vec![("Group", 30), ("Change", 35), ("Accounts affected", 15), ("Run", 20)],
+        alert: false,
+        listing: true,
+        rows,
+    }
+}
+
+fn terminations_block(report: &Report, figures: &Figures) -> Block {
+    let latency = &figures.terminations.latency;
+    let seconds = |value: Option<u64>| value.map_or_else(|| "none".to_string(), format_latency);
+    let sla = report.header.settings.sla_seconds;
+    let mut rows = vec![
+        vec![
+            text("Termination cases"),
+            text(format!(
+                "{} cases of {} people (a deactivation and the later deletion of the same account are one case)",
+                figures.terminations.cases.len(),
+                figures.terminations.people
+            )),
+        ],
+        vec![text("Cases with a known latency (n)"), text(latency.n.to_string())],
+        vec![text("Median detection latency"), text(seconds(latency.median_seconds))],
+        vec![text("95th percentile"), text(seconds(latency.p95_seconds))],
+        vec![text("Maximum"), text(seconds(latency.max_seconds))],
+        vec![
+            text("SLA"),
+            text(sla.map_or_else(|| "none: sla is not set".to_string(), format_latency)),
+        ],
+    ];
+    for breach in &latency.breaches {
+        rows.push(vec![
+            vec![Piece::Flag("SLA BREACH".to_string())],
+            vec![
+                Piece::Strong(breach.username.clone()),
+                Piece::Text(" ".to_string()),
+                Piece::Code(breach.external_id.clone()),
+                Piece::Text(format!(
+                    " detected after {} (SLA {}) by run ",
+                    format_latency(breach.latency_seconds),
+                    format_latency(breach.sla_seconds)
+                )),
+                Piece::Code(run_label(report, &breach.run_id)),
+            ],
+        ]);
+    }
+    Block {
+        id: "terminations",
+        title: "Terminations and timeliness",
+        description: format!(
+            "Detection latency of each termination case: from the last run that saw the account active to the run that saw its first termination event, {LATENCY_MEANING}. Statistics over the cases with a known latency; the median of an even count is the mean of the middle two, the 95th percentile the nearest rank."
+        ),
+        columns: vec![("Figure", 30), ("Value", 70)],
+        alert: !latency.breaches.is_empty(),
+        listing: false,
+        rows,
+    }
 }
 
 /// The kinds of event, in the order the report lists them.
@@ -128,6 +828,9 @@ pub(super) fn header_fields(report: &Report) -> Vec<HeaderField> {
 pub(super) enum EventType {
     Leaver,
     Purged,
+    PrivilegeGranted,
+    PrivilegeRemoved,
+    PrivilegedGroupChange,
     Joiner,
     Mover,
     GroupCreated,
@@ -142,6 +845,9 @@ impl EventType {
         match self {
             EventType::Leaver => "leaver",
             EventType::Purged => "purged",
+            EventType::PrivilegeGranted => "privilege_granted",
+            EventType::PrivilegeRemoved => "privilege_removed",
+            EventType::PrivilegedGroupChange => "privileged_group_change",
             EventType::Joiner => "joiner",
             EventType::Mover => "mover",
             EventType::GroupCreated => "group_created",
@@ -156,6 +862,9 @@ impl EventType {
 pub(super) enum EventKind<'a> {
     Leaver(&'a Leaver),
     Purged(&'a Purge),
+    PrivilegeGranted(&'a PrivilegeChange),
+    PrivilegeRemoved(&'a PrivilegeChange),
+    PrivilegedGroupChange(&'a PrivilegedGroupChange),
     Joiner(&'a Joiner),
     Mover(&'a Mover),
     GroupCreated(&'a GroupRef),
@@ -186,7 +895,7 @@ pub(super) fn events(report: &Report) -> Vec<Event<'_>> {
 }
 
 fn diff_events<'a>(report: &'a Report, diff: &'a DirectoryDiff) -> Vec<Event<'a>> {
-    let run_finished_at = run_finished_at(report, &diff.to_run);
+    let run_finished_at = run_finished_at(report, &diff.to_run).unwrap_or(report.header.period.end);
     let groups = &diff.groups;
     let memberships = &diff.memberships;
     let kinds = diff
@@ -194,6 +903,21 @@ fn diff_events<'a>(report: &'a Report, diff: &'a DirectoryDiff) -> Vec<Event<'a>
         .iter()
         .map(EventKind::Leaver)
         .chain(diff.purged.iter().map(EventKind::Purged))
+        .chain(
+            diff.privilege_granted
+                .iter()
+                .map(EventKind::PrivilegeGranted),
+        )
+        .chain(
+            diff.privilege_removed
+                .iter()
+                .map(EventKind::PrivilegeRemoved),
+        )
+        .chain(
+            diff.privileged_group_changes
+                .iter()
+                .map(EventKind::PrivilegedGroupChange),
+        )
         .chain(diff.joiners.iter().map(EventKind::Joiner))
         .chain(diff.movers.iter().map(EventKind::Mover))
         .chain(groups.created.iter().map(EventKind::GroupCreated))
@@ -214,21 +938,14 @@ fn diff_events<'a>(report: &'a Report, diff: &'a DirectoryDiff) -> Vec<Event<'a>
         .collect()
 }
 
-/// A diff names its runs only by id; their finish times are in the trend, and a run missing
-/// from it can only be the report's own run.
-fn run_finished_at(report: &Report, run_id: &str) -> DateTime<Utc> {
-    report
-        .trend
-        .iter()
-        .find(|point| point.run_id == run_id)
-        .map_or(report.header.finished_at, |point| point.finished_at)
-}
-
 impl Event<'_> {
     pub(super) fn event_type(&self) -> EventType {
         match self.kind {
             EventKind::Leaver(_) => EventType::Leaver,
             EventKind::Purged(_) => EventType::Purged,
+            EventKind::PrivilegeGranted(_) => EventType::PrivilegeGranted,
+            EventKind::PrivilegeRemoved(_) => EventType::PrivilegeRemoved,
+            EventKind::PrivilegedGroupChange(_) => EventType::PrivilegedGroupChange,
             EventKind::Joiner(_) => EventType::Joiner,
             EventKind::Mover(_) => EventType::Mover,
             EventKind::GroupCreated(_) => EventType::GroupCreated,
@@ -244,6 +961,10 @@ impl Event<'_> {
         match self.kind {
             EventKind::Leaver(leaver) => leaver.external_id.clone(),
             EventKind::Purged(purge) => purge.external_id.clone(),
+            EventKind::PrivilegeGranted(change) | EventKind::PrivilegeRemoved(change) => {
+                change.external_id.clone()
+            }
+            EventKind::PrivilegedGroupChange(group) => group.external_id.clone(),
             EventKind::Joiner(joiner) => joiner.external_id.clone(),
             EventKind::Mover(mover) => mover.external_id.clone(),
             EventKind::GroupCreated(group) | EventKind::GroupDeleted(group) => {
@@ -264,6 +985,10 @@ impl Event<'_> {
         match self.kind {
             EventKind::Leaver(leaver) => &leaver.username,
             EventKind::Purged(purge) => &purge.username,
+            EventKind::PrivilegeGranted(change) | EventKind::PrivilegeRemoved(change) => {
+                &change.username
+            }
+            EventKind::PrivilegedGroupChange(group) => &group.display_name,
             EventKind::Joiner(joiner) => &joiner.username,
             EventKind::Mover(mover) => &mover.username,
             EventKind::GroupCreated(group) | EventKind::GroupDeleted(group) => &group.display_name,
@@ -278,79 +1003,19 @@ impl Event<'_> {
         match self.kind {
             EventKind::Leaver(leaver) => leaver.canonical_email.as_deref(),
             EventKind::Purged(purge) => purge.canonical_email.as_deref(),
+            EventKind::PrivilegeGranted(change) | EventKind::PrivilegeRemoved(change) => {
+                change.canonical_email.as_deref()
+            }
             EventKind::Joiner(joiner) => joiner.canonical_email.as_deref(),
             EventKind::Mover(mover) => mover.canonical_email.as_deref(),
             _ => None,
         }
     }
-
-    pub(super) fn is_escalation(&self) -> bool {
-        match self.kind {
-            EventKind::Mover(mover) => mover.privilege_escalation,
-            EventKind::Joiner(joiner) => joiner.privilege_escalation,
-            _ => false,
-        }
-    }
-
-    /// A one-line description for a spreadsheet row or a summary list.
-    pub(super) fn detail(&self) -> String {
-        match self.kind {
-            EventKind::Leaver(leaver) => format!(
-                "{}; groups: {}; latency {}; memberships removed: {}",
-                leaver.reason.as_str(),
-                group_names(&leaver.groups_at_departure),
-                detection_latency(leaver),
-                yes_no(leaver.memberships_removed)
-            ),
-            EventKind::Purged(purge) => format!(
-                "deleted after it had already left; last seen active {}",
-                purge
-                    .last_seen_active_at
-                    .map_or_else(|| "unknown".to_string(), timestamp)
-            ),
-            EventKind::Joiner(joiner) => {
-                let mut detail = format!(
-                    "{}; groups: {}",
-                    joiner.reason.as_str(),
-                    group_names(&joiner.groups)
-                );
-                for change in one_line_changes(&joiner.changes) {
-                    detail.push_str(&format!("; {change}"));
-                }
-                if joiner.privilege_escalation {
-                    detail.push_str(&format!(" ({ESCALATION_FLAG})"));
-                }
-                detail
-            }
-            EventKind::Mover(mover) => {
-                let mut parts = one_line_changes(&mover.changes);
-                // Words, not "+group": a cell starting with + or - is a formula to a
-                // spreadsheet, and the CSV writer would have to put a quote before it.
-                let added = mover.groups_added.iter();
-                let removed = mover.groups_removed.iter();
-                parts.extend(added.map(|group| format!("added to {}", group.display_name)));
-                parts.extend(removed.map(|group| format!("removed from {}", group.display_name)));
-                let mut detail = parts.join("; ");
-                if mover.privilege_escalation {
-                    detail.push_str(&format!(" ({ESCALATION_FLAG})"));
-                }
-                detail
-            }
-            EventKind::GroupCreated(_) => "group created".to_string(),
-            EventKind::GroupDeleted(_) => "group deleted".to_string(),
-            EventKind::GroupChanged(group) => one_line_changes(&group.changes).join("; "),
-            EventKind::MembershipAdded(membership) => format!("added to {}", membership.group_name),
-            EventKind::MembershipRemoved(membership) => {
-                format!("removed from {}", membership.group_name)
-            }
-        }
-    }
 }
 
-/// The report's sections after the header, in order.
+/// The sections that list events, in order after the [`Block`]s.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Section {
-    Escalations,
     Leavers,
     Joiners,
     Movers,
@@ -359,8 +1024,7 @@ pub(super) enum Section {
 }
 
 impl Section {
-    pub(super) const ALL: [Section; 6] = [
-        Section::Escalations,
+    pub(super) const ALL: [Section; 5] = [
         Section::Leavers,
         Section::Joiners,
         Section::Movers,
@@ -371,7 +1035,6 @@ impl Section {
     /// The HTML anchor, stable for links from tickets and for tests.
     pub(super) fn id(self) -> &'static str {
         match self {
-            Section::Escalations => "escalations",
             Section::Leavers => "leavers",
             Section::Joiners => "joiners",
             Section::Movers => "movers",
@@ -382,7 +1045,6 @@ impl Section {
 
     pub(super) fn title(self) -> &'static str {
         match self {
-            Section::Escalations => "Privilege escalations",
             Section::Leavers => "Leavers",
             Section::Joiners => "Joiners",
             Section::Movers => "Movers",
@@ -394,13 +1056,10 @@ impl Section {
     /// What the section lists, for a reader who does not know aksync.
     pub(super) fn description(self) -> &'static str {
         match self {
-            Section::Escalations => {
-                "Accounts that joined or moved with superuser rights (the superuser flag, or a superuser group, directly or through a parent group). Each needs an approval on record."
-            }
             Section::Leavers => {
-                "Accounts deleted or deactivated. Detection latency is the time between the last run that saw the account active and the run that saw it gone: an upper bound on how long the change went unseen. An account deleted after it had already left is listed as purged: the end of the same termination, not a second leaver."
+                "Every termination event: accounts deleted or deactivated while active. Detection latency is the time between the last run that saw the account active and the run that saw it gone: an upper bound on how long the change went unseen. An account deleted after it had already left is listed as purged: the end of the same termination case, not a second leaver."
             }
-            Section::Joiners => "Accounts created, or reactivated after being inactive.",
+            Section::Joiners => "Accounts created active, or reactivated after being inactive, with their status, account type, superuser flag and Authentik's date_joined. A run compared with nothing (a baseline) has no joiners: its accounts were present at the baseline.",
             Section::Movers => {
                 "Accounts whose material fields or direct group memberships changed."
             }
@@ -414,7 +1073,6 @@ impl Section {
     pub(super) fn includes(self, event: &Event<'_>) -> bool {
         let event_type = event.event_type();
         match self {
-            Section::Escalations => event.is_escalation(),
             Section::Leavers => matches!(event_type, EventType::Leaver | EventType::Purged),
             Section::Joiners => event_type == EventType::Joiner,
             Section::Movers => event_type == EventType::Mover,
@@ -457,15 +1115,6 @@ pub fn group_names(groups: &[GroupRef]) -> String {
         .map(|group| group.display_name.as_str())
         .collect();
     names.join(", ")
-}
-
-/// Seconds between the last run that saw the leaver active and the run that saw it gone.
-/// A last-seen time after the detection can only come from clock skew between runs, so the
-/// bound is then zero.
-pub(super) fn detection_latency_seconds(leaver: &Leaver) -> Option<u64> {
-    let last_seen = leaver.last_seen_active_at?;
-    let seconds = (leaver.detected_at - last_seen).num_seconds();
-    Some(seconds.max(0).unsigned_abs())
 }
 
 /// The detection latency for people, e.g. "1h 05m", or "unknown".

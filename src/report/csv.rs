@@ -1,34 +1,249 @@
-//! The CSV report: one row per event, for sign-off in a spreadsheet. Quoting and formula
-//! defusing are the CLI's CSV writer's.
+//! The CSV report: one row per event, with typed columns an auditor can filter and pivot
+//! (times in RFC 3339 UTC, latencies in seconds, flags `true`/`false`, empty where a column
+//! does not apply). Every run of the period comes first as an event `run` whose reason is its
+//! status (and a failed run's error), so the file shows the coverage too. An event that
+//! changed several fields has one row per field, alike but for `field`, `old` and `new`.
+//! Quoting and formula defusing are the CLI's CSV writer's.
 
-use super::content::{events, timestamp};
+use super::content::{events, run_started_at, timestamp, Event, EventKind};
+use super::period::{detection_latency_seconds, within_sla};
 use super::Report;
 use crate::cli::output::csv;
+use crate::diff::{FieldChange, GroupRef};
 
-const COLUMNS: [&str; 7] = [
-    "type",
+/// The columns, in order.
+pub const COLUMNS: [&str; 23] = [
+    "source",
+    "run_id",
+    "run_started_at",
+    "event",
+    "reason",
     "external_id",
     "username",
     "email",
-    "detail",
+    "hr_key",
+    "privileged",
+    "escalation",
+    "privilege_source",
+    "groups",
+    "groups_added",
+    "groups_removed",
+    "field",
+    "old",
+    "new",
+    "last_seen_active_at",
     "detected_at",
-    "run_id",
+    "latency_seconds",
+    "within_sla",
+    "last_login_at",
 ];
 
-pub(super) fn render(report: &Report) -> String {
-    let rows: Vec<Vec<String>> = events(report)
+/// One row before it is split by field change.
+#[derive(Default)]
+struct Row {
+    reason: String,
+    username: String,
+    hr_key: Option<String>,
+    privileged: Option<bool>,
+    escalation: Option<bool>,
+    privilege_source: Option<String>,
+    groups: Vec<String>,
+    groups_added: Vec<String>,
+    groups_removed: Vec<String>,
+    changes: Vec<FieldChange>,
+    last_seen_active_at: Option<String>,
+    latency_seconds: Option<u64>,
+    within_sla: Option<bool>,
+    last_login_at: Option<String>,
+}
+
+fn names(groups: &[GroupRef]) -> Vec<String> {
+    groups
         .iter()
-        .map(|event| {
+        .map(|group| group.display_name.clone())
+        .collect()
+}
+
+/// A value as a cell: a string as it is, nothing for null, anything else as compact JSON.
+fn value_text(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::Null => String::new(),
+        serde_json::Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn flag(value: Option<bool>) -> String {
+    value.map_or_else(String::new, |value| value.to_string())
+}
+
+fn row(report: &Report, event: &Event<'_>) -> Row {
+    let sla = report.header.settings.sla_seconds;
+    let username = event.name().to_string();
+    match event.kind {
+        EventKind::Leaver(leaver) => {
+            let latency = detection_latency_seconds(leaver);
+            Row {
+                reason: leaver.reason.as_str().to_string(),
+                username,
+                hr_key: leaver.hr_key.clone(),
+                privileged: Some(leaver.privileged_at_departure),
+                privilege_source: leaver.privilege_source.clone(),
+                groups: names(&leaver.groups_at_departure),
+                changes: leaver.changes.clone(),
+                last_seen_active_at: leaver.last_seen_active_at.map(timestamp),
+                latency_seconds: latency,
+                within_sla: within_sla(latency, sla),
+                last_login_at: leaver.last_login_at.clone(),
+                ..Row::default()
+            }
+        }
+        EventKind::Purged(purge) => Row {
+            reason: "deleted after it had already left".to_string(),
+            username,
+            hr_key: purge.hr_key.clone(),
+            last_seen_active_at: purge.last_seen_active_at.map(timestamp),
+            last_login_at: purge.last_login_at.clone(),
+            ..Row::default()
+        },
+        EventKind::PrivilegeGranted(change) | EventKind::PrivilegeRemoved(change) => {
+            let granted = matches!(event.kind, EventKind::PrivilegeGranted(_));
+            Row {
+                reason: change.reason.as_str().to_string(),
+                username,
+                hr_key: change.hr_key.clone(),
+                privileged: Some(granted),
+                escalation: Some(granted),
+                privilege_source: Some(change.privilege_source.clone()),
+                groups: names(&change.path),
+                ..Row::default()
+            }
+        }
+        EventKind::PrivilegedGroupChange(group) => Row {
+            reason: format!(
+                "group {}: {} accounts granted, {} removed",
+                group.change, group.accounts_granted, group.accounts_removed
+            ),
+            groups: vec![group.display_name.clone()],
+            changes: group.changes.clone(),
+            ..Row::default()
+        },
+        EventKind::Joiner(joiner) => Row {
+            reason: joiner.reason.as_str().to_string(),
+            username,
+            hr_key: joiner.hr_key.clone(),
+            privileged: Some(joiner.privileged),
+            escalation: Some(joiner.privilege_escalation),
+            privilege_source: joiner.privilege_source.clone(),
+            groups: names(&joiner.groups),
+            groups_added: names(&joiner.groups_added),
+            groups_removed: names(&joiner.groups_removed),
+            changes: joiner.changes.clone(),
+            ..Row::default()
+        },
+        EventKind::Mover(mover) => Row {
+            reason: "moved".to_string(),
+            username,
+            hr_key: mover.hr_key.clone(),
+            privileged: Some(mover.privileged),
+            escalation: Some(mover.privilege_escalation),
+            privilege_source: mover.privilege_source.clone(),
+            groups_added: names(&mover.groups_added),
+            groups_removed: names(&mover.groups_removed),
+            changes: mover.changes.clone(),
+            ..Row::default()
+        },
+        EventKind::GroupCreated(group) | EventKind::GroupDeleted(group) => Row {
+            reason: if matches!(event.kind, EventKind::GroupCreated(_)) {
+                "created"
+            } else {
+                "deleted"
+            }
+            .to_string(),
+            groups: vec![group.display_name.clone()],
+            ..Row::default()
+        },
+        EventKind::GroupChanged(group) => Row {
+            reason: "changed".to_string(),
+            groups: vec![group.display_name.clone()],
+            changes: group.changes.clone(),
+            ..Row::default()
+        },
+        EventKind::MembershipAdded(membership) => Row {
+            reason: "added".to_string(),
+            username,
+            groups_added: vec![membership.group_name.clone()],
+            ..Row::default()
+        },
+        EventKind::MembershipRemoved(membership) => Row {
+            reason: "removed".to_string(),
+            username,
+            groups_removed: vec![membership.group_name.clone()],
+            ..Row::default()
+        },
+    }
+}
+
+/// The row of one run: `event` is `run`, `reason` its status.
+fn run_row(report: &Report, run: &super::PeriodRun) -> Vec<String> {
+    let mut row = vec![String::new(); COLUMNS.len()];
+    let reason = match &run.error {
+        Some(error) => format!("{}: {error}", run.status.as_str()),
+        None => run.status.as_str().to_string(),
+    };
+    for (column, value) in [
+        ("source", report.header.source.clone()),
+        ("run_id", run.run_id.clone()),
+        ("run_started_at", timestamp(run.started_at)),
+        ("event", "run".to_string()),
+        ("reason", reason),
+        ("detected_at", timestamp(run.finished_at)),
+    ] {
+        if let Some(index) = COLUMNS.iter().position(|name| *name == column) {
+            row[index] = value;
+        }
+    }
+    row
+}
+
+pub(super) fn render(report: &Report) -> String {
+    let mut rows: Vec<Vec<String>> = report.runs.iter().map(|run| run_row(report, run)).collect();
+    for event in events(report) {
+        let row = row(report, &event);
+        let fixed = |change: Option<&FieldChange>| {
             vec![
-                event.event_type().as_str().to_string(),
-                event.external_id(),
-                event.name().to_string(),
-                event.email().unwrap_or_default().to_string(),
-                event.detail(),
-                timestamp(event.detected_at),
+                report.header.source.clone(),
                 event.run_id.to_string(),
+                run_started_at(report, event.run_id).map_or_else(String::new, timestamp),
+                event.event_type().as_str().to_string(),
+                row.reason.clone(),
+                event.external_id(),
+                row.username.clone(),
+                event.email().unwrap_or_default().to_string(),
+                row.hr_key.clone().unwrap_or_default(),
+                flag(row.privileged),
+                flag(row.escalation),
+                row.privilege_source.clone().unwrap_or_default(),
+                row.groups.join("; "),
+                row.groups_added.join("; "),
+                row.groups_removed.join("; "),
+                change.map_or_else(String::new, |c| c.field.clone()),
+                change.map_or_else(String::new, |c| value_text(&c.old)),
+                change.map_or_else(String::new, |c| value_text(&c.new)),
+                row.last_seen_active_at.clone().unwrap_or_default(),
+                timestamp(event.detected_at),
+                row.latency_seconds
+                    .map_or_else(String::new, |seconds| seconds.to_string()),
+                flag(row.within_sla),
+                row.last_login_at.clone().unwrap_or_default(),
             ]
-        })
-        .collect();
+        };
+        if row.changes.is_empty() {
+            rows.push(fixed(None));
+        }
+        for change in &row.changes {
+            rows.push(fixed(Some(change)));
+        }
+    }
     csv(&COLUMNS, &rows)
 }

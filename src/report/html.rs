@@ -7,11 +7,13 @@ use chrono::{DateTime, Utc};
 
 use super::chart::trend_chart;
 use super::content::{
-    change_views, detection_latency, events, group_names, header_fields, timestamp, title, yes_no,
-    ChangeView, Event, EventKind, HeaderValue, Section, ESCALATION_FLAG,
+    blocks, change_views, detection_latency, detection_latency_seconds, events, figures,
+    group_names, header_fields, run_label, summary, timestamp, title, yes_no, Block, Cell,
+    ChangeView, Event, EventKind, HeaderValue, Piece, Section, ESCALATION_FLAG, LOGIN_WARNING,
 };
+use super::period::{login_after_last_seen, within_sla};
 use super::Report;
-use crate::diff::{FieldChange, GroupRef, Joiner, MembershipRef};
+use crate::diff::{FieldChange, GroupRef, MembershipRef};
 
 const STYLE: &str = r#"
 :root { color-scheme: light; }
@@ -40,10 +42,10 @@ pre .del { color: #a00000; } pre .ins { color: #005a00; } pre .hunk { color: #55
 ul { margin: 0; padding-left: 1.2em; }
 .flag { display: inline-block; margin-top: 2px; padding: 0 4px; border: 2px solid #a00000;
   color: #a00000; font-weight: 700; font-size: 0.85em; }
-#escalations-section.alert { border: 3px solid #a00000; padding: 0 12px 8px; }
-#escalations-section.alert h2 { color: #a00000; border-bottom-color: #a00000; }
+section.alert { border: 3px solid #a00000; padding: 0 12px 8px; }
+section.alert h2 { color: #a00000; border-bottom-color: #a00000; }
 svg { display: block; max-width: 100%; height: auto; }
-@page { size: A4; margin: 15mm; }
+@page { size: A4; margin: 15mm 15mm 18mm; }
 @media print {
   body { max-width: none; padding: 0; font-size: 9.5pt; }
   * { -webkit-print-color-adjust: exact; print-color-adjust: exact; }
@@ -54,27 +56,82 @@ svg { display: block; max-width: 100%; height: auto; }
 }
 "#;
 
+const FOOTER_FONT: &str = "font: 8pt system-ui, sans-serif; color: #444;";
+
 pub(super) fn render(report: &Report) -> String {
     let title = title(report);
+    let figures = figures(report);
     let events = events(report);
     let mut body = format!("<h1>{}</h1>\n", escape(&title));
+    body.push_str(&block_section(&summary(report, &figures)));
     body.push_str(&header_section(report));
+    for block in blocks(report, &figures) {
+        body.push_str(&block_section(&block));
+    }
     for section in Section::ALL {
-        body.push_str(&event_section(section, &section.events(&events)));
+        body.push_str(&event_section(report, section, &section.events(&events)));
     }
     body.push_str(&section_html(
         "trend",
         None,
-        "Recent runs",
-        "Accounts per run (line, left scale) and joiners, movers and leavers per run (bars, right scale), oldest run first.",
+        "Runs",
+        "Accounts per run (line, left scale) and joiners, movers and leavers per run (bars, right scale), oldest run first. A baseline run (compared with nothing) has no bars: its accounts were present, not joiners.",
         &trend_chart(&report.trend),
     ));
+    // The report id and page numbers on every printed page; Chromium prints CSS page
+    // margin boxes.
+    let footer = css_string(&format!("aksync report {}", report.header.report_id));
     format!(
         "<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
-         <title>{}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n{body}</body>\n</html>\n",
+         <title>{}</title>\n<style>{STYLE}\
+         @page {{ @bottom-left {{ content: {footer}; {FOOTER_FONT} }} \
+         @bottom-right {{ content: \"page \" counter(page) \"/\" counter(pages); {FOOTER_FONT} }} }}\n\
+         </style>\n</head>\n<body>\n{body}</body>\n</html>\n",
         escape(&title)
     )
+}
+
+/// A CSS string literal of untrusted text: quotes, backslashes and control characters
+/// escaped, and `<` too, so that it cannot close the style element.
+fn css_string(raw: &str) -> String {
+    let mut out = String::from("\"");
+    for character in crate::display::escape(raw).chars() {
+        match character {
+            '"' | '\\' | '<' | '>' => out.push_str(&format!("\\{:x} ", u32::from(character))),
+            other => out.push(other),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn block_section(block: &Block) -> String {
+    let rows = block
+        .rows
+        .iter()
+        .map(|row| row.iter().map(cell_html).collect())
+        .collect();
+    let heading = block.heading();
+    section_html(
+        block.id,
+        (block.alert && !block.rows.is_empty()).then_some("alert"),
+        &heading,
+        &block.description,
+        &table(block.id, &block.columns, rows),
+    )
+}
+
+fn cell_html(cell: &Cell) -> String {
+    cell.iter()
+        .map(|piece| match piece {
+            Piece::Text(value) => escape(value),
+            Piece::Code(value) => format!("<code>{}</code>", escape(value)),
+            Piece::Strong(value) => format!("<strong>{}</strong>", escape(value)),
+            Piece::Link(id, label) => format!("<a href=\"#{id}-section\">{}</a>", escape(label)),
+            Piece::Flag(value) => format!("<br><span class=\"flag\">{}</span>", escape(value)),
+        })
+        .collect()
 }
 
 /// `&`, `<`, `>`, `"` and `'` as entities: safe in text and in quoted attributes. Control
@@ -112,17 +169,17 @@ fn header_section(report: &Report) -> String {
         })
         .collect();
     section_html(
-        "header",
+        "period",
         None,
-        "Run",
-        "What an auditor needs to re-perform this run.",
-        &table("header", &[("Field", 24), ("Value", 76)], rows),
+        "Period",
+        "What the report covers, how it was produced, and what an auditor needs to re-perform it.",
+        &table("period", &[("Field", 24), ("Value", 76)], rows),
     )
 }
 
-fn event_section(section: Section, events: &[&Event<'_>]) -> String {
+fn event_section(report: &Report, section: Section, events: &[&Event<'_>]) -> String {
     let columns: &[(&str, u32)] = match section {
-        Section::Escalations | Section::Movers => &[
+        Section::Movers => &[
             ("Account", 24),
             ("Changes", 40),
             ("Groups added", 13),
@@ -132,52 +189,57 @@ fn event_section(section: Section, events: &[&Event<'_>]) -> String {
         Section::Leavers => &[
             ("Account", 23),
             ("Reason", 13),
-            ("Groups at departure", 27),
-            ("Timeline", 24),
+            ("Groups at departure", 24),
+            ("Timeline", 27),
             ("Detection latency", 13),
         ],
-        Section::Joiners => &[("Account", 35), ("Reason", 14), ("Groups", 36), ("Run", 15)],
+        Section::Joiners => &[("Account", 32), ("Joined", 24), ("Groups", 28), ("Run", 16)],
         Section::Groups => &[("Change", 10), ("Group", 30), ("Details", 45), ("Run", 15)],
         Section::Memberships => &[("Change", 12), ("Account", 35), ("Group", 38), ("Run", 15)],
     };
     let rows = events
         .iter()
-        .map(|event| match (section, &event.kind) {
-            (Section::Escalations, EventKind::Joiner(joiner)) => {
-                joiner_escalation_row(event, joiner)
-            }
-            _ => event_row(event),
-        })
+        .map(|event| event_row(report, event))
         .collect();
     let heading = format!("{} ({})", section.title(), events.len());
     let content = table(section.id(), columns, rows);
-    // Escalations stand out only when there are some, so an empty box does not cry wolf.
-    let class = (section == Section::Escalations && !events.is_empty()).then_some("alert");
     section_html(
         section.id(),
-        class,
+        None,
         &heading,
         section.description(),
         &content,
     )
 }
 
-fn event_row(event: &Event<'_>) -> Vec<String> {
-    let run = format!("<code>{}</code>", escape(event.run_id));
-    let account = || account_cell(event.name(), &event.external_id(), event.email());
+fn privilege_text(privileged: bool, source: Option<&str>) -> String {
+    match (privileged, source) {
+        (true, Some(source)) => format!("yes: {}", escape(source)),
+        (true, None) => "yes".to_string(),
+        (false, _) => "no".to_string(),
+    }
+}
+
+fn event_row(report: &Report, event: &Event<'_>) -> Vec<String> {
+    let run = format!("<code>{}</code>", escape(&run_label(report, event.run_id)));
+    let account = |hr_key: Option<&str>| {
+        let mut cell = account_cell(event.name(), &event.external_id(), event.email());
+        if let Some(key) = hr_key {
+            cell.push_str(&format!(
+                "<span class=\"label\">HR key</span>{}",
+                escape(key)
+            ));
+        }
+        cell
+    };
+    let sla = report.header.settings.sla_seconds;
     match event.kind {
-        EventKind::Leaver(leaver) => vec![
-            account(),
-            format!(
-                "{}<span class=\"label\">Memberships removed</span>{}",
-                escape(leaver.reason.as_str()),
-                escape(yes_no(leaver.memberships_removed))
-            ),
-            escape(&group_names(&leaver.groups_at_departure)),
-            format!(
+        EventKind::Leaver(leaver) => {
+            let mut timeline = format!(
                 "<span class=\"label\">Last seen active</span>{}\
                  <span class=\"label\">Detected</span>{}, run {run}\
-                 <span class=\"label\">Last login</span>{}",
+                 <span class=\"label\">Last login</span>{}\
+                 <span class=\"label\">Authentik last updated</span>{}",
                 leaver
                     .last_seen_active_at
                     .map_or_else(|| "unknown".to_string(), breakable_timestamp),
@@ -185,12 +247,47 @@ fn event_row(event: &Event<'_>) -> Vec<String> {
                 leaver
                     .last_login_at
                     .as_deref()
-                    .map_or_else(|| "never".to_string(), escape)
-            ),
-            format!("<strong>{}</strong>", escape(&detection_latency(leaver))),
-        ],
+                    .map_or_else(|| "never".to_string(), escape),
+                leaver
+                    .authentik_last_updated
+                    .as_deref()
+                    .map_or_else(|| "not reported".to_string(), escape),
+            );
+            if login_after_last_seen(leaver) {
+                timeline.push_str(&format!(
+                    "<br><span class=\"flag\">WARNING</span> {}",
+                    escape(LOGIN_WARNING)
+                ));
+            }
+            let mut latency = format!("<strong>{}</strong>", escape(&detection_latency(leaver)));
+            match within_sla(detection_latency_seconds(leaver), sla) {
+                Some(true) => latency.push_str("<br>within SLA"),
+                Some(false) => latency.push_str("<br><span class=\"flag\">SLA BREACH</span>"),
+                None => {}
+            }
+            let mut reason = format!(
+                "{}<span class=\"label\">Memberships removed</span>{}\
+                 <span class=\"label\">Privileged at departure</span>{}",
+                escape(leaver.reason.as_str()),
+                escape(yes_no(leaver.memberships_removed)),
+                privilege_text(
+                    leaver.privileged_at_departure,
+                    leaver.privilege_source.as_deref()
+                ),
+            );
+            if !leaver.changes.is_empty() {
+                reason.push_str(&changes_cell(&leaver.changes));
+            }
+            vec![
+                account(leaver.hr_key.as_deref()),
+                reason,
+                escape(&group_names(&leaver.groups_at_departure)),
+                timeline,
+                latency,
+            ]
+        }
         EventKind::Purged(purge) => vec![
-            account(),
+            account(purge.hr_key.as_deref()),
             "purged: deleted after it had already left".to_string(),
             String::new(),
             format!(
@@ -204,20 +301,38 @@ fn event_row(event: &Event<'_>) -> Vec<String> {
             String::new(),
         ],
         EventKind::Joiner(joiner) => {
-            let mut cell = account();
+            let mut cell = account(joiner.hr_key.as_deref());
             if joiner.privilege_escalation {
                 cell.push_str(&format!(
                     "<br><span class=\"flag\">{ESCALATION_FLAG}</span>"
                 ));
             }
-            let mut reason = escape(joiner.reason.as_str());
+            let mut joined = format!(
+                "{}<span class=\"label\">Status, type</span>{}, {}\
+                 <span class=\"label\">Superuser flag</span>{}\
+                 <span class=\"label\">Date joined (Authentik)</span>{}\
+                 <span class=\"label\">Privileged</span>{}",
+                escape(joiner.reason.as_str()),
+                format!("{:?}", joiner.status).to_lowercase(),
+                format!("{:?}", joiner.account_type).to_lowercase(),
+                yes_no(joiner.is_superuser),
+                joiner
+                    .added_at
+                    .as_deref()
+                    .map_or_else(|| "not reported".to_string(), escape),
+                privilege_text(joiner.privileged, joiner.privilege_source.as_deref()),
+            );
             if !joiner.changes.is_empty() {
-                reason.push_str(&changes_cell(&joiner.changes));
+                joined.push_str(&changes_cell(&joiner.changes));
             }
-            vec![cell, reason, escape(&group_names(&joiner.groups)), run]
+            vec![cell, joined, escape(&group_names(&joiner.groups)), run]
         }
         EventKind::Mover(mover) => {
-            let mut cell = account();
+            let mut cell = account(mover.hr_key.as_deref());
+            cell.push_str(&format!(
+                "<span class=\"label\">Privileged</span>{}",
+                privilege_text(mover.privileged, mover.privilege_source.as_deref())
+            ));
             if mover.privilege_escalation {
                 cell.push_str(&format!(
                     "<br><span class=\"flag\">{ESCALATION_FLAG}</span>"
@@ -241,27 +356,11 @@ fn event_row(event: &Event<'_>) -> Vec<String> {
         ],
         EventKind::MembershipAdded(membership) => membership_row("added", membership, run),
         EventKind::MembershipRemoved(membership) => membership_row("removed", membership, run),
+        // Listed in their own tables, never in an event section.
+        EventKind::PrivilegeGranted(_)
+        | EventKind::PrivilegeRemoved(_)
+        | EventKind::PrivilegedGroupChange(_) => Vec::new(),
     }
-}
-
-/// A joiner in the escalations table, which has the movers' columns: its changes are its
-/// reason, its added groups the groups it joined with.
-fn joiner_escalation_row(event: &Event<'_>, joiner: &Joiner) -> Vec<String> {
-    let mut changes = escape(joiner.reason.as_str());
-    if !joiner.changes.is_empty() {
-        changes.push_str(&changes_cell(&joiner.changes));
-    }
-    let mut account = account_cell(event.name(), &event.external_id(), event.email());
-    account.push_str(&format!(
-        "<br><span class=\"flag\">{ESCALATION_FLAG}</span>"
-    ));
-    vec![
-        account,
-        changes,
-        escape(&group_names(&joiner.groups)),
-        escape(&group_names(&joiner.groups_removed)),
-        format!("<code>{}</code>", escape(event.run_id)),
-    ]
 }
 
 /// A created or deleted group: nothing to detail beyond its name and id.

@@ -4,9 +4,12 @@
 //! read verbatim and no username can inject markup.
 
 use super::content::{
-    change_views, detection_latency, events, group_names, header_fields, timestamp, title, yes_no,
-    ChangeView, Event, EventKind, HeaderValue, Section, ESCALATION_FLAG, LATENCY_MEANING,
+    blocks, change_views, detection_latency, detection_latency_seconds, events, figures,
+    group_names, header_fields, run_label, summary, timestamp, title, yes_no, Block, Cell,
+    ChangeView, Event, EventKind, HeaderValue, Piece, Section, ESCALATION_FLAG, LATENCY_MEANING,
+    LOGIN_WARNING,
 };
+use super::period::{login_after_last_seen, within_sla};
 use super::Report;
 use crate::diff::{FieldChange, MembershipRef};
 use crate::display::escape;
@@ -15,16 +18,20 @@ pub(super) fn render(report: &Report) -> String {
     let mut out = String::new();
     push_line(&mut out, &format!("# {}", text(&title(report))));
     push_line(&mut out, "");
+    let figures = figures(report);
+    push_block(&mut out, &summary(report, &figures));
     push_header(&mut out, report);
+    for block in blocks(report, &figures) {
+        push_block(&mut out, &block);
+    }
     let events = events(report);
     for section in Section::ALL {
         let section_events = section.events(&events);
-        push_line(&mut out, "");
-        push_line(
+        push_heading(
             &mut out,
-            &format!("## {} ({})", section.title(), section_events.len()),
+            section.id(),
+            &format!("{} ({})", section.title(), section_events.len()),
         );
-        push_line(&mut out, "");
         push_line(&mut out, section.description());
         push_line(&mut out, "");
         if section_events.is_empty() {
@@ -39,15 +46,57 @@ pub(super) fn render(report: &Report) -> String {
             push_line(&mut out, "|---|---|---|---|---|---|");
         }
         for event in section_events {
-            push_event(&mut out, section, event);
+            push_event(&mut out, report, event);
         }
     }
     out
 }
 
-fn push_header(out: &mut String, report: &Report) {
-    push_line(out, "## Run");
+/// A heading with an anchor that links from the summary and stays the same whatever the
+/// count in the heading.
+fn push_heading(out: &mut String, id: &str, heading: &str) {
     push_line(out, "");
+    push_line(out, &format!("<a id=\"{id}\"></a>"));
+    push_line(out, "");
+    push_line(out, &format!("## {heading}"));
+    push_line(out, "");
+}
+
+fn push_block(out: &mut String, block: &Block) {
+    let heading = block.heading();
+    push_heading(out, block.id, &heading);
+    push_line(out, &text(&block.description));
+    push_line(out, "");
+    if block.rows.is_empty() {
+        push_line(out, "None.");
+        return;
+    }
+    let labels: Vec<String> = block.columns.iter().map(|(label, _)| text(label)).collect();
+    push_line(out, &format!("| {} |", labels.join(" | ")));
+    push_line(out, &format!("|{}", "---|".repeat(block.columns.len())));
+    for row in &block.rows {
+        let cells: Vec<String> = row
+            .iter()
+            .map(|cell| cell_text(cell).replace('|', "\\|"))
+            .collect();
+        push_line(out, &format!("| {} |", cells.join(" | ")));
+    }
+}
+
+fn cell_text(cell: &Cell) -> String {
+    cell.iter()
+        .map(|piece| match piece {
+            Piece::Text(value) => text(value),
+            Piece::Code(value) => code(value),
+            Piece::Strong(value) => format!("**{}**", text(value)),
+            Piece::Link(id, label) => format!("[{}](#{id})", text(label)),
+            Piece::Flag(value) => format!(" **{}**", text(value)),
+        })
+        .collect()
+}
+
+fn push_header(out: &mut String, report: &Report) {
+    push_heading(out, "period", "Period");
     for field in header_fields(report) {
         let values: Vec<String> = field.values.iter().map(header_value).collect();
         match values.as_slice() {
@@ -69,19 +118,24 @@ fn header_value(value: &HeaderValue) -> String {
     }
 }
 
-fn push_event(out: &mut String, section: Section, event: &Event<'_>) {
-    let run = code(event.run_id);
-    let name = code(event.name());
-    if section == Section::Escalations {
-        let id = code(&event.external_id());
-        push_line(
-            out,
-            &format!("- **{name}** ({id}), run {run}: {}", text(&event.detail())),
-        );
-        return;
+fn privilege_fact(privileged: bool, source: Option<&str>) -> String {
+    match (privileged, source) {
+        (true, Some(source)) => format!("yes, {}", text(source)),
+        (true, None) => "yes".to_string(),
+        (false, _) => "no".to_string(),
     }
+}
+
+fn optional_code(value: Option<&str>, none: &str) -> String {
+    value.map_or_else(|| none.to_string(), code)
+}
+
+fn push_event(out: &mut String, report: &Report, event: &Event<'_>) {
+    let run = code(&run_label(report, event.run_id));
+    let name = code(event.name());
     let email = event.email().map_or_else(|| "none".to_string(), code);
     let external_id = ("External id", code(&event.external_id()));
+    let sla = report.header.settings.sla_seconds;
     match event.kind {
         EventKind::Leaver(leaver) => {
             let reason = leaver.reason.as_str();
@@ -89,40 +143,59 @@ fn push_event(out: &mut String, section: Section, event: &Event<'_>) {
                 out,
                 &format!("- **{name}** ({reason}), detected by run {run}"),
             );
-            push_facts(
-                out,
-                &[
-                    external_id,
-                    ("Email", email),
-                    (
-                        "Groups at departure",
-                        text(&group_names(&leaver.groups_at_departure)),
+            let latency = detection_latency_seconds(leaver);
+            let mut facts = vec![
+                external_id,
+                ("Email", email),
+                ("HR key", optional_code(leaver.hr_key.as_deref(), "none")),
+                (
+                    "Privileged at departure",
+                    privilege_fact(
+                        leaver.privileged_at_departure,
+                        leaver.privilege_source.as_deref(),
                     ),
-                    (
-                        "Last seen active at",
-                        leaver.last_seen_active_at.map_or_else(
-                            || "unknown: no earlier run saw the account active".to_string(),
-                            timestamp,
-                        ),
+                ),
+                (
+                    "Groups at departure",
+                    text(&group_names(&leaver.groups_at_departure)),
+                ),
+                (
+                    "Last seen active at",
+                    leaver.last_seen_active_at.map_or_else(
+                        || "unknown: no earlier run saw the account active".to_string(),
+                        timestamp,
                     ),
-                    ("Detected at", timestamp(leaver.detected_at)),
-                    (
-                        "Detection latency",
-                        format!("{}, {LATENCY_MEANING}", detection_latency(leaver)),
-                    ),
-                    (
-                        "Last login at",
-                        leaver
-                            .last_login_at
-                            .as_deref()
-                            .map_or_else(|| "never".to_string(), code),
-                    ),
-                    (
-                        "Memberships removed",
-                        yes_no(leaver.memberships_removed).to_string(),
-                    ),
-                ],
-            );
+                ),
+                ("Detected at", timestamp(leaver.detected_at)),
+                (
+                    "Detection latency",
+                    format!("{}, {LATENCY_MEANING}", detection_latency(leaver)),
+                ),
+                (
+                    "Within SLA",
+                    match within_sla(latency, sla) {
+                        Some(within) => yes_no(within).to_string(),
+                        None => "not judged: no SLA or no latency".to_string(),
+                    },
+                ),
+                (
+                    "Last login at",
+                    optional_code(leaver.last_login_at.as_deref(), "never"),
+                ),
+                (
+                    "Authentik last updated",
+                    optional_code(leaver.authentik_last_updated.as_deref(), "not reported"),
+                ),
+                (
+                    "Memberships removed",
+                    yes_no(leaver.memberships_removed).to_string(),
+                ),
+            ];
+            if login_after_last_seen(leaver) {
+                facts.push(("**Warning**", text(LOGIN_WARNING)));
+            }
+            push_facts(out, &facts);
+            push_changes(out, &leaver.changes);
         }
         EventKind::Purged(purge) => {
             push_line(
@@ -134,6 +207,7 @@ fn push_event(out: &mut String, section: Section, event: &Event<'_>) {
                 &[
                     external_id,
                     ("Email", email),
+                    ("HR key", optional_code(purge.hr_key.as_deref(), "none")),
                     (
                         "Last seen active at",
                         purge
@@ -157,6 +231,21 @@ fn push_event(out: &mut String, section: Section, event: &Event<'_>) {
                 &[
                     external_id,
                     ("Email", email),
+                    ("HR key", optional_code(joiner.hr_key.as_deref(), "none")),
+                    ("Status", format!("{:?}", joiner.status).to_lowercase()),
+                    (
+                        "Account type",
+                        format!("{:?}", joiner.account_type).to_lowercase(),
+                    ),
+                    ("Superuser flag", yes_no(joiner.is_superuser).to_string()),
+                    (
+                        "Date joined (Authentik)",
+                        optional_code(joiner.added_at.as_deref(), "not reported"),
+                    ),
+                    (
+                        "Privileged",
+                        privilege_fact(joiner.privileged, joiner.privilege_source.as_deref()),
+                    ),
                     ("Groups", text(&group_names(&joiner.groups))),
                 ],
             );
@@ -169,7 +258,18 @@ fn push_event(out: &mut String, section: Section, event: &Event<'_>) {
                 String::new()
             };
             push_line(out, &format!("- **{name}**, run {run}{flag}"));
-            push_facts(out, &[external_id, ("Email", email)]);
+            push_facts(
+                out,
+                &[
+                    external_id,
+                    ("Email", email),
+                    ("HR key", optional_code(mover.hr_key.as_deref(), "none")),
+                    (
+                        "Privileged",
+                        privilege_fact(mover.privileged, mover.privilege_source.as_deref()),
+                    ),
+                ],
+            );
             push_changes(out, &mover.changes);
             push_facts(
                 out,
@@ -191,6 +291,10 @@ fn push_event(out: &mut String, section: Section, event: &Event<'_>) {
         EventKind::MembershipRemoved(membership) => {
             push_membership_row(out, "removed", membership, &run)
         }
+        // Listed in their own tables.
+        EventKind::PrivilegeGranted(_)
+        | EventKind::PrivilegeRemoved(_)
+        | EventKind::PrivilegedGroupChange(_) => {}
     }
 }
 

@@ -1,6 +1,8 @@
-//! Audit reports of one run, or of a period of runs: joiners, movers, leavers, group and
-//! membership changes, in Markdown, JSON, CSV and HTML (and PDF through headless Chromium).
-//! Every report starts with a header that lets an auditor re-perform it.
+//! Audit reports of a period of runs (a single run is a period of one): the runs and their
+//! coverage, the roll-forward of the population, privileged access, terminations and their
+//! timeliness, joiners, movers, group and membership changes, in Markdown, JSON, CSV and
+//! HTML (and PDF through headless Chromium). Every report starts with a header that lets an
+//! auditor rely on it and re-perform it.
 //!
 //! Rendering is pure: a [`Report`] in, bytes out.
 
@@ -11,40 +13,113 @@ mod html;
 mod json;
 mod markdown;
 mod pdf;
+pub mod period;
+
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::diff::DirectoryDiff;
-use crate::store::Counts;
+use crate::diff::{DirectoryDiff, PrivilegedAccount};
+use crate::store::{ChangeCounts, Counts, RunStatus, TokenUser};
 
 pub use content::{group_names, inline_text};
 pub use html::escape as escape_html;
 pub use pdf::{find_chromium, html_to_pdf};
 
-/// What an auditor needs to re-perform the run.
+/// What an auditor needs to rely on the report: what it covers, how it was produced, and
+/// how to re-perform it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ReportHeader {
+    /// Stable for one period of one source: the same runs give the same id.
+    pub report_id: String,
     pub source: String,
     pub base_url: String,
-    pub authentik_version: Option<String>,
+    /// The last run of the period: the report's files are named after it.
     pub run_id: String,
-    pub started_at: DateTime<Utc>,
-    pub finished_at: DateTime<Utc>,
-    /// The run this one was compared with; `None` for a source's first run or a new baseline.
-    pub previous_run: Option<String>,
-    /// Why a run that is not the source's first was not compared with the run before it.
-    pub baseline_reason: Option<String>,
-    /// For a period report: the first run of the period.
-    pub period_from: Option<String>,
-    /// The API calls made, with their parameters, e.g.
+    pub period: Period,
+    /// The API calls each run made, with their parameters, e.g.
     /// `GET /api/v3/core/users/?ordering=pk&include_groups=false&include_roles=false&page_size=100`.
     pub endpoints: Vec<String>,
     pub filter: Option<String>,
     pub group_sync: bool,
-    pub counts: Counts,
+    pub settings: ReportSettings,
+    pub producer: Producer,
+}
+
+/// The time a report covers.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Period {
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    /// How the runs were chosen, in words.
+    pub selection: String,
+    /// The complete run whose state the period starts from (its own changes are not in the
+    /// period); `None` when no complete run came before.
+    pub start_run: Option<String>,
+    /// The last complete run of the period, whose state it ends with.
+    pub end_run: Option<String>,
+}
+
+/// The source's report settings in force when the report was made.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReportSettings {
+    pub sla_seconds: Option<u64>,
+    pub expected_interval_seconds: u64,
+    /// Where the expected interval comes from: the `expected_interval` key or the schedule.
+    pub expected_interval_from: String,
+    pub hr_key_field: Option<String>,
+    pub privileged_groups: Vec<String>,
+}
+
+/// Who made the report, where, and with what.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Producer {
+    pub host: String,
+    pub os_user: String,
     pub aksync_version: String,
+}
+
+impl Producer {
+    /// This process.
+    pub fn current() -> Producer {
+        Producer {
+            host: whoami::fallible::hostname().unwrap_or_else(|_| "unknown".to_string()),
+            os_user: whoami::fallible::username().unwrap_or_else(|_| "unknown".to_string()),
+            aksync_version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+}
+
+/// One run of the period, complete or not.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PeriodRun {
+    pub run_id: String,
+    pub status: RunStatus,
+    pub error: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub counts: Counts,
     pub envelope_sha256: Option<String>,
+    pub previous_run: Option<String>,
+    pub baseline_reason: Option<String>,
+    pub settings_fingerprint: String,
+    pub authentik_version: Option<String>,
+    pub aksync_version: String,
+    /// The Authentik user the token belongs to.
+    pub token_user: Option<TokenUser>,
+    pub changes: Option<ChangeCounts>,
+}
+
+/// The population of a run: counted from its stored records, not from the diffs, so that
+/// the roll-forward checks the one against the other.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Snapshot {
+    /// `None`: no run, an empty directory.
+    pub run_id: Option<String>,
+    pub accounts: u64,
+    pub active: u64,
+    pub privileged: Vec<PrivilegedAccount>,
 }
 
 /// One run of the source's recent history, for the chart.
@@ -56,14 +131,25 @@ pub struct TrendPoint {
     pub joiners: u64,
     pub movers: u64,
     pub leavers: u64,
+    /// A run compared with nothing: its accounts were present, not joiners.
+    pub baseline: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
     pub header: ReportHeader,
-    /// One diff per run in the report, oldest first (a single run's report has one).
+    /// Every run of the period, complete, failed or quarantined, oldest first.
+    pub runs: Vec<PeriodRun>,
+    /// The diff of each complete run of the period against the run it was compared with,
+    /// oldest first.
     pub diffs: Vec<DirectoryDiff>,
-    /// Recent complete runs of the source, oldest first.
+    /// The state the period starts from and ends with.
+    pub start: Snapshot,
+    pub end: Snapshot,
+    /// The privileged accounts at each baseline run of the period (where the roll-forward
+    /// restarts), by run id.
+    pub privileged_at_baselines: BTreeMap<String, u64>,
+    /// Complete runs for the chart, oldest first.
     pub trend: Vec<TrendPoint>,
     pub generated_at: DateTime<Utc>,
 }
@@ -139,4 +225,4 @@ pub fn render(report: &Report, format: ReportFormat) -> Result<Vec<u8>, ReportEr
 }
 
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;

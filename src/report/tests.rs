@@ -12,27 +12,28 @@ use crate::diff::{
     FieldChange, GroupChange, GroupChanges, GroupRef, JoinReason, Joiner, LeaveReason, Leaver,
     MembershipChanges, MembershipRef, Mover,
 };
+use crate::store::{Counts, RunStatus, TokenUser};
 
 /// A username that is markup in HTML and Markdown.
-const HOSTILE_USERNAME: &str = "<b>&co";
+pub(super) const HOSTILE_USERNAME: &str = "<b>&co";
 
-fn at(hour: u32, minute: u32) -> DateTime<Utc> {
+pub(super) fn at(hour: u32, minute: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 2, hour, minute, 0).unwrap()
 }
 
 /// A 64-hex id like Authentik's user uids.
-fn uid(username: &str) -> String {
+pub(super) fn uid(username: &str) -> String {
     hex::encode(Sha256::digest(username.as_bytes()))
 }
 
-fn group(name: &str) -> GroupRef {
+pub(super) fn group(name: &str) -> GroupRef {
     GroupRef {
         external_id: format!("pk-{}", name.to_lowercase().replace(' ', "-")),
         display_name: name.to_string(),
     }
 }
 
-fn change(field: &str, old: Value, new: Value) -> FieldChange {
+pub(super) fn change(field: &str, old: Value, new: Value) -> FieldChange {
     FieldChange {
         field: field.to_string(),
         old,
@@ -40,7 +41,7 @@ fn change(field: &str, old: Value, new: Value) -> FieldChange {
     }
 }
 
-fn leaver(
+pub(super) fn leaver(
     username: &str,
     reason: LeaveReason,
     last_seen_active_at: Option<DateTime<Utc>>,
@@ -58,15 +59,19 @@ fn leaver(
         authentik_last_updated: Some("2026-11-01T09:00:00Z".to_string()),
         memberships_removed: reason == LeaveReason::Deleted,
         changes: vec![],
+        privileged_at_departure: false,
+        privilege_source: None,
+        hr_key: None,
     }
 }
 
-fn joiner(username: &str, reason: JoinReason) -> Joiner {
+pub(super) fn joiner(username: &str, reason: JoinReason) -> Joiner {
     Joiner {
         external_id: uid(username),
         username: username.to_string(),
         canonical_email: None,
         reason,
+        status: crate::normalize::AccountStatus::Active,
         account_type: crate::normalize::AccountType::User,
         is_superuser: false,
         added_at: Some("2026-11-01T09:00:00Z".to_string()),
@@ -75,10 +80,17 @@ fn joiner(username: &str, reason: JoinReason) -> Joiner {
         groups_added: vec![],
         groups_removed: vec![],
         privilege_escalation: false,
+        privileged: false,
+        privilege_source: None,
+        hr_key: None,
     }
 }
 
-fn mover(username: &str, changes: Vec<FieldChange>, groups_added: Vec<GroupRef>) -> Mover {
+pub(super) fn mover(
+    username: &str,
+    changes: Vec<FieldChange>,
+    groups_added: Vec<GroupRef>,
+) -> Mover {
     Mover {
         external_id: uid(username),
         username: username.to_string(),
@@ -86,13 +98,16 @@ fn mover(username: &str, changes: Vec<FieldChange>, groups_added: Vec<GroupRef>)
         privilege_escalation: groups_added
             .iter()
             .any(|g| g.display_name == "authentik Admins"),
+        privileged: false,
+        privilege_source: None,
+        hr_key: None,
         changes,
         groups_added,
         groups_removed: vec![],
     }
 }
 
-fn membership(username: &str, group_name: &str) -> MembershipRef {
+pub(super) fn membership(username: &str, group_name: &str) -> MembershipRef {
     let group = group(group_name);
     MembershipRef {
         account_external_id: uid(username),
@@ -102,7 +117,7 @@ fn membership(username: &str, group_name: &str) -> MembershipRef {
     }
 }
 
-fn empty_diff(from_run: &str, to_run: &str) -> DirectoryDiff {
+pub(super) fn empty_diff(from_run: &str, to_run: &str) -> DirectoryDiff {
     DirectoryDiff {
         source: "corp".to_string(),
         from_run: from_run.to_string(),
@@ -115,39 +130,91 @@ fn empty_diff(from_run: &str, to_run: &str) -> DirectoryDiff {
         groups: GroupChanges::default(),
         memberships: MembershipChanges::default(),
         population: Default::default(),
+        privilege_granted: vec![],
+        privilege_removed: vec![],
+        privileged_group_changes: vec![],
     }
 }
 
-fn header() -> ReportHeader {
+pub(super) fn header() -> ReportHeader {
     ReportHeader {
+        report_id: "corp-0123456789ab".to_string(),
         source: "corp".to_string(),
         base_url: "https://auth.example.com".to_string(),
-        authentik_version: Some("2025.10.1".to_string()),
         run_id: "R3".to_string(),
-        started_at: at(2, 0),
-        finished_at: at(2, 10),
-        previous_run: Some("R2".to_string()),
-        baseline_reason: None,
-        period_from: Some("R1".to_string()),
+        period: Period {
+            start: at(0, 10),
+            end: at(2, 10),
+            selection: "every run after R1 (its own changes not included) up to R3".to_string(),
+            start_run: Some("R1".to_string()),
+            end_run: Some("R3".to_string()),
+        },
         endpoints: vec![
             "GET /api/v3/core/users/?ordering=pk&include_groups=false&page_size=100".to_string(),
             "GET /api/v3/core/groups/?ordering=pk&include_users=false&page_size=100".to_string(),
         ],
         filter: Some("payload.type == 'internal' || payload.is_active".to_string()),
         group_sync: true,
+        settings: ReportSettings {
+            sla_seconds: Some(3_600),
+            expected_interval_seconds: 45 * 60,
+            expected_interval_from: "sources.corp.expected_interval".to_string(),
+            hr_key_field: Some("attributes.employee_id".to_string()),
+            privileged_groups: vec![],
+        },
+        producer: Producer {
+            host: "auditbox".to_string(),
+            os_user: "aksync".to_string(),
+            aksync_version: "0.1.0".to_string(),
+        },
+    }
+}
+
+pub(super) fn period_run(
+    run_id: &str,
+    status: RunStatus,
+    started: DateTime<Utc>,
+    finished: DateTime<Utc>,
+) -> PeriodRun {
+    PeriodRun {
+        run_id: run_id.to_string(),
+        status,
+        error: (status == RunStatus::Failed).then(|| "the server answered 503".to_string()),
+        started_at: started,
+        finished_at: finished,
         counts: Counts {
             accounts: 120,
             groups: 9,
             memberships: 300,
         },
+        envelope_sha256: (status == RunStatus::Complete).then(|| uid(run_id)),
+        previous_run: None,
+        baseline_reason: None,
+        settings_fingerprint: "f1".to_string(),
+        authentik_version: Some("2025.10.1".to_string()),
         aksync_version: "0.1.0".to_string(),
-        envelope_sha256: Some(uid("envelope")),
+        token_user: Some(TokenUser {
+            username: "aksync-reader".to_string(),
+            pk: 7,
+        }),
+        changes: None,
+    }
+}
+
+fn privileged(username: &str, source: &str) -> PrivilegedAccount {
+    PrivilegedAccount {
+        external_id: uid(username),
+        username: username.to_string(),
+        canonical_email: None,
+        hr_key: None,
+        privilege_source: source.to_string(),
+        path: vec![],
     }
 }
 
 /// Two diffs, R1 → R2 and R2 → R3, with every kind of event. R2 is in the trend; R3, the
 /// report's own run, is not, so its events take the header's finish time.
-fn period_report() -> Report {
+pub(super) fn period_report() -> Report {
     let mut first = empty_diff("R1", "R2");
     first
         .leavers
@@ -202,9 +269,44 @@ fn period_report() -> Report {
         .added
         .push(membership(HOSTILE_USERNAME, "Engineering"));
 
+    second.privilege_granted.push(crate::diff::PrivilegeChange {
+        external_id: uid("now-admin"),
+        username: "now-admin".to_string(),
+        canonical_email: None,
+        hr_key: Some("E-7".to_string()),
+        reason: crate::diff::PrivilegeReason::Moved,
+        privilege_source: "authentik Admins".to_string(),
+        path: vec![group("authentik Admins")],
+        groups_changed: vec![],
+    });
+    let mut r2 = period_run("R2", RunStatus::Complete, at(0, 58), at(1, 0));
+    r2.previous_run = Some("R1".to_string());
+    let mut r3 = period_run("R3", RunStatus::Complete, at(2, 0), at(2, 10));
+    r3.previous_run = Some("R2".to_string());
     Report {
         header: header(),
+        runs: vec![
+            r2,
+            period_run("RF", RunStatus::Failed, at(1, 30), at(1, 31)),
+            r3,
+        ],
         diffs: vec![first, second],
+        start: Snapshot {
+            run_id: Some("R1".to_string()),
+            accounts: 120,
+            active: 110,
+            privileged: vec![privileged("root", "superuser flag")],
+        },
+        end: Snapshot {
+            run_id: Some("R3".to_string()),
+            accounts: 120,
+            active: 110,
+            privileged: vec![
+                privileged("now-admin", "authentik Admins"),
+                privileged("root", "superuser flag"),
+            ],
+        },
+        privileged_at_baselines: BTreeMap::new(),
         trend: vec![
             trend_point("R1", at(0, 10), 118, 0, 0, 0),
             trend_point("R2", at(1, 0), 119, 0, 0, 1),
@@ -213,21 +315,31 @@ fn period_report() -> Report {
     }
 }
 
-fn empty_report() -> Report {
+pub(super) fn empty_report() -> Report {
+    let mut run = period_run("R3", RunStatus::Complete, at(2, 0), at(2, 10));
+    run.previous_run = Some("R2".to_string());
     Report {
         header: ReportHeader {
-            previous_run: None,
-            baseline_reason: None,
-            period_from: None,
+            period: Period {
+                start: at(1, 50),
+                end: at(2, 10),
+                selection: "run R3".to_string(),
+                start_run: Some("R2".to_string()),
+                end_run: Some("R3".to_string()),
+            },
             ..header()
         },
+        runs: vec![run],
         diffs: vec![empty_diff("R2", "R3")],
+        start: Snapshot::default(),
+        end: Snapshot::default(),
+        privileged_at_baselines: BTreeMap::new(),
         trend: vec![],
         generated_at: at(3, 0),
     }
 }
 
-fn trend_point(
+pub(super) fn trend_point(
     run_id: &str,
     finished_at: DateTime<Utc>,
     accounts: u64,
@@ -242,6 +354,7 @@ fn trend_point(
         joiners,
         movers,
         leavers,
+        baseline: false,
     }
 }
 
@@ -312,74 +425,170 @@ fn rendering_is_deterministic() {
     }
 }
 
-#[test]
-fn csv_has_one_row_per_event_in_report_order() {
-    let text = rendered(&period_report(), ReportFormat::Csv);
+/// The CSV's rows as maps from column to cell.
+fn csv_rows(text: &str) -> Vec<BTreeMap<String, String>> {
     let lines: Vec<&str> = text.split_terminator("\r\n").collect();
-    assert_eq!(
-        lines[0],
-        "type,external_id,username,email,detail,detected_at,run_id"
-    );
-    let rows = &lines[1..];
-    let expected = expected_events();
-    assert_eq!(rows.len(), expected.len(), "{text}");
-    for (row, (kind, _, ids)) in rows.iter().zip(&expected) {
-        assert!(
-            row.starts_with(&format!("{kind},{},", ids.join(":"))),
-            "{row}"
-        );
+    let columns: Vec<&str> = lines[0].split(',').collect();
+    lines[1..]
+        .iter()
+        .map(|line| {
+            // The fixture's cells hold no quoted commas except where a test says so.
+            let cells = split_csv(line);
+            assert_eq!(cells.len(), columns.len(), "{line}");
+            columns.iter().map(|c| c.to_string()).zip(cells).collect()
+        })
+        .collect()
+}
+
+fn split_csv(line: &str) -> Vec<String> {
+    let mut cells = vec![String::new()];
+    let mut quoted = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, quoted) {
+            ('"', true) if chars.peek() == Some(&'"') => {
+                chars.next();
+                cells.last_mut().unwrap().push('"');
+            }
+            ('"', _) => quoted = !quoted,
+            (',', false) => cells.push(String::new()),
+            (c, _) => cells.last_mut().unwrap().push(c),
+        }
     }
-    // Events of the first diff come first within a type, each with the run that found it.
-    assert!(rows[0].ends_with(",2026-11-02T01:00:00Z,R2"), "{}", rows[0]);
-    assert!(
-        rows[1].contains("deactivated; groups: Engineering, SRE; latency 1h 05m"),
-        "{}",
-        rows[1]
-    );
-    // Detected by R3, which is not in the trend: the header's finish time.
-    assert!(
-        rows[4].contains("metadata.department: hr → it"),
-        "{}",
-        rows[4]
-    );
-    assert!(rows[4].ends_with(",2026-11-02T02:10:00Z,R3"), "{}", rows[4]);
-    assert!(
-        rows[6].contains(",added to authentik Admins (PRIVILEGE ESCALATION),"),
-        "{}",
-        rows[6]
-    );
-    assert!(
-        rows[9].contains("display_name: Eng → Engineering"),
-        "{}",
-        rows[9]
-    );
-    assert!(
-        rows[11].contains(",removed from SRE,2026-11-02T01:00:00Z,R2"),
-        "{}",
-        rows[11]
-    );
+    cells
 }
 
 #[test]
-fn json_is_the_report_with_detection_latencies() {
+fn csv_has_exactly_the_columns_and_one_row_per_event_and_field() {
+    let text = rendered(&period_report(), ReportFormat::Csv);
+    assert_eq!(
+        text.split_terminator("\r\n").next().unwrap(),
+        "source,run_id,run_started_at,event,reason,external_id,username,email,hr_key,privileged,escalation,privilege_source,groups,groups_added,groups_removed,field,old,new,last_seen_active_at,detected_at,latency_seconds,within_sla,last_login_at"
+    );
+    let all_rows = csv_rows(&text);
+    // Every run first, the failed one with its error.
+    let runs: Vec<(&str, &str)> = all_rows[..3]
+        .iter()
+        .map(|row| (row["run_id"].as_str(), row["reason"].as_str()))
+        .collect();
+    assert_eq!(
+        runs,
+        vec![
+            ("R2", "complete"),
+            ("RF", "failed: the server answered 503"),
+            ("R3", "complete")
+        ]
+    );
+    assert!(all_rows[..3].iter().all(|row| row["event"] == "run"));
+    let rows = &all_rows[3..];
+    let kinds: Vec<&str> = rows.iter().map(|row| row["event"].as_str()).collect();
+    let mut expected: Vec<&str> = expected_events().iter().map(|(kind, _, _)| *kind).collect();
+    // The privilege grant of now-admin, after the leavers; the group change of two fields
+    // has two rows.
+    expected.insert(2, "privilege_granted");
+    expected.insert(11, "group_changed");
+    assert_eq!(kinds, expected, "{text}");
+    let unknown = &rows[0];
+    assert_eq!(unknown["run_id"], "R2");
+    assert_eq!(unknown["run_started_at"], "2026-11-02T00:58:00Z");
+    assert_eq!(unknown["detected_at"], "2026-11-02T01:00:00Z");
+    assert_eq!(unknown["latency_seconds"], "");
+    assert_eq!(unknown["within_sla"], "");
+    let known = &rows[1];
+    assert_eq!(known["reason"], "deactivated");
+    assert_eq!(known["groups"], "Engineering; SRE");
+    assert_eq!(known["latency_seconds"], "3900");
+    assert_eq!(
+        known["within_sla"], "false",
+        "3900 s against an SLA of 3600 s"
+    );
+    assert_eq!(known["privileged"], "false");
+    assert_eq!(known["last_login_at"], "2026-11-01T08:00:00Z");
+    let grant = &rows[2];
+    assert_eq!(
+        (
+            grant["escalation"].as_str(),
+            grant["privilege_source"].as_str(),
+            grant["hr_key"].as_str()
+        ),
+        ("true", "authentik Admins", "E-7")
+    );
+    let department = rows
+        .iter()
+        .find(|row| row["field"] == "metadata.department")
+        .unwrap();
+    assert_eq!(
+        (department["old"].as_str(), department["new"].as_str()),
+        ("hr", "it")
+    );
+    assert_eq!(department["event"], "mover");
+    let removed = rows.last().unwrap();
+    assert_eq!(removed["event"], "membership_removed");
+    assert_eq!(removed["groups_removed"], "SRE");
+}
+
+#[test]
+fn json_has_exactly_the_issues_keys_and_the_period_figures() {
     let report = period_report();
     let value: Value =
         serde_json::from_slice(&render(&report, ReportFormat::Json).unwrap()).unwrap();
-    assert_eq!(value["header"]["run_id"], "R3");
-    let text = rendered(&report, ReportFormat::Json);
-    assert!(
-        text.starts_with("{\n  \"header\": {"),
-        "the header is not first"
-    );
+    let keys: Vec<&String> = value.as_object().unwrap().keys().collect();
+    let mut expected = vec![
+        "period",
+        "runs",
+        "coverage_gaps",
+        "roll_forward",
+        "privileged_accounts",
+        "privilege_granted",
+        "privilege_removed",
+        "privileged_group_changes",
+        "leavers",
+        "latency",
+        "joiners",
+        "movers",
+    ];
+    expected.sort();
+    assert_eq!(keys, expected);
+    assert_eq!(value["period"]["report_id"], "corp-0123456789ab");
+    assert_eq!(value["period"]["producer"]["host"], "auditbox");
     assert_eq!(
-        value["diffs"][0]["leavers"][0]["detection_latency_seconds"],
-        Value::Null
+        value["period"]["token_users"][0]["username"],
+        "aksync-reader"
     );
+    assert_eq!(value["runs"].as_array().unwrap().len(), 3);
+    assert_eq!(value["runs"][1]["status"], "failed");
+    assert_eq!(value["runs"][1]["error"], "the server answered 503");
     assert_eq!(
-        value["diffs"][1]["leavers"][0]["detection_latency_seconds"],
-        3900
+        value["privileged_accounts"]["end"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
     );
-    assert_eq!(value["diffs"][1]["movers"][2]["privilege_escalation"], true);
+    assert_eq!(value["roll_forward"]["privileged"]["start"], 1);
+    assert_eq!(value["roll_forward"]["privileged"]["added"], 1);
+    assert_eq!(value["roll_forward"]["privileged"]["end"], 2);
+    assert_eq!(value["roll_forward"]["privileged"]["reconciles"], true);
+    assert_eq!(value["privilege_granted"][0]["run_id"], "R3");
+    assert_eq!(value["leavers"][0]["latency_seconds"], Value::Null);
+    assert_eq!(value["leavers"][1]["latency_seconds"], 3900);
+    assert_eq!(value["leavers"][1]["within_sla"], false);
+    let latency = &value["latency"];
+    let latency_keys: Vec<&String> = latency.as_object().unwrap().keys().collect();
+    assert_eq!(
+        latency_keys,
+        vec![
+            "breaches",
+            "max_seconds",
+            "median_seconds",
+            "n",
+            "p95_seconds"
+        ]
+    );
+    assert_eq!(latency["n"], 1);
+    assert_eq!(latency["breaches"][0]["username"], "gone-known");
+    assert_eq!(value["movers"][2]["privilege_escalation"], true);
+    assert_eq!(value["joiners"][0]["status"], "ACTIVE");
 }
 
 #[test]
@@ -404,17 +613,30 @@ fn html_is_self_contained_and_escaped() {
     let html = rendered(&period_report(), ReportFormat::Html);
     assert!(html.starts_with("<!doctype html>\n<html lang=\"en\">"));
     assert!(html.contains("<meta charset=\"utf-8\">"));
-    assert!(html.contains("<title>Access changes of corp, runs R1 to R3</title>"));
+    assert!(html.contains(
+        "<title>Access report of corp, 2026-11-02T00:10:00Z to 2026-11-02T02:10:00Z</title>"
+    ));
     assert!(!html.to_lowercase().contains("<script"));
-    for reference in ["src=", "href=", "url(", "@import"] {
+    for reference in ["src=", "url(", "@import"] {
         assert!(
             !html.contains(reference),
             "HTML refers to a resource: {reference}"
         );
     }
+    // Links go to the report's own sections only.
+    assert!(html.matches("href=").count() == html.matches("href=\"#").count());
     for id in [
-        "header",
-        "escalations",
+        "summary",
+        "period",
+        "runs",
+        "coverage",
+        "roll-forward",
+        "privileged-start",
+        "privileged-end",
+        "privilege-granted",
+        "privilege-removed",
+        "privileged-groups",
+        "terminations",
         "leavers",
         "joiners",
         "movers",
@@ -427,16 +649,31 @@ fn html_is_self_contained_and_escaped() {
     assert!(html.contains("&lt;b&gt;&amp;co"));
     assert!(!html.contains(HOSTILE_USERNAME));
     assert!(html.contains("payload.type == &#39;internal&#39; || payload.is_active"));
-    assert!(html.contains("<section id=\"escalations-section\" class=\"alert\""));
+    assert!(html.contains("<section id=\"privilege-granted-section\" class=\"alert\""));
+    assert!(html.contains("<a href=\"#runs-section\">Runs in period</a>"));
     assert!(html.contains("1h 05m"));
+    // Every printed page carries the report id and its number.
+    assert!(html.contains("@bottom-left { content: \"aksync report corp-0123456789ab\""));
+    assert!(html.contains("counter(page) \"/\" counter(pages)"));
+    // Run ids come with their times.
+    assert!(html.contains("R2 (2026-11-02T01:00:00Z)"));
 }
 
 #[test]
 fn markdown_has_every_section_and_none_when_empty() {
     let markdown = rendered(&period_report(), ReportFormat::Markdown);
     let headings = [
-        "## Run",
-        "## Privilege escalations (1)",
+        "## Summary",
+        "## Period",
+        "## Runs in period (3)",
+        "## Coverage gaps (2)",
+        "## Roll-forward",
+        "## Privileged accounts at the start (1)",
+        "## Privileged accounts at the end (2)",
+        "## Privilege granted (1)",
+        "## Privilege removed (0)",
+        "## Privileged group changes (0)",
+        "## Terminations and timeliness",
         "## Leavers (2)",
         "## Joiners (2)",
         "## Movers (3)",
@@ -455,20 +692,26 @@ fn markdown_has_every_section_and_none_when_empty() {
         positions.windows(2).all(|pair| pair[0] < pair[1]),
         "sections out of order"
     );
-    assert!(markdown.contains("- **`gone-known`** (deactivated), detected by run `R3`"));
+    assert!(markdown
+        .contains("- **`gone-known`** (deactivated), detected by run `R3 (2026-11-02T02:10:00Z)`"));
     assert!(markdown.contains("  - Detection latency: 1h 05m, an upper bound"));
     assert!(markdown.contains("  - Detection latency: unknown, an upper bound"));
+    assert!(markdown.contains("  - Within SLA: no"));
     assert!(markdown.contains("`payload.type == 'internal' || payload.is_active`"));
-    assert!(!markdown.contains("None."));
+    assert!(
+        markdown.contains("| [Runs in period](#runs) | 3 (2 complete, 1 failed, 0 quarantined) |")
+    );
+    assert!(markdown.contains("<a id=\"runs\"></a>"));
+    assert!(markdown.contains("**SLA BREACH**"));
 
     let empty = rendered(&empty_report(), ReportFormat::Markdown);
+    // Coverage gaps, privileged at start and end, granted, removed, group changes, and the
+    // event sections.
     assert_eq!(
         empty.matches("\nNone.\n").count(),
-        Section::ALL.len(),
+        6 + Section::ALL.len(),
         "{empty}"
     );
-    assert!(empty.contains("none: first run of this source, every record is new"));
-    assert!(!empty.contains("Period from run"));
 }
 
 #[test]
@@ -510,12 +753,9 @@ fn markdown_and_html_write_control_characters_out() {
 fn empty_report_says_none_in_every_format() {
     let report = empty_report();
     let csv = rendered(&report, ReportFormat::Csv);
-    assert_eq!(
-        csv,
-        "type,external_id,username,email,detail,detected_at,run_id\r\n"
-    );
+    assert_eq!(csv.lines().count(), 2, "a header and the run alone: {csv}");
     let html = rendered(&report, ReportFormat::Html);
-    assert_eq!(html.matches(">None.</td>").count(), Section::ALL.len());
+    assert_eq!(html.matches(">None.</td>").count(), 6 + Section::ALL.len());
     assert!(!html.contains("class=\"alert\""));
     assert!(html.contains("No complete runs to chart yet."));
 }

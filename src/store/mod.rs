@@ -51,13 +51,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::record::{Hash, RawEntry, RecordKind};
-use codec::{CurrentRow, DecodeError, SEP};
+use codec::{CurrentRow, DecodeError, Flags, SEP};
 pub use guard::in_guarded_operation;
 use guard::Guard;
 use ops::{Op, Ops};
 pub use run::{
     ChangeCounts, Counts, DeliveryState, DeliveryStatus, EnvelopeSummary, HealthRecord,
-    HealthStatus, RunOutcome, RunRecord, RunStatus,
+    HealthStatus, RunOutcome, RunRecord, RunStatus, TokenUser,
 };
 
 /// The layout version of the tables below. Bump it with a migration in `migrate.rs`.
@@ -639,6 +639,18 @@ pub struct StoredRecord {
     pub payload: Value,
 }
 
+/// A stored version row a run saw: (external id, valid from, the row).
+type VersionRowAt = (String, String, Vec<u8>);
+
+/// A record a run saw, before it is read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordHead {
+    pub external_id: String,
+    /// The run its version is valid from: with the id, what [`Reader::version`] reads.
+    pub valid_from: String,
+    pub flags: Flags,
+}
+
 /// The JSON of a stored entry.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct StoredEntry {
@@ -871,13 +883,8 @@ impl<'s> Reader<'s> {
         }))
     }
 
-    /// The records of one kind that `run` saw, in external id order. The latest complete run
-    /// is read through the current rows (cost: its records); an older one through the versions.
-    pub fn records_at(
-        &self,
-        run: &RunRecord,
-        kind: RecordKind,
-    ) -> Result<Box<dyn Iterator<Item = Result<StoredRecord, StoreError>> + 's>, StoreError> {
+    /// Whether `run` is complete (else an error) and its source's latest complete run.
+    fn is_latest_complete(&self, run: &RunRecord) -> Result<bool, StoreError> {
         if run.status != RunStatus::Complete {
             return Err(StoreError::NotComplete {
                 run_id: run.run_id.clone(),
@@ -887,8 +894,83 @@ impl<'s> Reader<'s> {
         let latest = self
             .latest_complete_id(&run.source)
             .map_err(|failure| failure.into_store_error(&self.store.path))?;
+        Ok(latest.as_deref() == Some(run.run_id.as_str()))
+    }
+
+    /// The stored version rows of one kind that an older run saw: (external id, valid from,
+    /// the row). The key alone rules out later versions, the header closed ones.
+    fn version_rows_at(
+        &self,
+        run: &RunRecord,
+        kind: RecordKind,
+    ) -> Result<impl Iterator<Item = Result<VersionRowAt, StoreError>> + 's, StoreError> {
+        let run_id = run.run_id.clone();
+        let prefix = codec::kind_prefix(&run.source, kind);
+        let rows = self.rows(VERSIONS, &prefix, prefix.len())?;
+        let path = self.store.path.clone();
+        Ok(rows.filter_map(move |row| {
+            let result = (|| {
+                let (rest, value) = row?;
+                let corrupt = |what| corrupt_value(what).into_store_error(&path);
+                let (external_id, valid_from) =
+                    codec::split_version_key(&rest).ok_or_else(|| corrupt("record version key"))?;
+                if valid_from > run_id.as_str() {
+                    return Ok(None);
+                }
+                let valid_to =
+                    codec::version_valid_to(&value).map_err(|_| corrupt("record version"))?;
+                if !covers(valid_from, valid_to.as_deref(), &run_id) {
+                    return Ok(None);
+                }
+                Ok(Some((
+                    external_id.to_string(),
+                    valid_from.to_string(),
+                    value,
+                )))
+            })();
+            result.transpose()
+        }))
+    }
+
+    /// What a run saw of one kind, in external id order, without reading the records: their
+    /// ids, versions and flags. Cheap enough to walk every account and membership of a run.
+    pub fn heads_at(
+        &self,
+        run: &RunRecord,
+        kind: RecordKind,
+    ) -> Result<Box<dyn Iterator<Item = Result<RecordHead, StoreError>> + 's>, StoreError> {
+        if self.is_latest_complete(run)? {
+            return Ok(Box::new(self.current(&run.source, kind)?.map(|row| {
+                let (external_id, current) = row?;
+                Ok(RecordHead {
+                    external_id,
+                    valid_from: current.valid_from().to_string(),
+                    flags: current.flags,
+                })
+            })));
+        }
+        let path = self.store.path.clone();
+        Ok(Box::new(self.version_rows_at(run, kind)?.map(move |row| {
+            let (external_id, valid_from, value) = row?;
+            let version = codec::decode_version(&value)
+                .map_err(|_| corrupt_value("record version").into_store_error(&path))?;
+            Ok(RecordHead {
+                external_id,
+                valid_from,
+                flags: version.flags,
+            })
+        })))
+    }
+
+    /// The records of one kind that `run` saw, in external id order. The latest complete run
+    /// is read through the current rows (cost: its records); an older one through the versions.
+    pub fn records_at(
+        &self,
+        run: &RunRecord,
+        kind: RecordKind,
+    ) -> Result<Box<dyn Iterator<Item = Result<StoredRecord, StoreError>> + 's>, StoreError> {
         let source = run.source.clone();
-        if latest.as_deref() == Some(run.run_id.as_str()) {
+        if self.is_latest_complete(run)? {
             let versions = self
                 .table(VERSIONS)
                 .map_err(|failure| failure.into_store_error(&self.store.path))?;
@@ -919,38 +1001,20 @@ impl<'s> Reader<'s> {
                 })
             })));
         }
-        let run_id = run.run_id.clone();
-        let prefix = codec::kind_prefix(&source, kind);
-        let rows = self.rows(VERSIONS, &prefix, prefix.len())?;
         let path = self.store.path.clone();
-        Ok(Box::new(rows.filter_map(move |row| {
-            let result = (|| {
-                let (rest, value) = row?;
-                let corrupt = |what| corrupt_value(what).into_store_error(&path);
-                let (external_id, valid_from) =
-                    codec::split_version_key(&rest).ok_or_else(|| corrupt("record version key"))?;
-                // The key alone rules out later versions, the header closed ones.
-                if valid_from > run_id.as_str() {
-                    return Ok(None);
-                }
-                let valid_to =
-                    codec::version_valid_to(&value).map_err(|_| corrupt("record version"))?;
-                if !covers(valid_from, valid_to.as_deref(), &run_id) {
-                    return Ok(None);
-                }
-                let version =
-                    codec::decode_version(&value).map_err(|_| corrupt("record version"))?;
-                let entry: StoredEntry = serde_json::from_slice(version.entry)
-                    .map_err(|_| corrupt("record version entry"))?;
-                Ok(Some(StoredRecord {
-                    external_id: external_id.to_string(),
-                    valid_from: valid_from.to_string(),
-                    hash: version.hash,
-                    record: entry.record,
-                    payload: entry.payload,
-                }))
-            })();
-            result.transpose()
+        Ok(Box::new(self.version_rows_at(run, kind)?.map(move |row| {
+            let (external_id, valid_from, value) = row?;
+            let corrupt = |what| corrupt_value(what).into_store_error(&path);
+            let version = codec::decode_version(&value).map_err(|_| corrupt("record version"))?;
+            let entry: StoredEntry = serde_json::from_slice(version.entry)
+                .map_err(|_| corrupt("record version entry"))?;
+            Ok(StoredRecord {
+                external_id,
+                valid_from,
+                hash: version.hash,
+                record: entry.record,
+                payload: entry.payload,
+            })
         })))
     }
 }

@@ -84,9 +84,19 @@ pub struct RunRecord {
     /// Webhook delivery of the envelopes, when a webhook is configured.
     #[serde(default)]
     pub delivery: Option<DeliveryState>,
+    /// The Authentik user the token belongs to, as `/core/users/me/` named it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_user: Option<TokenUser>,
     /// Fields written by other aksync versions, preserved as they are.
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
+}
+
+/// Who a run read the directory as.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TokenUser {
+    pub username: String,
+    pub pk: i64,
 }
 
 /// How many events the diff against the previous run found.
@@ -229,6 +239,7 @@ impl RunOutcome {
             changes: None,
             envelopes: None,
             delivery: None,
+            token_user: None,
             extra: BTreeMap::new(),
         }
     }

@@ -189,6 +189,19 @@ pub fn assert_accounts_match(stored: &Value, directory: &Directory) {
     }
 }
 
+/// The ids of the runs of source `corp`, oldest first.
+pub fn run_ids(env: &TestEnv) -> Vec<String> {
+    let mut ids: Vec<String> = env
+        .store()
+        .runs(Some("corp"))
+        .unwrap()
+        .into_iter()
+        .map(|run| run.run_id)
+        .collect();
+    ids.reverse();
+    ids
+}
+
 /// The ids of a JSON array of records.
 pub fn ids(records: &Value, key: &str) -> Vec<String> {
     let mut ids: Vec<String> = records
