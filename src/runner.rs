@@ -67,6 +67,9 @@ async fn write_run_reports(
     run: &RunRecord,
     diff: &DirectoryDiff,
 ) {
+    if context.config.output.reports.is_empty() {
+        return;
+    }
     let (config, source, store) = (
         context.config.clone(),
         source.clone(),
