@@ -333,8 +333,9 @@ pub fn last_active(
     runs: &[RunRecord],
 ) -> Result<BTreeMap<String, LastActive>, StoreError> {
     let mut found = BTreeMap::new();
+    let groups = GroupHistory::load(reader, source)?;
     for uid in uids {
-        let history = AccountHistory::load(reader, source, uid)?;
+        let history = AccountHistory::load(reader, source, uid, &groups)?;
         if let Some(last) = runs.iter().rev().find_map(|run| history.active_at(run)) {
             found.insert(uid.clone(), last);
         }
@@ -342,16 +343,61 @@ pub fn last_active(
     Ok(found)
 }
 
-/// Every stored version of one account, its memberships and the groups they name.
-struct AccountHistory {
+/// Every stored version of every group of a source, read once however many accounts are
+/// looked up: privilege is inherited from ancestors, so an account needs them all.
+struct GroupHistory {
+    /// By external id, each group's versions in order.
+    versions: BTreeMap<String, Vec<(RecordVersion, DirectoryGroup)>>,
+}
+
+impl GroupHistory {
+    fn load(reader: &Reader<'_>, source: &str) -> Result<GroupHistory, StoreError> {
+        let mut versions: BTreeMap<String, Vec<_>> = BTreeMap::new();
+        for version in reader.versions(source, RecordKind::Group, "")? {
+            let version = version?;
+            let record = serde_json::from_value(record_of(reader, &version)?).map_err(|error| {
+                reader.corrupt(format_args!("group {}: {error}", version.external_id))
+            })?;
+            versions
+                .entry(version.external_id.clone())
+                .or_default()
+                .push((version, record));
+        }
+        Ok(GroupHistory { versions })
+    }
+
+    fn at(&self, id: &str, run_id: &str) -> Option<&DirectoryGroup> {
+        self.versions
+            .get(id)?
+            .iter()
+            .find(|(version, _)| version.valid_at(run_id))
+            .map(|(_, group)| group)
+    }
+
+    fn catalog_at(&self, run_id: &str) -> BTreeMap<String, DirectoryGroup> {
+        self.versions
+            .keys()
+            .filter_map(|id| self.at(id, run_id))
+            .map(|group| (group.external_id.clone(), group.clone()))
+            .collect()
+    }
+}
+
+/// Every stored version of one account and its memberships, with the source's groups.
+struct AccountHistory<'g> {
     uid: String,
     account: Vec<(RecordVersion, DirectoryAccount)>,
     memberships: Vec<RecordVersion>,
-    groups: Vec<(RecordVersion, DirectoryGroup)>,
+    groups: &'g GroupHistory,
 }
 
-impl AccountHistory {
-    fn load(reader: &Reader<'_>, source: &str, uid: &str) -> Result<AccountHistory, StoreError> {
+impl<'g> AccountHistory<'g> {
+    fn load(
+        reader: &Reader<'_>,
+        source: &str,
+        uid: &str,
+        groups: &'g GroupHistory,
+    ) -> Result<AccountHistory<'g>, StoreError> {
         let parse_all = |kind: RecordKind, prefix: &str, exact: Option<&str>| {
             reader
                 .versions(source, kind, prefix)?
@@ -370,14 +416,6 @@ impl AccountHistory {
             account.push((version, record));
         }
         let memberships = parse_all(RecordKind::Membership, &format!("{uid}:"), None)?;
-        // Every group, not only the account's own: privilege is inherited from ancestors.
-        let mut groups = Vec::new();
-        for version in parse_all(RecordKind::Group, "", None)? {
-            let record = serde_json::from_value(typed(&version)?).map_err(|error| {
-                StoreError::Aborted(format!("group {}: {error}", version.external_id))
-            })?;
-            groups.push((version, record));
-        }
         Ok(AccountHistory {
             uid: uid.to_string(),
             account,
@@ -402,21 +440,17 @@ impl AccountHistory {
     }
 
     fn catalog_at(&self, run_id: &str) -> BTreeMap<String, DirectoryGroup> {
-        self.groups
-            .iter()
-            .filter(|(version, _)| version.valid_at(run_id))
-            .map(|(_, group)| (group.external_id.clone(), group.clone()))
-            .collect()
+        self.groups.catalog_at(run_id)
     }
 
     /// The account's direct groups at `run_id`, named as that run saw them.
     fn group_refs_at(&self, run_id: &str) -> Vec<GroupRef> {
-        let catalog = self.catalog_at(run_id);
         self.groups_at(run_id)
             .into_iter()
             .map(|id| GroupRef {
-                display_name: catalog
-                    .get(&id)
+                display_name: self
+                    .groups
+                    .at(&id, run_id)
                     .map_or_else(|| id.clone(), |group| group.display_name.clone()),
                 external_id: id,
             })
@@ -580,7 +614,8 @@ pub fn find_accounts(store: &Store, source: &str, user: &str) -> Result<Vec<Stri
 /// source's change rule (its `ignore_fields` included).
 pub fn timeline(store: &Store, source: &SourceConfig, uid: &str) -> Result<Timeline, StoreError> {
     let reader = store.reader()?;
-    let history = AccountHistory::load(&reader, &source.name, uid)?;
+    let groups = GroupHistory::load(&reader, &source.name)?;
+    let history = AccountHistory::load(&reader, &source.name, uid, &groups)?;
     let rule = ChangeRule::new(&source.ignore_fields);
     let runs = store.complete_runs(&source.name)?;
     let mut usernames = BTreeSet::new();

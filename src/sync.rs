@@ -135,16 +135,19 @@ pub async fn sync_source(
         finished_at: clock.now(),
         authentik_version: None,
         settings_fingerprint: source.settings_fingerprint(),
+        health: None,
     };
     let fetched = match fetched {
         Ok(fetched) => fetched,
         Err(error) => {
             let message = bounded_error(&error.to_string());
             tracing::warn!(source = %source.name, "sync failed: {}", crate::display::escape(&message));
-            if let Some(problem) = error.health() {
-                let health = health_record(&source.name, clock, Err(problem));
-                blocking(store, move |store| store.put_health(&health)).await?;
-            }
+            let outcome = RunOutcome {
+                health: error
+                    .health()
+                    .map(|problem| health_record(&source.name, clock, Err(problem))),
+                ..outcome
+            };
             return record_failed(store, outcome, message).await;
         }
     };
@@ -156,9 +159,11 @@ pub async fn sync_source(
             fetched.token_user.username.clone(),
         )),
     );
-    blocking(store, move |store| store.put_health(&health)).await?;
+    // Stored with the run, in its one transaction (or with the failed run that records why
+    // it was not stored).
     let outcome = RunOutcome {
         authentik_version: Some(fetched.authentik_version.clone()),
+        health: Some(health),
         ..outcome
     };
     let job = CompleteRun {
@@ -303,6 +308,7 @@ impl CompleteRun {
             expected_latest: self.latest.as_ref().map(|run| run.run_id.clone()),
             reset: previous.is_none(),
             ops,
+            health: self.outcome.health.clone(),
         });
         tracing::debug!(source = %source.name, seconds = commit_started.elapsed().as_secs_f64(), "committed");
         match committed {

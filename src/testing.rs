@@ -121,6 +121,7 @@ impl TestSource {
                 finished_at: at(self.runs) + ChronoDuration::seconds(30),
                 authentik_version: Some("2025.12.4".into()),
                 settings_fingerprint: self.source.settings_fingerprint(),
+                health: None,
             },
             latest,
             collected,

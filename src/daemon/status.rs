@@ -236,6 +236,7 @@ pub(crate) mod tests {
             finished_at,
             authentik_version: Some("2025.12.4".into()),
             settings_fingerprint: "f".into(),
+            health: None,
         }
         .into_record(
             "01JTEST0000000000000000000".into(),

@@ -151,6 +151,8 @@ pub struct CommitPlan {
     /// A new baseline: every current version of the source is closed before the writes.
     pub reset: bool,
     pub ops: Ops,
+    /// The source's health as the run saw it, stored in the same transaction.
+    pub health: Option<HealthRecord>,
 }
 
 pub struct Store {
@@ -396,6 +398,9 @@ impl Store {
             tables.put_run(&plan.record)?;
             self.guard
                 .call(|| tables.latest.insert(source.as_str(), run_id.as_str()))?;
+            if let Some(health) = &plan.health {
+                self.put_health_in(txn, health)?;
+            }
             Ok(plan.record.clone())
         })
     }
@@ -405,6 +410,9 @@ impl Store {
         self.write(|txn| {
             let last = WriteReader { store: self, txn }.last_run_id(&outcome.source)?;
             let run_id = next_run_id(last.as_deref(), outcome.started_at)?;
+            if let Some(health) = &outcome.health {
+                self.put_health_in(txn, health)?;
+            }
             let record = outcome.into_record(
                 run_id,
                 RunStatus::Failed,
@@ -512,13 +520,15 @@ impl Store {
     }
 
     pub fn put_health(&self, health: &HealthRecord) -> Result<(), StoreError> {
-        let bytes = to_json(health).map_err(|failure| failure.into_store_error(&self.path))?;
-        self.write(|txn| {
-            let mut table = self.guard.call(|| txn.open_table(HEALTH))?;
-            self.guard
-                .call(|| table.insert(health.source.as_str(), bytes.as_slice()))?;
-            Ok(())
-        })
+        self.write(|txn| self.put_health_in(txn, health))
+    }
+
+    fn put_health_in(&self, txn: &WriteTransaction, health: &HealthRecord) -> Result<(), Failure> {
+        let bytes = to_json(health)?;
+        let mut table = self.guard.call(|| txn.open_table(HEALTH))?;
+        self.guard
+            .call(|| table.insert(health.source.as_str(), bytes.as_slice()))?;
+        Ok(())
     }
 
     pub fn health(&self, source: &str) -> Result<Option<HealthRecord>, StoreError> {

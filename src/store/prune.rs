@@ -225,6 +225,7 @@ mod tests {
             finished_at: at,
             authentik_version: None,
             settings_fingerprint: "f".into(),
+            health: None,
         }
         .into_record(format!("R{id:02}"), status, None, Counts::default(), 0);
         record.previous_run = previous.map(|id| format!("R{id:02}"));

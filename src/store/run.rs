@@ -211,6 +211,8 @@ pub struct RunOutcome {
     pub finished_at: DateTime<Utc>,
     pub authentik_version: Option<String>,
     pub settings_fingerprint: String,
+    /// What the run saw of the source's health; stored with the run, in its transaction.
+    pub health: Option<HealthRecord>,
 }
 
 impl RunOutcome {

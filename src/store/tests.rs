@@ -38,6 +38,7 @@ fn outcome(minute: i64) -> RunOutcome {
         finished_at: at(minute),
         authentik_version: Some("2025.12.4".into()),
         settings_fingerprint: "f".into(),
+        health: None,
     }
 }
 
