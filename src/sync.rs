@@ -181,7 +181,7 @@ pub async fn sync_source(
         Err(Rejected::Failed(outcome, reason)) => {
             let reason = bounded_error(&reason);
             tracing::warn!(source = %source.name, "run not stored: {}", crate::display::escape(&reason));
-            record_failed(store, outcome, reason).await
+            record_failed(store, *outcome, reason).await
         }
     }
 }
@@ -236,7 +236,7 @@ pub(crate) enum Rejected {
     /// Recording anything failed.
     Store(StoreError),
     /// The run is recorded as failed with this reason.
-    Failed(RunOutcome, String),
+    Failed(Box<RunOutcome>, String),
 }
 
 impl From<StoreError> for Rejected {
@@ -266,7 +266,7 @@ impl CompleteRun {
         let (previous, baseline_reason) =
             compared_run(self.latest.clone(), &self.outcome.settings_fingerprint);
         let run_id = store.new_run_id(&source.name, self.outcome.started_at)?;
-        let fail = |reason: String| Rejected::Failed(self.outcome.clone(), reason);
+        let fail = |reason: String| Rejected::Failed(Box::new(self.outcome.clone()), reason);
         let plan_started = std::time::Instant::now();
         let planned = self
             .plan(store, &run_id, previous.as_ref(), baseline_reason.clone())
