@@ -381,6 +381,8 @@ fn period_run(run: &RunRecord) -> PeriodRun {
         finished_at: run.finished_at,
         counts: run.counts,
         envelope_sha256: run.envelopes.as_ref().map(|summary| summary.sha256.clone()),
+        envelope_lines: run.envelopes.as_ref().map(|summary| summary.lines),
+        delivery: run.delivery.clone(),
         previous_run: run.previous_run.clone(),
         baseline_reason: run.baseline_reason.clone(),
         settings_fingerprint: run.settings_fingerprint.clone(),

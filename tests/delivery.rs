@@ -115,6 +115,31 @@ async fn a_rejected_run_is_parked_and_an_admin_retries_or_skips() {
     assert_eq!(delivery(&env, &ids[2]).status, Delivered);
     let listed = env.aksync(&["runs"]);
     assert!(listed.stdout.contains("parked 0/"), "{}", listed.stdout);
+    // The period's report tells the auditor the run's evidence never reached the receiver.
+    let since = env.store().run(&run1).unwrap().started_at.to_rfc3339();
+    for format in ["json", "md"] {
+        let out = env.dir.path().join(format!("period.{format}"));
+        let report = env.aksync(&[
+            "report",
+            "--since",
+            &since,
+            "--format",
+            format,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(report.code, 0, "{}", report.stderr);
+        let text = std::fs::read_to_string(&out).unwrap();
+        if format == "json" {
+            let json: Value = serde_json::from_str(&text).unwrap();
+            let runs = json["runs"].as_array().unwrap();
+            assert_eq!(runs[0]["run_id"], run1.as_str());
+            assert_eq!(runs[0]["delivery"]["status"], "parked");
+            assert_eq!(runs[1]["delivery"]["status"], "delivered");
+        } else {
+            assert!(text.contains("webhook delivery parked 0/"), "{text}");
+        }
+    }
 
     // A smaller batch size gets past the receiver's limit.
     with_webhook(&env, &base, &receiver.url, 5);

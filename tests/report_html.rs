@@ -13,7 +13,7 @@ use aksync::report::{
     find_chromium, html_to_pdf, render, Period, PeriodRun, Producer, Report, ReportFormat,
     ReportHeader, ReportSettings, Snapshot, TrendPoint,
 };
-use aksync::store::{Counts, RunStatus, TokenUser};
+use aksync::store::{Counts, DeliveryState, DeliveryStatus, RunStatus, TokenUser};
 use chrono::{DateTime, Duration as Span, TimeZone, Utc};
 use sha2::{Digest, Sha256};
 
@@ -108,6 +108,21 @@ fn report() -> Report {
             memberships: 5_000,
         },
         envelope_sha256: Some(hex_id("envelope")),
+        envelope_lines: Some(1_200),
+        // A long receiver error must wrap in its column like any other detail.
+        delivery: Some(DeliveryState {
+            status: DeliveryStatus::Parked,
+            batch_size: 500,
+            batches_delivered: 1,
+            batches_total: 3,
+            envelopes_delivered: Some(500),
+            attempts: 3,
+            rejections: 3,
+            last_error: Some(
+                "the receiver answered 413 Payload Too Large: request body exceeds the 1 MiB limit of this endpoint".to_string(),
+            ),
+            delivered_at: None,
+        }),
         previous_run: Some("01JC0000000000000000000001".to_string()),
         baseline_reason: None,
         settings_fingerprint: hex_id("settings"),

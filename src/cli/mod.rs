@@ -24,7 +24,7 @@ use crate::logging;
 use crate::record::{with_volatile, RecordKind};
 use crate::run_lock::{source_lock_path, RunLock};
 use crate::runner::{run_source, RunContext};
-use crate::store::{DeliveryStatus, HealthStatus, RunRecord, RunStatus, Store, StoreError};
+use crate::store::{HealthStatus, RunRecord, RunStatus, Store, StoreError};
 use crate::sync::STORE_WAIT;
 use opt::{Command, FormatArgs, Opt, ShowKind};
 
@@ -530,18 +530,9 @@ pub(crate) fn runs(database: &Path, source: Option<&str>, json: bool) -> Result<
 
 /// A run's webhook delivery in a word, with its progress while it is not finished.
 fn delivery_cell(run: &RunRecord) -> String {
-    let Some(delivery) = &run.delivery else {
-        return String::new();
-    };
-    let lines = run.envelopes.as_ref().map_or(0, |summary| summary.lines);
-    match delivery.status {
-        DeliveryStatus::Pending | DeliveryStatus::Parked => format!(
-            "{} {}/{lines}",
-            delivery.status.as_str(),
-            delivery.progress()
-        ),
-        status => status.as_str().to_string(),
-    }
+    run.delivery.as_ref().map_or_else(String::new, |delivery| {
+        delivery.summary(run.envelopes.as_ref().map_or(0, |summary| summary.lines))
+    })
 }
 
 const ACCOUNT_FIELDS: [&str; 17] = [

@@ -466,6 +466,19 @@ fn runs_block(report: &Report) -> Block {
                         .unwrap_or("first run of this source, every record is new")
                 ))),
             }
+            if let Some(delivery) = run.delivery_text() {
+                let settled = run.delivery.as_ref().is_some_and(|delivery| {
+                    delivery.status == crate::store::DeliveryStatus::Delivered
+                });
+                if !detail.is_empty() {
+                    detail.push(Piece::Text("; ".to_string()));
+                }
+                detail.push(if settled {
+                    Piece::Text(delivery)
+                } else {
+                    Piece::Flag(delivery)
+                });
+            }
             vec![
                 code(run.run_id.clone()),
                 status,
@@ -489,14 +502,14 @@ fn runs_block(report: &Report) -> Block {
     Block {
         id: "runs",
         title: "Runs in period",
-        description: "Every run of the period, complete, failed or quarantined: a failed run stored nothing, so the time until the next complete run went unobserved.".to_string(),
+        description: "Every run of the period, complete, failed or quarantined, and where the webhook delivery of its envelopes stands: a failed run stored nothing, so the time until the next complete run went unobserved.".to_string(),
         columns: vec![
             ("Run", 17),
             ("Status", 9),
             ("Started and finished (UTC)", 16),
             ("Records", 14),
             ("Envelope SHA-256", 24),
-            ("Compared with, baseline reason or error", 20),
+            ("Compared with, baseline reason, error or delivery", 20),
         ],
         rows,
         alert: false,

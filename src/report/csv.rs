@@ -187,10 +187,13 @@ fn row(report: &Report, event: &Event<'_>) -> Row {
 /// The row of one run: `event` is `run`, `reason` its status.
 fn run_row(report: &Report, run: &super::PeriodRun) -> Vec<String> {
     let mut row = vec![String::new(); COLUMNS.len()];
-    let reason = match &run.error {
+    let mut reason = match &run.error {
         Some(error) => format!("{}: {error}", run.status.as_str()),
         None => run.status.as_str().to_string(),
     };
+    if let Some(delivery) = run.delivery_text() {
+        reason.push_str(&format!("; {delivery}"));
+    }
     for (column, value) in [
         ("source", report.header.source.clone()),
         ("run_id", run.run_id.clone()),

@@ -21,7 +21,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::diff::{DirectoryDiff, PrivilegedAccount};
-use crate::store::{ChangeCounts, Counts, RunStatus, TokenUser};
+use crate::store::{ChangeCounts, Counts, DeliveryState, RunStatus, TokenUser};
 
 pub use content::{group_names, inline_text};
 pub use html::escape as escape_html;
@@ -101,6 +101,10 @@ pub struct PeriodRun {
     pub finished_at: DateTime<Utc>,
     pub counts: Counts,
     pub envelope_sha256: Option<String>,
+    /// How many envelopes the run wrote: what its delivery progress counts against.
+    pub envelope_lines: Option<u64>,
+    /// Where the webhook delivery of its envelopes stands, when a webhook is configured.
+    pub delivery: Option<DeliveryState>,
     pub previous_run: Option<String>,
     pub baseline_reason: Option<String>,
     pub settings_fingerprint: String,
@@ -109,6 +113,25 @@ pub struct PeriodRun {
     /// The Authentik user the token belongs to.
     pub token_user: Option<TokenUser>,
     pub changes: Option<ChangeCounts>,
+}
+
+impl PeriodRun {
+    /// The webhook delivery in a sentence for human readers, with the receiver's last
+    /// answer while it is not delivered.
+    pub fn delivery_text(&self) -> Option<String> {
+        let delivery = self.delivery.as_ref()?;
+        let mut text = format!(
+            "webhook delivery {}",
+            delivery.summary(self.envelope_lines.unwrap_or(0))
+        );
+        if let (Some(error), false) = (
+            &delivery.last_error,
+            delivery.status == crate::store::DeliveryStatus::Delivered,
+        ) {
+            text.push_str(&format!(" ({error})"));
+        }
+        Some(text)
+    }
 }
 
 /// The population of a run: counted from its stored records, not from the diffs, so that

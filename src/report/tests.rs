@@ -188,6 +188,8 @@ pub(super) fn period_run(
             memberships: 300,
         },
         envelope_sha256: (status == RunStatus::Complete).then(|| uid(run_id)),
+        envelope_lines: (status == RunStatus::Complete).then_some(40),
+        delivery: None,
         previous_run: None,
         baseline_reason: None,
         settings_fingerprint: "f1".to_string(),

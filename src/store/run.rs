@@ -192,6 +192,17 @@ impl DeliveryState {
             .unwrap_or(self.batches_delivered.saturating_mul(self.batch_size))
     }
 
+    /// The state in a few words, with its progress against the run's `lines` envelopes
+    /// while it is not finished: `parked 100/250`, `delivered`.
+    pub fn summary(&self, lines: u64) -> String {
+        match self.status {
+            DeliveryStatus::Pending | DeliveryStatus::Parked => {
+                format!("{} {}/{lines}", self.status.as_str(), self.progress())
+            }
+            status => status.as_str().to_string(),
+        }
+    }
+
     /// Whether `next` only moves this state forward: never fewer envelopes, never from
     /// delivered or skipped back to pending.
     pub fn advances_to(&self, next: &DeliveryState) -> bool {
