@@ -44,6 +44,10 @@ struct Args {
     /// Syncs after 1% churn each.
     #[arg(long, default_value_t = 30)]
     churn_runs: usize,
+    /// Keep the state directory and config at the end (and print where), to profile a
+    /// command against the same data.
+    #[arg(long)]
+    keep: bool,
     /// cargo bench passes `--bench`; it means nothing here.
     #[arg(long, hide = true)]
     bench: bool,
@@ -316,6 +320,9 @@ async fn run(args: Args, mut spawner: Spawner) {
     println!();
     for (check, passed) in &checks {
         println!("{} {check}", if *passed { "PASS" } else { "FAIL" });
+    }
+    if args.keep {
+        eprintln!("kept the config and state in {}", work.keep().display());
     }
 }
 
