@@ -14,9 +14,9 @@ use crate::diff::{
     PrivilegedAccount, RunRef,
 };
 use crate::envelope::{Action, EnvelopeContext, EnvelopeFile, EnvelopeWriter};
-use crate::normalize::{AccountStatus, DirectoryAccount, DirectoryGroup};
+use crate::normalize::{DirectoryAccount, DirectoryGroup};
 use crate::plan::{membership_pair, Loaded, PlanError, Planner, Sinks};
-use crate::record::{with_volatile, ChangeRule, Hash, RawEntry, RecordKind};
+use crate::record::{with_volatile, ChangeRule, Hash, RecordKind};
 use crate::store::{Reader, RecordVersion, RunRecord, Store, StoreError};
 
 impl From<PlanError> for StoreError {
@@ -184,7 +184,11 @@ fn replay_record(
     let tombstone = match (old, from) {
         (None, Some(from)) => deletion_before(versions, from, chain_start)
             .map(|version| {
-                Ok::<Hash, StoreError>(planner.rule().deleted_hash(&record_of(reader, version)?))
+                Ok::<Hash, StoreError>(
+                    planner
+                        .rule()
+                        .deleted_hash(&record_of(reader, source, kind, version)?),
+                )
             })
             .transpose()?,
         _ => None,
@@ -217,7 +221,7 @@ fn loaded(
     version: &RecordVersion,
     with_volatile: bool,
 ) -> Result<Loaded, StoreError> {
-    let entry = entry_of(reader, version)?;
+    let entry = reader.version(source, kind, &version.external_id, &version.valid_from)?;
     let volatile = if with_volatile && !kind.volatile_fields().is_empty() {
         reader.volatile(source, kind, &version.external_id)?
     } else {
@@ -232,17 +236,14 @@ fn loaded(
     })
 }
 
-fn entry_of(reader: &Reader<'_>, version: &RecordVersion) -> Result<RawEntry, StoreError> {
-    version.parse().map_err(|error| {
-        reader.corrupt(format_args!(
-            "record version {}: {error}",
-            version.external_id
-        ))
-    })
-}
-
-fn record_of(reader: &Reader<'_>, version: &RecordVersion) -> Result<Value, StoreError> {
-    entry_of(reader, version)?.record().map_err(|error| {
+fn record_of(
+    reader: &Reader<'_>,
+    source: &str,
+    kind: RecordKind,
+    version: &RecordVersion,
+) -> Result<Value, StoreError> {
+    let entry = reader.version(source, kind, &version.external_id, &version.valid_from)?;
+    entry.record().map_err(|error| {
         reader.corrupt(format_args!(
             "record version {}: {error}",
             version.external_id
@@ -335,7 +336,7 @@ pub fn last_active(
     let mut found = BTreeMap::new();
     let groups = GroupHistory::load(reader, source)?;
     for uid in uids {
-        let history = AccountHistory::load(reader, source, uid, &groups)?;
+        let history = AccountHistory::load(reader, source, uid, &groups, false)?;
         if let Some(last) = runs.iter().rev().find_map(|run| history.active_at(run)) {
             found.insert(uid.clone(), last);
         }
@@ -355,9 +356,11 @@ impl GroupHistory {
         let mut versions: BTreeMap<String, Vec<_>> = BTreeMap::new();
         for version in reader.versions(source, RecordKind::Group, "")? {
             let version = version?;
-            let record = serde_json::from_value(record_of(reader, &version)?).map_err(|error| {
-                reader.corrupt(format_args!("group {}: {error}", version.external_id))
-            })?;
+            let record =
+                serde_json::from_value(record_of(reader, source, RecordKind::Group, &version)?)
+                    .map_err(|error| {
+                        reader.corrupt(format_args!("group {}: {error}", version.external_id))
+                    })?;
             versions
                 .entry(version.external_id.clone())
                 .or_default()
@@ -386,7 +389,11 @@ impl GroupHistory {
 /// Every stored version of one account and its memberships, with the source's groups.
 struct AccountHistory<'g> {
     uid: String,
-    account: Vec<(RecordVersion, DirectoryAccount)>,
+    /// The account's versions, oldest first.
+    versions: Vec<RecordVersion>,
+    /// Their records, index by index, when loaded: whether a run saw the account active
+    /// needs only the versions' flags.
+    records: Vec<DirectoryAccount>,
     memberships: Vec<RecordVersion>,
     groups: &'g GroupHistory,
 }
@@ -397,6 +404,7 @@ impl<'g> AccountHistory<'g> {
         source: &str,
         uid: &str,
         groups: &'g GroupHistory,
+        with_records: bool,
     ) -> Result<AccountHistory<'g>, StoreError> {
         let parse_all = |kind: RecordKind, prefix: &str, exact: Option<&str>| {
             reader
@@ -407,28 +415,37 @@ impl<'g> AccountHistory<'g> {
                 })
                 .collect::<Result<Vec<_>, _>>()
         };
-        let typed = |version: &RecordVersion| record_of(reader, version);
-        let volatile = reader.volatile(source, RecordKind::Account, uid)?;
-        let mut account = Vec::new();
-        for version in parse_all(RecordKind::Account, uid, Some(uid))? {
-            let record = serde_json::from_value(with_volatile(typed(&version)?, &volatile))
-                .map_err(|error| StoreError::Aborted(format!("account {uid}: {error}")))?;
-            account.push((version, record));
+        let versions = parse_all(RecordKind::Account, uid, Some(uid))?;
+        let mut records = Vec::new();
+        if with_records {
+            let volatile = reader.volatile(source, RecordKind::Account, uid)?;
+            for version in &versions {
+                let record = record_of(reader, source, RecordKind::Account, version)?;
+                records.push(
+                    serde_json::from_value(with_volatile(record, &volatile))
+                        .map_err(|error| StoreError::Aborted(format!("account {uid}: {error}")))?,
+                );
+            }
         }
         let memberships = parse_all(RecordKind::Membership, &format!("{uid}:"), None)?;
         Ok(AccountHistory {
             uid: uid.to_string(),
-            account,
+            versions,
+            records,
             memberships,
             groups,
         })
     }
 
-    fn account_at(&self, run_id: &str) -> Option<&DirectoryAccount> {
-        self.account
+    fn version_at(&self, run_id: &str) -> Option<usize> {
+        self.versions
             .iter()
-            .find(|(version, _)| version.valid_at(run_id))
-            .map(|(_, record)| record)
+            .position(|version| version.valid_at(run_id))
+    }
+
+    /// The account as `run_id` saw it (the history must be loaded with its records).
+    fn account_at(&self, run_id: &str) -> Option<&DirectoryAccount> {
+        self.records.get(self.version_at(run_id)?)
     }
 
     fn groups_at(&self, run_id: &str) -> BTreeSet<String> {
@@ -459,8 +476,8 @@ impl<'g> AccountHistory<'g> {
 
     /// The account's groups at `run`, if that run saw it active.
     fn active_at(&self, run: &RunRecord) -> Option<LastActive> {
-        let account = self.account_at(&run.run_id)?;
-        (account.status == AccountStatus::Active).then(|| LastActive {
+        let version = &self.versions[self.version_at(&run.run_id)?];
+        version.flags.active().then(|| LastActive {
             finished_at: run.finished_at,
             groups: self.group_refs_at(&run.run_id),
         })
@@ -598,7 +615,7 @@ pub fn find_accounts(store: &Store, source: &str, user: &str) -> Result<Vec<Stri
             found.insert(version.external_id);
             continue;
         }
-        let Ok(record) = record_of(&reader, &version) else {
+        let Ok(record) = record_of(&reader, source, RecordKind::Account, &version) else {
             continue;
         };
         if record["username"].as_str() == Some(user)
@@ -615,7 +632,7 @@ pub fn find_accounts(store: &Store, source: &str, user: &str) -> Result<Vec<Stri
 pub fn timeline(store: &Store, source: &SourceConfig, uid: &str) -> Result<Timeline, StoreError> {
     let reader = store.reader()?;
     let groups = GroupHistory::load(&reader, &source.name)?;
-    let history = AccountHistory::load(&reader, &source.name, uid, &groups)?;
+    let history = AccountHistory::load(&reader, &source.name, uid, &groups, true)?;
     let rule = ChangeRule::new(&source.ignore_fields);
     let runs = store.complete_runs(&source.name)?;
     let mut usernames = BTreeSet::new();

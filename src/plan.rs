@@ -21,7 +21,7 @@ use crate::normalize::{DirectoryAccount, DirectoryGroup};
 use crate::record::{
     canonical_json, raw, with_volatile, ChangeRule, Hash, RawEntry, RecordKind, DELETED_STATUS,
 };
-use crate::store::codec::{self, CurrentRow, Flags};
+use crate::store::codec::{CurrentRow, Flags};
 use crate::store::ops::{Op, OpWriter, Ops};
 use crate::store::{Reader, StoreError};
 
@@ -196,7 +196,7 @@ impl<'a> Planner<'a> {
                     external_id: external_id.to_string(),
                     replaces: old.as_ref().map(stored_from).transpose()?,
                     clears_tombstone: tombstone.is_some(),
-                    version: codec::encode_version(&new.hash, new.flags, &new.entry.to_bytes()),
+                    entry: new.entry.to_bytes(),
                     current: current_row(self.context.run_id, new)?,
                     volatile: volatile_bytes(kind, &new.volatile),
                 },

@@ -68,6 +68,20 @@ impl TestSource {
         }
     }
 
+    /// Closes the database, lets `edit` change the file (e.g. write an older layout), and
+    /// opens it again as aksync would.
+    pub fn reopen(&mut self, edit: impl FnOnce(&std::path::Path)) {
+        let path = self.dir.path().join("aksync.redb");
+        // The handle is closed by swapping in one on a scratch file: `store` is never empty.
+        let scratch = self.dir.path().join("scratch.redb");
+        drop(std::mem::replace(
+            &mut self.store,
+            Store::open(&scratch, std::time::Duration::from_secs(5)).unwrap(),
+        ));
+        edit(&path);
+        self.store = Store::open(&path, std::time::Duration::from_secs(5)).unwrap();
+    }
+
     /// One complete run of this directory; `groups: None` for a source without group sync.
     pub fn sync(&mut self, users: Vec<Value>, groups: Vec<Value>) -> SyncedRun {
         match self.try_sync(users, groups) {

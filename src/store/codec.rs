@@ -11,7 +11,8 @@ use crate::record::{Hash, RecordKind};
 pub const SEP: char = '\u{1f}';
 /// Run ids are ULIDs: 26 characters.
 pub const RUN_ID_LEN: usize = 26;
-const FORMAT: u8 = 2;
+/// The format byte of a current row.
+const CURRENT_FORMAT: u8 = 2;
 const NO_RUN: [u8; RUN_ID_LEN] = [0; RUN_ID_LEN];
 
 /// `source␟kind␟`: the prefix of every record key of one kind.
@@ -62,56 +63,67 @@ fn run_id_of(bytes: &[u8]) -> Result<Option<String>, DecodeError> {
         .map_err(|_| DecodeError)
 }
 
-/// One stored version: `[format][valid_to or zeros][material hash][flags][entry JSON]`.
+/// The format byte of a version row. Schema 2 (format 2) appended the entry to the row, so a
+/// scan of the versions read every record's content; schema 3 keeps the entry in its own
+/// table under the same key.
+pub const VERSION_FORMAT: u8 = 3;
+
+/// One stored version's row: `[format][valid_to or zeros][material hash][flags]`. Its entry
+/// (`{"record": …, "payload": …}`) is stored under the same key in the `entries` table.
 #[derive(Debug, Clone, PartialEq)]
-pub struct VersionRow<'a> {
+pub struct VersionRow {
     pub valid_to: Option<String>,
     pub hash: Hash,
     pub flags: Flags,
-    /// `{"record": …, "payload": …}` without volatile fields.
-    pub entry: &'a [u8],
 }
 
-const VERSION_HEADER: usize = 1 + RUN_ID_LEN + 32 + 1;
+pub const VERSION_LEN: usize = 1 + RUN_ID_LEN + 32 + 1;
 
-pub fn encode_version(hash: &Hash, flags: Flags, entry: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(VERSION_HEADER + entry.len());
-    out.push(FORMAT);
-    out.extend_from_slice(&NO_RUN);
-    out.extend_from_slice(hash);
-    out.push(flags.0);
-    out.extend_from_slice(entry);
+pub fn encode_version(hash: &Hash, flags: Flags) -> [u8; VERSION_LEN] {
+    let mut out = [0; VERSION_LEN];
+    out[0] = VERSION_FORMAT;
+    out[1 + RUN_ID_LEN..VERSION_LEN - 1].copy_from_slice(hash);
+    out[VERSION_LEN - 1] = flags.0;
     out
 }
 
-pub fn decode_version(bytes: &[u8]) -> Result<VersionRow<'_>, DecodeError> {
-    if bytes.len() < VERSION_HEADER || bytes[0] != FORMAT {
+pub fn decode_version(bytes: &[u8]) -> Result<VersionRow, DecodeError> {
+    if bytes.len() != VERSION_LEN || bytes[0] != VERSION_FORMAT {
         return Err(DecodeError);
     }
     Ok(VersionRow {
         valid_to: run_id_of(&bytes[1..1 + RUN_ID_LEN])?,
-        hash: bytes[1 + RUN_ID_LEN..VERSION_HEADER - 1]
+        hash: bytes[1 + RUN_ID_LEN..VERSION_LEN - 1]
             .try_into()
             .map_err(|_| DecodeError)?,
-        flags: Flags(bytes[VERSION_HEADER - 1]),
-        entry: &bytes[VERSION_HEADER..],
+        flags: Flags(bytes[VERSION_LEN - 1]),
     })
 }
 
-/// The version's `valid_to`, read without touching its entry.
+/// The version's `valid_to`, read without decoding the rest.
 pub fn version_valid_to(bytes: &[u8]) -> Result<Option<String>, DecodeError> {
-    if bytes.len() < VERSION_HEADER || bytes[0] != FORMAT {
-        return Err(DecodeError);
-    }
-    run_id_of(&bytes[1..1 + RUN_ID_LEN])
+    decode_version(bytes).map(|row| row.valid_to)
 }
 
-/// Closes a version: the same bytes with `valid_to` set.
-pub fn close_version(bytes: &[u8], run_id: &str) -> Result<Vec<u8>, DecodeError> {
+/// Closes a version: the same row with `valid_to` set.
+pub fn close_version(bytes: &[u8], run_id: &str) -> Result<[u8; VERSION_LEN], DecodeError> {
     decode_version(bytes)?;
-    let mut closed = bytes.to_vec();
+    let mut closed: [u8; VERSION_LEN] = bytes.try_into().map_err(|_| DecodeError)?;
     closed[1..1 + RUN_ID_LEN].copy_from_slice(&run_id_bytes(run_id)?);
     Ok(closed)
+}
+
+/// A schema-2 version row split into the schema-3 row and its entry: the header kept its
+/// layout, only the format byte and where the entry lives changed.
+pub fn split_v2_version(bytes: &[u8]) -> Result<([u8; VERSION_LEN], &[u8]), DecodeError> {
+    const V2_FORMAT: u8 = 2;
+    if bytes.len() < VERSION_LEN || bytes[0] != V2_FORMAT {
+        return Err(DecodeError);
+    }
+    let mut row: [u8; VERSION_LEN] = bytes[..VERSION_LEN].try_into().map_err(|_| DecodeError)?;
+    row[0] = VERSION_FORMAT;
+    decode_version(&row)?;
+    Ok((row, &bytes[VERSION_LEN..]))
 }
 
 /// Bits of an account's state that population counts need without reading its version.
@@ -175,7 +187,7 @@ impl CurrentRow {
 
     pub fn encode(&self) -> [u8; CURRENT_LEN] {
         let mut out = [0; CURRENT_LEN];
-        out[0] = FORMAT;
+        out[0] = CURRENT_FORMAT;
         out[1..1 + RUN_ID_LEN].copy_from_slice(&self.valid_from);
         out[1 + RUN_ID_LEN..1 + RUN_ID_LEN + 32].copy_from_slice(&self.hash);
         out[1 + RUN_ID_LEN + 32..CURRENT_LEN - 1]
@@ -185,7 +197,7 @@ impl CurrentRow {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<CurrentRow, DecodeError> {
-        if bytes.len() != CURRENT_LEN || bytes[0] != FORMAT {
+        if bytes.len() != CURRENT_LEN || bytes[0] != CURRENT_FORMAT {
             return Err(DecodeError);
         }
         let valid_from: [u8; RUN_ID_LEN] = bytes[1..1 + RUN_ID_LEN]
@@ -217,17 +229,40 @@ mod tests {
     #[test]
     fn versions_round_trip_and_close_in_place() {
         let hash = [7; 32];
-        let bytes = encode_version(&hash, Flags(Flags::SUPERUSER), br#"{"record":{}}"#);
+        let bytes = encode_version(&hash, Flags(Flags::SUPERUSER));
         let row = decode_version(&bytes).unwrap();
         assert_eq!(row.valid_to, None);
         assert_eq!(row.hash, hash);
         assert!(row.flags.superuser());
-        assert_eq!(row.entry, br#"{"record":{}}"#);
         let closed = close_version(&bytes, LATER).unwrap();
         assert_eq!(version_valid_to(&closed).unwrap().as_deref(), Some(LATER));
-        assert_eq!(decode_version(&closed).unwrap().entry, row.entry);
+        assert_eq!(decode_version(&closed).unwrap().hash, hash);
         assert!(decode_version(b"{json}").is_err());
         assert!(close_version(&bytes, "short").is_err());
+    }
+
+    #[test]
+    fn schema_2_rows_split_into_row_and_entry() {
+        let hash = [9; 32];
+        let mut v2 = vec![2];
+        v2.extend_from_slice(LATER.as_bytes());
+        v2.extend_from_slice(&hash);
+        v2.push(Flags::ACTIVE);
+        v2.extend_from_slice(br#"{"record":{}}"#);
+        let (row, entry) = split_v2_version(&v2).unwrap();
+        assert_eq!(entry, br#"{"record":{}}"#);
+        assert_eq!(
+            decode_version(&row).unwrap(),
+            VersionRow {
+                valid_to: Some(LATER.to_string()),
+                hash,
+                flags: Flags(Flags::ACTIVE),
+            }
+        );
+        assert!(
+            split_v2_version(&row).is_err(),
+            "a schema-3 row is not split again"
+        );
     }
 
     #[test]

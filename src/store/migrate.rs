@@ -8,6 +8,10 @@
 //! latest-complete pointers. Material hashes are computed without `ignore_fields` (the store
 //! does not know the settings); a source with `ignore_fields` starts a new baseline on its next
 //! run anyway, because its settings fingerprint now includes them.
+//!
+//! Schema 3 moves each version's entry out of its row into the `entries` table under the same
+//! key, so that scanning the versions (every diff between two old runs) reads 60 bytes per
+//! version instead of the whole record. Migrating from 2 splits every row in place.
 
 use std::collections::BTreeMap;
 
@@ -17,7 +21,7 @@ use serde_json::{json, Map, Value};
 
 use super::codec::{self, CurrentRow, Flags, SEP};
 use super::{
-    corrupt_value, from_json, Failure, RunRecord, RunStatus, Store, CURRENT, LATEST, RUNS,
+    corrupt_value, from_json, Failure, RunRecord, RunStatus, Store, CURRENT, ENTRIES, LATEST, RUNS,
     SOURCE_RUNS, TOMBSTONES, VERSIONS, VOLATILE,
 };
 use crate::normalize::stored_payload;
@@ -36,6 +40,7 @@ struct V1Version {
 pub(super) fn migrate(store: &Store, txn: &WriteTransaction, from: u32) -> Result<(), Failure> {
     match from {
         1 => from_v1(store, txn),
+        2 => from_v2(store, txn),
         other => Err(Failure::Corrupt(format!("unknown schema version {other}"))),
     }
 }
@@ -45,9 +50,10 @@ fn from_v1(store: &Store, txn: &WriteTransaction) -> Result<(), Failure> {
     index_runs(store, txn)?;
     {
         let old = guard.call(|| txn.open_table(V1_VERSIONS))?;
-        let mut writer = V2Writer {
+        let mut writer = Writer {
             store,
             versions: guard.call(|| txn.open_table(VERSIONS))?,
+            entries: guard.call(|| txn.open_table(ENTRIES))?,
             current: guard.call(|| txn.open_table(CURRENT))?,
             tombstones: guard.call(|| txn.open_table(TOMBSTONES))?,
             volatile: guard.call(|| txn.open_table(VOLATILE))?,
@@ -79,6 +85,46 @@ fn from_v1(store: &Store, txn: &WriteTransaction) -> Result<(), Failure> {
     guard.call(|| txn.delete_table(V1_VERSIONS))?;
     guard.call(|| txn.delete_table(V1_CURRENT))?;
     Ok(())
+}
+
+/// How many schema-2 rows are split per read of the table: the rows are rewritten in the
+/// same table, so they are read in batches, each after the last key of the one before.
+const SPLIT_BATCH: usize = 1_000;
+
+fn from_v2(store: &Store, txn: &WriteTransaction) -> Result<(), Failure> {
+    let guard = &store.guard;
+    let mut versions = guard.call(|| txn.open_table(VERSIONS))?;
+    let mut entries = guard.call(|| txn.open_table(ENTRIES))?;
+    let mut after: Option<String> = None;
+    loop {
+        let mut batch: Vec<(String, Vec<u8>)> = Vec::with_capacity(SPLIT_BATCH);
+        {
+            let bounds = match &after {
+                Some(key) => (
+                    std::ops::Bound::Excluded(key.as_str()),
+                    std::ops::Bound::Unbounded,
+                ),
+                None => (std::ops::Bound::Unbounded, std::ops::Bound::Unbounded),
+            };
+            let mut rows = guard.call(|| versions.range::<&str>(bounds))?;
+            while batch.len() < SPLIT_BATCH {
+                let Some((key, value)) = guard.call(|| rows.next().transpose())? else {
+                    break;
+                };
+                batch.push((key.value().to_string(), value.value().to_vec()));
+            }
+        }
+        let Some((last, _)) = batch.last() else {
+            return Ok(());
+        };
+        after = Some(last.clone());
+        for (key, value) in &batch {
+            let (row, entry) =
+                codec::split_v2_version(value).map_err(|_| corrupt_value("record version"))?;
+            guard.call(|| entries.insert(key.as_str(), entry))?;
+            guard.call(|| versions.insert(key.as_str(), row.as_slice()))?;
+        }
+    }
 }
 
 /// The per-source run index and the latest complete run of each source.
@@ -142,15 +188,17 @@ fn convert(kind: RecordKind, valid_from: &str, version: V1Version) -> Result<Con
     })
 }
 
-struct V2Writer<'t> {
+/// Writes converted schema-1 records in the current layout.
+struct Writer<'t> {
     store: &'t Store,
     versions: redb::Table<'t, &'static str, &'static [u8]>,
+    entries: redb::Table<'t, &'static str, &'static [u8]>,
     current: redb::Table<'t, &'static str, &'static [u8]>,
     tombstones: redb::Table<'t, &'static str, &'static [u8]>,
     volatile: redb::Table<'t, &'static str, &'static [u8]>,
 }
 
-impl V2Writer<'_> {
+impl Writer<'_> {
     /// Writes one record's versions (oldest first), merging neighbours whose material content
     /// is the same: they differed only in what schema 2 no longer versions.
     fn write_record(&mut self, record_key: &str, versions: Vec<Converted>) -> Result<(), Failure> {
@@ -192,13 +240,13 @@ impl V2Writer<'_> {
             guard.call(|| self.volatile.insert(record_key, bytes.as_slice()))?;
         }
         for version in &merged {
-            let mut bytes =
-                codec::encode_version(&version.hash, Flags::of(&version.stored), &version.entry);
+            let mut row = codec::encode_version(&version.hash, Flags::of(&version.stored));
             if let Some(valid_to) = &version.valid_to {
-                bytes = codec::close_version(&bytes, valid_to)?;
+                row = codec::close_version(&row, valid_to)?;
             }
             let key = codec::version_key(record_key, &version.valid_from);
-            guard.call(|| self.versions.insert(key.as_str(), bytes.as_slice()))?;
+            guard.call(|| self.versions.insert(key.as_str(), row.as_slice()))?;
+            guard.call(|| self.entries.insert(key.as_str(), version.entry.as_slice()))?;
         }
         Ok(())
     }

@@ -16,7 +16,8 @@
 //! | `runs` | run id | [`RunRecord`] as JSON (growable: unknown fields are kept) |
 //! | `source_runs` | `source␟run_id` | the run's status: a per-source run index |
 //! | `latest_complete` | source | the id of the source's latest complete run |
-//! | `versions` | `source␟kind␟external_id␟valid_from` | `valid_to`, material hash, entry JSON |
+//! | `versions` | `source␟kind␟external_id␟valid_from` | `valid_to`, material hash, flags (60 bytes) |
+//! | `entries` | the same key as its version | the version's entry JSON (`record`, `payload`) |
 //! | `current` | `source␟kind␟external_id` | `valid_from`, material hash, volatile digest, flags |
 //! | `tombstones` | `source␟kind␟external_id` | the hash of a deleted record's last envelope |
 //! | `volatile` | `source␟kind␟external_id` | latest volatile values as JSON |
@@ -61,13 +62,14 @@ pub use run::{
 };
 
 /// The layout version of the tables below. Bump it with a migration in `migrate.rs`.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const RUNS: TableDefinition<&str, &[u8]> = TableDefinition::new("runs");
 const SOURCE_RUNS: TableDefinition<&str, &[u8]> = TableDefinition::new("source_runs");
 const LATEST: TableDefinition<&str, &str> = TableDefinition::new("latest_complete");
 const VERSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("versions");
+const ENTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entries");
 const CURRENT: TableDefinition<&str, &[u8]> = TableDefinition::new("current");
 const TOMBSTONES: TableDefinition<&str, &[u8]> = TableDefinition::new("tombstones");
 const VOLATILE: TableDefinition<&str, &[u8]> = TableDefinition::new("volatile");
@@ -113,18 +115,12 @@ pub struct RecordVersion {
     pub valid_to: Option<String>,
     pub hash: Hash,
     pub flags: codec::Flags,
-    /// `{"record": …, "payload": …}` as JSON, without volatile fields.
-    pub entry: Vec<u8>,
 }
 
 impl RecordVersion {
     /// Whether this version is the one `run_id` saw.
     pub fn valid_at(&self, run_id: &str) -> bool {
         covers(&self.valid_from, self.valid_to.as_deref(), run_id)
-    }
-
-    pub fn parse(&self) -> Result<RawEntry, serde_json::Error> {
-        RawEntry::parse(&self.entry)
     }
 }
 
@@ -317,6 +313,7 @@ impl Store {
             RUNS,
             SOURCE_RUNS,
             VERSIONS,
+            ENTRIES,
             CURRENT,
             TOMBSTONES,
             VOLATILE,
@@ -499,7 +496,11 @@ impl Store {
                 Handle::ReadOnly(db) => db.begin_read(),
             })
             .map_err(|failure| failure.into_store_error(&self.path))?;
-        Ok(Reader { store: self, txn })
+        Ok(Reader {
+            store: self,
+            txn,
+            entries: std::cell::OnceCell::new(),
+        })
     }
 
     /// How many record versions are stored for a source, all kinds together.
@@ -636,6 +637,8 @@ fn next_run_id(last: Option<&str>, at: DateTime<Utc>) -> Result<String, Failure>
 pub struct Reader<'s> {
     store: &'s Store,
     txn: redb::ReadTransaction,
+    /// The entries table, opened at the first entry read: a diff reads thousands.
+    entries: std::cell::OnceCell<redb::ReadOnlyTable<&'static str, &'static [u8]>>,
 }
 
 /// What a stored record looks like to a reader: its version and its latest volatile values.
@@ -650,7 +653,7 @@ pub struct StoredRecord {
 }
 
 /// A stored version row a run saw: (external id, valid from, the row).
-type VersionRowAt = (String, String, Vec<u8>);
+type VersionRowAt = (String, String, codec::VersionRow);
 
 /// A record a run saw, before it is read.
 #[derive(Debug, Clone, PartialEq)]
@@ -799,16 +802,20 @@ impl<'s> Reader<'s> {
     ) -> Result<RawEntry, StoreError> {
         let key = codec::version_key(&codec::record_key(source, kind, external_id), valid_from);
         let fail = |failure: Failure| failure.into_store_error(&self.store.path);
-        let versions = self.table(VERSIONS).map_err(fail)?;
+        let entries = match self.entries.get() {
+            Some(entries) => entries,
+            None => {
+                let opened = self.table(ENTRIES).map_err(fail)?;
+                self.entries.get_or_init(|| opened)
+            }
+        };
         let value = self
             .store
             .guard
-            .call(|| versions.get(key.as_str()))
+            .call(|| entries.get(key.as_str()))
             .map_err(fail)?
             .ok_or_else(|| fail(corrupt_value("missing record version")))?;
-        let row = codec::decode_version(value.value())
-            .map_err(|_| fail(corrupt_value("record version")))?;
-        RawEntry::parse(row.entry).map_err(|error| {
+        RawEntry::parse(value.value()).map_err(|error| {
             fail(Failure::Corrupt(format!(
                 "unreadable record version {external_id}: {error}"
             )))
@@ -888,7 +895,6 @@ impl<'s> Reader<'s> {
                 valid_to: row.valid_to,
                 hash: row.hash,
                 flags: row.flags,
-                entry: row.entry.to_vec(),
             })
         }))
     }
@@ -927,15 +933,15 @@ impl<'s> Reader<'s> {
                 if valid_from > run_id.as_str() {
                     return Ok(None);
                 }
-                let valid_to =
-                    codec::version_valid_to(&value).map_err(|_| corrupt("record version"))?;
-                if !covers(valid_from, valid_to.as_deref(), &run_id) {
+                let version =
+                    codec::decode_version(&value).map_err(|_| corrupt("record version"))?;
+                if !covers(valid_from, version.valid_to.as_deref(), &run_id) {
                     return Ok(None);
                 }
                 Ok(Some((
                     external_id.to_string(),
                     valid_from.to_string(),
-                    value,
+                    version,
                 )))
             })();
             result.transpose()
@@ -959,11 +965,8 @@ impl<'s> Reader<'s> {
                 })
             })));
         }
-        let path = self.store.path.clone();
-        Ok(Box::new(self.version_rows_at(run, kind)?.map(move |row| {
-            let (external_id, valid_from, value) = row?;
-            let version = codec::decode_version(&value)
-                .map_err(|_| corrupt_value("record version").into_store_error(&path))?;
+        Ok(Box::new(self.version_rows_at(run, kind)?.map(|row| {
+            let (external_id, valid_from, version) = row?;
             Ok(RecordHead {
                 external_id,
                 valid_from,
@@ -974,54 +977,45 @@ impl<'s> Reader<'s> {
 
     /// The records of one kind that `run` saw, in external id order. The latest complete run
     /// is read through the current rows (cost: its records); an older one through the versions.
+    /// Either way each record's entry is then read by its version's key.
     pub fn records_at(
         &self,
         run: &RunRecord,
         kind: RecordKind,
     ) -> Result<Box<dyn Iterator<Item = Result<StoredRecord, StoreError>> + 's>, StoreError> {
-        let source = run.source.clone();
-        if self.is_latest_complete(run)? {
-            let versions = self
-                .table(VERSIONS)
-                .map_err(|failure| failure.into_store_error(&self.store.path))?;
-            let guard = self.store.guard.clone();
-            let path = self.store.path.clone();
-            let rows = self.current(&source, kind)?;
-            return Ok(Box::new(rows.map(move |row| {
+        type Head = Result<(String, String, Hash), StoreError>;
+        let heads: Box<dyn Iterator<Item = Head> + 's> = if self.is_latest_complete(run)? {
+            Box::new(self.current(&run.source, kind)?.map(|row| {
                 let (external_id, current) = row?;
-                let fail = |failure: Failure| failure.into_store_error(&path);
-                let key = codec::version_key(
-                    &codec::record_key(&source, kind, &external_id),
-                    current.valid_from(),
-                );
-                let value = guard
-                    .call(|| versions.get(key.as_str()))
-                    .map_err(fail)?
-                    .ok_or_else(|| fail(corrupt_value("missing record version")))?;
-                let version = codec::decode_version(value.value())
-                    .map_err(|_| fail(corrupt_value("record version")))?;
-                let entry: StoredEntry =
-                    from_json(version.entry, "record version entry").map_err(fail)?;
-                Ok(StoredRecord {
-                    valid_from: current.valid_from().to_string(),
-                    hash: current.hash,
-                    external_id,
-                    record: entry.record,
-                    payload: entry.payload,
-                })
-            })));
-        }
+                Ok((external_id, current.valid_from().to_string(), current.hash))
+            }))
+        } else {
+            Box::new(self.version_rows_at(run, kind)?.map(|row| {
+                let (external_id, valid_from, version) = row?;
+                Ok((external_id, valid_from, version.hash))
+            }))
+        };
+        let entries = self
+            .table(ENTRIES)
+            .map_err(|failure| failure.into_store_error(&self.store.path))?;
+        let source = run.source.clone();
+        let guard = self.store.guard.clone();
         let path = self.store.path.clone();
-        Ok(Box::new(self.version_rows_at(run, kind)?.map(move |row| {
-            let (external_id, valid_from, value) = row?;
-            let corrupt = |what| corrupt_value(what).into_store_error(&path);
-            let version = codec::decode_version(&value).map_err(|_| corrupt("record version"))?;
-            let entry: StoredEntry = serde_json::from_slice(version.entry)
-                .map_err(|_| corrupt("record version entry"))?;
+        Ok(Box::new(heads.map(move |head| {
+            let (external_id, valid_from, hash) = head?;
+            let fail = |failure: Failure| failure.into_store_error(&path);
+            let key =
+                codec::version_key(&codec::record_key(&source, kind, &external_id), &valid_from);
+            let value = guard
+                .call(|| entries.get(key.as_str()))
+                .map_err(fail)?
+                .ok_or_else(|| fail(corrupt_value("missing record version")))?;
+            let entry: StoredEntry =
+                from_json(value.value(), "record version entry").map_err(fail)?;
             Ok(StoredRecord {
                 external_id,
                 valid_from,
-                hash: version.hash,
+                hash,
                 record: entry.record,
                 payload: entry.payload,
             })
@@ -1096,6 +1090,7 @@ struct WriteTables<'t> {
     index: redb::Table<'t, &'static str, &'static [u8]>,
     latest: redb::Table<'t, &'static str, &'static str>,
     versions: redb::Table<'t, &'static str, &'static [u8]>,
+    entries: redb::Table<'t, &'static str, &'static [u8]>,
     current: redb::Table<'t, &'static str, &'static [u8]>,
     tombstones: redb::Table<'t, &'static str, &'static [u8]>,
     volatile: redb::Table<'t, &'static str, &'static [u8]>,
@@ -1110,6 +1105,7 @@ impl<'t> WriteTables<'t> {
             index: guard.call(|| txn.open_table(SOURCE_RUNS))?,
             latest: guard.call(|| txn.open_table(LATEST))?,
             versions: guard.call(|| txn.open_table(VERSIONS))?,
+            entries: guard.call(|| txn.open_table(ENTRIES))?,
             current: guard.call(|| txn.open_table(CURRENT))?,
             tombstones: guard.call(|| txn.open_table(TOMBSTONES))?,
             volatile: guard.call(|| txn.open_table(VOLATILE))?,
@@ -1178,7 +1174,7 @@ impl<'t> WriteTables<'t> {
                 external_id,
                 replaces,
                 clears_tombstone,
-                version,
+                entry,
                 current,
                 volatile,
             } => {
@@ -1191,10 +1187,13 @@ impl<'t> WriteTables<'t> {
                         .call(|| self.tombstones.remove(record_key.as_str()))?;
                 }
                 let version_key = codec::version_key(&record_key, run_id);
+                let version = codec::encode_version(&current.hash, current.flags);
                 self.guard.call(|| {
                     self.versions
                         .insert(version_key.as_str(), version.as_slice())
                 })?;
+                self.guard
+                    .call(|| self.entries.insert(version_key.as_str(), entry.as_slice()))?;
                 self.guard.call(|| {
                     self.current
                         .insert(record_key.as_str(), current.encode().as_slice())

@@ -18,8 +18,9 @@ pub enum Op {
         replaces: Option<String>,
         /// The record comes back after a deletion: its tombstone goes.
         clears_tombstone: bool,
-        /// The encoded version row (see [`super::codec::encode_version`]).
-        version: Vec<u8>,
+        /// The version's entry, `{"record": …, "payload": …}` as JSON; its row is built from
+        /// `current` (hash and flags).
+        entry: Vec<u8>,
         current: CurrentRow,
         /// The volatile values as JSON, when the kind has any.
         volatile: Option<Vec<u8>>,
@@ -73,7 +74,7 @@ impl OpWriter {
                 external_id,
                 replaces,
                 clears_tombstone,
-                version,
+                entry,
                 current,
                 volatile,
             } => {
@@ -82,7 +83,7 @@ impl OpWriter {
                 write_bytes(out, external_id.as_bytes())?;
                 write_bytes(out, replaces.as_deref().unwrap_or("").as_bytes())?;
                 out.write_all(&[u8::from(*clears_tombstone)])?;
-                write_bytes(out, version)?;
+                write_bytes(out, entry)?;
                 out.write_all(&current.encode())?;
                 write_bytes(out, volatile.as_deref().unwrap_or(&[]))?;
                 out.write_all(&[u8::from(volatile.is_some())])?;
@@ -159,7 +160,7 @@ impl Ops {
                 let replaces = Some(read_string(input)?).filter(|id| !id.is_empty());
                 let mut clears_tombstone = [0u8];
                 input.read_exact(&mut clears_tombstone)?;
-                let version = read_bytes(input)?;
+                let entry = read_bytes(input)?;
                 let current = read_current(input)?;
                 let volatile = read_bytes(input)?;
                 let mut has_volatile = [0u8];
@@ -169,7 +170,7 @@ impl Ops {
                     external_id,
                     replaces,
                     clears_tombstone: clears_tombstone[0] == 1,
-                    version,
+                    entry,
                     current,
                     volatile: (has_volatile[0] == 1).then_some(volatile),
                 }
@@ -259,7 +260,7 @@ mod tests {
                 external_id: "u1".into(),
                 replaces: Some("01JDX0000000000000000000A9".into()),
                 clears_tombstone: false,
-                version: vec![1, 2, 3],
+                entry: vec![1, 2, 3],
                 current,
                 volatile: Some(b"{}".to_vec()),
             },
@@ -268,7 +269,7 @@ mod tests {
                 external_id: "u1:g".into(),
                 replaces: None,
                 clears_tombstone: true,
-                version: vec![4],
+                entry: vec![4],
                 current,
                 volatile: None,
             },

@@ -10,10 +10,11 @@
 //! record that comes back still chains to its deletion.
 
 use chrono::{DateTime, Duration as Span, Utc};
+use redb::ReadableTable;
 
 use super::codec::{self, SEP};
 use super::{
-    corrupt_value, DeliveryStatus, Failure, RunRecord, RunStatus, Store, StoreError, META,
+    corrupt_value, DeliveryStatus, Failure, RunRecord, RunStatus, Store, StoreError, ENTRIES, META,
     SOURCE_RUNS, VERSIONS,
 };
 use crate::config::Retention;
@@ -116,18 +117,39 @@ impl Store {
                 guard.call(|| index.remove(key.as_str()))?;
             }
             let mut versions = guard.call(|| txn.open_table(VERSIONS))?;
+            let mut entries = guard.call(|| txn.open_table(ENTRIES))?;
             let prefix = codec::source_prefix(&plan.source);
             let end = codec::prefix_end(&prefix);
-            let mut removed = 0;
+            let pruned = |value: &[u8]| {
+                codec::version_valid_to(value).map(|valid_to| {
+                    valid_to.is_some_and(|valid_to| valid_to.as_str() <= plan.anchor.as_str())
+                })
+            };
             let mut unreadable = false;
+            // The entries go first, while their versions still say whether they are pruned.
+            guard.call(|| {
+                entries.retain_in(prefix.as_str()..end.as_str(), |key, _| {
+                    match versions
+                        .get(key)
+                        .map(|row| row.map(|row| pruned(row.value())))
+                    {
+                        Ok(Some(Ok(gone))) => !gone,
+                        _ => {
+                            unreadable = true;
+                            true
+                        }
+                    }
+                })
+            })?;
+            let mut removed = 0;
             guard.call(|| {
                 versions.retain_in(prefix.as_str()..end.as_str(), |_, value| {
-                    match codec::version_valid_to(value) {
-                        Ok(Some(valid_to)) if valid_to.as_str() <= plan.anchor.as_str() => {
+                    match pruned(value) {
+                        Ok(true) => {
                             removed += 1;
                             false
                         }
-                        Ok(_) => true,
+                        Ok(false) => true,
                         Err(_) => {
                             unreadable = true;
                             true

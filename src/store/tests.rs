@@ -453,6 +453,55 @@ fn a_schema_1_database_is_migrated() {
     assert!(payload.get("groups").is_none() && payload.get("last_login").is_none());
 }
 
+/// A schema-2 database (each version's entry inside its row) opens as schema 3 with every
+/// run reading back the same, across more rows than one batch of the split.
+#[test]
+fn a_schema_2_database_is_migrated() {
+    let mut source = TestSource::new();
+    let users: Vec<Value> = (1..=700).map(|pk| user(pk, "A", &["g1"])).collect();
+    let members: Vec<i64> = (1..=700).collect();
+    let first = source.sync(users.clone(), vec![group("g1", &members)]).run;
+    let mut renamed = users.clone();
+    renamed[0] = user(1, "Renamed", &["g1"]);
+    let second = source
+        .sync(renamed.clone(), vec![group("g1", &members)])
+        .run;
+    let before = (read_back(&source, &first), read_back(&source, &second));
+    let versions = source.store.version_count("corp").unwrap();
+    assert!(versions > 1_400, "{versions} rows: more than one batch");
+
+    source.reopen(|path| {
+        let db = redb::Database::open(path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut rows = txn.open_table(VERSIONS).unwrap();
+            let entries = txn.open_table(ENTRIES).unwrap();
+            for entry in entries.iter().unwrap() {
+                let (key, entry) = entry.unwrap();
+                let mut v2 = rows.get(key.value()).unwrap().unwrap().value().to_vec();
+                v2[0] = 2;
+                v2.extend_from_slice(entry.value());
+                rows.insert(key.value(), v2.as_slice()).unwrap();
+            }
+            let mut meta = txn.open_table(META).unwrap();
+            meta.insert(SCHEMA_VERSION_KEY, b"2".as_slice()).unwrap();
+        }
+        txn.delete_table(ENTRIES).unwrap();
+        txn.commit().unwrap();
+    });
+
+    assert_eq!(source.store.schema_version().unwrap(), SCHEMA_VERSION);
+    assert_eq!(source.store.version_count("corp").unwrap(), versions);
+    assert_eq!(
+        (read_back(&source, &first), read_back(&source, &second)),
+        before
+    );
+    // The next run compares with the migrated state: one rename, one new version.
+    renamed[1] = user(2, "Renamed too", &["g1"]);
+    let third = source.sync(renamed, vec![group("g1", &members)]).run;
+    assert_eq!(third.versions_written, 1);
+}
+
 fn migrate_v1_versions() -> TableDefinition<'static, &'static str, &'static [u8]> {
     TableDefinition::new("record_versions")
 }
