@@ -163,6 +163,12 @@ fn replay_record(
         RecordKind::Group => {}
     }
     let action = Action::classify(old.map(|v| &v.hash), new.map(|v| &v.hash));
+    if let (RecordKind::Membership, Some(action), false) =
+        (kind, action, planner.needs_membership_content())
+    {
+        planner.membership_changed(id, action);
+        return Ok(());
+    }
     if action.is_none() {
         if kind == RecordKind::Group {
             let old = old

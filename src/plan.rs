@@ -252,17 +252,28 @@ impl<'a> Planner<'a> {
                         .insert(external_id.to_string(), changes);
                 }
             }
-            RecordKind::Membership if !self.baseline => {
-                let pair = membership_pair(external_id);
-                match action {
-                    Action::Created => self.input.memberships_added.push(pair),
-                    Action::Deleted => self.input.memberships_removed.push(pair),
-                    Action::Updated => {}
-                }
-            }
-            RecordKind::Membership => {}
+            RecordKind::Membership => self.membership_changed(external_id, action),
         }
         Ok(())
+    }
+
+    /// Whether [`Planner::changed`] needs a changed membership's content: only to write it
+    /// or to emit its envelope. The diff needs its id alone.
+    pub fn needs_membership_content(&self) -> bool {
+        self.sinks.ops.is_some() || self.sinks.envelopes.is_some()
+    }
+
+    /// A membership that was created or deleted (an update changes no pair).
+    pub fn membership_changed(&mut self, external_id: &str, action: Action) {
+        if self.baseline {
+            return;
+        }
+        let pair = membership_pair(external_id);
+        match action {
+            Action::Created => self.input.memberships_added.push(pair),
+            Action::Deleted => self.input.memberships_removed.push(pair),
+            Action::Updated => {}
+        }
     }
 
     fn account_changed(

@@ -6,6 +6,8 @@ pub(crate) mod evidence;
 pub mod opt;
 pub mod output;
 
+pub(crate) use output::print_json;
+
 use std::io::IsTerminal;
 use std::path::Path;
 use std::sync::Arc;
@@ -708,11 +710,4 @@ fn kind_name(kind: ShowKind) -> &'static str {
         ShowKind::Groups => "groups",
         ShowKind::Memberships => "memberships",
     }
-}
-
-pub(crate) fn print_json<T: Serialize>(value: &T) -> Result<(), CliError> {
-    let mut text =
-        serde_json::to_vec_pretty(value).map_err(|error| CliError::Runtime(error.to_string()))?;
-    text.push(b'\n');
-    output::print_bytes(&text)
 }

@@ -43,6 +43,32 @@ pub fn print_bytes(bytes: &[u8]) -> Result<(), CliError> {
     }
 }
 
+/// Standard output as a writer that goes through [`print_bytes`], so that a closed pipe ends
+/// the output quietly here too.
+struct Stdout;
+
+impl Write for Stdout {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        print_bytes(bytes).map_err(|error| std::io::Error::other(error.to_string()))?;
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Pretty JSON written while it is serialized: a diff of 100,000 accounts is not held twice.
+pub fn print_json<T: serde::Serialize>(value: &T) -> Result<(), CliError> {
+    let mut out = std::io::BufWriter::with_capacity(Chunked::CHUNK, Stdout);
+    // A failed write already says "cannot write to standard output" (see `print_bytes`).
+    serde_json::to_writer_pretty(&mut out, value)
+        .map_err(|error| CliError::Runtime(error.to_string()))?;
+    out.write_all(b"\n")
+        .and_then(|()| out.flush())
+        .map_err(|error| CliError::Runtime(error.to_string()))
+}
+
 /// Output written as it is produced, in chunks: a command that streams many records does not
 /// make a system call per record, nor hold them all.
 #[derive(Default)]

@@ -38,6 +38,11 @@ struct V1Version {
 
 /// Brings a database of schema `from` to the current layout.
 pub(super) fn migrate(store: &Store, txn: &WriteTransaction, from: u32) -> Result<(), Failure> {
+    tracing::info!(
+        "migrating {} from schema {from} to {}: every record version is rewritten once",
+        store.path.display(),
+        super::SCHEMA_VERSION
+    );
     match from {
         1 => from_v1(store, txn),
         2 => from_v2(store, txn),
