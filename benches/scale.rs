@@ -65,6 +65,8 @@ struct Measured {
     label: String,
     wall: Duration,
     max_rss_kib: u64,
+    /// The process's own CPU time, user and system: what it costs beside waiting for pages.
+    cpu: Duration,
     /// The database file's length; it grows in steps (redb doubles it while it is small).
     db_bytes: u64,
     /// How much of the file holds data.
@@ -108,9 +110,9 @@ impl Spawner {
         Spawner { child, answers }
     }
 
-    /// Runs `program args…` with its standard output discarded; returns its exit code and
-    /// peak RSS in KiB.
-    fn run(&mut self, command: &[String]) -> (i32, u64) {
+    /// Runs `program args…` with its standard output discarded; returns its exit code, peak
+    /// RSS in KiB and CPU time in seconds.
+    fn run(&mut self, command: &[String]) -> (i32, u64, f64) {
         use std::io::{BufRead, Write};
         let stdin = self.child.stdin.as_mut().expect("piped");
         writeln!(
@@ -121,8 +123,7 @@ impl Spawner {
         .expect("spawner alive");
         let mut line = String::new();
         self.answers.read_line(&mut line).expect("an answer");
-        let (code, rss): (i32, u64) = serde_json::from_str(&line).expect("an answer");
-        (code, rss)
+        serde_json::from_str(&line).expect("an answer")
     }
 
     // Each child is reaped by wait4, which also reads its peak memory.
@@ -151,7 +152,10 @@ impl Spawner {
             let code = std::process::ExitStatus::from_raw(status)
                 .code()
                 .unwrap_or(-1);
-            let answer = serde_json::to_string(&(code, usage.ru_maxrss as u64)).expect("an answer");
+            let seconds = |time: libc::timeval| time.tv_sec as f64 + time.tv_usec as f64 / 1e6;
+            let cpu = seconds(usage.ru_utime) + seconds(usage.ru_stime);
+            let answer =
+                serde_json::to_string(&(code, usage.ru_maxrss as u64, cpu)).expect("an answer");
             let mut stdout = std::io::stdout().lock();
             writeln!(stdout, "{answer}").expect("the benchmark listens");
             stdout.flush().expect("the benchmark listens");
@@ -230,15 +234,23 @@ async fn run(args: Args, mut spawner: Spawner) {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     println!(
-        "| {:<22} | {:>9} | {:>8} | {:>10} | {:>10} | {:>10} | {:>14} |",
-        "step", "wall (s)", "× raw", "peak RSS", "DB in use", "DB file", "envelope bytes"
+        "| {:<22} | {:>9} | {:>8} | {:>8} | {:>10} | {:>10} | {:>10} | {:>14} |",
+        "step",
+        "wall (s)",
+        "× raw",
+        "CPU (s)",
+        "peak RSS",
+        "DB in use",
+        "DB file",
+        "envelope bytes"
     );
-    println!("|{}|", ["-"; 7].map(|_| "---").join("|"));
+    println!("|{}|", ["-"; 8].map(|_| "---").join("|"));
     println!(
-        "| {:<22} | {:>9.2} | {:>8} | {:>10} | {:>10} | {:>10} | {:>14} |",
+        "| {:<22} | {:>9.2} | {:>8} | {:>8} | {:>10} | {:>10} | {:>10} | {:>14} |",
         "raw fetch",
         raw.as_secs_f64(),
         "1.00",
+        "",
         "",
         "",
         "",
@@ -246,10 +258,11 @@ async fn run(args: Args, mut spawner: Spawner) {
     );
     for result in &results {
         println!(
-            "| {:<22} | {:>9.2} | {:>8.2} | {:>10} | {:>10} | {:>10} | {:>14} |",
+            "| {:<22} | {:>9.2} | {:>8.2} | {:>8.2} | {:>10} | {:>10} | {:>10} | {:>14} |",
             result.label,
             result.wall.as_secs_f64(),
             result.wall.as_secs_f64() / raw.as_secs_f64(),
+            result.cpu.as_secs_f64(),
             mib(result.max_rss_kib * 1024),
             mib(result.db_used_bytes),
             mib(result.db_bytes),
@@ -513,7 +526,7 @@ fn measure(
     ];
     command.extend(args.iter().map(|arg| arg.to_string()));
     let started = Instant::now();
-    let (code, max_rss_kib) = spawner.run(&command);
+    let (code, max_rss_kib, cpu) = spawner.run(&command);
     let wall = started.elapsed();
     assert_eq!(code, 0, "{label}: aksync {args:?} failed");
     let usage = aksync::store::Store::open(&state_dir.join("aksync.redb"), Duration::from_secs(10))
@@ -523,6 +536,7 @@ fn measure(
         label: label.to_string(),
         wall,
         max_rss_kib,
+        cpu: Duration::from_secs_f64(cpu),
         db_bytes: usage.file_bytes,
         db_used_bytes: usage.used_bytes,
         envelope_bytes: None,

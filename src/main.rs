@@ -6,8 +6,9 @@ use std::process::ExitCode;
 use clap::Parser;
 
 /// A run or a diff allocates and frees millions of small values (records, keys, pages);
-/// mimalloc does that with far less overhead than the system allocator, and returns memory
-/// just as well.
+/// mimalloc does that with far less overhead than the system allocator. It is built with
+/// `no_thp`: with transparent huge pages its arenas fault in 2 MiB at a time, which cost a
+/// 100k-user first sync 50 MiB of peak RSS and the diff a quarter of its time zeroing pages.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
