@@ -226,19 +226,11 @@ fn advance(store: &Store, run: &RunRecord, next: &DeliveryState) -> Result<(), S
 /// where it stopped.
 pub fn retry(store: &Store, run_id: &str, batch_size: usize) -> Result<RunRecord, StoreError> {
     store.update_run(run_id, |record| {
-        let delivery = record
-            .delivery
-            .as_mut()
-            .ok_or_else(|| format!("run {run_id} has no envelopes to deliver"))?;
-        if !matches!(
-            delivery.status,
-            DeliveryStatus::Parked | DeliveryStatus::Skipped
-        ) {
-            return Err(format!(
-                "run {run_id} is {}, not parked or skipped",
-                delivery.status.as_str()
-            ));
-        }
+        let delivery = delivery_in(
+            record,
+            &[DeliveryStatus::Parked, DeliveryStatus::Skipped],
+            "parked or skipped",
+        )?;
         delivery.envelopes_delivered = Some(delivery.progress());
         delivery.status = DeliveryStatus::Pending;
         delivery.rejections = 0;
@@ -253,23 +245,36 @@ pub fn retry(store: &Store, run_id: &str, batch_size: usize) -> Result<RunRecord
 /// Gives up a run's delivery: its envelopes are not sent, and later runs go on.
 pub fn skip(store: &Store, run_id: &str) -> Result<RunRecord, StoreError> {
     store.update_run(run_id, |record| {
-        let delivery = record
-            .delivery
-            .as_mut()
-            .ok_or_else(|| format!("run {run_id} has no envelopes to deliver"))?;
-        if !matches!(
-            delivery.status,
-            DeliveryStatus::Parked | DeliveryStatus::Pending
-        ) {
-            return Err(format!(
-                "run {run_id} is {}, not pending or parked",
-                delivery.status.as_str()
-            ));
-        }
+        let delivery = delivery_in(
+            record,
+            &[DeliveryStatus::Pending, DeliveryStatus::Parked],
+            "pending or parked",
+        )?;
         delivery.status = DeliveryStatus::Skipped;
         Ok(())
     })?;
     store.run(run_id)
+}
+
+/// A run's delivery state, if it is in one of `allowed` (named `allowed_text` in the error):
+/// what an admin's `--retry` or `--skip` may change.
+fn delivery_in<'r>(
+    record: &'r mut RunRecord,
+    allowed: &[DeliveryStatus],
+    allowed_text: &str,
+) -> Result<&'r mut DeliveryState, String> {
+    let run_id = &record.run_id;
+    let delivery = record
+        .delivery
+        .as_mut()
+        .ok_or_else(|| format!("run {run_id} has no envelopes to deliver"))?;
+    if !allowed.contains(&delivery.status) {
+        return Err(format!(
+            "run {run_id} is {}, not {allowed_text}",
+            delivery.status.as_str()
+        ));
+    }
+    Ok(delivery)
 }
 
 async fn post_with_retries(

@@ -173,12 +173,7 @@ impl Store {
     pub fn open_for_reading(path: &Path, wait: Duration) -> Result<Store, StoreError> {
         file::prepare(path)?;
         let guard = Guard::default();
-        let opened = guard.call(|| {
-            redb::Builder::new()
-                .set_concurrency_mode(ConcurrencyMode::MultiWriter)
-                .set_cache_size(CACHE_BYTES)
-                .open_read_only(path)
-        });
+        let opened = guard.call(|| builder().open_read_only(path));
         let db = match opened {
             Ok(db) => db,
             Err(Failure::Redb(redb::Error::RepairAborted | redb::Error::DatabaseAlreadyOpen)) => {
@@ -218,12 +213,7 @@ impl Store {
         let guard = Guard::default();
         let started = Instant::now();
         let db = loop {
-            let attempt = guard.call(|| {
-                redb::Builder::new()
-                    .set_concurrency_mode(ConcurrencyMode::MultiWriter)
-                    .set_cache_size(CACHE_BYTES)
-                    .create(path)
-            });
+            let attempt = guard.call(|| builder().create(path));
             match attempt {
                 Ok(db) => break db,
                 Err(Failure::Redb(redb::Error::DatabaseAlreadyOpen))
@@ -617,6 +607,15 @@ fn parse_schema_version(bytes: &[u8]) -> Result<u32, Failure> {
         .ok()
         .and_then(|text| text.parse().ok())
         .ok_or_else(|| corrupt_value("schema version"))
+}
+
+/// How every handle opens the file: writers in other processes allowed, the cache capped.
+fn builder() -> redb::Builder {
+    let mut builder = redb::Builder::new();
+    builder
+        .set_concurrency_mode(ConcurrencyMode::MultiWriter)
+        .set_cache_size(CACHE_BYTES);
+    builder
 }
 
 /// A ULID from `at`, greater than `last`.
