@@ -7,7 +7,7 @@ mod common;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use common::TestEnv;
+use common::{run_ids as runs, TestEnv};
 use serde_json::Value;
 
 /// A receiver that answers 413 to batches larger than `max_batch`, and 429 with
@@ -85,17 +85,6 @@ async fn a_rejected_run_is_parked_and_an_admin_retries_or_skips() {
     receiver.max_batch.store(5, Ordering::SeqCst);
     let first = env.sync_ok();
     assert!(first.stderr.contains("paused"), "{}", first.stderr);
-    let runs = |env: &TestEnv| -> Vec<String> {
-        let mut ids: Vec<String> = env
-            .store()
-            .runs(Some("corp"))
-            .unwrap()
-            .into_iter()
-            .map(|run| run.run_id)
-            .collect();
-        ids.reverse();
-        ids
-    };
     let run1 = runs(&env)[0].clone();
     assert_eq!(delivery(&env, &run1).rejections, 1);
     change(&env, "second.run");
