@@ -160,20 +160,7 @@ async fn a_one_percent_churn_runs_diff_is_exactly_the_churn() {
             .difference(&pairs(&after, &moved))
             .cloned(),
     );
-    let listed = |key: &str| -> BTreeSet<String> {
-        diff["memberships"][key]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| {
-                format!(
-                    "{}:{}",
-                    m["account_external_id"].as_str().unwrap(),
-                    m["group_external_id"].as_str().unwrap()
-                )
-            })
-            .collect()
-    };
+    let listed = |key: &str| membership_ids(&diff["memberships"][key]);
     assert_eq!(listed("added"), added);
     assert_eq!(listed("removed"), removed);
     assert_eq!(diff["population"]["created"], 6);
