@@ -357,6 +357,13 @@ impl Memberships {
         self.pairs.is_empty()
     }
 
+    /// Each membership as `(account uid, group pk)`, in id order.
+    pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        self.pairs
+            .iter()
+            .map(|(user, group)| (&*self.uids[*user as usize], &*self.groups[*group as usize]))
+    }
+
     /// Each membership's id and record (as canonical JSON), in id order.
     pub fn iter(&self) -> impl Iterator<Item = (String, Box<RawValue>)> + '_ {
         self.pairs.iter().map(|(user, group)| {

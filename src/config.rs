@@ -93,6 +93,14 @@ struct RawConfig {
     http: Option<RawHttp>,
     #[serde(default)]
     retention: RawRetention,
+    #[serde(default)]
+    ledger: RawLedger,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLedger {
+    signing_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -102,6 +110,7 @@ struct RawRetention {
     keep_runs: Option<u32>,
     #[serde(default)]
     keep_files: bool,
+    keep_evidence_days: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -164,6 +173,8 @@ struct RawSource {
     timezone: Option<String>,
     #[serde(default)]
     privileged_groups: Vec<String>,
+    #[serde(default)]
+    privileged_roles: Vec<String>,
     hr_key_field: Option<String>,
     sla: Option<String>,
     expected_interval: Option<String>,
@@ -179,8 +190,18 @@ pub struct Config {
     /// The daemon's monitoring endpoint; off unless configured.
     pub http: Option<HttpConfig>,
     pub retention: Retention,
+    pub ledger: LedgerConfig,
     /// The file the configuration was read from, for messages.
     pub origin: String,
+}
+
+/// How the evidence ledger is sealed.
+#[derive(Debug, Clone, Default)]
+pub struct LedgerConfig {
+    /// Signs every entry's digest; `None`: entries are chained but not signed.
+    pub signing_key: Option<std::sync::Arc<crate::ledger::seal::SigningKey>>,
+    /// Where the key was read from, for messages.
+    pub signing_key_file: Option<PathBuf>,
 }
 
 /// How much history is kept. Without `keep_days` and `keep_runs` everything is kept.
@@ -192,11 +213,14 @@ pub struct Retention {
     pub keep_runs: Option<u32>,
     /// Keep the envelope and report files of pruned runs.
     pub keep_files: bool,
+    /// Keep the ledger's entries (the evidence, which pruning snapshots keeps) of the last
+    /// this many days; `None`: keep them all.
+    pub keep_evidence_days: Option<u32>,
 }
 
 impl Retention {
     pub fn prunes(&self) -> bool {
-        self.keep_days.is_some() || self.keep_runs.is_some()
+        self.keep_days.is_some() || self.keep_runs.is_some() || self.keep_evidence_days.is_some()
     }
 }
 
@@ -269,6 +293,9 @@ pub struct SourceConfig {
     /// Names or pks of groups whose members (direct or through child groups) are privileged,
     /// besides the superuser groups.
     pub privileged_groups: Vec<String>,
+    /// Names or uuids of RBAC roles that are privileged access, held directly or through a
+    /// group.
+    pub privileged_roles: Vec<String>,
     /// Where an account's HR key is, `attributes.<key>[.<key>…]`.
     pub hr_key_field: Option<String>,
     /// How soon a termination must be detected.
@@ -307,7 +334,9 @@ impl SourceConfig {
     pub fn account_rules(&self) -> crate::diff::AccountRules {
         crate::diff::AccountRules {
             privileged_groups: self.privileged_groups.iter().cloned().collect(),
+            privileged_roles: self.privileged_roles.iter().cloned().collect(),
             hr_key_field: self.hr_key_field.clone(),
+            sla_seconds: self.sla.map(|sla| sla.as_secs()),
         }
     }
 
@@ -531,6 +560,7 @@ fn validate(
     let daemon = validate_daemon(raw.daemon).map_err(&invalid)?;
     let http = raw.http.map(validate_http).transpose().map_err(&invalid)?;
     let retention = validate_retention(raw.retention).map_err(&invalid)?;
+    let ledger = validate_ledger(raw.ledger, config_dir).map_err(&invalid)?;
     Ok(Config {
         state_dir,
         sources,
@@ -538,6 +568,7 @@ fn validate(
         daemon,
         http,
         retention,
+        ledger,
         origin,
     })
 }
@@ -554,6 +585,23 @@ fn validate_retention(raw: RawRetention) -> Result<Retention, String> {
         keep_days: keep(raw.keep_days, "retention.keep_days")?,
         keep_runs: keep(raw.keep_runs, "retention.keep_runs")?,
         keep_files: raw.keep_files,
+        keep_evidence_days: keep(raw.keep_evidence_days, "retention.keep_evidence_days")?,
+    })
+}
+
+/// The signing key is read when the configuration is: a key that does not load is a
+/// configuration error at start, not an unsigned run later.
+fn validate_ledger(raw: RawLedger, config_dir: &Path) -> Result<LedgerConfig, String> {
+    let Some(file) = raw.signing_key_file else {
+        return Ok(LedgerConfig::default());
+    };
+    let path = config_dir.join(file);
+    let key = crate::ledger::seal::SigningKey::load(&path)
+        .map_err(|error| format!("`ledger.signing_key_file`: {error}"))?;
+    warn_if_readable_by_others(&path, "ledger.signing_key_file");
+    Ok(LedgerConfig {
+        signing_key: Some(std::sync::Arc::new(key)),
+        signing_key_file: Some(path),
     })
 }
 
@@ -772,15 +820,16 @@ fn validate_source(name: &str, raw: RawSource, config_dir: &Path) -> Result<Sour
             raw.timezone.as_deref().unwrap_or_default()
         ),
     })?;
-    if let Some(group) = raw
-        .privileged_groups
-        .iter()
-        .find(|group| group.trim().is_empty())
-    {
-        return Err(format!(
-            "`{}` has an empty entry {group:?}: give group names or pks",
-            key("privileged_groups")
-        ));
+    for (list, what) in [
+        (&raw.privileged_groups, "privileged_groups"),
+        (&raw.privileged_roles, "privileged_roles"),
+    ] {
+        if let Some(entry) = list.iter().find(|entry| entry.trim().is_empty()) {
+            return Err(format!(
+                "`{}` has an empty entry {entry:?}: give names or uuids",
+                key(what)
+            ));
+        }
     }
     let hr_key_field = raw
         .hr_key_field
@@ -825,6 +874,7 @@ fn validate_source(name: &str, raw: RawSource, config_dir: &Path) -> Result<Sour
         schedule,
         run_on_start: raw.run_on_start.unwrap_or(true),
         privileged_groups: raw.privileged_groups,
+        privileged_roles: raw.privileged_roles,
         hr_key_field,
         sla,
         expected_interval,

@@ -10,8 +10,8 @@ use serde_json::Value;
 
 use crate::config::SourceConfig;
 use crate::diff::{
-    diff, AccountSides, DiffInput, DirectoryDiff, FieldChange, GroupRef, LastActive, Population,
-    PrivilegedAccount, RunRef,
+    diff, AccountHead, AccountRules, AccountSides, Census, DiffInput, DirectoryDiff, FieldChange,
+    GroupRef, LastActive, Population, RunRef,
 };
 use crate::envelope::{Action, EnvelopeContext, EnvelopeFile, EnvelopeWriter};
 use crate::normalize::{DirectoryAccount, DirectoryGroup};
@@ -47,6 +47,7 @@ pub fn compare_runs(
     };
     let run_ref = |run: &RunRecord| RunRef {
         run_id: run.run_id.clone(),
+        started_at: run.started_at,
         finished_at: run.finished_at,
     };
     let mut planner = Planner::new(
@@ -257,24 +258,14 @@ fn record_of(
     })
 }
 
-/// A run's population, counted from its stored records.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Census {
-    pub accounts: u64,
-    pub active: u64,
-    /// The accounts privileged under the source's rules, in uid order.
-    pub privileged: Vec<PrivilegedAccount>,
-}
-
-/// Counts `run`'s accounts and finds its privileged ones. Only the groups, the memberships of
-/// privileged groups and the privileged accounts are held: the run's accounts and
-/// memberships pass by their ids and flags.
+/// Counts `run`'s accounts and finds its privileged ones under `rules`, from its stored
+/// records. Only the groups, the memberships of privileged groups and the privileged
+/// accounts are held: the run's accounts and memberships pass by their ids and flags.
 pub fn census(
     reader: &Reader<'_>,
-    source: &SourceConfig,
+    rules: &AccountRules,
     run: &RunRecord,
 ) -> Result<Census, StoreError> {
-    let rules = source.account_rules();
     let mut catalog = BTreeMap::new();
     for record in reader.records_at(run, RecordKind::Group)? {
         let record = record?;
@@ -283,52 +274,39 @@ pub fn census(
         })?;
         catalog.insert(group.external_id.clone(), group);
     }
-    let privileged_groups = rules.privileged_group_ids(&catalog);
-    let mut member_of: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    if !privileged_groups.is_empty() {
-        for head in reader.heads_at(run, RecordKind::Membership)? {
-            let (uid, group) = membership_pair(&head?.external_id);
-            if privileged_groups.contains(&group) {
-                member_of.entry(uid).or_default().insert(group);
-            }
-        }
-    }
-    let mut census = Census::default();
-    for head in reader.heads_at(run, RecordKind::Account)? {
-        let head = head?;
-        census.accounts += 1;
-        if head.flags.active() {
-            census.active += 1;
-        }
-        let groups = member_of.remove(&head.external_id).unwrap_or_default();
-        if !head.flags.active() || (groups.is_empty() && !head.flags.superuser()) {
-            continue;
-        }
-        let entry = reader.version(
-            &run.source,
-            RecordKind::Account,
-            &head.external_id,
-            &head.valid_from,
-        )?;
-        let account: DirectoryAccount =
+    let memberships = reader
+        .heads_at(run, RecordKind::Membership)?
+        .map(|head| head.map(|head| membership_pair(&head.external_id)));
+    let accounts = reader.heads_at(run, RecordKind::Account)?.map(|head| {
+        head.map(|head| {
+            let account = AccountHead {
+                external_id: head.external_id,
+                active: head.flags.active(),
+                may_hold_privilege_alone: head.flags.superuser() || head.flags.roles(),
+            };
+            (account, head.valid_from)
+        })
+    });
+    crate::diff::census(
+        rules,
+        &catalog,
+        memberships,
+        accounts,
+        |head, valid_from| {
+            let entry = reader.version(
+                &run.source,
+                RecordKind::Account,
+                &head.external_id,
+                &valid_from,
+            )?;
             entry
                 .record()
                 .and_then(serde_json::from_value)
                 .map_err(|error| {
                     reader.corrupt(format_args!("account {}: {error}", head.external_id))
-                })?;
-        if let Some(path) = rules.privilege(&account, &groups, &catalog) {
-            census.privileged.push(PrivilegedAccount {
-                hr_key: rules.hr_key(&account),
-                privilege_source: crate::diff::path_text(&path),
-                path,
-                external_id: account.external_id,
-                username: account.username,
-                canonical_email: account.canonical_email,
-            });
-        }
-    }
-    Ok(census)
+                })
+        },
+    )
 }
 
 /// For each account: the newest of `runs` (oldest first) that saw it active, with its groups
@@ -484,6 +462,7 @@ impl<'g> AccountHistory<'g> {
     fn active_at(&self, run: &RunRecord) -> Option<LastActive> {
         let version = &self.versions[self.version_at(&run.run_id)?];
         version.flags.active().then(|| LastActive {
+            started_at: run.started_at,
             finished_at: run.finished_at,
             groups: self.group_refs_at(&run.run_id),
         })
@@ -529,10 +508,12 @@ impl<'g> AccountHistory<'g> {
             source: source.name.clone(),
             from: Some(RunRef {
                 run_id: from.run_id.clone(),
+                started_at: from.started_at,
                 finished_at: from.finished_at,
             }),
             to: RunRef {
                 run_id: to.run_id.clone(),
+                started_at: to.started_at,
                 finished_at: to.finished_at,
             },
             baseline: None,

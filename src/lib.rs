@@ -51,6 +51,7 @@ pub mod evidence;
 pub mod fake;
 pub mod filter;
 pub mod health;
+pub mod ledger;
 pub mod logging;
 pub mod normalize;
 pub mod plan;

@@ -81,6 +81,40 @@ pub struct DirectoryAccount {
     pub last_updated_at: Option<String>,
     pub metadata: Map<String, Value>,
     pub primary_source: bool,
+    /// RBAC roles held directly (Authentik 2025.12+); left out when there are none, so that
+    /// the material hash of an account without roles is what it was before roles counted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<Role>,
+}
+
+/// An Authentik RBAC role, by its uuid and, where the server names it, its name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Role {
+    pub pk: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// Role uuids with the names that are known, sorted by uuid, without duplicates.
+fn roles(
+    pks: Option<&[String]>,
+    named: Option<&[crate::authentik::model::RoleObject]>,
+) -> Vec<Role> {
+    let mut roles: Vec<Role> = pks
+        .unwrap_or_default()
+        .iter()
+        .map(|pk| Role {
+            pk: pk.clone(),
+            name: named
+                .unwrap_or_default()
+                .iter()
+                .find(|role| &role.pk == pk)
+                .and_then(|role| role.name.clone()),
+        })
+        .collect();
+    roles.sort();
+    roles.dedup_by(|a, b| a.pk == b.pk);
+    roles
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -93,6 +127,10 @@ pub struct DirectoryGroup {
     /// Volatile: not part of a stored version (see [`crate::record`]).
     #[serde(default)]
     pub member_count: u64,
+    /// RBAC roles every member holds through this group (and its child groups); left out
+    /// when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<Role>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,6 +187,7 @@ pub fn group_record(group: &Group) -> DirectoryGroup {
         parents: group.parent_ids(),
         metadata: group.attributes.clone().unwrap_or_default(),
         member_count: group.users.as_ref().map_or(0, |users| users.len() as u64),
+        roles: roles(group.roles.as_deref(), group.roles_obj.as_deref()),
     }
 }
 
@@ -187,6 +226,7 @@ pub fn account(user: &User, primary_directory: bool) -> DirectoryAccount {
         last_updated_at: user.last_updated.clone(),
         metadata: attributes,
         primary_source: primary_directory,
+        roles: roles(user.roles.as_deref(), None),
     }
 }
 

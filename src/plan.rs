@@ -17,6 +17,7 @@ use serde_json::{Map, Value};
 use crate::collect::Collected;
 use crate::diff::{AccountRef, AccountRules, Baseline, DiffInput, Population, RunRef};
 use crate::envelope::{Action, EnvelopeContext, EnvelopeFile, EnvelopeWriter, RecordChange};
+use crate::ledger::lthash::LtHash;
 use crate::normalize::{DirectoryAccount, DirectoryGroup};
 use crate::record::{
     canonical_json, raw, with_volatile, ChangeRule, Hash, RawEntry, RecordKind, DELETED_STATUS,
@@ -72,6 +73,9 @@ pub struct Planner<'a> {
     /// The groups whose members are privileged, before and after; known once the groups
     /// have passed (memberships come after them).
     privileged_groups: Option<[BTreeSet<String>; 2]>,
+    /// The digest of the new side's whole snapshot, when a sync tracks it: the old side's,
+    /// updated by every changed record.
+    snapshot: Option<LtHash>,
 }
 
 /// The memberships of one account, gathered while they pass.
@@ -87,6 +91,8 @@ pub struct Planned {
     pub ops: Option<Ops>,
     pub envelopes: Option<EnvelopeFile>,
     pub input: DiffInput,
+    /// The new side's snapshot digest, when it was tracked.
+    pub snapshot: Option<LtHash>,
 }
 
 impl<'a> Planner<'a> {
@@ -129,7 +135,13 @@ impl<'a> Planner<'a> {
             context,
             block: None,
             privileged_groups: None,
+            snapshot: None,
         }
+    }
+
+    /// Tracks the snapshot digest of the new side, starting from the old side's.
+    pub fn track_snapshot(&mut self, old: LtHash) {
+        self.snapshot = Some(old);
     }
 
     pub fn is_baseline(&self) -> bool {
@@ -179,8 +191,23 @@ impl<'a> Planner<'a> {
         else {
             return Ok(());
         };
+        if let Some(snapshot) = self.snapshot.as_mut() {
+            if let Some(old) = &old {
+                snapshot.remove(kind, external_id, &old.hash);
+            }
+            if let Some(new) = &new {
+                snapshot.add(kind, external_id, &new.hash);
+            }
+        }
         let changes = match (&old, &new) {
-            (Some(old), Some(new)) => self.rule.field_changes(&old.record()?, &new.record()?),
+            (Some(old), Some(new)) => {
+                let (old_record, new_record) = (old.record()?, new.record()?);
+                let mut changes = self.rule.field_changes(&old_record, &new_record);
+                if roles_only_restated(old, &old_record, &new_record) {
+                    changes.retain(|change| change.field != "roles");
+                }
+                changes
+            }
             _ => Vec::new(),
         };
         if let Some(ops) = self.sinks.ops.as_mut() {
@@ -433,6 +460,7 @@ impl<'a> Planner<'a> {
                 .map(EnvelopeWriter::finish)
                 .transpose()?,
             input: self.input,
+            snapshot: self.snapshot,
         })
     }
 }
@@ -441,6 +469,31 @@ impl<'a> Planner<'a> {
 enum Side {
     Before,
     After,
+}
+
+/// Roles became part of the record with the ledger: a version stored before has no
+/// `roles` key, though its payload kept the same role uuids. Such a record gains the key
+/// without any change of access (it still gets its new version and envelope, so that
+/// consumers' hash chains hold).
+fn roles_only_restated(old: &Loaded, old_record: &Value, new_record: &Value) -> bool {
+    if old_record.get("roles").is_some() {
+        return false;
+    }
+    let mut before: Vec<String> = old
+        .entry
+        .payload()
+        .ok()
+        .and_then(|payload| serde_json::from_value(payload["roles"].clone()).ok())
+        .unwrap_or_default();
+    before.sort();
+    before.dedup();
+    let after: Vec<&str> = new_record["roles"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|role| role["pk"].as_str())
+        .collect();
+    before == after
 }
 
 fn stored_from(loaded: &Loaded) -> Result<String, PlanError> {

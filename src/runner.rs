@@ -8,11 +8,13 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::artifacts::{self, run_report, write_reports};
+use crate::artifacts::write_reports;
 use crate::authentik::client::ProgressFn;
 use crate::clock::Clock;
 use crate::config::{Config, SourceConfig};
-use crate::diff::DirectoryDiff;
+use crate::ledger::entry::ReportFiles;
+use crate::ledger::{Body, Pending};
+use crate::report::assemble::{build_report, Selection};
 use crate::run_lock::RunLock;
 use crate::store::{RunRecord, RunStatus, Store, StoreError};
 use crate::sync::{sync_source, SyncedRun};
@@ -49,8 +51,8 @@ pub async fn run_source(
         context.cancel,
     )
     .await?;
-    if let Some(diff) = &synced.diff {
-        write_run_reports(context, source, &synced.run, diff).await;
+    if synced.diff.is_some() {
+        write_run_reports(context, source, &synced.run).await;
         prune(context, source).await;
     }
     drop(lock);
@@ -58,15 +60,11 @@ pub async fn run_source(
     Ok(synced)
 }
 
-/// Writes the configured reports of a complete run, off the async executor (a PDF waits for
-/// Chromium). A report is evidence about a run that is already stored, so a failure here is a
-/// warning: `aksync report` can write it again.
-async fn write_run_reports(
-    context: &RunContext<'_>,
-    source: &SourceConfig,
-    run: &RunRecord,
-    diff: &DirectoryDiff,
-) {
+/// Writes the configured reports of a complete run, from its ledger entry and off the async
+/// executor (a PDF waits for Chromium), and records the files in the ledger. A report is
+/// evidence about a run that is already stored, so a failure here is a warning: `aksync
+/// report` can write it again.
+async fn write_run_reports(context: &RunContext<'_>, source: &SourceConfig, run: &RunRecord) {
     if context.config.output.reports.is_empty() {
         return;
     }
@@ -75,25 +73,58 @@ async fn write_run_reports(
         source.clone(),
         Arc::clone(context.store),
     );
-    let (run, diff, now) = (run.clone(), diff.clone(), context.clock.now());
+    let (run, now) = (run.clone(), context.clock.now());
     let written = tokio::task::spawn_blocking(move || {
-        run_report(&store, &source, &run, diff, now)
-            .map_err(artifacts::ArtifactError::from)
-            .and_then(|report| write_reports(&config, &report))
-            .map_err(|error| {
-                tracing::warn!(
-                    source = %source.name,
-                    run = %run.run_id,
-                    "reports not written ({error}); write them with `aksync report {} --source {}`",
-                    run.run_id,
-                    source.name
-                )
-            })
+        let signer = config.ledger.signing_key.as_deref();
+        let report =
+            match build_report(&store, &source, &Selection::Run(Box::new(run.clone())), now) {
+                Ok(report) => report,
+                Err(error) => {
+                    warn_not_written(&source, &run, &error.to_string());
+                    return;
+                }
+            };
+        let written = write_reports(&config, &report, signer);
+        if let Some(error) = &written.failure {
+            warn_not_written(&source, &run, &error.to_string());
+        }
+        if written.files.is_empty() {
+            return;
+        }
+        let pending = Pending {
+            source: &source.name,
+            recorded_at: now,
+            body: Body::Reports(ReportFiles {
+                run_id: run.run_id.clone(),
+                report_id: report.header.report_id.clone(),
+                files: written.files,
+            }),
+            signer,
+            accounts: Vec::new(),
+            snapshot_state: None,
+        };
+        if let Err(error) = store.append_ledger(&source.name, &pending) {
+            tracing::warn!(
+                source = %source.name,
+                run = %run.run_id,
+                "the report files were written but not recorded in the ledger: {error}"
+            );
+        }
     })
     .await;
     if let Err(error) = written {
         tracing::warn!("reports not written: {error}");
     }
+}
+
+fn warn_not_written(source: &SourceConfig, run: &RunRecord, error: &str) {
+    tracing::warn!(
+        source = %source.name,
+        run = %run.run_id,
+        "reports not written ({error}); write them with `aksync report {} --source {}`",
+        run.run_id,
+        source.name
+    );
 }
 
 /// Applies `[retention]` to the source after a complete run, still under its lock. A prune

@@ -21,11 +21,14 @@ use crate::collect::{CollectError, Collected, Collector};
 use crate::config::{Config, SourceConfig};
 use crate::diff::{diff, DirectoryDiff, RunRef};
 use crate::envelope::{envelope_path, EnvelopeContext, EnvelopeWriter};
-use crate::evidence;
 use crate::filter::RecordFilter;
 use crate::health::{health_record, reason_code};
+use crate::ledger::entry::RunSettings;
+use crate::ledger::lthash::LtHash;
+use crate::ledger::seal::SigningKey;
+use crate::ledger::{self, Body, LedgerError, Pending};
 use crate::plan::{plan_sync, PlanError, Planned, Planner, Sinks};
-use crate::record::ChangeRule;
+use crate::record::{ChangeRule, RecordKind};
 use crate::store::ops::OpWriter;
 use crate::store::{
     ChangeCounts, CommitPlan, Counts, DeliveryState, RunOutcome, RunRecord, RunStatus, Store,
@@ -148,7 +151,7 @@ pub async fn sync_source(
                     .map(|problem| health_record(&source.name, clock, Err(problem))),
                 ..outcome
             };
-            return record_failed(store, outcome, message).await;
+            return record_failed(store, source, signer(config), outcome, message).await;
         }
     };
     let health = health_record(
@@ -170,6 +173,7 @@ pub async fn sync_source(
         state_dir: config.state_dir.clone(),
         source: source.clone(),
         webhook: config.output.webhook.is_some(),
+        signer: signer(config),
         outcome,
         latest: state.latest_complete,
         collected: fetched.collected,
@@ -181,9 +185,14 @@ pub async fn sync_source(
         Err(Rejected::Failed(outcome, reason)) => {
             let reason = bounded_error(&reason);
             tracing::warn!(source = %source.name, "run not stored: {}", crate::display::escape(&reason));
-            record_failed(store, *outcome, reason).await
+            record_failed(store, source, signer(config), *outcome, reason).await
         }
     }
+}
+
+/// The key that signs the ledger's entries, if one is configured.
+fn signer(config: &Config) -> Option<Arc<SigningKey>> {
+    config.ledger.signing_key.clone()
 }
 
 /// The error as a failed run records it: bounded, because it may quote what the server sent
@@ -192,24 +201,72 @@ fn bounded_error(message: &str) -> String {
     crate::display::truncate(message, MAX_ERROR_CHARS).into_owned()
 }
 
+/// Records a failed run, and its ledger entry, in one commit.
 async fn record_failed(
     store: &Arc<Store>,
+    source: &SourceConfig,
+    signer: Option<Arc<SigningKey>>,
     outcome: RunOutcome,
     error: String,
 ) -> Result<SyncedRun, StoreError> {
+    let source = source.clone();
     let run = blocking(store, move |store| {
-        store
-            .commit_failed(outcome.clone(), &error)
-            .or_else(|first| {
-                // After an I/O error (a full disk) redb wants the database opened afresh. If that
-                // fails too, the first error is what the caller sees.
-                Store::open(store.path(), STORE_WAIT)
-                    .and_then(|fresh| fresh.commit_failed(outcome, &error))
-                    .map_err(|_| first)
-            })
+        let commit =
+            |store: &Store| commit_failed_run(store, &source, signer.as_deref(), &outcome, &error);
+        commit(store).or_else(|first| {
+            // After an I/O error (a full disk) redb wants the database opened afresh. If that
+            // fails too, the first error is what the caller sees.
+            Store::open(store.path(), STORE_WAIT)
+                .and_then(|fresh| commit(&fresh))
+                .map_err(|_| first)
+        })
     })
     .await?;
     Ok(SyncedRun { run, diff: None })
+}
+
+/// Stores a failed run with its ledger entry.
+pub(crate) fn commit_failed_run(
+    store: &Store,
+    source: &SourceConfig,
+    signer: Option<&SigningKey>,
+    outcome: &RunOutcome,
+    error: &str,
+) -> Result<RunRecord, StoreError> {
+    let reader = store.reader()?;
+    let previous_settings =
+        ledger::read::last_run_settings(&reader, &source.name).map_err(ledger_error)?;
+    drop(reader);
+    // The store gives the run its id in the commit; the entry takes it from there.
+    let placeholder = outcome.clone().into_record(
+        String::new(),
+        RunStatus::Failed,
+        Some(error.to_string()),
+        Counts::default(),
+        0,
+    );
+    let evidence = ledger::run::RunContext {
+        settings: RunSettings::of(source, outcome.started_at),
+        previous_settings: previous_settings.as_ref(),
+    }
+    .failed(&placeholder);
+    let pending = Pending {
+        source: &source.name,
+        recorded_at: outcome.finished_at,
+        body: Body::Run(Box::new(evidence)),
+        signer,
+        accounts: Vec::new(),
+        snapshot_state: None,
+    };
+    store.commit_failed(outcome.clone(), error, &pending)
+}
+
+/// A ledger entry that does not read back stops the run like any unreadable stored data.
+fn ledger_error(error: LedgerError) -> StoreError {
+    match error {
+        LedgerError::Store(error) => error,
+        other => StoreError::Aborted(other.to_string()),
+    }
 }
 
 /// Runs blocking store work off the async executor.
@@ -250,6 +307,8 @@ pub(crate) struct CompleteRun {
     pub state_dir: std::path::PathBuf,
     pub source: SourceConfig,
     pub webhook: bool,
+    /// Signs the run's ledger entry.
+    pub signer: Option<Arc<SigningKey>>,
     pub outcome: RunOutcome,
     /// The source's latest complete run when the run started.
     pub latest: Option<RunRecord>,
@@ -259,8 +318,9 @@ pub(crate) struct CompleteRun {
 }
 
 impl CompleteRun {
-    /// Plans against the latest complete run, writes the envelope file into place and commits.
-    /// A run that cannot write its outbox, or that another run overtook, is recorded as failed.
+    /// Plans against the latest complete run, writes the envelope file into place and commits
+    /// the run with its ledger entry. A run that cannot write its outbox, or that another run
+    /// overtook, is recorded as failed.
     pub(crate) fn store(self, store: &Store) -> Result<SyncedRun, Rejected> {
         let source = &self.source;
         let (previous, baseline_reason) =
@@ -268,8 +328,9 @@ impl CompleteRun {
         let run_id = store.new_run_id(&source.name, self.outcome.started_at)?;
         let fail = |reason: String| Rejected::Failed(Box::new(self.outcome.clone()), reason);
         let plan_started = std::time::Instant::now();
+        let reader = store.reader()?;
         let planned = self
-            .plan(store, &run_id, previous.as_ref(), baseline_reason.clone())
+            .plan(&reader, &run_id, previous.as_ref(), baseline_reason.clone())
             .map_err(|error| match error {
                 PlanError::Store(error) => Rejected::Store(error),
                 other => fail(other.to_string()),
@@ -278,6 +339,7 @@ impl CompleteRun {
         let diff = diff(&planned.input);
         let ops = planned.ops.expect("a sync plans store writes");
         let envelopes = planned.envelopes.expect("a sync writes envelopes");
+        let snapshot = planned.snapshot.expect("a sync tracks its snapshot digest");
         let counts = Counts {
             accounts: self.collected.accounts.items().len() as u64,
             groups: self.collected.groups.items().len() as u64,
@@ -298,6 +360,44 @@ impl CompleteRun {
             record.delivery = Some(DeliveryState::pending());
         }
         record.envelopes = Some(envelopes.summary.clone());
+        let census = ledger::run::census_of(&self.collected, &source.account_rules())
+            .map_err(|error| fail(format!("cannot read the run's spooled records: {error}")))?;
+        let previous_privileged = match &previous {
+            Some(run) => ledger::read::run_evidence(&reader, &source.name, &run.run_id)
+                .and_then(|found| match found {
+                    Some(found) => {
+                        ledger::read::privileged_at(&reader, &source.name, &found.evidence)
+                    }
+                    None => Ok(None),
+                })
+                .map_err(|error| Rejected::Store(ledger_error(error)))?,
+            None => None,
+        };
+        let previous_settings = ledger::read::last_run_settings(&reader, &source.name)
+            .map_err(|error| Rejected::Store(ledger_error(error)))?;
+        drop(reader);
+        let entry = ledger::run::RunContext {
+            settings: RunSettings::of(source, self.outcome.started_at),
+            previous_settings: previous_settings.as_ref(),
+        }
+        .complete(
+            &record,
+            diff.clone(),
+            census,
+            &self.collected,
+            previous_privileged
+                .as_ref()
+                .map(|(run_id, list)| (run_id.as_str(), list.as_slice())),
+            snapshot.hex(),
+        );
+        let pending = Pending {
+            source: &source.name,
+            recorded_at: self.outcome.finished_at,
+            body: Body::Run(Box::new(entry.evidence)),
+            signer: self.signer.as_deref(),
+            accounts: entry.accounts,
+            snapshot_state: Some(snapshot.to_bytes()),
+        };
         // The outbox exists before the run does; it goes again if the run is not stored.
         let path = envelopes
             .persist()
@@ -309,6 +409,7 @@ impl CompleteRun {
             reset: previous.is_none(),
             ops,
             health: self.outcome.health.clone(),
+            ledger: &pending,
         });
         tracing::debug!(source = %source.name, seconds = commit_started.elapsed().as_secs_f64(), "committed");
         match committed {
@@ -328,7 +429,7 @@ impl CompleteRun {
 
     fn plan(
         &self,
-        store: &Store,
+        reader: &crate::store::Reader<'_>,
         run_id: &str,
         previous: Option<&RunRecord>,
         baseline_reason: Option<String>,
@@ -354,26 +455,52 @@ impl CompleteRun {
             context,
             previous.map(|run| RunRef {
                 run_id: run.run_id.clone(),
+                started_at: run.started_at,
                 finished_at: run.finished_at,
             }),
             RunRef {
                 run_id: run_id.to_string(),
+                started_at: self.outcome.started_at,
                 finished_at: self.outcome.finished_at,
             },
             baseline_reason,
             sinks,
         );
-        let reader = store.reader()?;
-        plan_sync(&reader, &source.name, &self.collected, &mut planner)?;
+        // A baseline compares with nothing: its snapshot digest starts from the empty set.
+        planner.track_snapshot(match planner.is_baseline() {
+            true => LtHash::default(),
+            false => stored_snapshot(reader, &source.name)?,
+        });
+        plan_sync(reader, &source.name, &self.collected, &mut planner)?;
         let mut planned = planner.finish()?;
-        // Accounts purged now left in an earlier run: the history says when.
-        let uids = planned.input.history_needed(true);
-        if !uids.is_empty() {
-            let runs = store.complete_runs(&source.name)?;
-            planned.input.last_active = evidence::last_active(&reader, &source.name, &uids, &runs)?;
+        // Accounts purged now left in an earlier run: its ledger entry says when.
+        for uid in planned.input.history_needed(true) {
+            let departure = ledger::read::last_departure(reader, &source.name, &uid)
+                .map_err(|error| PlanError::Store(ledger_error(error)))?;
+            if let Some(departure) = departure {
+                planned.input.last_active.insert(uid, departure);
+            }
         }
         Ok(planned)
     }
+}
+
+/// The snapshot digest of the source's latest complete run: as its entry's commit left it,
+/// or, in a database from before the ledger, counted from its current records once.
+fn stored_snapshot(reader: &crate::store::Reader<'_>, source: &str) -> Result<LtHash, PlanError> {
+    if let Some(bytes) = reader.snapshot_state(source)? {
+        return LtHash::from_bytes(&bytes).ok_or_else(|| {
+            PlanError::Record("the stored snapshot digest does not read back".into())
+        });
+    }
+    let mut state = LtHash::default();
+    for kind in RecordKind::ALL {
+        for row in reader.current(source, kind)? {
+            let (external_id, row) = row?;
+            state.add(kind, &external_id, &row.hash);
+        }
+    }
+    Ok(state)
 }
 
 fn remove_orphan(path: &Path) {

@@ -30,6 +30,7 @@ pub(crate) fn source_config() -> SourceConfig {
         schedule: crate::schedule::Schedule::default(),
         run_on_start: true,
         privileged_groups: Vec::new(),
+        privileged_roles: Vec::new(),
         hr_key_field: None,
         sla: None,
         expected_interval: None,
@@ -129,6 +130,7 @@ impl TestSource {
             state_dir: self.dir.path().to_path_buf(),
             source: self.source.clone(),
             webhook: false,
+            signer: None,
             outcome: RunOutcome {
                 source: self.source.name.clone(),
                 started_at: at(self.runs),
@@ -141,6 +143,11 @@ impl TestSource {
             collected,
             token_user: None,
         })
+    }
+
+    /// A failed run, recorded as a sync records one.
+    pub fn fail(&self, outcome: RunOutcome, error: &str) -> crate::store::RunRecord {
+        crate::sync::commit_failed_run(&self.store, &self.source, None, &outcome, error).unwrap()
     }
 
     pub fn envelopes(&self, run_id: &str) -> Vec<Envelope> {

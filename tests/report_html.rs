@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use aksync::diff::{DirectoryDiff, GroupChanges, GroupRef, LeaveReason, Leaver, MembershipChanges};
 use aksync::report::{
-    find_chromium, html_to_pdf, render, Period, PeriodRun, Producer, Report, ReportFormat,
-    ReportHeader, ReportSettings, Snapshot, TrendPoint,
+    find_chromium, html_to_pdf, render, EvidenceInfo, Period, PeriodRun, Producer, Report,
+    ReportFormat, ReportHeader, ReportSettings, Snapshot, TrendPoint,
 };
 use aksync::store::{Counts, DeliveryState, DeliveryStatus, RunStatus, TokenUser};
 use chrono::{DateTime, Duration as Span, TimeZone, Utc};
@@ -63,6 +63,10 @@ fn report() -> Report {
             privileged_at_departure: index % 4 == 0,
             privilege_source: (index % 4 == 0).then(|| "authentik Admins".to_string()),
             hr_key: Some(format!("E-{index:05}")),
+            latency_seconds: (index % 5 != 0).then_some(60 + index as u64 * 7 * 60),
+            sla_seconds: Some(3_600),
+            within_sla: (index % 5 != 0).then_some(60 + index * 7 * 60 <= 3_600),
+            login_after_last_seen: index % 7 == 0,
         })
         .collect();
     let diff = DirectoryDiff {
@@ -133,6 +137,8 @@ fn report() -> Report {
             pk: 12,
         }),
         changes: None,
+        entry_digest: Some(hex_id("entry")),
+        expected_interval_seconds: Some(2_700),
     };
     Report {
         header: ReportHeader {
@@ -159,11 +165,20 @@ fn report() -> Report {
                 expected_interval_from: "sources.corp.expected_interval".to_string(),
                 hr_key_field: Some("attributes.employee_id".to_string()),
                 privileged_groups: vec![],
+                privileged_roles: vec![],
             },
             producer: Producer {
                 host: "auditbox".to_string(),
                 os_user: "aksync".to_string(),
                 aksync_version: "0.1.0".to_string(),
+            },
+            evidence: EvidenceInfo {
+                run_digest: Some(hex_id("entry")),
+                signed_by: Some("ed25519:00112233445566ff".to_string()),
+                oldest_evidence: None,
+                backfilled_runs: vec![],
+                replayed_runs: vec![],
+                missing: vec![],
             },
         },
         runs: vec![run],
@@ -171,6 +186,7 @@ fn report() -> Report {
         start: Snapshot::default(),
         end: Snapshot::default(),
         privileged_at_baselines: Default::default(),
+        settings_changes: vec![],
         trend,
         generated_at: at(2, 3),
     }

@@ -53,6 +53,17 @@ pub struct User {
     /// Absent before 2023.10.
     #[serde(default)]
     pub uuid: Option<String>,
+    /// RBAC roles held directly, as role uuids; since 2025.12.
+    #[serde(default)]
+    pub roles: Option<Vec<String>>,
+}
+
+/// A role as `roles_obj` names it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RoleObject {
+    pub pk: String,
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -72,6 +83,12 @@ pub struct Group {
     pub users: Option<Vec<i64>>,
     #[serde(default)]
     pub attributes: Option<serde_json::Map<String, Value>>,
+    /// RBAC roles of the group's members, as role uuids; since 2023.10.
+    #[serde(default)]
+    pub roles: Option<Vec<String>>,
+    /// The same roles with their names; always filled by the server.
+    #[serde(default)]
+    pub roles_obj: Option<Vec<RoleObject>>,
 }
 
 impl Group {

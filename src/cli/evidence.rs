@@ -5,9 +5,7 @@ use std::path::Path;
 
 use super::output::{print, print_bytes, print_line};
 use super::{open_existing, print_json, resolve_run, CliError, Exit};
-use crate::artifacts::{
-    self, build_report, read_envelope_file, read_envelopes, rebuild_envelopes, Selection,
-};
+use crate::artifacts::{self, read_envelope_file, read_envelopes, rebuild_envelopes};
 use crate::cli::opt::EnvelopeFormat;
 use crate::clock::Clock;
 use crate::config::{Config, SourceConfig};
@@ -15,6 +13,7 @@ use crate::diff::{DirectoryDiff, FieldChange, GroupRef};
 use crate::display::escape;
 use crate::envelope;
 use crate::evidence::{compare_runs, find_accounts, timeline, TimelineKind};
+use crate::report::assemble::{build_report, Selection};
 use crate::report::{self, group_names, inline_text, ReportFormat};
 use crate::store::Store;
 
@@ -293,8 +292,13 @@ pub(crate) fn report(
         report::render(&built, format).map_err(|error| CliError::Runtime(error.to_string()))?;
     match request.out {
         Some(path) => {
-            artifacts::write_report_file(path, &built, &bytes)
-                .map_err(|error| CliError::Runtime(error.to_string()))?;
+            artifacts::write_report_file(
+                path,
+                &built,
+                &bytes,
+                config.ledger.signing_key.as_deref(),
+            )
+            .map_err(|error| CliError::Runtime(error.to_string()))?;
             eprintln!("wrote {} and its manifest", path.display());
         }
         None => print_bytes(&bytes)?,

@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::normalize::{AccountStatus, DirectoryAccount, DirectoryGroup};
+use crate::normalize::{AccountStatus, DirectoryAccount, DirectoryGroup, Role};
 pub use crate::record::FieldChange;
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -135,7 +135,11 @@ pub struct Leaver {
     pub canonical_email: Option<String>,
     pub reason: LeaveReason,
     pub groups_at_departure: Vec<GroupRef>,
+    /// When the last run that saw the account active started: detection latency is measured
+    /// from here, so that it is an upper bound (the account may have left at any moment
+    /// after that run began reading the directory).
     pub last_seen_active_at: Option<DateTime<Utc>>,
+    /// When the run that found the account gone finished.
     pub detected_at: DateTime<Utc>,
     pub last_login_at: Option<String>,
     /// Authentik's own time of its last change to the account (for a deactivation, usually
@@ -154,6 +158,18 @@ pub struct Leaver {
     pub privilege_source: Option<String>,
     #[serde(default)]
     pub hr_key: Option<String>,
+    /// `detected_at − last_seen_active_at`, in seconds.
+    #[serde(default)]
+    pub latency_seconds: Option<u64>,
+    /// The `sla` in force when the run detected it, and whether the latency met it.
+    #[serde(default)]
+    pub sla_seconds: Option<u64>,
+    #[serde(default)]
+    pub within_sla: Option<bool>,
+    /// Authentik recorded a login after the last run that saw the account active had
+    /// finished: it was used while its departure was not yet seen.
+    #[serde(default)]
+    pub login_after_last_seen: bool,
 }
 
 /// An account deleted after it had already left (it was inactive): the end of a termination
@@ -223,7 +239,7 @@ pub struct PrivilegeChange {
 }
 
 /// An account that held privileged access in a run.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PrivilegedAccount {
     pub external_id: String,
     pub username: String,
@@ -348,6 +364,7 @@ impl DirectoryDiff {
 /// The last complete run that saw an account active, and its groups then.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LastActive {
+    pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
     pub groups: Vec<GroupRef>,
 }
@@ -356,6 +373,7 @@ pub struct LastActive {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunRef {
     pub run_id: String,
+    pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
 }
 
@@ -401,9 +419,18 @@ pub struct AccountRules {
     /// Names or pks of groups whose members, direct or through child groups, are
     /// privileged (`privileged_groups`); groups with the superuser flag always are.
     pub privileged_groups: BTreeSet<String>,
+    /// Names or uuids of RBAC roles that are privileged access (`privileged_roles`), held
+    /// directly or through a group.
+    pub privileged_roles: BTreeSet<String>,
     /// Where an account's HR key is: `attributes.<key>[.<key>…]` (`hr_key_field`).
     pub hr_key_field: Option<String>,
+    /// How soon a termination must be detected (`sla`), in seconds.
+    pub sla_seconds: Option<u64>,
 }
+
+/// The path element that names a role, after the group that grants it (or alone, for a
+/// role held directly): `role:<uuid>`, shown as `role <name>`.
+const ROLE_PREFIX: &str = "role:";
 
 impl AccountRules {
     /// Whether members of `group` are privileged through it (before inheritance).
@@ -411,18 +438,56 @@ impl AccountRules {
         group.is_superuser
             || self.privileged_groups.contains(&group.external_id)
             || self.privileged_groups.contains(&group.display_name)
+            || self.privileged_role(&group.roles, None).is_some()
+    }
+
+    /// The first of `roles` named in `privileged_roles`, by uuid or by name (names of roles
+    /// held directly come from the groups that hold the same role, when `catalog` is given).
+    fn privileged_role(
+        &self,
+        roles: &[Role],
+        catalog: Option<&BTreeMap<String, DirectoryGroup>>,
+    ) -> Option<GroupRef> {
+        if self.privileged_roles.is_empty() {
+            return None;
+        }
+        roles.iter().find_map(|role| {
+            let name = role.name.clone().or_else(|| {
+                catalog?
+                    .values()
+                    .flat_map(|group| &group.roles)
+                    .find(|known| known.pk == role.pk)
+                    .and_then(|known| known.name.clone())
+            });
+            let named = name
+                .as_ref()
+                .is_some_and(|name| self.privileged_roles.contains(name));
+            (named || self.privileged_roles.contains(&role.pk)).then(|| GroupRef {
+                external_id: format!("{ROLE_PREFIX}{}", role.pk),
+                display_name: format!("role {}", name.unwrap_or_else(|| role.pk.clone())),
+            })
+        })
     }
 
     /// The path from the first of `groups` (by id) that makes its members privileged,
-    /// directly or through an ancestor, to the group that does.
+    /// directly or through an ancestor, to the group that does, and then the role through
+    /// which it does, if that is how.
     pub fn privilege_path(
         &self,
         groups: &BTreeSet<String>,
         catalog: &BTreeMap<String, DirectoryGroup>,
     ) -> Option<Vec<GroupRef>> {
-        groups
+        let mut path = groups
             .iter()
-            .find_map(|group| ancestor_path(group, catalog, &|g| self.confers(g)))
+            .find_map(|group| ancestor_path(group, catalog, &|g| self.confers(g)))?;
+        let last = catalog.get(&path.last()?.external_id)?;
+        let by_group = last.is_superuser
+            || self.privileged_groups.contains(&last.external_id)
+            || self.privileged_groups.contains(&last.display_name);
+        if !by_group {
+            path.extend(self.privileged_role(&last.roles, None));
+        }
+        Some(path)
     }
 
     /// The groups of `catalog` whose members are privileged through them: the groups that
@@ -468,6 +533,10 @@ impl AccountRules {
         }
         self.privilege_path(groups, catalog)
             .or_else(|| account.is_superuser.then(Vec::new))
+            .or_else(|| {
+                self.privileged_role(&account.roles, Some(catalog))
+                    .map(|role| vec![role])
+            })
     }
 
     /// The account's HR key: the value at `hr_key_field` in its attributes, as text.
@@ -497,6 +566,71 @@ pub fn path_text(path: &[GroupRef]) -> String {
     }
     let names: Vec<&str> = path.iter().map(|g| g.display_name.as_str()).collect();
     names.join(" → ")
+}
+
+/// One account of a snapshot as a census sees it before reading its record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountHead {
+    pub external_id: String,
+    pub active: bool,
+    /// Its own superuser flag or roles could make it privileged without a group.
+    pub may_hold_privilege_alone: bool,
+}
+
+/// A snapshot's accounts, counted, and its privileged accounts in uid order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Census {
+    pub accounts: u64,
+    pub active: u64,
+    pub privileged: Vec<PrivilegedAccount>,
+}
+
+/// Counts a snapshot's accounts and finds its privileged ones under `rules`. The groups
+/// come whole; memberships (`(uid, group pk)`) and accounts (in uid order, each with where
+/// its record is) pass by their ids, and only an account that may be privileged is read,
+/// with `load`.
+pub fn census<E, At>(
+    rules: &AccountRules,
+    catalog: &BTreeMap<String, DirectoryGroup>,
+    memberships: impl Iterator<Item = Result<(String, String), E>>,
+    accounts: impl Iterator<Item = Result<(AccountHead, At), E>>,
+    mut load: impl FnMut(&AccountHead, At) -> Result<DirectoryAccount, E>,
+) -> Result<Census, E> {
+    let privileged_groups = rules.privileged_group_ids(catalog);
+    let mut member_of: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    if !privileged_groups.is_empty() {
+        for membership in memberships {
+            let (uid, group) = membership?;
+            if privileged_groups.contains(&group) {
+                member_of.entry(uid).or_default().insert(group);
+            }
+        }
+    }
+    let mut census = Census::default();
+    for head in accounts {
+        let (head, at) = head?;
+        census.accounts += 1;
+        if !head.active {
+            continue;
+        }
+        census.active += 1;
+        let groups = member_of.remove(&head.external_id).unwrap_or_default();
+        if groups.is_empty() && !head.may_hold_privilege_alone {
+            continue;
+        }
+        let account = load(&head, at)?;
+        if let Some(path) = rules.privilege(&account, &groups, catalog) {
+            census.privileged.push(PrivilegedAccount {
+                hr_key: rules.hr_key(&account),
+                privilege_source: path_text(&path),
+                path,
+                external_id: account.external_id,
+                username: account.username,
+                canonical_email: account.canonical_email,
+            });
+        }
+    }
+    Ok(census)
 }
 
 impl DiffInput {
@@ -543,8 +677,18 @@ pub fn diff(input: &DiffInput) -> DirectoryDiff {
             .and_then(|new| rules.privilege(new, &sides.new_groups, &input.groups_after));
         let escalation = held_before.is_none() && held_after.is_some();
         let source_after = held_after.as_deref().map(path_text);
-        let without_status: Vec<FieldChange> = sides
+        // Authentik computes an account's `is_superuser` from its groups: a flip that its
+        // groups explain is the privilege grant or removal (and the group change), not also
+        // a change of the account's own (one event, one place).
+        let own_changes: Vec<FieldChange> = sides
             .changes
+            .iter()
+            .filter(|change| {
+                change.field != "is_superuser" || !superuser_flag_derived(input, sides)
+            })
+            .cloned()
+            .collect();
+        let without_status: Vec<FieldChange> = own_changes
             .iter()
             .filter(|change| change.field != "status")
             .cloned()
@@ -593,7 +737,7 @@ pub fn diff(input: &DiffInput) -> DirectoryDiff {
                     external_id: uid.clone(),
                     username: old.username.clone(),
                     canonical_email: old.canonical_email.clone(),
-                    last_seen_active_at: last_active.map(|last| last.finished_at),
+                    last_seen_active_at: last_active.map(|last| last.started_at),
                     detected_at: to.finished_at,
                     last_login_at: old.last_login_at.clone(),
                     hr_key: rules.hr_key(old),
@@ -625,12 +769,12 @@ pub fn diff(input: &DiffInput) -> DirectoryDiff {
                 ))
             }
             (Some(_), Some(new)) => {
-                if !sides.changes.is_empty() || !added.is_empty() || !removed.is_empty() {
+                if !own_changes.is_empty() || !added.is_empty() || !removed.is_empty() {
                     movers.push(Mover {
                         external_id: uid.clone(),
                         username: new.username.clone(),
                         canonical_email: new.canonical_email.clone(),
-                        changes: sides.changes.clone(),
+                        changes: own_changes.clone(),
                         groups_added,
                         groups_removed,
                         privilege_escalation: escalation,
@@ -651,8 +795,14 @@ pub fn diff(input: &DiffInput) -> DirectoryDiff {
             _ => {}
         }
     }
-    let privileged_group_changes =
-        privileged_group_changes(input, &privilege_granted, &privilege_removed);
+    // A baseline's groups were present, not created.
+    let (groups, privileged_group_changes) = match input.baseline {
+        Some(_) => (GroupChanges::default(), Vec::new()),
+        None => (
+            group_changes(input),
+            privileged_group_changes(input, &privilege_granted, &privilege_removed),
+        ),
+    };
     DirectoryDiff {
         source: input.source.clone(),
         from_run: input
@@ -666,7 +816,7 @@ pub fn diff(input: &DiffInput) -> DirectoryDiff {
         movers,
         leavers,
         purged,
-        groups: group_changes(input),
+        groups,
         memberships: membership_changes(input),
         population: input.population,
         privilege_granted,
@@ -712,7 +862,7 @@ fn privilege_change(
             .is_some_and(|changes| {
                 changes
                     .iter()
-                    .any(|c| c.field == "parents" || c.field == "display_name")
+                    .any(|c| matches!(c.field.as_str(), "parents" | "display_name" | "roles"))
             })
     };
     let mut groups_changed = Vec::new();
@@ -796,7 +946,7 @@ fn privileged_group_changes(
             .filter(|c| {
                 matches!(
                     c.field.as_str(),
-                    "is_superuser" | "parents" | "display_name"
+                    "is_superuser" | "parents" | "display_name" | "roles"
                 )
             })
             .map(|c| named_parents(input, c))
@@ -848,6 +998,7 @@ fn last_active(
     input.last_active.get(uid).cloned().or_else(|| {
         let from = input.from.as_ref()?;
         (old.status == AccountStatus::Active).then(|| LastActive {
+            started_at: from.started_at,
             finished_at: from.finished_at,
             groups: group_refs(sides.old_groups.iter(), input, Before),
         })
@@ -867,6 +1018,19 @@ fn leaver(
     let held = input
         .rules
         .privilege(old, &sides.old_groups, &input.groups_before);
+    let last_login_at = sides
+        .new
+        .as_ref()
+        .map_or(&old.last_login_at, |new| &new.last_login_at)
+        .clone();
+    let detected_at = input.to.finished_at;
+    let latency_seconds = last_active.as_ref().map(|last| {
+        (detected_at - last.started_at)
+            .num_seconds()
+            .max(0)
+            .unsigned_abs()
+    });
+    let sla_seconds = input.rules.sla_seconds;
     Leaver {
         privileged_at_departure: held.is_some(),
         privilege_source: held.as_deref().map(path_text),
@@ -879,13 +1043,10 @@ fn leaver(
             .as_ref()
             .map(|last| last.groups.clone())
             .unwrap_or_default(),
-        last_seen_active_at: last_active.map(|last| last.finished_at),
-        detected_at: input.to.finished_at,
-        last_login_at: sides
-            .new
-            .as_ref()
-            .map_or(&old.last_login_at, |new| &new.last_login_at)
-            .clone(),
+        last_seen_active_at: last_active.as_ref().map(|last| last.started_at),
+        detected_at,
+        login_after_last_seen: login_after(last_login_at.as_deref(), last_active.as_ref()),
+        last_login_at,
         authentik_last_updated: sides
             .new
             .as_ref()
@@ -893,7 +1054,35 @@ fn leaver(
             .clone(),
         memberships_removed,
         changes,
+        latency_seconds,
+        sla_seconds,
+        within_sla: latency_seconds
+            .zip(sla_seconds)
+            .map(|(latency, sla)| latency <= sla),
     }
+}
+
+/// Whether Authentik recorded a login after the last run that saw the account active had
+/// finished (a login during that run's fetch may well have come before its page was read).
+fn login_after(login: Option<&str>, last_active: Option<&LastActive>) -> bool {
+    let (Some(login), Some(last)) = (login, last_active) else {
+        return false;
+    };
+    DateTime::parse_from_rfc3339(login)
+        .is_ok_and(|login| login.with_timezone(&Utc) > last.finished_at)
+}
+
+/// Whether the account's `is_superuser` on both sides is what its groups give it, so that a
+/// change of the flag is a consequence of group changes. Without group sync nothing explains
+/// the flag, and its change is the account's own.
+fn superuser_flag_derived(input: &DiffInput, sides: &AccountSides) -> bool {
+    let explained = |account: &Option<DirectoryAccount>, groups, catalog| {
+        account
+            .as_ref()
+            .is_none_or(|account| account.is_superuser == superuser_path(groups, catalog).is_some())
+    };
+    explained(&sides.old, &sides.old_groups, &input.groups_before)
+        && explained(&sides.new, &sides.new_groups, &input.groups_after)
 }
 
 /// Whether an account holds superuser rights: its own flag, or a group it is in, directly or

@@ -102,7 +102,13 @@ fn joiners_movers_and_leavers_are_exact() {
     );
     for leaver in &result.leavers {
         assert_eq!(leaver.groups_at_departure.len(), 1);
-        assert_eq!(leaver.last_seen_active_at, Some(first.run.finished_at));
+        // Latency counts from the start of the last run that saw it active: an upper bound.
+        assert_eq!(leaver.last_seen_active_at, Some(first.run.started_at));
+        let run = source.store.run(&result.to_run).unwrap();
+        assert_eq!(
+            leaver.latency_seconds,
+            Some((run.finished_at - first.run.started_at).num_seconds() as u64)
+        );
         assert!(leaver.memberships_removed);
         assert_eq!(
             leaver.last_login_at.as_deref(),
@@ -125,7 +131,8 @@ fn joiners_movers_and_leavers_are_exact() {
     let renamed = &result.movers[1];
     assert_eq!(renamed.external_id, "uid3");
     let fields: Vec<&str> = renamed.changes.iter().map(|c| c.field.as_str()).collect();
-    assert_eq!(fields, vec!["is_superuser", "username"]);
+    // Joining the admins makes Authentik set is_superuser: the grant says so, not a change.
+    assert_eq!(fields, vec!["username"]);
     assert_eq!(renamed.groups_added[0].external_id, "admins");
     assert!(renamed.privilege_escalation, "joined a superuser group");
 
@@ -239,7 +246,13 @@ fn becoming_superuser_is_an_escalation_and_group_flags_are_changes() {
         ),
         (vec![promoted], vec![renamed_admins]),
     );
-    assert!(result.movers[0].privilege_escalation);
+    // The account changed only because its group did: one event, one place. The grant and
+    // the group change say it; the account is no mover.
+    assert!(result.movers.is_empty(), "{:?}", result.movers);
+    assert_eq!(result.escalations(), 1);
+    let grant = &result.privilege_granted[0];
+    assert_eq!(grant.reason, crate::diff::PrivilegeReason::GroupChanged);
+    assert_eq!(grant.privilege_source, crate::diff::GROUP_FLAG_CHANGED);
     let fields: Vec<&str> = result.groups.changed[0]
         .changes
         .iter()
@@ -297,10 +310,11 @@ fn created_and_reactivated_superusers_are_escalations() {
             ("uid7", JoinReason::Created, true)
         ]
     );
-    // What changed together with the reactivation is shown, not dropped.
+    // What changed together with the reactivation is shown, not dropped; the superuser flag
+    // that joining the admins gives is the grant, not a change of the account's own.
     let back = &result.joiners[0];
     let fields: Vec<&str> = back.changes.iter().map(|c| c.field.as_str()).collect();
-    assert_eq!(fields, vec!["is_superuser", "metadata.title"]);
+    assert_eq!(fields, vec!["metadata.title"]);
     assert_eq!(back.groups_added[0].external_id, "admins");
     assert_eq!(result.escalations(), 2);
 }
@@ -358,8 +372,8 @@ fn deleting_an_account_that_already_left_is_a_purge() {
     assert_eq!(purged.purged.len(), 1);
     let purge = &purged.purged[0];
     assert_eq!(purge.external_id, "uid1");
-    // The history says when the account was last active: the first run.
-    assert_eq!(purge.last_seen_active_at, Some(first.run.finished_at));
+    // The ledger says when the account was last active: the first run, from its start.
+    assert_eq!(purge.last_seen_active_at, Some(first.run.started_at));
     assert_eq!(purged.population.deleted, 1);
 }
 
@@ -372,6 +386,7 @@ fn effective_superuser_walks_a_cyclic_hierarchy_without_looping() {
         parents: vec![parent.into()],
         metadata: Default::default(),
         member_count: 0,
+        roles: Vec::new(),
     };
     let catalog = BTreeMap::from([
         ("a".to_string(), group("a", "b", false)),
@@ -577,8 +592,8 @@ fn reactivation_and_departure_of_admins_grant_and_remove_privilege() {
 #[test]
 fn hr_keys_come_from_the_configured_attribute() {
     let rules = AccountRules {
-        privileged_groups: BTreeSet::new(),
         hr_key_field: Some("attributes.employee_id".to_string()),
+        ..AccountRules::default()
     };
     let mut account: DirectoryAccount = serde_json::from_value(json!({
         "external_id": "u", "secondary_key": null, "username": "u", "display_name": "U",
@@ -606,6 +621,7 @@ fn privileged_groups_are_found_top_down_through_a_cycle() {
                 parents: parents.iter().map(|p| p.to_string()).collect(),
                 metadata: Default::default(),
                 member_count: 0,
+                roles: Vec::new(),
             },
         )
     };
@@ -618,7 +634,7 @@ fn privileged_groups_are_found_top_down_through_a_cycle() {
     ]);
     let rules = AccountRules {
         privileged_groups: BTreeSet::from(["NAMED".to_string()]),
-        hr_key_field: None,
+        ..AccountRules::default()
     };
     let ids: Vec<String> = rules.privileged_group_ids(&catalog).into_iter().collect();
     assert_eq!(ids, vec!["a", "b", "named", "root"]);
@@ -660,9 +676,10 @@ fn the_census_of_stored_runs_agrees_with_the_grants() {
     );
     let diff = second.diff.unwrap();
     let reader = source.store.reader().unwrap();
-    let census = |run| crate::evidence::census(&reader, &source.source, run).unwrap();
+    let rules = source.source.account_rules();
+    let census = |run| crate::evidence::census(&reader, &rules, run).unwrap();
     let (start, end) = (census(&first.run), census(&second.run));
-    let names = |census: &crate::evidence::Census| -> Vec<(String, String)> {
+    let names = |census: &crate::diff::Census| -> Vec<(String, String)> {
         census
             .privileged
             .iter()
@@ -682,4 +699,75 @@ fn the_census_of_stored_runs_agrees_with_the_grants() {
         start.privileged.len() + diff.privilege_granted.len() - diff.privilege_removed.len(),
         end.privileged.len()
     );
+}
+
+/// The evidence of a termination is judged when the run detects it: the latency from the
+/// start of the last run that saw the account active, the SLA in force, and a login after
+/// that run had finished (a login while it was still reading the directory proves nothing).
+#[test]
+fn a_leaver_carries_its_latency_sla_and_login_warning_as_of_its_run() {
+    for (sla, login, within, warned) in [
+        (Some(90), "2026-11-01T10:01:15Z", Some(true), false),
+        (Some(89), "2026-11-01T10:01:45Z", Some(false), true),
+        (None, "not a time", None, false),
+    ] {
+        let mut source = TestSource::new();
+        source.source.sla = sla.map(std::time::Duration::from_secs);
+        // Runs start a minute apart and take 30 s: 10:01:00–10:01:30, then 10:02:00–10:02:30.
+        source.sync(vec![user(1, true, &[], json!({}))], vec![]);
+        let mut gone = user(1, false, &[], json!({}));
+        gone["last_login"] = json!(login);
+        let result = source.sync(vec![gone], vec![]).diff.unwrap();
+        let leaver = &result.leavers[0];
+        assert_eq!(leaver.latency_seconds, Some(90));
+        assert_eq!(leaver.sla_seconds, sla);
+        assert_eq!(leaver.within_sla, within, "sla {sla:?}");
+        assert_eq!(leaver.login_after_last_seen, warned, "login {login}");
+    }
+}
+
+/// A role held directly, or through a group and its ancestors, is privileged access when
+/// `privileged_roles` names it, by uuid or by name; the path says how it is held.
+#[test]
+fn privileged_roles_grant_privilege_directly_and_through_groups() {
+    let mut source = TestSource::new();
+    source.source.privileged_roles = vec!["Auditors".to_string(), "r-direct".to_string()];
+    let mut parent = group("parent", false, &[]);
+    parent["roles"] = json!(["r-audit"]);
+    parent["roles_obj"] = json!([{"pk": "r-audit", "name": "Auditors"}]);
+    let mut child = group("child", false, &[]);
+    child["parents"] = json!(["parent"]);
+    source.sync(
+        vec![user(1, true, &[], json!({})), user(2, true, &[], json!({}))],
+        vec![parent.clone(), child.clone()],
+    );
+    let mut direct = user(2, true, &[], json!({}));
+    direct["roles"] = json!(["r-direct"]);
+    child["users"] = json!([1]);
+    let result = source
+        .sync(
+            vec![user(1, true, &["child"], json!({})), direct],
+            vec![parent, child],
+        )
+        .diff
+        .unwrap();
+    let grants: Vec<(&str, &str)> = result
+        .privilege_granted
+        .iter()
+        .map(|grant| (grant.external_id.as_str(), grant.privilege_source.as_str()))
+        .collect();
+    assert_eq!(
+        grants,
+        vec![
+            ("uid1", "Group child → Group parent → role Auditors"),
+            ("uid2", "role r-direct")
+        ]
+    );
+    // The direct role is a change of the account itself.
+    let mover = result
+        .movers
+        .iter()
+        .find(|mover| mover.external_id == "uid2")
+        .unwrap();
+    assert_eq!(mover.changes[0].field, "roles");
 }

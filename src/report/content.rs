@@ -8,7 +8,6 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::Value;
 use similar::TextDiff;
 
-pub(super) use super::period::detection_latency_seconds;
 use super::period::{
     coverage_gaps, roll_forward, terminations, CoverageGap, RollForward, RollForwardLine,
     Terminations,
@@ -1132,7 +1131,9 @@ pub fn group_names(groups: &[GroupRef]) -> String {
 
 /// The detection latency for people, e.g. "1h 05m", or "unknown".
 pub(super) fn detection_latency(leaver: &Leaver) -> String {
-    detection_latency_seconds(leaver).map_or_else(|| "unknown".to_string(), format_latency)
+    leaver
+        .latency_seconds
+        .map_or_else(|| "unknown".to_string(), format_latency)
 }
 
 /// "45s", "5m", "1h 05m", "2d 03h 05m".

@@ -6,7 +6,6 @@
 //! Quoting and formula defusing are the CLI's CSV writer's.
 
 use super::content::{events, run_started_at, timestamp, Event, EventKind};
-use super::period::{detection_latency_seconds, within_sla};
 use super::Report;
 use crate::cli::output::csv;
 use crate::diff::{FieldChange, GroupRef};
@@ -77,27 +76,23 @@ fn flag(value: Option<bool>) -> String {
     value.map_or_else(String::new, |value| value.to_string())
 }
 
-fn row(report: &Report, event: &Event<'_>) -> Row {
-    let sla = report.header.settings.sla_seconds;
+fn row(event: &Event<'_>) -> Row {
     let username = event.name().to_string();
     match event.kind {
-        EventKind::Leaver(leaver) => {
-            let latency = detection_latency_seconds(leaver);
-            Row {
-                reason: leaver.reason.as_str().to_string(),
-                username,
-                hr_key: leaver.hr_key.clone(),
-                privileged: Some(leaver.privileged_at_departure),
-                privilege_source: leaver.privilege_source.clone(),
-                groups: names(&leaver.groups_at_departure),
-                changes: leaver.changes.clone(),
-                last_seen_active_at: leaver.last_seen_active_at.map(timestamp),
-                latency_seconds: latency,
-                within_sla: within_sla(latency, sla),
-                last_login_at: leaver.last_login_at.clone(),
-                ..Row::default()
-            }
-        }
+        EventKind::Leaver(leaver) => Row {
+            reason: leaver.reason.as_str().to_string(),
+            username,
+            hr_key: leaver.hr_key.clone(),
+            privileged: Some(leaver.privileged_at_departure),
+            privilege_source: leaver.privilege_source.clone(),
+            groups: names(&leaver.groups_at_departure),
+            changes: leaver.changes.clone(),
+            last_seen_active_at: leaver.last_seen_active_at.map(timestamp),
+            latency_seconds: leaver.latency_seconds,
+            within_sla: leaver.within_sla,
+            last_login_at: leaver.last_login_at.clone(),
+            ..Row::default()
+        },
         EventKind::Purged(purge) => Row {
             reason: "deleted after it had already left".to_string(),
             username,
@@ -212,7 +207,7 @@ fn run_row(report: &Report, run: &super::PeriodRun) -> Vec<String> {
 pub(super) fn render(report: &Report) -> String {
     let mut rows: Vec<Vec<String>> = report.runs.iter().map(|run| run_row(report, run)).collect();
     for event in events(report) {
-        let row = row(report, &event);
+        let row = row(&event);
         let fixed = |change: Option<&FieldChange>| {
             vec![
                 report.header.source.clone(),

@@ -7,11 +7,10 @@ use chrono::{DateTime, Utc};
 
 use super::chart::trend_chart;
 use super::content::{
-    blocks, change_views, detection_latency, detection_latency_seconds, events, figures,
-    group_names, header_fields, run_label, summary, timestamp, title, yes_no, Block, Cell,
-    ChangeView, Event, EventKind, HeaderValue, Piece, Section, ESCALATION_FLAG, LOGIN_WARNING,
+    blocks, change_views, detection_latency, events, figures, group_names, header_fields,
+    run_label, summary, timestamp, title, yes_no, Block, Cell, ChangeView, Event, EventKind,
+    HeaderValue, Piece, Section, ESCALATION_FLAG, LOGIN_WARNING,
 };
-use super::period::{login_after_last_seen, within_sla};
 use super::Report;
 use crate::diff::{FieldChange, GroupRef, MembershipRef};
 
@@ -232,7 +231,6 @@ fn event_row(report: &Report, event: &Event<'_>) -> Vec<String> {
         }
         cell
     };
-    let sla = report.header.settings.sla_seconds;
     match event.kind {
         EventKind::Leaver(leaver) => {
             let mut timeline = format!(
@@ -253,14 +251,14 @@ fn event_row(report: &Report, event: &Event<'_>) -> Vec<String> {
                     .as_deref()
                     .map_or_else(|| "not reported".to_string(), escape),
             );
-            if login_after_last_seen(leaver) {
+            if leaver.login_after_last_seen {
                 timeline.push_str(&format!(
                     "<br><span class=\"flag\">WARNING</span> {}",
                     escape(LOGIN_WARNING)
                 ));
             }
             let mut latency = format!("<strong>{}</strong>", escape(&detection_latency(leaver)));
-            match within_sla(detection_latency_seconds(leaver), sla) {
+            match leaver.within_sla {
                 Some(true) => latency.push_str("<br>within SLA"),
                 Some(false) => latency.push_str("<br><span class=\"flag\">SLA BREACH</span>"),
                 None => {}

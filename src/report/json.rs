@@ -13,10 +13,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::content::{figures, run_started_at};
-use super::period::{
-    detection_latency_seconds, login_after_last_seen, period_counts, within_sla, CoverageGap,
-    Latency, PeriodCounts, RollForward,
-};
+use super::period::{period_counts, CoverageGap, Latency, PeriodCounts, RollForward};
 use super::{PeriodRun, Report, ReportError};
 use crate::diff::{
     DirectoryDiff, GroupChanges, Joiner, MembershipChanges, Mover, Population, PrivilegeChange,
@@ -116,11 +113,9 @@ fn each<'a, T: 'a>(
 pub(super) fn render(report: &Report) -> Result<Vec<u8>, ReportError> {
     let json_error = |error: serde_json::Error| ReportError::Json(error.to_string());
     let figures = figures(report);
-    let sla = report.header.settings.sla_seconds;
     let mut leavers = Vec::new();
     for diff in &report.diffs {
         for leaver in &diff.leavers {
-            let latency = detection_latency_seconds(leaver);
             let mut value = serde_json::to_value(leaver).map_err(json_error)?;
             if let Some(fields) = value.as_object_mut() {
                 fields.insert("event".into(), json!("leaver"));
@@ -128,12 +123,6 @@ pub(super) fn render(report: &Report) -> Result<Vec<u8>, ReportError> {
                 fields.insert(
                     "run_started_at".into(),
                     json!(run_started_at(report, &diff.to_run)),
-                );
-                fields.insert("latency_seconds".into(), json!(latency));
-                fields.insert("within_sla".into(), json!(within_sla(latency, sla)));
-                fields.insert(
-                    "login_after_last_seen".into(),
-                    json!(login_after_last_seen(leaver)),
                 );
             }
             leavers.push(value);

@@ -4,12 +4,10 @@
 //! read verbatim and no username can inject markup.
 
 use super::content::{
-    blocks, change_views, detection_latency, detection_latency_seconds, events, figures,
-    group_names, header_fields, run_label, summary, timestamp, title, yes_no, Block, Cell,
-    ChangeView, Event, EventKind, HeaderValue, Piece, Section, ESCALATION_FLAG, LATENCY_MEANING,
-    LOGIN_WARNING,
+    blocks, change_views, detection_latency, events, figures, group_names, header_fields,
+    run_label, summary, timestamp, title, yes_no, Block, Cell, ChangeView, Event, EventKind,
+    HeaderValue, Piece, Section, ESCALATION_FLAG, LATENCY_MEANING, LOGIN_WARNING,
 };
-use super::period::{login_after_last_seen, within_sla};
 use super::Report;
 use crate::diff::{FieldChange, MembershipRef};
 use crate::display::escape;
@@ -135,7 +133,6 @@ fn push_event(out: &mut String, report: &Report, event: &Event<'_>) {
     let name = code(event.name());
     let email = event.email().map_or_else(|| "none".to_string(), code);
     let external_id = ("External id", code(&event.external_id()));
-    let sla = report.header.settings.sla_seconds;
     match event.kind {
         EventKind::Leaver(leaver) => {
             let reason = leaver.reason.as_str();
@@ -143,7 +140,6 @@ fn push_event(out: &mut String, report: &Report, event: &Event<'_>) {
                 out,
                 &format!("- **{name}** ({reason}), detected by run {run}"),
             );
-            let latency = detection_latency_seconds(leaver);
             let mut facts = vec![
                 external_id,
                 ("Email", email),
@@ -173,7 +169,7 @@ fn push_event(out: &mut String, report: &Report, event: &Event<'_>) {
                 ),
                 (
                     "Within SLA",
-                    match within_sla(latency, sla) {
+                    match leaver.within_sla {
                         Some(within) => yes_no(within).to_string(),
                         None => "not judged: no SLA or no latency".to_string(),
                     },
@@ -191,7 +187,7 @@ fn push_event(out: &mut String, report: &Report, event: &Event<'_>) {
                     yes_no(leaver.memberships_removed).to_string(),
                 ),
             ];
-            if login_after_last_seen(leaver) {
+            if leaver.login_after_last_seen {
                 facts.push(("**Warning**", text(LOGIN_WARNING)));
             }
             push_facts(out, &facts);

@@ -4,8 +4,10 @@
 //! HTML (and PDF through headless Chromium). Every report starts with a header that lets an
 //! auditor rely on it and re-perform it.
 //!
-//! Rendering is pure: a [`Report`] in, bytes out.
+//! [`assemble`] reads a period's evidence from the ledger into a [`Report`]; rendering is
+//! pure: a [`Report`] in, bytes out.
 
+pub mod assemble;
 mod chart;
 mod content;
 mod csv;
@@ -45,6 +47,33 @@ pub struct ReportHeader {
     pub group_sync: bool,
     pub settings: ReportSettings,
     pub producer: Producer,
+    /// Where the report's facts come from, and how they are sealed.
+    pub evidence: EvidenceInfo,
+}
+
+/// How the report stands on the evidence ledger.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EvidenceInfo {
+    /// The ledger digest of the entry of the report's run (`run_id`).
+    pub run_digest: Option<String>,
+    /// The key that signed that entry, as its fingerprint; `None`: not signed.
+    pub signed_by: Option<String>,
+    /// When the oldest entry the ledger still holds for the source was recorded, and its run.
+    pub oldest_evidence: Option<OldestEvidence>,
+    /// Runs of the period whose entries were written after them, by replay (`backfilled`).
+    pub backfilled_runs: Vec<String>,
+    /// Runs of the period without an entry, replayed for this report with the settings
+    /// configured now (a database not yet upgraded).
+    pub replayed_runs: Vec<String>,
+    /// Complete runs of the period whose events could not be recovered, with why.
+    pub missing: Vec<(String, String)>,
+}
+
+/// The oldest evidence a report can reach.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OldestEvidence {
+    pub run_id: Option<String>,
+    pub recorded_at: DateTime<Utc>,
 }
 
 /// The time a report covers.
@@ -61,7 +90,8 @@ pub struct Period {
     pub end_run: Option<String>,
 }
 
-/// The source's report settings in force when the report was made.
+/// The settings in force at the end of the period, as the ledger recorded them with its
+/// last run (changes during the period are listed as settings changes).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ReportSettings {
     pub sla_seconds: Option<u64>,
@@ -70,6 +100,7 @@ pub struct ReportSettings {
     pub expected_interval_from: String,
     pub hr_key_field: Option<String>,
     pub privileged_groups: Vec<String>,
+    pub privileged_roles: Vec<String>,
 }
 
 /// Who made the report, where, and with what.
@@ -113,6 +144,11 @@ pub struct PeriodRun {
     /// The Authentik user the token belongs to.
     pub token_user: Option<TokenUser>,
     pub changes: Option<ChangeCounts>,
+    /// The ledger digest of the run's entry.
+    pub entry_digest: Option<String>,
+    /// The expected interval the run recorded: a gap in coverage that ends with this run is
+    /// judged by it.
+    pub expected_interval_seconds: Option<u64>,
 }
 
 impl PeriodRun {
@@ -134,8 +170,8 @@ impl PeriodRun {
     }
 }
 
-/// The population of a run: counted from its stored records, not from the diffs, so that
-/// the roll-forward checks the one against the other.
+/// The population of a run: counted from its records when it was stored, not from the
+/// diffs, so that the roll-forward checks the one against the other.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Snapshot {
     /// `None`: no run, an empty directory.
@@ -143,6 +179,16 @@ pub struct Snapshot {
     pub accounts: u64,
     pub active: u64,
     pub privileged: Vec<PrivilegedAccount>,
+    /// Why the counts are not known, when they are not (the run's evidence is gone).
+    pub unavailable: Option<String>,
+}
+
+/// A run that recorded settings different from the run before it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SettingsChanged {
+    pub run_id: String,
+    pub at: DateTime<Utc>,
+    pub changes: Vec<crate::ledger::entry::SettingChange>,
 }
 
 /// One run of the source's recent history, for the chart.
@@ -172,6 +218,8 @@ pub struct Report {
     /// The privileged accounts at each baseline run of the period (where the roll-forward
     /// restarts), by run id.
     pub privileged_at_baselines: BTreeMap<String, u64>,
+    /// The settings changes the period's runs recorded, oldest first.
+    pub settings_changes: Vec<SettingsChanged>,
     /// Complete runs for the chart, oldest first.
     pub trend: Vec<TrendPoint>,
     pub generated_at: DateTime<Utc>,

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::Report;
-use crate::diff::{JoinReason, LeaveReason, Leaver};
+use crate::diff::{JoinReason, LeaveReason};
 use crate::store::RunStatus;
 
 /// A stretch of the period longer than the expected interval without a complete run.
@@ -156,28 +156,6 @@ pub fn roll_forward(report: &Report) -> RollForward {
     lines
 }
 
-/// Seconds between the last run that saw the leaver active and the run that saw it gone: an
-/// upper bound on how long the change went unseen. A last-seen time after the detection can
-/// only come from clock skew between runs, so the bound is then zero.
-pub fn detection_latency_seconds(leaver: &Leaver) -> Option<u64> {
-    let last_seen = leaver.last_seen_active_at?;
-    Some(seconds_between(last_seen, leaver.detected_at))
-}
-
-/// Whether a latency is within the SLA; `None` without an SLA or a latency.
-pub fn within_sla(latency_seconds: Option<u64>, sla_seconds: Option<u64>) -> Option<bool> {
-    Some(latency_seconds? <= sla_seconds?)
-}
-
-/// Whether Authentik recorded a login after the last run that saw the account active: it was
-/// used while its departure was not yet seen.
-pub fn login_after_last_seen(leaver: &Leaver) -> bool {
-    let (Some(login), Some(last_seen)) = (&leaver.last_login_at, leaver.last_seen_active_at) else {
-        return false;
-    };
-    DateTime::parse_from_rfc3339(login).is_ok_and(|login| login.with_timezone(&Utc) > last_seen)
-}
-
 /// How a termination case started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -202,6 +180,8 @@ pub struct TerminationCase {
     pub detected_at: DateTime<Utc>,
     pub last_seen_active_at: Option<DateTime<Utc>>,
     pub latency_seconds: Option<u64>,
+    /// The `sla` in force when the run detected it.
+    pub sla_seconds: Option<u64>,
     pub within_sla: Option<bool>,
     pub privileged_at_departure: bool,
     /// The run that deleted the account, when that came later in the period.
@@ -240,13 +220,11 @@ pub struct Terminations {
 
 /// The period's leavers and purges as termination cases, oldest first.
 pub fn terminations(report: &Report) -> Terminations {
-    let sla = report.header.settings.sla_seconds;
     let mut cases: Vec<TerminationCase> = Vec::new();
     // The open case of each account, by index.
     let mut open: BTreeMap<&str, usize> = BTreeMap::new();
     for diff in &report.diffs {
         for leaver in &diff.leavers {
-            let latency_seconds = detection_latency_seconds(leaver);
             let deleted = leaver.reason == LeaveReason::Deleted;
             if !deleted {
                 open.insert(&leaver.external_id, cases.len());
@@ -263,8 +241,9 @@ pub fn terminations(report: &Report) -> Terminations {
                 run_id: diff.to_run.clone(),
                 detected_at: leaver.detected_at,
                 last_seen_active_at: leaver.last_seen_active_at,
-                latency_seconds,
-                within_sla: within_sla(latency_seconds, sla),
+                latency_seconds: leaver.latency_seconds,
+                sla_seconds: leaver.sla_seconds,
+                within_sla: leaver.within_sla,
                 privileged_at_departure: leaver.privileged_at_departure,
                 deleted_in_run: None,
                 reactivated_in_run: None,
@@ -282,6 +261,7 @@ pub fn terminations(report: &Report) -> Terminations {
                     detected_at: purge.detected_at,
                     last_seen_active_at: purge.last_seen_active_at,
                     latency_seconds: None,
+                    sla_seconds: None,
                     within_sla: None,
                     privileged_at_departure: false,
                     deleted_in_run: Some(diff.to_run.clone()),
@@ -314,7 +294,7 @@ pub fn terminations(report: &Report) -> Terminations {
             username: case.username.clone(),
             run_id: case.run_id.clone(),
             latency_seconds: case.latency_seconds.unwrap_or_default(),
-            sla_seconds: sla.unwrap_or_default(),
+            sla_seconds: case.sla_seconds.unwrap_or_default(),
         })
         .collect();
     Terminations {

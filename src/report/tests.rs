@@ -47,6 +47,8 @@ pub(super) fn leaver(
     last_seen_active_at: Option<DateTime<Utc>>,
     detected_at: DateTime<Utc>,
 ) -> Leaver {
+    let latency_seconds =
+        last_seen_active_at.map(|seen| (detected_at - seen).num_seconds().unsigned_abs());
     Leaver {
         external_id: uid(username),
         username: username.to_string(),
@@ -62,6 +64,10 @@ pub(super) fn leaver(
         privileged_at_departure: false,
         privilege_source: None,
         hr_key: None,
+        latency_seconds,
+        sla_seconds: Some(3_600),
+        within_sla: latency_seconds.map(|latency| latency <= 3_600),
+        login_after_last_seen: false,
     }
 }
 
@@ -161,11 +167,23 @@ pub(super) fn header() -> ReportHeader {
             expected_interval_from: "sources.corp.expected_interval".to_string(),
             hr_key_field: Some("attributes.employee_id".to_string()),
             privileged_groups: vec![],
+            privileged_roles: vec![],
         },
         producer: Producer {
             host: "auditbox".to_string(),
             os_user: "aksync".to_string(),
             aksync_version: "0.1.0".to_string(),
+        },
+        evidence: EvidenceInfo {
+            run_digest: Some(uid("R3 entry")),
+            signed_by: Some("ed25519:0011223344556677".to_string()),
+            oldest_evidence: Some(OldestEvidence {
+                run_id: Some("R1".to_string()),
+                recorded_at: at(0, 10),
+            }),
+            backfilled_runs: vec![],
+            replayed_runs: vec![],
+            missing: vec![],
         },
     }
 }
@@ -200,6 +218,8 @@ pub(super) fn period_run(
             pk: 7,
         }),
         changes: None,
+        entry_digest: (status != RunStatus::Failed).then(|| uid(&format!("{run_id} entry"))),
+        expected_interval_seconds: Some(45 * 60),
     }
 }
 
@@ -298,6 +318,7 @@ pub(super) fn period_report() -> Report {
             accounts: 120,
             active: 110,
             privileged: vec![privileged("root", "superuser flag")],
+            unavailable: None,
         },
         end: Snapshot {
             run_id: Some("R3".to_string()),
@@ -307,8 +328,18 @@ pub(super) fn period_report() -> Report {
                 privileged("now-admin", "authentik Admins"),
                 privileged("root", "superuser flag"),
             ],
+            unavailable: None,
         },
         privileged_at_baselines: BTreeMap::new(),
+        settings_changes: vec![SettingsChanged {
+            run_id: "R3".to_string(),
+            at: at(2, 0),
+            changes: vec![crate::ledger::entry::SettingChange {
+                key: "privileged_groups".to_string(),
+                old: json!([]),
+                new: json!(["Finance"]),
+            }],
+        }],
         trend: vec![
             trend_point("R1", at(0, 10), 118, 0, 0, 0),
             trend_point("R2", at(1, 0), 119, 0, 0, 1),
@@ -336,6 +367,7 @@ pub(super) fn empty_report() -> Report {
         start: Snapshot::default(),
         end: Snapshot::default(),
         privileged_at_baselines: BTreeMap::new(),
+        settings_changes: vec![],
         trend: vec![],
         generated_at: at(3, 0),
     }

@@ -133,6 +133,8 @@ pub struct Flags(pub u8);
 impl Flags {
     pub const ACTIVE: u8 = 1;
     pub const SUPERUSER: u8 = 2;
+    /// The record holds RBAC roles of its own.
+    pub const ROLES: u8 = 4;
 
     pub fn active(self) -> bool {
         self.0 & Self::ACTIVE != 0
@@ -142,7 +144,11 @@ impl Flags {
         self.0 & Self::SUPERUSER != 0
     }
 
-    /// The flags of a stored record: an `ACTIVE` status, and `is_superuser`.
+    pub fn roles(self) -> bool {
+        self.0 & Self::ROLES != 0
+    }
+
+    /// The flags of a stored record: an `ACTIVE` status, `is_superuser`, and roles.
     pub fn of(record: &serde_json::Value) -> Flags {
         let mut flags = 0;
         if record["status"] == "ACTIVE" {
@@ -150,6 +156,12 @@ impl Flags {
         }
         if record["is_superuser"] == true {
             flags |= Self::SUPERUSER;
+        }
+        if record["roles"]
+            .as_array()
+            .is_some_and(|roles| !roles.is_empty())
+        {
+            flags |= Self::ROLES;
         }
         Flags(flags)
     }

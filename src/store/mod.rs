@@ -32,6 +32,7 @@
 pub mod codec;
 mod file;
 mod guard;
+pub mod ledger;
 mod migrate;
 pub mod ops;
 pub mod prune;
@@ -55,6 +56,7 @@ use crate::record::{Hash, RawEntry, RecordKind};
 use codec::{CurrentRow, DecodeError, Flags, SEP};
 pub use guard::in_guarded_operation;
 use guard::Guard;
+pub use ledger::{ChainHead, LedgerRow, LedgerWrite, Sealer};
 use ops::{Op, Ops};
 pub use run::{
     ChangeCounts, Counts, DeliveryState, DeliveryStatus, EnvelopeSummary, HealthRecord,
@@ -62,7 +64,7 @@ pub use run::{
 };
 
 /// The layout version of the tables below. Bump it with a migration in `migrate.rs`.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const RUNS: TableDefinition<&str, &[u8]> = TableDefinition::new("runs");
@@ -137,9 +139,9 @@ pub struct SourceState {
     pub last_run_id: Option<String>,
 }
 
-/// A planned complete run: its record (with its id), the run the plan compared with, and the
-/// planned writes.
-pub struct CommitPlan {
+/// A planned complete run: its record (with its id), the run the plan compared with, the
+/// planned writes and its ledger entry.
+pub struct CommitPlan<'a> {
     pub record: RunRecord,
     /// The source's latest complete run when the run started; if another run committed since,
     /// nothing is stored.
@@ -149,6 +151,8 @@ pub struct CommitPlan {
     pub ops: Ops,
     /// The source's health as the run saw it, stored in the same transaction.
     pub health: Option<HealthRecord>,
+    /// The run's ledger entry, appended in the same transaction.
+    pub ledger: &'a dyn Sealer,
 }
 
 pub struct Store {
@@ -308,6 +312,11 @@ impl Store {
             TOMBSTONES,
             VOLATILE,
             HEALTH,
+            ledger::LEDGER,
+            ledger::SEALS,
+            ledger::LEDGER_RUNS,
+            ledger::LEDGER_ACCOUNTS,
+            ledger::SNAPSHOT_DIGESTS,
         ] {
             self.guard.call(|| txn.open_table(table))?;
         }
@@ -351,7 +360,7 @@ impl Store {
     }
 
     /// Stores a planned complete run in one write transaction and returns its record.
-    pub fn commit_complete(&self, mut plan: CommitPlan) -> Result<RunRecord, StoreError> {
+    pub fn commit_complete(&self, mut plan: CommitPlan<'_>) -> Result<RunRecord, StoreError> {
         self.write(|txn| {
             let source = plan.record.source.clone();
             let run_id = plan.record.run_id.clone();
@@ -385,6 +394,8 @@ impl Store {
             tables.put_run(&plan.record)?;
             self.guard
                 .call(|| tables.latest.insert(source.as_str(), run_id.as_str()))?;
+            drop(tables);
+            ledger::append_in(self, txn, &source, Some(&plan.record), plan.ledger)?;
             if let Some(health) = &plan.health {
                 self.put_health_in(txn, health)?;
             }
@@ -392,8 +403,13 @@ impl Store {
         })
     }
 
-    /// Records a failed run. The stored snapshots are not touched.
-    pub fn commit_failed(&self, outcome: RunOutcome, error: &str) -> Result<RunRecord, StoreError> {
+    /// Records a failed run and its ledger entry. The stored snapshots are not touched.
+    pub fn commit_failed(
+        &self,
+        outcome: RunOutcome,
+        error: &str,
+        ledger: &dyn Sealer,
+    ) -> Result<RunRecord, StoreError> {
         self.write(|txn| {
             let last = WriteReader { store: self, txn }.last_run_id(&outcome.source)?;
             let run_id = next_run_id(last.as_deref(), outcome.started_at)?;
@@ -408,6 +424,7 @@ impl Store {
                 0,
             );
             WriteTables::open(self, txn)?.put_run(&record)?;
+            ledger::append_in(self, txn, &record.source, Some(&record), ledger)?;
             Ok(record)
         })
     }
@@ -465,6 +482,53 @@ impl Store {
                 .run_ids(source)?
                 .iter()
                 .filter(|(_, status)| *status == RunStatus::Complete)
+                .map(|(id, _)| reader.run(id))
+                .collect()
+        })
+    }
+
+    /// The runs of a source after `after` up to and including `up_to` (by id), oldest first:
+    /// read through the run index, at the cost of those runs alone.
+    pub fn runs_between(
+        &self,
+        source: &str,
+        after: Option<&str>,
+        up_to: Option<&str>,
+    ) -> Result<Vec<RunRecord>, StoreError> {
+        self.read(|reader| {
+            reader
+                .run_ids_where(source, after, up_to, false, &mut |_| true)?
+                .iter()
+                .map(|(id, _)| reader.run(id))
+                .collect()
+        })
+    }
+
+    /// The newest `count` complete runs of a source up to and including `up_to` (or before
+    /// it, with `inclusive` false), oldest first.
+    pub fn complete_runs_back(
+        &self,
+        source: &str,
+        up_to: &str,
+        inclusive: bool,
+        count: usize,
+    ) -> Result<Vec<RunRecord>, StoreError> {
+        self.read(|reader| {
+            let complete = |ids: &RunIds| {
+                ids.iter()
+                    .filter(|(id, status)| {
+                        *status == RunStatus::Complete && (inclusive || id.as_str() != up_to)
+                    })
+                    .count()
+            };
+            let ids = reader.run_ids_where(source, None, Some(up_to), true, &mut |ids| {
+                complete(ids) < count
+            })?;
+            ids.iter()
+                .rev()
+                .filter(|(id, status)| {
+                    *status == RunStatus::Complete && (inclusive || id.as_str() != up_to)
+                })
                 .map(|(id, _)| reader.run(id))
                 .collect()
         })
@@ -632,6 +696,9 @@ fn next_run_id(last: Option<&str>, at: DateTime<Utc>) -> Result<String, Failure>
     Ok(id.to_string())
 }
 
+/// Run ids with their status, in the run index's order.
+type RunIds = Vec<(String, RunStatus)>;
+
 /// A read-only view of the database at one moment.
 pub struct Reader<'s> {
     store: &'s Store,
@@ -684,6 +751,18 @@ impl<'s> Reader<'s> {
         self.store.guard.call(|| self.txn.open_table(definition))
     }
 
+    /// A table that an older layout lacks (read-only commands read such a database as it is).
+    fn optional_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+        &self,
+        definition: TableDefinition<K, V>,
+    ) -> Result<Option<redb::ReadOnlyTable<K, V>>, Failure> {
+        match self.table(definition) {
+            Ok(table) => Ok(Some(table)),
+            Err(Failure::Redb(redb::Error::TableDoesNotExist(_))) => Ok(None),
+            Err(failure) => Err(failure),
+        }
+    }
+
     fn run(&self, run_id: &str) -> Result<RunRecord, Failure> {
         let runs = self.table(RUNS)?;
         match self.store.guard.call(|| runs.get(run_id))? {
@@ -717,16 +796,44 @@ impl<'s> Reader<'s> {
     }
 
     /// The source's run ids with their status, oldest first.
-    fn run_ids(&self, source: &str) -> Result<Vec<(String, RunStatus)>, Failure> {
+    fn run_ids(&self, source: &str) -> Result<RunIds, Failure> {
+        self.run_ids_where(source, None, None, false, &mut |_| true)
+    }
+
+    /// The source's run ids with their status after `after` up to and including `up_to`,
+    /// walked oldest first (or newest first with `backwards`) while `more` says so.
+    fn run_ids_where(
+        &self,
+        source: &str,
+        after: Option<&str>,
+        up_to: Option<&str>,
+        backwards: bool,
+        more: &mut dyn FnMut(&RunIds) -> bool,
+    ) -> Result<RunIds, Failure> {
         let index = self.table(SOURCE_RUNS)?;
         let prefix = codec::source_prefix(source);
-        let end = codec::prefix_end(&prefix);
-        let mut range = self
-            .store
-            .guard
-            .call(|| index.range(prefix.as_str()..end.as_str()))?;
+        let start = match after {
+            // The smallest key after `source␟after`.
+            Some(after) => std::ops::Bound::Excluded(format!("{prefix}{after}")),
+            None => std::ops::Bound::Included(prefix.clone()),
+        };
+        let end = match up_to {
+            Some(up_to) => std::ops::Bound::Included(format!("{prefix}{up_to}")),
+            None => std::ops::Bound::Excluded(codec::prefix_end(&prefix)),
+        };
+        let bounds = (
+            start.as_ref().map(String::as_str),
+            end.as_ref().map(String::as_str),
+        );
+        let mut range = self.store.guard.call(|| index.range::<&str>(bounds))?;
         let mut ids = Vec::new();
-        while let Some((key, value)) = self.store.guard.call(|| range.next().transpose())? {
+        while more(&ids) {
+            let row = if backwards {
+                self.store.guard.call(|| range.next_back().transpose())?
+            } else {
+                self.store.guard.call(|| range.next().transpose())?
+            };
+            let Some((key, value)) = row else { break };
             let status =
                 RunStatus::from_index(value.value()).ok_or_else(|| corrupt_value("run index"))?;
             ids.push((key.value()[prefix.len()..].to_string(), status));

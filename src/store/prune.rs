@@ -325,7 +325,7 @@ mod tests {
         let both = Retention {
             keep_days: Some(1),
             keep_runs: Some(4),
-            keep_files: false,
+            ..Retention::default()
         };
         assert_eq!(
             pruned(plan_prune("corp", &history(), &both, later)),

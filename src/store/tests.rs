@@ -166,7 +166,7 @@ fn a_record_that_returns_reads_back_in_every_run() {
 fn failed_runs_keep_the_last_snapshot() {
     let mut source = TestSource::new();
     let good = source.sync(vec![user(1, "A", &[])], vec![]).run;
-    let failed = source.store.commit_failed(outcome(30), "boom").unwrap();
+    let failed = source.fail(outcome(30), "boom");
     assert_eq!(failed.status, RunStatus::Failed);
     assert_eq!(failed.error.as_deref(), Some("boom"));
     let store = &source.store;
@@ -191,7 +191,7 @@ fn failed_runs_keep_the_last_snapshot() {
 #[test]
 fn run_ids_increase_even_when_the_clock_goes_back() {
     let mut source = TestSource::new();
-    let later = source.store.commit_failed(outcome(600), "x").unwrap();
+    let later = source.fail(outcome(600), "x");
     // The pipeline's own clock starts at minute 1: before the failed run.
     let earlier = source.sync(vec![], vec![]).run;
     assert!(earlier.run_id > later.run_id);

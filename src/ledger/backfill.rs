@@ -1,0 +1,165 @@
+//! Entries for the runs made before the ledger existed (a database of an older schema): each
+//! run's evidence is replayed from its stored snapshot through the same planner a sync uses,
+//! with the settings configured when the replay happens, and its entry says so
+//! (`"backfilled": true`, with those settings). A source is backfilled once, before its
+//! first run with the ledger appends to the chain; reports of runs without an entry (a
+//! database not yet upgraded, read by a newer binary) replay the same way without storing.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use crate::config::SourceConfig;
+use crate::diff::{DirectoryDiff, GroupChanges, PrivilegedAccount};
+use crate::evidence::{census, compare_runs};
+use crate::record::RecordKind;
+use crate::store::{RunRecord, RunStatus, Store, StoreError};
+
+use super::entry::{PopulationAtEnd, RunEvidence, RunSettings};
+use super::lthash::LtHash;
+use super::seal::SigningKey;
+use super::{run, snapshot, Body, Pending};
+
+/// A run's evidence replayed now, with today's settings of `source`: the same diff the sync
+/// made when the settings have not changed since. `previous_privileged` is the privileged
+/// list of the run before, for [`run::privileged_list`].
+pub fn replay_evidence(
+    store: &Store,
+    source: &SourceConfig,
+    run: &RunRecord,
+    previous_privileged: Option<(&str, &[PrivilegedAccount])>,
+) -> Result<RunEvidence, StoreError> {
+    let mut evidence = run::RunContext {
+        settings: RunSettings::of(source, run.started_at),
+        previous_settings: None,
+    }
+    .failed(run);
+    evidence.backfilled = true;
+    if run.status != RunStatus::Complete {
+        return Ok(evidence);
+    }
+    let previous = match &run.previous_run {
+        None => None,
+        Some(id) => match store.run(id) {
+            Ok(previous) => Some(previous),
+            Err(StoreError::UnknownRun(_)) => {
+                evidence.not_replayable = Some(format!(
+                    "run {id}, which this run was compared with, was pruned before the ledger existed"
+                ));
+                return Ok(evidence);
+            }
+            Err(error) => return Err(error),
+        },
+    };
+    let (diff, _) = compare_runs(store, source, previous.as_ref(), run, None)?;
+    // Counting the privileged accounts reads the snapshot; the diff says when the list of
+    // the run before still holds.
+    let privileged = match previous_privileged {
+        Some((_, list)) if !privilege_may_have_changed(&diff, list) => list.to_vec(),
+        _ => census(&store.reader()?, &source.account_rules(), run)?.privileged,
+    };
+    evidence.population = Some(PopulationAtEnd {
+        accounts: diff.population.accounts.after,
+        active: diff.population.active.after,
+        privileged: privileged.len() as u64,
+        groups: run.counts.groups,
+        memberships: run.counts.memberships,
+    });
+    evidence.privileged = Some(run::privileged_list(privileged, previous_privileged));
+    evidence.diff = Some(diff);
+    Ok(evidence)
+}
+
+/// Whether a diff can have changed the list of privileged accounts (who, or how they are
+/// named or hold it): a baseline, a grant or removal, a group change, or a change to an
+/// account on the list.
+fn privilege_may_have_changed(diff: &DirectoryDiff, list: &[PrivilegedAccount]) -> bool {
+    let listed = |uid: &str| list.iter().any(|account| account.external_id == uid);
+    diff.baseline.is_some()
+        || !diff.privilege_granted.is_empty()
+        || !diff.privilege_removed.is_empty()
+        || diff.groups != GroupChanges::default()
+        || diff.movers.iter().any(|mover| listed(&mover.external_id))
+}
+
+/// Backfills the ledger of `source` if it has runs and no entry yet; how many entries it
+/// wrote. Under the source's run lock, like a run.
+pub fn backfill(
+    store: &Store,
+    source: &SourceConfig,
+    signer: Option<&Arc<SigningKey>>,
+    now: DateTime<Utc>,
+) -> Result<u64, StoreError> {
+    let mut runs = store.runs(Some(&source.name))?;
+    {
+        let reader = store.reader()?;
+        if runs.is_empty() || reader.chain_head(&source.name)?.next_seq > 0 {
+            return Ok(0);
+        }
+    }
+    runs.reverse();
+    tracing::info!(
+        source = %source.name,
+        runs = runs.len(),
+        "backfilling the evidence ledger from the stored snapshots (runs from before the ledger)"
+    );
+    let complete: Vec<String> = runs
+        .iter()
+        .filter(|run| run.status == RunStatus::Complete)
+        .map(|run| run.run_id.clone())
+        .collect();
+    let pruned_before = store.pruned_before(&source.name)?;
+    let digests = {
+        let reader = store.reader()?;
+        snapshot::recompute(&reader, &source.name, &complete, pruned_before.as_deref())?
+    };
+    let reader = store.reader()?;
+    let mut pending = Vec::with_capacity(runs.len());
+    let mut privileged: Option<(String, Vec<PrivilegedAccount>)> = None;
+    for record in &runs {
+        let mut evidence = replay_evidence(
+            store,
+            source,
+            record,
+            privileged
+                .as_ref()
+                .map(|(run_id, list)| (run_id.as_str(), list.as_slice())),
+        )?;
+        evidence.snapshot_digest = digests.get(&record.run_id).map(LtHash::hex);
+        if let Some(super::entry::PrivilegedList::Listed(list)) = &evidence.privileged {
+            privileged = Some((record.run_id.clone(), list.clone()));
+        }
+        let accounts = match &evidence.diff {
+            None => Vec::new(),
+            Some(diff) => {
+                let present: Vec<String> = match diff.baseline {
+                    Some(_) => reader
+                        .heads_at(record, RecordKind::Account)?
+                        .map(|head| head.map(|head| head.external_id))
+                        .collect::<Result<_, _>>()?,
+                    None => Vec::new(),
+                };
+                run::account_index(diff, present.iter().map(String::as_str))
+            }
+        };
+        pending.push(Pending {
+            source: &source.name,
+            recorded_at: now,
+            body: Body::Run(Box::new(evidence)),
+            signer: signer.map(Arc::as_ref),
+            accounts,
+            snapshot_state: None,
+        });
+    }
+    // The latest complete run's digest state is where the next run starts from.
+    if let (Some(last), Some(latest)) = (pending.last_mut(), complete.last()) {
+        last.snapshot_state = digests.get(latest).map(LtHash::to_bytes);
+    }
+    drop(reader);
+    let sealers: Vec<&dyn crate::store::Sealer> = pending
+        .iter()
+        .map(|entry| entry as &dyn crate::store::Sealer)
+        .collect();
+    store.append_ledger_batch(&source.name, &sealers)?;
+    Ok(pending.len() as u64)
+}

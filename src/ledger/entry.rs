@@ -1,0 +1,260 @@
+//! What the ledger keeps: one entry per event of a source, in the order they happened, each
+//! naming the digest of the entry before it. A run's entry holds everything its evidence
+//! stands on, as of that run: the run record, the settings that shaped it, every event it
+//! found (with the volatile values and privilege as they were then), the population at its
+//! end and the digest of its whole snapshot. Nothing later rewrites it.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::config::SourceConfig;
+use crate::diff::{DirectoryDiff, PrivilegedAccount};
+use crate::store::{RunRecord, RunStatus};
+
+/// The layout of entries this build writes.
+pub const ENTRY_FORMAT: u32 = 1;
+
+/// One entry of a source's chain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    pub format: u32,
+    pub source: String,
+    /// The entry's position in its source's chain, from 0.
+    pub seq: u64,
+    /// The hex digest of the entry before it; `None` for a chain's first entry.
+    pub prev: Option<String>,
+    pub recorded_at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub body: Body,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Body {
+    /// A run, complete or failed, as it was committed.
+    Run(Box<RunEvidence>),
+    /// The report files a complete run wrote, with their SHA-256.
+    Reports(ReportFiles),
+    /// Retention removed snapshots and files (never this ledger's entries) or, with
+    /// `keep_evidence_days`, the entries before one.
+    Pruned(PruneRecord),
+}
+
+impl Body {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Body::Run(_) => "run",
+            Body::Reports(_) => "reports",
+            Body::Pruned(_) => "pruned",
+        }
+    }
+
+    /// The run the entry is about, if one.
+    pub fn run_id(&self) -> Option<&str> {
+        match self {
+            Body::Run(evidence) => Some(&evidence.run.run_id),
+            Body::Reports(files) => Some(&files.run_id),
+            Body::Pruned(_) => None,
+        }
+    }
+}
+
+/// Everything one run's evidence stands on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunEvidence {
+    /// The run record as it was committed, without its webhook delivery state, which moves on
+    /// after the run.
+    pub run: RunRecord,
+    pub settings: RunSettings,
+    /// What changed in the settings since the source's previous run.
+    #[serde(default)]
+    pub settings_changes: Vec<SettingChange>,
+    /// Written after the run by replaying its stored snapshot (the run predates the ledger):
+    /// `settings` are then the ones applied at the replay, not the run's own.
+    #[serde(default)]
+    pub backfilled: bool,
+    /// Why a complete run's evidence could not be replayed, when it could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_replayable: Option<String>,
+    /// A complete run's events against the run it was compared with.
+    pub diff: Option<DirectoryDiff>,
+    /// A complete run's population at its end.
+    pub population: Option<PopulationAtEnd>,
+    /// A complete run's privileged accounts at its end.
+    pub privileged: Option<PrivilegedList>,
+    /// The digest of a complete run's whole snapshot (see [`super::lthash`]).
+    pub snapshot_digest: Option<String>,
+}
+
+impl RunEvidence {
+    pub fn is_complete(&self) -> bool {
+        self.run.status == RunStatus::Complete
+    }
+}
+
+/// The run record as an entry keeps it: the same record without what changes after the run.
+pub fn committed_record(run: &RunRecord) -> RunRecord {
+    RunRecord {
+        delivery: None,
+        ..run.clone()
+    }
+}
+
+/// The counts at the end of a complete run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PopulationAtEnd {
+    pub accounts: u64,
+    pub active: u64,
+    pub privileged: u64,
+    pub groups: u64,
+    pub memberships: u64,
+}
+
+/// The privileged accounts at the end of a run: the list, or the run whose entry holds the
+/// same list (so that runs in which privilege did not change store it once).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrivilegedList {
+    Listed(Vec<PrivilegedAccount>),
+    SameAs(String),
+}
+
+/// The settings that shaped a run and how its evidence is judged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSettings {
+    pub base_url: String,
+    pub filter: Option<String>,
+    pub disable_group_sync: bool,
+    pub primary_directory: bool,
+    pub ignore_fields: Vec<String>,
+    pub privileged_groups: Vec<String>,
+    #[serde(default)]
+    pub privileged_roles: Vec<String>,
+    pub hr_key_field: Option<String>,
+    pub sla_seconds: Option<u64>,
+    /// The longest time between two complete runs that is not a gap in coverage.
+    pub expected_interval_seconds: u64,
+    /// Where that interval comes from: the `expected_interval` key or the schedule.
+    pub expected_interval_from: String,
+    pub schedule: String,
+    pub timezone: String,
+    pub page_size: u32,
+    pub aksync_version: String,
+}
+
+impl RunSettings {
+    /// The settings of `source` in force at `now`.
+    pub fn of(source: &SourceConfig, now: DateTime<Utc>) -> RunSettings {
+        let (interval, configured) = source.expected_interval(now);
+        RunSettings {
+            base_url: source.base_url.to_string(),
+            filter: source.filter.clone(),
+            disable_group_sync: source.disable_group_sync,
+            primary_directory: source.primary_directory,
+            ignore_fields: source.ignore_fields.clone(),
+            privileged_groups: source.privileged_groups.clone(),
+            privileged_roles: source.privileged_roles.clone(),
+            hr_key_field: source.hr_key_field.clone(),
+            sla_seconds: source.sla.map(|sla| sla.as_secs()),
+            expected_interval_seconds: interval.as_secs(),
+            expected_interval_from: if configured {
+                format!("sources.{}.expected_interval", source.name)
+            } else {
+                format!(
+                    "one and a half times the longest gap of the schedule {:?} ({})",
+                    source.schedule.expression(),
+                    source.schedule.timezone_name()
+                )
+            },
+            schedule: source.schedule.expression().to_string(),
+            timezone: source.schedule.timezone_name().to_string(),
+            page_size: source.page_size,
+            aksync_version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+
+    /// The keys whose values differ from `before`, in key order.
+    pub fn changes_since(&self, before: &RunSettings) -> Vec<SettingChange> {
+        let as_map = |settings: &RunSettings| -> BTreeMap<String, Value> {
+            match serde_json::to_value(settings) {
+                Ok(Value::Object(map)) => map.into_iter().collect(),
+                _ => BTreeMap::new(),
+            }
+        };
+        let (old, new) = (as_map(before), as_map(self));
+        new.iter()
+            .filter(|(key, value)| old.get(*key) != Some(*value))
+            .map(|(key, value)| SettingChange {
+                key: key.clone(),
+                old: old.get(key).cloned().unwrap_or(Value::Null),
+                new: value.clone(),
+            })
+            .collect()
+    }
+}
+
+/// One setting that changed between two runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SettingChange {
+    pub key: String,
+    pub old: Value,
+    pub new: Value,
+}
+
+/// The report files of one run, as written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReportFiles {
+    pub run_id: String,
+    pub report_id: String,
+    pub files: Vec<FileDigest>,
+}
+
+/// A file by its name beside the others, its SHA-256 and size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileDigest {
+    pub name: String,
+    pub sha256: String,
+    pub bytes: u64,
+}
+
+/// What one prune removed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PruneRecord {
+    /// Runs whose snapshots (record versions only they saw) were removed: their entries
+    /// and run records stay, their snapshot digests can no longer be recomputed.
+    #[serde(default)]
+    pub snapshots_of: Vec<String>,
+    /// Envelope and report files removed, by run.
+    #[serde(default)]
+    pub files_of: Vec<String>,
+    /// With `keep_evidence_days`: the entries before this sequence number were removed; the
+    /// digest of the last of them, which the first kept entry names as `prev`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entries_before: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_removed_digest: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_settings_change_names_each_key_old_and_new() {
+        let mut source = crate::testing::source_config();
+        let now = crate::testing::at(0);
+        let before = RunSettings::of(&source, now);
+        source.ignore_fields = vec!["attributes.department".into()];
+        source.sla = Some(std::time::Duration::from_secs(3600));
+        let after = RunSettings::of(&source, now);
+        let changes = after.changes_since(&before);
+        let keys: Vec<&str> = changes.iter().map(|change| change.key.as_str()).collect();
+        assert_eq!(keys, ["ignore_fields", "sla_seconds"]);
+        assert_eq!(changes[1].old, Value::Null);
+        assert_eq!(changes[1].new, 3600);
+        assert!(after.changes_since(&after).is_empty());
+    }
+}

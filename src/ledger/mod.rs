@@ -1,0 +1,136 @@
+//! The evidence ledger: what each run found, written once, in the run's own commit, and
+//! never recomputed (the model is Certificate Transparency's append-only log).
+//!
+//! Every source has a chain of entries ([`entry`]): one per run, complete or failed, with
+//! the run record, the settings that shaped it, every event it found as of that run (the
+//! leavers' logins and privilege at departure included) and the population at its end; one
+//! per set of report files a run wrote; one per prune. Each entry names the digest of the
+//! one before it and is sealed ([`seal`]) with its own digest and, with a signing key, an
+//! Ed25519 signature. A run's entry also holds the digest of the run's whole snapshot
+//! ([`lthash`]), updated by each run's changes alone.
+//!
+//! Reports, `history` and the diff between consecutive runs read entries ([`read`]), so
+//! what they say about the past does not change when settings, volatile values or
+//! retention do; [`verify`] recomputes every digest from what is stored and on disk. Runs
+//! from before the ledger get their entries by replay ([`backfill`]), marked as such.
+
+pub mod backfill;
+pub mod entry;
+pub mod lthash;
+pub mod read;
+pub mod run;
+pub mod seal;
+pub mod snapshot;
+pub mod verify;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::record::canonical_json;
+use crate::store::{ChainHead, LedgerWrite, RunRecord, Sealer};
+pub use entry::{Body, Entry, RunEvidence, ENTRY_FORMAT};
+use seal::{Seal, SigningKey};
+
+/// An entry waiting for its place in its source's chain.
+pub struct Pending<'a> {
+    pub source: &'a str,
+    pub recorded_at: DateTime<Utc>,
+    pub body: Body,
+    pub signer: Option<&'a SigningKey>,
+    /// For a run: what it found for each account it names (see [`run::account_index`]).
+    pub accounts: Vec<(String, Vec<u8>)>,
+    /// For a complete run: the source's new snapshot digest state.
+    pub snapshot_state: Option<Vec<u8>>,
+}
+
+/// The serialized form of an [`Entry`], borrowing its body.
+#[derive(Serialize)]
+struct EntryRef<'a> {
+    format: u32,
+    source: &'a str,
+    seq: u64,
+    prev: Option<String>,
+    recorded_at: DateTime<Utc>,
+    #[serde(flatten)]
+    body: &'a Body,
+}
+
+impl Pending<'_> {
+    /// The entry's bytes after `head`: canonical JSON (keys sorted at every depth).
+    fn bytes(&self, head: &ChainHead, body: &Body) -> Result<Vec<u8>, String> {
+        let prev = match &head.last_seal {
+            None => None,
+            Some(bytes) => Some(
+                Seal::decode(bytes)
+                    .ok_or("the last ledger entry's seal does not read back")?
+                    .hex(),
+            ),
+        };
+        let entry = EntryRef {
+            format: ENTRY_FORMAT,
+            source: self.source,
+            seq: head.next_seq,
+            prev,
+            recorded_at: self.recorded_at,
+            body,
+        };
+        let value = serde_json::to_value(&entry).map_err(|error| error.to_string())?;
+        Ok(canonical_json(&value))
+    }
+}
+
+impl Sealer for Pending<'_> {
+    fn seal(&self, head: &ChainHead, run: Option<&RunRecord>) -> Result<LedgerWrite, String> {
+        // A failed run gets its id in the commit: its entry takes the record as stored.
+        let restated;
+        let body = match (&self.body, run) {
+            (Body::Run(evidence), Some(run)) if evidence.run.run_id != run.run_id => {
+                restated = Body::Run(Box::new(RunEvidence {
+                    run: entry::committed_record(run),
+                    ..(**evidence).clone()
+                }));
+                &restated
+            }
+            (body, _) => body,
+        };
+        let entry = self.bytes(head, body)?;
+        let digest = seal::entry_digest(&entry);
+        let seal = match self.signer {
+            Some(key) => key.seal(digest),
+            None => Seal {
+                digest,
+                signature: None,
+            },
+        };
+        Ok(LedgerWrite {
+            seq: head.next_seq,
+            entry,
+            seal: seal.encode(),
+            kind: body.kind(),
+            run_id: body.run_id().map(str::to_string),
+            accounts: self.accounts.clone(),
+            snapshot_state: self.snapshot_state.clone(),
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("ledger entry {seq} of source `{source_name}` does not read back: {reason}")]
+    Unreadable {
+        source_name: String,
+        seq: u64,
+        reason: String,
+    },
+}
+
+/// Reads a stored entry.
+pub fn parse_entry(source: &str, stored: &crate::store::LedgerRow) -> Result<Entry, LedgerError> {
+    serde_json::from_slice(&stored.entry).map_err(|error| LedgerError::Unreadable {
+        source_name: source.to_string(),
+        seq: stored.seq,
+        reason: error.to_string(),
+    })
+}
