@@ -4,19 +4,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use chrono::{DateTime, Utc};
-use serde::Serialize;
 use serde_json::Value;
 
 use crate::config::SourceConfig;
 use crate::diff::{
-    diff, AccountHead, AccountRules, AccountSides, Census, DiffInput, DirectoryDiff, FieldChange,
-    GroupRef, LastActive, Population, RunRef,
+    diff, AccountHead, AccountRules, Census, DirectoryDiff, GroupRef, LastActive, RunRef,
 };
 use crate::envelope::{Action, EnvelopeContext, EnvelopeFile, EnvelopeWriter};
-use crate::normalize::{DirectoryAccount, DirectoryGroup};
+use crate::normalize::DirectoryGroup;
 use crate::plan::{membership_pair, Loaded, PlanError, Planner, Sinks};
-use crate::record::{with_volatile, ChangeRule, Hash, RecordKind};
+use crate::record::{ChangeRule, Hash, RecordKind};
 use crate::store::{Reader, RecordVersion, RunRecord, Store, StoreError};
 
 impl From<PlanError> for StoreError {
@@ -320,7 +317,7 @@ pub fn last_active(
     let mut found = BTreeMap::new();
     let groups = GroupHistory::load(reader, source)?;
     for uid in uids {
-        let history = AccountHistory::load(reader, source, uid, &groups, false)?;
+        let history = AccountHistory::load(reader, source, uid, &groups)?;
         if let Some(last) = runs.iter().rev().find_map(|run| history.active_at(run)) {
             found.insert(uid.clone(), last);
         }
@@ -360,24 +357,12 @@ impl GroupHistory {
             .find(|(version, _)| version.valid_at(run_id))
             .map(|(_, group)| group)
     }
-
-    fn catalog_at(&self, run_id: &str) -> BTreeMap<String, DirectoryGroup> {
-        self.versions
-            .keys()
-            .filter_map(|id| self.at(id, run_id))
-            .map(|group| (group.external_id.clone(), group.clone()))
-            .collect()
-    }
 }
 
 /// Every stored version of one account and its memberships, with the source's groups.
 struct AccountHistory<'g> {
-    uid: String,
     /// The account's versions, oldest first.
     versions: Vec<RecordVersion>,
-    /// Their records, index by index, when loaded: whether a run saw the account active
-    /// needs only the versions' flags.
-    records: Vec<DirectoryAccount>,
     memberships: Vec<RecordVersion>,
     groups: &'g GroupHistory,
 }
@@ -388,7 +373,6 @@ impl<'g> AccountHistory<'g> {
         source: &str,
         uid: &str,
         groups: &'g GroupHistory,
-        with_records: bool,
     ) -> Result<AccountHistory<'g>, StoreError> {
         let parse_all = |kind: RecordKind, prefix: &str, exact: Option<&str>| {
             reader
@@ -400,22 +384,9 @@ impl<'g> AccountHistory<'g> {
                 .collect::<Result<Vec<_>, _>>()
         };
         let versions = parse_all(RecordKind::Account, uid, Some(uid))?;
-        let mut records = Vec::new();
-        if with_records {
-            let volatile = reader.volatile(source, RecordKind::Account, uid)?;
-            for version in &versions {
-                let record = record_of(reader, source, RecordKind::Account, version)?;
-                records.push(
-                    serde_json::from_value(with_volatile(record, &volatile))
-                        .map_err(|error| StoreError::Aborted(format!("account {uid}: {error}")))?,
-                );
-            }
-        }
         let memberships = parse_all(RecordKind::Membership, &format!("{uid}:"), None)?;
         Ok(AccountHistory {
-            uid: uid.to_string(),
             versions,
-            records,
             memberships,
             groups,
         })
@@ -427,21 +398,12 @@ impl<'g> AccountHistory<'g> {
             .position(|version| version.valid_at(run_id))
     }
 
-    /// The account as `run_id` saw it (the history must be loaded with its records).
-    fn account_at(&self, run_id: &str) -> Option<&DirectoryAccount> {
-        self.records.get(self.version_at(run_id)?)
-    }
-
     fn groups_at(&self, run_id: &str) -> BTreeSet<String> {
         self.memberships
             .iter()
             .filter(|version| version.valid_at(run_id))
             .map(|version| membership_pair(&version.external_id).1)
             .collect()
-    }
-
-    fn catalog_at(&self, run_id: &str) -> BTreeMap<String, DirectoryGroup> {
-        self.groups.catalog_at(run_id)
     }
 
     /// The account's direct groups at `run_id`, named as that run saw them.
@@ -467,254 +429,4 @@ impl<'g> AccountHistory<'g> {
             groups: self.group_refs_at(&run.run_id),
         })
     }
-
-    /// The diff of this one account between two runs.
-    fn diff_input(
-        &self,
-        source: &SourceConfig,
-        rule: &ChangeRule<'_>,
-        from: &RunRecord,
-        to: &RunRecord,
-        last_active: Option<LastActive>,
-    ) -> DiffInput {
-        let at = |run: &RunRecord| {
-            (
-                self.account_at(&run.run_id).cloned(),
-                self.groups_at(&run.run_id),
-                self.catalog_at(&run.run_id),
-            )
-        };
-        let (old, old_groups, groups_before) = at(from);
-        let (new, new_groups, groups_after) = at(to);
-        let value = |account: &Option<DirectoryAccount>| {
-            account.as_ref().map(|account| {
-                crate::record::split_volatile(
-                    RecordKind::Account,
-                    serde_json::to_value(account).unwrap_or_default(),
-                )
-                .0
-            })
-        };
-        let changes = match (value(&old), value(&new)) {
-            (Some(old), Some(new)) => rule.field_changes(&old, &new),
-            _ => Vec::new(),
-        };
-        let pairs = |a: &BTreeSet<String>, b: &BTreeSet<String>| {
-            a.difference(b)
-                .map(|group| (self.uid.clone(), group.clone()))
-                .collect::<Vec<_>>()
-        };
-        DiffInput {
-            source: source.name.clone(),
-            from: Some(RunRef {
-                run_id: from.run_id.clone(),
-                started_at: from.started_at,
-                finished_at: from.finished_at,
-            }),
-            to: RunRef {
-                run_id: to.run_id.clone(),
-                started_at: to.started_at,
-                finished_at: to.finished_at,
-            },
-            baseline: None,
-            memberships_added: pairs(&new_groups, &old_groups),
-            memberships_removed: pairs(&old_groups, &new_groups),
-            accounts: BTreeMap::from([(
-                self.uid.clone(),
-                AccountSides {
-                    old,
-                    new,
-                    changes,
-                    old_groups,
-                    new_groups,
-                },
-            )]),
-            groups_before,
-            groups_after,
-            group_changes: BTreeMap::new(),
-            last_active: last_active
-                .map(|last| BTreeMap::from([(self.uid.clone(), last)]))
-                .unwrap_or_default(),
-            population: Population::default(),
-            rules: source.account_rules(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TimelineKind {
-    /// Present in a run compared with nothing (the source's first run, or a new baseline).
-    Baseline,
-    Joined,
-    Rejoined,
-    Moved,
-    Left,
-    Purged,
-}
-
-impl TimelineKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TimelineKind::Baseline => "present at baseline",
-            TimelineKind::Joined => "joined",
-            TimelineKind::Rejoined => "rejoined",
-            TimelineKind::Moved => "moved",
-            TimelineKind::Left => "left",
-            TimelineKind::Purged => "purged",
-        }
-    }
-}
-
-/// One event in an account's life, as the run that detected it saw it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct TimelineEvent {
-    pub run_id: String,
-    pub detected_at: DateTime<Utc>,
-    pub event: TimelineKind,
-    /// created/reactivated for joins, deleted/deactivated for leaves.
-    pub reason: Option<String>,
-    pub username: String,
-    pub changes: Vec<FieldChange>,
-    pub groups_added: Vec<GroupRef>,
-    pub groups_removed: Vec<GroupRef>,
-    /// The groups held after a join or at a baseline, or at departure for a leave.
-    pub groups: Vec<GroupRef>,
-    pub privilege_escalation: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Timeline {
-    pub source: String,
-    pub external_id: String,
-    pub usernames: Vec<String>,
-    pub events: Vec<TimelineEvent>,
-}
-
-/// The uids of accounts that ever had `user` as username, email or uid.
-pub fn find_accounts(store: &Store, source: &str, user: &str) -> Result<Vec<String>, StoreError> {
-    let needle = user.to_lowercase();
-    let reader = store.reader()?;
-    let mut found = BTreeSet::new();
-    for version in reader.versions(source, RecordKind::Account, "")? {
-        let version = version?;
-        if version.external_id == user {
-            found.insert(version.external_id);
-            continue;
-        }
-        let Ok(record) = record_of(&reader, source, RecordKind::Account, &version) else {
-            continue;
-        };
-        if record["username"].as_str() == Some(user)
-            || record["canonical_email"].as_str() == Some(needle.as_str())
-        {
-            found.insert(version.external_id);
-        }
-    }
-    Ok(found.into_iter().collect())
-}
-
-/// Everything that happened to one account across the stored complete runs, judged by the
-/// source's change rule (its `ignore_fields` included).
-pub fn timeline(store: &Store, source: &SourceConfig, uid: &str) -> Result<Timeline, StoreError> {
-    let reader = store.reader()?;
-    let groups = GroupHistory::load(&reader, &source.name)?;
-    let history = AccountHistory::load(&reader, &source.name, uid, &groups, true)?;
-    let rule = ChangeRule::new(&source.ignore_fields);
-    let runs = store.complete_runs(&source.name)?;
-    let mut usernames = BTreeSet::new();
-    let mut events = Vec::new();
-    let mut ever_seen = false;
-    let mut last_active: Option<LastActive> = None;
-    for (index, run) in runs.iter().enumerate() {
-        let account = history.account_at(&run.run_id);
-        if let Some(account) = account {
-            usernames.insert(account.username.clone());
-        }
-        let from = run
-            .previous_run
-            .as_ref()
-            .and_then(|id| runs[..index].iter().find(|r| &r.run_id == id));
-        let event = |kind, reason: Option<&str>, username: &str| TimelineEvent {
-            run_id: run.run_id.clone(),
-            detected_at: run.finished_at,
-            event: kind,
-            reason: reason.map(str::to_string),
-            username: username.to_string(),
-            changes: Vec::new(),
-            groups_added: Vec::new(),
-            groups_removed: Vec::new(),
-            groups: Vec::new(),
-            privilege_escalation: false,
-        };
-        match from {
-            None => {
-                if let Some(account) = account {
-                    ever_seen = true;
-                    events.push(TimelineEvent {
-                        groups: history.group_refs_at(&run.run_id),
-                        ..event(TimelineKind::Baseline, None, &account.username)
-                    });
-                }
-            }
-            Some(from) => {
-                let result =
-                    diff(&history.diff_input(source, &rule, from, run, last_active.clone()));
-                for joiner in &result.joiners {
-                    let kind = if ever_seen {
-                        TimelineKind::Rejoined
-                    } else {
-                        TimelineKind::Joined
-                    };
-                    events.push(TimelineEvent {
-                        groups: joiner.groups.clone(),
-                        changes: joiner.changes.clone(),
-                        groups_added: joiner.groups_added.clone(),
-                        groups_removed: joiner.groups_removed.clone(),
-                        privilege_escalation: joiner.privilege_escalation,
-                        ..event(kind, Some(joiner.reason.as_str()), &joiner.username)
-                    });
-                }
-                for mover in &result.movers {
-                    events.push(TimelineEvent {
-                        changes: mover.changes.clone(),
-                        groups_added: mover.groups_added.clone(),
-                        groups_removed: mover.groups_removed.clone(),
-                        privilege_escalation: mover.privilege_escalation,
-                        ..event(TimelineKind::Moved, None, &mover.username)
-                    });
-                }
-                for leaver in &result.leavers {
-                    events.push(TimelineEvent {
-                        groups: leaver.groups_at_departure.clone(),
-                        changes: leaver.changes.clone(),
-                        ..event(
-                            TimelineKind::Left,
-                            Some(leaver.reason.as_str()),
-                            &leaver.username,
-                        )
-                    });
-                }
-                for purge in &result.purged {
-                    events.push(event(
-                        TimelineKind::Purged,
-                        Some("deleted"),
-                        &purge.username,
-                    ));
-                }
-                if account.is_some() {
-                    ever_seen = true;
-                }
-            }
-        }
-        if let Some(active) = history.active_at(run) {
-            last_active = Some(active);
-        }
-    }
-    Ok(Timeline {
-        source: source.name.clone(),
-        external_id: uid.to_string(),
-        usernames: usernames.into_iter().collect(),
-        events,
-    })
 }

@@ -256,6 +256,7 @@ pub(crate) fn commit_failed_run(
         body: Body::Run(Box::new(evidence)),
         signer,
         accounts: Vec::new(),
+        names: Vec::new(),
         snapshot_state: None,
     };
     store.commit_failed(outcome.clone(), error, &pending)
@@ -382,6 +383,7 @@ impl CompleteRun {
         }
         .complete(
             &record,
+            &planned.input,
             diff.clone(),
             census,
             &self.collected,
@@ -389,13 +391,15 @@ impl CompleteRun {
                 .as_ref()
                 .map(|(run_id, list)| (run_id.as_str(), list.as_slice())),
             snapshot.hex(),
-        );
+        )
+        .map_err(|error| fail(format!("cannot read the run's spooled records: {error}")))?;
         let pending = Pending {
             source: &source.name,
             recorded_at: self.outcome.finished_at,
             body: Body::Run(Box::new(entry.evidence)),
             signer: self.signer.as_deref(),
             accounts: entry.accounts,
+            names: entry.names,
             snapshot_state: Some(snapshot.to_bytes()),
         };
         // The outbox exists before the run does; it goes again if the run is not stored.

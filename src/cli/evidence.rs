@@ -12,10 +12,11 @@ use crate::config::{Config, SourceConfig};
 use crate::diff::{DirectoryDiff, FieldChange, GroupRef};
 use crate::display::escape;
 use crate::envelope;
-use crate::evidence::{compare_runs, find_accounts, timeline, TimelineKind};
+use crate::evidence::compare_runs;
+use crate::ledger::history::{find_accounts, timeline, TimelineKind};
 use crate::report::assemble::{build_report, Selection};
 use crate::report::{self, group_names, inline_text, ReportFormat};
-use crate::store::Store;
+use crate::store::{RunRecord, Store};
 
 /// Group names for people: escaped, as all directory text in this module.
 fn groups_text(groups: &[GroupRef]) -> String {
@@ -65,19 +66,71 @@ pub(crate) fn diff(
     let store = store(config, &source.name)?;
     let from = resolve_run(&store, &source.name, from)?;
     let to = resolve_run(&store, &source.name, to)?;
-    if from.settings_fingerprint != to.settings_fingerprint {
-        eprintln!(
-            "aksync: warning: runs {} and {} were made with different filter, group-sync or primary-directory settings; some differences come from the settings, not from Authentik",
-            from.run_id, to.run_id
-        );
-    }
-    let (result, _) = compare_runs(&store, source, Some(&from), &to, None)?;
+    let result = match recorded_diff(&store, source, &from, &to)? {
+        Some(recorded) => recorded,
+        None => {
+            // Not what a run compared: replayed now, with today's settings, which may not be
+            // what either run was judged by.
+            eprintln!(
+                "aksync: runs {} and {} are not consecutive: replaying their stored snapshots with the settings configured now ({})",
+                from.run_id,
+                to.run_id,
+                settings_summary(source)
+            );
+            if from.settings_fingerprint != to.settings_fingerprint {
+                eprintln!(
+                    "aksync: warning: runs {} and {} were made with different filter, group-sync, primary-directory or ignore_fields settings; some differences come from the settings, not from Authentik",
+                    from.run_id, to.run_id
+                );
+            }
+            compare_runs(&store, source, Some(&from), &to, None)?.0
+        }
+    };
     if json {
         print_json(&result)?;
     } else {
         print(&human_diff(&result))?;
     }
     Ok(Exit::Success)
+}
+
+/// The diff `to` recorded in its ledger entry, when `to` was compared with `from`.
+fn recorded_diff(
+    store: &Store,
+    source: &SourceConfig,
+    from: &RunRecord,
+    to: &RunRecord,
+) -> Result<Option<DirectoryDiff>, CliError> {
+    if to.previous_run.as_deref() != Some(from.run_id.as_str()) {
+        return Ok(None);
+    }
+    let reader = store.reader()?;
+    let recorded = crate::ledger::read::run_evidence(&reader, &source.name, &to.run_id)
+        .map_err(|error| CliError::Runtime(error.to_string()))?;
+    Ok(recorded.and_then(|run| run.evidence.diff))
+}
+
+/// The settings a replay judges by, in a few words.
+fn settings_summary(source: &SourceConfig) -> String {
+    let list = |values: &[String]| {
+        if values.is_empty() {
+            "none".to_string()
+        } else {
+            values.join(", ")
+        }
+    };
+    format!(
+        "filter {}, group sync {}, ignore_fields {}, privileged_groups {}, privileged_roles {}",
+        source.filter.as_deref().unwrap_or("none"),
+        if source.disable_group_sync {
+            "off"
+        } else {
+            "on"
+        },
+        list(&source.ignore_fields),
+        list(&source.privileged_groups),
+        list(&source.privileged_roles)
+    )
 }
 
 fn when(at: chrono::DateTime<chrono::Utc>) -> String {
@@ -332,16 +385,19 @@ pub(crate) fn history(
 ) -> Result<Exit, CliError> {
     let source = source_config.name.as_str();
     let store = store(config, source)?;
-    let uids = find_accounts(&store, source, user)?;
+    let reader = store.reader()?;
+    let ledger = |error: crate::ledger::LedgerError| CliError::Runtime(error.to_string());
+    let uids = find_accounts(&reader, source, user).map_err(ledger)?;
     if uids.is_empty() {
         return Err(CliError::Runtime(format!(
-            "no account of source `{source}` ever had the username, email or uid {user:?}"
+            "no account of source `{source}` ever had the username, email or uid {user:?} in the ledger"
         )));
     }
     let timelines = uids
         .iter()
-        .map(|uid| timeline(&store, source_config, uid))
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|uid| timeline(&reader, source, uid))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(ledger)?;
     if json {
         print_json(&timelines)?;
         return Ok(Exit::Success);

@@ -82,6 +82,32 @@ fn privilege_may_have_changed(diff: &DirectoryDiff, list: &[PrivilegedAccount]) 
         || diff.movers.iter().any(|mover| listed(&mover.external_id))
 }
 
+/// Every username and email of every stored account version: one pass over them.
+fn stored_names(
+    reader: &crate::store::Reader<'_>,
+    source: &str,
+) -> Result<Vec<(String, String)>, StoreError> {
+    let mut names = std::collections::BTreeSet::new();
+    for version in reader.versions(source, RecordKind::Account, "")? {
+        let version = version?;
+        let entry = reader.version(
+            source,
+            RecordKind::Account,
+            &version.external_id,
+            &version.valid_from,
+        )?;
+        let record = entry.record().map_err(|error| {
+            reader.corrupt(format_args!("account {}: {error}", version.external_id))
+        })?;
+        for name in [&record["username"], &record["canonical_email"]] {
+            if let Some(name) = name.as_str() {
+                names.insert((name.to_string(), version.external_id.clone()));
+            }
+        }
+    }
+    Ok(names.into_iter().collect())
+}
+
 /// Backfills the ledger of `source` if it has runs and no entry yet; how many entries it
 /// wrote. Under the source's run lock, like a run.
 pub fn backfill(
@@ -139,7 +165,7 @@ pub fn backfill(
                         .collect::<Result<_, _>>()?,
                     None => Vec::new(),
                 };
-                run::account_index(diff, present.iter().map(String::as_str))
+                run::account_index(diff, std::iter::empty(), present.iter().map(String::as_str))
             }
         };
         pending.push(Pending {
@@ -148,18 +174,28 @@ pub fn backfill(
             body: Body::Run(Box::new(evidence)),
             signer: signer.map(Arc::as_ref),
             accounts,
+            names: Vec::new(),
             snapshot_state: None,
         });
     }
-    // The latest complete run's digest state is where the next run starts from.
-    if let (Some(last), Some(latest)) = (pending.last_mut(), complete.last()) {
-        last.snapshot_state = digests.get(latest).map(LtHash::to_bytes);
+    if let Some(last) = pending.last_mut() {
+        // The latest complete run's digest state is where the next run starts from.
+        last.snapshot_state = complete
+            .last()
+            .and_then(|latest| digests.get(latest))
+            .map(LtHash::to_bytes);
+        last.names = stored_names(&reader, &source.name)?;
     }
     drop(reader);
-    let sealers: Vec<&dyn crate::store::Sealer> = pending
+    let entries: Vec<(&str, &dyn crate::store::Sealer)> = runs
         .iter()
-        .map(|entry| entry as &dyn crate::store::Sealer)
+        .map(|run| run.run_id.as_str())
+        .zip(
+            pending
+                .iter()
+                .map(|entry| entry as &dyn crate::store::Sealer),
+        )
         .collect();
-    store.append_ledger_batch(&source.name, &sealers)?;
-    Ok(pending.len() as u64)
+    store.append_run_entries(&source.name, &entries)?;
+    Ok(entries.len() as u64)
 }

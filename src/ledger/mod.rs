@@ -16,6 +16,7 @@
 
 pub mod backfill;
 pub mod entry;
+pub mod history;
 pub mod lthash;
 pub mod read;
 pub mod run;
@@ -39,6 +40,8 @@ pub struct Pending<'a> {
     pub signer: Option<&'a SigningKey>,
     /// For a run: what it found for each account it names (see [`run::account_index`]).
     pub accounts: Vec<(String, Vec<u8>)>,
+    /// For a run: `(username or email, uid)` of the accounts it saw (see [`run::names`]).
+    pub names: Vec<(String, String)>,
     /// For a complete run: the source's new snapshot digest state.
     pub snapshot_state: Option<Vec<u8>>,
 }
@@ -56,8 +59,10 @@ struct EntryRef<'a> {
 }
 
 impl Pending<'_> {
-    /// The entry's bytes after `head`: canonical JSON (keys sorted at every depth).
-    fn bytes(&self, head: &ChainHead, body: &Body) -> Result<Vec<u8>, String> {
+    /// The entry's bytes after `head`: canonical JSON (keys sorted at every depth). A run's
+    /// entry holds its record as the store stores it, with the id and `ledger_seq` the
+    /// commit gave it.
+    fn bytes(&self, head: &ChainHead, run: Option<&RunRecord>) -> Result<Vec<u8>, String> {
         let prev = match &head.last_seal {
             None => None,
             Some(bytes) => Some(
@@ -72,28 +77,20 @@ impl Pending<'_> {
             seq: head.next_seq,
             prev,
             recorded_at: self.recorded_at,
-            body,
+            body: &self.body,
         };
-        let value = serde_json::to_value(&entry).map_err(|error| error.to_string())?;
+        let mut value = serde_json::to_value(&entry).map_err(|error| error.to_string())?;
+        if let (Body::Run(_), Some(run)) = (&self.body, run) {
+            value["run"] = serde_json::to_value(entry::committed_record(run))
+                .map_err(|error| error.to_string())?;
+        }
         Ok(canonical_json(&value))
     }
 }
 
 impl Sealer for Pending<'_> {
     fn seal(&self, head: &ChainHead, run: Option<&RunRecord>) -> Result<LedgerWrite, String> {
-        // A failed run gets its id in the commit: its entry takes the record as stored.
-        let restated;
-        let body = match (&self.body, run) {
-            (Body::Run(evidence), Some(run)) if evidence.run.run_id != run.run_id => {
-                restated = Body::Run(Box::new(RunEvidence {
-                    run: entry::committed_record(run),
-                    ..(**evidence).clone()
-                }));
-                &restated
-            }
-            (body, _) => body,
-        };
-        let entry = self.bytes(head, body)?;
+        let entry = self.bytes(head, run)?;
         let digest = seal::entry_digest(&entry);
         let seal = match self.signer {
             Some(key) => key.seal(digest),
@@ -106,9 +103,8 @@ impl Sealer for Pending<'_> {
             seq: head.next_seq,
             entry,
             seal: seal.encode(),
-            kind: body.kind(),
-            run_id: body.run_id().map(str::to_string),
             accounts: self.accounts.clone(),
+            names: self.names.clone(),
             snapshot_state: self.snapshot_state.clone(),
         })
     }

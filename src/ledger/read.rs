@@ -35,25 +35,52 @@ fn sealed(reader: &Reader<'_>, source: &str, seq: u64) -> Result<Option<Sealed>,
         return Ok(None);
     };
     let entry = parse_entry(source, &stored)?;
-    let seal = Seal::decode(&stored.seal).ok_or_else(|| LedgerError::Unreadable {
-        source_name: source.to_string(),
-        seq,
-        reason: "its seal does not read back".into(),
-    })?;
+    let seal = decode_seal(source, &stored)?;
     Ok(Some(Sealed { entry, seal }))
 }
 
-/// Every entry about one run, in order.
+/// Where a run's entry is: its record says, unless the run predates the ledger (or its
+/// record is gone).
+fn entry_seq(reader: &Reader<'_>, run_id: &str) -> Result<Option<u64>, LedgerError> {
+    match reader.run_record(run_id) {
+        Ok(record) => Ok(record.ledger_seq),
+        Err(crate::store::StoreError::UnknownRun(_)) => Ok(None),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// Every entry about one run, in order: its own, then those after it (its reports) up to
+/// the source's next run.
 pub fn run_entries(
     reader: &Reader<'_>,
     source: &str,
     run_id: &str,
 ) -> Result<Vec<Sealed>, LedgerError> {
+    let Some(seq) = entry_seq(reader, run_id)? else {
+        return Ok(Vec::new());
+    };
     let mut found = Vec::new();
-    for (seq, _) in reader.run_entries(source, run_id)? {
-        found.extend(sealed(reader, source, seq)?);
+    for row in reader.ledger_entries(source, seq)? {
+        let row = row?;
+        let entry = parse_entry(source, &row)?;
+        let seal = decode_seal(source, &row)?;
+        let own = entry.body.run_id() == Some(run_id);
+        if matches!(entry.body, Body::Run(_)) && !own {
+            break;
+        }
+        if own {
+            found.push(Sealed { entry, seal });
+        }
     }
     Ok(found)
+}
+
+fn decode_seal(source: &str, row: &crate::store::LedgerRow) -> Result<Seal, LedgerError> {
+    Seal::decode(&row.seal).ok_or_else(|| LedgerError::Unreadable {
+        source_name: source.to_string(),
+        seq: row.seq,
+        reason: "its seal does not read back".into(),
+    })
 }
 
 /// A run's own entry, if the ledger has one.
@@ -62,21 +89,28 @@ pub fn run_evidence(
     source: &str,
     run_id: &str,
 ) -> Result<Option<SealedRun>, LedgerError> {
-    for (seq, kind) in reader.run_entries(source, run_id)? {
-        if kind != "run" {
-            continue;
-        }
-        if let Some(Sealed { entry, seal }) = sealed(reader, source, seq)? {
-            if let Body::Run(evidence) = entry.body {
-                return Ok(Some(SealedRun {
-                    evidence: *evidence,
-                    seq,
-                    seal,
-                }));
-            }
-        }
+    let Some(seq) = entry_seq(reader, run_id)? else {
+        return Ok(None);
+    };
+    match sealed(reader, source, seq)? {
+        Some(Sealed {
+            entry:
+                Entry {
+                    body: Body::Run(evidence),
+                    ..
+                },
+            seal,
+        }) if evidence.run.run_id == run_id => Ok(Some(SealedRun {
+            evidence: *evidence,
+            seq,
+            seal,
+        })),
+        _ => Err(LedgerError::Unreadable {
+            source_name: source.to_string(),
+            seq,
+            reason: format!("run {run_id} names it as its entry, but it is not"),
+        }),
     }
-    Ok(None)
 }
 
 /// The report files a run wrote, as their entries recorded them (the latest set last).

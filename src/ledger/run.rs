@@ -7,8 +7,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::collect::Collected;
-use crate::diff::{AccountHead, AccountRules, Census, DirectoryDiff, PrivilegedAccount};
-use crate::normalize::{DirectoryAccount, DirectoryGroup};
+use crate::diff::{
+    AccountHead, AccountRules, AccountSides, Census, DiffInput, DirectoryDiff, PrivilegedAccount,
+};
+use crate::normalize::{AccountStatus, DirectoryAccount, DirectoryGroup};
 use crate::record::with_volatile;
 
 use super::entry::{PopulationAtEnd, PrivilegedList};
@@ -78,10 +80,15 @@ pub fn privileged_list(
 /// What an account's index row says a run found for it.
 pub const PRESENT_AT_BASELINE: &str = "baseline";
 
+/// What an account's index row says for an account created inactive (no joiner: no access
+/// was granted, but its history starts there).
+pub const CREATED_INACTIVE: &str = "created_inactive";
+
 /// The index rows of a run's entry: every account the diff names, with the kinds of event it
-/// found for it, and at a baseline every account present.
+/// found for it, the accounts created inactive, and at a baseline every account present.
 pub fn account_index<'a>(
     diff: &DirectoryDiff,
+    created_inactive: impl Iterator<Item = &'a str>,
     present_at_baseline: impl Iterator<Item = &'a str>,
 ) -> Vec<(String, Vec<u8>)> {
     let mut found: BTreeMap<String, BTreeSet<&'static str>> = BTreeMap::new();
@@ -92,6 +99,9 @@ pub fn account_index<'a>(
         for uid in present_at_baseline {
             note(uid, PRESENT_AT_BASELINE);
         }
+    }
+    for uid in created_inactive {
+        note(uid, CREATED_INACTIVE);
     }
     let events = [
         (
@@ -142,10 +152,55 @@ pub fn account_index<'a>(
         .collect()
 }
 
+/// The usernames and emails an account is found by.
+fn names_of(uid: &str, username: &str, email: Option<&str>) -> Vec<(String, String)> {
+    std::iter::once(username)
+        .chain(email)
+        .map(|name| (name.to_string(), uid.to_string()))
+        .collect()
+}
+
+/// `(name, uid)` of every account on either side of a change, and at a baseline of every
+/// account collected (read from the spool: the one time a run reads every record).
+pub fn names(
+    accounts: &BTreeMap<String, AccountSides>,
+    baseline: Option<&Collected>,
+) -> std::io::Result<Vec<(String, String)>> {
+    let mut found: BTreeSet<(String, String)> = BTreeSet::new();
+    for (uid, sides) in accounts {
+        for account in sides.old.iter().chain(sides.new.iter()) {
+            found.extend(names_of(
+                uid,
+                &account.username,
+                account.canonical_email.as_deref(),
+            ));
+        }
+    }
+    if let Some(collected) = baseline {
+        #[derive(serde::Deserialize)]
+        struct Named {
+            username: String,
+            canonical_email: Option<String>,
+        }
+        for item in collected.accounts.items() {
+            let record = collected.accounts.read(item)?;
+            let named: Named =
+                serde_json::from_str(record.entry.record.get()).map_err(std::io::Error::other)?;
+            found.extend(names_of(
+                &item.external_id,
+                &named.username,
+                named.canonical_email.as_deref(),
+            ));
+        }
+    }
+    Ok(found.into_iter().collect())
+}
+
 /// A complete run's evidence, ready to be sealed with the run's commit.
 pub struct CompleteEntry {
     pub evidence: super::RunEvidence,
     pub accounts: Vec<(String, Vec<u8>)>,
+    pub names: Vec<(String, String)>,
 }
 
 /// What a run's entry is made of, besides its record.
@@ -189,33 +244,53 @@ impl RunContext<'_> {
         }
     }
 
-    /// The entry of a complete run: its diff, the census of its directory (against the
-    /// privileged accounts of the run it was compared with), and its snapshot digest.
+    /// The entry of a complete run: its diff (and the input it came from), the census of its
+    /// directory (against the privileged accounts of the run it was compared with), and its
+    /// snapshot digest.
+    #[allow(clippy::too_many_arguments)]
     pub fn complete(
         self,
         record: &crate::store::RunRecord,
+        input: &DiffInput,
         diff: DirectoryDiff,
         census: Census,
         collected: &Collected,
         previous_privileged: Option<(&str, &[PrivilegedAccount])>,
         snapshot_digest: String,
-    ) -> CompleteEntry {
+    ) -> std::io::Result<CompleteEntry> {
+        let created_inactive = input
+            .accounts
+            .iter()
+            .filter(|(_, sides)| {
+                sides.old.is_none()
+                    && sides
+                        .new
+                        .as_ref()
+                        .is_some_and(|new| new.status != AccountStatus::Active)
+            })
+            .map(|(uid, _)| uid.as_str());
         let accounts = account_index(
             &diff,
+            created_inactive,
             collected
                 .accounts
                 .items()
                 .iter()
                 .map(|item| &*item.external_id),
         );
+        let names = names(
+            &input.accounts,
+            diff.baseline.is_some().then_some(collected),
+        )?;
         let population = population(&census, collected);
         let privileged = privileged_list(census.privileged, previous_privileged);
-        CompleteEntry {
+        Ok(CompleteEntry {
             evidence: self.evidence(
                 record,
                 Some((diff, population, privileged, snapshot_digest)),
             ),
             accounts,
-        }
+            names,
+        })
     }
 }

@@ -247,6 +247,49 @@ pub(super) fn header_fields(report: &Report) -> Vec<HeaderField> {
             )),
         ),
         field(
+            "Privileged roles",
+            match settings.privileged_roles.as_slice() {
+                [] => Prose("none: privileged_roles is not set".to_string()),
+                roles => Literal(roles.join(", ")),
+            },
+        ),
+        field(
+            "Ledger digest of the report's run",
+            match &header.evidence.run_digest {
+                Some(digest) => Literal(digest.clone()),
+                None => Prose(
+                    "none: the run has no ledger entry (check it with aksync verify)".to_string(),
+                ),
+            },
+        ),
+        field(
+            "Signed by",
+            match &header.evidence.signed_by {
+                Some(key) => Literal(key.clone()),
+                None => Prose("not signed: no ledger.signing_key_file is configured".to_string()),
+            },
+        ),
+        field(
+            "Oldest evidence kept",
+            match &header.evidence.oldest_evidence {
+                Some(oldest) => Prose(format!(
+                    "{}{}",
+                    timestamp(oldest.recorded_at),
+                    oldest
+                        .run_id
+                        .as_ref()
+                        .map(|run| format!(", run {run}"))
+                        .unwrap_or_default()
+                )),
+                None => Prose("none: the ledger holds no entry for this source".to_string()),
+            },
+        ),
+        list(
+            "Evidence written after its run",
+            evidence_notes(report),
+            "none: every run's evidence was written by the run itself",
+        ),
+        field(
             "Produced by",
             Prose(format!(
                 "aksync {} on host {} as OS user {}",
@@ -255,6 +298,32 @@ pub(super) fn header_fields(report: &Report) -> Vec<HeaderField> {
         ),
         field("Report generated at", Prose(timestamp(report.generated_at))),
     ]
+}
+
+/// Runs whose evidence the report did not take from an entry written by the run itself.
+fn evidence_notes(report: &Report) -> Vec<HeaderValue> {
+    let evidence = &report.header.evidence;
+    let mut notes = Vec::new();
+    if !evidence.backfilled_runs.is_empty() {
+        notes.push(HeaderValue::Prose(format!(
+            "{} run(s) from before the ledger, replayed once when the ledger was created, with the settings of that time: {}",
+            evidence.backfilled_runs.len(),
+            evidence.backfilled_runs.join(", ")
+        )));
+    }
+    if !evidence.replayed_runs.is_empty() {
+        notes.push(HeaderValue::Prose(format!(
+            "{} run(s) without a ledger entry, replayed for this report with the settings configured now: {}",
+            evidence.replayed_runs.len(),
+            evidence.replayed_runs.join(", ")
+        )));
+    }
+    for (run, reason) in &evidence.missing {
+        notes.push(HeaderValue::Prose(format!(
+            "run {run}: no events: {reason}"
+        )));
+    }
+    notes
 }
 
 /// A piece of a table cell.
@@ -327,6 +396,16 @@ pub(super) fn summary(report: &Report, figures: &Figures) -> Block {
             "runs",
         ),
         line("Coverage gaps", figures.gaps.len().to_string(), "coverage"),
+        line(
+            "Settings changes",
+            report
+                .settings_changes
+                .iter()
+                .map(|changed| changed.changes.len())
+                .sum::<usize>()
+                .to_string(),
+            "settings",
+        ),
         line(
             "Accounts",
             format!(
@@ -436,7 +515,35 @@ pub(super) fn blocks(report: &Report, figures: &Figures) -> Vec<Block> {
         privilege_block(report, Side::Start),
         privileged_groups_block(report),
         terminations_block(report, figures),
+        settings_block(report),
     ]
+}
+
+/// The settings changes the ledger recorded: what a reader must know to compare runs.
+fn settings_block(report: &Report) -> Block {
+    let rows = report
+        .settings_changes
+        .iter()
+        .flat_map(|changed| {
+            changed.changes.iter().map(|change| {
+                vec![
+                    code(run_label(report, &changed.run_id)),
+                    code(change.key.clone()),
+                    text(inline_text(&change.old)),
+                    text(inline_text(&change.new)),
+                ]
+            })
+        })
+        .collect();
+    Block {
+        id: "settings",
+        title: "Settings changes",
+        description: "Settings that a run recorded differently from the run before it. Each run's events were judged with the settings it recorded; a later change never alters them.".to_string(),
+        columns: vec![("Run", 25), ("Setting", 20), ("Before", 27), ("After", 28)],
+        rows,
+        alert: false,
+        listing: true,
+    }
 }
 
 fn runs_block(report: &Report) -> Block {
@@ -544,7 +651,7 @@ fn coverage_block(report: &Report, figures: &Figures) -> Block {
         id: "coverage",
         title: "Coverage gaps",
         description: format!(
-            "Intervals between the period's start, its complete runs and its end that are longer than the expected interval ({}): the directory was not observed for that long.",
+            "Intervals between the period's start, its complete runs and its end that are longer than the expected interval ({}, as the run that ends the interval recorded it): the directory was not observed for that long.",
             format_latency(report.header.settings.expected_interval_seconds)
         ),
         columns: vec![("From", 30), ("To", 30), ("Length", 15), ("Runs that did not complete", 25)],

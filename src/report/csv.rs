@@ -179,9 +179,20 @@ fn row(event: &Event<'_>) -> Row {
     }
 }
 
-/// The row of one run: `event` is `run`, `reason` its status.
-fn run_row(report: &Report, run: &super::PeriodRun) -> Vec<String> {
+/// A row with the named columns set and the others empty.
+fn sparse_row(values: &[(&str, String)]) -> Vec<String> {
     let mut row = vec![String::new(); COLUMNS.len()];
+    for (column, value) in values {
+        if let Some(index) = COLUMNS.iter().position(|name| name == column) {
+            row[index] = value.clone();
+        }
+    }
+    row
+}
+
+/// The rows of one run: `event` is `run`, `reason` its status; then one row per setting it
+/// recorded differently from the run before (`event` `settings_changed`).
+fn run_rows(report: &Report, run: &super::PeriodRun) -> Vec<Vec<String>> {
     let mut reason = match &run.error {
         Some(error) => format!("{}: {error}", run.status.as_str()),
         None => run.status.as_str().to_string(),
@@ -189,23 +200,47 @@ fn run_row(report: &Report, run: &super::PeriodRun) -> Vec<String> {
     if let Some(delivery) = run.delivery_text() {
         reason.push_str(&format!("; {delivery}"));
     }
-    for (column, value) in [
+    let common = [
         ("source", report.header.source.clone()),
         ("run_id", run.run_id.clone()),
         ("run_started_at", timestamp(run.started_at)),
-        ("event", "run".to_string()),
-        ("reason", reason),
         ("detected_at", timestamp(run.finished_at)),
-    ] {
-        if let Some(index) = COLUMNS.iter().position(|name| *name == column) {
-            row[index] = value;
-        }
+    ];
+    let mut rows = vec![sparse_row(
+        &[
+            &common[..],
+            &[("event", "run".to_string()), ("reason", reason)],
+        ]
+        .concat(),
+    )];
+    let changes = report
+        .settings_changes
+        .iter()
+        .filter(|changed| changed.run_id == run.run_id)
+        .flat_map(|changed| &changed.changes);
+    for change in changes {
+        rows.push(sparse_row(
+            &[
+                &common[..],
+                &[
+                    ("event", "settings_changed".to_string()),
+                    ("field", change.key.clone()),
+                    ("old", value_text(&change.old)),
+                    ("new", value_text(&change.new)),
+                ],
+            ]
+            .concat(),
+        ));
     }
-    row
+    rows
 }
 
 pub(super) fn render(report: &Report) -> String {
-    let mut rows: Vec<Vec<String>> = report.runs.iter().map(|run| run_row(report, run)).collect();
+    let mut rows: Vec<Vec<String>> = report
+        .runs
+        .iter()
+        .flat_map(|run| run_rows(report, run))
+        .collect();
     for event in events(report) {
         let row = row(&event);
         let fixed = |change: Option<&FieldChange>| {

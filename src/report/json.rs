@@ -49,6 +49,10 @@ struct JsonPeriod<'a> {
     filter: Option<&'a str>,
     group_sync: bool,
     settings: &'a super::ReportSettings,
+    /// Settings the period's runs recorded differently from the run before them.
+    settings_changes: &'a [super::SettingsChanged],
+    /// The ledger digest of the report's run, its signer, and the oldest evidence kept.
+    evidence: &'a super::EvidenceInfo,
     producer: &'a super::Producer,
     settings_fingerprints: BTreeSet<&'a str>,
     authentik_versions: BTreeSet<&'a str>,
@@ -166,6 +170,8 @@ pub(super) fn render(report: &Report) -> Result<Vec<u8>, ReportError> {
             filter: header.filter.as_deref(),
             group_sync: header.group_sync,
             settings: &header.settings,
+            settings_changes: &report.settings_changes,
+            evidence: &header.evidence,
             producer: &header.producer,
             settings_fingerprints: report
                 .runs

@@ -30,22 +30,30 @@ pub struct CoverageGap {
 /// than the expected interval.
 pub fn coverage_gaps(report: &Report) -> Vec<CoverageGap> {
     let period = &report.header.period;
-    let expected = report.header.settings.expected_interval_seconds;
-    let mut points: Vec<(DateTime<Utc>, Option<&str>)> = vec![(period.start, None)];
+    // Each interval is judged by what the run that ends it recorded; the period's tail by
+    // the settings in force at its end.
+    let at_end = report.header.settings.expected_interval_seconds;
+    let mut points: Vec<(DateTime<Utc>, Option<&str>, u64)> = vec![(period.start, None, at_end)];
     points.extend(
         report
             .runs
             .iter()
             .filter(|run| run.status == RunStatus::Complete)
-            .map(|run| (run.finished_at, Some(run.run_id.as_str()))),
+            .map(|run| {
+                (
+                    run.finished_at,
+                    Some(run.run_id.as_str()),
+                    run.expected_interval_seconds.unwrap_or(at_end),
+                )
+            }),
     );
-    if points.last().is_some_and(|(at, _)| *at < period.end) {
-        points.push((period.end, None));
+    if points.last().is_some_and(|(at, _, _)| *at < period.end) {
+        points.push((period.end, None, at_end));
     }
     points
         .windows(2)
         .filter_map(|pair| {
-            let ((from, from_run), (to, to_run)) = (pair[0], pair[1]);
+            let ((from, from_run, _), (to, to_run, expected)) = (pair[0], pair[1]);
             let seconds = seconds_between(from, to);
             (seconds > expected).then(|| CoverageGap {
                 from,

@@ -500,21 +500,36 @@ fn csv_has_exactly_the_columns_and_one_row_per_event_and_field() {
         "source,run_id,run_started_at,event,reason,external_id,username,email,hr_key,privileged,escalation,privilege_source,groups,groups_added,groups_removed,field,old,new,last_seen_active_at,detected_at,latency_seconds,within_sla,last_login_at"
     );
     let all_rows = csv_rows(&text);
-    // Every run first, the failed one with its error.
-    let runs: Vec<(&str, &str)> = all_rows[..3]
+    // Every run first, the failed one with its error, and the settings a run changed.
+    let runs: Vec<(&str, &str, &str)> = all_rows[..4]
         .iter()
-        .map(|row| (row["run_id"].as_str(), row["reason"].as_str()))
+        .map(|row| {
+            (
+                row["run_id"].as_str(),
+                row["event"].as_str(),
+                row["reason"].as_str(),
+            )
+        })
         .collect();
     assert_eq!(
         runs,
         vec![
-            ("R2", "complete"),
-            ("RF", "failed: the server answered 503"),
-            ("R3", "complete")
+            ("R2", "run", "complete"),
+            ("RF", "run", "failed: the server answered 503"),
+            ("R3", "run", "complete"),
+            ("R3", "settings_changed", "")
         ]
     );
-    assert!(all_rows[..3].iter().all(|row| row["event"] == "run"));
-    let rows = &all_rows[3..];
+    let setting = &all_rows[3];
+    assert_eq!(
+        (
+            setting["field"].as_str(),
+            setting["old"].as_str(),
+            setting["new"].as_str()
+        ),
+        ("privileged_groups", "[]", r#"["Finance"]"#)
+    );
+    let rows = &all_rows[4..];
     let kinds: Vec<&str> = rows.iter().map(|row| row["event"].as_str()).collect();
     let mut expected: Vec<&str> = expected_events().iter().map(|(kind, _, _)| *kind).collect();
     // The privilege grant of now-admin, after the leavers; the group change of two fields
@@ -739,11 +754,11 @@ fn markdown_has_every_section_and_none_when_empty() {
     assert!(markdown.contains("**SLA BREACH**"));
 
     let empty = rendered(&empty_report(), ReportFormat::Markdown);
-    // Coverage gaps, privileged at start and end, granted, removed, group changes, and the
-    // event sections.
+    // Coverage gaps, privileged at start and end, granted, removed, group changes,
+    // settings changes, and the event sections.
     assert_eq!(
         empty.matches("\nNone.\n").count(),
-        6 + Section::ALL.len(),
+        7 + Section::ALL.len(),
         "{empty}"
     );
 }
@@ -789,7 +804,7 @@ fn empty_report_says_none_in_every_format() {
     let csv = rendered(&report, ReportFormat::Csv);
     assert_eq!(csv.lines().count(), 2, "a header and the run alone: {csv}");
     let html = rendered(&report, ReportFormat::Html);
-    assert_eq!(html.matches(">None.</td>").count(), 6 + Section::ALL.len());
+    assert_eq!(html.matches(">None.</td>").count(), 7 + Section::ALL.len());
     assert!(!html.contains("class=\"alert\""));
     assert!(html.contains("No complete runs to chart yet."));
 }

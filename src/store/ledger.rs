@@ -1,27 +1,29 @@
-//! The ledger's tables: entries and their seals, appended and never rewritten, with the
-//! indexes that find a run's entries and an account's runs without a scan, and the running
-//! snapshot digest of each source. What an entry means is [`crate::ledger`]'s business; the
-//! store keeps bytes and appends them in the caller's write transaction, after the entry
-//! before them.
+//! The ledger's tables: entries with their seals, appended and never rewritten, the indexes
+//! that find an account's runs and names without a scan, and the running snapshot digest of
+//! each source. A run's record names the sequence number of its entry (`ledger_seq`), so a
+//! run's entries need no index of their own: they are its entry and the entries after it up
+//! to the source's next run. What an entry means is [`crate::ledger`]'s business; the store
+//! keeps bytes and appends them in the caller's write transaction, after the entry before.
+//!
+//! A failed run's commit touches one ledger table, so that it still fits where a full disk
+//! left only a few free pages.
 //!
 //! | table | key | value |
 //! |---|---|---|
-//! | `ledger` | `source␟seq` (12 digits) | the entry as canonical JSON |
-//! | `ledger_seals` | the same | its digest and signature |
-//! | `ledger_runs` | `source␟run_id␟seq` | the entry's kind: a run's entries |
+//! | `ledger` | `source␟seq` (12 digits) | the seal's length, the seal, the entry (canonical JSON) |
 //! | `ledger_accounts` | `source␟uid␟run_id` | what the run found for the account |
+//! | `ledger_names` | `source␟name␟uid` | nothing: the usernames and emails an account had |
 //! | `snapshot_digests` | source | the LtHash state of the latest complete run |
 
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
 
 use super::codec::{self, SEP};
-use super::{corrupt_value, Failure, Reader, Store, StoreError};
+use super::{corrupt_value, Failure, Reader, RunRecord, Store, StoreError};
 
 pub(super) const LEDGER: TableDefinition<&str, &[u8]> = TableDefinition::new("ledger");
-pub(super) const SEALS: TableDefinition<&str, &[u8]> = TableDefinition::new("ledger_seals");
-pub(super) const LEDGER_RUNS: TableDefinition<&str, &[u8]> = TableDefinition::new("ledger_runs");
 pub(super) const LEDGER_ACCOUNTS: TableDefinition<&str, &[u8]> =
     TableDefinition::new("ledger_accounts");
+pub(super) const LEDGER_NAMES: TableDefinition<&str, &[u8]> = TableDefinition::new("ledger_names");
 pub(super) const SNAPSHOT_DIGESTS: TableDefinition<&str, &[u8]> =
     TableDefinition::new("snapshot_digests");
 
@@ -39,10 +41,11 @@ pub struct LedgerWrite {
     pub seq: u64,
     pub entry: Vec<u8>,
     pub seal: Vec<u8>,
-    pub kind: &'static str,
-    pub run_id: Option<String>,
     /// For a run's entry: each account it names, with what it found for it.
     pub accounts: Vec<(String, Vec<u8>)>,
+    /// `(username or email, uid)` of the accounts the run saw change or appear, so that an
+    /// account's history can be found by any name it had.
+    pub names: Vec<(String, String)>,
     /// For a complete run: the source's new snapshot digest state.
     pub snapshot_state: Option<Vec<u8>>,
 }
@@ -50,10 +53,9 @@ pub struct LedgerWrite {
 /// Builds a source's next entry once the head of its chain is known: inside the write
 /// transaction, so that two writers cannot both append after the same entry.
 pub trait Sealer {
-    /// The entry after `head`; a run commit passes the run's record, whose id the store
-    /// may only now have given it.
-    fn seal(&self, head: &ChainHead, run: Option<&super::RunRecord>)
-        -> Result<LedgerWrite, String>;
+    /// The entry after `head`; a run commit passes the run's record as it is stored (with
+    /// its id and `ledger_seq`).
+    fn seal(&self, head: &ChainHead, run: Option<&RunRecord>) -> Result<LedgerWrite, String>;
 }
 
 /// A stored entry: its sequence number, bytes and seal bytes.
@@ -72,46 +74,75 @@ fn parse_seq(text: &str) -> Result<u64, Failure> {
     text.parse().map_err(|_| corrupt_value("ledger key"))
 }
 
+/// `[seal length][seal][entry]`.
+fn encode_row(seal: &[u8], entry: &[u8]) -> Result<Vec<u8>, Failure> {
+    let length = u8::try_from(seal.len()).map_err(|_| corrupt_value("ledger seal"))?;
+    let mut row = Vec::with_capacity(1 + seal.len() + entry.len());
+    row.push(length);
+    row.extend_from_slice(seal);
+    row.extend_from_slice(entry);
+    Ok(row)
+}
+
+fn decode_row(seq: u64, bytes: &[u8]) -> Result<LedgerRow, Failure> {
+    let (&length, rest) = bytes
+        .split_first()
+        .ok_or_else(|| corrupt_value("ledger entry"))?;
+    if rest.len() < length as usize {
+        return Err(corrupt_value("ledger entry"));
+    }
+    let (seal, entry) = rest.split_at(length as usize);
+    Ok(LedgerRow {
+        seq,
+        entry: entry.to_vec(),
+        seal: seal.to_vec(),
+    })
+}
+
 /// The head of a source's chain, read in a write transaction.
 pub(super) fn head_in(
     store: &Store,
     txn: &WriteTransaction,
     source: &str,
 ) -> Result<ChainHead, Failure> {
-    let seals = store.guard.call(|| txn.open_table(SEALS))?;
-    last_seal(store, &seals, source)
+    let entries = store.guard.call(|| txn.open_table(LEDGER))?;
+    last_entry(store, &entries, source)
 }
 
-fn last_seal(
+fn last_entry(
     store: &Store,
-    seals: &impl ReadableTable<&'static str, &'static [u8]>,
+    entries: &impl ReadableTable<&'static str, &'static [u8]>,
     source: &str,
 ) -> Result<ChainHead, Failure> {
     let prefix = codec::source_prefix(source);
     let end = codec::prefix_end(&prefix);
     let mut range = store
         .guard
-        .call(|| seals.range(prefix.as_str()..end.as_str()))?;
+        .call(|| entries.range(prefix.as_str()..end.as_str()))?;
     match store.guard.call(|| range.next_back().transpose())? {
         None => Ok(ChainHead::default()),
-        Some((key, value)) => Ok(ChainHead {
-            next_seq: parse_seq(&key.value()[prefix.len()..])? + 1,
-            last_seal: Some(value.value().to_vec()),
-        }),
+        Some((key, value)) => {
+            let seq = parse_seq(&key.value()[prefix.len()..])?;
+            Ok(ChainHead {
+                next_seq: seq + 1,
+                last_seal: Some(decode_row(seq, value.value())?.seal),
+            })
+        }
     }
 }
 
-/// Appends one entry in the caller's write transaction.
+/// Appends one entry in the caller's write transaction, after `head` (which the caller read
+/// in the same transaction).
 pub(super) fn append_in(
     store: &Store,
     txn: &WriteTransaction,
     source: &str,
-    run: Option<&super::RunRecord>,
+    head: &ChainHead,
+    run: Option<&RunRecord>,
     sealer: &dyn Sealer,
 ) -> Result<(), Failure> {
-    let head = head_in(store, txn, source)?;
     let write = sealer
-        .seal(&head, run)
+        .seal(head, run)
         .map_err(|reason| Failure::Store(StoreError::Aborted(reason)))?;
     if write.seq != head.next_seq {
         return Err(Failure::Store(StoreError::Aborted(format!(
@@ -121,18 +152,21 @@ pub(super) fn append_in(
     }
     let guard = &store.guard;
     let key = seq_key(source, write.seq);
+    let row = encode_row(&write.seal, &write.entry)?;
     let mut entries = guard.call(|| txn.open_table(LEDGER))?;
-    guard.call(|| entries.insert(key.as_str(), write.entry.as_slice()))?;
-    let mut seals = guard.call(|| txn.open_table(SEALS))?;
-    guard.call(|| seals.insert(key.as_str(), write.seal.as_slice()))?;
-    if let Some(run_id) = &write.run_id {
-        let mut runs = guard.call(|| txn.open_table(LEDGER_RUNS))?;
-        let index = format!("{source}{SEP}{run_id}{SEP}{:012}", write.seq);
-        guard.call(|| runs.insert(index.as_str(), write.kind.as_bytes()))?;
+    guard.call(|| entries.insert(key.as_str(), row.as_slice()))?;
+    if let (Some(run), false) = (run, write.accounts.is_empty()) {
         let mut accounts = guard.call(|| txn.open_table(LEDGER_ACCOUNTS))?;
         for (uid, found) in &write.accounts {
-            let index = format!("{source}{SEP}{uid}{SEP}{run_id}");
+            let index = format!("{source}{SEP}{uid}{SEP}{}", run.run_id);
             guard.call(|| accounts.insert(index.as_str(), found.as_slice()))?;
+        }
+    }
+    if !write.names.is_empty() {
+        let mut names = guard.call(|| txn.open_table(LEDGER_NAMES))?;
+        for (name, uid) in &write.names {
+            let index = format!("{source}{SEP}{name}{SEP}{uid}");
+            guard.call(|| names.insert(index.as_str(), [].as_slice()))?;
         }
     }
     if let Some(state) = &write.snapshot_state {
@@ -148,15 +182,32 @@ impl Store {
         self.append_ledger_batch(source, &[sealer])
     }
 
-    /// Appends entries to a source's chain, in order, in one write transaction.
-    pub fn append_ledger_batch(
+    /// Appends the entries of runs stored before the ledger existed, in order, in one write
+    /// transaction: each run's record is given the `ledger_seq` of its entry.
+    pub fn append_run_entries(
         &self,
         source: &str,
-        sealers: &[&dyn Sealer],
+        runs: &[(&str, &dyn Sealer)],
     ) -> Result<(), StoreError> {
         self.write(|txn| {
+            for (run_id, sealer) in runs {
+                let head = head_in(self, txn, source)?;
+                // The record as it is now (its delivery may have moved on meanwhile).
+                let mut record = super::WriteReader { store: self, txn }.run(run_id)?;
+                record.ledger_seq = Some(head.next_seq);
+                super::WriteTables::open(self, txn)?.put_run(&record)?;
+                append_in(self, txn, source, &head, Some(&record), *sealer)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Appends entries to a source's chain, in order, in one write transaction.
+    fn append_ledger_batch(&self, source: &str, sealers: &[&dyn Sealer]) -> Result<(), StoreError> {
+        self.write(|txn| {
             for sealer in sealers {
-                append_in(self, txn, source, None, *sealer)?;
+                let head = head_in(self, txn, source)?;
+                append_in(self, txn, source, &head, None, *sealer)?;
             }
             Ok(())
         })
@@ -168,9 +219,9 @@ impl Reader<'_> {
     /// database from before the ledger).
     pub fn chain_head(&self, source: &str) -> Result<ChainHead, StoreError> {
         let fail = |failure: Failure| failure.into_store_error(&self.store.path);
-        match self.optional_table(SEALS).map_err(fail)? {
+        match self.optional_table(LEDGER).map_err(fail)? {
             None => Ok(ChainHead::default()),
-            Some(seals) => last_seal(self.store, &seals, source).map_err(fail),
+            Some(entries) => last_entry(self.store, &entries, source).map_err(fail),
         }
     }
 
@@ -181,10 +232,7 @@ impl Reader<'_> {
         from_seq: u64,
     ) -> Result<Box<dyn Iterator<Item = Result<LedgerRow, StoreError>> + '_>, StoreError> {
         let fail = |failure: Failure| failure.into_store_error(&self.store.path);
-        let (Some(entries), Some(seals)) = (
-            self.optional_table(LEDGER).map_err(fail)?,
-            self.optional_table(SEALS).map_err(fail)?,
-        ) else {
+        let Some(entries) = self.optional_table(LEDGER).map_err(fail)? else {
             return Ok(Box::new(std::iter::empty()));
         };
         let prefix = codec::source_prefix(source);
@@ -198,24 +246,14 @@ impl Reader<'_> {
         let guard = self.store.guard.clone();
         let path = self.store.path.clone();
         Ok(Box::new(std::iter::from_fn(move || {
-            let fail = |failure: Failure| failure.into_store_error(&path);
             let row = match guard.call(|| range.next().transpose()) {
                 Ok(row) => row?,
-                Err(failure) => return Some(Err(fail(failure))),
+                Err(failure) => return Some(Err(failure.into_store_error(&path))),
             };
             let (key, value) = row;
-            let result = (|| {
-                let seq = parse_seq(&key.value()[prefix.len()..])?;
-                let seal = guard
-                    .call(|| seals.get(key.value()))?
-                    .ok_or_else(|| corrupt_value("ledger seal"))?;
-                Ok(LedgerRow {
-                    seq,
-                    entry: value.value().to_vec(),
-                    seal: seal.value().to_vec(),
-                })
-            })();
-            Some(result.map_err(fail))
+            let row = parse_seq(&key.value()[prefix.len()..])
+                .and_then(|seq| decode_row(seq, value.value()));
+            Some(row.map_err(|failure| failure.into_store_error(&path)))
         })))
     }
 
@@ -228,23 +266,6 @@ impl Reader<'_> {
         }
     }
 
-    /// The sequence numbers and kinds of a run's entries, in order.
-    pub fn run_entries(
-        &self,
-        source: &str,
-        run_id: &str,
-    ) -> Result<Vec<(u64, String)>, StoreError> {
-        let prefix = format!("{source}{SEP}{run_id}{SEP}");
-        self.optional_rows(LEDGER_RUNS, &prefix)?
-            .into_iter()
-            .map(|(seq, kind)| {
-                let seq = parse_seq(&seq)
-                    .map_err(|failure| failure.into_store_error(&self.store.path))?;
-                Ok((seq, String::from_utf8_lossy(&kind).into_owned()))
-            })
-            .collect()
-    }
-
     /// The runs whose entries name an account, oldest first, with what each found for it.
     pub fn account_runs(
         &self,
@@ -252,6 +273,15 @@ impl Reader<'_> {
         uid: &str,
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         self.optional_rows(LEDGER_ACCOUNTS, &format!("{source}{SEP}{uid}{SEP}"))
+    }
+
+    /// The uids of the accounts that ever had `name` as username or email.
+    pub fn accounts_named(&self, source: &str, name: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .optional_rows(LEDGER_NAMES, &format!("{source}{SEP}{name}{SEP}"))?
+            .into_iter()
+            .map(|(uid, _)| uid)
+            .collect())
     }
 
     /// The LtHash state of the source's latest complete run, once the ledger has one.

@@ -313,9 +313,8 @@ impl Store {
             VOLATILE,
             HEALTH,
             ledger::LEDGER,
-            ledger::SEALS,
-            ledger::LEDGER_RUNS,
             ledger::LEDGER_ACCOUNTS,
+            ledger::LEDGER_NAMES,
             ledger::SNAPSHOT_DIGESTS,
         ] {
             self.guard.call(|| txn.open_table(table))?;
@@ -391,11 +390,13 @@ impl Store {
             })? {
                 tables.apply(&source, &run_id, op)?;
             }
+            let head = ledger::head_in(self, txn, &source)?;
+            plan.record.ledger_seq = Some(head.next_seq);
             tables.put_run(&plan.record)?;
             self.guard
                 .call(|| tables.latest.insert(source.as_str(), run_id.as_str()))?;
             drop(tables);
-            ledger::append_in(self, txn, &source, Some(&plan.record), plan.ledger)?;
+            ledger::append_in(self, txn, &source, &head, Some(&plan.record), plan.ledger)?;
             if let Some(health) = &plan.health {
                 self.put_health_in(txn, health)?;
             }
@@ -416,15 +417,17 @@ impl Store {
             if let Some(health) = &outcome.health {
                 self.put_health_in(txn, health)?;
             }
-            let record = outcome.into_record(
+            let mut record = outcome.into_record(
                 run_id,
                 RunStatus::Failed,
                 Some(error.to_string()),
                 Counts::default(),
                 0,
             );
+            let head = ledger::head_in(self, txn, &record.source)?;
+            record.ledger_seq = Some(head.next_seq);
             WriteTables::open(self, txn)?.put_run(&record)?;
-            ledger::append_in(self, txn, &record.source, Some(&record), ledger)?;
+            ledger::append_in(self, txn, &record.source, &head, Some(&record), ledger)?;
             Ok(record)
         })
     }
@@ -761,6 +764,12 @@ impl<'s> Reader<'s> {
             Err(Failure::Redb(redb::Error::TableDoesNotExist(_))) => Ok(None),
             Err(failure) => Err(failure),
         }
+    }
+
+    /// A run's record.
+    pub fn run_record(&self, run_id: &str) -> Result<RunRecord, StoreError> {
+        self.run(run_id)
+            .map_err(|failure| failure.into_store_error(&self.store.path))
     }
 
     fn run(&self, run_id: &str) -> Result<RunRecord, Failure> {
@@ -1162,6 +1171,15 @@ struct WriteReader<'a> {
 }
 
 impl WriteReader<'_> {
+    fn run(&self, run_id: &str) -> Result<RunRecord, Failure> {
+        let runs = self.store.guard.call(|| self.txn.open_table(RUNS))?;
+        let value = self.store.guard.call(|| runs.get(run_id))?;
+        match value {
+            Some(value) => from_json(value.value(), "run"),
+            None => Err(Failure::Store(StoreError::UnknownRun(run_id.to_string()))),
+        }
+    }
+
     fn latest_complete_id(&self, source: &str) -> Result<Option<String>, Failure> {
         let latest = self.store.guard.call(|| self.txn.open_table(LATEST))?;
         let id = self

@@ -87,6 +87,9 @@ pub struct RunRecord {
     /// The Authentik user the token belongs to, as `/core/users/me/` named it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_user: Option<TokenUser>,
+    /// The sequence number of the run's entry in its source's ledger chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ledger_seq: Option<u64>,
     /// Fields written by other aksync versions, preserved as they are.
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
@@ -253,6 +256,7 @@ impl RunOutcome {
             envelopes: None,
             delivery: None,
             token_user: None,
+            ledger_seq: None,
             extra: BTreeMap::new(),
         }
     }

@@ -120,6 +120,9 @@ fn report_with_runs(runs: Vec<crate::report::PeriodRun>) -> Report {
     report.header.period.end = at(6, 0);
     report.header.settings.expected_interval_seconds = 3_600;
     report.runs = runs;
+    for run in &mut report.runs {
+        run.expected_interval_seconds = Some(3_600);
+    }
     report
 }
 
@@ -163,6 +166,10 @@ fn coverage_gaps_are_intervals_longer_than_expected_with_their_failed_runs() {
         ),],
         "an hour apart is no gap; the last hour to the period's end is not either"
     );
+    // Each interval is judged by the expected interval its ending run recorded.
+    let mut relaxed = report.clone();
+    relaxed.runs[4].expected_interval_seconds = Some(4 * 3_600);
+    assert!(coverage_gaps(&relaxed).is_empty());
     let quiet = report_with_runs(vec![period_run("F", RunStatus::Failed, at(1, 0), at(1, 1))]);
     let gaps = coverage_gaps(&quiet);
     assert_eq!(gaps.len(), 1);

@@ -1,0 +1,289 @@
+//! One account's timeline, from the ledger: the runs whose entries name it (found through
+//! the account index, so the cost is that account's events, not the number of runs), each
+//! event as the run that found it recorded it. An account is found by any username or
+//! email it ever had, or by its uid.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::diff::{FieldChange, GroupRef};
+use crate::plan::membership_pair;
+use crate::record::RecordKind;
+use crate::store::Reader;
+
+use super::read::run_evidence;
+use super::run::{CREATED_INACTIVE, PRESENT_AT_BASELINE};
+use super::LedgerError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimelineKind {
+    /// Present in a run compared with nothing (the source's first run, or a new baseline).
+    Baseline,
+    /// Created inactive: no access was granted, but the account exists from here.
+    CreatedInactive,
+    Joined,
+    Rejoined,
+    Moved,
+    Left,
+    Purged,
+    /// Privilege that changed without a change of the account's own (a group's flag,
+    /// parents or roles changed).
+    PrivilegeGranted,
+    PrivilegeRemoved,
+}
+
+impl TimelineKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TimelineKind::Baseline => "present at baseline",
+            TimelineKind::CreatedInactive => "created inactive",
+            TimelineKind::Joined => "joined",
+            TimelineKind::Rejoined => "rejoined",
+            TimelineKind::Moved => "moved",
+            TimelineKind::Left => "left",
+            TimelineKind::Purged => "purged",
+            TimelineKind::PrivilegeGranted => "privilege granted",
+            TimelineKind::PrivilegeRemoved => "privilege removed",
+        }
+    }
+}
+
+/// One event in an account's life, as the run that detected it recorded it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TimelineEvent {
+    pub run_id: String,
+    pub detected_at: DateTime<Utc>,
+    pub event: TimelineKind,
+    /// created/reactivated for joins, deleted/deactivated for leaves, why privilege moved.
+    pub reason: Option<String>,
+    pub username: String,
+    pub changes: Vec<FieldChange>,
+    pub groups_added: Vec<GroupRef>,
+    pub groups_removed: Vec<GroupRef>,
+    /// The groups held after a join or at a baseline, or at departure for a leave.
+    pub groups: Vec<GroupRef>,
+    pub privilege_escalation: bool,
+    /// Through what a privilege change holds, for a privilege event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub privilege_source: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Timeline {
+    pub source: String,
+    pub external_id: String,
+    pub usernames: Vec<String>,
+    pub events: Vec<TimelineEvent>,
+}
+
+/// The uids of the accounts that ever had `user` as username, email or uid.
+pub fn find_accounts(
+    reader: &Reader<'_>,
+    source: &str,
+    user: &str,
+) -> Result<Vec<String>, LedgerError> {
+    let mut found: BTreeSet<String> = reader.accounts_named(source, user)?.into_iter().collect();
+    found.extend(reader.accounts_named(source, &user.to_lowercase())?);
+    if !reader.account_runs(source, user)?.is_empty() {
+        found.insert(user.to_string());
+    }
+    Ok(found.into_iter().collect())
+}
+
+/// What an index row says a run found for an account.
+fn kinds(row: &[u8]) -> Vec<String> {
+    serde_json::from_slice(row).unwrap_or_default()
+}
+
+/// Everything the ledger recorded about one account, oldest first.
+pub fn timeline(reader: &Reader<'_>, source: &str, uid: &str) -> Result<Timeline, LedgerError> {
+    let mut usernames = BTreeSet::new();
+    let mut events = Vec::new();
+    let mut ever_seen = false;
+    for (run_id, row) in reader.account_runs(source, uid)? {
+        let Some(run) = run_evidence(reader, source, &run_id)? else {
+            continue;
+        };
+        let kinds = kinds(&row);
+        let detected_at = run.evidence.run.finished_at;
+        let event = |kind, reason: Option<&str>, username: &str| TimelineEvent {
+            run_id: run_id.clone(),
+            detected_at,
+            event: kind,
+            reason: reason.map(str::to_string),
+            username: username.to_string(),
+            changes: Vec::new(),
+            groups_added: Vec::new(),
+            groups_removed: Vec::new(),
+            groups: Vec::new(),
+            privilege_escalation: false,
+            privilege_source: None,
+        };
+        let diff = run.evidence.diff.as_ref();
+        let has = |kind: &str| kinds.iter().any(|found| found == kind);
+        if has(PRESENT_AT_BASELINE) || has(CREATED_INACTIVE) {
+            let (kind, username) = match has(PRESENT_AT_BASELINE) {
+                true => (
+                    TimelineKind::Baseline,
+                    username_at(reader, source, uid, &run_id)?,
+                ),
+                false => (
+                    TimelineKind::CreatedInactive,
+                    username_at(reader, source, uid, &run_id)?,
+                ),
+            };
+            let username = username.unwrap_or_else(|| uid.to_string());
+            events.push(TimelineEvent {
+                groups: groups_at(reader, source, uid, &run_id)?,
+                ..event(kind, None, &username)
+            });
+        }
+        let Some(diff) = diff else { continue };
+        let mut own_event = false;
+        for joiner in diff
+            .joiners
+            .iter()
+            .filter(|joiner| joiner.external_id == uid)
+        {
+            own_event = true;
+            let kind = if ever_seen {
+                TimelineKind::Rejoined
+            } else {
+                TimelineKind::Joined
+            };
+            events.push(TimelineEvent {
+                groups: joiner.groups.clone(),
+                changes: joiner.changes.clone(),
+                groups_added: joiner.groups_added.clone(),
+                groups_removed: joiner.groups_removed.clone(),
+                privilege_escalation: joiner.privilege_escalation,
+                ..event(kind, Some(joiner.reason.as_str()), &joiner.username)
+            });
+        }
+        for mover in diff.movers.iter().filter(|mover| mover.external_id == uid) {
+            own_event = true;
+            events.push(TimelineEvent {
+                changes: mover.changes.clone(),
+                groups_added: mover.groups_added.clone(),
+                groups_removed: mover.groups_removed.clone(),
+                privilege_escalation: mover.privilege_escalation,
+                ..event(TimelineKind::Moved, None, &mover.username)
+            });
+        }
+        for leaver in diff
+            .leavers
+            .iter()
+            .filter(|leaver| leaver.external_id == uid)
+        {
+            own_event = true;
+            events.push(TimelineEvent {
+                groups: leaver.groups_at_departure.clone(),
+                changes: leaver.changes.clone(),
+                ..event(
+                    TimelineKind::Left,
+                    Some(leaver.reason.as_str()),
+                    &leaver.username,
+                )
+            });
+        }
+        for purge in diff.purged.iter().filter(|purge| purge.external_id == uid) {
+            own_event = true;
+            events.push(event(
+                TimelineKind::Purged,
+                Some("deleted"),
+                &purge.username,
+            ));
+        }
+        // A grant or removal that a join, move or departure already tells is not told twice.
+        if !own_event {
+            for (changes, kind) in [
+                (&diff.privilege_granted, TimelineKind::PrivilegeGranted),
+                (&diff.privilege_removed, TimelineKind::PrivilegeRemoved),
+            ] {
+                for change in changes.iter().filter(|change| change.external_id == uid) {
+                    events.push(TimelineEvent {
+                        privilege_source: Some(change.privilege_source.clone()),
+                        groups: change.groups_changed.clone(),
+                        ..event(kind, Some(change.reason.as_str()), &change.username)
+                    });
+                }
+            }
+        }
+        ever_seen = true;
+    }
+    for event in &events {
+        usernames.insert(event.username.clone());
+        for change in event
+            .changes
+            .iter()
+            .filter(|change| change.field == "username")
+        {
+            usernames.extend(change.old.as_str().map(str::to_string));
+            usernames.extend(change.new.as_str().map(str::to_string));
+        }
+    }
+    Ok(Timeline {
+        source: source.to_string(),
+        external_id: uid.to_string(),
+        usernames: usernames.into_iter().collect(),
+        events,
+    })
+}
+
+/// The account's username as `run_id` saw it, while that run's snapshot is kept.
+fn username_at(
+    reader: &Reader<'_>,
+    source: &str,
+    uid: &str,
+    run_id: &str,
+) -> Result<Option<String>, LedgerError> {
+    for version in reader.versions(source, RecordKind::Account, uid)? {
+        let version = version?;
+        if version.external_id != uid || !version.valid_at(run_id) {
+            continue;
+        }
+        let entry = reader.version(source, RecordKind::Account, uid, &version.valid_from)?;
+        let record = entry.record().unwrap_or_default();
+        return Ok(record["username"].as_str().map(str::to_string));
+    }
+    Ok(None)
+}
+
+/// The account's direct groups at `run_id`, named as that run saw them, while that run's
+/// snapshot is kept (empty once retention removed it).
+fn groups_at(
+    reader: &Reader<'_>,
+    source: &str,
+    uid: &str,
+    run_id: &str,
+) -> Result<Vec<GroupRef>, LedgerError> {
+    let mut groups = BTreeMap::new();
+    for version in reader.versions(source, RecordKind::Membership, &format!("{uid}:"))? {
+        let version = version?;
+        let (member, group) = membership_pair(&version.external_id);
+        if member == uid && version.valid_at(run_id) {
+            groups.insert(group.clone(), group);
+        }
+    }
+    let mut named = Vec::new();
+    for (id, _) in groups {
+        let mut display_name = id.clone();
+        for version in reader.versions(source, RecordKind::Group, &id)? {
+            let version = version?;
+            if version.external_id == id && version.valid_at(run_id) {
+                let entry = reader.version(source, RecordKind::Group, &id, &version.valid_from)?;
+                if let Some(name) = entry.record().unwrap_or_default()["display_name"].as_str() {
+                    display_name = name.to_string();
+                }
+            }
+        }
+        named.push(GroupRef {
+            external_id: id,
+            display_name,
+        });
+    }
+    Ok(named)
+}
