@@ -13,7 +13,7 @@ use crate::authentik::client::ProgressFn;
 use crate::clock::Clock;
 use crate::config::{Config, SourceConfig};
 use crate::diff::DirectoryDiff;
-use crate::run_lock::RunLock;
+use crate::run_lock::{LockError, RunLock};
 use crate::store::{RunRecord, RunStatus, Store, StoreError};
 use crate::sync::{sync_source, SyncedRun};
 
@@ -54,6 +54,21 @@ pub async fn run_source(
         prune(context, source).await;
     }
     drop(lock);
+    log_finished(&synced.run);
+    Ok(synced)
+}
+
+/// Records a run that could not take the source's lock for a local reason (no file
+/// descriptor left, a lock file that cannot be opened) as a failed run with that reason, so
+/// that the history, `/healthz` and the metrics show it, not only a log line.
+pub async fn record_lock_failure(
+    context: &RunContext<'_>,
+    source: &SourceConfig,
+    error: &LockError,
+) -> Result<SyncedRun, StoreError> {
+    let synced =
+        crate::sync::record_unstarted(context.store, source, context.clock, &error.to_string())
+            .await?;
     log_finished(&synced.run);
     Ok(synced)
 }

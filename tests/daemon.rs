@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use aksync::fake::{Fault, READER_TOKEN};
 use aksync::store::{DeliveryStatus, RunRecord, RunStatus};
+use common::browser::{chromium_or_skip, laid_out_width};
 use common::{receiver, TestEnv};
 use serde_json::Value;
 
@@ -617,17 +618,27 @@ struct HttpResponse {
 
 /// A GET exactly as written: no client that would tidy `/../` away first.
 fn get(port: u16, target: &str) -> Option<HttpResponse> {
+    get_with(port, target, "Host: 127.0.0.1\r\n")
+}
+
+/// A GET of `target` with the header lines `head` (each ending in CRLF), in HTTP/1.1 unless
+/// `head` starts with another version's request line end.
+fn get_with(port: u16, target: &str, head: &str) -> Option<HttpResponse> {
+    request(
+        port,
+        &format!("GET {target} HTTP/1.1\r\n{head}Connection: close\r\n\r\n"),
+    )
+}
+
+/// Sends `raw` as it is and reads the answer to its end.
+fn request(port: u16, raw: &str) -> Option<HttpResponse> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
-    write!(
-        stream,
-        "GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
+    stream.write_all(raw.as_bytes()).unwrap();
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).unwrap();
+    stream.read_to_end(&mut raw).ok()?;
     let raw = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = raw.split_once("\r\n\r\n")?;
     let status = head.split_whitespace().nth(1)?.parse().ok()?;
@@ -678,9 +689,13 @@ async fn healthz_metrics_and_the_status_page_follow_the_runs() {
 
     let metrics = get(port, "/metrics").unwrap();
     assert_eq!(metrics.status, 200);
-    assert!(metrics
-        .head
-        .contains("content-type: application/openmetrics-text"));
+    assert!(
+        metrics
+            .head
+            .contains("content-type: text/plain; version=0.0.4"),
+        "{}",
+        metrics.head
+    );
     let accounts = latest_complete(&env).counts.accounts;
     assert_eq!(
         metric(&metrics.body, "aksync_accounts{source=\"corp\"}"),
@@ -760,11 +775,13 @@ async fn healthz_metrics_and_the_status_page_follow_the_runs() {
         assert!(!response.body.contains("state_dir"), "{target}");
     }
 
-    // A failed run makes the source unhealthy.
+    // A failed run makes the source unhealthy. Its error ends in a long unbroken word, which
+    // the status page must wrap.
+    let detail = format!("down for maintenance {}", "x".repeat(300));
     env.fake.with_state(|state| {
         state
             .faults
-            .push(users_fail(503, "{\"detail\": \"down for maintenance\"}"))
+            .push(users_fail(503, &format!("{{\"detail\": \"{detail}\"}}")))
     });
     let health: Value = daemon
         .wait_for("an unhealthy /healthz after a failed run", || {
@@ -801,6 +818,29 @@ async fn healthz_metrics_and_the_status_page_follow_the_runs() {
         Some(last_success),
         "a failed run is no success"
     );
+    // The page says when the unhealthy source last completed, counts nothing for the failed
+    // run, and fits a 1280 px window.
+    let page = get(port, "/").unwrap().body;
+    assert!(page.contains("last complete run "), "{page}");
+    let failed_row = page
+        .lines()
+        .find(|line| line.contains("<td>failed</td>"))
+        .unwrap_or_else(|| panic!("no failed run on the page:\n{page}"));
+    assert!(
+        failed_row.contains("<td class=\"n\">—</td>")
+            && !failed_row.contains("<td class=\"n\">0</td>"),
+        "{failed_row}"
+    );
+    if let Some(chromium) = chromium_or_skip("the status page") {
+        let work = tempfile::tempdir().unwrap();
+        let (content, window) =
+            tokio::task::block_in_place(|| laid_out_width(&chromium, work.path(), &page, 1280));
+        assert!(window > 1200, "the window is not 1280 px wide: {window}");
+        assert!(
+            content <= window,
+            "the status page overflows: {content} px of content in {window} px"
+        );
+    }
 
     // Back to healthy once the server answers again.
     env.fake.with_state(|state| state.faults.clear());

@@ -6,15 +6,18 @@
 //!
 //! Parts: [`scheduler`] (when each source runs), [`supervisor`] (starting runs, overlap,
 //! retries, reload), [`outbox`] (webhook delivery), [`status`] (what every part reports
-//! from), [`http`] and [`metrics`] (the endpoint), [`notify`] (systemd) and [`signals`].
+//! from), [`http`], [`metrics`], [`status_page`] and [`process`] (the endpoint), [`notify`]
+//! (systemd) and [`signals`].
 
 pub mod http;
 pub mod metrics;
 pub mod notify;
 pub mod outbox;
+pub mod process;
 pub mod scheduler;
 pub mod signals;
 pub mod status;
+pub mod status_page;
 pub mod supervisor;
 
 use std::sync::Arc;
@@ -60,7 +63,7 @@ pub async fn run(
     let scheduler = Scheduler::start(ticks_sender)
         .await
         .map_err(|e| runtime(&e))?;
-    let board = Arc::new(StatusBoard::default());
+    let board = Arc::new(StatusBoard::new(clock.now()));
     let outbox_wake = Arc::new(Notify::new());
     let config = Arc::new(config);
     let (config_sender, config_receiver) = watch::channel(Arc::clone(&config));
@@ -82,13 +85,13 @@ pub async fn run(
     }
     let cancel = supervisor.cancellation();
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
-    if let Some(listener) = listener {
+    if let (Some(listener), Some(http)) = (listener, &config.http) {
         let state = http::HttpState {
             board: Arc::clone(&board),
             state_dir: config.state_dir.clone(),
             clock: Arc::clone(&clock),
         };
-        tasks.push(http::serve(listener, Arc::new(state), cancel.clone()));
+        tasks.push(http::serve(listener, http, Arc::new(state), cancel.clone()));
     }
     tasks.push(
         Outbox {
@@ -117,7 +120,8 @@ pub async fn run(
                 Request::Stop => break,
                 Request::Reload => {
                     notifier.reloading();
-                    reload(&location, &mut supervisor, &config_sender).await;
+                    let reloaded = reload(&location, &mut supervisor, &config_sender).await;
+                    board.record_reload(reloaded.map(|()| clock.now()));
                     notifier.ready(&board.status_line());
                     Ok(())
                 }
@@ -145,29 +149,28 @@ pub async fn run(
     Ok(Exit::Success)
 }
 
-/// Loads the configuration again and applies it; a configuration that does not load or
-/// apply is one logged error, and the running one stays.
+/// Loads the configuration again and applies it. A configuration that does not load or
+/// apply is one logged error and the running one stays; the error is returned for the
+/// status board (the metric and systemd's STATUS).
 async fn reload(
     location: &ConfigLocation,
     supervisor: &mut Supervisor,
     config_sender: &watch::Sender<Arc<Config>>,
-) {
-    let loaded = match Config::load(location) {
-        Ok(config) => config,
-        Err(error) => {
-            tracing::error!("reload rejected, the running configuration stays: {error}");
-            return;
-        }
+) -> Result<(), String> {
+    let applied = match Config::load(location) {
+        Ok(loaded) => supervisor.reload(loaded).await.map_err(|e| e.to_string()),
+        Err(error) => Err(error.to_string()),
     };
-    match supervisor.reload(loaded).await {
+    match &applied {
         Ok(()) => {
             config_sender.send_replace(supervisor.config());
             tracing::info!("configuration reloaded");
         }
         Err(error) => {
-            tracing::error!("reload rejected, the running configuration stays: {error}")
+            tracing::error!("reload rejected: {error}, running the previous configuration")
         }
     }
+    applied
 }
 
 /// The next watchdog ping, or never without a watchdog.
