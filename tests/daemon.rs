@@ -1458,3 +1458,110 @@ async fn the_metrics_of_a_running_daemon_pass_promtool() {
         "promtool check metrics: {said}"
     );
 }
+
+/// The alert rules README.md gives: its YAML code block that starts with `groups:`.
+fn readme_alert_rules() -> String {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme
+        .find("```yaml\ngroups:\n")
+        .expect("README.md has no alert rules")
+        + "```yaml\n".len();
+    let end = start + readme[start..].find("```").unwrap();
+    readme[start..end].to_string()
+}
+
+/// Each rule of README.md against series where it must fire and where it must not. Time
+/// starts at the Unix epoch, one sample a minute.
+const ALERT_RULE_TESTS: &str = r#"
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      # corp completes every minute; hr never did.
+      - series: 'aksync_last_success_timestamp_seconds{source="corp"}'
+        values: '0+60x120'
+      - series: 'aksync_last_success_timestamp_seconds{source="hr"}'
+        values: '0x120'
+      # corp fails from minute 10 on; hr failed once.
+      - series: 'aksync_runs_total{source="corp",status="failed"}'
+        values: '0x10 1+1x20'
+      - series: 'aksync_runs_total{source="hr",status="failed"}'
+        values: '0x10 1x20'
+      # 25 leavers at minute 31 for corp; a trickle for hr.
+      - series: 'aksync_leavers_total{source="corp"}'
+        values: '0x30 25x30'
+      - series: 'aksync_leavers_total{source="hr"}'
+        values: '0+0.25x60'
+    alert_rule_test:
+      - eval_time: 60m
+        alertname: AksyncSourceStale
+        exp_alerts: []
+      - eval_time: 70m
+        alertname: AksyncSourceStale
+        exp_alerts:
+          - exp_labels:
+              severity: warning
+              source: hr
+            exp_annotations:
+              summary: "aksync source hr has had no complete run for over an hour"
+      - eval_time: 10m
+        alertname: AksyncRunsFailing
+        exp_alerts: []
+      - eval_time: 20m
+        alertname: AksyncRunsFailing
+        exp_alerts:
+          - exp_labels:
+              severity: warning
+              source: corp
+              status: failed
+            exp_annotations:
+              summary: "aksync source corp keeps failing: see /healthz or journalctl -u aksync"
+      - eval_time: 30m
+        alertname: AksyncLeaverSpike
+        exp_alerts: []
+      - eval_time: 35m
+        alertname: AksyncLeaverSpike
+        exp_alerts:
+          - exp_labels:
+              severity: critical
+              source: corp
+            exp_annotations:
+              summary: "aksync source corp found more than 20 leavers in an hour"
+"#;
+
+#[test]
+fn the_readme_alert_rules_pass_promtool_and_fire_when_they_should() {
+    let rules = readme_alert_rules();
+    for alert in [
+        "AksyncSourceStale",
+        "AksyncRunsFailing",
+        "AksyncLeaverSpike",
+    ] {
+        assert!(
+            rules.contains(&format!("- alert: {alert}\n")),
+            "{alert} missing:\n{rules}"
+        );
+    }
+    let Some(promtool_path) = promtool_or_skip("check rules") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let rules_path = dir.path().join("aksync.rules.yml");
+    std::fs::write(&rules_path, &rules).unwrap();
+    let rules_file = rules_path.to_str().unwrap();
+    let (passed, said) = promtool(promtool_path, &["check", "rules", rules_file], "");
+    assert!(passed && said.contains("SUCCESS: 3 rules found"), "{said}");
+    let tests_path = dir.path().join("aksync.rules.test.yml");
+    std::fs::write(
+        &tests_path,
+        format!("rule_files:\n  - {rules_file}\n{ALERT_RULE_TESTS}"),
+    )
+    .unwrap();
+    let (passed, said) = promtool(
+        promtool_path,
+        &["test", "rules", tests_path.to_str().unwrap()],
+        "",
+    );
+    assert!(passed, "promtool test rules:\n{said}");
+}

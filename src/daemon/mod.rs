@@ -40,6 +40,11 @@ use supervisor::Supervisor;
 
 /// How long the endpoint and the delivery loop get to finish after the runs have stopped.
 const TASK_GRACE: Duration = Duration::from_secs(2);
+/// File descriptors of the process itself: standard streams, the store, the runtime, the
+/// listener, the scheduler, with room to spare.
+const OWN_FDS: u64 = 64;
+/// File descriptors of a run besides its requests: spool, envelope and report files.
+const RUN_FDS: u64 = 16;
 
 pub async fn run(
     location: ConfigLocation,
@@ -47,6 +52,7 @@ pub async fn run(
     clock: Arc<dyn Clock>,
 ) -> Result<Exit, CliError> {
     let runtime = |error: &dyn std::fmt::Display| CliError::Runtime(error.to_string());
+    warn_below_the_fd_limit(&config);
     let notifier = Notifier::from_env();
     let mut signals =
         Signals::install().map_err(|error| runtime(&format!("cannot handle signals: {error}")))?;
@@ -171,6 +177,32 @@ async fn reload(
         }
     }
     applied
+}
+
+/// Says so when the open-file limit is below what the configuration can use at once (the
+/// endpoint's connections, every concurrent run's requests and files), which would
+/// otherwise show as runs failing with "Too many open files".
+fn warn_below_the_fd_limit(config: &Config) {
+    let Some(limit) = process::ProcessStats::current().max_fds else {
+        return;
+    };
+    let requests = config
+        .sources
+        .values()
+        .map(|source| source.concurrency as u64)
+        .max()
+        .unwrap_or(0);
+    let connections = config
+        .http
+        .as_ref()
+        .map_or(0, |_| http::MAX_CONNECTIONS as u64);
+    let needed =
+        OWN_FDS + connections + config.daemon.max_concurrent_runs as u64 * (requests + RUN_FDS);
+    if limit < needed {
+        tracing::warn!(
+            "the open-file limit is {limit}, and this configuration can use {needed} at once: raise LimitNOFILE= (or ulimit -n)"
+        );
+    }
 }
 
 /// The next watchdog ping, or never without a watchdog.

@@ -1,7 +1,7 @@
 //! The read-only status page at `/`: every source's health (with, when it is unhealthy, when
 //! its last complete run was), its next run and undelivered runs, then the last runs of all
-//! sources with links to their reports. A failed run stored no records, so its counts read
-//! "—", not 0. Everything the directory or a server controls is escaped, long values wrap,
+//! sources with links to their reports (and a failed run's error in a row of its own). A
+//! failed run stored no records, so its counts read "—", not 0. Everything the directory or a server controls is escaped, long values wrap,
 //! and the page fits a 1280 px window without sideways scrolling.
 
 use std::collections::BTreeMap;
@@ -17,6 +17,8 @@ use crate::store::{RunRecord, RunStatus};
 
 /// How many runs the page lists.
 const PAGE_RUNS: usize = 20;
+/// The columns of the runs table.
+const RUN_COLUMNS: usize = 12;
 /// What a count reads when the run has none.
 const NO_COUNT: &str = "—";
 pub const REPORT_FORMATS: [ReportFormat; 5] = [
@@ -27,13 +29,15 @@ pub const REPORT_FORMATS: [ReportFormat; 5] = [
     ReportFormat::Pdf,
 ];
 
-/// Tables take the page's width and long values (errors, reasons, ids) break anywhere rather
-/// than widen it.
+/// Tables take the page's width; the cells of free text a server or the directory controls
+/// (`wrap`: errors, reasons, names) break anywhere rather than widen it, times and run ids
+/// never, the others at spaces.
 const PAGE_STYLE: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:16px 24px;color:#111}\
 table{border-collapse:collapse;margin:8px 0 24px;width:100%}\
-th,td{border:1px solid #999;padding:3px 6px;text-align:left;vertical-align:top;overflow-wrap:anywhere}\
-th{background:#eee}td.n{text-align:right;white-space:nowrap}.when{white-space:nowrap}\
-.bad{color:#a00000;font-weight:600}.good{color:#005a00;font-weight:600}.note{color:#444}code{font-size:.9em}";
+th,td{border:1px solid #999;padding:3px 6px;text-align:left;vertical-align:top;overflow-wrap:break-word}\
+th{background:#eee;white-space:nowrap}td.n{text-align:right;white-space:nowrap}.nowrap{white-space:nowrap}\
+.wrap{overflow-wrap:anywhere}.bad{color:#a00000;font-weight:600}.good{color:#005a00;font-weight:600}\
+.note{color:#444}code{font-size:.9em}";
 
 fn when(at: DateTime<Utc>) -> String {
     at.format("%Y-%m-%d %H:%M:%S UTC").to_string()
@@ -55,7 +59,7 @@ pub fn render(
     );
     for (name, status) in sources {
         page.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"when\">{}</td><td><code>{}</code></td><td class=\"n\">{}</td></tr>\n",
+            "<tr><td class=\"wrap\">{}</td><td class=\"wrap\">{}</td><td>{}</td><td class=\"nowrap\">{}</td><td><code>{}</code></td><td class=\"n\">{}</td></tr>\n",
             escape_html(name),
             health_cell(status, now),
             escape_html(&last_run(status)),
@@ -67,8 +71,7 @@ pub fn render(
     page.push_str(&format!(
         "</table>\n<h2>Last {PAGE_RUNS} runs</h2>\n<table>\n<tr><th>Run</th><th>Source</th>\
          <th>Status</th><th>Started</th><th>Took</th><th>Accounts</th><th>Groups</th>\
-         <th>Memberships</th><th>Joiners</th><th>Movers</th><th>Leavers</th><th>Reports</th>\
-         <th>Error</th></tr>\n"
+         <th>Memberships</th><th>Joiners</th><th>Movers</th><th>Leavers</th><th>Reports</th></tr>\n"
     ));
     let mut runs: Vec<&RunRecord> = sources
         .values()
@@ -131,10 +134,17 @@ fn run_row(run: &RunRecord, state_dir: &Path) -> String {
             |changes| count(changes).to_string(),
         )
     };
+    // An error gets a row of its own below the run's, the table's whole width to wrap in.
+    let error = run.error.as_deref().map_or_else(String::new, |error| {
+        format!(
+            "<tr><td class=\"wrap\" colspan=\"{RUN_COLUMNS}\"><span class=\"bad\">error</span>: {}</td></tr>\n",
+            escape_html(error)
+        )
+    });
     format!(
-        "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td class=\"when\">{}</td><td class=\"n\">{:.1}s</td>\
+        "<tr><td class=\"nowrap\"><code>{}</code></td><td class=\"wrap\">{}</td><td>{}</td><td class=\"nowrap\">{}</td><td class=\"n\">{:.1}s</td>\
          <td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
-         <td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td><td>{}</td></tr>\n",
+         <td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td></tr>\n{error}",
         escape_html(&run.run_id),
         escape_html(&run.source),
         run.status.as_str(),
@@ -147,7 +157,6 @@ fn run_row(run: &RunRecord, state_dir: &Path) -> String {
         found(|changes| changes.movers),
         found(|changes| changes.leavers),
         reports.join(" "),
-        escape_html(run.error.as_deref().unwrap_or_default()),
     )
 }
 
