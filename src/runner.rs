@@ -66,6 +66,7 @@ pub async fn record_lock_failure(
     source: &SourceConfig,
     error: &LockError,
 ) -> Result<SyncedRun, StoreError> {
+    tracing::warn!(source = %source.name, "run not started: {error}");
     let synced =
         crate::sync::record_unstarted(context.store, source, context.clock, &error.to_string())
             .await?;

@@ -1032,9 +1032,12 @@ async fn a_connection_flood_is_bounded_and_the_daemon_keeps_answering_and_syncin
             fds < FLOOD_FDS,
             "{fds} open descriptors during a flood of {FLOOD}: the endpoint is not bounded"
         );
+        // Healthy or not (a slow run on a busy machine may be late), but an answer.
         let health = tokio::task::block_in_place(|| get(port, "/healthz"))
             .expect("no answer during the flood");
-        assert_eq!(health.status, 200, "{}", health.body);
+        let body: Value = serde_json::from_str(&health.body)
+            .unwrap_or_else(|error| panic!("not a health answer ({error}): {}", health.body));
+        assert!(body["sources"]["corp"].is_object(), "{body}");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     // Every flooding connection is closed within seconds: the oldest ones at once to make

@@ -76,6 +76,8 @@ const MAX_HEADERS: usize = 64;
 const REPORT_CHUNK_BYTES: usize = 64 * 1024;
 /// The wait after `accept` fails (out of file descriptors, say) before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(250);
+/// How often a failing `accept` is logged: once, then at most this often while it lasts.
+const ACCEPT_ERROR_LOG_EVERY: Duration = Duration::from_secs(60);
 /// How often a connection checks that its response still makes progress.
 const STALL_CHECK: Duration = Duration::from_secs(1);
 /// Pages and reports load nothing from anywhere; the reports style themselves inline.
@@ -131,6 +133,7 @@ struct Endpoint {
 async fn accept_loop(listener: TcpListener, endpoint: Arc<Endpoint>, stop: CancellationToken) {
     let table = Arc::new(ConnectionTable::default());
     let connections = TaskTracker::new();
+    let mut error_logged: Option<Instant> = None;
     loop {
         let accepted = tokio::select! {
             () = stop.cancelled() => break,
@@ -139,7 +142,10 @@ async fn accept_loop(listener: TcpListener, endpoint: Arc<Endpoint>, stop: Cance
         let stream = match accepted {
             Ok((stream, _)) => stream,
             Err(error) => {
-                tracing::warn!("the HTTP endpoint cannot accept a connection: {error}");
+                if error_logged.is_none_or(|at| at.elapsed() >= ACCEPT_ERROR_LOG_EVERY) {
+                    tracing::warn!("the HTTP endpoint cannot accept a connection: {error}");
+                    error_logged = Some(Instant::now());
+                }
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
                 continue;
             }
