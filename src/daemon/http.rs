@@ -64,7 +64,7 @@ pub const HANDLER_TIMEOUT: Duration = Duration::from_secs(10);
 /// client stopped reading.
 pub const SEND_STALL_TIMEOUT: Duration = Duration::from_secs(15);
 /// The longest a connection lives, however busy; then it finishes its response within
-/// [`CLOSE_GRACE`] or is closed.
+/// a second (`CLOSE_GRACE`) or is closed.
 pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
 /// How long a connection that is asked to close (lifetime, stop) may finish its response.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
