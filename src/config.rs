@@ -127,6 +127,8 @@ struct RawHttp {
     listen: String,
     #[serde(default)]
     allow_remote: bool,
+    #[serde(default)]
+    allowed_hosts: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -246,6 +248,9 @@ pub enum LogFormat {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
+    /// Host names besides the listen address, loopback and `localhost` that requests may
+    /// name in their `Host` header (a reverse proxy's name), lowercase.
+    pub allowed_hosts: Vec<String>,
 }
 
 /// What is written after every complete run.
@@ -652,7 +657,50 @@ fn validate_http(raw: RawHttp) -> Result<HttpConfig, String> {
             raw.listen
         ));
     }
-    Ok(HttpConfig { listen })
+    if raw.allowed_hosts.len() > MAX_ALLOWED_HOSTS {
+        return Err(format!(
+            "`http.allowed_hosts` lists {} names: list at most {MAX_ALLOWED_HOSTS}",
+            raw.allowed_hosts.len()
+        ));
+    }
+    let allowed_hosts = raw
+        .allowed_hosts
+        .iter()
+        .map(|host| allowed_host(host))
+        .collect::<Result<_, _>>()?;
+    Ok(HttpConfig {
+        listen,
+        allowed_hosts,
+    })
+}
+
+/// The most names `http.allowed_hosts` may list.
+const MAX_ALLOWED_HOSTS: usize = 32;
+
+/// An `http.allowed_hosts` entry: a DNS name or an IP address, without scheme or port, as the
+/// `Host` header of a request through a reverse proxy names it.
+fn allowed_host(raw: &str) -> Result<String, String> {
+    let host = raw.trim().to_ascii_lowercase();
+    let label_ok = |label: &str| {
+        (1..=63).contains(&label.len())
+            && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    };
+    let is_name = host.len() <= 253 && host.split('.').all(label_ok);
+    let unbracketed = host
+        .strip_prefix('[')
+        .and_then(|rest| rest.strip_suffix(']'))
+        .unwrap_or(&host);
+    if let Ok(ip) = unbracketed.parse::<IpAddr>() {
+        return Ok(ip.to_string());
+    }
+    if !is_name {
+        return Err(format!(
+            "`http.allowed_hosts` entry {raw:?} is not a host name: give names such as \"aksync.example.com\", without scheme, port or wildcard"
+        ));
+    }
+    Ok(host)
 }
 
 /// A state directory that cannot be one is a configuration error, said before anything
@@ -1170,6 +1218,52 @@ mod tests {
             before,
             "747c8c9c443f50a0a12789b2802cd7661af8230115017fb916030a09c57d61f8"
         );
+    }
+
+    #[test]
+    fn allowed_hosts_are_names_or_addresses_without_a_port() {
+        let http = |hosts: &[&str]| {
+            validate_http(RawHttp {
+                listen: "127.0.0.1:9464".into(),
+                allow_remote: false,
+                allowed_hosts: hosts.iter().map(|host| host.to_string()).collect(),
+            })
+        };
+        let config = http(&[
+            "Aksync.Example.COM",
+            "monitor-1",
+            "[2001:DB8::1]",
+            "192.0.2.7",
+        ])
+        .unwrap();
+        assert_eq!(
+            config.allowed_hosts,
+            [
+                "aksync.example.com",
+                "monitor-1",
+                "2001:db8::1",
+                "192.0.2.7"
+            ]
+        );
+        for bad in [
+            "",
+            "https://aksync.example.com",
+            "aksync.example.com:443",
+            "*.example.com",
+            "-bad.example.com",
+            "a..b",
+            "aksync.example.com/",
+            "white space",
+        ] {
+            let error = http(&[bad]).unwrap_err();
+            assert!(
+                error.contains("http.allowed_hosts") && error.contains("without scheme, port"),
+                "{bad:?}: {error}"
+            );
+        }
+        let many: Vec<String> = (0..=MAX_ALLOWED_HOSTS).map(|n| format!("h{n}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert!(http(&many).unwrap_err().contains("at most 32"));
     }
 
     fn test_source(base: &str) -> SourceConfig {

@@ -20,6 +20,7 @@ use crate::clock::Clock;
 use crate::config::{Config, WebhookConfig};
 use crate::run_lock::{outbox_lock_path, LockError, RunLock, TryLock};
 use crate::store::{DeliveryState, DeliveryStatus, RunRecord, Store, StoreError};
+use crate::telemetry::{telemetry, BatchOutcome};
 
 const RETRY: RetryPolicy = RetryPolicy {
     attempts: 3,
@@ -186,7 +187,13 @@ async fn deliver_run(
         });
         // The envelopes' range names the batch, whatever batch size sent it.
         let key = format!("{}-{first}+{}", run.run_id, batch.len());
-        post_with_retries(webhook, http, &key, &body).await?;
+        let posted = post_with_retries(webhook, http, &key, &body).await;
+        telemetry().webhook_batch(match &posted {
+            Ok(()) => BatchOutcome::Delivered,
+            Err(Stop::Transient(_)) => BatchOutcome::Failed,
+            Err(Stop::Rejected(_)) => BatchOutcome::Rejected,
+        });
+        posted?;
         report.batches_sent += 1;
         first += batch.len();
         state.batches_delivered = number;

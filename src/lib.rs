@@ -32,7 +32,8 @@
 //!
 //! [`config`] reads and validates the configuration; [`health`] is `aksync check`; [`display`]
 //! escapes untrusted text for every human-readable output; [`secret`] holds the token;
-//! [`clock`] makes time a parameter; [`logging`] sets up journald-friendly logs; [`demo`] and
+//! [`clock`] makes time a parameter; [`telemetry`] counts requests to Authentik and webhook
+//! batches for `/metrics`; [`logging`] sets up journald-friendly logs; [`demo`] and
 //! [`fake`] are the demo and the bundled fake Authentik the tests use.
 
 pub mod artifacts;
@@ -65,5 +66,6 @@ pub mod secret;
 pub mod spool;
 pub mod store;
 pub mod sync;
+pub mod telemetry;
 #[cfg(test)]
 mod testing;

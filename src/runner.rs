@@ -15,7 +15,7 @@ use crate::config::{Config, SourceConfig};
 use crate::ledger::entry::ReportFiles;
 use crate::ledger::{Body, Pending};
 use crate::report::assemble::{build_report, Selection};
-use crate::run_lock::RunLock;
+use crate::run_lock::{LockError, RunLock};
 use crate::store::{RunRecord, RunStatus, Store, StoreError};
 use crate::sync::{sync_source, SyncedRun};
 
@@ -56,6 +56,27 @@ pub async fn run_source(
         prune(context, source).await;
     }
     drop(lock);
+    log_finished(&synced.run);
+    Ok(synced)
+}
+
+/// Records a run that could not take the source's lock for a local reason (no file
+/// descriptor left, a lock file that cannot be opened) as a failed run with that reason, so
+/// that the history, `/healthz` and the metrics show it, not only a log line.
+pub async fn record_lock_failure(
+    context: &RunContext<'_>,
+    source: &SourceConfig,
+    error: &LockError,
+) -> Result<SyncedRun, StoreError> {
+    tracing::warn!(source = %source.name, "run not started: {error}");
+    let synced = crate::sync::record_unstarted(
+        context.config,
+        context.store,
+        source,
+        context.clock,
+        &error.to_string(),
+    )
+    .await?;
     log_finished(&synced.run);
     Ok(synced)
 }

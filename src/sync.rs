@@ -195,6 +195,34 @@ fn signer(config: &Config) -> Option<Arc<SigningKey>> {
     config.ledger.signing_key.clone()
 }
 
+/// Records a run of `source` that failed before it could fetch anything (its lock could not
+/// be taken, say) as failed with `reason`.
+pub async fn record_unstarted(
+    config: &Config,
+    store: &Arc<Store>,
+    source: &SourceConfig,
+    clock: &dyn Clock,
+    reason: &str,
+) -> Result<SyncedRun, StoreError> {
+    let now = clock.now();
+    let outcome = RunOutcome {
+        source: source.name.clone(),
+        started_at: now,
+        finished_at: now,
+        authentik_version: None,
+        settings_fingerprint: source.settings_fingerprint(),
+        health: None,
+    };
+    record_failed(
+        store,
+        source,
+        signer(config),
+        outcome,
+        bounded_error(reason),
+    )
+    .await
+}
+
 /// The error as a failed run records it: bounded, because it may quote what the server sent
 /// (a record's pk, a value serde could not read).
 fn bounded_error(message: &str) -> String {

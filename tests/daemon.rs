@@ -13,8 +13,10 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use aksync::daemon::process::ProcessStats;
 use aksync::fake::{Fault, READER_TOKEN};
 use aksync::store::{DeliveryStatus, RunRecord, RunStatus};
+use common::browser::{chromium_or_skip, laid_out_width};
 use common::{receiver, TestEnv};
 use serde_json::Value;
 
@@ -617,17 +619,27 @@ struct HttpResponse {
 
 /// A GET exactly as written: no client that would tidy `/../` away first.
 fn get(port: u16, target: &str) -> Option<HttpResponse> {
+    get_with(port, target, "Host: 127.0.0.1\r\n")
+}
+
+/// A GET of `target` with the header lines `head` (each ending in CRLF), in HTTP/1.1 unless
+/// `head` starts with another version's request line end.
+fn get_with(port: u16, target: &str, head: &str) -> Option<HttpResponse> {
+    request(
+        port,
+        &format!("GET {target} HTTP/1.1\r\n{head}Connection: close\r\n\r\n"),
+    )
+}
+
+/// Sends `raw` as it is and reads the answer to its end.
+fn request(port: u16, raw: &str) -> Option<HttpResponse> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
-    write!(
-        stream,
-        "GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
+    stream.write_all(raw.as_bytes()).unwrap();
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).unwrap();
+    stream.read_to_end(&mut raw).ok()?;
     let raw = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = raw.split_once("\r\n\r\n")?;
     let status = head.split_whitespace().nth(1)?.parse().ok()?;
@@ -678,9 +690,13 @@ async fn healthz_metrics_and_the_status_page_follow_the_runs() {
 
     let metrics = get(port, "/metrics").unwrap();
     assert_eq!(metrics.status, 200);
-    assert!(metrics
-        .head
-        .contains("content-type: application/openmetrics-text"));
+    assert!(
+        metrics
+            .head
+            .contains("content-type: text/plain; version=0.0.4"),
+        "{}",
+        metrics.head
+    );
     let accounts = latest_complete(&env).counts.accounts;
     assert_eq!(
         metric(&metrics.body, "aksync_accounts{source=\"corp\"}"),
@@ -760,11 +776,13 @@ async fn healthz_metrics_and_the_status_page_follow_the_runs() {
         assert!(!response.body.contains("state_dir"), "{target}");
     }
 
-    // A failed run makes the source unhealthy.
+    // A failed run makes the source unhealthy. Its error ends in a long unbroken word, which
+    // the status page must wrap.
+    let detail = format!("down for maintenance {}", "x".repeat(300));
     env.fake.with_state(|state| {
         state
             .faults
-            .push(users_fail(503, "{\"detail\": \"down for maintenance\"}"))
+            .push(users_fail(503, &format!("{{\"detail\": \"{detail}\"}}")))
     });
     let health: Value = daemon
         .wait_for("an unhealthy /healthz after a failed run", || {
@@ -801,6 +819,29 @@ async fn healthz_metrics_and_the_status_page_follow_the_runs() {
         Some(last_success),
         "a failed run is no success"
     );
+    // The page says when the unhealthy source last completed, counts nothing for the failed
+    // run, and fits a 1280 px window.
+    let page = get(port, "/").unwrap().body;
+    assert!(page.contains("last complete run "), "{page}");
+    let failed_row = page
+        .lines()
+        .find(|line| line.contains("<td>failed</td>"))
+        .unwrap_or_else(|| panic!("no failed run on the page:\n{page}"));
+    assert!(
+        failed_row.contains("<td class=\"n\">—</td>")
+            && !failed_row.contains("<td class=\"n\">0</td>"),
+        "{failed_row}"
+    );
+    if let Some(chromium) = chromium_or_skip("the status page") {
+        let work = tempfile::tempdir().unwrap();
+        let (content, window) =
+            tokio::task::block_in_place(|| laid_out_width(&chromium, work.path(), &page, 1280));
+        assert!(window > 1200, "the window is not 1280 px wide: {window}");
+        assert!(
+            content <= window,
+            "the status page overflows: {content} px of content in {window} px"
+        );
+    }
 
     // Back to healthy once the server answers again.
     env.fake.with_state(|state| state.faults.clear());
@@ -924,4 +965,606 @@ async fn queries_and_a_manual_sync_work_while_the_daemon_runs() {
         })
         .await;
     daemon.stop().await;
+}
+
+/// An `[http]` table listening on `port`, with `extra` keys.
+fn http_table(port: u16, extra: &str) -> String {
+    format!("\n[http]\nlisten = \"127.0.0.1:{port}\"\n{extra}\n")
+}
+
+/// What `/proc` says about the daemon.
+fn process_stats(daemon: &Daemon) -> ProcessStats {
+    ProcessStats::read(&PathBuf::from(format!("/proc/{}", daemon.child.id())))
+}
+
+/// Until the endpoint answers; `/metrics` always does with 200.
+async fn wait_for_endpoint(daemon: &mut Daemon, port: u16) {
+    daemon
+        .wait_for("the endpoint", || {
+            get(port, "/metrics").filter(|response| response.status == 200)
+        })
+        .await;
+}
+
+/// Connections the flood test opens and leaves hanging.
+const FLOOD: usize = 300;
+/// The most file descriptors the daemon may have open during the flood: its connection
+/// limit and its own descriptors (the store, the listener, the runtime, a run's sockets and
+/// files) with room to spare, and far fewer than the flood's.
+const FLOOD_FDS: u64 = 150;
+/// How soon after the flood every flooding connection must be closed.
+const FLOOD_CLOSED_WITHIN: Duration = Duration::from_secs(15);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_flood_is_bounded_and_the_daemon_keeps_answering_and_syncing() {
+    let env = TestEnv::start(6).await;
+    let port = free_port();
+    write_config(
+        &env,
+        &[("corp", &schedule(EVERY_SECOND, true))],
+        &http_table(port, ""),
+    );
+    let mut daemon = Daemon::start(&env);
+    daemon
+        .wait_for("a healthy /healthz", || {
+            get(port, "/healthz").filter(|response| response.status == 200)
+        })
+        .await;
+    let runs_before = complete_runs(&env, "corp");
+    // Half of them send nothing, half stop in the middle of their headers.
+    let flood: Vec<TcpStream> = (0..FLOOD)
+        .map(|n| {
+            let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            if n % 2 == 1 {
+                stream
+                    .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+                    .unwrap();
+            }
+            stream
+        })
+        .collect();
+    let flooded_at = Instant::now();
+
+    // The daemon holds a bounded number of them and keeps answering.
+    for _ in 0..3 {
+        let fds = process_stats(&daemon).open_fds.expect("the daemon's /proc");
+        assert!(
+            fds < FLOOD_FDS,
+            "{fds} open descriptors during a flood of {FLOOD}: the endpoint is not bounded"
+        );
+        // Healthy or not (a slow run on a busy machine may be late), but an answer.
+        let health = tokio::task::block_in_place(|| get(port, "/healthz"))
+            .expect("no answer during the flood");
+        let body: Value = serde_json::from_str(&health.body)
+            .unwrap_or_else(|error| panic!("not a health answer ({error}): {}", health.body));
+        assert!(body["sources"]["corp"].is_object(), "{body}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Every flooding connection is closed within seconds: the oldest ones at once to make
+    // room, the others when their request headers are overdue.
+    tokio::task::block_in_place(|| {
+        for (n, mut stream) in flood.into_iter().enumerate() {
+            let left = FLOOD_CLOSED_WITHIN.saturating_sub(flooded_at.elapsed());
+            stream
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .unwrap();
+            let mut answer = Vec::new();
+            match stream.read_to_end(&mut answer) {
+                Ok(_) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => {}
+                Err(error) => panic!(
+                    "flooding connection {n} still open {:?} after the flood: {error}",
+                    flooded_at.elapsed()
+                ),
+            }
+        }
+    });
+    daemon
+        .wait_for("runs during and after the flood", || {
+            when(complete_runs(&env, "corp") >= runs_before + 3)
+        })
+        .await;
+    let log = daemon.stop().await;
+    assert!(
+        runs(&env, "corp")
+            .iter()
+            .all(|run| run.status == RunStatus::Complete),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_readers_of_a_large_report_cost_the_daemon_little_memory() {
+    const REPORT_MIB: usize = 128;
+    const READERS: usize = 16;
+    let env = TestEnv::start(4).await;
+    let port = free_port();
+    write_config(
+        &env,
+        &[("corp", &schedule(YEARLY, false))],
+        &http_table(port, ""),
+    );
+    let mut daemon = Daemon::start(&env);
+    wait_for_endpoint(&mut daemon, port).await;
+    let reports = env.state_dir().join("reports/corp");
+    std::fs::create_dir_all(&reports).unwrap();
+    let line = "<p>a line of a large report, repeated to fill it</p>\n".repeat(1024);
+    let mut file = std::fs::File::create(reports.join("01AAAAAAAAAAAAAAAAAAAAAAAA.html")).unwrap();
+    while file.metadata().unwrap().len() < (REPORT_MIB << 20) as u64 {
+        file.write_all(line.as_bytes()).unwrap();
+    }
+    let size = file.metadata().unwrap().len();
+    drop(file);
+    let target = "/reports/corp/01AAAAAAAAAAAAAAAAAAAAAAAA.html";
+    let resident = |daemon: &Daemon| process_stats(daemon).resident_bytes.expect("VmRSS");
+    let before = resident(&daemon);
+
+    // Readers that ask and never read: each would hold the whole file if it were read
+    // into memory.
+    let readers: Vec<TcpStream> = (0..READERS)
+        .map(|_| {
+            let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            write!(stream, "GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+            stream
+        })
+        .collect();
+    // As far as the socket buffers let the daemon get.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = resident(&daemon);
+    let growth_mib = during.saturating_sub(before) >> 20;
+    assert!(
+        growth_mib < 48,
+        "{READERS} slow readers of a {REPORT_MIB} MiB report grew the daemon by {growth_mib} MiB"
+    );
+
+    // A reader that reads gets every byte, with the length announced.
+    let (head, received) = tokio::task::block_in_place(|| {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(
+            stream,
+            "GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut reader = std::io::BufReader::new(stream);
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+            head.push_str(&line.to_ascii_lowercase());
+        }
+        let received = std::io::copy(&mut reader, &mut std::io::sink()).unwrap();
+        (head, received)
+    });
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(
+        head.contains(&format!("content-length: {size}\r\n")),
+        "{head}"
+    );
+    assert_eq!(received, size);
+    drop(readers);
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_requests_that_name_the_endpoint_are_answered() {
+    let env = TestEnv::start(4).await;
+    let port = free_port();
+    write_config(
+        &env,
+        &[("corp", &schedule(YEARLY, false))],
+        &http_table(port, "allowed_hosts = [\"aksync.example.com\"]"),
+    );
+    let mut daemon = Daemon::start(&env);
+    wait_for_endpoint(&mut daemon, port).await;
+    for host in [
+        "localhost".to_string(),
+        format!("LocalHost:{port}"),
+        format!("127.0.0.1:{port}"),
+        "127.0.0.1".to_string(),
+        format!("[::1]:{port}"),
+        "aksync.example.com".to_string(),
+    ] {
+        let response = get_with(port, "/metrics", &format!("Host: {host}\r\n")).unwrap();
+        assert_eq!(response.status, 200, "Host: {host}");
+    }
+    // What a page on another site sends after rebinding its name to 127.0.0.1.
+    for host in [
+        "evil.example.com".to_string(),
+        format!("evil.example.com:{port}"),
+        "127.0.0.1.evil.example.com".to_string(),
+        "aksync.example.com.evil.example.com".to_string(),
+    ] {
+        for target in ["/", "/metrics", "/healthz", "/reports/corp/01A.html"] {
+            let response = get_with(port, target, &format!("Host: {host}\r\n")).unwrap();
+            assert_eq!(response.status, 421, "Host: {host} {target}");
+            assert_eq!(
+                response.body.trim_end().lines().count(),
+                1,
+                "{}",
+                response.body
+            );
+            assert!(!response.body.contains("evil"), "{}", response.body);
+        }
+    }
+    // A request that names no host at all.
+    let anonymous = request(port, "GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    assert_eq!(anonymous.status, 421);
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_cannot_take_its_lock_is_recorded_as_failed_with_the_reason() {
+    let env = TestEnv::start(4).await;
+    // A lock file that cannot be opened: a local reason, as a full descriptor table is.
+    std::fs::create_dir_all(env.state_dir().join("locks/source-corp.lock")).unwrap();
+    write_config(&env, &[("corp", &schedule(YEARLY, true))], "");
+    let mut daemon = Daemon::start(&env);
+    let failed = daemon
+        .wait_for("a recorded run", || runs(&env, "corp").into_iter().next())
+        .await;
+    let log = daemon.stop().await;
+    assert_eq!(failed.status, RunStatus::Failed);
+    let error = failed.error.unwrap_or_default();
+    assert!(
+        error.contains("cannot lock") && error.contains("source-corp.lock"),
+        "{error}"
+    );
+    assert!(!log.contains("run not recorded"), "{log}");
+    assert!(log.contains("status=failed"), "{log}");
+
+    let sync = env.aksync(&["sync"]);
+    assert_eq!(sync.code, 1, "{}{}", sync.stdout, sync.stderr);
+    let runs = runs(&env, "corp");
+    assert_eq!(runs.len(), 2);
+    assert!(
+        runs[0]
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("cannot lock"),
+        "{runs:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_reload_shows_in_the_metrics_the_status_and_one_error() {
+    let env = TestEnv::start(4).await;
+    let port = free_port();
+    let tail = http_table(port, "");
+    write_config(&env, &[("corp", &schedule(YEARLY, false))], &tail);
+    let socket_path = env.dir.path().join("notify.sock");
+    let socket = tokio::net::UnixDatagram::bind(&socket_path).unwrap();
+    let mut daemon = Daemon::start_with(&env, &[("NOTIFY_SOCKET", socket_path.to_str().unwrap())]);
+    let mut messages = Vec::new();
+    receive_until(&socket, &mut messages, "READY=1", &|m| {
+        m.iter().any(|m| m.contains("READY=1"))
+    })
+    .await;
+    wait_for_endpoint(&mut daemon, port).await;
+    let reload_metrics = || {
+        let text = get(port, "/metrics").unwrap().body;
+        (
+            metric(&text, "aksync_config_last_reload_successful"),
+            metric(&text, "aksync_config_last_reload_success_timestamp_seconds"),
+        )
+    };
+    let (successful, loaded_at) = reload_metrics();
+    assert_eq!(successful, Some(1.0));
+    let loaded_at = loaded_at.expect("a load time");
+    assert!(loaded_at > 1.7e9, "{loaded_at}");
+
+    let good = std::fs::read_to_string(&env.config_path).unwrap();
+    std::fs::write(&env.config_path, format!("{good}\nfrobnicate = 1\n")).unwrap();
+    daemon.signal(libc::SIGHUP);
+    receive_until(&socket, &mut messages, "the rejection in STATUS", &|m| {
+        m.iter().any(|m| m.contains("STATUS=reload rejected: "))
+    })
+    .await;
+    let status = messages
+        .iter()
+        .find(|m| m.contains("STATUS=reload rejected: "))
+        .unwrap();
+    assert!(
+        status.contains("frobnicate")
+            && status.contains(", running the previous configuration; corp: "),
+        "{status}"
+    );
+    assert_eq!(reload_metrics(), (Some(0.0), Some(loaded_at)));
+
+    // A good configuration clears it.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    std::fs::write(&env.config_path, &good).unwrap();
+    daemon.signal(libc::SIGHUP);
+    daemon
+        .wait_for("the reload", || {
+            when(daemon_log_contains(&env, "configuration reloaded"))
+        })
+        .await;
+    let (successful, reloaded_at) = daemon
+        .wait_for("the reload in the metrics", || {
+            Some(reload_metrics()).filter(|(successful, _)| *successful == Some(1.0))
+        })
+        .await;
+    assert_eq!(successful, Some(1.0));
+    assert!(reloaded_at.unwrap() > loaded_at);
+    let seen = messages.len();
+    receive_until(
+        &socket,
+        &mut messages,
+        "a STATUS without the rejection",
+        &|m| m[seen..].iter().any(|m| m.contains("STATUS=corp: ")),
+    )
+    .await;
+    let log = daemon.stop().await;
+    let errors: Vec<&str> = log.lines().filter(|line| line.contains("ERROR")).collect();
+    assert_eq!(errors.len(), 1, "{log}");
+    assert!(
+        errors[0].contains("reload rejected: ")
+            && errors[0].contains("frobnicate")
+            && errors[0].ends_with(", running the previous configuration"),
+        "{}",
+        errors[0]
+    );
+}
+
+/// `promtool`, or `None` (with a note) where it is not installed and this is not CI.
+fn promtool_or_skip(what: &str) -> Option<&'static str> {
+    let installed = Command::new("promtool")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if !installed {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "promtool must be installed on CI (`apt-get install prometheus`)"
+        );
+        eprintln!("note: promtool not found, skipping `promtool {what}`");
+        return None;
+    }
+    Some("promtool")
+}
+
+/// Runs `promtool` with `args`, `stdin` on its standard input; whether it passed, and all it
+/// said.
+fn promtool(promtool: &str, args: &[&str], stdin: &str) -> (bool, String) {
+    let mut child = Command::new(promtool)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), said)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_of_a_running_daemon_pass_promtool() {
+    let env = TestEnv::start(8).await;
+    // One failed request to retry, and a receiver that is down.
+    env.fake.with_state(|state| {
+        state.faults.push(Fault {
+            times: Some(1),
+            ..users_fail(503, "{\"detail\": \"busy\"}")
+        })
+    });
+    let receiver = receiver().await;
+    let port = free_port();
+    let tail = format!(
+        "{}\n[output.webhook]\nurl = {:?}\n",
+        http_table(port, ""),
+        receiver.url
+    );
+    write_config(
+        &env,
+        &[
+            ("corp", &schedule(EVERY_TWO_SECONDS, true)),
+            ("idle", &schedule(YEARLY, false)),
+        ],
+        &tail,
+    );
+    let mut daemon = Daemon::start(&env);
+    let text = daemon
+        .wait_for(
+            "a complete run and a failed webhook batch in /metrics",
+            || {
+                get(port, "/metrics")
+                    .map(|response| response.body)
+                    .filter(|text| {
+                        metric(
+                            text,
+                            "aksync_runs_total{source=\"corp\",status=\"complete\"}",
+                        )
+                        .is_some_and(|runs| runs >= 1.0)
+                            && metric(text, "aksync_webhook_batches_total{outcome=\"failed\"}")
+                                .is_some_and(|batches| batches >= 1.0)
+                    })
+            },
+        )
+        .await;
+    for (series, at_least) in [
+        ("aksync_authentik_requests_total{source=\"corp\"}", 4.0),
+        ("aksync_authentik_retries_total{source=\"corp\"}", 1.0),
+        ("aksync_authentik_errors_total{source=\"corp\"}", 0.0),
+        ("aksync_authentik_requests_total{source=\"idle\"}", 0.0),
+        ("aksync_joiners_total{source=\"corp\"}", 0.0),
+        ("aksync_leavers_total{source=\"corp\"}", 0.0),
+        ("aksync_run_duration_seconds_count{source=\"corp\"}", 1.0),
+        ("aksync_run_in_progress{source=\"idle\"}", 0.0),
+        ("aksync_config_last_reload_successful", 1.0),
+        ("aksync_build_info{version=\"0.1.0\"}", 1.0),
+        ("process_cpu_seconds_total", 0.0),
+        ("process_resident_memory_bytes", 1e6),
+        ("process_open_fds", 3.0),
+        ("process_max_fds", 64.0),
+    ] {
+        assert!(
+            metric(&text, series).is_some_and(|value| value >= at_least),
+            "{series} below {at_least} in\n{text}"
+        );
+    }
+    // A source that never completed has a zero, so that staleness alerts see it.
+    assert_eq!(
+        metric(
+            &text,
+            "aksync_last_success_timestamp_seconds{source=\"idle\"}"
+        ),
+        Some(0.0)
+    );
+    let openmetrics = get_with(
+        port,
+        "/metrics",
+        "Host: 127.0.0.1\r\nAccept: application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.3\r\n",
+    )
+    .unwrap();
+    assert!(
+        openmetrics
+            .head
+            .contains("content-type: application/openmetrics-text; version=1.0.0"),
+        "{}",
+        openmetrics.head
+    );
+    assert!(openmetrics.body.ends_with("# EOF\n"));
+    let classic = get_with(
+        port,
+        "/metrics",
+        "Host: 127.0.0.1\r\nAccept: text/plain;version=0.0.4\r\n",
+    )
+    .unwrap();
+    assert!(classic
+        .head
+        .contains("content-type: text/plain; version=0.0.4"));
+    daemon.stop().await;
+
+    let Some(promtool_path) = promtool_or_skip("check metrics") else {
+        return;
+    };
+    let (passed, said) = promtool(promtool_path, &["check", "metrics"], &classic.body);
+    assert!(
+        passed && said.trim().is_empty(),
+        "promtool check metrics: {said}"
+    );
+}
+
+/// The alert rules README.md gives: its YAML code block that starts with `groups:`.
+fn readme_alert_rules() -> String {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme
+        .find("```yaml\ngroups:\n")
+        .expect("README.md has no alert rules")
+        + "```yaml\n".len();
+    let end = start + readme[start..].find("```").unwrap();
+    readme[start..end].to_string()
+}
+
+/// Each rule of README.md against series where it must fire and where it must not. Time
+/// starts at the Unix epoch, one sample a minute.
+const ALERT_RULE_TESTS: &str = r#"
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      # corp completes every minute; hr never did.
+      - series: 'aksync_last_success_timestamp_seconds{source="corp"}'
+        values: '0+60x120'
+      - series: 'aksync_last_success_timestamp_seconds{source="hr"}'
+        values: '0x120'
+      # corp fails from minute 10 on; hr failed once.
+      - series: 'aksync_runs_total{source="corp",status="failed"}'
+        values: '0x10 1+1x20'
+      - series: 'aksync_runs_total{source="hr",status="failed"}'
+        values: '0x10 1x20'
+      # 25 leavers at minute 31 for corp; a trickle for hr.
+      - series: 'aksync_leavers_total{source="corp"}'
+        values: '0x30 25x30'
+      - series: 'aksync_leavers_total{source="hr"}'
+        values: '0+0.25x60'
+    alert_rule_test:
+      - eval_time: 60m
+        alertname: AksyncSourceStale
+        exp_alerts: []
+      - eval_time: 70m
+        alertname: AksyncSourceStale
+        exp_alerts:
+          - exp_labels:
+              severity: warning
+              source: hr
+            exp_annotations:
+              summary: "aksync source hr has had no complete run for over an hour"
+      - eval_time: 10m
+        alertname: AksyncRunsFailing
+        exp_alerts: []
+      - eval_time: 20m
+        alertname: AksyncRunsFailing
+        exp_alerts:
+          - exp_labels:
+              severity: warning
+              source: corp
+              status: failed
+            exp_annotations:
+              summary: "aksync source corp keeps failing: see /healthz or journalctl -u aksync"
+      - eval_time: 30m
+        alertname: AksyncLeaverSpike
+        exp_alerts: []
+      - eval_time: 35m
+        alertname: AksyncLeaverSpike
+        exp_alerts:
+          - exp_labels:
+              severity: critical
+              source: corp
+            exp_annotations:
+              summary: "aksync source corp found more than 20 leavers in an hour"
+"#;
+
+#[test]
+fn the_readme_alert_rules_pass_promtool_and_fire_when_they_should() {
+    let rules = readme_alert_rules();
+    for alert in [
+        "AksyncSourceStale",
+        "AksyncRunsFailing",
+        "AksyncLeaverSpike",
+    ] {
+        assert!(
+            rules.contains(&format!("- alert: {alert}\n")),
+            "{alert} missing:\n{rules}"
+        );
+    }
+    let Some(promtool_path) = promtool_or_skip("check rules") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let rules_path = dir.path().join("aksync.rules.yml");
+    std::fs::write(&rules_path, &rules).unwrap();
+    let rules_file = rules_path.to_str().unwrap();
+    let (passed, said) = promtool(promtool_path, &["check", "rules", rules_file], "");
+    assert!(passed && said.contains("SUCCESS: 3 rules found"), "{said}");
+    let tests_path = dir.path().join("aksync.rules.test.yml");
+    std::fs::write(
+        &tests_path,
+        format!("rule_files:\n  - {rules_file}\n{ALERT_RULE_TESTS}"),
+    )
+    .unwrap();
+    let (passed, said) = promtool(
+        promtool_path,
+        &["test", "rules", tests_path.to_str().unwrap()],
+        "",
+    );
+    assert!(passed, "promtool test rules:\n{said}");
 }

@@ -3,27 +3,23 @@
 //! Needs Chromium, and poppler's pdftotext to read the PDF's page footers back; without them
 //! the checks are skipped, except on CI (`CI` set), where they fail.
 
+mod common;
+
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
 
 use aksync::diff::{DirectoryDiff, GroupChanges, GroupRef, LeaveReason, Leaver, MembershipChanges};
 use aksync::report::{
-    find_chromium, html_to_pdf, render, EvidenceInfo, Period, PeriodRun, Producer, Report,
-    ReportFormat, ReportHeader, ReportSettings, Snapshot, TrendPoint,
+    html_to_pdf, render, EvidenceInfo, Period, PeriodRun, Producer, Report, ReportFormat,
+    ReportHeader, ReportSettings, Snapshot, TrendPoint,
 };
 use aksync::store::{Counts, DeliveryState, DeliveryStatus, RunStatus, TokenUser};
 use chrono::{DateTime, Duration as Span, TimeZone, Utc};
+use common::browser::{chromium_or_skip, dump_dom, laid_out_width};
 use sha2::{Digest, Sha256};
 
 const LEAVERS: usize = 30;
-const BROWSER_TIMEOUT: Duration = Duration::from_secs(60);
-/// Only the test's copy of the report gets this script: the report itself never has one.
-const MEASURE_SCRIPT: &str = "<script>\
-    document.body.dataset.scrollWidth = document.documentElement.scrollWidth;\
-    document.body.dataset.clientWidth = document.documentElement.clientWidth;\
-    </script>";
 
 fn at(day: u32, hour: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, day, hour, 0, 0).unwrap()
@@ -192,84 +188,6 @@ fn report() -> Report {
     }
 }
 
-/// Runs headless Chromium on `page` with `extra` flags and returns what it printed,
-/// failing the test if it takes longer than a minute.
-fn run_chromium(chromium: &Path, profile: &Path, extra: &[&str], page: &Path) -> String {
-    let stdout_path = profile.with_extension("stdout");
-    let stdout = fs::File::create(&stdout_path).unwrap();
-    let mut child = Command::new(chromium)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .args(extra)
-        .arg(format!("file://{}", page.display()))
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + BROWSER_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            child.kill().ok();
-            child.wait().ok();
-            panic!(
-                "{} did not finish within {BROWSER_TIMEOUT:?}",
-                chromium.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(status.success(), "{} failed: {status}", chromium.display());
-    fs::read_to_string(&stdout_path).unwrap()
-}
-
-fn dump_dom(chromium: &Path, work: &Path, name: &str, page: &Path) -> String {
-    run_chromium(
-        chromium,
-        &work.join(name),
-        &[
-            "--window-size=1024,800",
-            "--virtual-time-budget=2000",
-            "--dump-dom",
-        ],
-        page,
-    )
-}
-
-/// The number in `data-<name>="…"` of the dumped DOM.
-fn data_attribute(dom: &str, name: &str) -> u64 {
-    let marker = format!("data-{name}=\"");
-    let start = dom
-        .find(&marker)
-        .unwrap_or_else(|| panic!("no {marker} in the DOM"))
-        + marker.len();
-    let end = start + dom[start..].find('"').unwrap();
-    dom[start..end].parse().unwrap()
-}
-
-fn chromium_or_skip() -> Option<PathBuf> {
-    let chromium = find_chromium();
-    if chromium.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "Chromium must be installed on CI (e.g. `apt-get install chromium`, or set AKSYNC_CHROMIUM)"
-        );
-        eprintln!("note: Chromium not found, skipping the browser checks of the HTML report");
-    }
-    chromium
-}
-
 #[test]
 fn html_report_fits_a_1024px_window_and_prints_to_pdf() {
     let html = String::from_utf8(render(&report(), ReportFormat::Html).unwrap()).unwrap();
@@ -277,11 +195,11 @@ fn html_report_fits_a_1024px_window_and_prints_to_pdf() {
     let work = tempfile::tempdir().unwrap();
     let page = work.path().join("report.html");
     fs::write(&page, &html).unwrap();
-    let Some(chromium) = chromium_or_skip() else {
+    let Some(chromium) = chromium_or_skip("the HTML report") else {
         return;
     };
 
-    let dom = dump_dom(&chromium, work.path(), "profile-dom", &page);
+    let dom = dump_dom(&chromium, work.path(), "profile-dom", &page, 1024);
     let table_start = dom
         .find("<table id=\"leavers\"")
         .expect("no leavers table in the DOM");
@@ -297,15 +215,7 @@ fn html_report_fits_a_1024px_window_and_prints_to_pdf() {
         "no trend chart in the DOM"
     );
 
-    let measured_page = work.path().join("measured.html");
-    fs::write(
-        &measured_page,
-        html.replace("</body>", &format!("{MEASURE_SCRIPT}</body>")),
-    )
-    .unwrap();
-    let measured = dump_dom(&chromium, work.path(), "profile-measure", &measured_page);
-    let scroll_width = data_attribute(&measured, "scroll-width");
-    let client_width = data_attribute(&measured, "client-width");
+    let (scroll_width, client_width) = laid_out_width(&chromium, work.path(), &html, 1024);
     assert!(
         client_width > 900,
         "the window is not 1024 px wide: {client_width}"

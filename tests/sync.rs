@@ -634,7 +634,8 @@ async fn several_sources_are_kept_apart() {
     );
 
     // A source that cannot be run (here its lock file cannot be opened) does not keep the
-    // other from its run; the exit code and one line on stderr say what happened.
+    // other from its run; its run is recorded as failed with the reason, and the exit code
+    // and one line on stderr say what happened.
     let lock = env.state_dir().join("locks/source-corp.lock");
     std::fs::remove_file(&lock).ok();
     std::fs::create_dir_all(&lock).unwrap();
@@ -650,11 +651,20 @@ async fn several_sources_are_kept_apart() {
         partial.stderr
     );
     assert!(
-        partial.stderr.contains("source `corp`"),
+        partial.stderr.contains("cannot lock") && partial.stderr.contains("source=corp"),
         "{}",
         partial.stderr
     );
     assert!(partial.stdout.contains("lab: run"), "{}", partial.stdout);
     let lab_runs = env.aksync(&["runs", "--source", "lab", "--json"]).json();
     assert_eq!(lab_runs.as_array().unwrap().len(), 2);
+    let corp_runs = env.aksync(&["runs", "--source", "corp", "--json"]).json();
+    assert_eq!(corp_runs[0]["status"], "failed", "{corp_runs}");
+    assert!(
+        corp_runs[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot lock"),
+        "{corp_runs}"
+    );
 }

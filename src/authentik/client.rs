@@ -23,6 +23,7 @@ use super::model::{Page, Pagination, SessionUser, Version};
 use crate::config::SourceConfig;
 use crate::display;
 use crate::secret::ApiToken;
+use crate::telemetry::telemetry;
 
 /// How much of an error response is read: enough for its `detail` and an excerpt.
 const ERROR_BODY_BYTES: usize = 64 * 1024;
@@ -286,12 +287,20 @@ impl AuthentikClient {
                 Attempt::Done(_) => None,
                 Attempt::Retry { retry_after, .. } => Some(*retry_after),
             };
+            let counters = telemetry();
             match outcome {
-                Attempt::Done(result) => return result,
+                Attempt::Done(result) => {
+                    if result.is_err() {
+                        counters.authentik_error(&self.source.name);
+                    }
+                    return result;
+                }
                 Attempt::Retry { error, .. } if attempt >= self.retry.attempts => {
-                    return Err(error)
+                    counters.authentik_error(&self.source.name);
+                    return Err(error);
                 }
                 Attempt::Retry { error, .. } => {
+                    counters.authentik_retry(&self.source.name);
                     let delay = self.retry.delay(attempt, retry_after.flatten());
                     tracing::warn!(
                         source = %self.source.name,
@@ -315,6 +324,7 @@ impl AuthentikClient {
     ) -> Attempt {
         // The pool is never closed, so a slot always comes.
         let _slot = self.slots.acquire().await;
+        telemetry().authentik_request(&self.source.name);
         let token: &ApiToken = &self.source.token;
         let response = self
             .http

@@ -25,7 +25,7 @@ use crate::health::check_source;
 use crate::logging;
 use crate::record::{with_volatile, RecordKind};
 use crate::run_lock::{source_lock_path, RunLock};
-use crate::runner::{run_source, RunContext};
+use crate::runner::{record_lock_failure, run_source, RunContext};
 use crate::store::{HealthStatus, RunRecord, RunStatus, Store, StoreError};
 use crate::sync::STORE_WAIT;
 use opt::{Command, FormatArgs, Opt, ShowKind};
@@ -305,9 +305,11 @@ async fn sync_one(
             source.name
         );
     })
-    .await
-    .map_err(|error| CliError::Runtime(error.to_string()))?;
-    Ok(run_source(context, source, lock).await?)
+    .await;
+    match lock {
+        Ok(lock) => Ok(run_source(context, source, lock).await?),
+        Err(error) => Ok(record_lock_failure(context, source, &error).await?),
+    }
 }
 
 /// Delivers the outbox, and says in a line what happened.

@@ -6,15 +6,18 @@
 //!
 //! Parts: [`scheduler`] (when each source runs), [`supervisor`] (starting runs, overlap,
 //! retries, reload), [`outbox`] (webhook delivery), [`status`] (what every part reports
-//! from), [`http`] and [`metrics`] (the endpoint), [`notify`] (systemd) and [`signals`].
+//! from), [`http`], [`metrics`], [`status_page`] and [`process`] (the endpoint), [`notify`]
+//! (systemd) and [`signals`].
 
 pub mod http;
 pub mod metrics;
 pub mod notify;
 pub mod outbox;
+pub mod process;
 pub mod scheduler;
 pub mod signals;
 pub mod status;
+pub mod status_page;
 pub mod supervisor;
 
 use std::sync::Arc;
@@ -37,6 +40,11 @@ use supervisor::Supervisor;
 
 /// How long the endpoint and the delivery loop get to finish after the runs have stopped.
 const TASK_GRACE: Duration = Duration::from_secs(2);
+/// File descriptors of the process itself: standard streams, the store, the runtime, the
+/// listener, the scheduler, with room to spare.
+const OWN_FDS: u64 = 64;
+/// File descriptors of a run besides its requests: spool, envelope and report files.
+const RUN_FDS: u64 = 16;
 
 pub async fn run(
     location: ConfigLocation,
@@ -44,6 +52,7 @@ pub async fn run(
     clock: Arc<dyn Clock>,
 ) -> Result<Exit, CliError> {
     let runtime = |error: &dyn std::fmt::Display| CliError::Runtime(error.to_string());
+    warn_below_the_fd_limit(&config);
     let notifier = Notifier::from_env();
     let mut signals =
         Signals::install().map_err(|error| runtime(&format!("cannot handle signals: {error}")))?;
@@ -60,7 +69,7 @@ pub async fn run(
     let scheduler = Scheduler::start(ticks_sender)
         .await
         .map_err(|e| runtime(&e))?;
-    let board = Arc::new(StatusBoard::default());
+    let board = Arc::new(StatusBoard::new(clock.now()));
     let outbox_wake = Arc::new(Notify::new());
     let config = Arc::new(config);
     let (config_sender, config_receiver) = watch::channel(Arc::clone(&config));
@@ -82,13 +91,13 @@ pub async fn run(
     }
     let cancel = supervisor.cancellation();
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
-    if let Some(listener) = listener {
+    if let (Some(listener), Some(http)) = (listener, &config.http) {
         let state = http::HttpState {
             board: Arc::clone(&board),
             state_dir: config.state_dir.clone(),
             clock: Arc::clone(&clock),
         };
-        tasks.push(http::serve(listener, Arc::new(state), cancel.clone()));
+        tasks.push(http::serve(listener, http, Arc::new(state), cancel.clone()));
     }
     tasks.push(
         Outbox {
@@ -117,7 +126,8 @@ pub async fn run(
                 Request::Stop => break,
                 Request::Reload => {
                     notifier.reloading();
-                    reload(&location, &mut supervisor, &config_sender).await;
+                    let reloaded = reload(&location, &mut supervisor, &config_sender).await;
+                    board.record_reload(reloaded.map(|()| clock.now()));
                     notifier.ready(&board.status_line());
                     Ok(())
                 }
@@ -145,28 +155,53 @@ pub async fn run(
     Ok(Exit::Success)
 }
 
-/// Loads the configuration again and applies it; a configuration that does not load or
-/// apply is one logged error, and the running one stays.
+/// Loads the configuration again and applies it. A configuration that does not load or
+/// apply is one logged error and the running one stays; the error is returned for the
+/// status board (the metric and systemd's STATUS).
 async fn reload(
     location: &ConfigLocation,
     supervisor: &mut Supervisor,
     config_sender: &watch::Sender<Arc<Config>>,
-) {
-    let loaded = match Config::load(location) {
-        Ok(config) => config,
-        Err(error) => {
-            tracing::error!("reload rejected, the running configuration stays: {error}");
-            return;
-        }
+) -> Result<(), String> {
+    let applied = match Config::load(location) {
+        Ok(loaded) => supervisor.reload(loaded).await.map_err(|e| e.to_string()),
+        Err(error) => Err(error.to_string()),
     };
-    match supervisor.reload(loaded).await {
+    match &applied {
         Ok(()) => {
             config_sender.send_replace(supervisor.config());
             tracing::info!("configuration reloaded");
         }
         Err(error) => {
-            tracing::error!("reload rejected, the running configuration stays: {error}")
+            tracing::error!("reload rejected: {error}, running the previous configuration")
         }
+    }
+    applied
+}
+
+/// Says so when the open-file limit is below what the configuration can use at once (the
+/// endpoint's connections, every concurrent run's requests and files), which would
+/// otherwise show as runs failing with "Too many open files".
+fn warn_below_the_fd_limit(config: &Config) {
+    let Some(limit) = process::ProcessStats::current().max_fds else {
+        return;
+    };
+    let requests = config
+        .sources
+        .values()
+        .map(|source| source.concurrency as u64)
+        .max()
+        .unwrap_or(0);
+    let connections = config
+        .http
+        .as_ref()
+        .map_or(0, |_| http::MAX_CONNECTIONS as u64);
+    let needed =
+        OWN_FDS + connections + config.daemon.max_concurrent_runs as u64 * (requests + RUN_FDS);
+    if limit < needed {
+        tracing::warn!(
+            "the open-file limit is {limit}, and this configuration can use {needed} at once: raise LimitNOFILE= (or ulimit -n)"
+        );
     }
 }
 

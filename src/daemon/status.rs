@@ -7,10 +7,12 @@ use std::collections::BTreeMap;
 use std::sync::{PoisonError, RwLock};
 
 use chrono::{DateTime, Utc};
+use prometheus_client::metrics::histogram::Histogram;
 use serde::Serialize;
 
+use crate::runner::run_duration;
 use crate::schedule::Schedule;
-use crate::store::{DeliveryStatus, RunRecord, RunStatus, Store, StoreError};
+use crate::store::{ChangeCounts, DeliveryStatus, RunRecord, RunStatus, Store, StoreError};
 
 /// How many of a source's runs the status page can show.
 pub const RECENT_RUNS: usize = 20;
@@ -61,7 +63,17 @@ pub struct SourceStatus {
     pub runs_by_status: BTreeMap<&'static str, u64>,
     /// Envelopes written by this daemon's complete runs.
     pub envelopes_emitted: u64,
+    /// Joiners, movers and leavers found by this daemon's complete runs, added up.
+    pub changes_found: ChangeCounts,
+    /// How long this daemon's runs took, complete or not. A clone shares the observations.
+    pub run_durations: Histogram,
 }
+
+/// The upper bounds of the run-duration histogram's buckets, in seconds: from a small
+/// directory's run to a large one's first sync.
+const RUN_DURATION_BUCKETS: [f64; 11] = [
+    0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
+];
 
 impl SourceStatus {
     pub fn new(schedule: Schedule, history: History) -> SourceStatus {
@@ -72,6 +84,22 @@ impl SourceStatus {
             running_since: None,
             runs_by_status: BTreeMap::new(),
             envelopes_emitted: 0,
+            changes_found: ChangeCounts::default(),
+            run_durations: Histogram::new(RUN_DURATION_BUCKETS),
+        }
+    }
+
+    /// Counts a run this daemon made.
+    pub fn count_run(&mut self, run: &RunRecord) {
+        *self.runs_by_status.entry(run.status.as_str()).or_default() += 1;
+        self.run_durations.observe(run_duration(run).as_secs_f64());
+        if run.status == RunStatus::Complete {
+            self.envelopes_emitted += run.envelopes.as_ref().map_or(0, |e| e.lines);
+            let changes = run.changes.unwrap_or_default();
+            let found = &mut self.changes_found;
+            found.joiners += changes.joiners;
+            found.movers += changes.movers;
+            found.leavers += changes.leavers;
         }
     }
 
@@ -155,13 +183,57 @@ pub struct Health {
     pub reason: Option<String>,
 }
 
-/// The status of every configured source, shared by the daemon's tasks.
-#[derive(Debug, Default)]
-pub struct StatusBoard {
-    sources: RwLock<BTreeMap<String, SourceStatus>>,
+/// How the last loading of the configuration went: at start, or on SIGHUP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigReload {
+    /// When the configuration in force was loaded.
+    pub last_success: DateTime<Utc>,
+    /// Why the last reload was rejected, while the configuration before it runs.
+    pub rejected: Option<String>,
 }
 
+/// The status of every configured source, and of the configuration, shared by the daemon's
+/// tasks.
+#[derive(Debug)]
+pub struct StatusBoard {
+    sources: RwLock<BTreeMap<String, SourceStatus>>,
+    config: RwLock<ConfigReload>,
+}
+
+/// How much of a rejected reload's reason systemd's STATUS line carries; the log has it all.
+const STATUS_REASON_CHARS: usize = 160;
+
 impl StatusBoard {
+    /// An empty board for a configuration loaded at `loaded_at`.
+    pub fn new(loaded_at: DateTime<Utc>) -> StatusBoard {
+        StatusBoard {
+            sources: RwLock::default(),
+            config: RwLock::new(ConfigReload {
+                last_success: loaded_at,
+                rejected: None,
+            }),
+        }
+    }
+
+    pub fn config_reload(&self) -> ConfigReload {
+        self.config
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Records a reload: `Ok` with when it applied, or why it was rejected.
+    pub fn record_reload(&self, outcome: Result<DateTime<Utc>, String>) {
+        let mut config = self.config.write().unwrap_or_else(PoisonError::into_inner);
+        match outcome {
+            Ok(at) => {
+                config.last_success = at;
+                config.rejected = None;
+            }
+            Err(reason) => config.rejected = Some(reason),
+        }
+    }
+
     pub fn snapshot(&self) -> BTreeMap<String, SourceStatus> {
         self.sources
             .read()
@@ -209,13 +281,23 @@ impl StatusBoard {
         Ok(())
     }
 
-    /// systemd's STATUS: every source's line, joined.
+    /// systemd's STATUS: a rejected reload first, then every source's line, joined.
     pub fn status_line(&self) -> String {
-        self.sources
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .map(|(name, status)| status.status_line(name))
+        let rejected = self.config_reload().rejected.map(|reason| {
+            format!(
+                "reload rejected: {}, running the previous configuration",
+                crate::display::quote(&reason, STATUS_REASON_CHARS)
+            )
+        });
+        rejected
+            .into_iter()
+            .chain(
+                self.sources
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .iter()
+                    .map(|(name, status)| status.status_line(name)),
+            )
             .collect::<Vec<_>>()
             .join("; ")
     }
@@ -227,9 +309,7 @@ pub(crate) mod tests {
     use crate::store::{ChangeCounts, Counts, RunOutcome};
 
     pub(crate) fn run(status: RunStatus, finished_at: &str) -> RunRecord {
-        let finished_at = DateTime::parse_from_rfc3339(finished_at)
-            .unwrap()
-            .with_timezone(&Utc);
+        let finished_at = at(finished_at);
         let mut record = RunOutcome {
             source: "corp".into(),
             started_at: finished_at - chrono::Duration::seconds(3),
@@ -270,7 +350,7 @@ pub(crate) mod tests {
         SourceStatus::new(Schedule::default(), history)
     }
 
-    fn at(text: &str) -> DateTime<Utc> {
+    pub(crate) fn at(text: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(text)
             .unwrap()
             .with_timezone(&Utc)
@@ -313,5 +393,46 @@ pub(crate) mod tests {
             "corp: running since 12:30, next 12:30"
         );
         assert_eq!(status_with(Vec::new()).status_line("hr"), "hr: no run yet");
+    }
+
+    #[test]
+    fn a_rejected_reload_leads_the_status_line_until_a_reload_applies() {
+        let board = StatusBoard::new(at("2026-05-04T12:00:00Z"));
+        board.insert("hr", status_with(Vec::new()));
+        assert_eq!(board.status_line(), "hr: no run yet");
+        board.record_reload(Err(
+            "config.toml: unknown key `sources.x.tokn_file`\nmore".into()
+        ));
+        assert_eq!(
+            board.status_line(),
+            "reload rejected: config.toml: unknown key `sources.x.tokn_file` more, \
+             running the previous configuration; hr: no run yet"
+        );
+        assert_eq!(
+            board.config_reload().last_success,
+            at("2026-05-04T12:00:00Z")
+        );
+        board.record_reload(Ok(at("2026-05-04T12:05:00Z")));
+        assert_eq!(board.status_line(), "hr: no run yet");
+        assert_eq!(
+            board.config_reload(),
+            ConfigReload {
+                last_success: at("2026-05-04T12:05:00Z"),
+                rejected: None
+            }
+        );
+    }
+
+    #[test]
+    fn counted_runs_add_up_statuses_and_changes() {
+        let mut status = status_with(Vec::new());
+        let complete = run(RunStatus::Complete, "2026-05-04T12:00:05Z");
+        status.count_run(&complete);
+        status.count_run(&complete);
+        status.count_run(&run(RunStatus::Failed, "2026-05-04T12:30:05Z"));
+        assert_eq!(status.runs_by_status.get("complete"), Some(&2));
+        assert_eq!(status.runs_by_status.get("failed"), Some(&1));
+        assert_eq!(status.changes_found.joiners, 2);
+        assert_eq!(status.changes_found.leavers, 0);
     }
 }

@@ -18,7 +18,7 @@ use super::status::{History, SourceStatus, StatusBoard};
 use crate::clock::Clock;
 use crate::config::{Config, SourceConfig};
 use crate::run_lock::{source_lock_path, RunLock, TryLock};
-use crate::runner::{no_progress, run_source, RunContext};
+use crate::runner::{no_progress, record_lock_failure, run_source, RunContext};
 use crate::store::{DeliveryStatus, RunRecord, RunStatus, Store, StoreError};
 
 /// How long a stop waits for cancelled runs to record themselves as failed. With the
@@ -244,11 +244,7 @@ impl Supervisor {
                 status.history = history;
             }
             if let Outcome::Ran(run) = &finished.outcome {
-                *status
-                    .runs_by_status
-                    .entry(run.status.as_str())
-                    .or_default() += 1;
-                status.envelopes_emitted += run.envelopes.as_ref().map_or(0, |e| e.lines);
+                status.count_run(run);
             }
         });
         if failed {
@@ -446,12 +442,6 @@ impl RunTask {
         let Ok(_permit) = permit else {
             return Outcome::NotStarted;
         };
-        let lock_path = source_lock_path(&self.config.state_dir, &self.source.name);
-        let lock = match RunLock::try_acquire(&lock_path) {
-            Ok(TryLock::Acquired(lock)) => lock,
-            Ok(TryLock::Held { holder }) => return Outcome::Busy { holder },
-            Err(error) => return Outcome::Error(error.to_string()),
-        };
         let context = RunContext {
             config: &self.config,
             store: &self.store,
@@ -459,7 +449,13 @@ impl RunTask {
             progress: &no_progress,
             cancel: &self.cancel,
         };
-        match run_source(&context, &self.source, lock).await {
+        let lock_path = source_lock_path(&self.config.state_dir, &self.source.name);
+        let ran = match RunLock::try_acquire(&lock_path) {
+            Ok(TryLock::Acquired(lock)) => run_source(&context, &self.source, lock).await,
+            Ok(TryLock::Held { holder }) => return Outcome::Busy { holder },
+            Err(error) => record_lock_failure(&context, &self.source, &error).await,
+        };
+        match ran {
             Ok(synced) => Outcome::Ran(Box::new(synced.run)),
             Err(error) => Outcome::Error(error.to_string()),
         }

@@ -1,7 +1,10 @@
 //! Shared set-up for the integration tests: a fake Authentik on loopback, a config file in a
-//! temporary state directory, and the real `aksync` binary run against them.
+//! temporary state directory, and the real `aksync` binary run against them; [`browser`]
+//! lays pages out in headless Chromium.
 
 #![allow(dead_code)] // each test binary uses a different part of this module
+
+pub mod browser;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
