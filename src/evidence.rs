@@ -36,6 +36,9 @@ pub fn compare_runs(
 ) -> Result<(DirectoryDiff, Option<EnvelopeFile>), StoreError> {
     let runs = store.complete_runs(&source.name)?;
     let reader = store.reader()?;
+    for run in from.into_iter().chain(std::iter::once(to)) {
+        reader.require_snapshot(run)?;
+    }
     let context = EnvelopeContext {
         source: &source.name,
         run_id: &to.run_id,

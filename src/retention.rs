@@ -1,28 +1,35 @@
-//! Applying `[retention]`: for each source, the runs the history no longer keeps go from the
-//! store (see [`crate::store::prune`]), and so do their envelope and report files unless
-//! `keep_files` is set. `aksync prune` runs it by hand; the daemon after each run.
+//! Applying `[retention]`: for each source, the snapshots the history no longer keeps go from
+//! the store (see [`crate::store::prune`]), and so do their envelope and report files unless
+//! `keep_files` is set; with `keep_evidence_days`, the older evidence too. Every prune is
+//! itself an entry in the source's ledger, naming what it removed, so that `aksync verify`
+//! knows which files and snapshots are gone by design. `aksync prune` runs it by hand; every
+//! complete run after itself.
 
 use std::path::Path;
 
+use chrono::{DateTime, Duration as Span, Utc};
 use serde::Serialize;
 
 use crate::artifacts::{manifest_path, report_path};
 use crate::config::{Config, SourceConfig};
 use crate::envelope::envelope_path;
+use crate::ledger::entry::PruneRecord;
+use crate::ledger::{Body, Pending};
 use crate::report::ReportFormat;
-use crate::store::prune::{plan_prune, Pruned};
+use crate::store::prune::{plan_prune, PrunePlan, Pruned};
 use crate::store::{Store, StoreError};
-use chrono::{DateTime, Utc};
 
 /// What pruning did (or would do) to one source.
 #[derive(Debug, Clone, Serialize)]
 pub struct SourcePrune {
     pub source: String,
-    /// The oldest run kept; `None` when nothing goes.
+    /// The oldest run whose snapshot is kept; `None` when no snapshot goes.
     pub keeps_from: Option<String>,
     pub runs: u64,
     pub versions: u64,
     pub files: u64,
+    /// Runs whose records and ledger entries went (`keep_evidence_days`).
+    pub evidence_runs: u64,
 }
 
 /// Prunes each source as `config.retention` says at `now`. With `dry_run`, only says what
@@ -36,55 +43,121 @@ pub fn prune_sources(
 ) -> Result<Vec<SourcePrune>, StoreError> {
     let mut outcomes = Vec::new();
     for source in sources {
-        let mut runs = store.runs(Some(&source.name))?;
-        runs.reverse();
-        let Some(plan) = plan_prune(&source.name, &runs, &config.retention, now) else {
+        let runs = store.runs_with_snapshots(&source.name)?;
+        let mut plan =
+            plan_prune(&source.name, &runs, &config.retention, now).unwrap_or(PrunePlan {
+                source: source.name.clone(),
+                anchor: String::new(),
+                runs: Vec::new(),
+                evidence_of: Vec::new(),
+                evidence_kept_from: None,
+            });
+        if let Some(days) = config.retention.keep_evidence_days {
+            let cutoff = now - Span::days(i64::from(days));
+            let (old, kept_from) = store.evidence_older_than(&source.name, cutoff)?;
+            if kept_from.is_some() && !old.is_empty() {
+                plan.evidence_of = old;
+                plan.evidence_kept_from = kept_from;
+            }
+        }
+        if plan.runs.is_empty() && plan.evidence_of.is_empty() {
             outcomes.push(SourcePrune {
                 source: source.name.clone(),
                 keeps_from: None,
                 runs: 0,
                 versions: 0,
                 files: 0,
+                evidence_runs: 0,
             });
             continue;
-        };
+        }
+        let remove_files = !config.retention.keep_files;
         let pruned = if dry_run {
             Pruned {
                 runs: plan.runs.len() as u64,
                 versions: store.prunable_versions(&plan)?,
+                evidence_runs: plan.evidence_of.len() as u64,
             }
         } else {
-            store.prune(&plan)?
+            let record = prune_record(store, &plan, remove_files)?;
+            let pending = Pending {
+                source: &source.name,
+                recorded_at: now,
+                body: Body::Pruned(record),
+                signer: config.ledger.signing_key.as_deref(),
+                accounts: Vec::new(),
+                names: Vec::new(),
+                snapshot_state: None,
+            };
+            store.prune(&plan, &pending)?
         };
         let mut files = 0;
-        if !config.retention.keep_files {
+        if remove_files {
             for run in &plan.runs {
-                files += remove_files(&config.state_dir, &source.name, &run.run_id, dry_run);
+                files += remove_run_files(&config.state_dir, &source.name, &run.run_id, dry_run);
             }
         }
+        let keeps_from = (!plan.runs.is_empty()).then(|| plan.anchor.clone());
         if !dry_run {
             tracing::info!(
                 source = %source.name,
                 runs = pruned.runs,
                 versions = pruned.versions,
                 files,
-                keeps_from = %plan.anchor,
+                evidence_runs = pruned.evidence_runs,
+                keeps_from = %keeps_from.as_deref().unwrap_or("-"),
                 "pruned"
             );
         }
         outcomes.push(SourcePrune {
             source: source.name.clone(),
-            keeps_from: Some(plan.anchor),
+            keeps_from,
             runs: pruned.runs,
             versions: pruned.versions,
             files,
+            evidence_runs: pruned.evidence_runs,
         });
     }
     Ok(outcomes)
 }
 
+/// The ledger's record of a prune: whose snapshots and files go, and, when evidence goes,
+/// the digest of the last entry removed (where the kept chain starts).
+fn prune_record(
+    store: &Store,
+    plan: &PrunePlan,
+    remove_files: bool,
+) -> Result<PruneRecord, StoreError> {
+    let pruned_runs: Vec<String> = plan.runs.iter().map(|run| run.run_id.clone()).collect();
+    let (entries_before, last_removed_digest) = match &plan.evidence_kept_from {
+        Some(kept) => {
+            let seq = kept.ledger_seq.unwrap_or_default();
+            let reader = store.reader()?;
+            let last = match seq.checked_sub(1) {
+                Some(last) => reader.ledger_entry(&plan.source, last)?,
+                None => None,
+            };
+            let digest = last
+                .and_then(|row| crate::ledger::seal::Seal::decode(&row.seal))
+                .map(|seal| seal.hex());
+            (Some(seq), digest)
+        }
+        None => (None, None),
+    };
+    Ok(PruneRecord {
+        files_of: if remove_files {
+            pruned_runs.clone()
+        } else {
+            Vec::new()
+        },
+        snapshots_of: pruned_runs,
+        entries_before,
+        last_removed_digest,
+    })
+}
+
 /// The envelope and report files of a pruned run; how many there were.
-fn remove_files(state_dir: &Path, source: &str, run_id: &str, dry_run: bool) -> u64 {
+fn remove_run_files(state_dir: &Path, source: &str, run_id: &str, dry_run: bool) -> u64 {
     let reports = ReportFormat::ALL.map(|format| report_path(state_dir, source, run_id, format));
     let mut removed = 0;
     let files = [

@@ -122,8 +122,12 @@ pub async fn sync_source(
 ) -> Result<SyncedRun, StoreError> {
     let started_at = clock.now();
     let state = blocking(store, {
-        let name = source.name.clone();
-        move |store| store.source_state(&name)
+        let (source, signer) = (source.clone(), signer(config));
+        move |store| {
+            // Runs from before the ledger get their entries before this run appends its own.
+            ledger::backfill::backfill(store, &source, signer.as_ref(), started_at)?;
+            store.source_state(&source.name)
+        }
     })
     .await?;
     let fetch_started = std::time::Instant::now();

@@ -1,5 +1,7 @@
-//! Retention end to end: `aksync prune` removes the runs `[retention]` no longer keeps and the
-//! versions only they saw, and what remains reads and compares exactly as before.
+//! Retention end to end: `aksync prune` removes the snapshots `[retention]` no longer keeps
+//! (the versions only older runs saw, and their files) but not the evidence: every run
+//! stays listed, its events stay in reports and `history`, the chain still verifies, and what
+//! remains reads and compares exactly as before.
 
 mod common;
 
@@ -47,6 +49,9 @@ async fn pruning_keeps_the_later_runs_readable_and_their_diffs_unchanged() {
     let env = history().await;
     let ids = run_ids(&env);
     assert_eq!(ids.len(), 5);
+    let early_diff = env.aksync(&["diff", &ids[0], &ids[1], "--json"]).json();
+    let early_report = env.aksync(&["report", "latest", "--from", &ids[0], "--format", "json"]);
+    assert_eq!(early_report.code, 0, "{}", early_report.stderr);
     let later_diffs: Vec<Value> = [(2, 3), (3, 4)]
         .iter()
         .map(|(from, to)| {
@@ -90,7 +95,8 @@ async fn pruning_keeps_the_later_runs_readable_and_their_diffs_unchanged() {
         "an envelope, four reports and their manifest each"
     );
     assert!(pruned["sources"][0]["versions"].as_u64().unwrap() > 0);
-    assert_eq!(run_ids(&env), ids[2..].to_vec());
+    // Every run stays: retention removes snapshots, not evidence.
+    assert_eq!(run_ids(&env), ids);
     assert!(env.store().version_count("corp").unwrap() < versions_before);
     assert!(!env
         .state_dir()
@@ -120,9 +126,40 @@ async fn pruning_keeps_the_later_runs_readable_and_their_diffs_unchanged() {
         assert_eq!(rebuilt.code, 0, "{}", rebuilt.stderr);
         assert_eq!(envelope(id), envelopes[index], "{id}");
     }
+    // A replay that needs a pruned snapshot says so; what the ledger holds needs none.
     let pruned_run = env.aksync(&["diff", &ids[0], &ids[4]]);
     assert_eq!(pruned_run.code, 1);
-    assert!(pruned_run.stderr.contains(&ids[0]), "{}", pruned_run.stderr);
+    assert!(
+        pruned_run.stderr.contains(&ids[0]) && pruned_run.stderr.contains("[retention]"),
+        "{}",
+        pruned_run.stderr
+    );
+    let shown = env.aksync(&["show", "accounts", "--run", &ids[0]]);
+    assert_eq!(shown.code, 1);
+    assert!(shown.stderr.contains("[retention]"), "{}", shown.stderr);
+    assert_eq!(
+        env.aksync(&["diff", &ids[0], &ids[1], "--json"]).json(),
+        early_diff,
+        "a consecutive diff reads the ledger"
+    );
+    // The period over every run still lists every event, and its runs' figures stand.
+    let report = env.aksync(&["report", "latest", "--from", &ids[0], "--format", "json"]);
+    assert_eq!(report.code, 0, "{}", report.stderr);
+    let (before, after): (Value, Value) = (
+        serde_json::from_str(&early_report.stdout).unwrap(),
+        serde_json::from_str(&report.stdout).unwrap(),
+    );
+    for key in ["joiners", "movers", "leavers", "roll_forward", "runs"] {
+        assert_eq!(after[key], before[key], "{key}");
+    }
+    assert_eq!(after["joiners"].as_array().unwrap().len(), 4);
+    let verified = env.aksync(&["verify"]);
+    assert_eq!(verified.code, 0, "{}{}", verified.stdout, verified.stderr);
+    assert!(
+        verified.stdout.contains("retention removed"),
+        "{}",
+        verified.stdout
+    );
 
     // The next sync still compares with the latest run, and applies the retention itself.
     env.fake.with_state(|state| {
@@ -131,6 +168,12 @@ async fn pruning_keeps_the_later_runs_readable_and_their_diffs_unchanged() {
     let synced = env.sync_ok();
     assert!(synced.stdout.contains("1 joiners"), "{}", synced.stdout);
     let after = run_ids(&env);
-    assert_eq!(after.len(), 3, "two kept and the anchor: {after:?}");
-    assert_eq!(after[0], ids[3]);
+    assert_eq!(after.len(), 6, "{after:?}");
+    let store = env.store();
+    assert_eq!(
+        store.pruned_before("corp").unwrap().as_deref(),
+        Some(ids[3].as_str())
+    );
+    let verified = env.aksync(&["verify"]);
+    assert_eq!(verified.code, 0, "{}{}", verified.stdout, verified.stderr);
 }

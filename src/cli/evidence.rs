@@ -364,7 +364,10 @@ fn timestamp(at: chrono::DateTime<chrono::Utc>) -> String {
 }
 
 /// An RFC 3339 time, or a date meaning its midnight UTC.
-fn parse_time(option: &str, value: &str) -> Result<chrono::DateTime<chrono::Utc>, CliError> {
+pub(crate) fn parse_time(
+    option: &str,
+    value: &str,
+) -> Result<chrono::DateTime<chrono::Utc>, CliError> {
     let value = value.trim();
     if let Ok(at) = chrono::DateTime::parse_from_rfc3339(value) {
         return Ok(at.with_timezone(&chrono::Utc));

@@ -5,6 +5,7 @@
 pub(crate) mod evidence;
 pub mod opt;
 pub mod output;
+mod verify;
 
 pub(crate) use output::print_json;
 
@@ -72,6 +73,26 @@ pub async fn run(opt: Opt) -> Result<Exit, CliError> {
             logging::init(CLI_LOG_LEVEL, LogFormat::Text);
             demo::run(people, state_dir, &clock).await
         }
+        // Keys and a report's own check need no configuration: an auditor runs them too.
+        Command::Keygen {
+            out,
+            public,
+            key: Some(key),
+        } => verify::keygen(out.as_deref(), public.as_deref(), Some(&key), None),
+        Command::Keygen {
+            out: Some(out),
+            public,
+            key: None,
+        } => verify::keygen(Some(&out), public.as_deref(), None, None),
+        Command::Verify {
+            report: Some(report),
+            public_keys,
+            json,
+            ..
+        } => {
+            logging::init(CLI_LOG_LEVEL, LogFormat::Text);
+            verify::report(&report, &public_keys, json)
+        }
         Command::Daemon => {
             let config = Config::load(&location)?;
             logging::init(&config.daemon.log_level, config.daemon.log_format);
@@ -95,6 +116,30 @@ async fn run_configured(
         Command::Demo { .. } | Command::Daemon => Err(CliError::Usage(
             "the demo and the daemon are not configured commands".into(),
         )),
+        Command::Keygen {
+            out, public, key, ..
+        } => verify::keygen(
+            out.as_deref(),
+            public.as_deref(),
+            key.as_deref(),
+            Some(config),
+        ),
+        Command::Verify {
+            source,
+            since,
+            report,
+            public_keys,
+            json,
+        } => match report {
+            Some(report) => verify::report(&report, &public_keys, json),
+            None => verify::ledger(
+                config,
+                source.source.as_deref(),
+                since.as_deref(),
+                &public_keys,
+                json,
+            ),
+        },
         Command::Check { source, json } => {
             check(config, source.source.as_deref(), json, clock).await
         }
@@ -430,12 +475,22 @@ fn prune(
     }
     let verb = if dry_run { "would remove" } else { "removed" };
     for outcome in &outcomes {
-        let line = match &outcome.keeps_from {
-            None => format!("{}: nothing to prune", outcome.source),
-            Some(keeps_from) => format!(
-                "{}: {verb} {} runs before {keeps_from}, {} record versions and {} files",
-                outcome.source, outcome.runs, outcome.versions, outcome.files
-            ),
+        let mut parts = Vec::new();
+        if let Some(keeps_from) = &outcome.keeps_from {
+            parts.push(format!(
+                "the snapshots of {} runs before {keeps_from} ({} record versions) and {} files (their runs and ledger entries stay)",
+                outcome.runs, outcome.versions, outcome.files
+            ));
+        }
+        if outcome.evidence_runs > 0 {
+            parts.push(format!(
+                "the records and ledger entries of {} runs older than keep_evidence_days",
+                outcome.evidence_runs
+            ));
+        }
+        let line = match parts.is_empty() {
+            true => format!("{}: nothing to prune", outcome.source),
+            false => format!("{}: {verb} {}", outcome.source, parts.join("; ")),
         };
         output::print_line(&line)?;
     }

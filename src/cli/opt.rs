@@ -130,6 +130,39 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check the evidence: every ledger digest recomputed from what is stored and on disk, the
+    /// chain and its signatures, each run's record, envelope and report files and snapshot.
+    /// With --report, check one report file against its manifest, without the database.
+    Verify {
+        #[command(flatten)]
+        source: SourceArg,
+        /// Check the files and snapshots of the runs that started since this time only (the
+        /// chain is always checked whole).
+        #[arg(long, value_name = "TIMESTAMP", conflicts_with = "report")]
+        since: Option<String>,
+        /// A report file (or its manifest) to check on its own.
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
+        /// A public key (from `aksync keygen --public`) that signatures must verify with;
+        /// may be given more than once.
+        #[arg(long = "public-key", value_name = "FILE")]
+        public_keys: Vec<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make an Ed25519 signing key for the ledger (`--out`), or write the public key of the
+    /// configured one (or of `--key`) for an auditor (`--public`).
+    Keygen {
+        /// Write a new signing key here (PEM, readable by its owner only).
+        #[arg(long, value_name = "FILE", required_unless_present = "public")]
+        out: Option<PathBuf>,
+        /// Write the public key here (PEM).
+        #[arg(long, value_name = "FILE")]
+        public: Option<PathBuf>,
+        /// The signing key whose public key `--public` writes [default: ledger.signing_key_file].
+        #[arg(long, value_name = "FILE", requires = "public", conflicts_with = "out")]
+        key: Option<PathBuf>,
+    },
     /// Run as a service: sync each source on its schedule, deliver the outbox, and serve
     /// /healthz, /metrics and a status page when [http] is configured. SIGHUP reloads the
     /// configuration; SIGTERM stops.

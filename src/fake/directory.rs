@@ -32,6 +32,8 @@ pub struct Directory {
     pub groups: BTreeMap<String, FakeGroup>,
     /// By token value.
     pub tokens: BTreeMap<String, FakeToken>,
+    /// RBAC roles, name by uuid (none unless a test adds them with [`Directory::add_role`]).
+    pub roles: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +54,8 @@ pub struct FakeUser {
     pub uuid: String,
     pub last_updated: String,
     pub password_change_date: String,
+    /// RBAC roles held directly (role uuids); since 2025.12.
+    pub roles: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +67,8 @@ pub struct FakeGroup {
     /// Parent group uuids; since 2025.12 a group may have several.
     pub parents: Vec<String>,
     pub attributes: Value,
+    /// RBAC roles the group's members hold (role uuids).
+    pub roles: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,6 +203,7 @@ impl Directory {
             users: BTreeMap::new(),
             groups: BTreeMap::new(),
             tokens: BTreeMap::new(),
+            roles: BTreeMap::new(),
         };
         for &(name, parents, is_superuser, attributes) in GROUPS {
             let parents: Vec<String> = parents.iter().map(|p| dir.group_uuid(p)).collect();
@@ -248,6 +255,7 @@ impl Directory {
             uuid: derived_uuid(&[&self.install_id, "user", &pk.to_string()]),
             last_updated: stamp.clone(),
             password_change_date: stamp,
+            roles: Vec::new(),
         };
         self.users.entry(pk).or_insert(user)
     }
@@ -265,8 +273,16 @@ impl Directory {
             is_superuser,
             parents: parents.iter().map(|p| (*p).to_owned()).collect(),
             attributes: json!({}),
+            roles: Vec::new(),
         };
         self.groups.insert(uuid.clone(), group);
+        uuid
+    }
+
+    /// Adds an RBAC role and returns its uuid.
+    pub fn add_role(&mut self, name: &str) -> String {
+        let uuid = derived_uuid(&[&self.install_id, "role", name]);
+        self.roles.insert(uuid.clone(), name.to_owned());
         uuid
     }
 

@@ -12,8 +12,12 @@ use sha2::{Digest, Sha256};
 
 use super::directory::{Directory, FakeGroup, FakeUser};
 
-/// The fake models no RBAC roles, so every role list is empty.
-const NO_ROLES: &[String] = &[];
+/// A role as `roles_obj` shows it.
+#[derive(Serialize)]
+struct RoleJson<'a> {
+    pk: &'a str,
+    name: &'a str,
+}
 
 /// Serializes as `{}`.
 #[derive(Serialize)]
@@ -54,7 +58,7 @@ pub(super) struct UserJson<'a> {
     groups: &'a [String],
     groups_obj: Option<Vec<PartialGroupJson<'a>>>,
     #[serde(flatten)]
-    roles: Option<UserRoles>,
+    roles: Option<UserRoles<'a>>,
     email: &'a str,
     avatar: String,
     attributes: &'a Value,
@@ -69,9 +73,9 @@ pub(super) struct UserJson<'a> {
 
 /// Added in 2025.12, so absent in the legacy shape.
 #[derive(Serialize)]
-struct UserRoles {
-    roles: &'static [String],
-    roles_obj: Option<&'static [String]>,
+struct UserRoles<'a> {
+    roles: &'a [String],
+    roles_obj: Option<Vec<RoleJson<'a>>>,
 }
 
 #[derive(Serialize)]
@@ -105,10 +109,10 @@ pub(super) struct GroupJson<'a> {
     users: Vec<i64>,
     users_obj: Option<Vec<PartialUserJson<'a>>>,
     attributes: &'a Value,
-    roles: &'static [String],
-    roles_obj: &'static [String],
+    roles: &'a [String],
+    roles_obj: Vec<RoleJson<'a>>,
     #[serde(flatten)]
-    inherited_roles: Option<InheritedRoles>,
+    inherited_roles: Option<InheritedRoles<'a>>,
     children: Vec<&'a str>,
     children_obj: Option<Vec<RelatedGroupJson<'a>>>,
 }
@@ -121,8 +125,8 @@ struct Parents<'a> {
 
 /// Added in 2025.12, so absent in the legacy shape.
 #[derive(Serialize)]
-struct InheritedRoles {
-    inherited_roles_obj: Option<&'static [String]>,
+struct InheritedRoles<'a> {
+    inherited_roles_obj: Option<Vec<RoleJson<'a>>>,
 }
 
 #[derive(Serialize)]
@@ -159,7 +163,7 @@ struct UserSelfJson<'a> {
     is_active: bool,
     is_superuser: bool,
     groups: Vec<SelfGroupJson<'a>>,
-    roles: &'static [String],
+    roles: &'a [String],
     email: &'a str,
     avatar: String,
     uid: String,
@@ -283,6 +287,40 @@ impl<'a> Render<'a> {
         found
     }
 
+    /// Roles by uuid, with their names (a uuid the directory does not know is left out, as
+    /// a deleted role would be).
+    fn role_objects(&self, uuids: impl IntoIterator<Item = &'a String>) -> Vec<RoleJson<'a>> {
+        uuids
+            .into_iter()
+            .filter_map(|uuid| {
+                self.dir
+                    .roles
+                    .get_key_value(uuid)
+                    .map(|(pk, name)| RoleJson {
+                        pk: pk.as_str(),
+                        name: name.as_str(),
+                    })
+            })
+            .collect()
+    }
+
+    /// The roles of a group's ancestors, each once.
+    fn inherited_roles(&self, group: &'a FakeGroup) -> Vec<&'a String> {
+        let mut seen: BTreeSet<&str> = BTreeSet::new();
+        let mut pending: Vec<&str> = group.parents.iter().map(String::as_str).collect();
+        let mut roles = BTreeSet::new();
+        while let Some(uuid) = pending.pop() {
+            if !seen.insert(uuid) {
+                continue;
+            }
+            if let Some(parent) = self.dir.groups.get(uuid) {
+                pending.extend(parent.parents.iter().map(String::as_str));
+                roles.extend(parent.roles.iter());
+            }
+        }
+        roles.into_iter().collect()
+    }
+
     /// Authentik's user `is_superuser`: a superuser group reached directly or via an ancestor.
     fn is_superuser(&self, user: &'a FakeUser) -> bool {
         self.all_groups(user).iter().any(|g| g.is_superuser)
@@ -305,9 +343,9 @@ impl<'a> Render<'a> {
                     .map(|g| self.partial_group(g))
                     .collect()
             }),
-            roles: (!self.legacy).then_some(UserRoles {
-                roles: NO_ROLES,
-                roles_obj: includes.roles.then_some(NO_ROLES),
+            roles: (!self.legacy).then(|| UserRoles {
+                roles: &user.roles,
+                roles_obj: includes.roles.then(|| self.role_objects(&user.roles)),
             }),
             email: &user.email,
             avatar: avatar(user),
@@ -347,10 +385,12 @@ impl<'a> Render<'a> {
                     .collect()
             }),
             attributes: &group.attributes,
-            roles: NO_ROLES,
-            roles_obj: NO_ROLES,
-            inherited_roles: (!self.legacy).then_some(InheritedRoles {
-                inherited_roles_obj: includes.inherited_roles.then_some(NO_ROLES),
+            roles: &group.roles,
+            roles_obj: self.role_objects(&group.roles),
+            inherited_roles: (!self.legacy).then(|| InheritedRoles {
+                inherited_roles_obj: includes
+                    .inherited_roles
+                    .then(|| self.role_objects(self.inherited_roles(group))),
             }),
             children: children.iter().map(|g| g.pk.as_str()).collect(),
             children_obj: includes
@@ -379,7 +419,7 @@ impl<'a> Render<'a> {
                         pk: &g.pk,
                     })
                     .collect(),
-                roles: NO_ROLES,
+                roles: &user.roles,
                 email: &user.email,
                 avatar: avatar(user),
                 uid: self.dir.uid(user.pk),

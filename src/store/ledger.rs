@@ -176,6 +176,32 @@ pub(super) fn append_in(
     Ok(())
 }
 
+/// Removes a source's entries before `seq` (retention of evidence) in the caller's write
+/// transaction, with the account index rows of `run_ids`, the runs they were about.
+pub(super) fn remove_before_in(
+    store: &Store,
+    txn: &WriteTransaction,
+    source: &str,
+    seq: u64,
+    run_ids: &[String],
+) -> Result<(), Failure> {
+    let guard = &store.guard;
+    let start = codec::source_prefix(source);
+    let end = seq_key(source, seq);
+    let mut entries = guard.call(|| txn.open_table(LEDGER))?;
+    guard.call(|| entries.retain_in(start.as_str()..end.as_str(), |_, _| false))?;
+    let mut accounts = guard.call(|| txn.open_table(LEDGER_ACCOUNTS))?;
+    let removed: std::collections::BTreeSet<&str> = run_ids.iter().map(String::as_str).collect();
+    let end = codec::prefix_end(&start);
+    guard.call(|| {
+        accounts.retain_in(start.as_str()..end.as_str(), |key, _| {
+            !key.rsplit_once(SEP)
+                .is_some_and(|(_, run)| removed.contains(run))
+        })
+    })?;
+    Ok(())
+}
+
 impl Store {
     /// Appends one entry to a source's chain in its own write transaction.
     pub fn append_ledger(&self, source: &str, sealer: &dyn Sealer) -> Result<(), StoreError> {

@@ -102,6 +102,8 @@ pub enum StoreError {
         run_id: String,
         status: &'static str,
     },
+    #[error("the snapshot of run {run_id} was removed by [retention] (snapshots are kept from run {kept_from}); its events are still in the ledger: see `aksync report {run_id}` and `aksync history`")]
+    SnapshotPruned { run_id: String, kept_from: String },
     #[error("another run of source `{source_name}` committed meanwhile (run {found}); this run was not stored, so that history never goes backwards: run it again")]
     Conflict { source_name: String, found: String },
     #[error("the run was not stored: {0}")]
@@ -1014,14 +1016,40 @@ impl<'s> Reader<'s> {
         }))
     }
 
-    /// Whether `run` is complete (else an error) and its source's latest complete run.
-    fn is_latest_complete(&self, run: &RunRecord) -> Result<bool, StoreError> {
+    /// That `run` still has its whole snapshot: it is complete and retention kept it.
+    pub fn require_snapshot(&self, run: &RunRecord) -> Result<(), StoreError> {
         if run.status != RunStatus::Complete {
             return Err(StoreError::NotComplete {
                 run_id: run.run_id.clone(),
                 status: run.status.as_str(),
             });
         }
+        match self.snapshots_kept_from(&run.source)? {
+            Some(kept_from) if run.run_id < kept_from => Err(StoreError::SnapshotPruned {
+                run_id: run.run_id.clone(),
+                kept_from,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Where a source's kept snapshots start if it was pruned: the oldest run whose snapshot
+    /// retention kept.
+    pub fn snapshots_kept_from(&self, source: &str) -> Result<Option<String>, StoreError> {
+        let fail = |failure: Failure| failure.into_store_error(&self.store.path);
+        let meta = self.table(META).map_err(fail)?;
+        let key = prune::pruned_before_key(source);
+        Ok(self
+            .store
+            .guard
+            .call(|| meta.get(key.as_str()))
+            .map_err(fail)?
+            .map(|value| String::from_utf8_lossy(value.value()).into_owned()))
+    }
+
+    /// Whether `run` has its snapshot (else an error) and is its source's latest complete run.
+    fn is_latest_complete(&self, run: &RunRecord) -> Result<bool, StoreError> {
+        self.require_snapshot(run)?;
         let latest = self
             .latest_complete_id(&run.source)
             .map_err(|failure| failure.into_store_error(&self.store.path))?;

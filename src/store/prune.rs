@@ -1,21 +1,27 @@
-//! Retention: pruning the runs the configured history no longer keeps, without breaking what
-//! remains.
+//! Retention: pruning the snapshots the configured history no longer keeps, without touching
+//! the evidence, and (with `keep_evidence_days`) the evidence older than that.
 //!
-//! The runs kept are each source's latest complete run, the complete runs of the last
-//! `keep_days` days and its newest `keep_runs` complete runs. The run the oldest kept run was
-//! compared with stays too, as the anchor, so that every kept run's diff, report and envelope
-//! file can still be replayed exactly; so does any run whose envelopes are not delivered yet.
-//! Everything older goes: run records, and the versions that only those runs saw (a version
-//! closed at or before the anchor is visible to no kept run). Tombstones stay, so that a
+//! The snapshots kept are those of each source's latest complete run, of the complete runs
+//! of the last `keep_days` days and of its newest `keep_runs` complete runs. The run the
+//! oldest kept run was compared with stays too, as the anchor, so that every kept run's
+//! diff and envelope file can still be replayed exactly; so does any run whose envelopes are
+//! not delivered yet (a skipped delivery is decided, and does not hold retention). What goes
+//! is the record versions only older runs saw (a version closed at or before the anchor is
+//! visible to no kept run). Run records and ledger entries stay: a pruned run still counts
+//! in reports and its chain still verifies. Tombstones and the deletion log stay, so that a
 //! record that comes back still chains to its deletion.
+//!
+//! With `keep_evidence_days`, the ledger entries and run records of the runs older than that
+//! go too, but only of runs whose snapshots are already gone; a prune entry records the
+//! digest of the last entry removed, where the kept chain starts.
 
 use chrono::{DateTime, Duration as Span, Utc};
 use redb::ReadableTable;
 
 use super::codec::{self, SEP};
 use super::{
-    corrupt_value, DeliveryStatus, Failure, RunRecord, RunStatus, Store, StoreError, ENTRIES, META,
-    SOURCE_RUNS, VERSIONS,
+    corrupt_value, ledger, DeliveryStatus, Failure, RunRecord, RunStatus, Sealer, Store,
+    StoreError, ENTRIES, META, RUNS, SOURCE_RUNS, VERSIONS,
 };
 use crate::config::Retention;
 
@@ -23,10 +29,15 @@ use crate::config::Retention;
 #[derive(Debug, Clone, PartialEq)]
 pub struct PrunePlan {
     pub source: String,
-    /// The oldest run kept: every older run goes.
+    /// The oldest run whose snapshot is kept: the versions only older runs saw go.
     pub anchor: String,
-    /// The runs removed, oldest first.
+    /// The runs whose snapshots go now, oldest first (runs pruned before are not listed).
     pub runs: Vec<RunRecord>,
+    /// The runs whose records and ledger entries go too (`keep_evidence_days`), oldest first.
+    pub evidence_of: Vec<RunRecord>,
+    /// The first run whose evidence stays, when some goes: the kept chain starts with its
+    /// entry.
+    pub evidence_kept_from: Option<RunRecord>,
 }
 
 /// What a prune removed.
@@ -34,6 +45,7 @@ pub struct PrunePlan {
 pub struct Pruned {
     pub runs: u64,
     pub versions: u64,
+    pub evidence_runs: u64,
 }
 
 /// The database file and how much of it holds data.
@@ -43,15 +55,15 @@ pub struct Usage {
     pub used_bytes: u64,
 }
 
-/// Which runs of one source `retention` lets go at `now`; `runs` are all of the source's runs,
-/// oldest first. `None` when nothing goes.
+/// Which snapshots of one source `retention` lets go at `now`; `runs` are the source's runs
+/// whose snapshots are still kept, oldest first. `None` when nothing goes.
 pub fn plan_prune(
     source: &str,
     runs: &[RunRecord],
     retention: &Retention,
     now: DateTime<Utc>,
 ) -> Option<PrunePlan> {
-    if !retention.prunes() {
+    if retention.keep_days.is_none() && retention.keep_runs.is_none() {
         return None;
     }
     let complete: Vec<&RunRecord> = runs
@@ -79,11 +91,14 @@ pub fn plan_prune(
         Some(previous) if complete.iter().any(|run| &run.run_id == previous) => previous.clone(),
         _ => oldest.run_id.clone(),
     };
-    // An outbox that is not delivered is never lost.
+    // An outbox that is not delivered is never lost; one whose delivery was skipped is.
     if let Some(undelivered) = runs.iter().find(|run| {
-        run.delivery
-            .as_ref()
-            .is_some_and(|delivery| delivery.status != DeliveryStatus::Delivered)
+        run.delivery.as_ref().is_some_and(|delivery| {
+            !matches!(
+                delivery.status,
+                DeliveryStatus::Delivered | DeliveryStatus::Skipped
+            )
+        })
     }) {
         anchor = anchor.min(undelivered.run_id.clone());
     }
@@ -96,78 +111,155 @@ pub fn plan_prune(
         source: source.to_string(),
         anchor,
         runs: pruned,
+        evidence_of: Vec::new(),
+        evidence_kept_from: None,
     })
 }
 
-/// The meta key that remembers where a source's history starts after pruning.
-fn pruned_before_key(source: &str) -> String {
+/// The meta key that remembers where a source's kept snapshots start after pruning.
+pub(super) fn pruned_before_key(source: &str) -> String {
     format!("pruned_before{SEP}{source}")
 }
 
 impl Store {
-    /// Removes the runs of a plan and the versions only they saw, in one write transaction.
-    pub fn prune(&self, plan: &PrunePlan) -> Result<Pruned, StoreError> {
+    /// The runs of a source whose snapshots are still kept, oldest first: the ones a prune
+    /// looks at, so that its cost is what retention keeps, not the whole history.
+    pub fn runs_with_snapshots(&self, source: &str) -> Result<Vec<RunRecord>, StoreError> {
+        let from = self.pruned_before(source)?;
+        let mut runs = match &from {
+            Some(from) => vec![self.run(from)?],
+            None => Vec::new(),
+        };
+        runs.extend(self.runs_between(source, from.as_deref(), None)?);
+        Ok(runs)
+    }
+
+    /// The oldest runs of a source whose snapshots are gone and that finished before
+    /// `cutoff`, oldest first, and the run after them: the evidence `keep_evidence_days` lets
+    /// go, and where the kept chain starts. Reads only those runs.
+    pub fn evidence_older_than(
+        &self,
+        source: &str,
+        cutoff: DateTime<Utc>,
+    ) -> Result<(Vec<RunRecord>, Option<RunRecord>), StoreError> {
+        let Some(kept_from) = self.pruned_before(source)? else {
+            return Ok((Vec::new(), None));
+        };
+        let mut found = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let batch = self.read(|reader| {
+                let ids =
+                    reader.run_ids_where(source, after.as_deref(), None, false, &mut |ids| {
+                        ids.len() < 64
+                    })?;
+                ids.iter()
+                    .map(|(id, _)| reader.run(id))
+                    .collect::<Result<Vec<_>, _>>()
+            })?;
+            let Some(last) = batch.last() else {
+                return Ok((found, None));
+            };
+            after = Some(last.run_id.clone());
+            for run in batch {
+                if run.run_id >= kept_from || run.finished_at >= cutoff {
+                    return Ok((found, Some(run)));
+                }
+                found.push(run);
+            }
+        }
+    }
+
+    /// Removes the versions only a plan's runs saw, and with `evidence_of` those runs'
+    /// records and ledger entries, and appends the prune's own entry (`record`), in one
+    /// write transaction.
+    pub fn prune(&self, plan: &PrunePlan, record: &dyn Sealer) -> Result<Pruned, StoreError> {
         self.write(|txn| {
             let guard = &self.guard;
-            let mut runs = guard.call(|| txn.open_table(super::RUNS))?;
-            let mut index = guard.call(|| txn.open_table(SOURCE_RUNS))?;
-            for run in &plan.runs {
-                guard.call(|| runs.remove(run.run_id.as_str()))?;
-                let key = format!("{}{SEP}{}", plan.source, run.run_id);
-                guard.call(|| index.remove(key.as_str()))?;
-            }
-            let mut versions = guard.call(|| txn.open_table(VERSIONS))?;
-            let mut entries = guard.call(|| txn.open_table(ENTRIES))?;
-            let prefix = codec::source_prefix(&plan.source);
-            let end = codec::prefix_end(&prefix);
-            let pruned = |value: &[u8]| {
-                codec::version_valid_to(value).map(|valid_to| {
-                    valid_to.is_some_and(|valid_to| valid_to.as_str() <= plan.anchor.as_str())
-                })
-            };
-            let mut unreadable = false;
-            // The entries go first, while their versions still say whether they are pruned.
-            guard.call(|| {
-                entries.retain_in(prefix.as_str()..end.as_str(), |key, _| {
-                    match versions
-                        .get(key)
-                        .map(|row| row.map(|row| pruned(row.value())))
-                    {
-                        Ok(Some(Ok(gone))) => !gone,
-                        _ => {
-                            unreadable = true;
-                            true
-                        }
-                    }
-                })
-            })?;
             let mut removed = 0;
-            guard.call(|| {
-                versions.retain_in(prefix.as_str()..end.as_str(), |_, value| {
-                    match pruned(value) {
-                        Ok(true) => {
-                            removed += 1;
-                            false
+            if !plan.runs.is_empty() {
+                let mut versions = guard.call(|| txn.open_table(VERSIONS))?;
+                let mut entries = guard.call(|| txn.open_table(ENTRIES))?;
+                let prefix = codec::source_prefix(&plan.source);
+                let end = codec::prefix_end(&prefix);
+                let pruned = |value: &[u8]| {
+                    codec::version_valid_to(value).map(|valid_to| {
+                        valid_to.is_some_and(|valid_to| valid_to.as_str() <= plan.anchor.as_str())
+                    })
+                };
+                let mut unreadable = false;
+                // The entries go first, while their versions still say whether they are pruned.
+                guard.call(|| {
+                    entries.retain_in(prefix.as_str()..end.as_str(), |key, _| {
+                        match versions
+                            .get(key)
+                            .map(|row| row.map(|row| pruned(row.value())))
+                        {
+                            Ok(Some(Ok(gone))) => !gone,
+                            _ => {
+                                unreadable = true;
+                                true
+                            }
                         }
-                        Ok(false) => true,
-                        Err(_) => {
-                            unreadable = true;
-                            true
+                    })
+                })?;
+                guard.call(|| {
+                    versions.retain_in(prefix.as_str()..end.as_str(), |_, value| {
+                        match pruned(value) {
+                            Ok(true) => {
+                                removed += 1;
+                                false
+                            }
+                            Ok(false) => true,
+                            Err(_) => {
+                                unreadable = true;
+                                true
+                            }
                         }
-                    }
-                })
-            })?;
-            if unreadable {
-                return Err(corrupt_value("record version"));
+                    })
+                })?;
+                if unreadable {
+                    return Err(corrupt_value("record version"));
+                }
+                let mut meta = guard.call(|| txn.open_table(META))?;
+                let key = pruned_before_key(&plan.source);
+                guard.call(|| meta.insert(key.as_str(), plan.anchor.as_bytes()))?;
             }
-            let mut meta = guard.call(|| txn.open_table(META))?;
-            let key = pruned_before_key(&plan.source);
-            guard.call(|| meta.insert(key.as_str(), plan.anchor.as_bytes()))?;
+            if let Some(first_kept) = &plan.evidence_kept_from {
+                self.remove_evidence_in(txn, &plan.source, &plan.evidence_of, first_kept)?;
+            }
+            let head = ledger::head_in(self, txn, &plan.source)?;
+            ledger::append_in(self, txn, &plan.source, &head, None, record)?;
             Ok(Pruned {
                 runs: plan.runs.len() as u64,
                 versions: removed,
+                evidence_runs: plan.evidence_of.len() as u64,
             })
         })
+    }
+
+    /// Removes the records and ledger entries of `removed`, with their index rows: the
+    /// entries before `first_kept`'s.
+    fn remove_evidence_in(
+        &self,
+        txn: &redb::WriteTransaction,
+        source: &str,
+        removed: &[RunRecord],
+        first_kept: &RunRecord,
+    ) -> Result<(), Failure> {
+        let guard = &self.guard;
+        let mut records = guard.call(|| txn.open_table(RUNS))?;
+        let mut index = guard.call(|| txn.open_table(SOURCE_RUNS))?;
+        for run in removed {
+            guard.call(|| records.remove(run.run_id.as_str()))?;
+            let key = format!("{source}{SEP}{}", run.run_id);
+            guard.call(|| index.remove(key.as_str()))?;
+        }
+        let ids: Vec<String> = removed.iter().map(|run| run.run_id.clone()).collect();
+        let before = first_kept
+            .ledger_seq
+            .ok_or_else(|| corrupt_value("run without its ledger entry"))?;
+        ledger::remove_before_in(self, txn, source, before, &ids)
     }
 
     /// How many versions [`Store::prune`] would remove for a plan, read without writing.
@@ -189,14 +281,10 @@ impl Store {
         Ok(count)
     }
 
-    /// Where a source's history starts if it was pruned: its oldest kept run.
+    /// Where a source's kept snapshots start if it was pruned: the oldest run whose snapshot
+    /// is kept.
     pub fn pruned_before(&self, source: &str) -> Result<Option<String>, StoreError> {
-        self.read(|reader| {
-            let meta = reader.table(META)?;
-            let key = pruned_before_key(source);
-            let value = self.guard.call(|| meta.get(key.as_str()))?;
-            Ok(value.map(|value| String::from_utf8_lossy(value.value()).into_owned()))
-        })
+        self.reader()?.snapshots_kept_from(source)
     }
 
     /// How large the file is and how much of it holds data; the rest is free space that
