@@ -11,7 +11,8 @@ use crate::config::{Config, ConfigLocation};
 use crate::fake::{Directory, FakeAuthentik, READER_TOKEN};
 
 const DEMO_SOURCE: &str = "demo";
-const DEMO_SEED: u64 = 2026;
+/// The seed of the demo's generated directory (also of the previous schema's test fixture).
+pub const DEMO_SEED: u64 = 2026;
 
 pub async fn run(
     people: usize,
@@ -101,7 +102,7 @@ pub async fn run(
 
 /// One of each event an auditor samples: a joiner, a leaver, a mover with a privilege
 /// escalation.
-fn change_directory(directory: &mut Directory) {
+pub fn change_directory(directory: &mut Directory) {
     let admins = directory
         .group_by_name("authentik Admins")
         .map(|group| group.pk.clone());

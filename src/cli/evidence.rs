@@ -391,9 +391,14 @@ pub(crate) fn history(
     let reader = store.reader()?;
     let ledger = |error: crate::ledger::LedgerError| CliError::Runtime(error.to_string());
     let uids = find_accounts(&reader, source, user).map_err(ledger)?;
+    if uids.is_empty() && reader.chain_head(source)?.next_seq == 0 {
+        return Err(CliError::Runtime(format!(
+            "the ledger holds no entries of source `{source}` yet (its runs are from an older aksync): the next `aksync sync` or service run writes them, and then `history` reads them"
+        )));
+    }
     if uids.is_empty() {
         return Err(CliError::Runtime(format!(
-            "no account of source `{source}` ever had the username, email or uid {user:?} in the ledger"
+            "no account of source `{source}` ever had the username, email or uid {user:?}"
         )));
     }
     let timelines = uids

@@ -285,7 +285,14 @@ pub fn verify_source(
             }
         }
     }
-    if verdict.first_break.is_some() {
+    if let Some(broken) = verdict.first_break.as_mut() {
+        // A break in an entry that does not say whose it is: the run whose record names it.
+        if broken.run_id.is_none() {
+            broken.run_id = runs
+                .iter()
+                .find(|run| run.ledger_seq.is_some() && run.ledger_seq == broken.seq)
+                .map(|run| run.run_id.clone());
+        }
         return Ok(verdict);
     }
     if verdict.entries == 0 && !runs.is_empty() {

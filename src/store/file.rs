@@ -153,3 +153,53 @@ mod tests {
         assert!(error.to_string().contains("not a regular file"), "{error}");
     }
 }
+
+/// The other processes that have `path` open, as people read them: `pid 4242 (aksync
+/// daemon)`. Best effort: only the processes this user may look into are seen.
+pub(super) fn holders(path: &Path) -> String {
+    let Ok(target) = std::fs::canonicalize(path) else {
+        return "another process".to_string();
+    };
+    let own = std::process::id();
+    let mut found = Vec::new();
+    let Ok(processes) = std::fs::read_dir("/proc") else {
+        return "another process".to_string();
+    };
+    for process in processes.flatten() {
+        let Some(pid) = process
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == own {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(process.path().join("fd")) else {
+            continue;
+        };
+        let holds = fds
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|link| link == target));
+        if holds {
+            let command = std::fs::read(process.path().join("cmdline"))
+                .map(|bytes| {
+                    let words: Vec<String> = bytes
+                        .split(|byte| *byte == 0)
+                        .filter(|word| !word.is_empty())
+                        .map(|word| String::from_utf8_lossy(word).into_owned())
+                        .collect();
+                    words.join(" ")
+                })
+                .unwrap_or_default();
+            let command = crate::display::truncate(&command, 80).into_owned();
+            found.push(format!("pid {pid} ({command})"));
+        }
+    }
+    if found.is_empty() {
+        "another process".to_string()
+    } else {
+        found.join(", ")
+    }
+}

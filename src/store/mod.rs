@@ -91,6 +91,14 @@ pub enum StoreError {
     Corrupt { path: PathBuf, reason: String },
     #[error("database {path} was written by a newer aksync (schema {found}, this build knows up to {SCHEMA_VERSION}): upgrade aksync")]
     NewerSchema { path: PathBuf, found: u32 },
+    #[error("database {path} has schema {found}, which this aksync must migrate to {SCHEMA_VERSION} before it writes, and it is open in another process ({holders}): restart the service (`systemctl restart aksync`) so that the new version migrates it, or stop the other process first; read-only commands work meanwhile")]
+    MigrationBlocked {
+        path: PathBuf,
+        found: u32,
+        holders: String,
+    },
+    #[error("database {path} has schema {found}, which this aksync reads only after migrating it to {SCHEMA_VERSION}: run `aksync sync` (or start the service) once to migrate it")]
+    NeedsMigration { path: PathBuf, found: u32 },
     #[error("cannot use database {path}: {reason}; check that state_dir is right and writable by this user")]
     Io { path: PathBuf, reason: String },
     #[error("internal error while using database {path}, please report it: {reason}; the database itself is not known to be damaged")]
@@ -194,8 +202,14 @@ impl Store {
             guard,
         };
         match store.layout()? {
-            Layout::Current => Ok(store),
-            Layout::Empty | Layout::Old => {
+            // A reader reads the layout before this one as it is: it lacks only the
+            // ledger's tables, which reads treat as empty. It never migrates.
+            Layout::Current | Layout::Old(READABLE_OLD_SCHEMA) => Ok(store),
+            Layout::Old(found) => Err(StoreError::NeedsMigration {
+                path: path.to_path_buf(),
+                found,
+            }),
+            Layout::Empty => {
                 drop(store);
                 Store::open(path, wait)
             }
@@ -244,7 +258,12 @@ impl Store {
         };
         match store.layout()? {
             Layout::Current => {}
-            Layout::Empty | Layout::Old => store.write(|txn| store.prepare(txn))?,
+            Layout::Empty => store.write(|txn| store.prepare(txn))?,
+            Layout::Old(found) => {
+                drop(store);
+                migrate_alone(path, found)?;
+                return Store::open(path, wait);
+            }
         }
         Ok(store)
     }
@@ -280,7 +299,7 @@ impl Store {
                 }));
             }
             if version < SCHEMA_VERSION {
-                return Ok(Layout::Old);
+                return Ok(Layout::Old(version));
             }
             Ok(Layout::Current)
         })
@@ -667,8 +686,40 @@ impl Store {
 
 enum Layout {
     Empty,
-    Old,
+    /// An older schema, by its number.
+    Old(u32),
     Current,
+}
+
+/// The older schema a newer binary can read without migrating it.
+const READABLE_OLD_SCHEMA: u32 = 3;
+
+/// Migrates an older layout while no other process has the file open: redb's single-writer
+/// mode refuses to open while any multi-process handle (every aksync of schema 3 or later,
+/// reading or writing) holds it, so an older daemon can never go on writing into a layout it
+/// does not know. Refused, it names the processes that hold the file.
+fn migrate_alone(path: &Path, found: u32) -> Result<(), StoreError> {
+    let guard = Guard::default();
+    let mut builder = redb::Builder::new();
+    builder.set_cache_size(CACHE_BYTES);
+    let db = match guard.call(|| builder.create(path)) {
+        Ok(db) => db,
+        Err(Failure::Redb(redb::Error::DatabaseAlreadyOpen)) => {
+            return Err(StoreError::MigrationBlocked {
+                path: path.to_path_buf(),
+                found,
+                holders: file::holders(path),
+            })
+        }
+        Err(failure) => return Err(failure.into_store_error(path)),
+    };
+    let store = Store {
+        db: Handle::Writable(db),
+        path: path.to_path_buf(),
+        wait: Duration::ZERO,
+        guard,
+    };
+    store.write(|txn| store.prepare(txn))
 }
 
 fn parse_schema_version(bytes: &[u8]) -> Result<u32, Failure> {
