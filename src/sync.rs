@@ -143,6 +143,7 @@ pub async fn sync_source(
         authentik_version: None,
         settings_fingerprint: source.settings_fingerprint(),
         health: None,
+        settings_changed: Vec::new(),
     };
     let fetched = match fetched {
         Ok(fetched) => fetched,
@@ -216,6 +217,7 @@ pub async fn record_unstarted(
         authentik_version: None,
         settings_fingerprint: source.settings_fingerprint(),
         health: None,
+        settings_changed: Vec::new(),
     };
     record_failed(
         store,
@@ -270,6 +272,14 @@ pub(crate) fn commit_failed_run(
         ledger::read::last_run_settings(&reader, &source.name).map_err(ledger_error)?;
     drop(reader);
     // The store gives the run its id in the commit; the entry takes it from there.
+    let context = ledger::run::RunContext {
+        settings: RunSettings::of(source, outcome.started_at),
+        previous_settings: previous_settings.as_ref(),
+    };
+    let outcome = RunOutcome {
+        settings_changed: context.changed_keys(),
+        ..outcome.clone()
+    };
     let placeholder = outcome.clone().into_record(
         String::new(),
         RunStatus::Failed,
@@ -277,11 +287,7 @@ pub(crate) fn commit_failed_run(
         Counts::default(),
         0,
     );
-    let evidence = ledger::run::RunContext {
-        settings: RunSettings::of(source, outcome.started_at),
-        previous_settings: previous_settings.as_ref(),
-    }
-    .failed(&placeholder);
+    let evidence = context.failed(&placeholder);
     let pending = Pending {
         source: &source.name,
         recorded_at: outcome.finished_at,
@@ -291,7 +297,7 @@ pub(crate) fn commit_failed_run(
         names: Vec::new(),
         snapshot_state: None,
     };
-    store.commit_failed(outcome.clone(), error, &pending)
+    store.commit_failed(outcome, error, &pending)
 }
 
 /// A ledger entry that does not read back stops the run like any unreadable stored data.
@@ -409,22 +415,24 @@ impl CompleteRun {
         let previous_settings = ledger::read::last_run_settings(&reader, &source.name)
             .map_err(|error| Rejected::Store(ledger_error(error)))?;
         drop(reader);
-        let entry = ledger::run::RunContext {
+        let context = ledger::run::RunContext {
             settings: RunSettings::of(source, self.outcome.started_at),
             previous_settings: previous_settings.as_ref(),
-        }
-        .complete(
-            &record,
-            &planned.input,
-            diff.clone(),
-            census,
-            &self.collected,
-            previous_privileged
-                .as_ref()
-                .map(|(run_id, list)| (run_id.as_str(), list.as_slice())),
-            snapshot.hex(),
-        )
-        .map_err(|error| fail(format!("cannot read the run's spooled records: {error}")))?;
+        };
+        record.settings_changed = context.changed_keys();
+        let entry = context
+            .complete(
+                &record,
+                &planned.input,
+                diff.clone(),
+                census,
+                &self.collected,
+                previous_privileged
+                    .as_ref()
+                    .map(|(run_id, list)| (run_id.as_str(), list.as_slice())),
+                snapshot.hex(),
+            )
+            .map_err(|error| fail(format!("cannot read the run's spooled records: {error}")))?;
         let pending = Pending {
             source: &source.name,
             recorded_at: self.outcome.finished_at,

@@ -138,6 +138,7 @@ impl TestSource {
                 authentik_version: Some("2025.12.4".into()),
                 settings_fingerprint: self.source.settings_fingerprint(),
                 health: None,
+                settings_changed: Vec::new(),
             },
             latest,
             collected,

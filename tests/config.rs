@@ -271,6 +271,9 @@ fn conf_d_and_environment_are_merged_in_order() {
 fn the_example_config_documents_real_keys() {
     let dir = tempfile::tempdir().unwrap();
     write_secret(&dir.path().join("token"), "x");
+    let key = dir.path().join("signing.pem");
+    let made = run_binary(None, &["keygen", "--out", key.to_str().unwrap()]);
+    assert_eq!(made.code, 0, "{}", made.stderr);
     let example =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml"))
             .unwrap();
@@ -283,7 +286,8 @@ fn the_example_config_documents_real_keys() {
             (is_key
                 || rest.starts_with("[output.")
                 || rest.starts_with("[http]")
-                || rest.starts_with("[retention]"))
+                || rest.starts_with("[retention]")
+                || rest.starts_with("[ledger]"))
                 && !rest.starts_with("token =")
                 && !rest.starts_with("ca_file")
         });
@@ -295,6 +299,8 @@ fn the_example_config_documents_real_keys() {
         };
         let line = if line.starts_with("state_dir") {
             format!("state_dir = {:?}", dir.path().join("state"))
+        } else if line.starts_with("signing_key_file") {
+            "signing_key_file = \"signing.pem\"".to_string()
         } else {
             line.to_string()
         };
@@ -308,7 +314,10 @@ fn the_example_config_documents_real_keys() {
             && text.contains("\ntimezone = ")
             && text.contains("\n[http]\nlisten = ")
             && text.contains("\n[retention]\n")
-            && text.contains("\nkeep_days = "),
+            && text.contains("\nkeep_days = ")
+            && text.contains("\nkeep_evidence_days = ")
+            && text.contains("\nprivileged_roles = ")
+            && text.contains("\n[ledger]\nsigning_key_file = "),
         "{text}"
     );
     let path = dir.path().join("config.toml");

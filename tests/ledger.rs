@@ -193,6 +193,17 @@ async fn past_results_do_not_follow_todays_settings() {
         "{}",
         csv.stdout
     );
+    let runs = env.aksync(&["runs"]);
+    let line = runs
+        .stdout
+        .lines()
+        .find(|line| line.starts_with(&r3))
+        .unwrap();
+    assert!(
+        line.contains("settings changed: ignore_fields, privileged_groups"),
+        "{}",
+        runs.stdout
+    );
 }
 
 /// A group's parent changed to the admins and back: every member gains and loses superuser

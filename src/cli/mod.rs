@@ -537,10 +537,20 @@ pub(crate) fn open_existing(database: &Path) -> Result<Option<Store>, CliError> 
 }
 
 pub(crate) fn runs(database: &Path, source: Option<&str>, json: bool) -> Result<Exit, CliError> {
-    let runs = match open_existing(database)? {
+    let store = open_existing(database)?;
+    let runs = match &store {
         Some(store) => store.runs(source)?,
         None => Vec::new(),
     };
+    // Where each source's kept snapshots start: older runs are evidence only.
+    let mut kept_from: std::collections::BTreeMap<String, Option<String>> = Default::default();
+    if let Some(store) = &store {
+        for run in &runs {
+            if !kept_from.contains_key(&run.source) {
+                kept_from.insert(run.source.clone(), store.pruned_before(&run.source)?);
+            }
+        }
+    }
     if json {
         print_json(&runs)?;
         return Ok(Exit::Success);
@@ -566,7 +576,7 @@ pub(crate) fn runs(database: &Path, source: Option<&str>, json: bool) -> Result<
                 run.counts.memberships.to_string(),
                 run.versions_written.to_string(),
                 delivery_cell(run),
-                run.error.clone().unwrap_or_default(),
+                run_note(run, kept_from.get(&run.source).and_then(Option::as_deref)),
             ]
         })
         .collect();
@@ -581,10 +591,31 @@ pub(crate) fn runs(database: &Path, source: Option<&str>, json: bool) -> Result<
         "memberships",
         "new versions",
         "delivery",
-        "error",
+        "note",
     ];
     output::print(&output::table(&headers, &rows))?;
     Ok(Exit::Success)
+}
+
+/// What else a reader of the run list must know: the error, the settings the run changed,
+/// and whether retention removed its snapshot (its evidence stays).
+fn run_note(run: &RunRecord, snapshots_kept_from: Option<&str>) -> String {
+    let mut notes = Vec::new();
+    if let Some(error) = &run.error {
+        notes.push(error.clone());
+    }
+    if !run.settings_changed.is_empty() {
+        notes.push(format!(
+            "settings changed: {}",
+            run.settings_changed.join(", ")
+        ));
+    }
+    if run.status == RunStatus::Complete
+        && snapshots_kept_from.is_some_and(|from| run.run_id.as_str() < from)
+    {
+        notes.push("snapshot pruned".to_string());
+    }
+    notes.join("; ")
 }
 
 /// A run's webhook delivery in a word, with its progress while it is not finished.

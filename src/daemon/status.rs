@@ -317,6 +317,7 @@ pub(crate) mod tests {
             authentik_version: Some("2025.12.4".into()),
             settings_fingerprint: "f".into(),
             health: None,
+            settings_changed: Vec::new(),
         }
         .into_record(
             "01JTEST0000000000000000000".into(),

@@ -211,6 +211,19 @@ pub struct RunContext<'a> {
 }
 
 impl RunContext<'_> {
+    /// The keys of the settings that differ from the previous run's, for its run record.
+    pub fn changed_keys(&self) -> Vec<String> {
+        self.previous_settings
+            .map(|before| {
+                self.settings
+                    .changes_since(before)
+                    .into_iter()
+                    .map(|change| change.key)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The entry of a run that stored nothing of the directory.
     pub fn failed(self, record: &crate::store::RunRecord) -> super::RunEvidence {
         self.evidence(record, None)

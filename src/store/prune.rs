@@ -336,6 +336,7 @@ mod tests {
             authentik_version: None,
             settings_fingerprint: "f".into(),
             health: None,
+            settings_changed: Vec::new(),
         }
         .into_record(format!("R{id:02}"), status, None, Counts::default(), 0);
         record.previous_run = previous.map(|id| format!("R{id:02}"));

@@ -90,6 +90,10 @@ pub struct RunRecord {
     /// The sequence number of the run's entry in its source's ledger chain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ledger_seq: Option<u64>,
+    /// The settings this run recorded differently from the source's run before it (its
+    /// ledger entry has them old → new).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub settings_changed: Vec<String>,
     /// Fields written by other aksync versions, preserved as they are.
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
@@ -227,6 +231,8 @@ pub struct RunOutcome {
     pub settings_fingerprint: String,
     /// What the run saw of the source's health; stored with the run, in its transaction.
     pub health: Option<HealthRecord>,
+    /// The settings that differ from the source's run before (see [`RunRecord`]).
+    pub settings_changed: Vec<String>,
 }
 
 impl RunOutcome {
@@ -257,6 +263,7 @@ impl RunOutcome {
             delivery: None,
             token_user: None,
             ledger_seq: None,
+            settings_changed: self.settings_changed,
             extra: BTreeMap::new(),
         }
     }

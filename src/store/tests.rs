@@ -39,6 +39,7 @@ fn outcome(minute: i64) -> RunOutcome {
         authentik_version: Some("2025.12.4".into()),
         settings_fingerprint: "f".into(),
         health: None,
+        settings_changed: Vec::new(),
     }
 }
 
