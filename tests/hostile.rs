@@ -347,6 +347,21 @@ async fn two_different_records_with_one_pk_fail_the_listing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_users_with_one_uid_fail_the_listing() {
+    let env = synced(30).await;
+    let before = history(&env);
+    lie(
+        &env,
+        ListKind::Users,
+        ListingLies {
+            shared_uid: true,
+            ..ListingLies::default()
+        },
+    );
+    assert_clean_failure(&env, &before, &["users with the pks", "have one uid"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_json_and_redirects_are_named_for_what_they_are() {
     let env = synced(10).await;
     let before = history(&env);
