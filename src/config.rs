@@ -732,8 +732,9 @@ fn validate_source(name: &str, raw: RawSource, config_dir: &Path) -> Result<Sour
         Some(expression) => {
             RecordFilter::compile(&expression).map_err(|reason| {
                 format!(
-                    "`{}` is not a valid CEL expression ({expression:?}): {reason}",
-                    key("filter")
+                    "`{}` is not a valid CEL expression ({:?}): {reason}",
+                    key("filter"),
+                    crate::display::truncate(&expression, 80)
                 )
             })?;
             Some(expression)
@@ -968,21 +969,6 @@ fn redact_url(raw: &str) -> String {
         None => tail.to_string(),
     };
     format!("{scheme}{authority}{tail}")
-}
-
-/// Compiles a CEL expression so that a typo fails at startup, not in the middle of a run.
-pub fn validate_filter(expression: &str) -> Result<(), String> {
-    cel::Program::compile(expression)
-        .map(|_| ())
-        .map_err(|error| {
-            error
-                .to_string()
-                .lines()
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_string()
-        })
 }
 
 /// Strips a trailing `/` and `/api/v3`, and requires https except on loopback or when

@@ -491,3 +491,40 @@ fn a_state_dir_that_cannot_be_one_is_named() {
     assert!(!dir.path().join("gone").exists());
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "x");
 }
+
+/// `payload.pk == 0 || payload.pk == 1 || …`
+fn filter_of_terms(count: usize) -> String {
+    (0..count)
+        .map(|pk| format!("payload.pk == {pk}"))
+        .collect::<Vec<_>>()
+        .join(" || ")
+}
+
+#[test]
+fn runaway_filters_are_refused_alike_by_check_sync_and_queries() {
+    // Once these crashed the process (a stack overflow or a panic in the CEL parser), or
+    // passed `check` and then crashed `sync`: now each is one configuration error, the same
+    // for every command.
+    let dir = tempfile::tempdir().unwrap();
+    let chain = format!("payload.pk{} > 0", " + 1".repeat(3_000));
+    for (filter, reason) in [
+        (
+            filter_of_terms(2_000),
+            "bytes long, more than the 16384 accepted",
+        ),
+        (
+            format!("{}true{}", "(".repeat(200_000), ")".repeat(200_000)),
+            "bytes long",
+        ),
+        (chain, "nests 3003 levels deep, more than the 100 accepted"),
+    ] {
+        config_error(
+            dir.path(),
+            &format!("{GOOD_SOURCE}filter = {filter:?}\n"),
+            &[
+                "`sources.corp.filter` is not a valid CEL expression",
+                reason,
+            ],
+        );
+    }
+}

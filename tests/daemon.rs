@@ -925,3 +925,41 @@ async fn queries_and_a_manual_sync_work_while_the_daemon_runs() {
         .await;
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_with_a_runaway_filter_is_rejected_and_the_daemon_goes_on() {
+    let env = TestEnv::start(6).await;
+    let keys = schedule(EVERY_SECOND, true);
+    write_config(&env, &[("corp", &keys)], "");
+    let mut daemon = Daemon::start(&env);
+    daemon
+        .wait_for("a run of corp", || when(complete_runs(&env, "corp") >= 1))
+        .await;
+    // 50,000 terms: once a SIGHUP with this killed the daemon.
+    let filter: Vec<String> = (0..50_000)
+        .map(|pk| format!("payload.pk == {pk}"))
+        .collect();
+    let runaway = format!("{keys}filter = {:?}\n", filter.join(" || "));
+    write_config(&env, &[("corp", &runaway)], "");
+    daemon.signal(libc::SIGHUP);
+    daemon
+        .wait_for("the rejected reload", || {
+            when(daemon_log_contains(&env, "reload rejected"))
+        })
+        .await;
+    let runs_then = complete_runs(&env, "corp");
+    daemon
+        .wait_for("runs with the previous configuration", || {
+            when(complete_runs(&env, "corp") >= runs_then + 2)
+        })
+        .await;
+    let log = daemon.stop().await;
+    let errors: Vec<&str> = log.lines().filter(|line| line.contains("ERROR")).collect();
+    assert_eq!(errors.len(), 1, "one error for the rejected reload:\n{log}");
+    assert!(
+        errors[0].contains("sources.corp.filter") && errors[0].contains("bytes long"),
+        "{}",
+        errors[0]
+    );
+    assert!(errors[0].len() < 1000, "a short line: {}", errors[0]);
+}
