@@ -40,6 +40,12 @@ pub enum ArtifactError {
     },
     #[error(transparent)]
     Report(#[from] report::ReportError),
+    /// One format of a run's reports; the others were written.
+    #[error("{} report not written: {source}", format.label())]
+    Format {
+        format: ReportFormat,
+        source: Box<ArtifactError>,
+    },
 }
 
 /// Writes a file atomically, naming it in the error.
@@ -559,7 +565,8 @@ pub fn write_report_file(path: &Path, report: &Report, bytes: &[u8]) -> Result<(
 
 /// Writes the configured report formats of a run and their manifest. One format failing
 /// (PDF without Chromium, say) does not keep the others from being written; the manifest
-/// lists those that were, and the first failure is returned.
+/// lists those that were, and the first failure is returned ([`ArtifactError::Format`] when
+/// it is one format's).
 pub fn write_reports(config: &Config, report: &Report) -> Result<(), ArtifactError> {
     let mut first_failure = None;
     let mut written = Vec::new();
@@ -576,7 +583,10 @@ pub fn write_reports(config: &Config, report: &Report) -> Result<(), ArtifactErr
         match result {
             Ok(bytes) => written.push((path, bytes)),
             Err(error) => {
-                first_failure.get_or_insert(error);
+                first_failure.get_or_insert(ArtifactError::Format {
+                    format: *format,
+                    source: Box::new(error),
+                });
             }
         }
     }

@@ -4,15 +4,16 @@
 //! daemon skips a busy source, the CLI waits) and only print or schedule around this.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::artifacts::{self, run_report, write_reports};
+use crate::artifacts::{run_report, write_reports, ArtifactError};
 use crate::authentik::client::ProgressFn;
 use crate::clock::Clock;
 use crate::config::{Config, SourceConfig};
 use crate::diff::DirectoryDiff;
+use crate::display::escape;
 use crate::run_lock::RunLock;
 use crate::store::{RunRecord, RunStatus, Store, StoreError};
 use crate::sync::{sync_source, SyncedRun};
@@ -40,6 +41,8 @@ pub async fn run_source(
     lock: RunLock,
 ) -> Result<SyncedRun, StoreError> {
     tracing::info!(source = %source.name, "run started");
+    // The run record's times end with the fetch; the log says what the whole run cost.
+    let started = Instant::now();
     let synced = sync_source(
         context.config,
         source,
@@ -54,7 +57,7 @@ pub async fn run_source(
         prune(context, source).await;
     }
     drop(lock);
-    log_finished(&synced.run);
+    log_finished(&synced.run, started.elapsed());
     Ok(synced)
 }
 
@@ -78,16 +81,19 @@ async fn write_run_reports(
     let (run, diff, now) = (run.clone(), diff.clone(), context.clock.now());
     let written = tokio::task::spawn_blocking(move || {
         run_report(&store, &source, &run, diff, now)
-            .map_err(artifacts::ArtifactError::from)
+            .map_err(ArtifactError::from)
             .and_then(|report| write_reports(&config, &report))
             .map_err(|error| {
-                tracing::warn!(
-                    source = %source.name,
-                    run = %run.run_id,
-                    "reports not written ({error}); write them with `aksync report {} --source {}`",
-                    run.run_id,
-                    source.name
-                )
+                let command = format!("aksync report {} --source {}", run.run_id, source.name);
+                let advice = match &error {
+                    // Only one format failed (a PDF, say): the others are in place.
+                    ArtifactError::Format { format, .. } => format!(
+                        "{error}; write it with `{command} --format {}`",
+                        format.extension()
+                    ),
+                    _ => format!("reports not written: {error}; write them with `{command}`"),
+                };
+                tracing::warn!(source = %source.name, run = %run.run_id, "{advice}")
             })
     })
     .await;
@@ -126,23 +132,26 @@ pub fn run_duration(run: &RunRecord) -> Duration {
         .unwrap_or_default()
 }
 
-fn log_finished(run: &RunRecord) {
-    let duration_secs = format!("{:.3}", run_duration(run).as_secs_f64());
+/// The run's end, with what it took from the start to its last report: a warning for a
+/// failed run, with its error in a field of its own.
+fn log_finished(run: &RunRecord, took: Duration) {
+    // Milliseconds, as a number (not a string) in JSON logs.
+    let duration_secs = (took.as_secs_f64() * 1000.0).round() / 1000.0;
     let changes = run.changes.unwrap_or_default();
     match run.status {
-        RunStatus::Failed => tracing::info!(
+        RunStatus::Failed => tracing::warn!(
             source = %run.source,
             run = %run.run_id,
             status = %run.status.as_str(),
-            duration_secs = %duration_secs,
-            error = run.error.as_deref().unwrap_or_default(),
+            duration_secs,
+            error = %escape(run.error.as_deref().unwrap_or_default()),
             "run finished"
         ),
         status => tracing::info!(
             source = %run.source,
             run = %run.run_id,
             status = %status.as_str(),
-            duration_secs = %duration_secs,
+            duration_secs,
             accounts = run.counts.accounts,
             groups = run.counts.groups,
             memberships = run.counts.memberships,

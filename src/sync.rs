@@ -141,7 +141,6 @@ pub async fn sync_source(
         Ok(fetched) => fetched,
         Err(error) => {
             let message = bounded_error(&error.to_string());
-            tracing::warn!(source = %source.name, "sync failed: {}", crate::display::escape(&message));
             let outcome = RunOutcome {
                 health: error
                     .health()
@@ -180,7 +179,6 @@ pub async fn sync_source(
         Err(Rejected::Store(error)) => Err(error),
         Err(Rejected::Failed(outcome, reason)) => {
             let reason = bounded_error(&reason);
-            tracing::warn!(source = %source.name, "run not stored: {}", crate::display::escape(&reason));
             record_failed(store, *outcome, reason).await
         }
     }

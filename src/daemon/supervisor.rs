@@ -178,7 +178,7 @@ impl Supervisor {
         };
         if slot.running.is_some() {
             tracing::info!(
-                source = name,
+                source = %name,
                 reason = %reason,
                 "run skipped: the previous run of this source is still going"
             );
@@ -214,14 +214,14 @@ impl Supervisor {
             Outcome::Ran(run) => run.status == RunStatus::Failed,
             Outcome::Busy { holder } => {
                 tracing::info!(
-                    source = name,
+                    source = %name,
                     holder_pid = %holder.map_or_else(|| "unknown".to_string(), |pid| pid.to_string()),
                     "run skipped: another aksync process is syncing this source"
                 );
                 false
             }
             Outcome::Error(error) => {
-                tracing::error!(source = name, "run not recorded: {error}");
+                tracing::error!(source = %name, "run not recorded: {error}");
                 true
             }
             Outcome::NotStarted => false,
@@ -277,7 +277,7 @@ impl Supervisor {
         }
         slot.retry = Some(self.scheduler.arm(name, at, &*self.clock).await?);
         tracing::info!(
-            source = name,
+            source = %name,
             failures = slot.failures,
             retry_in_secs = delay.as_secs(),
             "retrying after a failed run"
