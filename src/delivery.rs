@@ -15,6 +15,7 @@ use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use serde_json::json;
 
 use crate::artifacts::{read_envelopes, rebuild_envelopes};
+use crate::authentik::client::error_chain;
 use crate::authentik::RetryPolicy;
 use crate::clock::Clock;
 use crate::config::{Config, WebhookConfig};
@@ -304,7 +305,7 @@ async fn post_with_retries(
                     .and_then(|value| value.to_str().ok())
                     .and_then(|value| value.trim().parse::<u64>().ok())
                     .map(Duration::from_secs);
-                let message = format!("{} answered HTTP {status}", webhook.url);
+                let message = format!("{} answered HTTP {status}", webhook.shown_url());
                 // A timeout, a rate limit or "too early" are the receiver's state; any other
                 // 4xx is about the batch itself, and sending it again changes nothing.
                 let rejected = (400..500).contains(&status) && ![408, 425, 429].contains(&status);
@@ -314,7 +315,11 @@ async fn post_with_retries(
                 (Stop::Transient(message), retry_after)
             }
             Err(error) => (
-                Stop::Transient(format!("cannot reach {}: {error}", webhook.url)),
+                Stop::Transient(format!(
+                    "cannot reach {}: {}",
+                    webhook.shown_url(),
+                    error_chain(&error.without_url())
+                )),
                 None,
             ),
         };

@@ -552,7 +552,7 @@ fn transport_error(error: reqwest::Error, endpoint: &str, url: &url::Url, attemp
 
 /// The innermost causes tell what went wrong ("Connection refused"); reqwest's own message
 /// only says that a request failed. URLs in it carry no token.
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut parts = Vec::new();
     let mut current: Option<&(dyn std::error::Error + 'static)> = error.source();
     while let Some(cause) = current {
