@@ -19,6 +19,7 @@ use crate::filter::RecordFilter;
 use crate::report::ReportFormat;
 use crate::schedule::{Schedule, ScheduleError};
 use crate::secret::ApiToken;
+use crate::state_dir::Access;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/aksync/config.toml";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/aksync";
@@ -393,6 +394,17 @@ impl Config {
             .join(", ")
     }
 
+    /// For commands that write into the state directory: it must also be this user's (see
+    /// [`crate::state_dir`]); what every command needs was checked when the file loaded.
+    pub fn check_state_dir_owner(&self) -> Result<(), ConfigError> {
+        crate::state_dir::check(&self.state_dir, Access::Write).map_err(|reason| {
+            ConfigError::Invalid {
+                origin: self.origin.clone(),
+                message: format!("`state_dir` {reason}"),
+            }
+        })
+    }
+
     pub fn database_path(&self) -> PathBuf {
         self.state_dir.join("aksync.redb")
     }
@@ -616,8 +628,9 @@ fn validate_http(raw: RawHttp) -> Result<HttpConfig, String> {
     Ok(HttpConfig { listen })
 }
 
-/// A state directory that cannot be one is a configuration error, said before anything
-/// tries to create files in it. A missing directory is fine: it is created on first use.
+/// A state directory that cannot be one, or that other users can write, is a configuration
+/// error, said before anything tries to create files in it. A missing directory is fine: it
+/// is created on first use.
 fn check_state_dir(state_dir: &Path) -> Result<(), String> {
     if state_dir.as_os_str().is_empty() {
         return Err("`state_dir` is empty: give the directory for the database, e.g. /var/lib/aksync, or remove the key to use the default".into());
@@ -637,7 +650,9 @@ fn check_state_dir(state_dir: &Path) -> Result<(), String> {
         Ok(_) if !state_dir.is_dir() => Err(format!(
             "`state_dir` = {shown} is not a directory: move the file aside or choose another state_dir"
         )),
-        Ok(_) => Ok(()),
+        Ok(_) => {
+            crate::state_dir::check(state_dir, Access::Read).map_err(|reason| format!("`state_dir` {reason}"))
+        }
     }
 }
 

@@ -30,7 +30,8 @@
 //!
 //! # The other modules
 //!
-//! [`config`] reads and validates the configuration; [`health`] is `aksync check`; [`display`]
+//! [`config`] reads and validates the configuration; [`state_dir`] keeps other local users out
+//! of the state directory; [`health`] is `aksync check`; [`display`]
 //! escapes untrusted text for every human-readable output; [`secret`] holds the token;
 //! [`clock`] makes time a parameter; [`logging`] sets up journald-friendly logs; [`demo`] and
 //! [`fake`] are the demo and the bundled fake Authentik the tests use.
@@ -62,6 +63,7 @@ pub mod runner;
 pub mod schedule;
 pub mod secret;
 pub mod spool;
+pub mod state_dir;
 pub mod store;
 pub mod sync;
 #[cfg(test)]

@@ -834,3 +834,99 @@ async fn a_pdf_under_memory_deny_write_execute_fails_at_once_with_how_to_fix_it(
     assert!(started.elapsed() < Duration::from_secs(30), "it waited");
     assert!(!out.exists());
 }
+
+/// Changes the owner of `path` to `uid` (the tests run as root).
+fn chown(path: &Path, uid: u32) {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid C string; chown reads it and touches no other memory.
+    let changed = unsafe { libc::chown(path.as_ptr(), uid, uid) };
+    assert_eq!(changed, 0, "chown: {}", std::io::Error::last_os_error());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_directory_another_user_owns_or_can_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: giving a directory to another user needs root");
+        return;
+    }
+    let env = TestEnv::start(5).await;
+    std::fs::create_dir(env.state_dir()).unwrap();
+    chown(&env.state_dir(), 54_321);
+    for args in [&["sync"][..], &["daemon"], &["deliver"]] {
+        let run = env.aksync(args);
+        assert_eq!(run.code, 2, "{args:?}: {}{}", run.stdout, run.stderr);
+        assert_eq!(run.stderr.trim().lines().count(), 1, "{}", run.stderr);
+        assert!(
+            run.stderr.contains("belongs to uid 54321")
+                && run
+                    .stderr
+                    .contains(&format!("chown 0 {}", env.state_dir().display())),
+            "{}",
+            run.stderr
+        );
+    }
+    // An admin reads, and checks, the service's state; nothing is written there.
+    let runs = env.aksync(&["runs"]);
+    assert_eq!(runs.code, 0, "{}", runs.stderr);
+    let check = env.aksync(&["check"]);
+    assert_eq!(check.code, 0, "{}", check.stderr);
+    assert!(
+        check.stdout.starts_with("corp: Healthy"),
+        "{}",
+        check.stdout
+    );
+    assert_eq!(std::fs::read_dir(env.state_dir()).unwrap().count(), 0);
+
+    chown(&env.state_dir(), 0);
+    std::fs::set_permissions(env.state_dir(), std::fs::Permissions::from_mode(0o770)).unwrap();
+    for args in [&["sync"][..], &["runs"]] {
+        let run = env.aksync(args);
+        assert_eq!(run.code, 2, "{args:?}: {}{}", run.stdout, run.stderr);
+        assert!(
+            run.stderr
+                .contains("can be written by other users (mode 0770)")
+                && run.stderr.contains("chmod go-w"),
+            "{}",
+            run.stderr
+        );
+    }
+    std::fs::set_permissions(env.state_dir(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    env.sync_ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_planted_in_the_state_directory_are_not_followed() {
+    let env = synced(5).await;
+    let victim = env.dir.path().join("victim");
+    std::fs::write(&victim, "precious").unwrap();
+    let lock = env.state_dir().join("locks/source-corp.lock");
+    std::fs::remove_file(&lock).unwrap();
+    std::os::unix::fs::symlink(&victim, &lock).unwrap();
+    let sync = env.aksync(&["sync"]);
+    assert_eq!(sync.code, 1, "{}{}", sync.stdout, sync.stderr);
+    assert!(
+        sync.stderr.contains("source-corp.lock") && sync.stderr.contains("symbolic link"),
+        "{}",
+        sync.stderr
+    );
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    std::fs::remove_file(&lock).unwrap();
+
+    // The database too: a link in its place is refused, not opened.
+    let moved = env.dir.path().join("elsewhere.redb");
+    std::fs::rename(env.database(), &moved).unwrap();
+    std::os::unix::fs::symlink(&moved, env.database()).unwrap();
+    let before = std::fs::read(&moved).unwrap();
+    for args in [&["sync"][..], &["runs"]] {
+        let run = env.aksync(args);
+        assert_eq!(run.code, 1, "{args:?}: {}{}", run.stdout, run.stderr);
+        assert!(run.stderr.contains("symbolic link"), "{}", run.stderr);
+    }
+    assert!(
+        std::fs::read(&moved).unwrap() == before,
+        "the target changed"
+    );
+}

@@ -74,12 +74,16 @@ pub async fn run(opt: Opt) -> Result<Exit, CliError> {
         }
         Command::Daemon => {
             let config = Config::load(&location)?;
+            config.check_state_dir_owner()?;
             logging::init(&config.daemon.log_level, config.daemon.log_format);
             crate::daemon::run(location, config, Arc::new(clock)).await
         }
         command => {
             logging::init(CLI_LOG_LEVEL, LogFormat::Text);
             let config = Config::load(&location)?;
+            if command.writes_state_dir() {
+                config.check_state_dir_owner()?;
+            }
             run_configured(command, &config, &clock).await
         }
     }
@@ -176,9 +180,13 @@ async fn check(
     for source in sources {
         results.push(check_source(source, clock).await);
     }
-    let store = Store::open(&config.database_path(), STORE_WAIT)?;
-    for result in &results {
-        store.put_health(result)?;
+    // An admin may check the sources of a service whose state directory is not theirs
+    // (`sudo aksync check`); the result is then printed, not stored.
+    if config.check_state_dir_owner().is_ok() {
+        let store = Store::open(&config.database_path(), STORE_WAIT)?;
+        for result in &results {
+            store.put_health(result)?;
+        }
     }
     let now = clock.now();
     let checked: Vec<CheckedSource> = results
