@@ -13,7 +13,6 @@ use crate::authentik::client::ProgressFn;
 use crate::clock::Clock;
 use crate::config::{Config, SourceConfig};
 use crate::diff::DirectoryDiff;
-use crate::display::escape;
 use crate::run_lock::RunLock;
 use crate::store::{RunRecord, RunStatus, Store, StoreError};
 use crate::sync::{sync_source, SyncedRun};
@@ -144,7 +143,8 @@ fn log_finished(run: &RunRecord, took: Duration) {
             run = %run.run_id,
             status = %run.status.as_str(),
             duration_secs,
-            error = %escape(run.error.as_deref().unwrap_or_default()),
+            // A string field: quoted in text logs (it has spaces), a string in JSON.
+            error = run.error.as_deref().unwrap_or_default(),
             "run finished"
         ),
         status => tracing::info!(

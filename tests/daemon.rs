@@ -963,3 +963,79 @@ async fn a_reload_with_a_runaway_filter_is_rejected_and_the_daemon_goes_on() {
     );
     assert!(errors[0].len() < 1000, "a short line: {}", errors[0]);
 }
+
+/// Starts the daemon with stderr as the journal would give it: `JOURNAL_STREAM` names the
+/// device and inode of its stderr, the log file.
+fn start_as_if_under_journald(env: &TestEnv) -> Daemon {
+    use std::os::unix::fs::MetadataExt;
+    let log = env.dir.path().join("daemon.log");
+    std::fs::File::create(&log).unwrap();
+    let metadata = std::fs::metadata(&log).unwrap();
+    // Daemon::start_with truncates the same file, so its inode stays.
+    let stream = format!("{}:{}", metadata.dev(), metadata.ino());
+    Daemon::start_with(env, &[("JOURNAL_STREAM", &stream), ("AKSYNC_LOG", "info")])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lines_for_the_journal_carry_their_priority_and_json_keeps_numbers() {
+    let env = TestEnv::start(4).await;
+    // Nothing listens on port 1: `down` fails, so that its end is a warning.
+    let down = format!(
+        "\n[sources.down]\nbase_url = \"http://127.0.0.1:1\"\ntoken_file = \"token\"\n{}",
+        schedule(YEARLY, true)
+    );
+    for format in ["text", "json"] {
+        let tail = format!("{down}\n[daemon]\nlog_format = \"{format}\"\n");
+        write_config(&env, &[("corp", &schedule(YEARLY, true))], &tail);
+        let before = (runs(&env, "corp").len(), runs(&env, "down").len());
+        let mut daemon = start_as_if_under_journald(&env);
+        daemon
+            .wait_for("a run of each source", || {
+                when(runs(&env, "corp").len() > before.0 && runs(&env, "down").len() > before.1)
+            })
+            .await;
+        let log = daemon.stop().await;
+        for line in log.lines() {
+            let priority = ["<3>", "<4>", "<6>", "<7>"]
+                .into_iter()
+                .find(|priority| line.starts_with(priority));
+            assert!(priority.is_some(), "no priority: {line:?}");
+        }
+        let finished = |status: &str| {
+            log.lines()
+                .find(|line| line.contains("run finished") && line.contains(status))
+                .unwrap_or_else(|| panic!("no {status} run in:\n{log}"))
+                .to_string()
+        };
+        let (failed, complete) = (finished("failed"), finished("complete"));
+        assert!(failed.starts_with("<4>"), "{failed}");
+        assert!(complete.starts_with("<6>"), "{complete}");
+        if format == "text" {
+            assert!(
+                failed.starts_with("<4>WARN run finished source=down "),
+                "{failed}"
+            );
+            assert!(failed.contains("error=\"cannot connect"), "{failed}");
+            assert!(
+                complete.starts_with("<6>INFO run finished source=corp "),
+                "{complete}"
+            );
+            assert!(log.contains("<6>INFO aksync daemon started"), "{log}");
+        } else {
+            let object = |line: &str| -> Value { serde_json::from_str(&line[3..]).unwrap() };
+            let (failed, complete) = (object(&failed), object(&complete));
+            assert_eq!(failed["level"], "WARN", "{failed}");
+            assert!(failed["fields"]["duration_secs"].is_f64(), "{failed}");
+            assert!(
+                failed["fields"]["error"]
+                    .as_str()
+                    .is_some_and(|error| error.contains("Connection refused")),
+                "{failed}"
+            );
+            assert_eq!(failed["fields"]["source"], "down", "{failed}");
+            assert!(complete["fields"]["duration_secs"].is_f64(), "{complete}");
+            assert!(complete["fields"]["accounts"].is_u64(), "{complete}");
+        }
+        assert_plain_and_secret_free(&log);
+    }
+}
