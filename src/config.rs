@@ -37,6 +37,9 @@ const DEFAULT_REPORTS: [ReportFormat; 4] = [
 const ENV_NOT_KEYS: [&str; 3] = ["config", "log", "chromium"];
 /// Keys whose values are secrets: never echoed in an error.
 const SECRET_KEYS: [&str; 1] = ["token"];
+/// Where systemd's `LoadCredential=` puts this unit's credentials when a command runs outside
+/// the service, which has `$CREDENTIALS_DIRECTORY` instead.
+const SERVICE_CREDENTIALS_DIR: &str = "/run/credentials/aksync.service";
 /// A token file larger than this is not a token file.
 const MAX_TOKEN_FILE_BYTES: u64 = 64 * 1024;
 
@@ -134,6 +137,7 @@ struct RawOutput {
 struct RawWebhook {
     url: String,
     token_file: Option<PathBuf>,
+    token_credential: Option<String>,
     batch_size: Option<u32>,
     timeout_secs: Option<u64>,
     #[serde(default)]
@@ -146,6 +150,7 @@ struct RawSource {
     base_url: String,
     token: Option<String>,
     token_file: Option<PathBuf>,
+    token_credential: Option<String>,
     #[serde(default)]
     primary_directory: bool,
     #[serde(default)]
@@ -237,7 +242,7 @@ pub struct OutputConfig {
 #[derive(Debug, Clone)]
 pub struct WebhookConfig {
     pub url: Url,
-    pub token: Option<ApiToken>,
+    pub token: Option<TokenSource>,
     pub batch_size: usize,
     pub timeout: Duration,
 }
@@ -250,13 +255,39 @@ impl WebhookConfig {
     }
 }
 
+/// Where a token comes from. A file is read when a command needs the token
+/// ([`TokenSource::read`]), not when the configuration loads: queries of the store need
+/// none, and a credential that systemd gives only to the running service must not break
+/// `sudo aksync runs`. Each run reads it again, so a rotated token file needs no reload.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TokenSource {
+    /// `token = "…"` in the configuration, checked when it loads.
+    Inline(ApiToken),
+    /// `token_file`, or `token_credential` in the credentials directory.
+    File {
+        path: PathBuf,
+        /// The key that named it, for messages.
+        key: String,
+    },
+}
+
+impl TokenSource {
+    /// The token; the error names the key and the file and says how to fix it.
+    pub fn read(&self) -> Result<ApiToken, String> {
+        match self {
+            TokenSource::Inline(token) => Ok(token.clone()),
+            TokenSource::File { path, key } => read_token_file(path, key),
+        }
+    }
+}
+
 /// One Authentik instance.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SourceConfig {
     pub name: String,
     /// Normalized: no trailing `/`, no `/api/v3`.
     pub base_url: Url,
-    pub token: ApiToken,
+    pub token: TokenSource,
     pub primary_directory: bool,
     pub disable_group_sync: bool,
     pub filter: Option<String>,
@@ -367,8 +398,45 @@ impl Config {
         if raw.sources.is_empty() && !path.is_file() {
             return Err(ConfigError::NoConfig(path.to_path_buf()));
         }
-        let state_dir_env = std::env::var_os("STATE_DIRECTORY").map(PathBuf::from);
-        validate(raw, path, state_dir_env, origin)
+        let environment = SystemdDirectories {
+            state: std::env::var_os("STATE_DIRECTORY").map(PathBuf::from),
+            credentials: std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
+        };
+        validate(raw, path, environment, origin)
+    }
+
+    /// Reads every token the sources and the webhook name, for the commands that talk to
+    /// them: a missing or unreadable one is a configuration error before anything runs.
+    /// Warns about token files that other users can read.
+    pub fn read_tokens(&self) -> Result<(), ConfigError> {
+        for source in self.sources.values() {
+            self.read_token(&source.token)?;
+        }
+        self.read_webhook_token()
+    }
+
+    /// The webhook's token only, for `aksync deliver`.
+    pub fn read_webhook_token(&self) -> Result<(), ConfigError> {
+        match self
+            .output
+            .webhook
+            .as_ref()
+            .and_then(|webhook| webhook.token.as_ref())
+        {
+            Some(token) => self.read_token(token),
+            None => Ok(()),
+        }
+    }
+
+    fn read_token(&self, token: &TokenSource) -> Result<(), ConfigError> {
+        token.read().map_err(|message| ConfigError::Invalid {
+            origin: self.origin.clone(),
+            message,
+        })?;
+        if let TokenSource::File { path, key } = token {
+            warn_if_readable_by_others(path, key);
+        }
+        Ok(())
     }
 
     /// The sources to act on: the one named, or all of them.
@@ -516,10 +584,18 @@ fn without_source_lines(message: &str) -> String {
         .join(": ")
 }
 
+/// The directories systemd names in the environment of a service.
+struct SystemdDirectories {
+    /// `$STATE_DIRECTORY` (`StateDirectory=`).
+    state: Option<PathBuf>,
+    /// `$CREDENTIALS_DIRECTORY` (`LoadCredential=`).
+    credentials: Option<PathBuf>,
+}
+
 fn validate(
     raw: RawConfig,
     config_path: &Path,
-    state_dir_env: Option<PathBuf>,
+    environment: SystemdDirectories,
     origin: String,
 ) -> Result<Config, ConfigError> {
     let invalid = |message: String| ConfigError::Invalid {
@@ -533,7 +609,7 @@ fn validate(
         .state_dir
         .or_else(|| {
             // systemd may pass several colon-separated directories; the first is ours.
-            state_dir_env.and_then(|dirs| {
+            environment.state.and_then(|dirs| {
                 dirs.to_str()
                     .and_then(|dirs| dirs.split(':').next())
                     .filter(|dir| !dir.is_empty())
@@ -542,13 +618,18 @@ fn validate(
         })
         .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
     check_state_dir(&state_dir).map_err(&invalid)?;
-    let config_dir = config_path.parent().unwrap_or(Path::new("."));
+    let places = TokenPlaces {
+        config_dir: config_path.parent().unwrap_or(Path::new(".")),
+        credentials_dir: environment
+            .credentials
+            .unwrap_or_else(|| PathBuf::from(SERVICE_CREDENTIALS_DIR)),
+    };
     let mut sources = BTreeMap::new();
     for (name, raw_source) in raw.sources {
-        let source = validate_source(&name, raw_source, config_dir).map_err(&invalid)?;
+        let source = validate_source(&name, raw_source, &places).map_err(&invalid)?;
         sources.insert(name, source);
     }
-    let output = validate_output(raw.output, config_dir).map_err(&invalid)?;
+    let output = validate_output(raw.output, &places).map_err(&invalid)?;
     let daemon = validate_daemon(raw.daemon).map_err(&invalid)?;
     let http = raw.http.map(validate_http).transpose().map_err(&invalid)?;
     let retention = validate_retention(raw.retention).map_err(&invalid)?;
@@ -656,7 +737,67 @@ fn check_state_dir(state_dir: &Path) -> Result<(), String> {
     }
 }
 
-fn validate_output(raw: RawOutput, config_dir: &Path) -> Result<OutputConfig, String> {
+/// Where relative paths and credential names point.
+struct TokenPlaces<'a> {
+    /// `token_file` and `ca_file` are relative to the configuration file.
+    config_dir: &'a Path,
+    /// `token_credential` names a file here: `$CREDENTIALS_DIRECTORY` inside the service,
+    /// the service's own credentials directory for commands run beside it.
+    credentials_dir: PathBuf,
+}
+
+impl TokenPlaces<'_> {
+    /// Exactly one of `token`, `token_file` and `token_credential`; `prefix` is the table's
+    /// key, e.g. `sources.corp.`.
+    fn token(
+        &self,
+        prefix: &str,
+        inline: Option<String>,
+        file: Option<PathBuf>,
+        credential: Option<String>,
+    ) -> Result<Option<TokenSource>, String> {
+        let key = |field: &str| format!("{prefix}{field}");
+        let given = [inline.is_some(), file.is_some(), credential.is_some()];
+        if given.iter().filter(|given| **given).count() > 1 {
+            return Err(format!(
+                "more than one of `{}`, `{}` and `{}` is set: keep exactly one",
+                key("token"),
+                key("token_file"),
+                key("token_credential")
+            ));
+        }
+        if let Some(token) = inline {
+            return checked_token(&token, &format!("`{}`", key("token")))
+                .map(|token| Some(TokenSource::Inline(token)));
+        }
+        if let Some(file) = file {
+            return Ok(Some(TokenSource::File {
+                path: self.config_dir.join(file),
+                key: key("token_file"),
+            }));
+        }
+        let Some(name) = credential else {
+            return Ok(None);
+        };
+        let plain_name = !name.is_empty()
+            && !name.contains('/')
+            && name != "."
+            && name != ".."
+            && name.chars().all(|c| c.is_ascii_graphic());
+        if !plain_name {
+            return Err(format!(
+                "`{}` = {name:?} is not a credential name: give the name of a LoadCredential= line, e.g. \"corp.token\"",
+                key("token_credential")
+            ));
+        }
+        Ok(Some(TokenSource::File {
+            path: self.credentials_dir.join(name),
+            key: key("token_credential"),
+        }))
+    }
+}
+
+fn validate_output(raw: RawOutput, places: &TokenPlaces) -> Result<OutputConfig, String> {
     let reports = match raw.reports {
         None => DEFAULT_REPORTS.to_vec(),
         Some(names) => names
@@ -687,10 +828,12 @@ fn validate_output(raw: RawOutput, config_dir: &Path) -> Result<OutputConfig, St
                     redact_url(&raw.url)
                 )
             })?;
-            let token = raw
-                .token_file
-                .map(|file| read_token_file(&config_dir.join(file), "output.webhook.token_file"))
-                .transpose()?;
+            let token = places.token(
+                "output.webhook.",
+                None,
+                raw.token_file,
+                raw.token_credential,
+            )?;
             Some(WebhookConfig {
                 url,
                 token,
@@ -708,7 +851,11 @@ fn validate_output(raw: RawOutput, config_dir: &Path) -> Result<OutputConfig, St
     Ok(OutputConfig { reports, webhook })
 }
 
-fn validate_source(name: &str, raw: RawSource, config_dir: &Path) -> Result<SourceConfig, String> {
+fn validate_source(
+    name: &str,
+    raw: RawSource,
+    places: &TokenPlaces,
+) -> Result<SourceConfig, String> {
     let key = |field: &str| format!("sources.{name}.{field}");
     if !is_valid_source_name(name) {
         return Err(format!(
@@ -723,24 +870,21 @@ fn validate_source(name: &str, raw: RawSource, config_dir: &Path) -> Result<Sour
                 redact_url(&raw.base_url)
             )
         })?;
-    let token = match (raw.token, raw.token_file) {
-        (Some(_), Some(_)) => {
-            return Err(format!(
-                "both `{}` and `{}` are set: keep exactly one (token_file is preferred)",
-                key("token"),
-                key("token_file")
-            ))
-        }
-        (None, None) => {
-            return Err(format!(
-                "no token: set `{}` (preferred) or `{}`",
+    let token = places
+        .token(
+            &format!("sources.{name}."),
+            raw.token,
+            raw.token_file,
+            raw.token_credential,
+        )?
+        .ok_or_else(|| {
+            format!(
+                "no token: set `{}` (under systemd), `{}` or `{}`",
+                key("token_credential"),
                 key("token_file"),
                 key("token")
-            ))
-        }
-        (Some(token), None) => checked_token(&token, &format!("`{}`", key("token")))?,
-        (None, Some(file)) => read_token_file(&config_dir.join(file), &key("token_file"))?,
-    };
+            )
+        })?;
     let page_size = bounded(raw.page_size, 100, 1..=1000, &key("page_size"))?;
     let concurrency = bounded(raw.concurrency, 4, 1..=32, &key("concurrency"))?;
     let timeout_secs = bounded(raw.timeout_secs, 60, 1..=3600, &key("timeout_secs"))?;
@@ -767,7 +911,7 @@ fn validate_source(name: &str, raw: RawSource, config_dir: &Path) -> Result<Sour
     };
     let ca_file = match raw.ca_file {
         Some(file) => {
-            let path = config_dir.join(file);
+            let path = places.config_dir.join(file);
             if !path.is_file() {
                 return Err(format!(
                     "`{}` = {}: no such file; give the PEM file of the CA that signed the Authentik certificate",
@@ -913,7 +1057,7 @@ where
 }
 
 /// Reads a token file, at most [`MAX_TOKEN_FILE_BYTES`] of it (a path such as `/dev/zero`
-/// must not read on forever), and warns when other users may read it too.
+/// must not read on forever).
 fn read_token_file(path: &Path, key: &str) -> Result<ApiToken, String> {
     use std::io::Read;
     let cannot_read =
@@ -936,9 +1080,7 @@ fn read_token_file(path: &Path, key: &str) -> Result<ApiToken, String> {
             path.display()
         )
     })?;
-    let token = checked_token(&content, &format!("`{key}` ({})", path.display()))?;
-    warn_if_readable_by_others(path, key);
-    Ok(token)
+    checked_token(&content, &format!("`{key}` ({})", path.display()))
 }
 
 /// A token as it can go into an `Authorization` header: surrounding whitespace is dropped,

@@ -131,6 +131,8 @@ pub fn check_count(kind: ListKind, distinct: u64, count: u64) -> Result<(), Clie
 pub struct AuthentikClient {
     http: reqwest::Client,
     source: SourceConfig,
+    /// Read from its file when the client is made, once per run or check.
+    token: ApiToken,
     retry: RetryPolicy,
     /// One slot per request in flight; a retry's back-off holds none.
     slots: tokio::sync::Semaphore,
@@ -162,9 +164,14 @@ impl AuthentikClient {
             endpoint: source.base_url.to_string(),
             reason: error.to_string(),
         })?;
+        let token = source
+            .token
+            .read()
+            .map_err(|reason| ClientError::Token { reason })?;
         Ok(AuthentikClient {
             http,
             source: source.clone(),
+            token,
             retry,
             slots: tokio::sync::Semaphore::new(source.concurrency),
         })
@@ -315,12 +322,11 @@ impl AuthentikClient {
     ) -> Attempt {
         // The pool is never closed, so a slot always comes.
         let _slot = self.slots.acquire().await;
-        let token: &ApiToken = &self.source.token;
         let response = self
             .http
             .get(url.clone())
             .query(params)
-            .header(AUTHORIZATION, token.bearer_header())
+            .header(AUTHORIZATION, self.token.bearer_header())
             .header(ACCEPT, "application/json")
             .header(USER_AGENT, concat!("aksync/", env!("CARGO_PKG_VERSION")))
             .send()

@@ -75,6 +75,7 @@ pub async fn run(opt: Opt) -> Result<Exit, CliError> {
         Command::Daemon => {
             let config = Config::load(&location)?;
             config.check_state_dir_owner()?;
+            config.read_tokens()?;
             logging::init(&config.daemon.log_level, config.daemon.log_format);
             crate::daemon::run(location, config, Arc::new(clock)).await
         }
@@ -83,6 +84,13 @@ pub async fn run(opt: Opt) -> Result<Exit, CliError> {
             let config = Config::load(&location)?;
             if command.writes_state_dir() {
                 config.check_state_dir_owner()?;
+            }
+            // Only what talks to Authentik or the webhook reads tokens: queries of the store
+            // work without them (`sudo aksync runs` while the service's credentials are gone).
+            match command {
+                Command::Check { .. } | Command::Sync { .. } => config.read_tokens()?,
+                Command::Deliver { .. } => config.read_webhook_token()?,
+                _ => {}
             }
             run_configured(command, &config, &clock).await
         }

@@ -152,13 +152,14 @@ async fn reload(
     supervisor: &mut Supervisor,
     config_sender: &watch::Sender<Arc<Config>>,
 ) {
-    let loaded = match Config::load(location) {
-        Ok(config) => config,
-        Err(error) => {
-            tracing::error!("reload rejected, the running configuration stays: {error}");
-            return;
-        }
-    };
+    let loaded =
+        match Config::load(location).and_then(|config| config.read_tokens().map(|()| config)) {
+            Ok(config) => config,
+            Err(error) => {
+                tracing::error!("reload rejected, the running configuration stays: {error}");
+                return;
+            }
+        };
     match supervisor.reload(loaded).await {
         Ok(()) => {
             config_sender.send_replace(supervisor.config());
