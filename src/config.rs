@@ -507,6 +507,9 @@ fn figment_error(figment: &Figment, error: figment::Error, default_origin: &str)
         .as_ref()
         .or_else(|| figment.find_metadata(&key))
         .map(|metadata| match &metadata.source {
+            // As given: figment's own Display makes a path relative to the working directory,
+            // which under systemd (`/`) turns /etc/aksync/config.toml into etc/aksync/….
+            Some(figment::Source::File(path)) => path.display().to_string(),
             Some(source) => source.to_string(),
             None => metadata.name.to_string(),
         })

@@ -645,3 +645,30 @@ fn the_example_config_works_as_it_is_under_the_shipped_unit() {
     let (code, stdout) = aksync(&["runs"]);
     assert_eq!(code, Some(0), "{stdout}");
 }
+
+#[test]
+fn errors_name_the_configuration_file_as_it_was_given() {
+    // systemd starts services in `/`, where a path relative to the working directory loses
+    // its leading slash.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, format!("{GOOD_SOURCE}page_sise = 5\n")).unwrap();
+    for (cwd, given) in [
+        ("/", path.clone()),
+        (dir.path().to_str().unwrap(), "config.toml".into()),
+    ] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_aksync"))
+            .arg("--config")
+            .arg(&given)
+            .arg("runs")
+            .current_dir(cwd)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.starts_with(&format!("aksync: {}: unknown key", given.display())),
+            "{stderr}"
+        );
+    }
+}
