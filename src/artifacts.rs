@@ -347,7 +347,6 @@ fn assemble_report(
             Selection::After { to, .. } => to.run_id.clone(),
             Selection::Between { .. } => end_run.map(|run| run.run_id.clone()).unwrap_or_default(),
         },
-        generated_at,
     );
     Ok(Report {
         header,
@@ -419,7 +418,6 @@ fn header(
     period: Period,
     runs: &[&RunRecord],
     run_id: String,
-    generated_at: DateTime<Utc>,
 ) -> ReportHeader {
     let page_size = source.page_size.to_string();
     let mut endpoints = vec![
@@ -441,7 +439,7 @@ fn header(
         params.push("page=1..N".to_string());
         endpoints.push(format!("GET /api/v3/{}?{}", kind.path(), params.join("&")));
     }
-    let (expected_interval, configured) = source.expected_interval(generated_at);
+    let (expected_interval, configured) = source.expected_interval();
     ReportHeader {
         report_id: report_id(&source.name, &period, runs),
         source: source.name.clone(),

@@ -352,12 +352,12 @@ impl SourceConfig {
         }
     }
 
-    /// `expected_interval`, or one and a half times the longest gap of the schedule after
-    /// `now`: a run's own duration or a late start is no gap, a missed run is.
-    pub fn expected_interval(&self, now: chrono::DateTime<chrono::Utc>) -> (Duration, bool) {
+    /// `expected_interval`, or one and a half times the longest gap of the schedule: a run's
+    /// own duration or a late start is no gap, a missed run is.
+    pub fn expected_interval(&self) -> (Duration, bool) {
         match self.expected_interval {
             Some(interval) => (interval, true),
-            None => (self.schedule.interval(now).mul_f64(1.5), false),
+            None => (self.schedule.interval().mul_f64(1.5), false),
         }
     }
 

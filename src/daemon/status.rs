@@ -89,7 +89,7 @@ impl SourceStatus {
                     .unwrap_or_default()
             )),
             Some(run) => {
-                let allowed = self.schedule.interval(now) * 2;
+                let allowed = self.schedule.interval() * 2;
                 let age = (now - run.finished_at).to_std().unwrap_or_default();
                 (age > allowed).then(|| {
                     format!(

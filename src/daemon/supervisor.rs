@@ -265,7 +265,7 @@ impl Supervisor {
             return Ok(());
         };
         let now = self.clock.now();
-        let Some(delay) = retry_delay(slot.failures, slot.source.schedule.interval(now)) else {
+        let Some(delay) = retry_delay(slot.failures, slot.source.schedule.interval()) else {
             return Ok(());
         };
         let at = now + chrono::Duration::from_std(delay).unwrap_or_default();
