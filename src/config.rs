@@ -174,6 +174,7 @@ struct RawSource {
     hr_key_field: Option<String>,
     sla: Option<String>,
     expected_interval: Option<String>,
+    unhealthy_after_failures: Option<u32>,
 }
 
 /// The validated configuration.
@@ -317,6 +318,8 @@ pub struct SourceConfig {
     /// The longest time between two complete runs that is not a gap in coverage; `None`:
     /// derived from the schedule.
     pub expected_interval: Option<Duration>,
+    /// How many failed runs in a row make the daemon report the source unhealthy.
+    pub unhealthy_after_failures: u32,
 }
 
 /// The settings that shape the stored data; a change to any of them makes records differ
@@ -1000,6 +1003,12 @@ fn validate_source(
         hr_key_field,
         sla,
         expected_interval,
+        unhealthy_after_failures: bounded(
+            raw.unhealthy_after_failures,
+            1,
+            1..=crate::daemon::status::RECENT_RUNS as u32,
+            &key("unhealthy_after_failures"),
+        )?,
     })
 }
 

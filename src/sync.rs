@@ -29,7 +29,7 @@ use crate::record::ChangeRule;
 use crate::store::ops::OpWriter;
 use crate::store::{
     ChangeCounts, CommitPlan, Counts, DeliveryState, RunOutcome, RunRecord, RunStatus, Store,
-    StoreError, TokenUser,
+    StoreError, TokenUser, CANCELLED_BY_SHUTDOWN,
 };
 
 /// How long a command waits for another process that holds the database.
@@ -54,7 +54,7 @@ enum FetchError {
         source_name: String,
         limit: Duration,
     },
-    #[error("cancelled by shutdown")]
+    #[error("{CANCELLED_BY_SHUTDOWN}")]
     Cancelled,
 }
 

@@ -33,6 +33,7 @@ pub(crate) fn source_config() -> SourceConfig {
         hr_key_field: None,
         sla: None,
         expected_interval: None,
+        unhealthy_after_failures: 1,
     }
 }
 

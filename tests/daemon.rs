@@ -178,6 +178,17 @@ fn when(condition: bool) -> Option<()> {
     condition.then_some(())
 }
 
+/// Waits until the daemon's run has read the first page of a listing (of several pages).
+async fn wait_for_a_run_under_way(daemon: &mut Daemon, env: &TestEnv) {
+    daemon
+        .wait_for("the listing to reach page 2", || {
+            env.fake.with_state(|state| {
+                when(state.request_log.iter().any(|line| line.contains("page=2")))
+            })
+        })
+        .await;
+}
+
 /// Every request for users, `/me/` included, answers `status` with `body` from now on.
 fn users_fail(status: u16, body: &str) -> Fault {
     Fault {
@@ -359,13 +370,7 @@ async fn sigterm_cancels_a_slow_sync_and_records_it_failed() {
     let keys = format!("{}page_size = 5\nconcurrency = 1\n", schedule(YEARLY, true));
     write_config(&env, &[("corp", &keys)], "");
     let mut daemon = Daemon::start(&env);
-    daemon
-        .wait_for("the listing to reach page 2", || {
-            env.fake.with_state(|state| {
-                when(state.request_log.iter().any(|line| line.contains("page=2")))
-            })
-        })
-        .await;
+    wait_for_a_run_under_way(&mut daemon, &env).await;
     let (status, log) = daemon.stop_within(STOP_LIMIT).await;
     assert_eq!(status.code(), Some(0), "{log}");
 
@@ -1038,4 +1043,42 @@ async fn lines_for_the_journal_carry_their_priority_and_json_keeps_numbers() {
         }
         assert_plain_and_secret_free(&log);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_during_a_run_keeps_the_source_healthy() {
+    let env = TestEnv::start(30).await;
+    let port = free_port();
+    let http = format!("\n[http]\nlisten = \"127.0.0.1:{port}\"\n");
+    let slow = format!("{}page_size = 5\nconcurrency = 1\n", schedule(YEARLY, true));
+    write_config(&env, &[("corp", &slow)], &http);
+    env.sync_ok();
+    // A run in progress when systemctl restart stops the daemon.
+    env.fake.with_state(|state| {
+        state.latency = Duration::from_millis(300);
+        state.request_log.clear();
+    });
+    let mut daemon = Daemon::start(&env);
+    wait_for_a_run_under_way(&mut daemon, &env).await;
+    let (status, log) = daemon.stop_within(STOP_LIMIT).await;
+    assert_eq!(status.code(), Some(0), "{log}");
+    let cancelled = &runs(&env, "corp")[0];
+    assert!(cancelled.cancelled_by_shutdown(), "{cancelled:?}");
+
+    // Started again, it waits for its next scheduled run: the cancelled one is recorded, but
+    // it was aksync's own stop, not the source's failure.
+    write_config(&env, &[("corp", &schedule(YEARLY, false))], &http);
+    let mut daemon = Daemon::start(&env);
+    let healthz = daemon.wait_for("/healthz", || get(port, "/healthz")).await;
+    assert_eq!(healthz.status, 200, "{}", healthz.body);
+    let body: Value = serde_json::from_str(&healthz.body).unwrap();
+    assert_eq!(body["sources"]["corp"]["healthy"], true, "{body}");
+    let metrics = daemon.wait_for("/metrics", || get(port, "/metrics")).await;
+    assert_eq!(
+        metric(&metrics.body, "aksync_source_healthy{source=\"corp\"}"),
+        Some(1.0),
+        "{}",
+        metrics.body
+    );
+    daemon.stop().await;
 }

@@ -9,6 +9,7 @@ use std::sync::{PoisonError, RwLock};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::config::SourceConfig;
 use crate::schedule::Schedule;
 use crate::store::{DeliveryStatus, RunRecord, RunStatus, Store, StoreError};
 
@@ -53,6 +54,8 @@ impl History {
 #[derive(Debug, Clone)]
 pub struct SourceStatus {
     pub schedule: Schedule,
+    /// Failed runs in a row that make the source unhealthy.
+    pub unhealthy_after_failures: u32,
     pub history: History,
     pub next_run: Option<DateTime<Utc>>,
     /// When the current run was started (or queued for a free slot).
@@ -64,9 +67,10 @@ pub struct SourceStatus {
 }
 
 impl SourceStatus {
-    pub fn new(schedule: Schedule, history: History) -> SourceStatus {
+    pub fn new(source: &SourceConfig, history: History) -> SourceStatus {
         SourceStatus {
-            schedule,
+            schedule: source.schedule.clone(),
+            unhealthy_after_failures: source.unhealthy_after_failures,
             history,
             next_run: None,
             running_since: None,
@@ -75,26 +79,52 @@ impl SourceStatus {
         }
     }
 
-    /// Healthy when the last run is complete and no older than twice the schedule's interval.
+    /// Follows a source's changed settings.
+    pub fn follow(&mut self, source: &SourceConfig) {
+        self.schedule = source.schedule.clone();
+        self.unhealthy_after_failures = source.unhealthy_after_failures;
+    }
+
+    /// Healthy unless the last `unhealthy_after_failures` runs all failed, or the last
+    /// complete run is older than twice the schedule's interval. A run cancelled by aksync's
+    /// own stop says nothing about the source and is looked past: a restart during a run does
+    /// not page anyone.
     pub fn health(&self, now: DateTime<Utc>) -> Health {
-        let reason = match self.history.last_run() {
-            None => Some("no run yet".to_string()),
-            Some(run) if run.status != RunStatus::Complete => Some(format!(
-                "the last run {} is {}{}",
-                run.run_id,
-                run.status.as_str(),
-                run.error
-                    .as_deref()
-                    .map(|error| format!(": {error}"))
-                    .unwrap_or_default()
-            )),
-            Some(run) => {
+        let runs: Vec<&RunRecord> = self
+            .history
+            .recent_runs
+            .iter()
+            .filter(|run| !run.cancelled_by_shutdown())
+            .collect();
+        let not_complete = runs
+            .iter()
+            .take_while(|run| run.status != RunStatus::Complete)
+            .count();
+        let reason = match (runs.first(), &self.history.last_complete) {
+            (None, None) => Some("no run yet".to_string()),
+            (Some(run), _) if not_complete as u32 >= self.unhealthy_after_failures => {
+                let what = format!(
+                    "{} {}{}",
+                    run.run_id,
+                    run.status.as_str(),
+                    run.error
+                        .as_deref()
+                        .map(|error| format!(": {error}"))
+                        .unwrap_or_default()
+                );
+                Some(match not_complete {
+                    1 => format!("the last run {what}"),
+                    runs => format!("the last {runs} runs are not complete; the latest is {what}"),
+                })
+            }
+            (_, None) => Some("no complete run yet".to_string()),
+            (_, Some(complete)) => {
                 let allowed = self.schedule.interval() * 2;
-                let age = (now - run.finished_at).to_std().unwrap_or_default();
+                let age = (now - complete.finished_at).to_std().unwrap_or_default();
                 (age > allowed).then(|| {
                     format!(
-                        "the last run {} finished {}s ago, more than twice the schedule's interval ({}s)",
-                        run.run_id,
+                        "the last complete run {} finished {}s ago, more than twice the schedule's interval ({}s)",
+                        complete.run_id,
                         age.as_secs(),
                         allowed.as_secs() / 2
                     )
@@ -267,7 +297,7 @@ pub(crate) mod tests {
             recent_runs: runs,
             outbox_backlog: 0,
         };
-        SourceStatus::new(Schedule::default(), history)
+        SourceStatus::new(&crate::testing::source_config(), history)
     }
 
     fn at(text: &str) -> DateTime<Utc> {
@@ -297,6 +327,51 @@ pub(crate) mod tests {
         let health = failed.health(at("2026-05-04T12:31:00Z"));
         assert!(!health.healthy);
         assert!(health.reason.unwrap().contains("failed: cannot reach"));
+    }
+
+    #[test]
+    fn a_run_cancelled_by_a_stop_is_no_failure_of_the_source() {
+        let mut cancelled = run(RunStatus::Failed, "2026-05-04T12:30:05Z");
+        cancelled.error = Some(crate::store::CANCELLED_BY_SHUTDOWN.into());
+        let restarted = status_with(vec![
+            cancelled.clone(),
+            run(RunStatus::Complete, "2026-05-04T12:00:05Z"),
+        ]);
+        assert!(restarted.health(at("2026-05-04T12:31:00Z")).healthy);
+        // Staleness still counts from the last complete run.
+        assert!(!restarted.health(at("2026-05-04T13:00:06Z")).healthy);
+        let never = status_with(vec![cancelled]);
+        assert_eq!(
+            never.health(at("2026-05-04T12:31:00Z")).reason.as_deref(),
+            Some("no run yet")
+        );
+    }
+
+    #[test]
+    fn a_source_may_fail_a_few_times_before_it_is_unhealthy() {
+        let mut flaky = status_with(vec![
+            run(RunStatus::Failed, "2026-05-04T12:40:05Z"),
+            run(RunStatus::Failed, "2026-05-04T12:30:05Z"),
+            run(RunStatus::Complete, "2026-05-04T12:20:05Z"),
+        ]);
+        let now = at("2026-05-04T12:41:00Z");
+        assert!(!flaky.health(now).healthy);
+        flaky.unhealthy_after_failures = 3;
+        assert!(flaky.health(now).healthy);
+        flaky.unhealthy_after_failures = 2;
+        let reason = flaky.health(now).reason.unwrap();
+        assert!(
+            reason.starts_with("the last 2 runs are not complete; the latest is ")
+                && reason.ends_with("failed: cannot reach <ak>"),
+            "{reason}"
+        );
+        // Failures below the limit with no complete run at all are still unhealthy.
+        let mut new = status_with(vec![run(RunStatus::Failed, "2026-05-04T12:40:05Z")]);
+        new.unhealthy_after_failures = 3;
+        assert_eq!(
+            new.health(now).reason.as_deref(),
+            Some("no complete run yet")
+        );
     }
 
     #[test]

@@ -107,7 +107,7 @@ impl Supervisor {
         let name = source.name.clone();
         let run_now = source.run_on_start;
         self.board
-            .insert(&name, SourceStatus::new(source.schedule.clone(), history));
+            .insert(&name, SourceStatus::new(&source, history));
         self.slots.insert(
             name.clone(),
             Slot {
@@ -329,9 +329,8 @@ impl Supervisor {
             let schedule_changed = slot.source.schedule != source.schedule;
             slot.source = Arc::new(source.clone());
             tracing::info!(source = %name, "source settings changed");
+            self.board.update(name, |status| status.follow(source));
             if schedule_changed {
-                let schedule = source.schedule.clone();
-                self.board.update(name, |status| status.schedule = schedule);
                 self.arm_next(name, self.clock.now()).await?;
             }
         }

@@ -58,7 +58,7 @@ use guard::Guard;
 use ops::{Op, Ops};
 pub use run::{
     ChangeCounts, Counts, DeliveryState, DeliveryStatus, EnvelopeSummary, HealthRecord,
-    HealthStatus, RunOutcome, RunRecord, RunStatus, TokenUser,
+    HealthStatus, RunOutcome, RunRecord, RunStatus, TokenUser, CANCELLED_BY_SHUTDOWN,
 };
 
 /// The layout version of the tables below. Bump it with a migration in `migrate.rs`.
