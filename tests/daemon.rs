@@ -178,6 +178,15 @@ fn when(condition: bool) -> Option<()> {
     condition.then_some(())
 }
 
+/// A source table whose every run fails, for the `tail` of [`write_config`]: nothing listens
+/// on port 1. It runs once, at start.
+fn unreachable_source(name: &str) -> String {
+    format!(
+        "\n[sources.{name}]\nbase_url = \"http://127.0.0.1:1\"\ntoken_file = \"token\"\n{}",
+        schedule(YEARLY, true)
+    )
+}
+
 /// Waits until the daemon's run has read the first page of a listing (of several pages).
 async fn wait_for_a_run_under_way(daemon: &mut Daemon, env: &TestEnv) {
     daemon
@@ -984,11 +993,8 @@ fn start_as_if_under_journald(env: &TestEnv) -> Daemon {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lines_for_the_journal_carry_their_priority_and_json_keeps_numbers() {
     let env = TestEnv::start(4).await;
-    // Nothing listens on port 1: `down` fails, so that its end is a warning.
-    let down = format!(
-        "\n[sources.down]\nbase_url = \"http://127.0.0.1:1\"\ntoken_file = \"token\"\n{}",
-        schedule(YEARLY, true)
-    );
+    // `down` fails, so that its end is a warning.
+    let down = unreachable_source("down");
     for format in ["text", "json"] {
         let tail = format!("{down}\n[daemon]\nlog_format = \"{format}\"\n");
         write_config(&env, &[("corp", &schedule(YEARLY, true))], &tail);
@@ -1079,6 +1085,45 @@ async fn a_restart_during_a_run_keeps_the_source_healthy() {
         Some(1.0),
         "{}",
         metrics.body
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_line_says_why_a_run_failed_and_the_date_of_a_next_run_not_today() {
+    let env = TestEnv::start(5).await;
+    let down = unreachable_source("down");
+    write_config(&env, &[("corp", &schedule(YEARLY, true))], &down);
+    let socket_path = env.dir.path().join("notify.sock");
+    let socket = tokio::net::UnixDatagram::bind(&socket_path).unwrap();
+    let daemon = Daemon::start_with(&env, &[("NOTIFY_SOCKET", socket_path.to_str().unwrap())]);
+    let mut messages: Vec<String> = Vec::new();
+    let both_ran = |m: &[String]| {
+        m.iter()
+            .any(|m| m.contains("corp: complete") && m.contains("down: failed"))
+    };
+    receive_until(&socket, &mut messages, "both runs' ends", &both_ran).await;
+    let status = messages
+        .iter()
+        .find(|m| both_ran(std::slice::from_ref(m)))
+        .unwrap();
+    // The yearly schedule's next run is on January 1, never today; the failed source's retry
+    // comes within minutes.
+    let next_year = latest_complete(&env)
+        .finished_at
+        .format("%Y")
+        .to_string()
+        .parse::<i32>()
+        .unwrap()
+        + 1;
+    let (corp, down) = status.split_once("; down: ").unwrap();
+    assert!(
+        corp.ends_with(&format!(" {next_year}-01-01 00:00")),
+        "{status}"
+    );
+    assert!(
+        down.starts_with("failed ") && down.contains(" (cannot connect to /api/v3/"),
+        "{status}"
     );
     daemon.stop().await;
 }

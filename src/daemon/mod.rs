@@ -109,7 +109,7 @@ pub async fn run(
         http = %http.map_or_else(|| "off".to_string(), |http| http.listen.to_string()),
         "aksync daemon started"
     );
-    notifier.ready(&board.status_line());
+    notifier.ready(&board.status_line(clock.now()));
     let mut watchdog = notifier.watchdog_interval().map(tokio::time::interval);
     loop {
         let handled = tokio::select! {
@@ -118,7 +118,7 @@ pub async fn run(
                 Request::Reload => {
                     notifier.reloading();
                     reload(&location, &mut supervisor, &config_sender).await;
-                    notifier.ready(&board.status_line());
+                    notifier.ready(&board.status_line(clock.now()));
                     Ok(())
                 }
             },
@@ -132,7 +132,7 @@ pub async fn run(
         if let Err(error) = handled {
             tracing::error!("{error}");
         }
-        notifier.status(&board.status_line());
+        notifier.status(&board.status_line(clock.now()));
     }
     notifier.stopping();
     tracing::info!("stopping: cancelling the runs in progress");

@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::config::SourceConfig;
+use crate::display::quote;
 use crate::schedule::Schedule;
 use crate::store::{DeliveryStatus, RunRecord, RunStatus, Store, StoreError};
 
@@ -138,8 +139,10 @@ impl SourceStatus {
     }
 
     /// One line for systemd's STATUS, e.g.
-    /// `corp: complete 12:00 (1 joiner, 0 movers, 0 leavers), next 12:30`.
-    pub fn status_line(&self, name: &str) -> String {
+    /// `corp: complete 12:00 (1 joiner, 0 movers, 0 leavers), next 12:30`, or
+    /// `corp: failed 12:00 (cannot connect to /api/v3/core/users/me/ …), next Mon 2026-05-11 09:00`:
+    /// why a run failed, in short, and the date of a next run that is not today.
+    pub fn status_line(&self, name: &str, now: DateTime<Utc>) -> String {
         let time = |at: DateTime<Utc>| self.schedule.local_time(at, "%H:%M");
         let mut line = format!("{name}: ");
         match (self.running_since, self.history.last_run()) {
@@ -161,15 +164,26 @@ impl SourceStatus {
                         changes.leavers,
                         plural(changes.leavers)
                     ));
+                } else if let Some(error) = &run.error {
+                    line.push_str(&format!(" ({})", quote(error, STATUS_ERROR_CHARS)));
                 }
             }
         }
         if let Some(next) = self.next_run {
-            line.push_str(&format!(", next {}", time(next)));
+            let day = |at: DateTime<Utc>| self.schedule.local_time(at, "%Y-%m-%d");
+            let when = if day(next) == day(now) {
+                time(next)
+            } else {
+                self.schedule.local_time(next, "%a %Y-%m-%d %H:%M")
+            };
+            line.push_str(&format!(", next {when}"));
         }
         line
     }
 }
+
+/// How much of a failed run's error systemd's STATUS line shows: the start says what failed.
+const STATUS_ERROR_CHARS: usize = 60;
 
 fn plural(count: u64) -> &'static str {
     if count == 1 {
@@ -240,12 +254,12 @@ impl StatusBoard {
     }
 
     /// systemd's STATUS: every source's line, joined.
-    pub fn status_line(&self) -> String {
+    pub fn status_line(&self, now: DateTime<Utc>) -> String {
         self.sources
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
-            .map(|(name, status)| status.status_line(name))
+            .map(|(name, status)| status.status_line(name, now))
             .collect::<Vec<_>>()
             .join("; ")
     }
@@ -376,17 +390,35 @@ pub(crate) mod tests {
 
     #[test]
     fn the_status_line_says_what_happened_and_what_comes() {
+        let now = at("2026-05-04T12:10:00Z");
         let mut status = status_with(vec![run(RunStatus::Complete, "2026-05-04T12:00:05Z")]);
         status.next_run = Some(at("2026-05-04T12:30:00Z"));
         assert_eq!(
-            status.status_line("corp"),
+            status.status_line("corp", now),
             "corp: complete 12:00 (1 joiner, 0 movers, 0 leavers), next 12:30"
         );
         status.running_since = Some(at("2026-05-04T12:30:00Z"));
         assert_eq!(
-            status.status_line("corp"),
+            status.status_line("corp", now),
             "corp: running since 12:30, next 12:30"
         );
-        assert_eq!(status_with(Vec::new()).status_line("hr"), "hr: no run yet");
+        assert_eq!(
+            status_with(Vec::new()).status_line("hr", now),
+            "hr: no run yet"
+        );
+        // Why it failed, in short; and a next run that is not today comes with its date.
+        let mut failed = status_with(vec![run(RunStatus::Failed, "2026-05-04T12:00:05Z")]);
+        failed.history.recent_runs[0].error = Some(format!(
+            "cannot connect to /api/v3/core/users/me/\n{}",
+            "x".repeat(500)
+        ));
+        failed.next_run = Some(at("2026-05-11T09:00:00Z"));
+        let line = failed.status_line("corp", now);
+        assert!(
+            line.starts_with("corp: failed 12:00 (cannot connect to /api/v3/core/users/me/ xxx")
+                && line.ends_with("…), next Mon 2026-05-11 09:00"),
+            "{line}"
+        );
+        assert!(line.len() < 150, "{line}");
     }
 }
