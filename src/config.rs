@@ -624,7 +624,7 @@ fn validate(
         })
         .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
     check_state_dir(&state_dir).map_err(&invalid)?;
-    let places = TokenPlaces {
+    let places = Places {
         config_dir: config_path.parent().unwrap_or(Path::new(".")),
         credentials_dir: environment
             .credentials
@@ -737,14 +737,13 @@ fn check_state_dir(state_dir: &Path) -> Result<(), String> {
         Ok(_) if !state_dir.is_dir() => Err(format!(
             "`state_dir` = {shown} is not a directory: move the file aside or choose another state_dir"
         )),
-        Ok(_) => {
-            crate::state_dir::check(state_dir, Access::Read).map_err(|reason| format!("`state_dir` {reason}"))
-        }
+        Ok(_) => crate::state_dir::check(state_dir, Access::Read)
+            .map_err(|reason| format!("`state_dir` {reason}")),
     }
 }
 
 /// Where relative paths and credential names point.
-struct TokenPlaces<'a> {
+struct Places<'a> {
     /// `token_file` and `ca_file` are relative to the configuration file.
     config_dir: &'a Path,
     /// `token_credential` names a file here: `$CREDENTIALS_DIRECTORY` inside the service,
@@ -752,7 +751,7 @@ struct TokenPlaces<'a> {
     credentials_dir: PathBuf,
 }
 
-impl TokenPlaces<'_> {
+impl Places<'_> {
     /// Exactly one of `token`, `token_file` and `token_credential`; `prefix` is the table's
     /// key, e.g. `sources.corp.`.
     fn token(
@@ -763,14 +762,17 @@ impl TokenPlaces<'_> {
         credential: Option<String>,
     ) -> Result<Option<TokenSource>, String> {
         let key = |field: &str| format!("{prefix}{field}");
-        let given = [inline.is_some(), file.is_some(), credential.is_some()];
-        if given.iter().filter(|given| **given).count() > 1 {
-            return Err(format!(
-                "more than one of `{}`, `{}` and `{}` is set: keep exactly one",
-                key("token"),
-                key("token_file"),
-                key("token_credential")
-            ));
+        let given: Vec<String> = [
+            ("token", inline.is_some()),
+            ("token_file", file.is_some()),
+            ("token_credential", credential.is_some()),
+        ]
+        .into_iter()
+        .filter(|(_, given)| *given)
+        .map(|(field, _)| format!("`{}`", key(field)))
+        .collect();
+        if given.len() > 1 {
+            return Err(format!("{} are set: keep exactly one", given.join(" and ")));
         }
         if let Some(token) = inline {
             return checked_token(&token, &format!("`{}`", key("token")))
@@ -803,7 +805,7 @@ impl TokenPlaces<'_> {
     }
 }
 
-fn validate_output(raw: RawOutput, places: &TokenPlaces) -> Result<OutputConfig, String> {
+fn validate_output(raw: RawOutput, places: &Places) -> Result<OutputConfig, String> {
     let reports = match raw.reports {
         None => DEFAULT_REPORTS.to_vec(),
         Some(names) => names
@@ -857,11 +859,7 @@ fn validate_output(raw: RawOutput, places: &TokenPlaces) -> Result<OutputConfig,
     Ok(OutputConfig { reports, webhook })
 }
 
-fn validate_source(
-    name: &str,
-    raw: RawSource,
-    places: &TokenPlaces,
-) -> Result<SourceConfig, String> {
+fn validate_source(name: &str, raw: RawSource, places: &Places) -> Result<SourceConfig, String> {
     let key = |field: &str| format!("sources.{name}.{field}");
     if !is_valid_source_name(name) {
         return Err(format!(

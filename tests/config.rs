@@ -547,14 +547,17 @@ fn a_token_comes_from_a_file_a_credential_or_the_configuration_and_only_one() {
     for (keys, expected) in [
         (
             "token_file = \"token\"\ntoken = \"y\"\n",
-            "more than one of `sources.corp.token`, `sources.corp.token_file` and `sources.corp.token_credential`",
+            "`sources.corp.token` and `sources.corp.token_file` are set: keep exactly one",
         ),
         (
             "token_file = \"token\"\ntoken_credential = \"corp.token\"\n",
-            "keep exactly one",
+            "`sources.corp.token_file` and `sources.corp.token_credential` are set",
         ),
         ("", "no token: set `sources.corp.token_credential`"),
-        ("token_credential = \"../corp.token\"\n", "is not a credential name"),
+        (
+            "token_credential = \"../corp.token\"\n",
+            "is not a credential name",
+        ),
     ] {
         config_error(dir.path(), &format!("{head}{keys}"), &[expected]);
     }

@@ -74,26 +74,31 @@ pub async fn run(opt: Opt) -> Result<Exit, CliError> {
         }
         Command::Daemon => {
             let config = Config::load(&location)?;
-            config.check_state_dir_owner()?;
-            config.read_tokens()?;
+            check_needs(&opt.command, &config)?;
             logging::init(&config.daemon.log_level, config.daemon.log_format);
             crate::daemon::run(location, config, Arc::new(clock)).await
         }
         command => {
             logging::init(CLI_LOG_LEVEL, LogFormat::Text);
             let config = Config::load(&location)?;
-            if command.writes_state_dir() {
-                config.check_state_dir_owner()?;
-            }
-            // Only what talks to Authentik or the webhook reads tokens: queries of the store
-            // work without them (`sudo aksync runs` while the service's credentials are gone).
-            match command {
-                Command::Check { .. } | Command::Sync { .. } => config.read_tokens()?,
-                Command::Deliver { .. } => config.read_webhook_token()?,
-                _ => {}
-            }
+            check_needs(&command, &config)?;
             run_configured(command, &config, &clock).await
         }
+    }
+}
+
+/// What a command needs beyond a configuration that loads, checked before it starts (a
+/// configuration error, exit 2): a state directory of its own to write into, and the tokens
+/// of what it talks to. Queries need neither, so `sudo aksync runs` reads the service's
+/// history while the service's credentials are gone.
+fn check_needs(command: &Command, config: &Config) -> Result<(), ConfigError> {
+    if command.writes_state_dir() {
+        config.check_state_dir_owner()?;
+    }
+    match command {
+        Command::Check { .. } | Command::Sync { .. } | Command::Daemon => config.read_tokens(),
+        Command::Deliver { .. } => config.read_webhook_token(),
+        _ => Ok(()),
     }
 }
 
