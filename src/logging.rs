@@ -79,6 +79,17 @@ where
     }
 }
 
+/// What starts a line written to stderr outside `tracing` (the one-line error a command
+/// exits with): its priority when stderr is the journal, so that a configuration the daemon
+/// cannot start with is an error there too, else nothing.
+pub fn error_line_prefix() -> &'static str {
+    if stderr_is_journal() {
+        "<3>"
+    } else {
+        ""
+    }
+}
+
 /// syslog's priority of a level: err, warning, info, debug.
 fn priority(level: Level) -> u8 {
     match level {

@@ -1049,6 +1049,16 @@ async fn lines_for_the_journal_carry_their_priority_and_json_keeps_numbers() {
         }
         assert_plain_and_secret_free(&log);
     }
+    // A configuration the daemon cannot start with is an error in the journal too.
+    write_config(&env, &[("corp", "page_sise = 5\n")], "");
+    let mut daemon = start_as_if_under_journald(&env);
+    let status = daemon.child.wait().unwrap();
+    assert_eq!(status.code(), Some(2));
+    let log = daemon.log();
+    assert!(
+        log.starts_with("<3>aksync: ") && log.contains("unknown key `sources.corp.page_sise`"),
+        "{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
