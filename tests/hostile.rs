@@ -329,36 +329,39 @@ async fn an_endless_body_stops_at_the_page_size_limit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_different_records_with_one_pk_fail_the_listing() {
+async fn two_records_with_one_pk_or_two_users_with_one_uid_fail_the_listing() {
     let env = synced(30).await;
     let before = history(&env);
-    for list in [ListKind::Users, ListKind::Groups] {
-        lie(
-            &env,
-            list,
-            ListingLies {
-                conflicting_duplicate: true,
-                ..ListingLies::default()
-            },
-        );
-        assert_clean_failure(&env, &before, &["two different records have the pk"]);
+    let twin = ListingLies {
+        conflicting_duplicate: true,
+        ..ListingLies::default()
+    };
+    let shared_uid = ListingLies {
+        shared_uid: true,
+        ..ListingLies::default()
+    };
+    let cases: [(ListKind, ListingLies, &[&str]); 3] = [
+        (
+            ListKind::Users,
+            twin.clone(),
+            &["two different records have the pk"],
+        ),
+        (
+            ListKind::Groups,
+            twin,
+            &["two different records have the pk"],
+        ),
+        (
+            ListKind::Users,
+            shared_uid,
+            &["users with the pks", "have one uid"],
+        ),
+    ];
+    for (list, lies, expected) in cases {
+        lie(&env, list, lies);
+        assert_clean_failure(&env, &before, expected);
         env.fake.with_state(|state| state.lies.clear());
     }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_users_with_one_uid_fail_the_listing() {
-    let env = synced(30).await;
-    let before = history(&env);
-    lie(
-        &env,
-        ListKind::Users,
-        ListingLies {
-            shared_uid: true,
-            ..ListingLies::default()
-        },
-    );
-    assert_clean_failure(&env, &before, &["users with the pks", "have one uid"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
