@@ -32,6 +32,12 @@ pub enum ArtifactError {
     },
     #[error(transparent)]
     Report(#[from] report::ReportError),
+    /// One format of a run's reports; the others were written.
+    #[error("{} report not written: {source}", format.label())]
+    Format {
+        format: ReportFormat,
+        source: Box<ArtifactError>,
+    },
 }
 
 /// Writes a file atomically, naming it in the error.
@@ -255,7 +261,8 @@ pub struct WrittenReports {
 
 /// Writes the configured report formats of a run and their manifest. One format failing
 /// (PDF without Chromium, say) does not keep the others from being written; the manifest
-/// lists those that were.
+/// lists those that were, and the first failure is kept ([`ArtifactError::Format`] when it
+/// is one format's).
 pub fn write_reports(
     config: &Config,
     report: &Report,
@@ -276,7 +283,10 @@ pub fn write_reports(
         match result {
             Ok(bytes) => files.push(file_digest(&path, &bytes)),
             Err(error) => {
-                failure.get_or_insert(error);
+                failure.get_or_insert(ArtifactError::Format {
+                    format: *format,
+                    source: Box::new(error),
+                });
             }
         }
     }

@@ -31,6 +31,15 @@ pub enum CollectError {
         crate::display::quote(pk, 100)
     )]
     Duplicate { list: &'static str, pk: String },
+    #[error(
+        "the users listing was inconsistent: the users with the pks {first_pk} and {second_pk} have one uid {}",
+        crate::display::quote(uid, 100)
+    )]
+    DuplicateUid {
+        uid: String,
+        first_pk: i64,
+        second_pk: i64,
+    },
     #[error("the {list} listing was inconsistent: page {page} held only records of earlier pages")]
     StalePage { list: &'static str, page: u64 },
     #[error("{0}")]
@@ -234,6 +243,7 @@ impl Collector {
     /// Checks every reference across records and the two membership views, drops the
     /// memberships of filtered accounts, and sorts what was spooled.
     pub fn finish(mut self) -> Result<Collected, CollectError> {
+        self.check_unique_uids()?;
         let dangling =
             |message: String| CollectError::Inconsistent(NormalizeError::Dangling(message));
         if let Some(&(group, parent)) = self
@@ -301,6 +311,39 @@ impl Collector {
                 groups: self.groups.into_iter().map(|group| group.pk).collect(),
                 pairs,
             },
+        })
+    }
+}
+
+impl Collector {
+    /// Two users with different pks and one uid would be one account in the store and a
+    /// joiner and a leaver in the diff: the server contradicts itself. The users are sorted
+    /// by uid as indexes, 4 bytes each, so that no second copy of every uid is kept.
+    fn check_unique_uids(&self) -> Result<(), CollectError> {
+        let mut by_uid: Vec<Index> = (0..self.users.len() as Index).collect();
+        by_uid.sort_unstable_by(|a, b| {
+            self.users[*a as usize]
+                .uid
+                .cmp(&self.users[*b as usize].uid)
+        });
+        let Some(pair) = by_uid
+            .windows(2)
+            .find(|pair| self.users[pair[0] as usize].uid == self.users[pair[1] as usize].uid)
+        else {
+            return Ok(());
+        };
+        // Only on this error: the pks of the two indexes.
+        let pk_of = |index: Index| {
+            self.user_index
+                .iter()
+                .find_map(|(pk, at)| (*at == index).then_some(*pk))
+                .unwrap_or_default()
+        };
+        let (first_pk, second_pk) = (pk_of(pair[0].min(pair[1])), pk_of(pair[0].max(pair[1])));
+        Err(CollectError::DuplicateUid {
+            uid: self.users[pair[0] as usize].uid.to_string(),
+            first_pk,
+            second_pk,
         })
     }
 }
@@ -477,6 +520,34 @@ mod tests {
             matches!(error, CollectError::Duplicate { list: "users", .. }),
             "{error}"
         );
+        let renamed = json!({"pk": "g", "name": "Other", "parents": [], "users": []});
+        let error = collect(vec![], vec![group("g", &[], &[]), renamed], None)
+            .err()
+            .unwrap();
+        assert!(
+            matches!(error, CollectError::Duplicate { list: "groups", .. }),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn two_users_with_one_uid_fail_the_listing() {
+        let twin = json!({"pk": 7, "username": "u7", "uid": "uid1", "attributes": {}});
+        let error = collect(
+            vec![user(1, "internal", &[]), user(2, "internal", &[]), twin],
+            vec![],
+            None,
+        )
+        .err()
+        .unwrap();
+        assert!(
+            matches!(
+                &error,
+                CollectError::DuplicateUid { uid, first_pk: 1, second_pk: 7 } if uid == "uid1"
+            ),
+            "{error}"
+        );
+        assert!(error.to_string().ends_with("have one uid uid1"), "{error}");
     }
 
     #[test]

@@ -11,10 +11,11 @@
 
 use std::time::Duration;
 
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use serde_json::json;
 
 use crate::artifacts::{read_envelopes, rebuild_envelopes};
+use crate::authentik::client::error_chain;
 use crate::authentik::RetryPolicy;
 use crate::clock::Clock;
 use crate::config::{Config, WebhookConfig};
@@ -35,6 +36,9 @@ pub enum DeliveryError {
     Store(#[from] StoreError),
     #[error("cannot set up the webhook client: {0}")]
     Client(String),
+    /// The webhook's token file could not be read; the reason names the key and the file.
+    #[error("{0}")]
+    Token(String),
     #[error(transparent)]
     Lock(#[from] LockError),
 }
@@ -96,6 +100,7 @@ pub async fn deliver_pending(
     let http = reqwest::Client::builder()
         .timeout(webhook.timeout)
         .redirect(reqwest::redirect::Policy::none())
+        .default_headers(authorization(webhook)?)
         .build()
         .map_err(|error| DeliveryError::Client(error.to_string()))?;
     let mut report = DeliveryReport::default();
@@ -284,6 +289,21 @@ fn delivery_in<'r>(
     Ok(delivery)
 }
 
+/// The webhook's `Authorization` header, if it has a token: read from its file for each
+/// delivery pass, so that a rotated token needs no restart.
+fn authorization(webhook: &WebhookConfig) -> Result<HeaderMap, DeliveryError> {
+    let mut headers = HeaderMap::new();
+    if let Some(token) = &webhook.token {
+        let token = token.read().map_err(DeliveryError::Token)?;
+        // A checked token is visible ASCII, which a header value always takes.
+        let mut value = HeaderValue::from_str(&token.bearer_header())
+            .map_err(|error| DeliveryError::Client(error.to_string()))?;
+        value.set_sensitive(true);
+        headers.insert(AUTHORIZATION, value);
+    }
+    Ok(headers)
+}
+
 async fn post_with_retries(
     webhook: &WebhookConfig,
     http: &reqwest::Client,
@@ -293,14 +313,11 @@ async fn post_with_retries(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let mut request = http
+        let request = http
             .post(webhook.url.clone())
             .header(CONTENT_TYPE, "application/json")
             .header("Idempotency-Key", idempotency_key)
             .json(body);
-        if let Some(token) = &webhook.token {
-            request = request.header(AUTHORIZATION, token.bearer_header());
-        }
         let (stop, retry_after) = match request.send().await {
             Ok(response) if response.status().is_success() => return Ok(()),
             Ok(response) => {
@@ -311,7 +328,7 @@ async fn post_with_retries(
                     .and_then(|value| value.to_str().ok())
                     .and_then(|value| value.trim().parse::<u64>().ok())
                     .map(Duration::from_secs);
-                let message = format!("{} answered HTTP {status}", webhook.url);
+                let message = format!("{} answered HTTP {status}", webhook.shown_url());
                 // A timeout, a rate limit or "too early" are the receiver's state; any other
                 // 4xx is about the batch itself, and sending it again changes nothing.
                 let rejected = (400..500).contains(&status) && ![408, 425, 429].contains(&status);
@@ -321,7 +338,11 @@ async fn post_with_retries(
                 (Stop::Transient(message), retry_after)
             }
             Err(error) => (
-                Stop::Transient(format!("cannot reach {}: {error}", webhook.url)),
+                Stop::Transient(format!(
+                    "cannot reach {}: {}",
+                    webhook.shown_url(),
+                    error_chain(&error.without_url())
+                )),
                 None,
             ),
         };

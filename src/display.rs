@@ -1,7 +1,8 @@
 //! Text for people: strings that Authentik, its admins or any directory user control are
 //! escaped before a terminal, a Markdown viewer or a browser shows them, and cut to a length
 //! a table can hold. Machine formats (`--json`, `--csv`, JSONL envelopes) keep exact values
-//! and do not come through here.
+//! and do not come through here. URLs lose what may be a secret ([`redact_url`]) wherever
+//! they are shown.
 
 use std::borrow::Cow;
 
@@ -59,6 +60,26 @@ pub fn quote(text: &str, max_chars: usize) -> String {
     truncate(&escape(&single_line), max_chars).into_owned()
 }
 
+/// A URL as it may appear in a message, a log or a report: credentials, query and fragment
+/// can carry secrets, so they are replaced by `***`. Works on text that is not a valid URL too.
+pub fn redact_url(raw: &str) -> String {
+    let (scheme, rest) = match raw.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), raw),
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((_, host)) => format!("***@{host}"),
+        None => authority.to_string(),
+    };
+    let tail = match tail.find(['?', '#']) {
+        Some(at) => format!("{}{}***", &tail[..at], &tail[at..=at]),
+        None => tail.to_string(),
+    };
+    format!("{scheme}{authority}{tail}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,5 +124,20 @@ mod tests {
             "{quoted}"
         );
         assert!(quoted.ends_with(ELLIPSIS));
+    }
+
+    #[test]
+    fn urls_in_messages_lose_credentials_queries_and_fragments() {
+        for (raw, shown) in [
+            ("https://ak.example.com/auth", "https://ak.example.com/auth"),
+            (
+                "https://admin:pw@ak.example.com/x?token=t#f",
+                "https://***@ak.example.com/x?***",
+            ),
+            ("admin:pw@ak example.com", "***@ak example.com"),
+            ("https://ak.example.com#token", "https://ak.example.com#***"),
+        ] {
+            assert_eq!(redact_url(raw), shown);
+        }
     }
 }

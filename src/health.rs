@@ -36,6 +36,7 @@ pub fn reason_code(error: &ClientError) -> &'static str {
         | ClientError::Malformed { .. } => "unexpected_response",
         ClientError::TooLarge { .. } => "response_too_large",
         ClientError::Redirect { .. } => "redirect",
+        ClientError::Token { .. } => "token_unreadable",
     }
 }
 

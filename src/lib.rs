@@ -30,7 +30,8 @@
 //!
 //! # The other modules
 //!
-//! [`config`] reads and validates the configuration; [`health`] is `aksync check`; [`display`]
+//! [`config`] reads and validates the configuration; [`state_dir`] keeps other local users out
+//! of the state directory; [`health`] is `aksync check`; [`display`]
 //! escapes untrusted text for every human-readable output; [`secret`] holds the token;
 //! [`clock`] makes time a parameter; [`telemetry`] counts requests to Authentik and webhook
 //! batches for `/metrics`; [`logging`] sets up journald-friendly logs; [`demo`] and
@@ -64,6 +65,7 @@ pub mod runner;
 pub mod schedule;
 pub mod secret;
 pub mod spool;
+pub mod state_dir;
 pub mod store;
 pub mod sync;
 pub mod telemetry;

@@ -1,9 +1,15 @@
 //! Logs: `tracing` events on stderr, one line each with key=value fields (or one JSON
-//! object). Colours only on a terminal, so that journald and log files get plain text; no
-//! timestamps when stderr is the journal, which adds its own.
+//! object). Colours only on a terminal, so that journald and log files get plain text. When
+//! stderr is the journal, lines carry no timestamp (the journal adds its own) and start with
+//! the kernel-style priority the journal reads (`<4>` for a warning, sd-daemon(3)), so that
+//! `journalctl -p warning` finds aksync's warnings.
 
 use std::io::IsTerminal;
 
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::fmt::format::{self, FormatEvent, FormatFields, Writer};
+use tracing_subscriber::fmt::FmtContext;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
@@ -25,12 +31,73 @@ pub fn init(level: &str, format: LogFormat) {
         .with_writer(std::io::stderr)
         .with_target(false)
         .with_ansi(std::io::stderr().is_terminal());
+    let text = || format::format().with_target(false);
     // Only fails when a subscriber is already installed, which is then kept.
     let _ = match (format, stderr_is_journal()) {
-        (LogFormat::Json, _) => builder.json().try_init(),
-        (LogFormat::Text, true) => builder.without_time().try_init(),
+        (LogFormat::Json, false) => builder.json().try_init(),
+        (LogFormat::Json, true) => builder
+            .event_format(Journal {
+                line: text().json(),
+                level: false,
+            })
+            .try_init(),
         (LogFormat::Text, false) => builder.try_init(),
+        // The level is written by Journal, unpadded.
+        (LogFormat::Text, true) => builder
+            .event_format(Journal {
+                line: text().without_time().with_level(false),
+                level: true,
+            })
+            .try_init(),
     };
+}
+
+/// A line for the journal: the priority, then (for text) the level word, then `line`.
+struct Journal<F> {
+    line: F,
+    level: bool,
+}
+
+impl<S, N, F> FormatEvent<S, N> for Journal<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        context: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
+        let level = *event.metadata().level();
+        write!(writer, "<{}>", priority(level))?;
+        if self.level {
+            write!(writer, "{level} ")?;
+        }
+        self.line.format_event(context, writer, event)
+    }
+}
+
+/// What starts a line written to stderr outside `tracing` (the one-line error a command
+/// exits with): its priority when stderr is the journal, so that a configuration the daemon
+/// cannot start with is an error there too, else nothing.
+pub fn error_line_prefix() -> &'static str {
+    if stderr_is_journal() {
+        "<3>"
+    } else {
+        ""
+    }
+}
+
+/// syslog's priority of a level: err, warning, info, debug.
+fn priority(level: Level) -> u8 {
+    match level {
+        Level::ERROR => 3,
+        Level::WARN => 4,
+        Level::INFO => 6,
+        Level::DEBUG | Level::TRACE => 7,
+    }
 }
 
 /// Whether stderr is the journal's stream: systemd names it in `JOURNAL_STREAM` as

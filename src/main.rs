@@ -32,7 +32,10 @@ fn main() -> ExitCode {
                 .collect::<Vec<_>>()
                 .join(" ");
             let message = message.trim_start_matches("error: ");
-            eprintln!("aksync: {message} (see aksync --help)");
+            eprintln!(
+                "{}aksync: {message} (see aksync --help)",
+                aksync::logging::error_line_prefix()
+            );
             return ExitCode::from(aksync::cli::Exit::Usage as u8);
         }
     };
@@ -46,7 +49,10 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("aksync: cannot start the async runtime: {error}");
+            eprintln!(
+                "{}aksync: cannot start the async runtime: {error}",
+                aksync::logging::error_line_prefix()
+            );
             return ExitCode::from(aksync::cli::Exit::Failure as u8);
         }
     };
@@ -56,7 +62,8 @@ fn main() -> ExitCode {
             // Errors may quote what a server sent; escaped, they cannot drive the terminal.
             let _ = writeln!(
                 std::io::stderr(),
-                "aksync: {}",
+                "{}aksync: {}",
+                aksync::logging::error_line_prefix(),
                 aksync::display::escape(&error.to_string())
             );
             error.exit()
@@ -82,7 +89,8 @@ fn install_panic_hook() {
             .unwrap_or_default();
         let first_line = message.lines().next().unwrap_or("");
         eprintln!(
-            "aksync: internal error, please report it: {}",
+            "{}aksync: internal error, please report it: {}",
+            aksync::logging::error_line_prefix(),
             aksync::display::escape(first_line)
         );
     }));

@@ -4,9 +4,10 @@
 //!
 //! A lock is an advisory lock (`flock`) on a file under `<state_dir>/locks/`; the kernel
 //! releases it when its holder exits, however it exits. The holder writes its pid into the
-//! file so that whoever waits can say for whom.
+//! file so that whoever waits can say for whom. A symbolic link planted in place of a lock
+//! file is not followed (see [`crate::state_dir`]).
 
-use std::fs::{File, OpenOptions, TryLockError};
+use std::fs::{File, TryLockError};
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
@@ -95,11 +96,13 @@ fn open(path: &Path) -> Result<File, LockError> {
     if let Some(dir) = path.parent() {
         create_private_dir(dir).map_err(|error| lock_error(path, error))?;
     }
-    let mut options = OpenOptions::new();
-    options.read(true).write(true).create(true).truncate(false);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options.open(path).map_err(|error| lock_error(path, error))
+    crate::state_dir::open_options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|error| lock_error(path, crate::state_dir::link_error(error)))
 }
 
 fn holder_pid(mut file: File) -> Option<u32> {

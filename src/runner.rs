@@ -4,11 +4,11 @@
 //! daemon skips a busy source, the CLI waits) and only print or schedule around this.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::artifacts::write_reports;
+use crate::artifacts::{write_reports, ArtifactError};
 use crate::authentik::client::ProgressFn;
 use crate::clock::Clock;
 use crate::config::{Config, SourceConfig};
@@ -42,6 +42,8 @@ pub async fn run_source(
     lock: RunLock,
 ) -> Result<SyncedRun, StoreError> {
     tracing::info!(source = %source.name, "run started");
+    // The run record's times end with the fetch; the log says what the whole run cost.
+    let started = Instant::now();
     let synced = sync_source(
         context.config,
         source,
@@ -56,7 +58,7 @@ pub async fn run_source(
         prune(context, source).await;
     }
     drop(lock);
-    log_finished(&synced.run);
+    log_finished(&synced.run, started.elapsed());
     Ok(synced)
 }
 
@@ -68,7 +70,7 @@ pub async fn record_lock_failure(
     source: &SourceConfig,
     error: &LockError,
 ) -> Result<SyncedRun, StoreError> {
-    tracing::warn!(source = %source.name, "run not started: {error}");
+    // The failed run's "run finished" warning says why, once.
     let synced = crate::sync::record_unstarted(
         context.config,
         context.store,
@@ -77,7 +79,7 @@ pub async fn record_lock_failure(
         &error.to_string(),
     )
     .await?;
-    log_finished(&synced.run);
+    log_finished(&synced.run, Duration::ZERO);
     Ok(synced)
 }
 
@@ -107,7 +109,7 @@ async fn write_run_reports(context: &RunContext<'_>, source: &SourceConfig, run:
             };
         let written = write_reports(&config, &report, signer);
         if let Some(error) = &written.failure {
-            warn_not_written(&source, &run, &error.to_string());
+            warn_reports_failed(&source, &run, error);
         }
         if written.files.is_empty() {
             return;
@@ -143,10 +145,26 @@ fn warn_not_written(source: &SourceConfig, run: &RunRecord, error: &str) {
     tracing::warn!(
         source = %source.name,
         run = %run.run_id,
-        "reports not written ({error}); write them with `aksync report {} --source {}`",
+        "reports not written: {error}; write them with `aksync report {} --source {}`",
         run.run_id,
         source.name
     );
+}
+
+/// One format failing (a PDF, say) leaves the others in place: the warning says which, and
+/// how to write it again.
+fn warn_reports_failed(source: &SourceConfig, run: &RunRecord, error: &ArtifactError) {
+    match error {
+        ArtifactError::Format { format, .. } => tracing::warn!(
+            source = %source.name,
+            run = %run.run_id,
+            "{error}; write it with `aksync report {} --source {} --format {}`",
+            run.run_id,
+            source.name,
+            format.extension()
+        ),
+        other => warn_not_written(source, run, &other.to_string()),
+    }
 }
 
 /// Applies `[retention]` to the source after a complete run, still under its lock. A prune
@@ -179,15 +197,19 @@ pub fn run_duration(run: &RunRecord) -> Duration {
         .unwrap_or_default()
 }
 
-fn log_finished(run: &RunRecord) {
-    let duration_secs = format!("{:.3}", run_duration(run).as_secs_f64());
+/// The run's end, with what it took from the start to its last report: a warning for a
+/// failed run, with its error in a field of its own.
+fn log_finished(run: &RunRecord, took: Duration) {
+    // Milliseconds, as a number (not a string) in JSON logs.
+    let duration_secs = (took.as_secs_f64() * 1000.0).round() / 1000.0;
     let changes = run.changes.unwrap_or_default();
     match run.status {
-        RunStatus::Failed => tracing::info!(
+        RunStatus::Failed => tracing::warn!(
             source = %run.source,
             run = %run.run_id,
             status = %run.status.as_str(),
-            duration_secs = %duration_secs,
+            duration_secs,
+            // A string field: quoted in text logs (it has spaces), a string in JSON.
             error = run.error.as_deref().unwrap_or_default(),
             "run finished"
         ),
@@ -195,7 +217,7 @@ fn log_finished(run: &RunRecord) {
             source = %run.source,
             run = %run.run_id,
             status = %status.as_str(),
-            duration_secs = %duration_secs,
+            duration_secs,
             accounts = run.counts.accounts,
             groups = run.counts.groups,
             memberships = run.counts.memberships,

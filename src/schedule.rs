@@ -14,14 +14,22 @@ use croner::Cron;
 
 /// Every 30 minutes, on the hour and the half hour.
 pub const DEFAULT_SCHEDULE: &str = "*/30 * * * *";
-/// How many upcoming runs [`Schedule::interval`] looks at to find the longest gap.
-const INTERVAL_SAMPLES: usize = 64;
+/// Where the cycle [`Schedule::interval`] measures begins, in the schedule's time zone: a
+/// fixed day, so that the interval does not depend on when it is asked. 2024 is a leap year:
+/// its February 29 is in the cycle.
+const CYCLE_START: (i32, u32, u32) = (2024, 1, 1);
+/// The cycle is a year: every weekday many times over, every day of every month, and both
+/// daylight-saving changes.
+const CYCLE_DAYS: u64 = 366;
+const DAY: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Clone)]
 pub struct Schedule {
     expression: String,
     cron: Cron,
     timezone: Option<Tz>,
+    /// The longest gap between two runs, measured once when the schedule is parsed.
+    interval: Duration,
 }
 
 impl Schedule {
@@ -44,10 +52,11 @@ impl Schedule {
         let timezone = timezone
             .map(|name| Tz::from_str(name.trim()).map_err(|_| ScheduleError::Timezone))
             .transpose()?;
-        let schedule = Schedule {
+        let mut schedule = Schedule {
             expression: expression.to_string(),
             cron,
             timezone,
+            interval: Duration::ZERO,
         };
         // A pattern such as "0 0 30 2 *" parses but never matches.
         let reference = Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).unwrap();
@@ -56,6 +65,7 @@ impl Schedule {
                 "it never matches a real date".into(),
             ));
         }
+        schedule.interval = schedule.longest_gap();
         Ok(schedule)
     }
 
@@ -70,40 +80,116 @@ impl Schedule {
 
     /// The first run strictly after `after`.
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let next = match self.timezone {
-            Some(tz) => self
-                .cron
-                .find_next_occurrence(&after.with_timezone(&tz), false)
-                .map(|at| at.with_timezone(&Utc)),
-            None => self.cron.find_next_occurrence(&after, false),
-        };
-        next.ok()
+        self.search(after, |cron, at| cron.find_next_occurrence(at, false))
     }
 
-    /// The longest gap between two of the next runs after `now`: how long a healthy source
-    /// may go without a run (a weekday schedule has a weekend gap).
-    pub fn interval(&self, now: DateTime<Utc>) -> Duration {
-        let mut longest = Duration::ZERO;
-        let mut previous = match self.next_after(now) {
-            Some(first) => first,
-            None => return longest,
+    /// The time zone the expression is read in; UTC without one.
+    fn zone(&self) -> Tz {
+        self.timezone.unwrap_or(Tz::UTC)
+    }
+
+    /// One croner search from `at`, in the schedule's time zone.
+    fn search(
+        &self,
+        at: DateTime<Utc>,
+        find: impl Fn(&Cron, &DateTime<Tz>) -> Result<DateTime<Tz>, croner::errors::CronError>,
+    ) -> Option<DateTime<Utc>> {
+        find(&self.cron, &at.with_timezone(&self.zone()))
+            .ok()
+            .map(|found| found.with_timezone(&Utc))
+    }
+
+    /// The longest gap between two runs over the schedule's whole cycle: how long a healthy
+    /// source may go without a run. `*/5 9-17 * * 1-5` runs every 5 minutes, but its interval
+    /// is the weekend, from Friday 17:55 to Monday 09:00.
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    /// The first run at `at` or after it.
+    fn at_or_after(&self, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.search(at, |cron, at| cron.find_next_occurrence(at, true))
+    }
+
+    /// The last run strictly before `before`.
+    fn last_before(&self, before: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.search(before, |cron, at| cron.find_previous_occurrence(at, false))
+    }
+
+    /// The start of the day `date` in the schedule's time zone; a day that begins in a
+    /// daylight-saving gap begins when its clock does.
+    fn day_start(&self, date: chrono::NaiveDate) -> DateTime<Utc> {
+        let midnight = date.and_time(chrono::NaiveTime::MIN);
+        (0..4)
+            .find_map(|hour| {
+                self.zone()
+                    .from_local_datetime(&(midnight + chrono::Duration::hours(hour)))
+                    .earliest()
+            })
+            .map_or_else(|| midnight.and_utc(), |at| at.with_timezone(&Utc))
+    }
+
+    /// Within a day the runs are the same every day (cron's seconds, minutes and hours do not
+    /// depend on the date), so the longest gap inside one is counted from those fields; the
+    /// gaps between days are measured with croner day by day over the cycle, from the last
+    /// run of a day to the first of the next day that has runs (which may be years later, for
+    /// February 29). A few hundred croner calls, however often the schedule runs.
+    fn longest_gap(&self) -> Duration {
+        let (year, month, day) = CYCLE_START;
+        let start =
+            self.day_start(chrono::NaiveDate::from_ymd_opt(year, month, day).expect("a date"));
+        let end = start + chrono::Duration::days(CYCLE_DAYS as i64);
+        let mut longest = self.longest_gap_within_a_day();
+        let Some(mut first_of_day) = self.at_or_after(start) else {
+            return longest;
         };
-        for _ in 0..INTERVAL_SAMPLES {
-            let Some(next) = self.next_after(previous) else {
+        loop {
+            let date = first_of_day.with_timezone(&self.zone()).date_naive();
+            let next_day = self.day_start(date + chrono::Days::new(1));
+            let Some(first_of_next) = self.at_or_after(next_day) else {
                 break;
             };
-            longest = longest.max((next - previous).to_std().unwrap_or_default());
-            previous = next;
+            let Some(last_of_day) = self.last_before(first_of_next) else {
+                break;
+            };
+            longest = longest.max((first_of_next - last_of_day).to_std().unwrap_or_default());
+            if first_of_next >= end {
+                break;
+            }
+            first_of_day = first_of_next;
         }
         longest
     }
 
+    /// The longest gap between two runs of one day, from the time fields alone.
+    fn longest_gap_within_a_day(&self) -> Duration {
+        // croner's bit of a value that is set (its `component` module is private).
+        const SET: u8 = 1;
+        let pattern = &self.cron.pattern;
+        let (hours, minutes, seconds) = (
+            pattern.hours.get_set_values(SET),
+            pattern.minutes.get_set_values(SET),
+            pattern.seconds.get_set_values(SET),
+        );
+        let mut longest = 0;
+        let mut previous = None;
+        for hour in &hours {
+            for minute in &minutes {
+                for second in &seconds {
+                    let at = u64::from(*hour) * 3600 + u64::from(*minute) * 60 + u64::from(*second);
+                    if let Some(previous) = previous {
+                        longest = longest.max(at - previous);
+                    }
+                    previous = Some(at);
+                }
+            }
+        }
+        Duration::from_secs(longest).min(DAY)
+    }
+
     /// A time of day as the schedule reads it: in its time zone.
     pub fn local_time(&self, at: DateTime<Utc>, format: &str) -> String {
-        match self.timezone {
-            Some(tz) => at.with_timezone(&tz).format(format).to_string(),
-            None => at.format(format).to_string(),
-        }
+        at.with_timezone(&self.zone()).format(format).to_string()
     }
 }
 
@@ -172,10 +258,7 @@ mod tests {
             every_two_seconds.next_after(utc("2026-05-04T12:10:01Z")),
             Some(utc("2026-05-04T12:10:02Z"))
         );
-        assert_eq!(
-            every_two_seconds.interval(utc("2026-05-04T12:10:01Z")),
-            Duration::from_secs(2)
-        );
+        assert_eq!(every_two_seconds.interval(), Duration::from_secs(2));
         assert_eq!(Schedule::default().expression(), DEFAULT_SCHEDULE);
     }
 
@@ -195,12 +278,35 @@ mod tests {
     }
 
     #[test]
-    fn the_interval_is_the_longest_gap() {
-        let weekdays = Schedule::parse("0 9 * * 1-5", None).unwrap();
-        assert_eq!(
-            weekdays.interval(utc("2026-05-04T12:00:00Z")),
-            Duration::from_secs(3 * 24 * 3600)
-        );
+    fn the_interval_is_the_longest_gap_of_the_whole_cycle() {
+        let hours = |hours: u64| Duration::from_secs(hours * 3600);
+        let minutes = |minutes: u64| Duration::from_secs(minutes * 60);
+        for (expression, timezone, interval) in [
+            ("0 9 * * 1-5", None, hours(72)),
+            // Business hours: every 5 minutes, but nothing from Friday 17:55 to Monday 09:00.
+            ("*/5 9-17 * * 1-5", None, hours(63) + minutes(5)),
+            (
+                "*/5 9-17 * * 1-5",
+                Some("Europe/Berlin"),
+                hours(64) + minutes(5),
+            ),
+            ("*/30 * * * *", None, minutes(30)),
+            ("0 */6 * * *", None, hours(6)),
+            ("@hourly", Some("Europe/Berlin"), hours(1)),
+            ("@daily", None, hours(24)),
+            // The autumn change makes one day 25 hours long.
+            ("0 9 * * *", Some("Europe/Berlin"), hours(25)),
+            ("@weekly", None, hours(7 * 24)),
+            // 31 days; 61 from March 31 to May 31.
+            ("0 0 1 * *", None, hours(31 * 24)),
+            ("0 0 31 * *", None, hours(61 * 24)),
+            ("@yearly", None, hours(366 * 24)),
+            ("0 0 29 2 *", None, hours((365 * 3 + 366) * 24)),
+            ("*/1 * * * * *", None, Duration::from_secs(1)),
+        ] {
+            let schedule = Schedule::parse(expression, timezone).unwrap();
+            assert_eq!(schedule.interval(), interval, "{expression} {timezone:?}");
+        }
     }
 
     #[test]
@@ -232,10 +338,7 @@ mod tests {
             hourly.next_after(utc("2026-03-29T00:30:00Z")),
             Some(utc("2026-03-29T01:00:00Z"))
         );
-        assert_eq!(
-            hourly.interval(utc("2026-03-28T23:00:00Z")),
-            Duration::from_secs(3600)
-        );
+        assert_eq!(hourly.interval(), Duration::from_secs(3600));
         // The repeated hour runs a fixed-time job once.
         let half_past_two_utc: Vec<_> = std::iter::successors(
             half_past_two.next_after(utc("2026-10-24T12:00:00Z")),

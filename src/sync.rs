@@ -32,7 +32,7 @@ use crate::record::{ChangeRule, RecordKind};
 use crate::store::ops::OpWriter;
 use crate::store::{
     ChangeCounts, CommitPlan, Counts, DeliveryState, RunOutcome, RunRecord, RunStatus, Store,
-    StoreError, TokenUser,
+    StoreError, TokenUser, CANCELLED_BY_SHUTDOWN,
 };
 
 /// How long a command waits for another process that holds the database.
@@ -57,7 +57,7 @@ enum FetchError {
         source_name: String,
         limit: Duration,
     },
-    #[error("cancelled by shutdown")]
+    #[error("{CANCELLED_BY_SHUTDOWN}")]
     Cancelled,
 }
 
@@ -149,7 +149,6 @@ pub async fn sync_source(
         Ok(fetched) => fetched,
         Err(error) => {
             let message = bounded_error(&error.to_string());
-            tracing::warn!(source = %source.name, "sync failed: {}", crate::display::escape(&message));
             let outcome = RunOutcome {
                 health: error
                     .health()
@@ -189,7 +188,6 @@ pub async fn sync_source(
         Err(Rejected::Store(error)) => Err(error),
         Err(Rejected::Failed(outcome, reason)) => {
             let reason = bounded_error(&reason);
-            tracing::warn!(source = %source.name, "run not stored: {}", crate::display::escape(&reason));
             record_failed(store, source, signer(config), *outcome, reason).await
         }
     }
@@ -273,7 +271,7 @@ pub(crate) fn commit_failed_run(
     drop(reader);
     // The store gives the run its id in the commit; the entry takes it from there.
     let context = ledger::run::RunContext {
-        settings: RunSettings::of(source, outcome.started_at),
+        settings: RunSettings::of(source),
         previous_settings: previous_settings.as_ref(),
     };
     let outcome = RunOutcome {
@@ -416,7 +414,7 @@ impl CompleteRun {
             .map_err(|error| Rejected::Store(ledger_error(error)))?;
         drop(reader);
         let context = ledger::run::RunContext {
-            settings: RunSettings::of(source, self.outcome.started_at),
+            settings: RunSettings::of(source),
             previous_settings: previous_settings.as_ref(),
         };
         record.settings_changed = context.changed_keys();

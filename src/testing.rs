@@ -15,7 +15,7 @@ pub(crate) fn source_config() -> SourceConfig {
     SourceConfig {
         name: "corp".into(),
         base_url: crate::config::normalize_base_url("https://ak.example.com", false).unwrap(),
-        token: crate::secret::ApiToken::new("t"),
+        token: crate::config::TokenSource::Inline(crate::secret::ApiToken::new("t")),
         primary_directory: false,
         disable_group_sync: false,
         filter: None,
@@ -34,6 +34,7 @@ pub(crate) fn source_config() -> SourceConfig {
         hr_key_field: None,
         sla: None,
         expected_interval: None,
+        unhealthy_after_failures: 1,
     }
 }
 

@@ -77,11 +77,6 @@ fn values_are_checked() {
     );
     config_error(
         dir.path(),
-        "[sources.corp]\nbase_url = \"https://ak.example.com\"\ntoken_file = \"missing-token\"\n",
-        &["sources.corp.token_file", "missing-token"],
-    );
-    config_error(
-        dir.path(),
         &format!("{GOOD_SOURCE}filter = \"payload.type == \"\n"),
         &["sources.corp.filter", "CEL"],
     );
@@ -289,10 +284,11 @@ fn the_example_config_documents_real_keys() {
                 || rest.starts_with("[retention]")
                 || rest.starts_with("[ledger]"))
                 && !rest.starts_with("token =")
+                && !rest.starts_with("token_file")
                 && !rest.starts_with("ca_file")
         });
         let line = uncommented.unwrap_or(line);
-        let line = if line.starts_with("token_file") {
+        let line = if line.starts_with("token_credential") {
             "token_file = \"token\""
         } else {
             line
@@ -367,7 +363,8 @@ fn secret_safe_error(text: &str, env: &[(&str, &str)], expected: &[&str], secret
     std::fs::write(&path, text).unwrap();
     write_secret(&dir.path().join("token"), "x");
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_aksync"))
-        .args(["--config", path.to_str().unwrap(), "runs"])
+        // `check` reads the token files; queries do not.
+        .args(["--config", path.to_str().unwrap(), "check"])
         .envs(env.iter().copied())
         .output()
         .unwrap();
@@ -461,22 +458,36 @@ fn token_files_are_read_with_a_size_limit_and_warned_about_when_shared() {
         &["sources.corp.token_file", "/dev/zero", "larger than 64 KiB"],
         &[],
     );
+    // Nothing listens there: `check` reads the token, then finds the server down.
     let dir = tempfile::tempdir().unwrap();
-    let path = good_config(dir.path(), "abcdef");
+    let path = dir.path().join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "state_dir = {:?}\n[sources.corp]\nbase_url = \"http://127.0.0.1:1\"\ntoken_file = \"token\"\n",
+            dir.path().join("state")
+        ),
+    )
+    .unwrap();
+    write_secret(&dir.path().join("token"), "abcdef");
     let token = dir.path().join("token");
-    let run = run_binary(Some(&path), &["runs"]);
-    assert_eq!((run.code, run.stderr.as_str()), (0, ""));
+    let shared = |run: &common::Run| {
+        run.stderr
+            .lines()
+            .filter(|line| line.contains("readable by other users"))
+            .count()
+    };
+    let run = run_binary(Some(&path), &["check"]);
+    assert_eq!((run.code, shared(&run)), (1, 0), "{}", run.stderr);
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o640)).unwrap();
-    let run = run_binary(Some(&path), &["runs"]);
-    assert_eq!(run.code, 0, "{}", run.stderr);
-    assert_eq!(run.stderr.trim().lines().count(), 1, "{}", run.stderr);
-    assert!(
-        run.stderr.contains("readable by other users") && run.stderr.contains("chmod 600"),
-        "{}",
-        run.stderr
-    );
+    let run = run_binary(Some(&path), &["check"]);
+    assert_eq!((run.code, shared(&run)), (1, 1), "{}", run.stderr);
+    assert!(run.stderr.contains("chmod 600"), "{}", run.stderr);
     assert!(!run.stderr.contains("abcdef"), "{}", run.stderr);
+    // Queries read no token, so they have nothing to warn about.
+    let run = run_binary(Some(&path), &["runs"]);
+    assert_eq!((run.code, run.stderr.as_str()), (0, ""));
 }
 
 #[test]
@@ -499,4 +510,177 @@ fn a_state_dir_that_cannot_be_one_is_named() {
     }
     assert!(!dir.path().join("gone").exists());
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "x");
+}
+
+/// `payload.pk == 0 || payload.pk == 1 || …`
+fn filter_of_terms(count: usize) -> String {
+    (0..count)
+        .map(|pk| format!("payload.pk == {pk}"))
+        .collect::<Vec<_>>()
+        .join(" || ")
+}
+
+#[test]
+fn runaway_filters_are_refused_alike_by_check_sync_and_queries() {
+    // Once these crashed the process (a stack overflow or a panic in the CEL parser), or
+    // passed `check` and then crashed `sync`: now each is one configuration error, the same
+    // for every command.
+    let dir = tempfile::tempdir().unwrap();
+    let chain = format!("payload.pk{} > 0", " + 1".repeat(3_000));
+    for (filter, reason) in [
+        (
+            filter_of_terms(2_000),
+            "bytes long, more than the 16384 accepted",
+        ),
+        (
+            format!("{}true{}", "(".repeat(200_000), ")".repeat(200_000)),
+            "bytes long",
+        ),
+        (chain, "nests 3003 levels deep, more than the 100 accepted"),
+    ] {
+        config_error(
+            dir.path(),
+            &format!("{GOOD_SOURCE}filter = {filter:?}\n"),
+            &[
+                "`sources.corp.filter` is not a valid CEL expression",
+                reason,
+            ],
+        );
+    }
+}
+
+#[test]
+fn a_token_comes_from_a_file_a_credential_or_the_configuration_and_only_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let head = "[sources.corp]\nbase_url = \"https://ak.example.com\"\n";
+    for (keys, expected) in [
+        (
+            "token_file = \"token\"\ntoken = \"y\"\n",
+            "`sources.corp.token` and `sources.corp.token_file` are set: keep exactly one",
+        ),
+        (
+            "token_file = \"token\"\ntoken_credential = \"corp.token\"\n",
+            "`sources.corp.token_file` and `sources.corp.token_credential` are set",
+        ),
+        ("", "no token: set `sources.corp.token_credential`"),
+        (
+            "token_credential = \"../corp.token\"\n",
+            "is not a credential name",
+        ),
+    ] {
+        config_error(dir.path(), &format!("{head}{keys}"), &[expected]);
+    }
+}
+
+#[test]
+fn a_credential_is_read_from_the_credentials_directory_systemd_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "state_dir = {:?}\n[sources.corp]\nbase_url = \"https://ak.example.com\"\ntoken_credential = \"corp.token\"\n",
+            dir.path().join("state")
+        ),
+    )
+    .unwrap();
+    let credentials = dir.path().join("credentials");
+    std::fs::create_dir(&credentials).unwrap();
+    let check = |credentials_dir: Option<&std::path::Path>| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_aksync"));
+        command.arg("--config").arg(&path).arg("check");
+        match credentials_dir {
+            Some(dir) => command.env("CREDENTIALS_DIRECTORY", dir),
+            None => command.env_remove("CREDENTIALS_DIRECTORY"),
+        };
+        let output = command.output().unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    // Outside the service: the service's own directory, which only exists while it runs.
+    let (code, stderr) = check(None);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("`sources.corp.token_credential`: cannot read /run/credentials/aksync.service/corp.token"),
+        "{stderr}"
+    );
+    let (code, stderr) = check(Some(&credentials));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}", credentials.join("corp.token").display())),
+        "{stderr}"
+    );
+    write_secret(&credentials.join("corp.token"), "t0k3n");
+    let (code, stderr) = check(Some(&credentials));
+    // The token was read; only the server (which does not exist) is missing now.
+    assert_ne!(code, Some(2), "{stderr}");
+    assert!(!stderr.contains("t0k3n"), "{stderr}");
+}
+
+/// config.example.toml as it is, with the environment systemd/aksync.service gives it: the
+/// state directory and the token come from there.
+#[test]
+fn the_example_config_works_as_it_is_under_the_shipped_unit() {
+    let dir = tempfile::tempdir().unwrap();
+    let credentials = dir.path().join("credentials");
+    std::fs::create_dir(&credentials).unwrap();
+    write_secret(&credentials.join("corp.token"), "t0k3n");
+    let state = dir.path().join("state");
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/aksync.service"
+    ))
+    .unwrap();
+    assert!(unit.contains("\nLoadCredential=corp.token:"), "{unit}");
+    let aksync = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_aksync"))
+            .arg("--config")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml"))
+            .args(args)
+            .env("STATE_DIRECTORY", &state)
+            .env("CREDENTIALS_DIRECTORY", &credentials)
+            // authentik.example.com does not exist; nothing listens on port 1 either.
+            .env("AKSYNC_SOURCES__CORP__BASE_URL", "http://127.0.0.1:1")
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+    let (code, stdout) = aksync(&["check"]);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(stdout.starts_with("corp: Needs Attention"), "{stdout}");
+    assert!(state.join("aksync.redb").is_file());
+    let (code, stdout) = aksync(&["runs"]);
+    assert_eq!(code, Some(0), "{stdout}");
+}
+
+#[test]
+fn errors_name_the_configuration_file_as_it_was_given() {
+    // systemd starts services in `/`, where a path relative to the working directory loses
+    // its leading slash.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, format!("{GOOD_SOURCE}page_sise = 5\n")).unwrap();
+    for (cwd, given) in [
+        ("/", path.clone()),
+        (dir.path().to_str().unwrap(), "config.toml".into()),
+    ] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_aksync"))
+            .arg("--config")
+            .arg(&given)
+            .arg("runs")
+            .current_dir(cwd)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.starts_with(&format!("aksync: {}: unknown key", given.display())),
+            "{stderr}"
+        );
+    }
 }

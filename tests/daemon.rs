@@ -180,6 +180,26 @@ fn when(condition: bool) -> Option<()> {
     condition.then_some(())
 }
 
+/// A source table whose every run fails, for the `tail` of [`write_config`]: nothing listens
+/// on port 1. It runs once, at start.
+fn unreachable_source(name: &str) -> String {
+    format!(
+        "\n[sources.{name}]\nbase_url = \"http://127.0.0.1:1\"\ntoken_file = \"token\"\n{}",
+        schedule(YEARLY, true)
+    )
+}
+
+/// Waits until the daemon's run has read the first page of a listing (of several pages).
+async fn wait_for_a_run_under_way(daemon: &mut Daemon, env: &TestEnv) {
+    daemon
+        .wait_for("the listing to reach page 2", || {
+            env.fake.with_state(|state| {
+                when(state.request_log.iter().any(|line| line.contains("page=2")))
+            })
+        })
+        .await;
+}
+
 /// Every request for users, `/me/` included, answers `status` with `body` from now on.
 fn users_fail(status: u16, body: &str) -> Fault {
     Fault {
@@ -361,13 +381,7 @@ async fn sigterm_cancels_a_slow_sync_and_records_it_failed() {
     let keys = format!("{}page_size = 5\nconcurrency = 1\n", schedule(YEARLY, true));
     write_config(&env, &[("corp", &keys)], "");
     let mut daemon = Daemon::start(&env);
-    daemon
-        .wait_for("the listing to reach page 2", || {
-            env.fake.with_state(|state| {
-                when(state.request_log.iter().any(|line| line.contains("page=2")))
-            })
-        })
-        .await;
+    wait_for_a_run_under_way(&mut daemon, &env).await;
     let (status, log) = daemon.stop_within(STOP_LIMIT).await;
     assert_eq!(status.code(), Some(0), "{log}");
 
@@ -1567,4 +1581,202 @@ fn the_readme_alert_rules_pass_promtool_and_fire_when_they_should() {
         "",
     );
     assert!(passed, "promtool test rules:\n{said}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_with_a_runaway_filter_is_rejected_and_the_daemon_goes_on() {
+    let env = TestEnv::start(6).await;
+    let keys = schedule(EVERY_SECOND, true);
+    write_config(&env, &[("corp", &keys)], "");
+    let mut daemon = Daemon::start(&env);
+    daemon
+        .wait_for("a run of corp", || when(complete_runs(&env, "corp") >= 1))
+        .await;
+    // 50,000 terms: once a SIGHUP with this killed the daemon.
+    let filter: Vec<String> = (0..50_000)
+        .map(|pk| format!("payload.pk == {pk}"))
+        .collect();
+    let runaway = format!("{keys}filter = {:?}\n", filter.join(" || "));
+    write_config(&env, &[("corp", &runaway)], "");
+    daemon.signal(libc::SIGHUP);
+    daemon
+        .wait_for("the rejected reload", || {
+            when(daemon_log_contains(&env, "reload rejected"))
+        })
+        .await;
+    let runs_then = complete_runs(&env, "corp");
+    daemon
+        .wait_for("runs with the previous configuration", || {
+            when(complete_runs(&env, "corp") >= runs_then + 2)
+        })
+        .await;
+    let log = daemon.stop().await;
+    let errors: Vec<&str> = log.lines().filter(|line| line.contains("ERROR")).collect();
+    assert_eq!(errors.len(), 1, "one error for the rejected reload:\n{log}");
+    assert!(
+        errors[0].contains("sources.corp.filter") && errors[0].contains("bytes long"),
+        "{}",
+        errors[0]
+    );
+    assert!(errors[0].len() < 1000, "a short line: {}", errors[0]);
+}
+
+/// Starts the daemon with stderr as the journal would give it: `JOURNAL_STREAM` names the
+/// device and inode of its stderr, the log file.
+fn start_as_if_under_journald(env: &TestEnv) -> Daemon {
+    use std::os::unix::fs::MetadataExt;
+    let log = env.dir.path().join("daemon.log");
+    std::fs::File::create(&log).unwrap();
+    let metadata = std::fs::metadata(&log).unwrap();
+    // Daemon::start_with truncates the same file, so its inode stays.
+    let stream = format!("{}:{}", metadata.dev(), metadata.ino());
+    Daemon::start_with(env, &[("JOURNAL_STREAM", &stream), ("AKSYNC_LOG", "info")])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lines_for_the_journal_carry_their_priority_and_json_keeps_numbers() {
+    let env = TestEnv::start(4).await;
+    // `down` fails, so that its end is a warning.
+    let down = unreachable_source("down");
+    for format in ["text", "json"] {
+        let tail = format!("{down}\n[daemon]\nlog_format = \"{format}\"\n");
+        write_config(&env, &[("corp", &schedule(YEARLY, true))], &tail);
+        let before = (runs(&env, "corp").len(), runs(&env, "down").len());
+        let mut daemon = start_as_if_under_journald(&env);
+        daemon
+            .wait_for("a run of each source", || {
+                when(runs(&env, "corp").len() > before.0 && runs(&env, "down").len() > before.1)
+            })
+            .await;
+        let log = daemon.stop().await;
+        for line in log.lines() {
+            let priority = ["<3>", "<4>", "<6>", "<7>"]
+                .into_iter()
+                .find(|priority| line.starts_with(priority));
+            assert!(priority.is_some(), "no priority: {line:?}");
+        }
+        let finished = |status: &str| {
+            log.lines()
+                .find(|line| line.contains("run finished") && line.contains(status))
+                .unwrap_or_else(|| panic!("no {status} run in:\n{log}"))
+                .to_string()
+        };
+        let (failed, complete) = (finished("failed"), finished("complete"));
+        assert!(failed.starts_with("<4>"), "{failed}");
+        assert!(complete.starts_with("<6>"), "{complete}");
+        if format == "text" {
+            assert!(
+                failed.starts_with("<4>WARN run finished source=down "),
+                "{failed}"
+            );
+            assert!(failed.contains("error=\"cannot connect"), "{failed}");
+            assert!(
+                complete.starts_with("<6>INFO run finished source=corp "),
+                "{complete}"
+            );
+            assert!(log.contains("<6>INFO aksync daemon started"), "{log}");
+        } else {
+            let object = |line: &str| -> Value { serde_json::from_str(&line[3..]).unwrap() };
+            let (failed, complete) = (object(&failed), object(&complete));
+            assert_eq!(failed["level"], "WARN", "{failed}");
+            assert!(failed["fields"]["duration_secs"].is_f64(), "{failed}");
+            assert!(
+                failed["fields"]["error"]
+                    .as_str()
+                    .is_some_and(|error| error.contains("Connection refused")),
+                "{failed}"
+            );
+            assert_eq!(failed["fields"]["source"], "down", "{failed}");
+            assert!(complete["fields"]["duration_secs"].is_f64(), "{complete}");
+            assert!(complete["fields"]["accounts"].is_u64(), "{complete}");
+        }
+        assert_plain_and_secret_free(&log);
+    }
+    // A configuration the daemon cannot start with is an error in the journal too.
+    write_config(&env, &[("corp", "page_sise = 5\n")], "");
+    let mut daemon = start_as_if_under_journald(&env);
+    let status = daemon.child.wait().unwrap();
+    assert_eq!(status.code(), Some(2));
+    let log = daemon.log();
+    assert!(
+        log.starts_with("<3>aksync: ") && log.contains("unknown key `sources.corp.page_sise`"),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_during_a_run_keeps_the_source_healthy() {
+    let env = TestEnv::start(30).await;
+    let port = free_port();
+    let http = format!("\n[http]\nlisten = \"127.0.0.1:{port}\"\n");
+    let slow = format!("{}page_size = 5\nconcurrency = 1\n", schedule(YEARLY, true));
+    write_config(&env, &[("corp", &slow)], &http);
+    env.sync_ok();
+    // A run in progress when systemctl restart stops the daemon.
+    env.fake.with_state(|state| {
+        state.latency = Duration::from_millis(300);
+        state.request_log.clear();
+    });
+    let mut daemon = Daemon::start(&env);
+    wait_for_a_run_under_way(&mut daemon, &env).await;
+    let (status, log) = daemon.stop_within(STOP_LIMIT).await;
+    assert_eq!(status.code(), Some(0), "{log}");
+    let cancelled = &runs(&env, "corp")[0];
+    assert!(cancelled.cancelled_by_shutdown(), "{cancelled:?}");
+
+    // Started again, it waits for its next scheduled run: the cancelled one is recorded, but
+    // it was aksync's own stop, not the source's failure.
+    write_config(&env, &[("corp", &schedule(YEARLY, false))], &http);
+    let mut daemon = Daemon::start(&env);
+    let healthz = daemon.wait_for("/healthz", || get(port, "/healthz")).await;
+    assert_eq!(healthz.status, 200, "{}", healthz.body);
+    let body: Value = serde_json::from_str(&healthz.body).unwrap();
+    assert_eq!(body["sources"]["corp"]["healthy"], true, "{body}");
+    let metrics = daemon.wait_for("/metrics", || get(port, "/metrics")).await;
+    assert_eq!(
+        metric(&metrics.body, "aksync_source_healthy{source=\"corp\"}"),
+        Some(1.0),
+        "{}",
+        metrics.body
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_line_says_why_a_run_failed_and_the_date_of_a_next_run_not_today() {
+    let env = TestEnv::start(5).await;
+    let down = unreachable_source("down");
+    write_config(&env, &[("corp", &schedule(YEARLY, true))], &down);
+    let socket_path = env.dir.path().join("notify.sock");
+    let socket = tokio::net::UnixDatagram::bind(&socket_path).unwrap();
+    let daemon = Daemon::start_with(&env, &[("NOTIFY_SOCKET", socket_path.to_str().unwrap())]);
+    let mut messages: Vec<String> = Vec::new();
+    let both_ran = |m: &[String]| {
+        m.iter()
+            .any(|m| m.contains("corp: complete") && m.contains("down: failed"))
+    };
+    receive_until(&socket, &mut messages, "both runs' ends", &both_ran).await;
+    let status = messages
+        .iter()
+        .find(|m| both_ran(std::slice::from_ref(m)))
+        .unwrap();
+    // The yearly schedule's next run is on January 1, never today; the failed source's retry
+    // comes within minutes.
+    let next_year = latest_complete(&env)
+        .finished_at
+        .format("%Y")
+        .to_string()
+        .parse::<i32>()
+        .unwrap()
+        + 1;
+    let (corp, down) = status.split_once("; down: ").unwrap();
+    assert!(
+        corp.ends_with(&format!(" {next_year}-01-01 00:00")),
+        "{status}"
+    );
+    assert!(
+        down.starts_with("failed ") && down.contains(" (cannot connect to /api/v3/"),
+        "{status}"
+    );
+    daemon.stop().await;
 }

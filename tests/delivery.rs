@@ -229,3 +229,75 @@ fn delivery_state_only_moves_forward() {
     };
     assert_eq!(legacy.progress(), 21);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_query_is_redacted_in_logs_stored_errors_and_reports() {
+    const SECRET: &str = "s3cr3t-api-key";
+    let env = TestEnv::start(5).await;
+    let base = std::fs::read_to_string(&env.config_path).unwrap();
+    let down = common::receiver().await;
+    // A receiver that answers 503, then an address where nothing listens.
+    for url in [down.url.clone(), "http://127.0.0.1:1/ingest".to_string()] {
+        with_webhook(&env, &base, &format!("{url}?api_key={SECRET}"), 500);
+        change(&env, &format!("joiner-{}", url.len()));
+        let sync = env.aksync(&["sync"]);
+        assert_eq!(sync.code, 0, "{}", sync.stderr);
+        assert!(
+            sync.stderr.contains("webhook delivery paused") && sync.stderr.contains("?***"),
+            "{}",
+            sync.stderr
+        );
+        // The oldest undelivered run holds the receiver's last answer.
+        let runs = env.aksync(&["runs", "--json"]);
+        assert!(runs.stdout.contains("/ingest?***"), "{}", runs.stdout);
+        let mut shown = vec![sync.stdout, sync.stderr, runs.stdout];
+        for format in ["md", "html", "json", "csv"] {
+            let report = env.aksync(&[
+                "report",
+                "--since",
+                "2000-01-01",
+                "--until",
+                "2999-01-01",
+                "--format",
+                format,
+            ]);
+            assert_eq!(report.code, 0, "{}", report.stderr);
+            // Markdown escapes the asterisks.
+            assert!(
+                report.stdout.contains("/ingest?"),
+                "{format}: no delivery error"
+            );
+            shown.push(report.stdout);
+        }
+        for text in shown {
+            assert!(!text.contains(SECRET), "the query is in:\n{text}");
+        }
+    }
+    for file in walk(&env.state_dir()) {
+        let bytes = std::fs::read(&file).unwrap();
+        assert!(
+            !bytes
+                .windows(SECRET.len())
+                .any(|window| window == SECRET.as_bytes()),
+            "the query is in {}",
+            file.display()
+        );
+    }
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files
+}

@@ -736,3 +736,23 @@ async fn pdf_reports_need_chromium_and_say_so() {
         assert!(std::fs::read(&out).unwrap().starts_with(b"%PDF"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_business_hours_schedule_is_expected_to_pause_over_the_weekend() {
+    // Every 5 minutes on weekdays, 9:00 to 17:55: the longest gap is Friday 17:55 to Monday
+    // 09:00, whenever it is asked, not the 5 minutes of the next few runs.
+    let env = TestEnv::start(4).await;
+    env.write_config(
+        aksync::fake::READER_TOKEN,
+        "schedule = \"*/5 9-17 * * 1-5\"",
+    );
+    env.sync_ok();
+    let report = env.aksync(&["report", "latest", "--format", "json"]).json();
+    let weekend = 63 * 3600 + 5 * 60;
+    assert_eq!(
+        report["period"]["settings"]["expected_interval_seconds"],
+        weekend * 3 / 2,
+        "{}",
+        report["period"]["settings"]
+    );
+}

@@ -329,19 +329,37 @@ async fn an_endless_body_stops_at_the_page_size_limit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_different_records_with_one_pk_fail_the_listing() {
+async fn two_records_with_one_pk_or_two_users_with_one_uid_fail_the_listing() {
     let env = synced(30).await;
     let before = history(&env);
-    for list in [ListKind::Users, ListKind::Groups] {
-        lie(
-            &env,
-            list,
-            ListingLies {
-                conflicting_duplicate: true,
-                ..ListingLies::default()
-            },
-        );
-        assert_clean_failure(&env, &before, &["two different records have the pk"]);
+    let twin = ListingLies {
+        conflicting_duplicate: true,
+        ..ListingLies::default()
+    };
+    let shared_uid = ListingLies {
+        shared_uid: true,
+        ..ListingLies::default()
+    };
+    let cases: [(ListKind, ListingLies, &[&str]); 3] = [
+        (
+            ListKind::Users,
+            twin.clone(),
+            &["two different records have the pk"],
+        ),
+        (
+            ListKind::Groups,
+            twin,
+            &["two different records have the pk"],
+        ),
+        (
+            ListKind::Users,
+            shared_uid,
+            &["users with the pks", "have one uid"],
+        ),
+    ];
+    for (list, lies, expected) in cases {
+        lie(&env, list, lies);
+        assert_clean_failure(&env, &before, expected);
         env.fake.with_state(|state| state.lies.clear());
     }
 }
@@ -665,5 +683,253 @@ async fn an_empty_or_truncated_database_beside_earlier_runs_is_refused() {
         run.stderr.contains("truncated or replaced"),
         "{}",
         run.stderr
+    );
+}
+
+/// `<prefix> 0\n<prefix> 1\n…`
+fn numbered_lines(prefix: &str, count: usize) -> String {
+    (0..count)
+        .map(|n| format!("{prefix} {n}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Sets the `notes` attribute of one person in the fake directory; returns their username.
+fn set_notes(env: &TestEnv, notes: &str) -> String {
+    env.fake.with_state(|state| {
+        let user = state
+            .directory
+            .users
+            .values_mut()
+            .find(|user| user.user_type == "internal" && user.username != "akadmin")
+            .unwrap();
+        user.attributes["notes"] = Value::from(notes);
+        user.username.clone()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_multi_line_attribute_that_changes_costs_a_bounded_report() {
+    let env = synced(10).await;
+    let (old, new) = (numbered_lines("old", 60_000), numbered_lines("new", 60_000));
+    set_notes(&env, &old);
+    env.sync_ok();
+    set_notes(&env, &new);
+    let started = std::time::Instant::now();
+    let run = env.sync_ok();
+    // A line diff of the two values is quadratic: it took minutes. A generous bound, to
+    // catch that and not to measure.
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(30), "the sync took {took:?}");
+    assert!(run.stdout.contains("1 mover"), "{}", run.stdout);
+    let runs = env.aksync(&["runs", "--json"]).json();
+    let run_id = runs[0]["run_id"].as_str().unwrap();
+    let sizes = format!("changed, {} bytes → {} bytes", old.len(), new.len());
+    for extension in ["md", "html"] {
+        let report = std::fs::read_to_string(
+            env.state_dir()
+                .join(format!("reports/corp/{run_id}.{extension}")),
+        )
+        .unwrap();
+        assert!(report.contains(&sizes), "{extension} lacks {sizes:?}");
+    }
+}
+
+/// A stand-in for Chromium that takes `seconds` and fails the way a real one does.
+fn failing_chromium(env: &TestEnv, seconds: u32) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = env.dir.path().join("chromium");
+    std::fs::write(
+        &path,
+        format!("#!/bin/sh\nsleep {seconds}\necho 'ERROR:zygote_host_impl_linux.cc(127)] No usable sandbox!' >&2\nexit 3\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_pdf_is_named_with_chromiums_error_and_the_logged_duration_covers_it() {
+    let env = TestEnv::start(5).await;
+    env.write_config(READER_TOKEN, "\n[output]\nreports = [\"md\", \"pdf\"]");
+    let chromium = failing_chromium(&env, 2);
+    let output = Command::new(env!("CARGO_BIN_EXE_aksync"))
+        .arg("--config")
+        .arg(&env.config_path)
+        .arg("sync")
+        .env("AKSYNC_CHROMIUM", &chromium)
+        .env("AKSYNC_LOG", "info")
+        .env_remove("JOURNAL_STREAM")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let warning = stderr
+        .lines()
+        .find(|line| line.contains("WARN"))
+        .unwrap_or_else(|| panic!("no warning in {stderr}"));
+    assert!(
+        warning.contains("PDF report not written: Chromium could not print the PDF")
+            && warning.contains("No usable sandbox!")
+            && warning.contains("--format pdf`"),
+        "{warning}"
+    );
+    assert!(!stderr.contains("reports not written"), "{stderr}");
+    let runs = env.aksync(&["runs", "--json"]).json();
+    let run_id = runs[0]["run_id"].as_str().unwrap();
+    assert!(env
+        .state_dir()
+        .join(format!("reports/corp/{run_id}.md"))
+        .is_file());
+    // The run record ends with the fetch; the log's duration covers the reports too.
+    let finished = stderr
+        .lines()
+        .find(|line| line.contains("run finished"))
+        .unwrap_or_else(|| panic!("no end of the run in {stderr}"));
+    let duration: f64 = finished
+        .split("duration_secs=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|number| number.parse().ok())
+        .unwrap_or_else(|| panic!("no duration in {finished}"));
+    assert!(duration >= 2.0, "{finished}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pdf_under_memory_deny_write_execute_fails_at_once_with_how_to_fix_it() {
+    let env = synced(5).await;
+    // Chromium would hang; the real one is not needed to show that it is not waited for.
+    let chromium = failing_chromium(&env, 60);
+    let out = env.dir.path().join("report.pdf");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_aksync"));
+    command
+        .arg("--config")
+        .arg(&env.config_path)
+        .args(["report", "latest", "--format", "pdf", "--out"])
+        .arg(&out)
+        .env("AKSYNC_CHROMIUM", &chromium);
+    // What systemd's MemoryDenyWriteExecute=yes does with seccomp, the kernel does with
+    // PR_SET_MDWE (Linux 6.3 and later).
+    // SAFETY: prctl is async-signal-safe, as pre_exec requires.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_MDWE, 1, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let started = std::time::Instant::now();
+    let output = match command.output() {
+        Ok(output) => output,
+        Err(error) if error.raw_os_error() == Some(libc::EINVAL) => {
+            eprintln!("skipped: this kernel has no PR_SET_MDWE");
+            return;
+        }
+        Err(error) => panic!("{error}"),
+    };
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("MemoryDenyWriteExecute=yes") && stderr.contains("systemd/pdf.conf"),
+        "{stderr}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(30), "it waited");
+    assert!(!out.exists());
+}
+
+/// Changes the owner of `path` to `uid` (the tests run as root).
+fn chown(path: &Path, uid: u32) {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid C string; chown reads it and touches no other memory.
+    let changed = unsafe { libc::chown(path.as_ptr(), uid, uid) };
+    assert_eq!(changed, 0, "chown: {}", std::io::Error::last_os_error());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_directory_another_user_owns_or_can_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: giving a directory to another user needs root");
+        return;
+    }
+    let env = TestEnv::start(5).await;
+    std::fs::create_dir(env.state_dir()).unwrap();
+    chown(&env.state_dir(), 54_321);
+    for args in [&["sync"][..], &["daemon"], &["deliver"]] {
+        let run = env.aksync(args);
+        assert_eq!(run.code, 2, "{args:?}: {}{}", run.stdout, run.stderr);
+        assert_eq!(run.stderr.trim().lines().count(), 1, "{}", run.stderr);
+        assert!(
+            run.stderr.contains("belongs to uid 54321")
+                && run
+                    .stderr
+                    .contains(&format!("chown 0 {}", env.state_dir().display())),
+            "{}",
+            run.stderr
+        );
+    }
+    // An admin reads, and checks, the service's state; nothing is written there.
+    let runs = env.aksync(&["runs"]);
+    assert_eq!(runs.code, 0, "{}", runs.stderr);
+    let check = env.aksync(&["check"]);
+    assert_eq!(check.code, 0, "{}", check.stderr);
+    assert!(
+        check.stdout.starts_with("corp: Healthy"),
+        "{}",
+        check.stdout
+    );
+    assert_eq!(std::fs::read_dir(env.state_dir()).unwrap().count(), 0);
+
+    chown(&env.state_dir(), 0);
+    std::fs::set_permissions(env.state_dir(), std::fs::Permissions::from_mode(0o770)).unwrap();
+    for args in [&["sync"][..], &["runs"]] {
+        let run = env.aksync(args);
+        assert_eq!(run.code, 2, "{args:?}: {}{}", run.stdout, run.stderr);
+        assert!(
+            run.stderr
+                .contains("can be written by other users (mode 0770)")
+                && run.stderr.contains("chmod go-w"),
+            "{}",
+            run.stderr
+        );
+    }
+    std::fs::set_permissions(env.state_dir(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    env.sync_ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_planted_in_the_state_directory_are_not_followed() {
+    let env = synced(5).await;
+    let victim = env.dir.path().join("victim");
+    std::fs::write(&victim, "precious").unwrap();
+    let lock = env.state_dir().join("locks/source-corp.lock");
+    std::fs::remove_file(&lock).unwrap();
+    std::os::unix::fs::symlink(&victim, &lock).unwrap();
+    let sync = env.aksync(&["sync"]);
+    assert_eq!(sync.code, 1, "{}{}", sync.stdout, sync.stderr);
+    assert!(
+        sync.stderr.contains("source-corp.lock") && sync.stderr.contains("symbolic link"),
+        "{}",
+        sync.stderr
+    );
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    std::fs::remove_file(&lock).unwrap();
+
+    // The database too: a link in its place is refused, not opened.
+    let moved = env.dir.path().join("elsewhere.redb");
+    std::fs::rename(env.database(), &moved).unwrap();
+    std::os::unix::fs::symlink(&moved, env.database()).unwrap();
+    let before = std::fs::read(&moved).unwrap();
+    for args in [&["sync"][..], &["runs"]] {
+        let run = env.aksync(args);
+        assert_eq!(run.code, 1, "{args:?}: {}{}", run.stdout, run.stderr);
+        assert!(run.stderr.contains("symbolic link"), "{}", run.stderr);
+    }
+    assert!(
+        std::fs::read(&moved).unwrap() == before,
+        "the target changed"
     );
 }

@@ -668,3 +668,48 @@ async fn several_sources_are_kept_apart() {
         "{corp_runs}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_of_the_store_need_no_token() {
+    let env = TestEnv::start(6).await;
+    env.sync_ok();
+    let username = env.fake.with_state(|state| {
+        let pk = state.directory.add_user("late.joiner", "internal");
+        state.directory.users[&pk].username.clone()
+    });
+    env.sync_ok();
+    // As under systemd with the service stopped: its credential is gone.
+    let missing = "/run/credentials/aksync.service/missing.token";
+    let config = std::fs::read_to_string(&env.config_path).unwrap().replace(
+        "token_file = \"token\"",
+        &format!("token_file = {missing:?}"),
+    );
+    std::fs::write(
+        &env.config_path,
+        format!("{config}\n[retention]\nkeep_runs = 1\n"),
+    )
+    .unwrap();
+    for args in [
+        &["runs"][..],
+        &["show", "accounts"],
+        &["diff", "previous", "latest"],
+        &["report", "latest"],
+        &["history", &username],
+        &["envelopes", "latest"],
+        &["prune", "--dry-run"],
+    ] {
+        let run = env.aksync(args);
+        assert_eq!(run.code, 0, "{args:?}: {}", run.stderr);
+        assert!(!run.stderr.contains(missing), "{args:?}: {}", run.stderr);
+    }
+    for args in [&["sync"][..], &["check"]] {
+        let run = env.aksync(args);
+        assert_eq!(run.code, 2, "{args:?}: {}{}", run.stdout, run.stderr);
+        assert!(
+            run.stderr
+                .contains(&format!("`sources.corp.token_file`: cannot read {missing}")),
+            "{args:?}: {}",
+            run.stderr
+        );
+    }
+}

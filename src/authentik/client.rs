@@ -132,6 +132,8 @@ pub fn check_count(kind: ListKind, distinct: u64, count: u64) -> Result<(), Clie
 pub struct AuthentikClient {
     http: reqwest::Client,
     source: SourceConfig,
+    /// Read from its file when the client is made, once per run or check.
+    token: ApiToken,
     retry: RetryPolicy,
     /// One slot per request in flight; a retry's back-off holds none.
     slots: tokio::sync::Semaphore,
@@ -163,9 +165,14 @@ impl AuthentikClient {
             endpoint: source.base_url.to_string(),
             reason: error.to_string(),
         })?;
+        let token = source
+            .token
+            .read()
+            .map_err(|reason| ClientError::Token { reason })?;
         Ok(AuthentikClient {
             http,
             source: source.clone(),
+            token,
             retry,
             slots: tokio::sync::Semaphore::new(source.concurrency),
         })
@@ -325,12 +332,11 @@ impl AuthentikClient {
         // The pool is never closed, so a slot always comes.
         let _slot = self.slots.acquire().await;
         telemetry().authentik_request(&self.source.name);
-        let token: &ApiToken = &self.source.token;
         let response = self
             .http
             .get(url.clone())
             .query(params)
-            .header(AUTHORIZATION, token.bearer_header())
+            .header(AUTHORIZATION, self.token.bearer_header())
             .header(ACCEPT, "application/json")
             .header(USER_AGENT, concat!("aksync/", env!("CARGO_PKG_VERSION")))
             .send()
@@ -562,7 +568,7 @@ fn transport_error(error: reqwest::Error, endpoint: &str, url: &url::Url, attemp
 
 /// The innermost causes tell what went wrong ("Connection refused"); reqwest's own message
 /// only says that a request failed. URLs in it carry no token.
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut parts = Vec::new();
     let mut current: Option<&(dyn std::error::Error + 'static)> = error.source();
     while let Some(cause) = current {

@@ -51,6 +51,10 @@ pub enum ClientError {
         status: u16,
         location: String,
     },
+    /// The token file could not be read when the client was made (a credential that is gone,
+    /// say); the reason names the key and the file.
+    #[error("{reason}")]
+    Token { reason: String },
 }
 
 fn retry_note(attempts: u32) -> String {

@@ -94,15 +94,43 @@ pub async fn run(opt: Opt) -> Result<Exit, CliError> {
             verify::report(&report, &public_keys, json)
         }
         Command::Daemon => {
-            let config = Config::load(&location)?;
+            let mut config = Config::load(&location)?;
+            check_needs(&opt.command, &mut config)?;
             logging::init(&config.daemon.log_level, config.daemon.log_format);
             crate::daemon::run(location, config, Arc::new(clock)).await
         }
         command => {
             logging::init(CLI_LOG_LEVEL, LogFormat::Text);
-            let config = Config::load(&location)?;
+            let mut config = Config::load(&location)?;
+            check_needs(&command, &mut config)?;
             run_configured(command, &config, &clock).await
         }
+    }
+}
+
+/// What a command needs beyond a configuration that loads, checked before it starts (a
+/// configuration error, exit 2): a state directory of its own to write into, the tokens of
+/// what it talks to, and the key that signs what it appends to the ledger or writes as a
+/// report. Queries need none of them, so `sudo aksync runs` reads the service's history
+/// while the service's credentials are gone.
+fn check_needs(command: &Command, config: &mut Config) -> Result<(), ConfigError> {
+    if command.writes_state_dir() {
+        config.check_state_dir_owner()?;
+    }
+    match command {
+        Command::Sync { .. } | Command::Daemon | Command::Prune { dry_run: false, .. } => {
+            config.read_signing_key()?
+        }
+        Command::Report { out: Some(_), .. } => config.read_signing_key()?,
+        // A signing key at hand is a public key to check signatures with; without it,
+        // verify says which signatures it could not check.
+        Command::Verify { .. } => drop(config.read_signing_key()),
+        _ => {}
+    }
+    match command {
+        Command::Check { .. } | Command::Sync { .. } | Command::Daemon => config.read_tokens(),
+        Command::Deliver { .. } => config.read_webhook_token(),
+        _ => Ok(()),
     }
 }
 
@@ -221,9 +249,13 @@ async fn check(
     for source in sources {
         results.push(check_source(source, clock).await);
     }
-    let store = Store::open(&config.database_path(), STORE_WAIT)?;
-    for result in &results {
-        store.put_health(result)?;
+    // An admin may check the sources of a service whose state directory is not theirs
+    // (`sudo aksync check`); the result is then printed, not stored.
+    if config.check_state_dir_owner().is_ok() {
+        let store = Store::open(&config.database_path(), STORE_WAIT)?;
+        for result in &results {
+            store.put_health(result)?;
+        }
     }
     let now = clock.now();
     let checked: Vec<CheckedSource> = results

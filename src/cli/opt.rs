@@ -179,6 +179,28 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// Whether the command creates or changes files in the state directory, which must then
+    /// be this user's (see [`crate::state_dir`]). `check` only stores its result, and does so
+    /// when it may; queries only read.
+    pub fn writes_state_dir(&self) -> bool {
+        match self {
+            Command::Sync { .. } | Command::Deliver { .. } | Command::Daemon => true,
+            Command::Prune { dry_run, .. } => !dry_run,
+            Command::Envelopes { rebuild, .. } => *rebuild,
+            Command::Check { .. }
+            | Command::Runs { .. }
+            | Command::Show { .. }
+            | Command::Diff { .. }
+            | Command::Report { .. }
+            | Command::History { .. }
+            | Command::Verify { .. }
+            | Command::Keygen { .. }
+            | Command::Demo { .. } => false,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct SourceArg {
     /// Only this source (a `[sources.NAME]` table).

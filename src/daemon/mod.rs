@@ -118,7 +118,7 @@ pub async fn run(
         http = %http.map_or_else(|| "off".to_string(), |http| http.listen.to_string()),
         "aksync daemon started"
     );
-    notifier.ready(&board.status_line());
+    notifier.ready(&board.status_line(clock.now()));
     let mut watchdog = notifier.watchdog_interval().map(tokio::time::interval);
     loop {
         let handled = tokio::select! {
@@ -128,7 +128,7 @@ pub async fn run(
                     notifier.reloading();
                     let reloaded = reload(&location, &mut supervisor, &config_sender).await;
                     board.record_reload(reloaded.map(|()| clock.now()));
-                    notifier.ready(&board.status_line());
+                    notifier.ready(&board.status_line(clock.now()));
                     Ok(())
                 }
             },
@@ -142,7 +142,7 @@ pub async fn run(
         if let Err(error) = handled {
             tracing::error!("{error}");
         }
-        notifier.status(&board.status_line());
+        notifier.status(&board.status_line(clock.now()));
     }
     notifier.stopping();
     tracing::info!("stopping: cancelling the runs in progress");
@@ -163,7 +163,11 @@ async fn reload(
     supervisor: &mut Supervisor,
     config_sender: &watch::Sender<Arc<Config>>,
 ) -> Result<(), String> {
-    let applied = match Config::load(location) {
+    let applied = match Config::load(location).and_then(|mut config| {
+        config.read_tokens()?;
+        config.read_signing_key()?;
+        Ok(config)
+    }) {
         Ok(loaded) => supervisor.reload(loaded).await.map_err(|e| e.to_string()),
         Err(error) => Err(error.to_string()),
     };

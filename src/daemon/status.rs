@@ -10,6 +10,8 @@ use chrono::{DateTime, Utc};
 use prometheus_client::metrics::histogram::Histogram;
 use serde::Serialize;
 
+use crate::config::SourceConfig;
+use crate::display::quote;
 use crate::runner::run_duration;
 use crate::schedule::Schedule;
 use crate::store::{ChangeCounts, DeliveryStatus, RunRecord, RunStatus, Store, StoreError};
@@ -55,6 +57,8 @@ impl History {
 #[derive(Debug, Clone)]
 pub struct SourceStatus {
     pub schedule: Schedule,
+    /// Failed runs in a row that make the source unhealthy.
+    pub unhealthy_after_failures: u32,
     pub history: History,
     pub next_run: Option<DateTime<Utc>>,
     /// When the current run was started (or queued for a free slot).
@@ -76,9 +80,10 @@ const RUN_DURATION_BUCKETS: [f64; 11] = [
 ];
 
 impl SourceStatus {
-    pub fn new(schedule: Schedule, history: History) -> SourceStatus {
+    pub fn new(source: &SourceConfig, history: History) -> SourceStatus {
         SourceStatus {
-            schedule,
+            schedule: source.schedule.clone(),
+            unhealthy_after_failures: source.unhealthy_after_failures,
             history,
             next_run: None,
             running_since: None,
@@ -103,26 +108,52 @@ impl SourceStatus {
         }
     }
 
-    /// Healthy when the last run is complete and no older than twice the schedule's interval.
+    /// Follows a source's changed settings.
+    pub fn follow(&mut self, source: &SourceConfig) {
+        self.schedule = source.schedule.clone();
+        self.unhealthy_after_failures = source.unhealthy_after_failures;
+    }
+
+    /// Healthy unless the last `unhealthy_after_failures` runs all failed, or the last
+    /// complete run is older than twice the schedule's interval. A run cancelled by aksync's
+    /// own stop says nothing about the source and is looked past: a restart during a run does
+    /// not page anyone.
     pub fn health(&self, now: DateTime<Utc>) -> Health {
-        let reason = match self.history.last_run() {
-            None => Some("no run yet".to_string()),
-            Some(run) if run.status != RunStatus::Complete => Some(format!(
-                "the last run {} is {}{}",
-                run.run_id,
-                run.status.as_str(),
-                run.error
-                    .as_deref()
-                    .map(|error| format!(": {error}"))
-                    .unwrap_or_default()
-            )),
-            Some(run) => {
-                let allowed = self.schedule.interval(now) * 2;
-                let age = (now - run.finished_at).to_std().unwrap_or_default();
+        let runs: Vec<&RunRecord> = self
+            .history
+            .recent_runs
+            .iter()
+            .filter(|run| !run.cancelled_by_shutdown())
+            .collect();
+        let not_complete = runs
+            .iter()
+            .take_while(|run| run.status != RunStatus::Complete)
+            .count();
+        let reason = match (runs.first(), &self.history.last_complete) {
+            (None, None) => Some("no run yet".to_string()),
+            (Some(run), _) if not_complete as u32 >= self.unhealthy_after_failures => {
+                let what = format!(
+                    "{} {}{}",
+                    run.run_id,
+                    run.status.as_str(),
+                    run.error
+                        .as_deref()
+                        .map(|error| format!(": {error}"))
+                        .unwrap_or_default()
+                );
+                Some(match not_complete {
+                    1 => format!("the last run {what}"),
+                    runs => format!("the last {runs} runs are not complete; the latest is {what}"),
+                })
+            }
+            (_, None) => Some("no complete run yet".to_string()),
+            (_, Some(complete)) => {
+                let allowed = self.schedule.interval() * 2;
+                let age = (now - complete.finished_at).to_std().unwrap_or_default();
                 (age > allowed).then(|| {
                     format!(
-                        "the last run {} finished {}s ago, more than twice the schedule's interval ({}s)",
-                        run.run_id,
+                        "the last complete run {} finished {}s ago, more than twice the schedule's interval ({}s)",
+                        complete.run_id,
                         age.as_secs(),
                         allowed.as_secs() / 2
                     )
@@ -136,8 +167,10 @@ impl SourceStatus {
     }
 
     /// One line for systemd's STATUS, e.g.
-    /// `corp: complete 12:00 (1 joiner, 0 movers, 0 leavers), next 12:30`.
-    pub fn status_line(&self, name: &str) -> String {
+    /// `corp: complete 12:00 (1 joiner, 0 movers, 0 leavers), next 12:30`, or
+    /// `corp: failed 12:00 (cannot connect to /api/v3/core/users/me/ …), next Mon 2026-05-11 09:00`:
+    /// why a run failed, in short, and the date of a next run that is not today.
+    pub fn status_line(&self, name: &str, now: DateTime<Utc>) -> String {
         let time = |at: DateTime<Utc>| self.schedule.local_time(at, "%H:%M");
         let mut line = format!("{name}: ");
         match (self.running_since, self.history.last_run()) {
@@ -159,15 +192,26 @@ impl SourceStatus {
                         changes.leavers,
                         plural(changes.leavers)
                     ));
+                } else if let Some(error) = &run.error {
+                    line.push_str(&format!(" ({})", quote(error, STATUS_ERROR_CHARS)));
                 }
             }
         }
         if let Some(next) = self.next_run {
-            line.push_str(&format!(", next {}", time(next)));
+            let day = |at: DateTime<Utc>| self.schedule.local_time(at, "%Y-%m-%d");
+            let when = if day(next) == day(now) {
+                time(next)
+            } else {
+                self.schedule.local_time(next, "%a %Y-%m-%d %H:%M")
+            };
+            line.push_str(&format!(", next {when}"));
         }
         line
     }
 }
+
+/// How much of a failed run's error systemd's STATUS line shows: the start says what failed.
+const STATUS_ERROR_CHARS: usize = 60;
 
 fn plural(count: u64) -> &'static str {
     if count == 1 {
@@ -282,11 +326,11 @@ impl StatusBoard {
     }
 
     /// systemd's STATUS: a rejected reload first, then every source's line, joined.
-    pub fn status_line(&self) -> String {
+    pub fn status_line(&self, now: DateTime<Utc>) -> String {
         let rejected = self.config_reload().rejected.map(|reason| {
             format!(
                 "reload rejected: {}, running the previous configuration",
-                crate::display::quote(&reason, STATUS_REASON_CHARS)
+                quote(&reason, STATUS_REASON_CHARS)
             )
         });
         rejected
@@ -296,7 +340,7 @@ impl StatusBoard {
                     .read()
                     .unwrap_or_else(PoisonError::into_inner)
                     .iter()
-                    .map(|(name, status)| status.status_line(name)),
+                    .map(|(name, status)| status.status_line(name, now)),
             )
             .collect::<Vec<_>>()
             .join("; ")
@@ -348,7 +392,7 @@ pub(crate) mod tests {
             recent_runs: runs,
             outbox_backlog: 0,
         };
-        SourceStatus::new(Schedule::default(), history)
+        SourceStatus::new(&crate::testing::source_config(), history)
     }
 
     pub(crate) fn at(text: &str) -> DateTime<Utc> {
@@ -381,31 +425,97 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_run_cancelled_by_a_stop_is_no_failure_of_the_source() {
+        let mut cancelled = run(RunStatus::Failed, "2026-05-04T12:30:05Z");
+        cancelled.error = Some(crate::store::CANCELLED_BY_SHUTDOWN.into());
+        let restarted = status_with(vec![
+            cancelled.clone(),
+            run(RunStatus::Complete, "2026-05-04T12:00:05Z"),
+        ]);
+        assert!(restarted.health(at("2026-05-04T12:31:00Z")).healthy);
+        // Staleness still counts from the last complete run.
+        assert!(!restarted.health(at("2026-05-04T13:00:06Z")).healthy);
+        let never = status_with(vec![cancelled]);
+        assert_eq!(
+            never.health(at("2026-05-04T12:31:00Z")).reason.as_deref(),
+            Some("no run yet")
+        );
+    }
+
+    #[test]
+    fn a_source_may_fail_a_few_times_before_it_is_unhealthy() {
+        let mut flaky = status_with(vec![
+            run(RunStatus::Failed, "2026-05-04T12:40:05Z"),
+            run(RunStatus::Failed, "2026-05-04T12:30:05Z"),
+            run(RunStatus::Complete, "2026-05-04T12:20:05Z"),
+        ]);
+        let now = at("2026-05-04T12:41:00Z");
+        assert!(!flaky.health(now).healthy);
+        flaky.unhealthy_after_failures = 3;
+        assert!(flaky.health(now).healthy);
+        flaky.unhealthy_after_failures = 2;
+        let reason = flaky.health(now).reason.unwrap();
+        assert!(
+            reason.starts_with("the last 2 runs are not complete; the latest is ")
+                && reason.ends_with("failed: cannot reach <ak>"),
+            "{reason}"
+        );
+        // Failures below the limit with no complete run at all are still unhealthy.
+        let mut new = status_with(vec![run(RunStatus::Failed, "2026-05-04T12:40:05Z")]);
+        new.unhealthy_after_failures = 3;
+        assert_eq!(
+            new.health(now).reason.as_deref(),
+            Some("no complete run yet")
+        );
+    }
+
+    #[test]
     fn the_status_line_says_what_happened_and_what_comes() {
+        let now = at("2026-05-04T12:10:00Z");
         let mut status = status_with(vec![run(RunStatus::Complete, "2026-05-04T12:00:05Z")]);
         status.next_run = Some(at("2026-05-04T12:30:00Z"));
         assert_eq!(
-            status.status_line("corp"),
+            status.status_line("corp", now),
             "corp: complete 12:00 (1 joiner, 0 movers, 0 leavers), next 12:30"
         );
         status.running_since = Some(at("2026-05-04T12:30:00Z"));
         assert_eq!(
-            status.status_line("corp"),
+            status.status_line("corp", now),
             "corp: running since 12:30, next 12:30"
         );
-        assert_eq!(status_with(Vec::new()).status_line("hr"), "hr: no run yet");
+        assert_eq!(
+            status_with(Vec::new()).status_line("hr", now),
+            "hr: no run yet"
+        );
+        // Why it failed, in short; and a next run that is not today comes with its date.
+        let mut failed = status_with(vec![run(RunStatus::Failed, "2026-05-04T12:00:05Z")]);
+        failed.history.recent_runs[0].error = Some(format!(
+            "cannot connect to /api/v3/core/users/me/\n{}",
+            "x".repeat(500)
+        ));
+        failed.next_run = Some(at("2026-05-11T09:00:00Z"));
+        let line = failed.status_line("corp", now);
+        assert!(
+            line.starts_with("corp: failed 12:00 (cannot connect to /api/v3/core/users/me/ xxx")
+                && line.ends_with("…), next Mon 2026-05-11 09:00"),
+            "{line}"
+        );
+        assert!(line.len() < 150, "{line}");
     }
 
     #[test]
     fn a_rejected_reload_leads_the_status_line_until_a_reload_applies() {
         let board = StatusBoard::new(at("2026-05-04T12:00:00Z"));
         board.insert("hr", status_with(Vec::new()));
-        assert_eq!(board.status_line(), "hr: no run yet");
+        assert_eq!(
+            board.status_line(at("2026-05-04T12:00:00Z")),
+            "hr: no run yet"
+        );
         board.record_reload(Err(
             "config.toml: unknown key `sources.x.tokn_file`\nmore".into()
         ));
         assert_eq!(
-            board.status_line(),
+            board.status_line(at("2026-05-04T12:00:00Z")),
             "reload rejected: config.toml: unknown key `sources.x.tokn_file` more, \
              running the previous configuration; hr: no run yet"
         );
@@ -414,7 +524,10 @@ pub(crate) mod tests {
             at("2026-05-04T12:00:00Z")
         );
         board.record_reload(Ok(at("2026-05-04T12:05:00Z")));
-        assert_eq!(board.status_line(), "hr: no run yet");
+        assert_eq!(
+            board.status_line(at("2026-05-04T12:00:00Z")),
+            "hr: no run yet"
+        );
         assert_eq!(
             board.config_reload(),
             ConfigReload {

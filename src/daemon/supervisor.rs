@@ -107,7 +107,7 @@ impl Supervisor {
         let name = source.name.clone();
         let run_now = source.run_on_start;
         self.board
-            .insert(&name, SourceStatus::new(source.schedule.clone(), history));
+            .insert(&name, SourceStatus::new(&source, history));
         self.slots.insert(
             name.clone(),
             Slot {
@@ -178,7 +178,7 @@ impl Supervisor {
         };
         if slot.running.is_some() {
             tracing::info!(
-                source = name,
+                source = %name,
                 reason = %reason,
                 "run skipped: the previous run of this source is still going"
             );
@@ -214,14 +214,14 @@ impl Supervisor {
             Outcome::Ran(run) => run.status == RunStatus::Failed,
             Outcome::Busy { holder } => {
                 tracing::info!(
-                    source = name,
+                    source = %name,
                     holder_pid = %holder.map_or_else(|| "unknown".to_string(), |pid| pid.to_string()),
                     "run skipped: another aksync process is syncing this source"
                 );
                 false
             }
             Outcome::Error(error) => {
-                tracing::error!(source = name, "run not recorded: {error}");
+                tracing::error!(source = %name, "run not recorded: {error}");
                 true
             }
             Outcome::NotStarted => false,
@@ -261,7 +261,7 @@ impl Supervisor {
             return Ok(());
         };
         let now = self.clock.now();
-        let Some(delay) = retry_delay(slot.failures, slot.source.schedule.interval(now)) else {
+        let Some(delay) = retry_delay(slot.failures, slot.source.schedule.interval()) else {
             return Ok(());
         };
         let at = now + chrono::Duration::from_std(delay).unwrap_or_default();
@@ -273,7 +273,7 @@ impl Supervisor {
         }
         slot.retry = Some(self.scheduler.arm(name, at, &*self.clock).await?);
         tracing::info!(
-            source = name,
+            source = %name,
             failures = slot.failures,
             retry_in_secs = delay.as_secs(),
             "retrying after a failed run"
@@ -325,9 +325,8 @@ impl Supervisor {
             let schedule_changed = slot.source.schedule != source.schedule;
             slot.source = Arc::new(source.clone());
             tracing::info!(source = %name, "source settings changed");
+            self.board.update(name, |status| status.follow(source));
             if schedule_changed {
-                let schedule = source.schedule.clone();
-                self.board.update(name, |status| status.schedule = schedule);
                 self.arm_next(name, self.clock.now()).await?;
             }
         }

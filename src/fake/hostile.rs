@@ -16,6 +16,9 @@ pub struct ListingLies {
     /// The last record of the last page is replaced by a copy of the listing's first record
     /// with another `name`: two different records with one pk.
     pub conflicting_duplicate: bool,
+    /// The last record of the last page carries the `uid` of the listing's first record: two
+    /// users with different pks and one uid.
+    pub shared_uid: bool,
     /// The body never ends: after the pagination, the same record repeats without end.
     pub endless_body: bool,
 }

@@ -30,7 +30,7 @@ pub fn replay_evidence(
     previous_privileged: Option<(&str, &[PrivilegedAccount])>,
 ) -> Result<RunEvidence, StoreError> {
     let mut evidence = run::RunContext {
-        settings: RunSettings::of(source, run.started_at),
+        settings: RunSettings::of(source),
         previous_settings: None,
     }
     .failed(run);

@@ -147,8 +147,8 @@ pub struct RunSettings {
 
 impl RunSettings {
     /// The settings of `source` in force at `now`.
-    pub fn of(source: &SourceConfig, now: DateTime<Utc>) -> RunSettings {
-        let (interval, configured) = source.expected_interval(now);
+    pub fn of(source: &SourceConfig) -> RunSettings {
+        let (interval, configured) = source.expected_interval();
         RunSettings {
             base_url: source.base_url.to_string(),
             filter: source.filter.clone(),
@@ -245,11 +245,10 @@ mod tests {
     #[test]
     fn a_settings_change_names_each_key_old_and_new() {
         let mut source = crate::testing::source_config();
-        let now = crate::testing::at(0);
-        let before = RunSettings::of(&source, now);
+        let before = RunSettings::of(&source);
         source.ignore_fields = vec!["attributes.department".into()];
         source.sla = Some(std::time::Duration::from_secs(3600));
-        let after = RunSettings::of(&source, now);
+        let after = RunSettings::of(&source);
         let changes = after.changes_since(&before);
         let keys: Vec<&str> = changes.iter().map(|change| change.key.as_str()).collect();
         assert_eq!(keys, ["ignore_fields", "sla_seconds"]);

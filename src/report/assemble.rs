@@ -263,7 +263,7 @@ pub fn build_report(
         .last()
         .or(start_view.as_ref())
         .map(|view| view.evidence.settings.clone())
-        .unwrap_or_else(|| RunSettings::of(source, generated_at));
+        .unwrap_or_else(|| RunSettings::of(source));
     let report_run = match selection {
         Selection::Run(run) => run.run_id.clone(),
         Selection::After { to, .. } => to.run_id.clone(),

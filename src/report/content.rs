@@ -22,6 +22,13 @@ use crate::store::RunStatus;
 /// Values longer than this, or on several lines, are shown as a unified diff: an `old → new`
 /// of two paragraphs hides what actually changed.
 const INLINE_LIMIT: usize = 80;
+/// A line diff costs up to the product of the two sides' lengths, and a directory attribute
+/// can be megabytes that an attacker flips every run: values beyond either bound are shown
+/// by their sizes only ("changed, N bytes → M bytes").
+const DIFF_MAX_LINES: usize = 1_000;
+const DIFF_MAX_BYTES: usize = 64 * 1024;
+/// What one diff may take within those bounds before it settles for a coarser result.
+const DIFF_DEADLINE: std::time::Duration = std::time::Duration::from_millis(100);
 
 pub(super) const LATENCY_MEANING: &str = "an upper bound on how long the change went unseen";
 pub(super) const ESCALATION_FLAG: &str = "PRIVILEGE ESCALATION";
@@ -1272,6 +1279,8 @@ pub(super) enum ChangeView<'a> {
     },
     /// Long or multi-line values: a unified diff of their text.
     Diff { field: &'a str, unified: String },
+    /// Values too large to compare line by line: "changed, N bytes → M bytes".
+    Sizes { field: &'a str, sizes: String },
 }
 
 pub(super) fn change_views(changes: &[FieldChange]) -> Vec<ChangeView<'_>> {
@@ -1279,28 +1288,48 @@ pub(super) fn change_views(changes: &[FieldChange]) -> Vec<ChangeView<'_>> {
 }
 
 fn change_view(change: &FieldChange) -> ChangeView<'_> {
-    let (old, new) = (inline_text(&change.old), inline_text(&change.new));
-    let fits = |text: &str| text.chars().count() <= INLINE_LIMIT && !text.contains('\n');
-    if fits(&old) && fits(&new) {
-        return ChangeView::Inline {
-            field: &change.field,
-            old,
-            new,
-        };
+    let field = change.field.as_str();
+    if let Some((old, new)) = inline_values(change) {
+        return ChangeView::Inline { field, old, new };
     }
-    ChangeView::Diff {
-        field: &change.field,
-        unified: unified_diff(&block_text(&change.old), &block_text(&change.new)),
+    let (old, new) = (block_text(&change.old), block_text(&change.new));
+    match bounded_unified_diff(&old, &new) {
+        Some(unified) => ChangeView::Diff { field, unified },
+        None => ChangeView::Sizes {
+            field,
+            sizes: sizes_text(&old, &new),
+        },
     }
 }
 
+/// `old → new` when both values are short and on one line.
+fn inline_values(change: &FieldChange) -> Option<(String, String)> {
+    let (old, new) = (inline_text(&change.old), inline_text(&change.new));
+    let fits = |text: &str| text.chars().count() <= INLINE_LIMIT && !text.contains('\n');
+    (fits(&old) && fits(&new)).then_some((old, new))
+}
+
+fn sizes_text(old: &str, new: &str) -> String {
+    format!("changed, {} bytes → {} bytes", old.len(), new.len())
+}
+
+/// Table cells have room for one line: a long value says where its diff is, one too large
+/// to diff gives its sizes. No diff is computed here.
 fn one_line_changes(changes: &[FieldChange]) -> Vec<String> {
-    change_views(changes)
-        .into_iter()
-        .map(|view| match view {
-            ChangeView::Inline { field, old, new } => format!("{field}: {old} → {new}"),
-            ChangeView::Diff { field, .. } => {
-                format!("{field}: long value changed, see the diff in the HTML or Markdown report")
+    changes
+        .iter()
+        .map(|change| match inline_values(change) {
+            Some((old, new)) => format!("{}: {old} → {new}", change.field),
+            None => {
+                let (old, new) = (block_text(&change.old), block_text(&change.new));
+                if diffable(&old) && diffable(&new) {
+                    format!(
+                        "{}: long value changed, see the diff in the HTML or Markdown report",
+                        change.field
+                    )
+                } else {
+                    format!("{}: {}", change.field, sizes_text(&old, &new))
+                }
             }
         })
         .collect()
@@ -1330,7 +1359,16 @@ fn block_text(value: &Value) -> String {
     }
 }
 
-fn unified_diff(old: &str, new: &str) -> String {
+/// Whether a value is within the bounds of a line diff.
+fn diffable(text: &str) -> bool {
+    text.len() <= DIFF_MAX_BYTES && text.lines().count() <= DIFF_MAX_LINES
+}
+
+/// The unified diff of two values within the bounds, or `None` beyond them.
+fn bounded_unified_diff(old: &str, new: &str) -> Option<String> {
+    if !diffable(old) || !diffable(new) {
+        return None;
+    }
     // Without a final newline the diff would carry "\ No newline at end of file" markers,
     // which say nothing about access.
     let terminated = |text: &str| {
@@ -1341,8 +1379,12 @@ fn unified_diff(old: &str, new: &str) -> String {
         }
     };
     let (old, new) = (terminated(old), terminated(new));
-    TextDiff::from_lines(&old, &new)
-        .unified_diff()
-        .header("old", "new")
-        .to_string()
+    Some(
+        TextDiff::configure()
+            .timeout(DIFF_DEADLINE)
+            .diff_lines(&old, &new)
+            .unified_diff()
+            .header("old", "new")
+            .to_string(),
+    )
 }

@@ -411,6 +411,13 @@ fn changes_cell(changes: &[FieldChange]) -> String {
                 escape(field),
                 diff_lines(&unified)
             ),
+            ChangeView::Sizes { field, sizes } => {
+                format!(
+                    "<li><code>{}</code>: {}</li>",
+                    escape(field),
+                    escape(&sizes)
+                )
+            }
         })
         .collect();
     format!("<ul>{items}</ul>")

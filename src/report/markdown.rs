@@ -342,6 +342,9 @@ fn push_changes(out: &mut String, changes: &[FieldChange]) {
                 }
                 push_line(out, &format!("      {fence}"));
             }
+            ChangeView::Sizes { field, sizes } => {
+                push_line(out, &format!("    - {}: {}", code(field), text(&sizes)));
+            }
         }
     }
 }

@@ -253,6 +253,17 @@ impl ReportFormat {
         }
     }
 
+    /// The format's name in a sentence: "PDF report not written".
+    pub fn label(self) -> &'static str {
+        match self {
+            ReportFormat::Markdown => "Markdown",
+            ReportFormat::Json => "JSON",
+            ReportFormat::Csv => "CSV",
+            ReportFormat::Html => "HTML",
+            ReportFormat::Pdf => "PDF",
+        }
+    }
+
     /// A format by its name or file extension, ignoring case.
     pub fn parse(name: &str) -> Option<ReportFormat> {
         match name.to_ascii_lowercase().as_str() {

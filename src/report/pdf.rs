@@ -48,6 +48,11 @@ pub fn find_chromium() -> Option<PathBuf> {
 
 /// Prints `html` to an A4 PDF with `chromium`, killing it after a minute.
 pub fn html_to_pdf(html: &[u8], chromium: &Path) -> Result<Vec<u8>, ReportError> {
+    if !write_execute_memory_allowed() {
+        return Err(ReportError::Chromium(
+            "this process may not map memory that is writable and executable, which Chromium's JavaScript engine needs (systemd's MemoryDenyWriteExecute=yes): install systemd/pdf.conf as a drop-in, see systemd/README.md".into(),
+        ));
+    }
     let work = tempfile::tempdir().map_err(io_error("cannot create a temporary directory"))?;
     let html_path = work.path().join("report.html");
     let pdf_path = work.path().join("report.pdf");
@@ -106,6 +111,32 @@ pub fn html_to_pdf(html: &[u8], chromium: &Path) -> Result<Vec<u8>, ReportError>
         ));
     }
     Ok(pdf)
+}
+
+/// Whether this process may map memory that is writable and executable at once. systemd's
+/// `MemoryDenyWriteExecute=yes` forbids it with a seccomp filter that Chromium inherits, and
+/// Chromium then hangs until the deadline instead of exiting: this says so at once.
+fn write_execute_memory_allowed() -> bool {
+    const PAGE: usize = 4096;
+    // SAFETY: a private anonymous mapping that nothing else refers to, unmapped at once.
+    let mapped = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            PAGE,
+            libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if mapped == libc::MAP_FAILED {
+        // Out of memory is not a policy; Chromium may still work.
+        let error = std::io::Error::last_os_error().raw_os_error();
+        return !matches!(error, Some(libc::EPERM | libc::EACCES));
+    }
+    // SAFETY: the mapping made above, of that size.
+    unsafe { libc::munmap(mapped, PAGE) };
+    true
 }
 
 /// `Ok(None)` when the deadline passed; the child is then killed and reaped.

@@ -658,6 +658,44 @@ fn long_multi_line_values_show_as_a_unified_diff() {
 }
 
 #[test]
+fn values_too_large_to_diff_line_by_line_are_shown_by_their_sizes() {
+    let lines = |prefix: &str, count: usize| {
+        (0..count)
+            .map(|n| format!("{prefix} {n}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let (old, new) = (lines("old", 60_000), lines("new", 60_000));
+    let sizes = format!("changed, {} bytes → {} bytes", old.len(), new.len());
+    let mut report = period_report();
+    report.diffs[1].movers.push(mover(
+        "huge-bio",
+        vec![
+            change("metadata.huge", json!(old), json!(new)),
+            // Within the bounds, a long value still gets its diff.
+            change(
+                "metadata.notes",
+                json!(lines("note", 900)),
+                json!(lines("note", 901)),
+            ),
+        ],
+        vec![],
+    ));
+    for format in [ReportFormat::Markdown, ReportFormat::Html] {
+        let text = rendered(&report, format);
+        assert!(text.contains(&sizes), "{format:?} lacks {sizes:?}");
+        assert!(
+            !text.contains("old 59999"),
+            "{format:?} holds the huge value"
+        );
+        assert!(
+            text.contains("+note 900"),
+            "{format:?} lacks the bounded diff"
+        );
+    }
+}
+
+#[test]
 fn html_is_self_contained_and_escaped() {
     let html = rendered(&period_report(), ReportFormat::Html);
     assert!(html.starts_with("<!doctype html>\n<html lang=\"en\">"));

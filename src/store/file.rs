@@ -1,4 +1,5 @@
-//! The database file before redb opens it: created owner-only, refused when it is empty
+//! The database file before redb opens it: created owner-only, refused when it is a symbolic
+//! link (see [`crate::state_dir`]) or when it is empty
 //! although earlier runs left envelopes or reports (a truncated or replaced file would
 //! otherwise silently start a new history that reports everyone as a joiner again), and a
 //! warning when other users can read the state directory.
@@ -25,18 +26,19 @@ pub(super) fn prepare(path: &Path) -> Result<(), StoreError> {
         path: path.to_path_buf(),
         reason,
     };
-    let metadata = match std::fs::metadata(path) {
+    // The path itself, not what a link there points to: a link is never followed.
+    let metadata = match std::fs::symlink_metadata(path) {
         Ok(metadata) => metadata,
         Err(error) if error.kind() == ErrorKind::NotFound => {
-            if std::fs::symlink_metadata(path).is_ok() {
-                return Err(io_error(
-                    "it is a symbolic link to a file that does not exist".into(),
-                ));
-            }
             return create_private_file(path).map_err(|error| io_error(error.to_string()));
         }
         Err(error) => return Err(io_error(error.to_string())),
     };
+    if metadata.file_type().is_symlink() {
+        return Err(io_error(
+            "it is a symbolic link, which aksync does not follow in its state directory: put the database file itself there".into(),
+        ));
+    }
     if !metadata.is_file() {
         return Err(io_error("it is not a regular file".into()));
     }
@@ -57,11 +59,11 @@ pub(super) fn prepare(path: &Path) -> Result<(), StoreError> {
 /// Creates an empty file readable and writable by its owner only; another process creating
 /// it first is fine.
 fn create_private_file(path: &Path) -> std::io::Result<()> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    match options.open(path) {
+    match crate::state_dir::open_options()
+        .write(true)
+        .create_new(true)
+        .open(path)
+    {
         Ok(_) => Ok(()),
         Err(error) if error.kind() == ErrorKind::AlreadyExists => Ok(()),
         Err(error) => Err(error),

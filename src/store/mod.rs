@@ -60,7 +60,7 @@ pub use ledger::{ChainHead, LedgerRow, LedgerWrite, Sealer};
 use ops::{Op, Ops};
 pub use run::{
     ChangeCounts, Counts, DeliveryState, DeliveryStatus, EnvelopeSummary, HealthRecord,
-    HealthStatus, RunOutcome, RunRecord, RunStatus, TokenUser,
+    HealthStatus, RunOutcome, RunRecord, RunStatus, TokenUser, CANCELLED_BY_SHUTDOWN,
 };
 
 /// The layout version of the tables below. Bump it with a migration in `migrate.rs`.
@@ -187,7 +187,7 @@ impl Store {
     pub fn open_for_reading(path: &Path, wait: Duration) -> Result<Store, StoreError> {
         file::prepare(path)?;
         let guard = Guard::default();
-        let opened = guard.call(|| builder().open_read_only(path));
+        let opened = guard.call(|| builder().open_read_only_with_backend(backend(path, false)?));
         let db = match opened {
             Ok(db) => db,
             Err(Failure::Redb(redb::Error::RepairAborted | redb::Error::DatabaseAlreadyOpen)) => {
@@ -233,7 +233,7 @@ impl Store {
         let guard = Guard::default();
         let started = Instant::now();
         let db = loop {
-            let attempt = guard.call(|| builder().create(path));
+            let attempt = guard.call(|| builder().create_with_backend(backend(path, true)?));
             match attempt {
                 Ok(db) => break db,
                 Err(Failure::Redb(redb::Error::DatabaseAlreadyOpen))
@@ -736,6 +736,21 @@ fn builder() -> redb::Builder {
         .set_concurrency_mode(ConcurrencyMode::MultiWriter)
         .set_cache_size(CACHE_BYTES);
     builder
+}
+
+/// The database file for redb, opened by aksync itself so that a symbolic link planted in
+/// its place is not followed (see [`crate::state_dir`]); for writing, created if missing.
+fn backend(
+    path: &Path,
+    writable: bool,
+) -> Result<redb::backends::FileBackend, redb::DatabaseError> {
+    let mut options = crate::state_dir::open_options();
+    options.read(true);
+    if writable {
+        options.write(true).create(true).truncate(false);
+    }
+    let file = options.open(path).map_err(crate::state_dir::link_error)?;
+    redb::backends::FileBackend::new(file)
 }
 
 /// A ULID from `at`, greater than `last`.

@@ -52,6 +52,9 @@ pub struct Counts {
     pub memberships: u64,
 }
 
+/// The error of a run that aksync's own stop (SIGTERM, a restart) cancelled.
+pub const CANCELLED_BY_SHUTDOWN: &str = "cancelled by shutdown";
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunRecord {
     pub run_id: String,
@@ -97,6 +100,14 @@ pub struct RunRecord {
     /// Fields written by other aksync versions, preserved as they are.
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
+}
+
+impl RunRecord {
+    /// Whether aksync's own stop cancelled the run: a failure of aksync's uptime, not of the
+    /// source, so health looks past it.
+    pub fn cancelled_by_shutdown(&self) -> bool {
+        self.status == RunStatus::Failed && self.error.as_deref() == Some(CANCELLED_BY_SHUTDOWN)
+    }
 }
 
 /// Who a run read the directory as.
