@@ -17,6 +17,17 @@
 //! process (from `wait4`), the database size and the envelope bytes, then PASS or FAIL
 //! against each target of the scale issue. Speed is compared within one run on one machine,
 //! never against a fixed number of seconds.
+//!
+//! With `--ledger` it measures what the evidence ledger costs over a long history instead:
+//!
+//! ```sh
+//! cargo bench --bench scale -- --ledger --users 10000 --ledger-runs 1000 --latency-ms 0
+//! ```
+//!
+//! a first sync, a no-change sync (and what its snapshot digest cost it, from its debug
+//! log), then `--ledger-runs` runs of 0.1% churn each with every report format written,
+//! and then the period report over all of them against the report of one run holding the
+//! same number of events, `history` of one account, and `verify` of the whole chain.
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -44,6 +55,12 @@ struct Args {
     /// Syncs after 1% churn each.
     #[arg(long, default_value_t = 30)]
     churn_runs: usize,
+    /// Measure the evidence ledger over a long history instead (see the module's doc).
+    #[arg(long)]
+    ledger: bool,
+    /// With --ledger: runs of 0.1% churn each.
+    #[arg(long, default_value_t = 1000)]
+    ledger_runs: usize,
     /// Keep the state directory and config at the end (and print where), to profile a
     /// command against the same data.
     #[arg(long)]
@@ -164,6 +181,9 @@ impl Spawner {
 }
 
 async fn run(args: Args, mut spawner: Spawner) {
+    if args.ledger {
+        return ledger(args, spawner).await;
+    }
     let binary = PathBuf::from(env!("CARGO_BIN_EXE_aksync"));
     eprintln!("generating {} users…", args.users);
     let directory = directory(args.users);
@@ -190,7 +210,7 @@ async fn run(args: Args, mut spawner: Spawner) {
     let mut churn_rss = Vec::new();
     let mut last = unchanged.clone();
     for round in 0..args.churn_runs {
-        fake.with_state(|state| churn(&mut state.directory, round, args.users));
+        fake.with_state(|state| churn(&mut state.directory, round, args.users / 500));
         last = sync(
             &mut spawner,
             &binary,
@@ -370,10 +390,10 @@ fn directory(users: usize) -> Directory {
     directory
 }
 
-/// 1% of the directory changes: creates, deletes, deactivations, attribute changes and
-/// group moves, a fifth each.
-fn churn(directory: &mut Directory, round: usize, users: usize) {
-    let each = (users / 500).max(1);
+/// `5 × each` records change: `each` creates, deletes, deactivations, attribute changes and
+/// group moves (`users / 500` each is 1% of the directory).
+fn churn(directory: &mut Directory, round: usize, each: usize) {
+    let each = each.max(1);
     let groups: Vec<String> = directory
         .groups
         .values()
@@ -417,15 +437,194 @@ fn churn(directory: &mut Directory, round: usize, users: usize) {
     }
 }
 
+/// The ledger over a long history: see the module's doc.
+async fn ledger(args: Args, mut spawner: Spawner) {
+    let binary = PathBuf::from(env!("CARGO_BIN_EXE_aksync"));
+    let per_run = args.users / 5000;
+    eprintln!("generating {} users…", args.users);
+    let fake = FakeAuthentik::start(directory(args.users))
+        .await
+        .expect("fake starts");
+    fake.with_state(|state| state.latency = Duration::from_millis(args.latency_ms));
+    let work = tempfile::tempdir().expect("a temporary directory");
+    let config = write_config_with(work.path(), &fake.base_url(), &args, true);
+    let state_dir = work.path().join("state");
+    let first = sync(&mut spawner, &binary, &config, &state_dir, "first sync");
+    let (unchanged, digest_seconds) = timed_with_debug_log(&binary, &config);
+    for round in 0..args.ledger_runs {
+        fake.with_state(|state| churn(&mut state.directory, round, per_run));
+        let run = measure(&mut spawner, &binary, &config, &state_dir, &["sync"], "churn");
+        if (round + 1) % 50 == 0 {
+            eprintln!(
+                "{} of {} churn runs; the last took {:.2}s",
+                round + 1,
+                args.ledger_runs,
+                run.wall.as_secs_f64()
+            );
+        }
+    }
+    fake.shutdown().await;
+    let runs = run_ids(&binary, &config);
+    let period = measure(
+        &mut spawner,
+        &binary,
+        &config,
+        &state_dir,
+        &["report", "latest", "--from", &runs[0], "--format", "json"],
+        "period report, every run",
+    );
+    let history = measure(
+        &mut spawner,
+        &binary,
+        &config,
+        &state_dir,
+        &["history", "churn.1.0"],
+        "history of one account",
+    );
+    let verify = measure(
+        &mut spawner,
+        &binary,
+        &config,
+        &state_dir,
+        &["verify"],
+        "verify, every run",
+    );
+
+    // The same number of events in one run, in a history of its own.
+    let events = per_run.max(1) * args.ledger_runs;
+    let one_fake = FakeAuthentik::start(directory(args.users))
+        .await
+        .expect("fake starts");
+    let one_work = tempfile::tempdir().expect("a temporary directory");
+    let one_config = write_config_with(one_work.path(), &one_fake.base_url(), &args, true);
+    let one_state = one_work.path().join("state");
+    sync(&mut spawner, &binary, &one_config, &one_state, "first sync");
+    one_fake.with_state(|state| churn(&mut state.directory, 0, events));
+    sync(&mut spawner, &binary, &one_config, &one_state, "one big run");
+    one_fake.shutdown().await;
+    let one = measure(
+        &mut spawner,
+        &binary,
+        &one_config,
+        &one_state,
+        &["report", "latest", "--format", "json"],
+        "report of one run, same events",
+    );
+
+    println!(
+        "
+{} users; {} runs of {} changes each ({} in all); latency {} ms; {} cores
+",
+        args.users,
+        args.ledger_runs,
+        5 * per_run.max(1),
+        5 * events,
+        args.latency_ms,
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    println!(
+        "| {:<32} | {:>9} | {:>8} | {:>10} | {:>10} |",
+        "step", "wall (s)", "CPU (s)", "peak RSS", "DB in use"
+    );
+    println!("|{}|", ["-"; 5].map(|_| "---").join("|"));
+    for result in [&first, &unchanged, &period, &one, &history, &verify] {
+        println!(
+            "| {:<32} | {:>9.2} | {:>8.2} | {:>10} | {:>10} |",
+            result.label,
+            result.wall.as_secs_f64(),
+            result.cpu.as_secs_f64(),
+            mib(result.max_rss_kib * 1024),
+            mib(result.db_used_bytes),
+        );
+    }
+    let seconds = |measured: &Measured| measured.wall.as_secs_f64();
+    let digest_share = digest_seconds / seconds(&unchanged);
+    let checks = [
+        (
+            format!("period report over every run ≤ 3 s ({:.2}s)", seconds(&period)),
+            seconds(&period) <= 3.0,
+        ),
+        (
+            format!(
+                "period report ≤ 3 × the report of one run with the same events ({:.2})",
+                seconds(&period) / seconds(&one)
+            ),
+            seconds(&period) <= 3.0 * seconds(&one),
+        ),
+        (
+            format!("history of one account ≤ 0.2 s ({:.2}s)", seconds(&history)),
+            seconds(&history) <= 0.2,
+        ),
+        (
+            format!("verify over every run ≤ 10 s ({:.2}s)", seconds(&verify)),
+            seconds(&verify) <= 10.0,
+        ),
+        (
+            format!(
+                "the snapshot digest adds ≤ 2 % to a no-change run ({:.3} %)",
+                digest_share * 100.0
+            ),
+            digest_share <= 0.02,
+        ),
+    ];
+    println!();
+    for (check, passed) in &checks {
+        println!("{} {check}", if *passed { "PASS" } else { "FAIL" });
+    }
+    if args.keep {
+        eprintln!("kept the config and state in {}", work.keep().display());
+    }
+}
+
+/// A no-change sync with its debug log read: its wall time, and what its snapshot digest
+/// took (the `snapshot digest` line's seconds).
+fn timed_with_debug_log(binary: &Path, config: &Path) -> (Measured, f64) {
+    let started = Instant::now();
+    let output = Command::new(binary)
+        .arg("--config")
+        .arg(config)
+        .arg("sync")
+        .env("AKSYNC_LOG", "debug")
+        .env_remove("AKSYNC_CONFIG")
+        .output()
+        .expect("aksync sync");
+    let wall = started.elapsed();
+    assert!(output.status.success(), "the no-change sync failed");
+    let log = String::from_utf8_lossy(&output.stderr);
+    let digest = log
+        .lines()
+        .find(|line| line.contains("snapshot digest"))
+        .and_then(|line| line.split("seconds=").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|seconds| seconds.parse::<f64>().ok())
+        .expect("the sync logs what its snapshot digest took");
+    let measured = Measured {
+        label: "no-change sync".to_string(),
+        wall,
+        max_rss_kib: 0,
+        cpu: Duration::ZERO,
+        db_bytes: 0,
+        db_used_bytes: 0,
+        envelope_bytes: None,
+    };
+    (measured, digest)
+}
+
 fn write_config(dir: &Path, base_url: &str, args: &Args) -> PathBuf {
+    write_config_with(dir, base_url, args, false)
+}
+
+/// The benchmark's config; `reports`: every format but PDF after every run, as by default.
+fn write_config_with(dir: &Path, base_url: &str, args: &Args, reports: bool) -> PathBuf {
     let token = dir.join("token");
     std::fs::write(&token, READER_TOKEN).expect("token written");
     std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600))
         .expect("token private");
     let config = dir.join("config.toml");
     let text = format!(
-        "state_dir = {:?}\noutput.reports = []\n\n[sources.{SOURCE}]\nbase_url = {base_url:?}\ntoken_file = \"token\"\npage_size = {}\nconcurrency = {}\n",
+        "state_dir = {:?}\n{}\n\n[sources.{SOURCE}]\nbase_url = {base_url:?}\ntoken_file = \"token\"\npage_size = {}\nconcurrency = {}\n",
         dir.join("state").display().to_string(),
+        if reports { "" } else { "output.reports = []" },
         args.page_size,
         args.concurrency
     );

@@ -17,7 +17,7 @@ use serde_json::{Map, Value};
 use crate::collect::Collected;
 use crate::diff::{AccountRef, AccountRules, Baseline, DiffInput, Population, RunRef};
 use crate::envelope::{Action, EnvelopeContext, EnvelopeFile, EnvelopeWriter, RecordChange};
-use crate::ledger::lthash::LtHash;
+use crate::ledger::lthash::Tracked;
 use crate::normalize::{DirectoryAccount, DirectoryGroup};
 use crate::record::{
     canonical_json, raw, with_volatile, ChangeRule, Hash, RawEntry, RecordKind, DELETED_STATUS,
@@ -75,7 +75,7 @@ pub struct Planner<'a> {
     privileged_groups: Option<[BTreeSet<String>; 2]>,
     /// The digest of the new side's whole snapshot, when a sync tracks it: the old side's,
     /// updated by every changed record.
-    snapshot: Option<LtHash>,
+    snapshot: Option<Tracked>,
 }
 
 /// The memberships of one account, gathered while they pass.
@@ -92,7 +92,7 @@ pub struct Planned {
     pub envelopes: Option<EnvelopeFile>,
     pub input: DiffInput,
     /// The new side's snapshot digest, when it was tracked.
-    pub snapshot: Option<LtHash>,
+    pub snapshot: Option<Tracked>,
 }
 
 impl<'a> Planner<'a> {
@@ -140,7 +140,7 @@ impl<'a> Planner<'a> {
     }
 
     /// Tracks the snapshot digest of the new side, starting from the old side's.
-    pub fn track_snapshot(&mut self, old: LtHash) {
+    pub fn track_snapshot(&mut self, old: Tracked) {
         self.snapshot = Some(old);
     }
 
@@ -192,12 +192,12 @@ impl<'a> Planner<'a> {
             return Ok(());
         };
         if let Some(snapshot) = self.snapshot.as_mut() {
-            if let Some(old) = &old {
-                snapshot.remove(kind, external_id, &old.hash);
-            }
-            if let Some(new) = &new {
-                snapshot.add(kind, external_id, &new.hash);
-            }
+            snapshot.replace(
+                kind,
+                external_id,
+                old.as_ref().map(|old| &old.hash),
+                new.as_ref().map(|new| &new.hash),
+            );
         }
         let changes = match (&old, &new) {
             (Some(old), Some(new)) => {

@@ -24,7 +24,7 @@ use crate::envelope::{envelope_path, EnvelopeContext, EnvelopeWriter};
 use crate::filter::RecordFilter;
 use crate::health::{health_record, reason_code};
 use crate::ledger::entry::RunSettings;
-use crate::ledger::lthash::LtHash;
+use crate::ledger::lthash::{LtHash, Tracked};
 use crate::ledger::seal::SigningKey;
 use crate::ledger::{self, Body, LedgerError, Pending};
 use crate::plan::{plan_sync, PlanError, Planned, Planner, Sinks};
@@ -376,7 +376,11 @@ impl CompleteRun {
         let diff = diff(&planned.input);
         let ops = planned.ops.expect("a sync plans store writes");
         let envelopes = planned.envelopes.expect("a sync writes envelopes");
-        let snapshot = planned.snapshot.expect("a sync tracks its snapshot digest");
+        let mut snapshot = planned.snapshot.expect("a sync tracks its snapshot digest");
+        let finishing = std::time::Instant::now();
+        let (snapshot_digest, snapshot_state) = (snapshot.state.hex(), snapshot.state.to_bytes());
+        snapshot.spent += finishing.elapsed();
+        tracing::debug!(source = %source.name, seconds = snapshot.spent.as_secs_f64(), "snapshot digest");
         let counts = Counts {
             accounts: self.collected.accounts.items().len() as u64,
             groups: self.collected.groups.items().len() as u64,
@@ -428,7 +432,7 @@ impl CompleteRun {
                 previous_privileged
                     .as_ref()
                     .map(|(run_id, list)| (run_id.as_str(), list.as_slice())),
-                snapshot.hex(),
+                snapshot_digest,
             )
             .map_err(|error| fail(format!("cannot read the run's spooled records: {error}")))?;
         let pending = Pending {
@@ -438,7 +442,7 @@ impl CompleteRun {
             signer: self.signer.as_deref(),
             accounts: entry.accounts,
             names: entry.names,
-            snapshot_state: Some(snapshot.to_bytes()),
+            snapshot_state: Some(snapshot_state),
         };
         // The outbox exists before the run does; it goes again if the run is not stored.
         let path = envelopes
@@ -509,10 +513,13 @@ impl CompleteRun {
             sinks,
         );
         // A baseline compares with nothing: its snapshot digest starts from the empty set.
-        planner.track_snapshot(match planner.is_baseline() {
+        let loading = std::time::Instant::now();
+        let mut snapshot = Tracked::new(match planner.is_baseline() {
             true => LtHash::default(),
             false => stored_snapshot(reader, &source.name)?,
         });
+        snapshot.spent = loading.elapsed();
+        planner.track_snapshot(snapshot);
         plan_sync(reader, &source.name, &self.collected, &mut planner)?;
         let mut planned = planner.finish()?;
         // Accounts purged now left in an earlier run: its ledger entry says when.

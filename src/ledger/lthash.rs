@@ -101,6 +101,41 @@ impl LtHash {
     }
 }
 
+/// A snapshot digest that a run updates record by record, with the time the updates took:
+/// the digest's whole cost to a run, which `AKSYNC_LOG=debug` shows.
+#[derive(Debug, Clone, Default)]
+pub struct Tracked {
+    pub state: LtHash,
+    pub spent: std::time::Duration,
+}
+
+impl Tracked {
+    pub fn new(state: LtHash) -> Tracked {
+        Tracked {
+            state,
+            spent: std::time::Duration::ZERO,
+        }
+    }
+
+    /// A record's hash changed from `old` to `new` (`None`: absent on that side).
+    pub fn replace(
+        &mut self,
+        kind: RecordKind,
+        external_id: &str,
+        old: Option<&Hash>,
+        new: Option<&Hash>,
+    ) {
+        let started = std::time::Instant::now();
+        if let Some(old) = old {
+            self.state.remove(kind, external_id, old);
+        }
+        if let Some(new) = new {
+            self.state.add(kind, external_id, new);
+        }
+        self.spent += started.elapsed();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
