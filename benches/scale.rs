@@ -453,7 +453,14 @@ async fn ledger(args: Args, mut spawner: Spawner) {
     let (unchanged, digest_seconds) = timed_with_debug_log(&binary, &config);
     for round in 0..args.ledger_runs {
         fake.with_state(|state| churn(&mut state.directory, round, per_run));
-        let run = measure(&mut spawner, &binary, &config, &state_dir, &["sync"], "churn");
+        let run = measure(
+            &mut spawner,
+            &binary,
+            &config,
+            &state_dir,
+            &["sync"],
+            "churn",
+        );
         if (round + 1) % 50 == 0 {
             eprintln!(
                 "{} of {} churn runs; the last took {:.2}s",
@@ -500,7 +507,13 @@ async fn ledger(args: Args, mut spawner: Spawner) {
     let one_state = one_work.path().join("state");
     sync(&mut spawner, &binary, &one_config, &one_state, "first sync");
     one_fake.with_state(|state| churn(&mut state.directory, 0, events));
-    sync(&mut spawner, &binary, &one_config, &one_state, "one big run");
+    sync(
+        &mut spawner,
+        &binary,
+        &one_config,
+        &one_state,
+        "one big run",
+    );
     one_fake.shutdown().await;
     let one = measure(
         &mut spawner,
@@ -541,7 +554,10 @@ async fn ledger(args: Args, mut spawner: Spawner) {
     let digest_share = digest_seconds / seconds(&unchanged);
     let checks = [
         (
-            format!("period report over every run ≤ 3 s ({:.2}s)", seconds(&period)),
+            format!(
+                "period report over every run ≤ 3 s ({:.2}s)",
+                seconds(&period)
+            ),
             seconds(&period) <= 3.0,
         ),
         (

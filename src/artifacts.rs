@@ -30,6 +30,13 @@ pub enum ArtifactError {
         expected: String,
         found: String,
     },
+    #[error("the envelope file of run {run_id} rebuilt from the store hashes to {found}, not to the {expected} the run recorded, so {path} was not written: the stored snapshots it needs were changed (`aksync verify` checks them), retention removed a deleted version it needs (a deletion older than the deletion log), or the settings that shape envelopes (`ignore_fields`) changed since the run")]
+    RebuildDiffers {
+        path: PathBuf,
+        run_id: String,
+        expected: String,
+        found: String,
+    },
     #[error(transparent)]
     Report(#[from] report::ReportError),
     /// One format of a run's reports; the others were written.
@@ -75,7 +82,7 @@ pub fn rebuild_envelopes(
     if let Some(summary) = &run.envelopes {
         if file.summary.sha256 != summary.sha256 {
             // The settings that shape envelopes changed since the run (e.g. ignore_fields).
-            return Err(ArtifactError::Mismatch {
+            return Err(ArtifactError::RebuildDiffers {
                 path,
                 run_id: run.run_id.clone(),
                 expected: summary.sha256.clone(),

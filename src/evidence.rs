@@ -188,16 +188,21 @@ fn replay_record(
     let new_loaded = new
         .map(|v| loaded(reader, source, kind, v, false))
         .transpose()?;
+    // A record that comes back chains to its deletion: the hash the deleting run logged, or
+    // for a deletion from before the log, the hash of the version it closed.
     let tombstone = match (old, from) {
-        (None, Some(from)) => deletion_before(versions, from, chain_start)
-            .map(|version| {
-                Ok::<Hash, StoreError>(
-                    planner
-                        .rule()
-                        .deleted_hash(&record_of(reader, source, kind, version)?),
-                )
-            })
-            .transpose()?,
+        (None, Some(from)) => match reader.deletion_between(source, kind, id, chain_start, from)? {
+            Some(logged) => Some(logged),
+            None => deletion_before(versions, from, chain_start)
+                .map(|version| {
+                    Ok::<Hash, StoreError>(
+                        planner
+                            .rule()
+                            .deleted_hash(&record_of(reader, source, kind, version)?),
+                    )
+                })
+                .transpose()?,
+        },
         _ => None,
     };
     planner.changed(kind, id, old_loaded, new_loaded, tombstone)?;

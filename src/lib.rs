@@ -18,15 +18,20 @@
 //!    diff's input. Unchanged records cost a comparison of two hashes.
 //! 4. **Diff** ([`diff`]): a pure function turns that input into joiners, movers, leavers,
 //!    purges, group and membership changes, privilege escalations and the population counts.
-//! 5. **Commit** ([`store`]): one short write transaction checks that no other run committed
-//!    meanwhile and replays the planned writes; the envelope file is in place before it.
-//! 6. **After**: reports ([`report`], [`artifacts`]), retention ([`retention`]) and webhook
-//!    delivery ([`delivery`]).
+//! 5. **Commit** ([`store`]) with its evidence ([`ledger`]): one short write transaction checks
+//!    that no other run committed meanwhile, replays the planned writes and appends the run's
+//!    sealed ledger entry (its events, settings, population and snapshot digest); the envelope
+//!    file is in place before it.
+//! 6. **After**: reports ([`report`], read from the ledger by [`report::assemble`], their
+//!    files written by [`artifacts`] and recorded in the ledger), retention ([`retention`])
+//!    and webhook delivery ([`delivery`]).
 //!
 //! [`sync`] drives steps 1–5; [`runner`] wraps it under the source's cross-process lock
 //! ([`run_lock`]) with step 6, the same for `aksync sync` ([`cli`]) and `aksync daemon`
-//! ([`daemon`], scheduled by [`schedule`]). [`evidence`] replays any two stored runs through
-//! the same planner for `diff`, `report`, `history` and rebuilt envelope files.
+//! ([`daemon`], scheduled by [`schedule`]). `report`, `history` and the diff of consecutive
+//! runs read the ledger; [`evidence`] replays two stored runs through the same planner for
+//! the diff of runs that are not consecutive, rebuilt envelope files and the backfill of runs
+//! from before the ledger; [`ledger::verify`] checks everything the ledger names.
 //!
 //! # The other modules
 //!

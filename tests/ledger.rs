@@ -669,3 +669,60 @@ fn contents(database: &Path) -> Vec<(String, String, Vec<u8>)> {
     }
     rows
 }
+
+/// A record that comes back after its deletion chains to that deletion, and the run where it
+/// came back can still rebuild its envelope file after retention removed the deleted version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_comeback_chains_to_its_deletion_after_retention() {
+    let env = TestEnv::start(12).await;
+    env.sync_ok();
+    let directory = env.fake.with_state(|state| state.directory.clone());
+    let name = people(&directory)[0].clone();
+    let pk = directory.user_by_username(&name).unwrap().pk;
+    let user = directory.users[&pk].clone();
+    env.fake.with_state(|state| {
+        state.directory.users.remove(&pk);
+    });
+    env.sync_ok();
+    env.fake.with_state(|state| {
+        state.directory.users.insert(pk, user.clone());
+    });
+    env.sync_ok();
+    let ids = run_ids(&env);
+    let envelope = |run: &str| {
+        env.state_dir()
+            .join("envelopes/corp")
+            .join(format!("{run}.jsonl"))
+    };
+    let lines = |run: &str| -> Vec<Value> {
+        std::fs::read_to_string(envelope(run))
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    };
+    let uid = directory.uid(pk);
+    let of = |run: &str| {
+        lines(run)
+            .into_iter()
+            .find(|line| line["external_id"] == uid.as_str())
+            .unwrap()
+    };
+    let (deleted, back) = (of(&ids[1]), of(&ids[2]));
+    assert_eq!(deleted["action"], "deleted");
+    assert_eq!(back["action"], "created");
+    assert_eq!(back["previous_hash"], deleted["hash"]);
+    let written = std::fs::read(envelope(&ids[2])).unwrap();
+    append_config(&env, "\n[retention]\nkeep_runs = 1\n");
+    assert_eq!(env.aksync(&["prune"]).code, 0);
+    std::fs::remove_file(envelope(&ids[2])).unwrap();
+    let rebuilt = env.aksync(&["envelopes", &ids[2], "--rebuild"]);
+    assert_eq!(rebuilt.code, 0, "{}", rebuilt.stderr);
+    assert_eq!(std::fs::read(envelope(&ids[2])).unwrap(), written);
+    // A run whose snapshot retention removed explains instead.
+    let gone = env.aksync(&["envelopes", &ids[0], "--rebuild"]);
+    assert_eq!(gone.code, 1);
+    assert!(gone.stderr.contains("[retention]"), "{}", gone.stderr);
+    assert!(!gone.stderr.contains("--rebuild`"), "{}", gone.stderr);
+    assert_eq!(env.aksync(&["verify"]).code, 0);
+}

@@ -1183,7 +1183,7 @@ impl Section {
     pub(super) fn description(self) -> &'static str {
         match self {
             Section::Leavers => {
-                "Every termination event: accounts deleted or deactivated while active. Detection latency is the time between the last run that saw the account active and the run that saw it gone: an upper bound on how long the change went unseen. An account deleted after it had already left is listed as purged: the end of the same termination case, not a second leaver."
+                "Every termination event: accounts deleted or deactivated while active, with the logins, privilege and SLA as the run that detected it recorded them. Detection latency runs from the start of the last run that saw the account active to the end of the run that saw it gone: an upper bound on how long the change went unseen. An account deleted after it had already left is listed as purged: the end of the same termination case, not a second leaver."
             }
             Section::Joiners => "Accounts created active, or reactivated after being inactive, with their status, account type, superuser flag and Authentik's date_joined. A run compared with nothing (a baseline) has no joiners: its accounts were present at the baseline.",
             Section::Movers => {

@@ -74,6 +74,10 @@ const VERSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("versions");
 const ENTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entries");
 const CURRENT: TableDefinition<&str, &[u8]> = TableDefinition::new("current");
 const TOMBSTONES: TableDefinition<&str, &[u8]> = TableDefinition::new("tombstones");
+/// Every deletion's hash by the run that found it, `source␟kind␟external_id␟run_id`: never
+/// pruned (it is small), so a rebuilt envelope file of a record that came back after a
+/// deletion still names that deletion after retention removed the deleted version.
+const DELETIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("deletions");
 const VOLATILE: TableDefinition<&str, &[u8]> = TableDefinition::new("volatile");
 const HEALTH: TableDefinition<&str, &[u8]> = TableDefinition::new("health");
 
@@ -333,6 +337,7 @@ impl Store {
             TOMBSTONES,
             VOLATILE,
             HEALTH,
+            DELETIONS,
             ledger::LEDGER,
             ledger::LEDGER_ACCOUNTS,
             ledger::LEDGER_NAMES,
@@ -1023,6 +1028,37 @@ impl<'s> Reader<'s> {
             .transpose()
     }
 
+    /// The hash of a record's last deletion found by a run after `after` (when given) up to
+    /// and including `up_to`, from the deletion log (runs before the ledger logged none).
+    pub fn deletion_between(
+        &self,
+        source: &str,
+        kind: RecordKind,
+        external_id: &str,
+        after: Option<&str>,
+        up_to: &str,
+    ) -> Result<Option<Hash>, StoreError> {
+        let fail = |failure: Failure| failure.into_store_error(&self.store.path);
+        if self.optional_table(DELETIONS).map_err(fail)?.is_none() {
+            return Ok(None);
+        }
+        let prefix = format!("{}{SEP}", codec::record_key(source, kind, external_id));
+        let found = self
+            .rows(DELETIONS, &prefix, prefix.len())?
+            .filter_map(|row| row.ok())
+            .filter(|(run, _)| {
+                run.as_str() <= up_to && after.is_none_or(|after| run.as_str() > after)
+            })
+            .max_by(|a, b| a.0.cmp(&b.0));
+        found
+            .map(|(_, hash)| {
+                hash.as_slice()
+                    .try_into()
+                    .map_err(|_| fail(corrupt_value("deletion")))
+            })
+            .transpose()
+    }
+
     /// The latest volatile values of a record (also after it was deleted).
     pub fn volatile(
         &self,
@@ -1311,6 +1347,7 @@ struct WriteTables<'t> {
     entries: redb::Table<'t, &'static str, &'static [u8]>,
     current: redb::Table<'t, &'static str, &'static [u8]>,
     tombstones: redb::Table<'t, &'static str, &'static [u8]>,
+    deletions: redb::Table<'t, &'static str, &'static [u8]>,
     volatile: redb::Table<'t, &'static str, &'static [u8]>,
 }
 
@@ -1326,6 +1363,7 @@ impl<'t> WriteTables<'t> {
             entries: guard.call(|| txn.open_table(ENTRIES))?,
             current: guard.call(|| txn.open_table(CURRENT))?,
             tombstones: guard.call(|| txn.open_table(TOMBSTONES))?,
+            deletions: guard.call(|| txn.open_table(DELETIONS))?,
             volatile: guard.call(|| txn.open_table(VOLATILE))?,
         })
     }
@@ -1436,6 +1474,11 @@ impl<'t> WriteTables<'t> {
                 self.guard.call(|| {
                     self.tombstones
                         .insert(record_key.as_str(), tombstone.as_slice())
+                })?;
+                let deletion = codec::version_key(&record_key, run_id);
+                self.guard.call(|| {
+                    self.deletions
+                        .insert(deletion.as_str(), tombstone.as_slice())
                 })?;
             }
             Op::Touch {
