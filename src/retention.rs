@@ -87,7 +87,7 @@ pub fn prune_sources(
                 signer: config.ledger.signing_key.as_deref(),
                 accounts: Vec::new(),
                 names: Vec::new(),
-                snapshot_state: None,
+                source_state: Vec::new(),
             };
             store.prune(&plan, &pending)?
         };

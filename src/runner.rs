@@ -125,7 +125,7 @@ async fn write_run_reports(context: &RunContext<'_>, source: &SourceConfig, run:
             signer,
             accounts: Vec::new(),
             names: Vec::new(),
-            snapshot_state: None,
+            source_state: Vec::new(),
         };
         if let Err(error) = store.append_ledger(&source.name, &pending) {
             tracing::warn!(

@@ -31,8 +31,8 @@ use crate::plan::{plan_sync, PlanError, Planned, Planner, Sinks};
 use crate::record::{ChangeRule, RecordKind};
 use crate::store::ops::OpWriter;
 use crate::store::{
-    ChangeCounts, CommitPlan, Counts, DeliveryState, RunOutcome, RunRecord, RunStatus, Store,
-    StoreError, TokenUser, CANCELLED_BY_SHUTDOWN,
+    ChangeCounts, CommitPlan, Counts, DeliveryState, KeptState, RunOutcome, RunRecord, RunStatus,
+    Store, StoreError, TokenUser, CANCELLED_BY_SHUTDOWN,
 };
 
 /// How long a command waits for another process that holds the database.
@@ -293,7 +293,7 @@ pub(crate) fn commit_failed_run(
         signer,
         accounts: Vec::new(),
         names: Vec::new(),
-        snapshot_state: None,
+        source_state: Vec::new(),
     };
     store.commit_failed(outcome, error, &pending)
 }
@@ -403,17 +403,8 @@ impl CompleteRun {
         record.envelopes = Some(envelopes.summary.clone());
         let census = ledger::run::census_of(&self.collected, &source.account_rules())
             .map_err(|error| fail(format!("cannot read the run's spooled records: {error}")))?;
-        let previous_privileged = match &previous {
-            Some(run) => ledger::read::run_evidence(&reader, &source.name, &run.run_id)
-                .and_then(|found| match found {
-                    Some(found) => {
-                        ledger::read::privileged_at(&reader, &source.name, &found.evidence)
-                    }
-                    None => Ok(None),
-                })
-                .map_err(|error| Rejected::Store(ledger_error(error)))?,
-            None => None,
-        };
+        let previous_privileged = ledger::read::privileged_now(&reader, &source.name)
+            .map_err(|error| Rejected::Store(ledger_error(error)))?;
         let previous_settings = ledger::read::last_run_settings(&reader, &source.name)
             .map_err(|error| Rejected::Store(ledger_error(error)))?;
         drop(reader);
@@ -429,9 +420,7 @@ impl CompleteRun {
                 diff.clone(),
                 census,
                 &self.collected,
-                previous_privileged
-                    .as_ref()
-                    .map(|(run_id, list)| (run_id.as_str(), list.as_slice())),
+                previous_privileged.as_ref(),
                 snapshot_digest,
             )
             .map_err(|error| fail(format!("cannot read the run's spooled records: {error}")))?;
@@ -442,7 +431,14 @@ impl CompleteRun {
             signer: self.signer.as_deref(),
             accounts: entry.accounts,
             names: entry.names,
-            snapshot_state: Some(snapshot_state),
+            source_state: vec![
+                (KeptState::SnapshotDigest, snapshot_state),
+                (
+                    KeptState::Privileged,
+                    serde_json::to_vec(&entry.privileged_now)
+                        .map_err(|error| fail(error.to_string()))?,
+                ),
+            ],
         };
         // The outbox exists before the run does; it goes again if the run is not stored.
         let path = envelopes
@@ -537,7 +533,7 @@ impl CompleteRun {
 /// The snapshot digest of the source's latest complete run: as its entry's commit left it,
 /// or, in a database from before the ledger, counted from its current records once.
 fn stored_snapshot(reader: &crate::store::Reader<'_>, source: &str) -> Result<LtHash, PlanError> {
-    if let Some(bytes) = reader.snapshot_state(source)? {
+    if let Some(bytes) = reader.source_state(source, KeptState::SnapshotDigest)? {
         return LtHash::from_bytes(&bytes).ok_or_else(|| {
             PlanError::Record("the stored snapshot digest does not read back".into())
         });

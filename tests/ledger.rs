@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use redb::{ReadableDatabase, ReadableTable};
 
 use aksync::fake::Directory;
-use common::{run_ids, TestEnv};
+use common::{copy_dir, run_ids, TestEnv};
 use serde_json::Value;
 
 /// The people the scenarios pick: active, internal, with groups, not the token's or the
@@ -322,19 +322,6 @@ struct Copy {
     _dir: tempfile::TempDir,
     config: PathBuf,
     state: PathBuf,
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
 }
 
 fn copy_of(env: &TestEnv) -> Copy {

@@ -9,7 +9,7 @@ mod common;
 use std::path::Path;
 
 use aksync::fake::{Directory, FakeAuthentik, READER_TOKEN};
-use common::{run_binary, write_secret, Run};
+use common::{copy_dir, run_binary, write_secret, Run};
 use redb::ReadableDatabase;
 
 struct Upgrade {
@@ -28,19 +28,6 @@ impl Upgrade {
 
     fn aksync(&self, args: &[&str]) -> Run {
         run_binary(Some(&self.config()), args)
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
     }
 }
 

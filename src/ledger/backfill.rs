@@ -13,22 +13,23 @@ use crate::config::SourceConfig;
 use crate::diff::{DirectoryDiff, GroupChanges, PrivilegedAccount};
 use crate::evidence::{census, compare_runs};
 use crate::record::RecordKind;
-use crate::store::{RunRecord, RunStatus, Store, StoreError};
+use crate::store::{KeptState, RunRecord, RunStatus, Store, StoreError};
 
-use super::entry::{PopulationAtEnd, RunEvidence, RunSettings};
+use super::entry::{PopulationAtEnd, PrivilegedList, PrivilegedNow, RunEvidence, RunSettings};
 use super::lthash::LtHash;
 use super::seal::SigningKey;
 use super::{run, snapshot, Body, Pending};
 
 /// A run's evidence replayed now, with today's settings of `source`: the same diff the sync
 /// made when the settings have not changed since. `previous_privileged` is the privileged
-/// list of the run before, for [`run::privileged_list`].
+/// accounts of the run before, which the run's list is kept as a change of; the returned
+/// state is what the next run's list changes.
 pub fn replay_evidence(
     store: &Store,
     source: &SourceConfig,
     run: &RunRecord,
-    previous_privileged: Option<(&str, &[PrivilegedAccount])>,
-) -> Result<RunEvidence, StoreError> {
+    previous_privileged: Option<&PrivilegedNow>,
+) -> Result<(RunEvidence, Option<PrivilegedNow>), StoreError> {
     let mut evidence = run::RunContext {
         settings: RunSettings::of(source),
         previous_settings: None,
@@ -36,7 +37,7 @@ pub fn replay_evidence(
     .failed(run);
     evidence.backfilled = true;
     if run.status != RunStatus::Complete {
-        return Ok(evidence);
+        return Ok((evidence, None));
     }
     let previous = match &run.previous_run {
         None => None,
@@ -46,7 +47,7 @@ pub fn replay_evidence(
                 evidence.not_replayable = Some(format!(
                     "run {id}, which this run was compared with, was pruned before the ledger existed"
                 ));
-                return Ok(evidence);
+                return Ok((evidence, None));
             }
             Err(error) => return Err(error),
         },
@@ -55,7 +56,9 @@ pub fn replay_evidence(
     // Counting the privileged accounts reads the snapshot; the diff says when the list of
     // the run before still holds.
     let privileged = match previous_privileged {
-        Some((_, list)) if !privilege_may_have_changed(&diff, list) => list.to_vec(),
+        Some(previous) if !privilege_may_have_changed(&diff, &previous.accounts) => {
+            previous.accounts.clone()
+        }
         _ => census(&store.reader()?, &source.account_rules(), run)?.privileged,
     };
     evidence.population = Some(PopulationAtEnd {
@@ -65,9 +68,10 @@ pub fn replay_evidence(
         groups: run.counts.groups,
         memberships: run.counts.memberships,
     });
-    evidence.privileged = Some(run::privileged_list(privileged, previous_privileged));
+    let (list, now) = PrivilegedList::step(&run.run_id, privileged, previous_privileged);
+    evidence.privileged = Some(list);
     evidence.diff = Some(diff);
-    Ok(evidence)
+    Ok((evidence, Some(now)))
 }
 
 /// Whether a diff can have changed the list of privileged accounts (who, or how they are
@@ -141,19 +145,13 @@ pub fn backfill(
     };
     let reader = store.reader()?;
     let mut pending = Vec::with_capacity(runs.len());
-    let mut privileged: Option<(String, Vec<PrivilegedAccount>)> = None;
+    let mut privileged: Option<PrivilegedNow> = None;
     for record in &runs {
-        let mut evidence = replay_evidence(
-            store,
-            source,
-            record,
-            privileged
-                .as_ref()
-                .map(|(run_id, list)| (run_id.as_str(), list.as_slice())),
-        )?;
+        let (mut evidence, privileged_after) =
+            replay_evidence(store, source, record, privileged.as_ref())?;
         evidence.snapshot_digest = digests.get(&record.run_id).map(LtHash::hex);
-        if let Some(super::entry::PrivilegedList::Listed(list)) = &evidence.privileged {
-            privileged = Some((record.run_id.clone(), list.clone()));
+        if privileged_after.is_some() {
+            privileged = privileged_after;
         }
         let accounts = match &evidence.diff {
             None => Vec::new(),
@@ -175,15 +173,21 @@ pub fn backfill(
             signer: signer.map(Arc::as_ref),
             accounts,
             names: Vec::new(),
-            snapshot_state: None,
+            source_state: Vec::new(),
         });
     }
     if let Some(last) = pending.last_mut() {
-        // The latest complete run's digest state is where the next run starts from.
-        last.snapshot_state = complete
-            .last()
-            .and_then(|latest| digests.get(latest))
-            .map(LtHash::to_bytes);
+        // The latest complete run's digest and privileged accounts are where the next run
+        // starts from.
+        if let Some(digest) = complete.last().and_then(|latest| digests.get(latest)) {
+            last.source_state
+                .push((KeptState::SnapshotDigest, digest.to_bytes()));
+        }
+        if let Some(privileged) = &privileged {
+            let state = serde_json::to_vec(privileged)
+                .map_err(|error| StoreError::Aborted(error.to_string()))?;
+            last.source_state.push((KeptState::Privileged, state));
+        }
         last.names = stored_names(&reader, &source.name)?;
     }
     drop(reader);

@@ -44,14 +44,6 @@ pub enum Body {
 }
 
 impl Body {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Body::Run(_) => "run",
-            Body::Reports(_) => "reports",
-            Body::Pruned(_) => "pruned",
-        }
-    }
-
     /// The run the entry is about, if one.
     pub fn run_id(&self) -> Option<&str> {
         match self {
@@ -113,13 +105,117 @@ pub struct PopulationAtEnd {
     pub memberships: u64,
 }
 
-/// The privileged accounts at the end of a run: the list, or the run whose entry holds the
-/// same list (so that runs in which privilege did not change store it once).
+/// The privileged accounts at the end of a run: the whole list now and then, and otherwise
+/// what changed since an earlier run's list, so that the ledger grows with changes to
+/// privilege, not with runs × privileged accounts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PrivilegedList {
-    Listed(Vec<PrivilegedAccount>),
-    SameAs(String),
+    Full(Vec<PrivilegedAccount>),
+    Changed {
+        /// The run whose list this one changes.
+        since: String,
+        /// How many `Changed` steps lead back to a `Full` list, this one included.
+        depth: u32,
+        /// Accounts that became privileged, or whose privilege is now described otherwise
+        /// (a renamed group, a new path).
+        changed: Vec<PrivilegedAccount>,
+        /// Accounts, by uid, that are no longer privileged.
+        removed: Vec<String>,
+    },
+}
+
+/// A source's privileged accounts at its latest complete run, as the store keeps them for
+/// the next run to compare with.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PrivilegedNow {
+    pub run_id: String,
+    pub depth: u32,
+    pub accounts: Vec<PrivilegedAccount>,
+}
+
+/// The longest chain of `Changed` steps: reading a run's list reads at most this many
+/// entries back.
+const MAX_DEPTH: u32 = 32;
+
+impl PrivilegedList {
+    /// How `accounts` (the run `run_id`'s list, in uid order) are kept: the change since
+    /// `previous`, unless the chain back to a whole list is long or the change is large.
+    /// Returns the entry's form and the state the next run compares with.
+    pub fn step(
+        run_id: &str,
+        accounts: Vec<PrivilegedAccount>,
+        previous: Option<&PrivilegedNow>,
+    ) -> (PrivilegedList, PrivilegedNow) {
+        let full = |accounts: Vec<PrivilegedAccount>| {
+            (
+                PrivilegedList::Full(accounts.clone()),
+                PrivilegedNow {
+                    run_id: run_id.to_string(),
+                    depth: 0,
+                    accounts,
+                },
+            )
+        };
+        let Some(previous) = previous.filter(|previous| previous.depth < MAX_DEPTH) else {
+            return full(accounts);
+        };
+        let before: std::collections::BTreeMap<&str, &PrivilegedAccount> = previous
+            .accounts
+            .iter()
+            .map(|account| (account.external_id.as_str(), account))
+            .collect();
+        let now: std::collections::BTreeSet<&str> = accounts
+            .iter()
+            .map(|account| account.external_id.as_str())
+            .collect();
+        let changed: Vec<PrivilegedAccount> = accounts
+            .iter()
+            .filter(|account| before.get(account.external_id.as_str()) != Some(account))
+            .cloned()
+            .collect();
+        let removed: Vec<String> = before
+            .keys()
+            .filter(|uid| !now.contains(*uid))
+            .map(|uid| uid.to_string())
+            .collect();
+        if (changed.len() + removed.len()) * 2 > accounts.len().max(1) {
+            return full(accounts);
+        }
+        let depth = previous.depth + 1;
+        (
+            PrivilegedList::Changed {
+                since: previous.run_id.clone(),
+                depth,
+                changed,
+                removed,
+            },
+            PrivilegedNow {
+                run_id: run_id.to_string(),
+                depth,
+                accounts,
+            },
+        )
+    }
+
+    /// The list of a run whose `since` run had `base`.
+    pub fn apply(
+        base: Vec<PrivilegedAccount>,
+        changed: &[PrivilegedAccount],
+        removed: &[String],
+    ) -> Vec<PrivilegedAccount> {
+        let mut accounts: std::collections::BTreeMap<String, PrivilegedAccount> = base
+            .into_iter()
+            .map(|account| (account.external_id.clone(), account))
+            .collect();
+        for uid in removed {
+            accounts.remove(uid);
+        }
+        for account in changed {
+            accounts.insert(account.external_id.clone(), account.clone());
+        }
+        accounts.into_values().collect()
+    }
 }
 
 /// The settings that shaped a run and how its evidence is judged.
@@ -255,5 +351,74 @@ mod tests {
         assert_eq!(changes[1].old, Value::Null);
         assert_eq!(changes[1].new, 3600);
         assert!(after.changes_since(&after).is_empty());
+    }
+
+    fn privileged(uid: &str, source: &str) -> PrivilegedAccount {
+        PrivilegedAccount {
+            external_id: uid.into(),
+            username: uid.into(),
+            canonical_email: None,
+            hr_key: None,
+            privilege_source: source.into(),
+            path: Vec::new(),
+        }
+    }
+
+    /// Replays a chain of lists the way a reader does: every `Changed` applied to the list
+    /// of the run it names.
+    fn replay(kept: &[(String, PrivilegedList)], index: usize) -> Vec<PrivilegedAccount> {
+        match &kept[index].1 {
+            PrivilegedList::Full(list) => list.clone(),
+            PrivilegedList::Changed {
+                since,
+                changed,
+                removed,
+                ..
+            } => {
+                let base = kept.iter().position(|(run, _)| run == since).unwrap();
+                PrivilegedList::apply(replay(kept, base), changed, removed)
+            }
+        }
+    }
+
+    #[test]
+    fn privileged_lists_kept_as_changes_read_back_whole_and_restart_from_a_whole_list() {
+        let mut accounts: Vec<PrivilegedAccount> = (0..10)
+            .map(|n| privileged(&format!("u{n:02}"), "admins"))
+            .collect();
+        let mut kept = Vec::new();
+        let mut now: Option<PrivilegedNow> = None;
+        for run in 0..80 {
+            // One account changes its path, one leaves, one joins, now and then.
+            if run % 3 == 1 {
+                accounts[0].privilege_source = format!("path {run}");
+            }
+            if run % 5 == 2 {
+                accounts.remove(1);
+                accounts.push(privileged(&format!("v{run:02}"), "admins"));
+                accounts.sort_by(|a, b| a.external_id.cmp(&b.external_id));
+            }
+            let run_id = format!("run-{run:02}");
+            let (list, next) = PrivilegedList::step(&run_id, accounts.clone(), now.as_ref());
+            assert_eq!(next.accounts, accounts);
+            assert!(next.depth <= MAX_DEPTH, "run {run}: depth {}", next.depth);
+            kept.push((run_id, list));
+            assert_eq!(replay(&kept, run), accounts, "run {run}");
+            now = Some(next);
+        }
+        let whole = kept
+            .iter()
+            .filter(|(_, list)| matches!(list, PrivilegedList::Full(_)))
+            .count();
+        // The first run, then one whole list per MAX_DEPTH changed ones.
+        assert_eq!(whole, 80usize.div_ceil(MAX_DEPTH as usize + 1));
+
+        // A change to most of the list is kept whole: it is no smaller as a change.
+        let replaced: Vec<PrivilegedAccount> = (0..10)
+            .map(|n| privileged(&format!("w{n:02}"), "admins"))
+            .collect();
+        let (list, next) = PrivilegedList::step("run-big", replaced, now.as_ref());
+        assert!(matches!(list, PrivilegedList::Full(_)));
+        assert_eq!(next.depth, 0);
     }
 }

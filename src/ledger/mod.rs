@@ -28,7 +28,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::record::canonical_json;
-use crate::store::{ChainHead, LedgerWrite, RunRecord, Sealer};
+use crate::store::{ChainHead, KeptState, LedgerWrite, RunRecord, Sealer};
 pub use entry::{Body, Entry, RunEvidence, ENTRY_FORMAT};
 use seal::{Seal, SigningKey};
 
@@ -42,8 +42,8 @@ pub struct Pending<'a> {
     pub accounts: Vec<(String, Vec<u8>)>,
     /// For a run: `(username or email, uid)` of the accounts it saw (see [`run::names`]).
     pub names: Vec<(String, String)>,
-    /// For a complete run: the source's new snapshot digest state.
-    pub snapshot_state: Option<Vec<u8>>,
+    /// For a complete run: what the next run starts from.
+    pub source_state: Vec<(KeptState, Vec<u8>)>,
 }
 
 /// The serialized form of an [`Entry`], borrowing its body.
@@ -105,7 +105,7 @@ impl Sealer for Pending<'_> {
             seal: seal.encode(),
             accounts: self.accounts.clone(),
             names: self.names.clone(),
-            snapshot_state: self.snapshot_state.clone(),
+            source_state: self.source_state.clone(),
         })
     }
 }

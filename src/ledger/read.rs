@@ -128,22 +128,62 @@ pub fn report_files(
         .collect())
 }
 
-/// The privileged accounts at the end of a run whose entry is `evidence`, with the run
-/// whose entry lists them (a run whose privilege did not change points at an earlier one).
+/// The privileged accounts at the end of a run whose entry is `evidence`: its whole list, or
+/// the list of the run it names changed as it says, read back to a whole list (at most a few
+/// dozen entries, see [`PrivilegedList::step`]). `None` when a run on the way has no entry.
 pub fn privileged_at(
     reader: &Reader<'_>,
     source: &str,
     evidence: &RunEvidence,
-) -> Result<Option<(String, Vec<PrivilegedAccount>)>, LedgerError> {
-    match &evidence.privileged {
+) -> Result<Option<Vec<PrivilegedAccount>>, LedgerError> {
+    let mut steps = Vec::new();
+    let mut current = evidence.privileged.clone();
+    loop {
+        match current {
+            None => return Ok(None),
+            Some(PrivilegedList::Full(list)) => {
+                let list = steps.into_iter().rev().fold(
+                    list,
+                    |list, (changed, removed): (Vec<_>, Vec<_>)| {
+                        PrivilegedList::apply(list, &changed, &removed)
+                    },
+                );
+                return Ok(Some(list));
+            }
+            Some(PrivilegedList::Changed {
+                since,
+                changed,
+                removed,
+                ..
+            }) => {
+                // A chain longer than any run writes is damaged data, not a reason to loop.
+                if steps.len() > 64 {
+                    return Ok(None);
+                }
+                steps.push((changed, removed));
+                current =
+                    run_evidence(reader, source, &since)?.and_then(|run| run.evidence.privileged);
+            }
+        }
+    }
+}
+
+/// The privileged accounts of the source's latest complete run, as the store keeps them for
+/// the next run (none before the ledger's first run).
+pub fn privileged_now(
+    reader: &Reader<'_>,
+    source: &str,
+) -> Result<Option<super::entry::PrivilegedNow>, LedgerError> {
+    match reader.source_state(source, crate::store::KeptState::Privileged)? {
         None => Ok(None),
-        Some(PrivilegedList::Listed(list)) => Ok(Some((evidence.run.run_id.clone(), list.clone()))),
-        Some(PrivilegedList::SameAs(run_id)) => {
-            let holder = run_evidence(reader, source, run_id)?;
-            Ok(holder.and_then(|holder| match holder.evidence.privileged {
-                Some(PrivilegedList::Listed(list)) => Some((run_id.clone(), list)),
-                _ => None,
-            }))
+        Some(bytes) => {
+            serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|error| LedgerError::Unreadable {
+                    source_name: source.to_string(),
+                    seq: 0,
+                    reason: format!("the privileged accounts kept for the next run: {error}"),
+                })
         }
     }
 }

@@ -7,13 +7,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::collect::Collected;
-use crate::diff::{
-    AccountHead, AccountRules, AccountSides, Census, DiffInput, DirectoryDiff, PrivilegedAccount,
-};
+use crate::diff::{AccountHead, AccountRules, AccountSides, Census, DiffInput, DirectoryDiff};
 use crate::normalize::{AccountStatus, DirectoryAccount, DirectoryGroup};
 use crate::record::with_volatile;
 
-use super::entry::{PopulationAtEnd, PrivilegedList};
+use super::entry::{PopulationAtEnd, PrivilegedList, PrivilegedNow};
 
 /// The privileged accounts and population of a run's collected directory.
 pub fn census_of(collected: &Collected, rules: &AccountRules) -> std::io::Result<Census> {
@@ -60,20 +58,6 @@ pub fn population(census: &Census, collected: &Collected) -> PopulationAtEnd {
         privileged: census.privileged.len() as u64,
         groups: collected.groups.items().len() as u64,
         memberships: collected.memberships.len() as u64,
-    }
-}
-
-/// The privileged accounts as an entry keeps them: a reference to the earlier run whose
-/// entry holds the same list, or the list.
-pub fn privileged_list(
-    privileged: Vec<PrivilegedAccount>,
-    previous: Option<(&str, &[PrivilegedAccount])>,
-) -> PrivilegedList {
-    match previous {
-        Some((run_id, list)) if list == privileged.as_slice() => {
-            PrivilegedList::SameAs(run_id.to_string())
-        }
-        _ => PrivilegedList::Listed(privileged),
     }
 }
 
@@ -201,6 +185,8 @@ pub struct CompleteEntry {
     pub evidence: super::RunEvidence,
     pub accounts: Vec<(String, Vec<u8>)>,
     pub names: Vec<(String, String)>,
+    /// The privileged accounts the next run compares with.
+    pub privileged_now: PrivilegedNow,
 }
 
 /// What a run's entry is made of, besides its record.
@@ -268,7 +254,7 @@ impl RunContext<'_> {
         diff: DirectoryDiff,
         census: Census,
         collected: &Collected,
-        previous_privileged: Option<(&str, &[PrivilegedAccount])>,
+        previous_privileged: Option<&PrivilegedNow>,
         snapshot_digest: String,
     ) -> std::io::Result<CompleteEntry> {
         let created_inactive = input
@@ -296,7 +282,8 @@ impl RunContext<'_> {
             diff.baseline.is_some().then_some(collected),
         )?;
         let population = population(&census, collected);
-        let privileged = privileged_list(census.privileged, previous_privileged);
+        let (privileged, privileged_now) =
+            PrivilegedList::step(&record.run_id, census.privileged, previous_privileged);
         Ok(CompleteEntry {
             evidence: self.evidence(
                 record,
@@ -304,6 +291,7 @@ impl RunContext<'_> {
             ),
             accounts,
             names,
+            privileged_now,
         })
     }
 }

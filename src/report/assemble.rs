@@ -89,7 +89,7 @@ fn view_of(
                 .map(|(key, _)| ledger::seal::fingerprint(&key)),
         });
     }
-    let evidence = ledger::backfill::replay_evidence(store, source, &record, None)?;
+    let (evidence, _) = ledger::backfill::replay_evidence(store, source, &record, None)?;
     Ok(RunView {
         record,
         evidence,
@@ -344,7 +344,7 @@ fn snapshot(
     let privileged =
         ledger::read::privileged_at(reader, source, &view.evidence).map_err(ledger_error)?;
     match (view.evidence.population, privileged) {
-        (Some(population), Some((_, privileged))) => Ok(Snapshot {
+        (Some(population), Some(privileged)) => Ok(Snapshot {
             run_id,
             accounts: population.accounts,
             active: population.active,

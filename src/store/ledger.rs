@@ -14,6 +14,7 @@
 //! | `ledger_accounts` | `source␟uid␟run_id` | what the run found for the account |
 //! | `ledger_names` | `source␟name␟uid` | nothing: the usernames and emails an account had |
 //! | `snapshot_digests` | source | the LtHash state of the latest complete run |
+//! | `privileged_now` | source | the privileged accounts of the latest complete run (JSON) |
 
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
 
@@ -26,6 +27,26 @@ pub(super) const LEDGER_ACCOUNTS: TableDefinition<&str, &[u8]> =
 pub(super) const LEDGER_NAMES: TableDefinition<&str, &[u8]> = TableDefinition::new("ledger_names");
 pub(super) const SNAPSHOT_DIGESTS: TableDefinition<&str, &[u8]> =
     TableDefinition::new("snapshot_digests");
+pub(super) const PRIVILEGED_NOW: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("privileged_now");
+
+/// What the store keeps of a source's latest complete run for the next run to start from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeptState {
+    /// The LtHash of its snapshot.
+    SnapshotDigest,
+    /// Its privileged accounts.
+    Privileged,
+}
+
+impl KeptState {
+    fn table(self) -> TableDefinition<'static, &'static str, &'static [u8]> {
+        match self {
+            KeptState::SnapshotDigest => SNAPSHOT_DIGESTS,
+            KeptState::Privileged => PRIVILEGED_NOW,
+        }
+    }
+}
 
 /// Where the next entry of a source goes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -46,8 +67,8 @@ pub struct LedgerWrite {
     /// `(username or email, uid)` of the accounts the run saw change or appear, so that an
     /// account's history can be found by any name it had.
     pub names: Vec<(String, String)>,
-    /// For a complete run: the source's new snapshot digest state.
-    pub snapshot_state: Option<Vec<u8>>,
+    /// For a complete run: what the next run starts from.
+    pub source_state: Vec<(KeptState, Vec<u8>)>,
 }
 
 /// Builds a source's next entry once the head of its chain is known: inside the write
@@ -169,9 +190,9 @@ pub(super) fn append_in(
             guard.call(|| names.insert(index.as_str(), [].as_slice()))?;
         }
     }
-    if let Some(state) = &write.snapshot_state {
-        let mut digests = guard.call(|| txn.open_table(SNAPSHOT_DIGESTS))?;
-        guard.call(|| digests.insert(source, state.as_slice()))?;
+    for (kind, state) in &write.source_state {
+        let mut table = guard.call(|| txn.open_table(kind.table()))?;
+        guard.call(|| table.insert(source, state.as_slice()))?;
     }
     Ok(())
 }
@@ -310,10 +331,14 @@ impl Reader<'_> {
             .collect())
     }
 
-    /// The LtHash state of the source's latest complete run, once the ledger has one.
-    pub fn snapshot_state(&self, source: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    /// What the store keeps of the source's latest complete run, once the ledger has it.
+    pub fn source_state(
+        &self,
+        source: &str,
+        kind: KeptState,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
         let fail = |failure: Failure| failure.into_store_error(&self.store.path);
-        let Some(table) = self.optional_table(SNAPSHOT_DIGESTS).map_err(fail)? else {
+        let Some(table) = self.optional_table(kind.table()).map_err(fail)? else {
             return Ok(None);
         };
         let value = self.store.guard.call(|| table.get(source)).map_err(fail)?;

@@ -56,7 +56,7 @@ use crate::record::{Hash, RawEntry, RecordKind};
 use codec::{CurrentRow, DecodeError, Flags, SEP};
 pub use guard::in_guarded_operation;
 use guard::Guard;
-pub use ledger::{ChainHead, LedgerRow, LedgerWrite, Sealer};
+pub use ledger::{ChainHead, KeptState, LedgerRow, LedgerWrite, Sealer};
 use ops::{Op, Ops};
 pub use run::{
     ChangeCounts, Counts, DeliveryState, DeliveryStatus, EnvelopeSummary, HealthRecord,
@@ -342,6 +342,7 @@ impl Store {
             ledger::LEDGER_ACCOUNTS,
             ledger::LEDGER_NAMES,
             ledger::SNAPSHOT_DIGESTS,
+            ledger::PRIVILEGED_NOW,
         ] {
             self.guard.call(|| txn.open_table(table))?;
         }
@@ -542,22 +543,16 @@ impl Store {
         inclusive: bool,
         count: usize,
     ) -> Result<Vec<RunRecord>, StoreError> {
+        let wanted = |(id, status): &&(String, RunStatus)| {
+            *status == RunStatus::Complete && (inclusive || id.as_str() != up_to)
+        };
         self.read(|reader| {
-            let complete = |ids: &RunIds| {
-                ids.iter()
-                    .filter(|(id, status)| {
-                        *status == RunStatus::Complete && (inclusive || id.as_str() != up_to)
-                    })
-                    .count()
-            };
             let ids = reader.run_ids_where(source, None, Some(up_to), true, &mut |ids| {
-                complete(ids) < count
+                ids.iter().filter(wanted).count() < count
             })?;
             ids.iter()
                 .rev()
-                .filter(|(id, status)| {
-                    *status == RunStatus::Complete && (inclusive || id.as_str() != up_to)
-                })
+                .filter(wanted)
                 .map(|(id, _)| reader.run(id))
                 .collect()
         })

@@ -101,6 +101,20 @@ impl TestEnv {
     }
 }
 
+/// Copies a directory tree (a state directory, a fixture).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
 /// Writes a token file readable by its owner only, as an admin should (aksync warns about
 /// others).
 pub fn write_secret(path: &Path, content: &str) {
