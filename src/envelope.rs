@@ -313,7 +313,7 @@ mod tests {
     }
 
     fn raw(value: Value) -> Box<RawValue> {
-        crate::record::raw(crate::record::canonical_json(&value))
+        crate::record::raw(crate::canonical::canonical_json(&value))
     }
 
     #[test]

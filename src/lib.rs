@@ -44,6 +44,7 @@
 
 pub mod artifacts;
 pub mod authentik;
+pub mod canonical;
 pub mod cli;
 pub mod clock;
 pub mod collect;

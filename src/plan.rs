@@ -14,14 +14,13 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Map, Value};
 
+use crate::canonical::canonical_json;
 use crate::collect::Collected;
 use crate::diff::{AccountRef, AccountRules, Baseline, DiffInput, Population, RunRef};
 use crate::envelope::{Action, EnvelopeContext, EnvelopeFile, EnvelopeWriter, RecordChange};
 use crate::ledger::lthash::Tracked;
 use crate::normalize::{DirectoryAccount, DirectoryGroup};
-use crate::record::{
-    canonical_json, raw, with_volatile, ChangeRule, Hash, RawEntry, RecordKind, DELETED_STATUS,
-};
+use crate::record::{raw, with_volatile, ChangeRule, Hash, RawEntry, RecordKind, DELETED_STATUS};
 use crate::store::codec::{CurrentRow, Flags};
 use crate::store::ops::{Op, OpWriter, Ops};
 use crate::store::{Reader, StoreError};
@@ -802,8 +801,9 @@ mod tests {
     use proptest::prelude::*;
     use serde_json::json;
 
+    use crate::canonical::canonical_json;
     use crate::envelope::Action;
-    use crate::record::{canonical_json, hex_hash, sha256, ChangeRule};
+    use crate::record::{hex_hash, sha256, ChangeRule};
     use crate::testing::TestSource;
 
     /// One change to the small directory the property test evolves.

@@ -16,6 +16,8 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use crate::canonical::canonical_json;
+
 /// The three kinds of directory record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -280,49 +282,6 @@ pub fn with_volatile(mut stored: Value, volatile: &Map<String, Value>) -> Value 
     stored
 }
 
-/// Compact JSON with the keys of every object sorted, whatever the map type serde_json was
-/// built with: the input of every hash, so a dependency's feature flag cannot change them.
-pub fn canonical_json(value: &Value) -> Vec<u8> {
-    let mut out = Vec::new();
-    write_canonical(value, &mut out);
-    out
-}
-
-fn write_canonical(value: &Value, out: &mut Vec<u8>) {
-    match value {
-        Value::Object(object) => {
-            let mut entries: Vec<(&String, &Value)> = object.iter().collect();
-            entries.sort_by(|a, b| a.0.cmp(b.0));
-            out.push(b'{');
-            for (index, (key, value)) in entries.into_iter().enumerate() {
-                if index > 0 {
-                    out.push(b',');
-                }
-                write_leaf(&Value::String(key.clone()), out);
-                out.push(b':');
-                write_canonical(value, out);
-            }
-            out.push(b'}');
-        }
-        Value::Array(items) => {
-            out.push(b'[');
-            for (index, item) in items.iter().enumerate() {
-                if index > 0 {
-                    out.push(b',');
-                }
-                write_canonical(item, out);
-            }
-            out.push(b']');
-        }
-        leaf => write_leaf(leaf, out),
-    }
-}
-
-fn write_leaf(value: &Value, out: &mut Vec<u8>) {
-    // Strings, numbers, booleans and null serialize without any map involved.
-    serde_json::to_writer(out, value).expect("a JSON leaf serializes into memory");
-}
-
 pub fn sha256(bytes: &[u8]) -> Hash {
     Sha256::digest(bytes).into()
 }
@@ -372,15 +331,6 @@ mod tests {
         assert_eq!(
             canonical_json(&account()),
             serde_json::to_vec(&account()).unwrap()
-        );
-    }
-
-    #[test]
-    fn canonical_json_sorts_keys_at_every_depth() {
-        let value = json!({"b": {"z": 1, "a": [{"y": true, "x": null}]}, "a": "é\n"});
-        assert_eq!(
-            String::from_utf8(canonical_json(&value)).unwrap(),
-            r#"{"a":"é\n","b":{"a":[{"x":null,"y":true}],"z":1}}"#
         );
     }
 

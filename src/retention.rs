@@ -80,16 +80,9 @@ pub fn prune_sources(
             }
         } else {
             let record = prune_record(store, &plan, remove_files)?;
-            let pending = Pending {
-                source: &source.name,
-                recorded_at: now,
-                body: Body::Pruned(record),
-                signer: config.ledger.signing_key.as_deref(),
-                accounts: Vec::new(),
-                names: Vec::new(),
-                source_state: Vec::new(),
-            };
-            store.prune(&plan, &pending)?
+            let signer = config.ledger.signing_key.as_deref();
+            let mut pending = Pending::new(&source.name, now, Body::Pruned(record), signer);
+            store.prune(&plan, &mut pending)?
         };
         let mut files = 0;
         if remove_files {

@@ -114,20 +114,13 @@ async fn write_run_reports(context: &RunContext<'_>, source: &SourceConfig, run:
         if written.files.is_empty() {
             return;
         }
-        let pending = Pending {
-            source: &source.name,
-            recorded_at: now,
-            body: Body::Reports(ReportFiles {
-                run_id: run.run_id.clone(),
-                report_id: report.header.report_id.clone(),
-                files: written.files,
-            }),
-            signer,
-            accounts: Vec::new(),
-            names: Vec::new(),
-            source_state: Vec::new(),
-        };
-        if let Err(error) = store.append_ledger(&source.name, &pending) {
+        let files = Body::Reports(ReportFiles {
+            run_id: run.run_id.clone(),
+            report_id: report.header.report_id.clone(),
+            files: written.files,
+        });
+        let mut pending = Pending::new(&source.name, now, files, signer);
+        if let Err(error) = store.append_ledger(&source.name, &mut pending) {
             tracing::warn!(
                 source = %source.name,
                 run = %run.run_id,

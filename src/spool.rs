@@ -10,9 +10,8 @@ use std::path::Path;
 
 use serde_json::{Map, Value};
 
-use crate::record::{
-    canonical_json, raw, split_volatile, volatile_digest, ChangeRule, Hash, RawEntry, RecordKind,
-};
+use crate::canonical::canonical_json;
+use crate::record::{raw, split_volatile, volatile_digest, ChangeRule, Hash, RawEntry, RecordKind};
 use crate::store::codec::Flags;
 
 /// Where one spooled record is, and what the merge compares without reading it.

@@ -286,16 +286,14 @@ pub(crate) fn commit_failed_run(
         0,
     );
     let evidence = context.failed(&placeholder);
-    let pending = Pending {
-        source: &source.name,
-        recorded_at: outcome.finished_at,
-        body: Body::Run(Box::new(evidence)),
+    let finished_at = outcome.finished_at;
+    let mut pending = Pending::new(
+        &source.name,
+        finished_at,
+        Body::Run(Box::new(evidence)),
         signer,
-        accounts: Vec::new(),
-        names: Vec::new(),
-        source_state: Vec::new(),
-    };
-    store.commit_failed(outcome, error, &pending)
+    );
+    store.commit_failed(outcome, error, &mut pending)
 }
 
 /// A ledger entry that does not read back stops the run like any unreadable stored data.
@@ -413,31 +411,31 @@ impl CompleteRun {
             previous_settings: previous_settings.as_ref(),
         };
         record.settings_changed = context.changed_keys();
-        let entry = context
-            .complete(
-                &record,
-                &planned.input,
-                diff.clone(),
-                census,
-                &self.collected,
-                previous_privileged.as_ref(),
-                snapshot_digest,
-            )
-            .map_err(|error| fail(format!("cannot read the run's spooled records: {error}")))?;
-        let pending = Pending {
+        let ledger::run::CompleteEntry {
+            evidence,
+            index,
+            privileged_now,
+        } = context.complete(
+            &record,
+            &planned.input,
+            diff.clone(),
+            census,
+            &self.collected,
+            previous_privileged.as_ref(),
+            snapshot_digest,
+        );
+        // Kept as bytes from here: the accounts are not held twice through the commit.
+        let privileged_now =
+            serde_json::to_vec(&privileged_now).map_err(|error| fail(error.to_string()))?;
+        let mut pending = Pending {
             source: &source.name,
             recorded_at: self.outcome.finished_at,
-            body: Body::Run(Box::new(entry.evidence)),
+            body: Body::Run(Box::new(evidence)),
             signer: self.signer.as_deref(),
-            accounts: entry.accounts,
-            names: entry.names,
+            index,
             source_state: vec![
                 (KeptState::SnapshotDigest, snapshot_state),
-                (
-                    KeptState::Privileged,
-                    serde_json::to_vec(&entry.privileged_now)
-                        .map_err(|error| fail(error.to_string()))?,
-                ),
+                (KeptState::Privileged, privileged_now),
             ],
         };
         // The outbox exists before the run does; it goes again if the run is not stored.
@@ -451,7 +449,7 @@ impl CompleteRun {
             reset: previous.is_none(),
             ops,
             health: self.outcome.health.clone(),
-            ledger: &pending,
+            ledger: &mut pending,
         });
         tracing::debug!(source = %source.name, seconds = commit_started.elapsed().as_secs_f64(), "committed");
         match committed {

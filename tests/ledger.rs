@@ -344,6 +344,14 @@ const LEDGER: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("l
 const RUNS: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("runs");
 const SOURCE_RUNS: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("source_runs");
 
+/// A database opened for writing as aksync opens it, behind its back.
+fn database(path: &Path) -> redb::Database {
+    redb::Builder::new()
+        .set_concurrency_mode(redb::ConcurrencyMode::MultiWriter)
+        .create(path)
+        .unwrap()
+}
+
 /// Rewrites one value of a table of the copy's database.
 fn rewrite(
     copy: &Copy,
@@ -351,10 +359,7 @@ fn rewrite(
     key: &str,
     edit: impl FnOnce(&mut Vec<u8>),
 ) {
-    let db = redb::Builder::new()
-        .set_concurrency_mode(redb::ConcurrencyMode::MultiWriter)
-        .create(copy.state.join("aksync.redb"))
-        .unwrap();
+    let db = database(&copy.state.join("aksync.redb"));
     let txn = db.begin_write().unwrap();
     {
         let mut table = txn.open_table(table).unwrap();
@@ -476,10 +481,7 @@ async fn verify_passes_untouched_and_catches_every_change() {
             Box::new({
                 let id = middle_key.clone();
                 move |copy: &Copy| {
-                    let db = redb::Builder::new()
-                        .set_concurrency_mode(redb::ConcurrencyMode::MultiWriter)
-                        .create(copy.state.join("aksync.redb"))
-                        .unwrap();
+                    let db = database(&copy.state.join("aksync.redb"));
                     let txn = db.begin_write().unwrap();
                     txn.open_table(RUNS).unwrap().remove(id.as_str()).unwrap();
                     txn.open_table(SOURCE_RUNS)
@@ -514,6 +516,36 @@ async fn verify_passes_untouched_and_catches_every_change() {
             run.stdout
         );
     }
+
+    // The newest run removed with its entries (its run, its reports): only the chain's head
+    // still says they were there.
+    let copy = copy_of(&env);
+    let last = ids.last().unwrap().clone();
+    let last_seq = env.store().run(&last).unwrap().ledger_seq.unwrap();
+    {
+        let db = database(&copy.state.join("aksync.redb"));
+        let txn = db.begin_write().unwrap();
+        {
+            let mut ledger = txn.open_table(LEDGER).unwrap();
+            let from = format!("corp\u{1f}{last_seq:012}");
+            ledger
+                .retain_in(from.as_str().."corp\u{1f}~", |_, _| false)
+                .unwrap();
+            txn.open_table(RUNS).unwrap().remove(last.as_str()).unwrap();
+            txn.open_table(SOURCE_RUNS)
+                .unwrap()
+                .remove(format!("corp\u{1f}{last}").as_str())
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let run = verify(&copy);
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.contains("DOES NOT VERIFY") && run.stdout.contains("removed from its end"),
+        "{}",
+        run.stdout
+    );
 
     // A report checked on its own, without the database.
     let report = env
@@ -601,10 +633,7 @@ async fn a_newer_schema_is_refused_before_any_write() {
     let env = TestEnv::start(5).await;
     env.sync_ok();
     {
-        let db = redb::Builder::new()
-            .set_concurrency_mode(redb::ConcurrencyMode::MultiWriter)
-            .create(env.database())
-            .unwrap();
+        let db = database(&env.database());
         let txn = db.begin_write().unwrap();
         txn.open_table(redb::TableDefinition::<&str, &[u8]>::new("meta"))
             .unwrap()

@@ -17,8 +17,9 @@ use crate::store::{KeptState, RunRecord, RunStatus, Store, StoreError};
 
 use super::entry::{PopulationAtEnd, PrivilegedList, PrivilegedNow, RunEvidence, RunSettings};
 use super::lthash::LtHash;
+use super::run::{self, Present, RunIndex};
 use super::seal::SigningKey;
-use super::{run, snapshot, Body, Pending};
+use super::{snapshot, Body, Pending};
 
 /// A run's evidence replayed now, with today's settings of `source`: the same diff the sync
 /// made when the settings have not changed since. `previous_privileged` is the privileged
@@ -90,7 +91,7 @@ fn privilege_may_have_changed(diff: &DirectoryDiff, list: &[PrivilegedAccount]) 
 fn stored_names(
     reader: &crate::store::Reader<'_>,
     source: &str,
-) -> Result<Vec<(String, String)>, StoreError> {
+) -> Result<std::collections::BTreeSet<(String, String)>, StoreError> {
     let mut names = std::collections::BTreeSet::new();
     for version in reader.versions(source, RecordKind::Account, "")? {
         let version = version?;
@@ -109,7 +110,7 @@ fn stored_names(
             }
         }
     }
-    Ok(names.into_iter().collect())
+    Ok(names)
 }
 
 /// Backfills the ledger of `source` if it has runs and no entry yet; how many entries it
@@ -153,27 +154,25 @@ pub fn backfill(
         if privileged_after.is_some() {
             privileged = privileged_after;
         }
-        let accounts = match &evidence.diff {
-            None => Vec::new(),
+        let index = match &evidence.diff {
+            None => RunIndex::default(),
             Some(diff) => {
-                let present: Vec<String> = match diff.baseline {
-                    Some(_) => reader
-                        .heads_at(record, RecordKind::Account)?
-                        .map(|head| head.map(|head| head.external_id))
-                        .collect::<Result<_, _>>()?,
-                    None => Vec::new(),
+                let present = match diff.baseline {
+                    Some(_) => Some(Present::Uids(
+                        reader
+                            .heads_at(record, RecordKind::Account)?
+                            .map(|head| head.map(|head| head.external_id))
+                            .collect::<Result<_, _>>()?,
+                    )),
+                    None => None,
                 };
-                run::account_index(diff, std::iter::empty(), present.iter().map(String::as_str))
+                RunIndex::of(diff, std::iter::empty(), present)
             }
         };
+        let body = Body::Run(Box::new(evidence));
         pending.push(Pending {
-            source: &source.name,
-            recorded_at: now,
-            body: Body::Run(Box::new(evidence)),
-            signer: signer.map(Arc::as_ref),
-            accounts,
-            names: Vec::new(),
-            source_state: Vec::new(),
+            index,
+            ..Pending::new(&source.name, now, body, signer.map(Arc::as_ref))
         });
     }
     if let Some(last) = pending.last_mut() {
@@ -188,18 +187,18 @@ pub fn backfill(
                 .map_err(|error| StoreError::Aborted(error.to_string()))?;
             last.source_state.push((KeptState::Privileged, state));
         }
-        last.names = stored_names(&reader, &source.name)?;
+        last.index.names = stored_names(&reader, &source.name)?;
     }
     drop(reader);
-    let entries: Vec<(&str, &dyn crate::store::Sealer)> = runs
+    let mut entries: Vec<(&str, &mut dyn crate::store::Sealer)> = runs
         .iter()
         .map(|run| run.run_id.as_str())
         .zip(
             pending
-                .iter()
-                .map(|entry| entry as &dyn crate::store::Sealer),
+                .iter_mut()
+                .map(|entry| entry as &mut dyn crate::store::Sealer),
         )
         .collect();
-    store.append_run_entries(&source.name, &entries)?;
+    store.append_run_entries(&source.name, &mut entries)?;
     Ok(entries.len() as u64)
 }

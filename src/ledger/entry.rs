@@ -17,7 +17,9 @@ use crate::store::{RunRecord, RunStatus};
 /// The layout of entries this build writes.
 pub const ENTRY_FORMAT: u32 = 1;
 
-/// One entry of a source's chain.
+/// One entry of a source's chain: `{"body":{"run":{…}},"format":1,"prev":…,…}`. The body
+/// is a field of its own, tagged by its one key, so that an entry parses in one pass
+/// (serde buffers a flattened or internally tagged body whole before it reads it).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Entry {
     pub format: u32,
@@ -27,12 +29,11 @@ pub struct Entry {
     /// The hex digest of the entry before it; `None` for a chain's first entry.
     pub prev: Option<String>,
     pub recorded_at: DateTime<Utc>,
-    #[serde(flatten)]
     pub body: Body,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum Body {
     /// A run, complete or failed, as it was committed.
     Run(Box<RunEvidence>),
@@ -131,16 +132,22 @@ pub enum PrivilegedList {
 pub struct PrivilegedNow {
     pub run_id: String,
     pub depth: u32,
+    /// The accounts the `Changed` steps since the whole list name, added up.
+    #[serde(default)]
+    pub chained: u64,
     pub accounts: Vec<PrivilegedAccount>,
 }
 
 /// The longest chain of `Changed` steps: reading a run's list reads at most this many
 /// entries back.
-const MAX_DEPTH: u32 = 32;
+const MAX_DEPTH: u32 = 128;
 
 impl PrivilegedList {
     /// How `accounts` (the run `run_id`'s list, in uid order) are kept: the change since
-    /// `previous`, unless the chain back to a whole list is long or the change is large.
+    /// `previous`, unless the chain back to a whole list is long, or the changes along it
+    /// add up to more than the list itself (then reading the chain would cost more than
+    /// the whole list does, and the whole list is as small). So the whole list is written
+    /// when privilege has changed about as much as it holds, or every `MAX_DEPTH` runs.
     /// Returns the entry's form and the state the next run compares with.
     pub fn step(
         run_id: &str,
@@ -153,6 +160,7 @@ impl PrivilegedList {
                 PrivilegedNow {
                     run_id: run_id.to_string(),
                     depth: 0,
+                    chained: 0,
                     accounts,
                 },
             )
@@ -179,7 +187,8 @@ impl PrivilegedList {
             .filter(|uid| !now.contains(*uid))
             .map(|uid| uid.to_string())
             .collect();
-        if (changed.len() + removed.len()) * 2 > accounts.len().max(1) {
+        let chained = previous.chained + (changed.len() + removed.len()) as u64;
+        if chained > accounts.len().max(MAX_DEPTH as usize) as u64 {
             return full(accounts);
         }
         let depth = previous.depth + 1;
@@ -193,6 +202,7 @@ impl PrivilegedList {
             PrivilegedNow {
                 run_id: run_id.to_string(),
                 depth,
+                chained,
                 accounts,
             },
         )
@@ -383,12 +393,13 @@ mod tests {
 
     #[test]
     fn privileged_lists_kept_as_changes_read_back_whole_and_restart_from_a_whole_list() {
-        let mut accounts: Vec<PrivilegedAccount> = (0..10)
-            .map(|n| privileged(&format!("u{n:02}"), "admins"))
+        let mut accounts: Vec<PrivilegedAccount> = (0..200)
+            .map(|n| privileged(&format!("u{n:03}"), "admins"))
             .collect();
         let mut kept = Vec::new();
         let mut now: Option<PrivilegedNow> = None;
-        for run in 0..80 {
+        let runs = 3 * MAX_DEPTH as usize;
+        for run in 0..runs {
             // One account changes its path, one leaves, one joins, now and then.
             if run % 3 == 1 {
                 accounts[0].privilege_source = format!("path {run}");
@@ -410,12 +421,12 @@ mod tests {
             .iter()
             .filter(|(_, list)| matches!(list, PrivilegedList::Full(_)))
             .count();
-        // The first run, then one whole list per MAX_DEPTH changed ones.
-        assert_eq!(whole, 80usize.div_ceil(MAX_DEPTH as usize + 1));
+        // The first run, then one whole list after MAX_DEPTH changed ones.
+        assert_eq!(whole, runs.div_ceil(MAX_DEPTH as usize + 1));
 
-        // A change to most of the list is kept whole: it is no smaller as a change.
-        let replaced: Vec<PrivilegedAccount> = (0..10)
-            .map(|n| privileged(&format!("w{n:02}"), "admins"))
+        // A change to more than the list holds is kept whole: it is no smaller as a change.
+        let replaced: Vec<PrivilegedAccount> = (0..200)
+            .map(|n| privileged(&format!("w{n:03}"), "admins"))
             .collect();
         let (list, next) = PrivilegedList::step("run-big", replaced, now.as_ref());
         assert!(matches!(list, PrivilegedList::Full(_)));

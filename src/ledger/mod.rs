@@ -27,8 +27,8 @@ pub mod verify;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::record::canonical_json;
-use crate::store::{ChainHead, KeptState, LedgerWrite, RunRecord, Sealer};
+use crate::canonical::to_canonical_vec;
+use crate::store::{ChainHead, IndexError, IndexRows, KeptState, LedgerWrite, RunRecord, Sealer};
 pub use entry::{Body, Entry, RunEvidence, ENTRY_FORMAT};
 use seal::{Seal, SigningKey};
 
@@ -38,10 +38,8 @@ pub struct Pending<'a> {
     pub recorded_at: DateTime<Utc>,
     pub body: Body,
     pub signer: Option<&'a SigningKey>,
-    /// For a run: what it found for each account it names (see [`run::account_index`]).
-    pub accounts: Vec<(String, Vec<u8>)>,
-    /// For a run: `(username or email, uid)` of the accounts it saw (see [`run::names`]).
-    pub names: Vec<(String, String)>,
+    /// For a run: the accounts it names and the names they had (see [`run::RunIndex`]).
+    pub index: run::RunIndex<'a>,
     /// For a complete run: what the next run starts from.
     pub source_state: Vec<(KeptState, Vec<u8>)>,
 }
@@ -54,15 +52,31 @@ struct EntryRef<'a> {
     seq: u64,
     prev: Option<String>,
     recorded_at: DateTime<Utc>,
-    #[serde(flatten)]
     body: &'a Body,
 }
 
-impl Pending<'_> {
+impl<'a> Pending<'a> {
+    /// An entry that indexes nothing and keeps nothing for the next run.
+    pub fn new(
+        source: &'a str,
+        recorded_at: DateTime<Utc>,
+        body: Body,
+        signer: Option<&'a SigningKey>,
+    ) -> Pending<'a> {
+        Pending {
+            source,
+            recorded_at,
+            body,
+            signer,
+            index: run::RunIndex::default(),
+            source_state: Vec::new(),
+        }
+    }
+
     /// The entry's bytes after `head`: canonical JSON (keys sorted at every depth). A run's
     /// entry holds its record as the store stores it, with the id and `ledger_seq` the
     /// commit gave it.
-    fn bytes(&self, head: &ChainHead, run: Option<&RunRecord>) -> Result<Vec<u8>, String> {
+    fn bytes(&mut self, head: &ChainHead, run: Option<&RunRecord>) -> Result<Vec<u8>, String> {
         let prev = match &head.last_seal {
             None => None,
             Some(bytes) => Some(
@@ -71,6 +85,9 @@ impl Pending<'_> {
                     .hex(),
             ),
         };
+        if let (Body::Run(evidence), Some(run)) = (&mut self.body, run) {
+            evidence.run = entry::committed_record(run);
+        }
         let entry = EntryRef {
             format: ENTRY_FORMAT,
             source: self.source,
@@ -79,17 +96,12 @@ impl Pending<'_> {
             recorded_at: self.recorded_at,
             body: &self.body,
         };
-        let mut value = serde_json::to_value(&entry).map_err(|error| error.to_string())?;
-        if let (Body::Run(_), Some(run)) = (&self.body, run) {
-            value["run"] = serde_json::to_value(entry::committed_record(run))
-                .map_err(|error| error.to_string())?;
-        }
-        Ok(canonical_json(&value))
+        to_canonical_vec(&entry).map_err(|error| error.to_string())
     }
 }
 
 impl Sealer for Pending<'_> {
-    fn seal(&self, head: &ChainHead, run: Option<&RunRecord>) -> Result<LedgerWrite, String> {
+    fn seal(&mut self, head: &ChainHead, run: Option<&RunRecord>) -> Result<LedgerWrite, String> {
         let entry = self.bytes(head, run)?;
         let digest = seal::entry_digest(&entry);
         let seal = match self.signer {
@@ -103,10 +115,20 @@ impl Sealer for Pending<'_> {
             seq: head.next_seq,
             entry,
             seal: seal.encode(),
-            accounts: self.accounts.clone(),
-            names: self.names.clone(),
-            source_state: self.source_state.clone(),
         })
+    }
+
+    fn index(&self, rows: &mut IndexRows<'_>) -> Result<(), IndexError> {
+        self.index.write(rows)?;
+        if let Body::Run(evidence) = &self.body {
+            let settings = serde_json::to_vec(&evidence.settings)
+                .map_err(|error| IndexError::source(error.to_string()))?;
+            rows.keep(KeptState::Settings, &settings)?;
+        }
+        for (kind, state) in &self.source_state {
+            rows.keep(*kind, state)?;
+        }
+        Ok(())
     }
 }
 

@@ -3,9 +3,9 @@
 //! recorded. Each costs the entries it reads, never a replay of snapshots.
 
 use crate::diff::{LastActive, PrivilegedAccount};
-use crate::store::Reader;
+use crate::store::{KeptState, Reader};
 
-use super::entry::{Body, PrivilegedList, ReportFiles, RunEvidence};
+use super::entry::{Body, PrivilegedList, ReportFiles, RunEvidence, RunSettings};
 use super::seal::Seal;
 use super::{parse_entry, Entry, LedgerError};
 
@@ -174,18 +174,12 @@ pub fn privileged_now(
     reader: &Reader<'_>,
     source: &str,
 ) -> Result<Option<super::entry::PrivilegedNow>, LedgerError> {
-    match reader.source_state(source, crate::store::KeptState::Privileged)? {
-        None => Ok(None),
-        Some(bytes) => {
-            serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|error| LedgerError::Unreadable {
-                    source_name: source.to_string(),
-                    seq: 0,
-                    reason: format!("the privileged accounts kept for the next run: {error}"),
-                })
-        }
-    }
+    kept(
+        reader,
+        source,
+        KeptState::Privileged,
+        "the privileged accounts of the latest complete run",
+    )
 }
 
 /// The last departure the ledger recorded for an account: when the last run that saw it
@@ -222,20 +216,35 @@ pub fn last_departure(
     Ok(None)
 }
 
-/// The settings of the source's latest run, from its entry: what a new run's settings are
-/// compared with. Only the entries after that run (its reports, a prune) are passed over.
+/// The settings of the source's latest run, as the store keeps them beside its entry: what
+/// a new run's settings are compared with.
 pub fn last_run_settings(
     reader: &Reader<'_>,
     source: &str,
-) -> Result<Option<super::entry::RunSettings>, LedgerError> {
-    let mut seq = reader.chain_head(source)?.next_seq;
-    while seq > 0 {
-        seq -= 1;
-        if let Some(Sealed { entry, .. }) = sealed(reader, source, seq)? {
-            if let Body::Run(evidence) = entry.body {
-                return Ok(Some(evidence.settings));
-            }
-        }
-    }
-    Ok(None)
+) -> Result<Option<RunSettings>, LedgerError> {
+    kept(
+        reader,
+        source,
+        KeptState::Settings,
+        "the settings of the latest run",
+    )
+}
+
+/// A source's kept state of one kind, as JSON.
+fn kept<T: serde::de::DeserializeOwned>(
+    reader: &Reader<'_>,
+    source: &str,
+    kind: KeptState,
+    what: &str,
+) -> Result<Option<T>, LedgerError> {
+    let Some(bytes) = reader.source_state(source, kind)? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|error| LedgerError::Unreadable {
+            source_name: source.to_string(),
+            seq: 0,
+            reason: format!("{what}, kept for the next run: {error}"),
+        })
 }

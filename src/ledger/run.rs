@@ -10,6 +10,7 @@ use crate::collect::Collected;
 use crate::diff::{AccountHead, AccountRules, AccountSides, Census, DiffInput, DirectoryDiff};
 use crate::normalize::{AccountStatus, DirectoryAccount, DirectoryGroup};
 use crate::record::with_volatile;
+use crate::store::{IndexError, IndexRows};
 
 use super::entry::{PopulationAtEnd, PrivilegedList, PrivilegedNow};
 
@@ -68,123 +69,150 @@ pub const PRESENT_AT_BASELINE: &str = "baseline";
 /// was granted, but its history starts there).
 pub const CREATED_INACTIVE: &str = "created_inactive";
 
-/// The index rows of a run's entry: every account the diff names, with the kinds of event it
-/// found for it, the accounts created inactive, and at a baseline every account present.
-pub fn account_index<'a>(
-    diff: &DirectoryDiff,
-    created_inactive: impl Iterator<Item = &'a str>,
-    present_at_baseline: impl Iterator<Item = &'a str>,
-) -> Vec<(String, Vec<u8>)> {
-    let mut found: BTreeMap<String, BTreeSet<&'static str>> = BTreeMap::new();
-    let mut note = |uid: &str, what: &'static str| {
-        found.entry(uid.to_string()).or_default().insert(what);
-    };
-    if diff.baseline.is_some() {
-        for uid in present_at_baseline {
-            note(uid, PRESENT_AT_BASELINE);
+/// The rows beside a run's entry that let `history` find an account's runs, and the
+/// account by any username or email it had, without reading every entry.
+#[derive(Default)]
+pub struct RunIndex<'a> {
+    /// What the run found for each account its events name, and the accounts created
+    /// inactive.
+    pub found: BTreeMap<String, BTreeSet<&'static str>>,
+    /// `(name, uid)` of every account on either side of a change.
+    pub names: BTreeSet<(String, String)>,
+    /// At a baseline, every account present.
+    pub present: Option<Present<'a>>,
+}
+
+/// The accounts present at a baseline.
+pub enum Present<'a> {
+    /// The run's collected directory, read at the commit: each account is named as well.
+    Collected(&'a Collected),
+    /// A replayed run's accounts, by uid (a backfill names them from every stored version).
+    Uids(Vec<String>),
+}
+
+impl<'a> RunIndex<'a> {
+    /// The accounts a diff names, with the kinds of event it found for each, the accounts
+    /// created inactive (no joiner, as no access was granted, but their history starts
+    /// there), and at a baseline `present`.
+    pub fn of<'u>(
+        diff: &DirectoryDiff,
+        created_inactive: impl Iterator<Item = &'u str>,
+        present: Option<Present<'a>>,
+    ) -> RunIndex<'a> {
+        let mut found: BTreeMap<String, BTreeSet<&'static str>> = BTreeMap::new();
+        let mut note = |uid: &str, what: &'static str| {
+            found.entry(uid.to_string()).or_default().insert(what);
+        };
+        for uid in created_inactive {
+            note(uid, CREATED_INACTIVE);
+        }
+        let ids = |events: &mut dyn Iterator<Item = &String>, what: &'static str| {
+            events
+                .map(move |uid| (uid.clone(), what))
+                .collect::<Vec<_>>()
+        };
+        let events = [
+            ids(&mut diff.joiners.iter().map(|e| &e.external_id), "joined"),
+            ids(&mut diff.movers.iter().map(|e| &e.external_id), "moved"),
+            ids(&mut diff.leavers.iter().map(|e| &e.external_id), "left"),
+            ids(&mut diff.purged.iter().map(|e| &e.external_id), "purged"),
+            ids(
+                &mut diff.privilege_granted.iter().map(|e| &e.external_id),
+                "privilege_granted",
+            ),
+            ids(
+                &mut diff.privilege_removed.iter().map(|e| &e.external_id),
+                "privilege_removed",
+            ),
+        ];
+        for (uid, what) in events.into_iter().flatten() {
+            note(&uid, what);
+        }
+        RunIndex {
+            found,
+            names: BTreeSet::new(),
+            present: if diff.baseline.is_some() {
+                present
+            } else {
+                None
+            },
         }
     }
-    for uid in created_inactive {
-        note(uid, CREATED_INACTIVE);
+
+    /// Writes the rows: an account present at a baseline and named by an event gets one row
+    /// with both.
+    pub fn write(&self, rows: &mut IndexRows<'_>) -> Result<(), IndexError> {
+        let encode = |kinds: &BTreeSet<&str>| {
+            serde_json::to_vec(&kinds.iter().collect::<Vec<_>>()).expect("strings serialize")
+        };
+        let mut merged: BTreeSet<&str> = BTreeSet::new();
+        let mut present = |uid: &str, rows: &mut IndexRows<'_>| {
+            let mut kinds = BTreeSet::from([PRESENT_AT_BASELINE]);
+            if let Some((uid, found)) = self.found.get_key_value(uid) {
+                kinds.extend(found);
+                merged.insert(uid.as_str());
+            }
+            rows.account(uid, &encode(&kinds))
+        };
+        match &self.present {
+            None => {}
+            Some(Present::Uids(uids)) => {
+                for uid in uids {
+                    present(uid, rows)?;
+                }
+            }
+            Some(Present::Collected(collected)) => {
+                #[derive(serde::Deserialize)]
+                struct Named {
+                    username: String,
+                    canonical_email: Option<String>,
+                }
+                let unreadable = |error: &dyn std::fmt::Display| {
+                    IndexError::source(format!("a spooled account does not read back: {error}"))
+                };
+                for item in collected.accounts.items() {
+                    let uid = &*item.external_id;
+                    present(uid, rows)?;
+                    let record = collected
+                        .accounts
+                        .read(item)
+                        .map_err(|error| unreadable(&error))?;
+                    let named: Named = serde_json::from_str(record.entry.record.get())
+                        .map_err(|error| unreadable(&error))?;
+                    for name in std::iter::once(&named.username).chain(&named.canonical_email) {
+                        rows.name(name, uid)?;
+                    }
+                }
+            }
+        }
+        for (uid, kinds) in &self.found {
+            if !merged.contains(uid.as_str()) {
+                rows.account(uid, &encode(kinds))?;
+            }
+        }
+        for (name, uid) in &self.names {
+            rows.name(name, uid)?;
+        }
+        Ok(())
     }
-    let events = [
-        (
-            diff.joiners
-                .iter()
-                .map(|e| &e.external_id)
-                .collect::<Vec<_>>(),
-            "joined",
-        ),
-        (
-            diff.movers.iter().map(|e| &e.external_id).collect(),
-            "moved",
-        ),
-        (
-            diff.leavers.iter().map(|e| &e.external_id).collect(),
-            "left",
-        ),
-        (
-            diff.purged.iter().map(|e| &e.external_id).collect(),
-            "purged",
-        ),
-        (
-            diff.privilege_granted
-                .iter()
-                .map(|e| &e.external_id)
-                .collect(),
-            "privilege_granted",
-        ),
-        (
-            diff.privilege_removed
-                .iter()
-                .map(|e| &e.external_id)
-                .collect(),
-            "privilege_removed",
-        ),
-    ];
-    for (uids, what) in events {
-        for uid in uids {
-            note(uid, what);
+}
+
+/// `(name, uid)` of every username and email on either side of a change.
+pub fn names(accounts: &BTreeMap<String, AccountSides>) -> BTreeSet<(String, String)> {
+    let mut found = BTreeSet::new();
+    for (uid, sides) in accounts {
+        for account in sides.old.iter().chain(sides.new.iter()) {
+            let names = std::iter::once(&account.username).chain(&account.canonical_email);
+            found.extend(names.map(|name| (name.clone(), uid.clone())));
         }
     }
     found
-        .into_iter()
-        .map(|(uid, kinds)| {
-            let kinds: Vec<&str> = kinds.into_iter().collect();
-            (uid, serde_json::to_vec(&kinds).expect("strings serialize"))
-        })
-        .collect()
-}
-
-/// The usernames and emails an account is found by.
-fn names_of(uid: &str, username: &str, email: Option<&str>) -> Vec<(String, String)> {
-    std::iter::once(username)
-        .chain(email)
-        .map(|name| (name.to_string(), uid.to_string()))
-        .collect()
-}
-
-/// `(name, uid)` of every account on either side of a change, and at a baseline of every
-/// account collected (read from the spool: the one time a run reads every record).
-pub fn names(
-    accounts: &BTreeMap<String, AccountSides>,
-    baseline: Option<&Collected>,
-) -> std::io::Result<Vec<(String, String)>> {
-    let mut found: BTreeSet<(String, String)> = BTreeSet::new();
-    for (uid, sides) in accounts {
-        for account in sides.old.iter().chain(sides.new.iter()) {
-            found.extend(names_of(
-                uid,
-                &account.username,
-                account.canonical_email.as_deref(),
-            ));
-        }
-    }
-    if let Some(collected) = baseline {
-        #[derive(serde::Deserialize)]
-        struct Named {
-            username: String,
-            canonical_email: Option<String>,
-        }
-        for item in collected.accounts.items() {
-            let record = collected.accounts.read(item)?;
-            let named: Named =
-                serde_json::from_str(record.entry.record.get()).map_err(std::io::Error::other)?;
-            found.extend(names_of(
-                &item.external_id,
-                &named.username,
-                named.canonical_email.as_deref(),
-            ));
-        }
-    }
-    Ok(found.into_iter().collect())
 }
 
 /// A complete run's evidence, ready to be sealed with the run's commit.
-pub struct CompleteEntry {
+pub struct CompleteEntry<'a> {
     pub evidence: super::RunEvidence,
-    pub accounts: Vec<(String, Vec<u8>)>,
-    pub names: Vec<(String, String)>,
+    pub index: RunIndex<'a>,
     /// The privileged accounts the next run compares with.
     pub privileged_now: PrivilegedNow,
 }
@@ -247,16 +275,16 @@ impl RunContext<'_> {
     /// directory (against the privileged accounts of the run it was compared with), and its
     /// snapshot digest.
     #[allow(clippy::too_many_arguments)]
-    pub fn complete(
+    pub fn complete<'c>(
         self,
         record: &crate::store::RunRecord,
         input: &DiffInput,
         diff: DirectoryDiff,
         census: Census,
-        collected: &Collected,
+        collected: &'c Collected,
         previous_privileged: Option<&PrivilegedNow>,
         snapshot_digest: String,
-    ) -> std::io::Result<CompleteEntry> {
+    ) -> CompleteEntry<'c> {
         let created_inactive = input
             .accounts
             .iter()
@@ -268,30 +296,18 @@ impl RunContext<'_> {
                         .is_some_and(|new| new.status != AccountStatus::Active)
             })
             .map(|(uid, _)| uid.as_str());
-        let accounts = account_index(
-            &diff,
-            created_inactive,
-            collected
-                .accounts
-                .items()
-                .iter()
-                .map(|item| &*item.external_id),
-        );
-        let names = names(
-            &input.accounts,
-            diff.baseline.is_some().then_some(collected),
-        )?;
+        let mut index = RunIndex::of(&diff, created_inactive, Some(Present::Collected(collected)));
+        index.names = names(&input.accounts);
         let population = population(&census, collected);
         let (privileged, privileged_now) =
             PrivilegedList::step(&record.run_id, census.privileged, previous_privileged);
-        Ok(CompleteEntry {
+        CompleteEntry {
             evidence: self.evidence(
                 record,
                 Some((diff, population, privileged, snapshot_digest)),
             ),
-            accounts,
-            names,
+            index,
             privileged_now,
-        })
+        }
     }
 }

@@ -36,7 +36,7 @@ pub fn manifest_digest(manifest: &serde_json::Value) -> Hash {
         fields.remove("signature");
     }
     let mut bytes = MANIFEST_DOMAIN.to_vec();
-    bytes.extend_from_slice(&crate::record::canonical_json(&unsigned));
+    bytes.extend_from_slice(&crate::canonical::canonical_json(&unsigned));
     sha256(&bytes)
 }
 

@@ -108,6 +108,7 @@ pub fn verify_source(
     let mut pruned_snapshots: BTreeSet<String> = BTreeSet::new();
     let mut pruned_files: BTreeSet<String> = BTreeSet::new();
     let mut entry_of_run: BTreeMap<String, u64> = BTreeMap::new();
+    let mut last_seal: Option<Vec<u8>> = None;
     let in_scope = |run: &RunRecord| since.is_none_or(|since| run.started_at >= since);
     for row in reader.ledger_entries(source, 0)? {
         let row = row?;
@@ -127,6 +128,7 @@ pub fn verify_source(
             }
         }
         expected_seq = Some(seq + 1);
+        last_seal = Some(row.seal.clone());
         let digest = entry_digest(&row.entry);
         let Some(seal) = Seal::decode(&row.seal) else {
             verdict.fail(Some(seq), None, "its seal does not read back".into());
@@ -302,6 +304,19 @@ pub fn verify_source(
             format!(
                 "the ledger has no entries, though {} runs are stored: they predate it; the next `aksync sync` (or the service's next run) writes their entries first",
                 runs.len()
+            ),
+        );
+        return Ok(verdict);
+    }
+    let head = reader.chain_head(source)?;
+    if head.next_seq != expected_seq.unwrap_or(0) || head.last_seal != last_seal {
+        verdict.fail(
+            head.next_seq.checked_sub(1),
+            None,
+            format!(
+                "the chain's head names entry {} as its last, but the chain ends at {}: entries were removed from its end, or the head was rewritten",
+                head.next_seq as i128 - 1,
+                expected_seq.map_or(-1, |next| next as i128 - 1)
             ),
         );
         return Ok(verdict);

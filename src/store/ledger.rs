@@ -11,10 +11,12 @@
 //! | table | key | value |
 //! |---|---|---|
 //! | `ledger` | `source␟seq` (12 digits) | the seal's length, the seal, the entry (canonical JSON) |
+//! | `ledger_heads` | source | the next sequence number and the last entry's seal |
 //! | `ledger_accounts` | `source␟uid␟run_id` | what the run found for the account |
 //! | `ledger_names` | `source␟name␟uid` | nothing: the usernames and emails an account had |
 //! | `snapshot_digests` | source | the LtHash state of the latest complete run |
 //! | `privileged_now` | source | the privileged accounts of the latest complete run (JSON) |
+//! | `run_settings` | source | the settings of the latest run (JSON) |
 
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
 
@@ -22,6 +24,9 @@ use super::codec::{self, SEP};
 use super::{corrupt_value, Failure, Reader, RunRecord, Store, StoreError};
 
 pub(super) const LEDGER: TableDefinition<&str, &[u8]> = TableDefinition::new("ledger");
+/// Where each chain ends, so that appending reads a few bytes, not the last entry (which
+/// can hold a whole baseline).
+pub(super) const LEDGER_HEADS: TableDefinition<&str, &[u8]> = TableDefinition::new("ledger_heads");
 pub(super) const LEDGER_ACCOUNTS: TableDefinition<&str, &[u8]> =
     TableDefinition::new("ledger_accounts");
 pub(super) const LEDGER_NAMES: TableDefinition<&str, &[u8]> = TableDefinition::new("ledger_names");
@@ -29,6 +34,7 @@ pub(super) const SNAPSHOT_DIGESTS: TableDefinition<&str, &[u8]> =
     TableDefinition::new("snapshot_digests");
 pub(super) const PRIVILEGED_NOW: TableDefinition<&str, &[u8]> =
     TableDefinition::new("privileged_now");
+pub(super) const RUN_SETTINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("run_settings");
 
 /// What the store keeps of a source's latest complete run for the next run to start from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +43,9 @@ pub enum KeptState {
     SnapshotDigest,
     /// Its privileged accounts.
     Privileged,
+    /// The settings of the latest run, complete or failed, which the next run's are
+    /// compared with.
+    Settings,
 }
 
 impl KeptState {
@@ -44,6 +53,7 @@ impl KeptState {
         match self {
             KeptState::SnapshotDigest => SNAPSHOT_DIGESTS,
             KeptState::Privileged => PRIVILEGED_NOW,
+            KeptState::Settings => RUN_SETTINGS,
         }
     }
 }
@@ -56,19 +66,12 @@ pub struct ChainHead {
     pub last_seal: Option<Vec<u8>>,
 }
 
-/// One sealed entry and what indexes it.
+/// One sealed entry.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LedgerWrite {
     pub seq: u64,
     pub entry: Vec<u8>,
     pub seal: Vec<u8>,
-    /// For a run's entry: each account it names, with what it found for it.
-    pub accounts: Vec<(String, Vec<u8>)>,
-    /// `(username or email, uid)` of the accounts the run saw change or appear, so that an
-    /// account's history can be found by any name it had.
-    pub names: Vec<(String, String)>,
-    /// For a complete run: what the next run starts from.
-    pub source_state: Vec<(KeptState, Vec<u8>)>,
 }
 
 /// Builds a source's next entry once the head of its chain is known: inside the write
@@ -76,7 +79,102 @@ pub struct LedgerWrite {
 pub trait Sealer {
     /// The entry after `head`; a run commit passes the run's record as it is stored (with
     /// its id and `ledger_seq`).
-    fn seal(&self, head: &ChainHead, run: Option<&RunRecord>) -> Result<LedgerWrite, String>;
+    fn seal(&mut self, head: &ChainHead, run: Option<&RunRecord>) -> Result<LedgerWrite, String>;
+
+    /// Writes what the entry adds beside itself, row by row (a baseline indexes every
+    /// account, so nothing collects the rows first).
+    fn index(&self, rows: &mut IndexRows<'_>) -> Result<(), IndexError>;
+}
+
+/// Why an entry's index rows could not be written: the store's failure, or the caller's
+/// (a record it read back for the index).
+#[derive(Debug)]
+pub struct IndexError(Failure);
+
+impl IndexError {
+    pub fn source(reason: String) -> IndexError {
+        IndexError(Failure::Store(StoreError::Aborted(reason)))
+    }
+}
+
+/// Inserts into a table opened on first use: an entry that indexes nothing opens nothing.
+fn insert_opening<'t>(
+    store: &Store,
+    txn: &'t WriteTransaction,
+    table: &mut Option<redb::Table<'t, &'static str, &'static [u8]>>,
+    definition: TableDefinition<'static, &'static str, &'static [u8]>,
+    key: &str,
+    value: &[u8],
+) -> Result<(), IndexError> {
+    let guard = &store.guard;
+    let table = match table {
+        Some(table) => table,
+        None => table.insert(
+            guard
+                .call(|| txn.open_table(definition))
+                .map_err(IndexError)?,
+        ),
+    };
+    guard
+        .call(|| table.insert(key, value))
+        .map(drop)
+        .map_err(IndexError)
+}
+
+/// The rows beside an entry, written in its write transaction: the indexes that find an
+/// account's runs and names without a scan, and what the next run starts from.
+pub struct IndexRows<'t> {
+    store: &'t Store,
+    txn: &'t WriteTransaction,
+    source: &'t str,
+    run_id: Option<&'t str>,
+    accounts: Option<redb::Table<'t, &'static str, &'static [u8]>>,
+    names: Option<redb::Table<'t, &'static str, &'static [u8]>>,
+}
+
+impl IndexRows<'_> {
+    /// What the entry's run found for an account.
+    pub fn account(&mut self, uid: &str, found: &[u8]) -> Result<(), IndexError> {
+        let Some(run_id) = self.run_id else {
+            return Err(IndexError::source(format!(
+                "only a run's entry indexes accounts (account {uid})"
+            )));
+        };
+        let key = format!("{}{SEP}{uid}{SEP}{run_id}", self.source);
+        insert_opening(
+            self.store,
+            self.txn,
+            &mut self.accounts,
+            LEDGER_ACCOUNTS,
+            &key,
+            found,
+        )
+    }
+
+    /// A username or email an account had, so that its history is found by either.
+    pub fn name(&mut self, name: &str, uid: &str) -> Result<(), IndexError> {
+        let key = format!("{}{SEP}{name}{SEP}{uid}", self.source);
+        insert_opening(
+            self.store,
+            self.txn,
+            &mut self.names,
+            LEDGER_NAMES,
+            &key,
+            &[],
+        )
+    }
+
+    /// What the next run of the source starts from.
+    pub fn keep(&mut self, kind: KeptState, state: &[u8]) -> Result<(), IndexError> {
+        let (guard, txn) = (&self.store.guard, self.txn);
+        let mut table = guard
+            .call(|| txn.open_table(kind.table()))
+            .map_err(IndexError)?;
+        guard
+            .call(|| table.insert(self.source, state))
+            .map(drop)
+            .map_err(IndexError)
+    }
 }
 
 /// A stored entry: its sequence number, bytes and seal bytes.
@@ -126,27 +224,26 @@ pub(super) fn head_in(
     txn: &WriteTransaction,
     source: &str,
 ) -> Result<ChainHead, Failure> {
-    let entries = store.guard.call(|| txn.open_table(LEDGER))?;
-    last_entry(store, &entries, source)
+    let heads = store.guard.call(|| txn.open_table(LEDGER_HEADS))?;
+    read_head(store, &heads, source)
 }
 
-fn last_entry(
+/// `[next seq: 8 bytes, big-endian][the last entry's seal]`.
+fn read_head(
     store: &Store,
-    entries: &impl ReadableTable<&'static str, &'static [u8]>,
+    heads: &impl ReadableTable<&'static str, &'static [u8]>,
     source: &str,
 ) -> Result<ChainHead, Failure> {
-    let prefix = codec::source_prefix(source);
-    let end = codec::prefix_end(&prefix);
-    let mut range = store
-        .guard
-        .call(|| entries.range(prefix.as_str()..end.as_str()))?;
-    match store.guard.call(|| range.next_back().transpose())? {
+    match store.guard.call(|| heads.get(source))? {
         None => Ok(ChainHead::default()),
-        Some((key, value)) => {
-            let seq = parse_seq(&key.value()[prefix.len()..])?;
+        Some(value) => {
+            let bytes = value.value();
+            let (seq, seal) = bytes
+                .split_first_chunk::<8>()
+                .ok_or_else(|| corrupt_value("ledger head"))?;
             Ok(ChainHead {
-                next_seq: seq + 1,
-                last_seal: Some(decode_row(seq, value.value())?.seal),
+                next_seq: u64::from_be_bytes(*seq),
+                last_seal: Some(seal.to_vec()),
             })
         }
     }
@@ -160,7 +257,7 @@ pub(super) fn append_in(
     source: &str,
     head: &ChainHead,
     run: Option<&RunRecord>,
-    sealer: &dyn Sealer,
+    sealer: &mut dyn Sealer,
 ) -> Result<(), Failure> {
     let write = sealer
         .seal(head, run)
@@ -176,25 +273,22 @@ pub(super) fn append_in(
     let row = encode_row(&write.seal, &write.entry)?;
     let mut entries = guard.call(|| txn.open_table(LEDGER))?;
     guard.call(|| entries.insert(key.as_str(), row.as_slice()))?;
-    if let (Some(run), false) = (run, write.accounts.is_empty()) {
-        let mut accounts = guard.call(|| txn.open_table(LEDGER_ACCOUNTS))?;
-        for (uid, found) in &write.accounts {
-            let index = format!("{source}{SEP}{uid}{SEP}{}", run.run_id);
-            guard.call(|| accounts.insert(index.as_str(), found.as_slice()))?;
-        }
-    }
-    if !write.names.is_empty() {
-        let mut names = guard.call(|| txn.open_table(LEDGER_NAMES))?;
-        for (name, uid) in &write.names {
-            let index = format!("{source}{SEP}{name}{SEP}{uid}");
-            guard.call(|| names.insert(index.as_str(), [].as_slice()))?;
-        }
-    }
-    for (kind, state) in &write.source_state {
-        let mut table = guard.call(|| txn.open_table(kind.table()))?;
-        guard.call(|| table.insert(source, state.as_slice()))?;
-    }
-    Ok(())
+    drop(entries);
+    let mut heads = guard.call(|| txn.open_table(LEDGER_HEADS))?;
+    let head = [&(write.seq + 1).to_be_bytes()[..], &write.seal].concat();
+    guard.call(|| heads.insert(source, head.as_slice()))?;
+    drop(heads);
+    let mut rows = IndexRows {
+        store,
+        txn,
+        source,
+        run_id: run.map(|run| run.run_id.as_str()),
+        accounts: None,
+        names: None,
+    };
+    sealer
+        .index(&mut rows)
+        .map_err(|IndexError(failure)| failure)
 }
 
 /// Removes a source's entries before `seq` (retention of evidence) in the caller's write
@@ -225,8 +319,11 @@ pub(super) fn remove_before_in(
 
 impl Store {
     /// Appends one entry to a source's chain in its own write transaction.
-    pub fn append_ledger(&self, source: &str, sealer: &dyn Sealer) -> Result<(), StoreError> {
-        self.append_ledger_batch(source, &[sealer])
+    pub fn append_ledger(&self, source: &str, sealer: &mut dyn Sealer) -> Result<(), StoreError> {
+        self.write(|txn| {
+            let head = head_in(self, txn, source)?;
+            append_in(self, txn, source, &head, None, sealer)
+        })
     }
 
     /// Appends the entries of runs stored before the ledger existed, in order, in one write
@@ -234,27 +331,16 @@ impl Store {
     pub fn append_run_entries(
         &self,
         source: &str,
-        runs: &[(&str, &dyn Sealer)],
+        runs: &mut [(&str, &mut dyn Sealer)],
     ) -> Result<(), StoreError> {
         self.write(|txn| {
-            for (run_id, sealer) in runs {
+            for (run_id, sealer) in runs.iter_mut() {
                 let head = head_in(self, txn, source)?;
                 // The record as it is now (its delivery may have moved on meanwhile).
                 let mut record = super::WriteReader { store: self, txn }.run(run_id)?;
                 record.ledger_seq = Some(head.next_seq);
                 super::WriteTables::open(self, txn)?.put_run(&record)?;
-                append_in(self, txn, source, &head, Some(&record), *sealer)?;
-            }
-            Ok(())
-        })
-    }
-
-    /// Appends entries to a source's chain, in order, in one write transaction.
-    fn append_ledger_batch(&self, source: &str, sealers: &[&dyn Sealer]) -> Result<(), StoreError> {
-        self.write(|txn| {
-            for sealer in sealers {
-                let head = head_in(self, txn, source)?;
-                append_in(self, txn, source, &head, None, *sealer)?;
+                append_in(self, txn, source, &head, Some(&record), &mut **sealer)?;
             }
             Ok(())
         })
@@ -266,9 +352,9 @@ impl Reader<'_> {
     /// database from before the ledger).
     pub fn chain_head(&self, source: &str) -> Result<ChainHead, StoreError> {
         let fail = |failure: Failure| failure.into_store_error(&self.store.path);
-        match self.optional_table(LEDGER).map_err(fail)? {
+        match self.optional_table(LEDGER_HEADS).map_err(fail)? {
             None => Ok(ChainHead::default()),
-            Some(entries) => last_entry(self.store, &entries, source).map_err(fail),
+            Some(heads) => read_head(self.store, &heads, source).map_err(fail),
         }
     }
 

@@ -56,7 +56,13 @@ use crate::record::{Hash, RawEntry, RecordKind};
 use codec::{CurrentRow, DecodeError, Flags, SEP};
 pub use guard::in_guarded_operation;
 use guard::Guard;
-pub use ledger::{ChainHead, KeptState, LedgerRow, LedgerWrite, Sealer};
+/// A filler that keeps room in the database file for the record of a failed run on a full
+/// disk (see [`Store::commit_complete`]): a failed run's commit needs a few dozen KiB of free
+/// pages, which the file otherwise has only by chance.
+const RESERVE: TableDefinition<&str, &[u8]> = TableDefinition::new("reserve");
+const RESERVE_BYTES: usize = 64 * 1024;
+
+pub use ledger::{ChainHead, IndexError, IndexRows, KeptState, LedgerRow, LedgerWrite, Sealer};
 use ops::{Op, Ops};
 pub use run::{
     ChangeCounts, Counts, DeliveryState, DeliveryStatus, EnvelopeSummary, HealthRecord,
@@ -166,7 +172,7 @@ pub struct CommitPlan<'a> {
     /// The source's health as the run saw it, stored in the same transaction.
     pub health: Option<HealthRecord>,
     /// The run's ledger entry, appended in the same transaction.
-    pub ledger: &'a dyn Sealer,
+    pub ledger: &'a mut dyn Sealer,
 }
 
 pub struct Store {
@@ -339,10 +345,12 @@ impl Store {
             HEALTH,
             DELETIONS,
             ledger::LEDGER,
+            ledger::LEDGER_HEADS,
             ledger::LEDGER_ACCOUNTS,
             ledger::LEDGER_NAMES,
             ledger::SNAPSHOT_DIGESTS,
             ledger::PRIVILEGED_NOW,
+            ledger::RUN_SETTINGS,
         ] {
             self.guard.call(|| txn.open_table(table))?;
         }
@@ -423,7 +431,21 @@ impl Store {
             self.guard
                 .call(|| tables.latest.insert(source.as_str(), run_id.as_str()))?;
             drop(tables);
-            ledger::append_in(self, txn, &source, &head, Some(&plan.record), plan.ledger)?;
+            ledger::append_in(
+                self,
+                txn,
+                &source,
+                &head,
+                Some(&plan.record),
+                &mut *plan.ledger,
+            )?;
+            // Rewritten by every complete run, the reserve's old pages are free room in the
+            // file after the commit: when the disk fills, the next run's failure still fits.
+            let mut reserve = self.guard.call(|| txn.open_table(RESERVE))?;
+            let filler = vec![0u8; RESERVE_BYTES];
+            self.guard
+                .call(|| reserve.insert("reserve", filler.as_slice()))?;
+            drop(reserve);
             if let Some(health) = &plan.health {
                 self.put_health_in(txn, health)?;
             }
@@ -436,7 +458,7 @@ impl Store {
         &self,
         outcome: RunOutcome,
         error: &str,
-        ledger: &dyn Sealer,
+        ledger: &mut dyn Sealer,
     ) -> Result<RunRecord, StoreError> {
         self.write(|txn| {
             let last = WriteReader { store: self, txn }.last_run_id(&outcome.source)?;
@@ -832,6 +854,13 @@ impl<'s> Reader<'s> {
             Err(Failure::Redb(redb::Error::TableDoesNotExist(_))) => Ok(None),
             Err(failure) => Err(failure),
         }
+    }
+
+    /// The record of a source's latest run, complete or failed.
+    pub fn last_run(&self, source: &str) -> Result<Option<RunRecord>, StoreError> {
+        self.last_run_id(source)
+            .and_then(|id| id.map(|id| self.run(&id)).transpose())
+            .map_err(|failure| failure.into_store_error(&self.store.path))
     }
 
     /// A run's record.

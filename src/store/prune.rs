@@ -173,7 +173,7 @@ impl Store {
     /// Removes the versions only a plan's runs saw, and with `evidence_of` those runs'
     /// records and ledger entries, and appends the prune's own entry (`record`), in one
     /// write transaction.
-    pub fn prune(&self, plan: &PrunePlan, record: &dyn Sealer) -> Result<Pruned, StoreError> {
+    pub fn prune(&self, plan: &PrunePlan, record: &mut dyn Sealer) -> Result<Pruned, StoreError> {
         self.write(|txn| {
             let guard = &self.guard;
             let mut removed = 0;
