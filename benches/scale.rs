@@ -29,8 +29,8 @@
 //! and then the period report over all of them against the report of one run holding the
 //! same number of events, `history` of one account, and `verify` of the whole chain.
 //!
-//! `AKSYNC_BENCH_WRAP` runs every measured command under another, split at spaces, to
-//! profile it: `AKSYNC_BENCH_WRAP=heaptrack` (with the `#[global_allocator]` lines of
+//! `SCALE_BENCH_WRAP` runs every measured command under another, split at spaces, to
+//! profile it: `SCALE_BENCH_WRAP=heaptrack` (with the `#[global_allocator]` lines of
 //! `src/main.rs` taken out: heaptrack sees the system allocator only), or `perf record -g --`.
 
 use std::os::unix::process::ExitStatusExt;
@@ -155,7 +155,7 @@ impl Spawner {
             let command: Vec<String> =
                 serde_json::from_str(&line.expect("a request")).expect("a request");
             let mut command = command;
-            if let Ok(wrap) = std::env::var("AKSYNC_BENCH_WRAP") {
+            if let Ok(wrap) = std::env::var("SCALE_BENCH_WRAP") {
                 let mut wrapped: Vec<String> = wrap.split(' ').map(String::from).collect();
                 wrapped.extend(command);
                 command = wrapped;

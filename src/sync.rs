@@ -424,19 +424,14 @@ impl CompleteRun {
             previous_privileged.as_ref(),
             snapshot_digest,
         );
-        // Kept as bytes from here: the accounts are not held twice through the commit.
-        let privileged_now =
-            serde_json::to_vec(&privileged_now).map_err(|error| fail(error.to_string()))?;
         let mut pending = Pending {
             source: &source.name,
             recorded_at: self.outcome.finished_at,
             body: Body::Run(Box::new(evidence)),
             signer: self.signer.as_deref(),
             index,
-            source_state: vec![
-                (KeptState::SnapshotDigest, snapshot_state),
-                (KeptState::Privileged, privileged_now),
-            ],
+            source_state: vec![(KeptState::SnapshotDigest, snapshot_state)],
+            privileged_after: privileged_now,
         };
         // The outbox exists before the run does; it goes again if the run is not stored.
         let path = envelopes

@@ -69,10 +69,11 @@ pub fn replay_evidence(
         groups: run.counts.groups,
         memberships: run.counts.memberships,
     });
-    let (list, now) = PrivilegedList::step(&run.run_id, privileged, previous_privileged);
+    let (list, step) = PrivilegedList::step(&run.run_id, privileged, previous_privileged);
+    let now = step.map(|step| step.into_now(&list));
     evidence.privileged = Some(list);
     evidence.diff = Some(diff);
-    Ok((evidence, Some(now)))
+    Ok((evidence, now))
 }
 
 /// Whether a diff can have changed the list of privileged accounts (who, or how they are

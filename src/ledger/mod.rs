@@ -42,6 +42,9 @@ pub struct Pending<'a> {
     pub index: run::RunIndex<'a>,
     /// For a complete run: what the next run starts from.
     pub source_state: Vec<(KeptState, Vec<u8>)>,
+    /// For a complete run: the privileged accounts the next run compares with, serialized
+    /// at the commit, after the entry (a whole list is not held twice).
+    pub privileged_after: Option<entry::PrivilegedStep>,
 }
 
 /// The serialized form of an [`Entry`], borrowing its body.
@@ -70,6 +73,7 @@ impl<'a> Pending<'a> {
             signer,
             index: run::RunIndex::default(),
             source_state: Vec::new(),
+            privileged_after: None,
         }
     }
 
@@ -121,9 +125,15 @@ impl Sealer for Pending<'_> {
     fn index(&self, rows: &mut IndexRows<'_>) -> Result<(), IndexError> {
         self.index.write(rows)?;
         if let Body::Run(evidence) = &self.body {
-            let settings = serde_json::to_vec(&evidence.settings)
-                .map_err(|error| IndexError::source(error.to_string()))?;
+            let unwritable = |error: serde_json::Error| IndexError::source(error.to_string());
+            let settings = serde_json::to_vec(&evidence.settings).map_err(unwritable)?;
             rows.keep(KeptState::Settings, &settings)?;
+            if let (Some(after), Some(list)) = (&self.privileged_after, &evidence.privileged) {
+                rows.keep(
+                    KeptState::Privileged,
+                    &after.kept_bytes(list).map_err(unwritable)?,
+                )?;
+            }
         }
         for (kind, state) in &self.source_state {
             rows.keep(*kind, state)?;

@@ -12,7 +12,7 @@ use crate::normalize::{AccountStatus, DirectoryAccount, DirectoryGroup};
 use crate::record::with_volatile;
 use crate::store::{IndexError, IndexRows};
 
-use super::entry::{PopulationAtEnd, PrivilegedList, PrivilegedNow};
+use super::entry::{PopulationAtEnd, PrivilegedList, PrivilegedNow, PrivilegedStep};
 
 /// The privileged accounts and population of a run's collected directory.
 pub fn census_of(collected: &Collected, rules: &AccountRules) -> std::io::Result<Census> {
@@ -213,8 +213,8 @@ pub fn names(accounts: &BTreeMap<String, AccountSides>) -> BTreeSet<(String, Str
 pub struct CompleteEntry<'a> {
     pub evidence: super::RunEvidence,
     pub index: RunIndex<'a>,
-    /// The privileged accounts the next run compares with.
-    pub privileged_now: PrivilegedNow,
+    /// The privileged accounts the next run compares with, if they changed.
+    pub privileged_now: Option<PrivilegedStep>,
 }
 
 /// What a run's entry is made of, besides its record.

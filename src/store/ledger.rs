@@ -271,9 +271,11 @@ pub(super) fn append_in(
     let guard = &store.guard;
     let key = seq_key(source, write.seq);
     let row = encode_row(&write.seal, &write.entry)?;
+    // A baseline's entry can be megabytes: not held in three copies through the rest.
+    drop(write.entry);
     let mut entries = guard.call(|| txn.open_table(LEDGER))?;
     guard.call(|| entries.insert(key.as_str(), row.as_slice()))?;
-    drop(entries);
+    drop((entries, row));
     let mut heads = guard.call(|| txn.open_table(LEDGER_HEADS))?;
     let head = [&(write.seq + 1).to_be_bytes()[..], &write.seal].concat();
     guard.call(|| heads.insert(source, head.as_slice()))?;
