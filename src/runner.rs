@@ -27,7 +27,7 @@ pub struct RunContext<'a> {
     pub clock: &'a dyn Clock,
     /// Called as pages arrive; the daemon passes [`no_progress`].
     pub progress: ProgressFn<'a>,
-    /// Stops the fetch; the run is then recorded as failed and stores nothing.
+    /// Stops the run until it commits; it is then recorded as failed and stores nothing.
     pub cancel: &'a CancellationToken,
 }
 

@@ -3,7 +3,10 @@
 //! ([`crate::plan`]: store writes, envelopes and the diff from one classification) → commit.
 //!
 //! Every fault ends as a failed run with its error; a partial directory is never stored, and
-//! so never becomes leavers or envelopes. The run records the source's latest complete run
+//! so never becomes leavers or envelopes. A stop (the cancellation token) reaches every step:
+//! the fetch, the plan (at every record) and the commit (while it waits for the database and
+//! between its writes, before the transaction commits); the run is then recorded as failed,
+//! "cancelled by shutdown", and its envelope file is removed. The run records the source's latest complete run
 //! when it starts and commits only if that is still the latest, so two runs of one source can
 //! never commit history backwards.
 
@@ -110,8 +113,8 @@ pub struct SyncedRun {
 }
 
 /// Runs one sync and records it. Only a failure to record the run is an error; everything
-/// that goes wrong upstream becomes a failed run, and so does a fetch that `cancel` stops:
-/// such a run stores nothing of the directory.
+/// that goes wrong upstream becomes a failed run, and so does a run that `cancel` stops
+/// before its commit has committed: such a run stores nothing of the directory.
 pub async fn sync_source(
     config: &Config,
     source: &SourceConfig,
@@ -182,6 +185,7 @@ pub async fn sync_source(
         latest: state.latest_complete,
         collected: fetched.collected,
         token_user: Some(fetched.token_user),
+        cancel: cancel.clone(),
     };
     match blocking(store, move |store| job.store(store)).await {
         Ok(synced) => Ok(synced),
@@ -352,6 +356,8 @@ pub(crate) struct CompleteRun {
     pub collected: Collected,
     /// Whom the token belongs to, recorded with the run.
     pub token_user: Option<TokenUser>,
+    /// Stops the plan and the commit: the run is then recorded as failed and stores nothing.
+    pub cancel: CancellationToken,
 }
 
 impl CompleteRun {
@@ -364,11 +370,13 @@ impl CompleteRun {
             compared_run(self.latest.clone(), &self.outcome.settings_fingerprint);
         let run_id = store.new_run_id(&source.name, self.outcome.started_at)?;
         let fail = |reason: String| Rejected::Failed(Box::new(self.outcome.clone()), reason);
+        let cancelled = || self.cancel.is_cancelled();
         let plan_started = std::time::Instant::now();
         let reader = store.reader()?;
         let planned = self
             .plan(&reader, &run_id, previous.as_ref(), baseline_reason.clone())
             .map_err(|error| match error {
+                PlanError::Store(StoreError::Cancelled) => fail(CANCELLED_BY_SHUTDOWN.into()),
                 PlanError::Store(error) => Rejected::Store(error),
                 other => fail(other.to_string()),
             })?;
@@ -440,6 +448,9 @@ impl CompleteRun {
             names: entry.names,
             snapshot_state: Some(snapshot.to_bytes()),
         };
+        if cancelled() {
+            return Err(fail(CANCELLED_BY_SHUTDOWN.into()));
+        }
         // The outbox exists before the run does; it goes again if the run is not stored.
         let path = envelopes
             .persist()
@@ -452,6 +463,7 @@ impl CompleteRun {
             ops,
             health: self.outcome.health.clone(),
             ledger: &pending,
+            cancelled: &cancelled,
         });
         tracing::debug!(source = %source.name, seconds = commit_started.elapsed().as_secs_f64(), "committed");
         match committed {
@@ -462,7 +474,9 @@ impl CompleteRun {
             Err(error) => {
                 remove_orphan(&path);
                 match error {
-                    StoreError::Conflict { .. } => Err(fail(error.to_string())),
+                    StoreError::Conflict { .. } | StoreError::Cancelled => {
+                        Err(fail(error.to_string()))
+                    }
                     other => Err(fail(format!("the run could not be stored: {other}"))),
                 }
             }
@@ -513,7 +527,9 @@ impl CompleteRun {
             true => LtHash::default(),
             false => stored_snapshot(reader, &source.name)?,
         });
-        plan_sync(reader, &source.name, &self.collected, &mut planner)?;
+        plan_sync(reader, &source.name, &self.collected, &mut planner, &|| {
+            self.cancel.is_cancelled()
+        })?;
         let mut planned = planner.finish()?;
         // Accounts purged now left in an earlier run: its ledger entry says when.
         for uid in planned.input.history_needed(true) {
