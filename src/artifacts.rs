@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use crate::config::{Config, SourceConfig};
 use crate::envelope::{self, Envelope, EnvelopeWriter};
@@ -171,9 +170,8 @@ pub fn open_envelopes(state_dir: &Path, run: &RunRecord) -> Result<EnvelopeBatch
         .read(true)
         .open(&path)
         .map_err(|error| unreadable(crate::state_dir::link_error(error)))?;
-    let mut hasher = Sha256::new();
-    std::io::copy(&mut file, &mut hasher).map_err(unreadable)?;
-    check_envelope_digest(&path, run, hex::encode(hasher.finalize()))?;
+    let found = envelope::sha256_of(&mut file).map_err(unreadable)?;
+    check_envelope_digest(&path, run, found)?;
     file.seek(SeekFrom::Start(0)).map_err(unreadable)?;
     Ok(EnvelopeBatches {
         path,
@@ -197,12 +195,11 @@ impl EnvelopeBatches {
     pub fn next_batch(&mut self, size: usize) -> Result<Vec<Envelope>, ArtifactError> {
         let mut batch = Vec::new();
         while batch.len() < size && self.next_line()? {
-            let envelope = serde_json::from_slice(&self.line).map_err(|error| {
-                ArtifactError::Read {
+            let envelope =
+                serde_json::from_slice(&self.line).map_err(|error| ArtifactError::Read {
                     path: self.path.clone(),
                     reason: error.to_string(),
-                }
-            })?;
+                })?;
             batch.push(envelope);
         }
         Ok(batch)

@@ -222,11 +222,7 @@ fn unreadable(error: ArtifactError) -> Stop {
 /// snapshot or the one it was compared with is gone, the settings that shape envelopes
 /// changed, its source is no longer configured) never will be by waiting, so the run is
 /// parked and later runs go.
-fn outbox_file(
-    config: &Config,
-    store: &Store,
-    run: &RunRecord,
-) -> Result<EnvelopeBatches, Stop> {
+fn outbox_file(config: &Config, store: &Store, run: &RunRecord) -> Result<EnvelopeBatches, Stop> {
     let error = match open_envelopes(&config.state_dir, run) {
         Ok(file) => return Ok(file),
         Err(error) => error,

@@ -20,8 +20,9 @@
 //!    purges, group and membership changes, privilege escalations and the population counts.
 //! 5. **Commit** ([`store`]): one short write transaction checks that no other run committed
 //!    meanwhile and replays the planned writes; the envelope file is in place before it.
-//! 6. **After**: reports ([`report`], [`artifacts`]), retention ([`retention`]) and webhook
-//!    delivery ([`delivery`]).
+//! 6. **After**: reports ([`report`], [`artifacts`]), retention ([`retention`]), the repair
+//!    of runs a stopped process left without reports ([`repair`]) and webhook delivery
+//!    ([`delivery`]).
 //!
 //! [`sync`] drives steps 1–5; [`runner`] wraps it under the source's cross-process lock
 //! ([`run_lock`]) with step 6, the same for `aksync sync` ([`cli`]) and `aksync daemon`
@@ -58,6 +59,7 @@ pub mod logging;
 pub mod normalize;
 pub mod plan;
 pub mod record;
+pub mod repair;
 pub mod report;
 pub mod retention;
 pub mod run_lock;

@@ -103,6 +103,17 @@ pub struct RunRecord {
 }
 
 impl RunRecord {
+    /// Whether the run has anything to report on its own: a baseline (the start of its
+    /// evidence), changed records (every change has an envelope) or changed settings.
+    pub fn changed_anything(&self) -> bool {
+        self.previous_run.is_none()
+            || self
+                .envelopes
+                .as_ref()
+                .is_some_and(|summary| summary.lines > 0)
+            || !self.settings_changed.is_empty()
+    }
+
     /// Whether aksync's own stop cancelled the run: a failure of aksync's uptime, not of the
     /// source, so health looks past it.
     pub fn cancelled_by_shutdown(&self) -> bool {
