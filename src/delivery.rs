@@ -57,8 +57,9 @@ pub const PARK_AFTER: u64 = 3;
 pub struct DeliveryReport {
     pub runs_delivered: Vec<String>,
     pub batches_sent: u64,
-    /// Runs parked in this pass: the receiver kept rejecting them.
-    pub runs_parked: Vec<String>,
+    /// Runs parked in this pass, each with why in a few words: the receiver kept rejecting
+    /// it, or its envelope file cannot be read or rebuilt.
+    pub runs_parked: Vec<(String, String)>,
     /// Why delivery stopped early; the remaining runs stay pending.
     pub stopped: Option<String>,
 }
@@ -141,7 +142,7 @@ pub async fn deliver_pending(
                 false => format!("the receiver rejected it {PARK_AFTER} times"),
             };
             tracing::warn!(run = %run.run_id, "webhook delivery parked ({why}): {reason}; decide with `aksync deliver --retry {}` or `--skip {}`", run.run_id, run.run_id);
-            report.runs_parked.push(run.run_id.clone());
+            report.runs_parked.push((run.run_id.clone(), why));
             continue;
         }
         tracing::warn!(run = %run.run_id, "webhook delivery stopped: {reason}");

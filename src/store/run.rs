@@ -159,8 +159,9 @@ pub struct EnvelopeSummary {
 pub enum DeliveryStatus {
     Pending,
     Delivered,
-    /// The receiver kept rejecting a batch (a 4xx such as 413): held back, so that later runs
-    /// still go, until an admin runs `aksync deliver --retry` or `--skip`.
+    /// The receiver kept rejecting a batch (a 4xx such as 413), or the envelope file is gone
+    /// and cannot be rebuilt: held back, so that later runs still go, until an admin runs
+    /// `aksync deliver --retry` or `--skip`.
     Parked,
     /// An admin decided that this run's envelopes are not delivered.
     Skipped,
