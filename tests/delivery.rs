@@ -346,23 +346,29 @@ async fn delivery_with_the_receiver_down_needs_no_more_memory_than_the_sync() {
     }
 }
 
+/// Three runs, each with a joiner, delivered to `url` under `[retention] keep_runs = 1`; their
+/// ids, oldest first.
+fn three_runs_keeping_one(env: &TestEnv, url: &str) -> Vec<String> {
+    let base = std::fs::read_to_string(&env.config_path).unwrap();
+    with_webhook(
+        env,
+        &format!("{base}\n[retention]\nkeep_runs = 1\n"),
+        url,
+        500,
+    );
+    for name in ["first", "second", "third"] {
+        change(env, name);
+        env.sync_ok();
+    }
+    runs(env)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_skipped_delivery_no_longer_holds_retention() {
     use aksync::store::DeliveryStatus::Pending;
     let env = TestEnv::start(10).await;
     let down = common::receiver().await;
-    let base = std::fs::read_to_string(&env.config_path).unwrap();
-    with_webhook(
-        &env,
-        &format!("{base}\n[retention]\nkeep_runs = 1\n"),
-        &down.url,
-        500,
-    );
-    for name in ["first", "second", "third"] {
-        change(&env, name);
-        env.sync_ok();
-    }
-    let ids = runs(&env);
+    let ids = three_runs_keeping_one(&env, &down.url);
     assert!(ids.iter().all(|id| delivery(&env, id).status == Pending));
     let kept_from = |env: &TestEnv| {
         env.store()
@@ -399,18 +405,7 @@ async fn an_outbox_that_cannot_be_rebuilt_parks_its_run_and_later_runs_go() {
     use aksync::store::DeliveryStatus::{Delivered, Parked};
     let env = TestEnv::start(10).await;
     let receiver = common::receiver().await;
-    let base = std::fs::read_to_string(&env.config_path).unwrap();
-    with_webhook(
-        &env,
-        &format!("{base}\n[retention]\nkeep_runs = 1\n"),
-        &receiver.url,
-        500,
-    );
-    for name in ["first", "second", "third"] {
-        change(&env, name);
-        env.sync_ok();
-    }
-    let ids = runs(&env);
+    let ids = three_runs_keeping_one(&env, &receiver.url);
     // Skipped, the first run's snapshot and outbox go with retention; an admin then changes
     // their mind about it, and about the third.
     for id in &ids {

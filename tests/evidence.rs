@@ -793,13 +793,7 @@ async fn reports_per_run_leaves_runs_that_changed_nothing_without_files_of_their
     let period = env
         .aksync(&["report", "--since", "2000-01-01", "--format", "json"])
         .json();
-    let listed: Vec<&str> = period["runs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|run| run["run_id"].as_str().unwrap())
-        .collect();
-    assert_eq!(listed, ids.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(common::ids(&period["runs"], "run_id"), ids);
 
     with_policy("always");
     env.sync_ok();

@@ -5,12 +5,13 @@
 
 mod common;
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use aksync::fake::{long_text, Fault, ListKind, ListingLies, HOSTILE_TEXT, READER_TOKEN};
-use common::{measured, Measured, Run, TestEnv};
+use common::{measured, Measured, TestEnv};
 use serde_json::Value;
 
 /// A loose bound on the peak memory of one aksync process; the point is that a lying
