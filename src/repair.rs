@@ -1,8 +1,9 @@
 //! What a crash can leave behind a complete run, put right: its reports are written after
 //! its commit, so a process killed in between leaves a complete run without them, and its
-//! envelope file may go missing. Looked for at the daemon's start and after every run, under
-//! the source's run lock, in the newest few complete runs only ([`AT_START`], [`AFTER_RUN`]):
-//! a crash is repaired by the next run or start, so the window never needs the history.
+//! envelope file may go missing. Looked for at the daemon's start and after every complete
+//! run, under the source's run lock, in the newest few complete runs only ([`AT_START`],
+//! [`AFTER_RUN`]): a crash is repaired by the next complete run or start, so the window never
+//! needs the history.
 //!
 //! A run's reports are written again, with their `reports` entry in the ledger, only when a
 //! configured report file is missing and the ledger has no `reports` entry for the run:

@@ -1,6 +1,6 @@
 //! One run of one source, as both `aksync sync` and the daemon make it: under the source's
-//! run lock, sync, write the reports of a complete run, repair the runs just before it that
-//! a stopped process left without reports ([`crate::repair`]), and log the start and the end with
+//! run lock, sync, write the reports of a complete run and repair the runs just before it
+//! that a stopped process left without reports ([`crate::repair`]), and log the start and the end with
 //! counts, duration and joiners/movers/leavers. Callers take the lock their own way (the
 //! daemon skips a busy source, the CLI waits) and only print or schedule around this.
 
@@ -58,14 +58,15 @@ pub async fn run_source(
     if synced.diff.is_some() {
         write_run_reports(context, source, &synced.run).await;
         prune(context, source).await;
+        // A run before this one that a stopped process left without its reports. Not after
+        // a failed run: what failed may be the store itself (a full disk).
+        let window = repair::Window {
+            up_to: Some(&synced.run.run_id),
+            inclusive: false,
+            count: repair::AFTER_RUN,
+        };
+        repair::repair_source(context, source, window).await;
     }
-    // A run before this one that a stopped process left without its reports.
-    let window = repair::Window {
-        up_to: Some(&synced.run.run_id),
-        inclusive: false,
-        count: repair::AFTER_RUN,
-    };
-    repair::repair_source(context, source, window).await;
     drop(lock);
     log_finished(&synced.run, started.elapsed());
     Ok(synced)

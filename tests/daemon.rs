@@ -247,12 +247,19 @@ async fn a_seconds_schedule_makes_several_complete_runs() {
     let log = daemon.stop().await;
     let runs = runs(&env, "corp");
     assert!(runs.iter().all(|run| run.status == RunStatus::Complete));
-    // Each run writes its reports and logs its start and its end with counts.
+    // Each run that changed something (here the first) writes its reports (reports_per_run
+    // = "changes"), and every run logs its start and its end with counts.
+    assert!(runs.last().unwrap().changed_anything());
     for run in &runs {
         let report = env
             .state_dir()
             .join(format!("reports/corp/{}.html", run.run_id));
-        assert!(report.is_file(), "{}", report.display());
+        assert_eq!(
+            report.is_file(),
+            run.changed_anything(),
+            "{}",
+            report.display()
+        );
     }
     assert!(log.contains("aksync daemon started"), "{log}");
     assert!(log.contains("run started source=corp"), "{log}");
