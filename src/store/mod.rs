@@ -424,7 +424,7 @@ impl Store {
             })? {
                 tables.apply(&source, &run_id, op)?;
                 applied += 1;
-                if applied % WRITES_BETWEEN_CANCEL_CHECKS == 0 && cancelled() {
+                if applied.is_multiple_of(WRITES_BETWEEN_CANCEL_CHECKS) && cancelled() {
                     return Err(Failure::Store(StoreError::Cancelled));
                 }
             }

@@ -559,7 +559,7 @@ fn the_outbox_is_the_undelivered_runs_whatever_the_history_and_follows_decisions
     source.fail(outcome(400), "unreachable");
     assert_eq!(outbox(&source.store), Vec::<String>::new());
     let last = run_with_outbox(&mut source, "last", true);
-    assert_eq!(outbox(&source.store), [last.run_id.clone()]);
+    assert_eq!(outbox(&source.store), std::slice::from_ref(&last.run_id));
     let recent = source.store.recent_runs("corp", 3).unwrap();
     assert_eq!(recent.len(), 3);
     assert_eq!(recent[0].run_id, last.run_id);
