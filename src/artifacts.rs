@@ -2,6 +2,7 @@
 //! written while the run is planned and in place before it commits) and its audit reports
 //! (written after). Both can be rebuilt from the store at any time.
 
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
@@ -45,6 +46,23 @@ pub enum ArtifactError {
         format: ReportFormat,
         source: Box<ArtifactError>,
     },
+}
+
+impl ArtifactError {
+    /// Whether trying again cannot help: the store no longer holds what the file was made
+    /// from (a pruned snapshot, a run record gone) or makes a different file from it now (the
+    /// settings that shape envelopes changed).
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            ArtifactError::Mismatch { .. }
+                | ArtifactError::Store(
+                    StoreError::SnapshotPruned { .. }
+                        | StoreError::NotComplete { .. }
+                        | StoreError::UnknownRun(_)
+                )
+        )
+    }
 }
 
 /// Writes a file atomically, naming it in the error.
@@ -96,29 +114,39 @@ pub fn rebuild_envelopes(
     })
 }
 
-/// A run's envelope file, checked against the SHA-256 the run recorded.
-pub fn read_envelope_file(state_dir: &Path, run: &RunRecord) -> Result<Vec<u8>, ArtifactError> {
-    let path = envelope::envelope_path(state_dir, &run.source, &run.run_id);
-    let bytes = std::fs::read(&path).map_err(|error| ArtifactError::Read {
-        path: path.clone(),
+/// The error of a run's envelope file that cannot be read, saying how to make it again.
+fn unreadable_envelopes(path: &Path, run: &RunRecord, error: &std::io::Error) -> ArtifactError {
+    ArtifactError::Read {
+        path: path.to_path_buf(),
         reason: format!(
             "{error}; rebuild it with `aksync envelopes {} --rebuild`",
             run.run_id
         ),
-    })?;
-    let found = envelope::sha256_hex(&bytes);
-    if let Some(summary) = run
+    }
+}
+
+/// That a run's envelope file, whose SHA-256 is `found`, is the one the run recorded.
+fn check_envelope_digest(path: &Path, run: &RunRecord, found: String) -> Result<(), ArtifactError> {
+    match run
         .envelopes
         .as_ref()
         .filter(|summary| summary.sha256 != found)
     {
-        return Err(ArtifactError::Mismatch {
-            path,
+        Some(summary) => Err(ArtifactError::Mismatch {
+            path: path.to_path_buf(),
             run_id: run.run_id.clone(),
             expected: summary.sha256.clone(),
             found,
-        });
+        }),
+        None => Ok(()),
     }
+}
+
+/// A run's envelope file, checked against the SHA-256 the run recorded.
+pub fn read_envelope_file(state_dir: &Path, run: &RunRecord) -> Result<Vec<u8>, ArtifactError> {
+    let path = envelope::envelope_path(state_dir, &run.source, &run.run_id);
+    let bytes = std::fs::read(&path).map_err(|error| unreadable_envelopes(&path, run, &error))?;
+    check_envelope_digest(&path, run, envelope::sha256_hex(&bytes))?;
     Ok(bytes)
 }
 
@@ -129,6 +157,81 @@ pub fn read_envelopes(state_dir: &Path, run: &RunRecord) -> Result<Vec<Envelope>
         path: envelope::envelope_path(state_dir, &run.source, &run.run_id),
         reason: error.to_string(),
     })
+}
+
+/// A run's envelope file read a batch at a time, so that what is in memory is one batch
+/// whatever the file's size. It is checked against the SHA-256 the run recorded in one
+/// streaming pass when opened, and then read from the same open file, so a file replaced
+/// meanwhile cannot slip in.
+pub struct EnvelopeBatches {
+    path: PathBuf,
+    lines: BufReader<std::fs::File>,
+    line: Vec<u8>,
+}
+
+/// Opens a run's envelope file for [`EnvelopeBatches`], checked against its SHA-256.
+pub fn open_envelopes(state_dir: &Path, run: &RunRecord) -> Result<EnvelopeBatches, ArtifactError> {
+    let path = envelope::envelope_path(state_dir, &run.source, &run.run_id);
+    let unreadable = |error: std::io::Error| unreadable_envelopes(&path, run, &error);
+    let mut file = crate::state_dir::open_options()
+        .read(true)
+        .open(&path)
+        .map_err(|error| unreadable(crate::state_dir::link_error(error)))?;
+    let found = envelope::sha256_of(&mut file).map_err(unreadable)?;
+    check_envelope_digest(&path, run, found)?;
+    file.seek(SeekFrom::Start(0)).map_err(unreadable)?;
+    Ok(EnvelopeBatches {
+        path,
+        lines: BufReader::new(file),
+        line: Vec::new(),
+    })
+}
+
+impl EnvelopeBatches {
+    /// Passes over the first `count` envelopes (those already delivered).
+    pub fn skip(&mut self, count: u64) -> Result<(), ArtifactError> {
+        for _ in 0..count {
+            if !self.next_line()? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The next `size` envelopes at most, in file order; empty at the end of the file.
+    pub fn next_batch(&mut self, size: usize) -> Result<Vec<Envelope>, ArtifactError> {
+        let mut batch = Vec::new();
+        while batch.len() < size && self.next_line()? {
+            let envelope =
+                serde_json::from_slice(&self.line).map_err(|error| ArtifactError::Read {
+                    path: self.path.clone(),
+                    reason: error.to_string(),
+                })?;
+            batch.push(envelope);
+        }
+        Ok(batch)
+    }
+
+    /// Reads the next envelope's line into `line`; false at the end. Empty lines are not
+    /// envelopes, as [`envelope::parse_jsonl`] has it.
+    fn next_line(&mut self) -> Result<bool, ArtifactError> {
+        loop {
+            self.line.clear();
+            let read = self
+                .lines
+                .read_until(b'\n', &mut self.line)
+                .map_err(|error| ArtifactError::Read {
+                    path: self.path.clone(),
+                    reason: error.to_string(),
+                })?;
+            if read == 0 {
+                return Ok(false);
+            }
+            if self.line != b"\n" {
+                return Ok(true);
+            }
+        }
+    }
 }
 
 pub fn report_path(state_dir: &Path, source: &str, run_id: &str, format: ReportFormat) -> PathBuf {

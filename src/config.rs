@@ -20,6 +20,7 @@ use crate::report::ReportFormat;
 use crate::schedule::{Schedule, ScheduleError};
 use crate::secret::ApiToken;
 use crate::state_dir::Access;
+use crate::store::RunRecord;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/aksync/config.toml";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/aksync";
@@ -140,6 +141,7 @@ struct RawHttp {
 #[serde(deny_unknown_fields)]
 struct RawOutput {
     reports: Option<Vec<String>>,
+    reports_per_run: Option<String>,
     webhook: Option<RawWebhook>,
 }
 
@@ -265,7 +267,30 @@ pub struct HttpConfig {
 #[derive(Debug, Clone)]
 pub struct OutputConfig {
     pub reports: Vec<ReportFormat>,
+    pub reports_per_run: ReportsPerRun,
     pub webhook: Option<WebhookConfig>,
+}
+
+/// Which complete runs get report files of their own (`output.reports_per_run`). The period
+/// report lists every run whatever this says, and `aksync report RUN` writes any run's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReportsPerRun {
+    /// Runs that changed something (see [`RunRecord::changed_anything`]).
+    #[default]
+    Changes,
+    Always,
+    Never,
+}
+
+impl ReportsPerRun {
+    /// Whether `run` gets its report files.
+    pub fn writes(self, run: &RunRecord) -> bool {
+        match self {
+            ReportsPerRun::Changes => run.changed_anything(),
+            ReportsPerRun::Always => true,
+            ReportsPerRun::Never => false,
+        }
+    }
 }
 
 /// HTTP delivery of the envelopes.
@@ -923,6 +948,16 @@ fn validate_output(raw: RawOutput, places: &Places) -> Result<OutputConfig, Stri
             })
             .collect::<Result<_, _>>()?,
     };
+    let reports_per_run = match raw.reports_per_run.as_deref().map(str::trim) {
+        None | Some("changes") => ReportsPerRun::Changes,
+        Some("always") => ReportsPerRun::Always,
+        Some("never") => ReportsPerRun::Never,
+        Some(other) => {
+            return Err(format!(
+                "`output.reports_per_run` = {other:?} is not a choice: use \"changes\", \"always\" or \"never\""
+            ))
+        }
+    };
     let webhook = match raw.webhook {
         None => None,
         Some(raw) => {
@@ -962,7 +997,11 @@ fn validate_output(raw: RawOutput, places: &Places) -> Result<OutputConfig, Stri
             })
         }
     };
-    Ok(OutputConfig { reports, webhook })
+    Ok(OutputConfig {
+        reports,
+        reports_per_run,
+        webhook,
+    })
 }
 
 fn validate_source(name: &str, raw: RawSource, places: &Places) -> Result<SourceConfig, String> {

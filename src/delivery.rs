@@ -8,13 +8,18 @@
 //! A receiver that keeps rejecting a batch outright (a 4xx such as 413) gets the run parked
 //! after [`PARK_AFTER`] passes, so that later runs still go; `aksync deliver --retry RUN`
 //! (with a smaller `batch_size`, say) or `--skip RUN` decides. `Retry-After` is honoured.
+//! So is a run whose envelope file is gone and cannot be rebuilt from the store (retention
+//! pruned what it was made from), at once: waiting cannot bring it back.
+//!
+//! A pass reads each source's undelivered runs only (see [`Store::undelivered_runs`]), and a
+//! run's envelope file a batch at a time, so its memory is one batch whatever the backlog.
 
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use serde_json::json;
 
-use crate::artifacts::{read_envelopes, rebuild_envelopes};
+use crate::artifacts::{open_envelopes, rebuild_envelopes, ArtifactError, EnvelopeBatches};
 use crate::authentik::client::error_chain;
 use crate::authentik::RetryPolicy;
 use crate::clock::Clock;
@@ -52,8 +57,9 @@ pub const PARK_AFTER: u64 = 3;
 pub struct DeliveryReport {
     pub runs_delivered: Vec<String>,
     pub batches_sent: u64,
-    /// Runs parked in this pass: the receiver kept rejecting them.
-    pub runs_parked: Vec<String>,
+    /// Runs parked in this pass, each with why in a few words: the receiver kept rejecting
+    /// it, or its envelope file cannot be read or rebuilt.
+    pub runs_parked: Vec<(String, String)>,
     /// Why delivery stopped early; the remaining runs stay pending.
     pub stopped: Option<String>,
 }
@@ -65,6 +71,8 @@ enum Stop {
     Transient(String),
     /// The receiver refused the batch itself (a 4xx such as 413).
     Rejected(String),
+    /// The run's envelope file is gone or wrong and cannot be rebuilt from the store.
+    Unrebuildable(String),
 }
 
 pub async fn deliver_pending(
@@ -87,16 +95,12 @@ pub async fn deliver_pending(
             });
         }
     };
-    let mut pending: Vec<RunRecord> = store
-        .runs(None)?
-        .into_iter()
-        .filter(|run| {
-            run.delivery
-                .as_ref()
-                .is_some_and(|delivery| delivery.status == DeliveryStatus::Pending)
-        })
-        .collect();
-    pending.reverse();
+    // Each source's undelivered runs (read from its outbox mark on), oldest first overall.
+    let mut pending: Vec<RunRecord> = Vec::new();
+    for source in store.sources_with_runs()? {
+        pending.extend(store.undelivered_runs(&source)?);
+    }
+    pending.sort_by(|a, b| a.run_id.cmp(&b.run_id));
     let http = reqwest::Client::builder()
         .timeout(webhook.timeout)
         .redirect(reqwest::redirect::Policy::none())
@@ -113,9 +117,10 @@ pub async fn deliver_pending(
             }
             Err(stop) => stop,
         };
-        let (reason, rejected) = match stop {
-            Stop::Transient(reason) => (reason, false),
-            Stop::Rejected(reason) => (reason, true),
+        let (reason, rejected, lost) = match stop {
+            Stop::Transient(reason) => (reason, false, false),
+            Stop::Rejected(reason) => (reason, true, false),
+            Stop::Unrebuildable(reason) => (reason, false, true),
         };
         let parked = store.update_run(&run.run_id, |record| {
             let Some(delivery) = record.delivery.as_mut() else {
@@ -124,16 +129,20 @@ pub async fn deliver_pending(
             delivery.attempts += 1;
             delivery.last_error = Some(reason.clone());
             delivery.rejections = if rejected { delivery.rejections + 1 } else { 0 };
-            let park =
-                delivery.status == DeliveryStatus::Pending && delivery.rejections >= PARK_AFTER;
+            let park = delivery.status == DeliveryStatus::Pending
+                && (lost || delivery.rejections >= PARK_AFTER);
             if park {
                 delivery.status = DeliveryStatus::Parked;
             }
             Ok(park)
         })?;
         if parked {
-            tracing::warn!(run = %run.run_id, "webhook delivery parked after {PARK_AFTER} rejections: {reason}; decide with `aksync deliver --retry {}` or `--skip {}`", run.run_id, run.run_id);
-            report.runs_parked.push(run.run_id.clone());
+            let why = match lost {
+                true => "its envelope file cannot be read or rebuilt".to_string(),
+                false => format!("the receiver rejected it {PARK_AFTER} times"),
+            };
+            tracing::warn!(run = %run.run_id, "webhook delivery parked ({why}): {reason}; decide with `aksync deliver --retry {}` or `--skip {}`", run.run_id, run.run_id);
+            report.runs_parked.push((run.run_id.clone(), why));
             continue;
         }
         tracing::warn!(run = %run.run_id, "webhook delivery stopped: {reason}");
@@ -152,22 +161,7 @@ async fn deliver_run(
     clock: &dyn Clock,
     report: &mut DeliveryReport,
 ) -> Result<(), Stop> {
-    let envelopes = match read_envelopes(&config.state_dir, run) {
-        Ok(envelopes) => envelopes,
-        Err(error) => {
-            // The outbox file can always be rebuilt from the store.
-            let source = config.sources.get(&run.source).ok_or_else(|| {
-                Stop::Transient(format!(
-                    "{error}; source `{}` is no longer configured",
-                    run.source
-                ))
-            })?;
-            rebuild_envelopes(&config.state_dir, store, source, run)
-                .map_err(|error| Stop::Transient(error.to_string()))?;
-            read_envelopes(&config.state_dir, run)
-                .map_err(|error| Stop::Transient(error.to_string()))?
-        }
-    };
+    let mut envelopes = outbox_file(config, store, run)?;
     let mut state = run
         .delivery
         .clone()
@@ -175,12 +169,17 @@ async fn deliver_run(
     if state.batch_size == 0 {
         state.batch_size = webhook.batch_size as u64;
     }
-    let offset = (state.progress() as usize).min(envelopes.len());
-    let remaining = &envelopes[offset..];
-    let size = state.batch_size.max(1) as usize;
-    state.batches_total = state.batches_delivered + remaining.len().div_ceil(size) as u64;
+    let lines = run.envelopes.as_ref().map_or(0, |summary| summary.lines);
+    let offset = state.progress().min(lines);
+    let size = state.batch_size.max(1);
+    state.batches_total = state.batches_delivered + (lines - offset).div_ceil(size);
+    envelopes.skip(offset).map_err(unreadable)?;
     let mut first = offset;
-    for batch in remaining.chunks(size) {
+    loop {
+        let batch = envelopes.next_batch(size as usize).map_err(unreadable)?;
+        if batch.is_empty() {
+            break;
+        }
         let number = state.batches_delivered + 1;
         let body = json!({
             "source": run.source,
@@ -190,19 +189,21 @@ async fn deliver_run(
             "first": first,
             "envelopes": batch,
         });
+        drop(batch);
+        let count = body["envelopes"].as_array().map_or(0, Vec::len) as u64;
         // The envelopes' range names the batch, whatever batch size sent it.
-        let key = format!("{}-{first}+{}", run.run_id, batch.len());
+        let key = format!("{}-{first}+{count}", run.run_id);
         let posted = post_with_retries(webhook, http, &key, &body).await;
         telemetry().webhook_batch(match &posted {
             Ok(()) => BatchOutcome::Delivered,
-            Err(Stop::Transient(_)) => BatchOutcome::Failed,
+            Err(Stop::Transient(_) | Stop::Unrebuildable(_)) => BatchOutcome::Failed,
             Err(Stop::Rejected(_)) => BatchOutcome::Rejected,
         });
         posted?;
         report.batches_sent += 1;
-        first += batch.len();
+        first += count;
         state.batches_delivered = number;
-        state.envelopes_delivered = Some(first as u64);
+        state.envelopes_delivered = Some(first);
         state.rejections = 0;
         advance(store, run, &state)?;
     }
@@ -210,6 +211,37 @@ async fn deliver_run(
     state.last_error = None;
     state.delivered_at = Some(clock.now());
     advance(store, run, &state)
+}
+
+/// A run's envelope file that stopped reading midway: it changed after it was checked.
+fn unreadable(error: ArtifactError) -> Stop {
+    Stop::Transient(error.to_string())
+}
+
+/// A run's envelope file, opened for delivery and checked against the run; one that is
+/// missing or does not match is rebuilt from the store. One that cannot be rebuilt (its
+/// snapshot or the one it was compared with is gone, the settings that shape envelopes
+/// changed, its source is no longer configured) never will be by waiting, so the run is
+/// parked and later runs go.
+fn outbox_file(config: &Config, store: &Store, run: &RunRecord) -> Result<EnvelopeBatches, Stop> {
+    let error = match open_envelopes(&config.state_dir, run) {
+        Ok(file) => return Ok(file),
+        Err(error) => error,
+    };
+    let Some(source) = config.sources.get(&run.source) else {
+        return Err(Stop::Unrebuildable(format!(
+            "{error}; source `{}` is no longer configured",
+            run.source
+        )));
+    };
+    rebuild_envelopes(&config.state_dir, store, source, run).map_err(|rebuild| {
+        let reason = format!("{error}; rebuilding it failed: {rebuild}");
+        match rebuild.is_permanent() {
+            true => Stop::Unrebuildable(reason),
+            false => Stop::Transient(reason),
+        }
+    })?;
+    open_envelopes(&config.state_dir, run).map_err(|error| Stop::Transient(error.to_string()))
 }
 
 /// Records delivery progress, only ever forward: a state another process moved further is

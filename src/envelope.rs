@@ -222,6 +222,13 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// The SHA-256 of what `reader` holds, read in pieces: a file of any size in bounded memory.
+pub fn sha256_of(reader: &mut impl std::io::Read) -> std::io::Result<String> {
+    let mut hasher = Sha256::new();
+    std::io::copy(reader, &mut hasher)?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
 pub fn envelope_path(state_dir: &Path, source: &str, run_id: &str) -> PathBuf {
     state_dir
         .join("envelopes")

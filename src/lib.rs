@@ -23,8 +23,9 @@
 //!    sealed ledger entry (its events, settings, population and snapshot digest); the envelope
 //!    file is in place before it.
 //! 6. **After**: reports ([`report`], read from the ledger by [`report::assemble`], their
-//!    files written by [`artifacts`] and recorded in the ledger), retention ([`retention`])
-//!    and webhook delivery ([`delivery`]).
+//!    files written by [`artifacts`] and recorded in the ledger), retention ([`retention`]),
+//!    the repair of runs a stopped process left without reports ([`repair`]) and webhook
+//!    delivery ([`delivery`]).
 //!
 //! [`sync`] drives steps 1–5; [`runner`] wraps it under the source's cross-process lock
 //! ([`run_lock`]) with step 6, the same for `aksync sync` ([`cli`]) and `aksync daemon`
@@ -64,6 +65,7 @@ pub mod logging;
 pub mod normalize;
 pub mod plan;
 pub mod record;
+pub mod repair;
 pub mod report;
 pub mod retention;
 pub mod run_lock;

@@ -592,13 +592,19 @@ pub fn plan_sync(
     source: &str,
     collected: &Collected,
     planner: &mut Planner<'_>,
+    cancelled: &dyn Fn() -> bool,
 ) -> Result<(), PlanError> {
+    // Checked at every new record, so that a stop reaches a plan within one record.
+    let go_on = || match cancelled() {
+        true => Err(StoreError::Cancelled),
+        false => Ok(()),
+    };
     for (kind, spool) in [
         (RecordKind::Account, &collected.accounts),
         (RecordKind::Group, &collected.groups),
     ] {
         let old = stored_side(reader, source, kind, planner.is_baseline())?;
-        let new = spool.items().iter().map(Ok::<_, StoreError>);
+        let new = spool.items().iter().map(|item| go_on().map(|()| item));
         merge_sorted(
             old,
             new,
@@ -662,7 +668,10 @@ pub fn plan_sync(
         RecordKind::Membership,
         planner.is_baseline(),
     )?;
-    let new = collected.memberships.iter().map(Ok::<_, StoreError>);
+    let new = collected
+        .memberships
+        .iter()
+        .map(|membership| go_on().map(|()| membership));
     merge_sorted(
         old,
         new,

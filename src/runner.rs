@@ -1,5 +1,6 @@
 //! One run of one source, as both `aksync sync` and the daemon make it: under the source's
-//! run lock, sync, write the reports of a complete run, and log the start and the end with
+//! run lock, sync, write the reports of a complete run and repair the runs just before it
+//! that a stopped process left without reports ([`crate::repair`]), and log the start and the end with
 //! counts, duration and joiners/movers/leavers. Callers take the lock their own way (the
 //! daemon skips a busy source, the CLI waits) and only print or schedule around this.
 
@@ -14,6 +15,7 @@ use crate::clock::Clock;
 use crate::config::{Config, SourceConfig};
 use crate::ledger::entry::ReportFiles;
 use crate::ledger::{Body, Pending};
+use crate::repair;
 use crate::report::assemble::{build_report, Selection};
 use crate::run_lock::{LockError, RunLock};
 use crate::store::{RunRecord, RunStatus, Store, StoreError};
@@ -27,7 +29,7 @@ pub struct RunContext<'a> {
     pub clock: &'a dyn Clock,
     /// Called as pages arrive; the daemon passes [`no_progress`].
     pub progress: ProgressFn<'a>,
-    /// Stops the fetch; the run is then recorded as failed and stores nothing.
+    /// Stops the run until it commits; it is then recorded as failed and stores nothing.
     pub cancel: &'a CancellationToken,
 }
 
@@ -56,6 +58,14 @@ pub async fn run_source(
     if synced.diff.is_some() {
         write_run_reports(context, source, &synced.run).await;
         prune(context, source).await;
+        // A run before this one that a stopped process left without its reports. Not after
+        // a failed run: what failed may be the store itself (a full disk).
+        let window = repair::Window {
+            up_to: Some(&synced.run.run_id),
+            inclusive: false,
+            count: repair::AFTER_RUN,
+        };
+        repair::repair_source(context, source, window).await;
     }
     drop(lock);
     log_finished(&synced.run, started.elapsed());
@@ -83,12 +93,17 @@ pub async fn record_lock_failure(
     Ok(synced)
 }
 
-/// Writes the configured reports of a complete run, from its ledger entry and off the async
-/// executor (a PDF waits for Chromium), and records the files in the ledger. A report is
-/// evidence about a run that is already stored, so a failure here is a warning: `aksync
-/// report` can write it again.
-async fn write_run_reports(context: &RunContext<'_>, source: &SourceConfig, run: &RunRecord) {
-    if context.config.output.reports.is_empty() {
+/// Writes the configured reports of a complete run (unless `output.reports_per_run` leaves
+/// it without), from its ledger entry and off the async executor (a PDF waits for
+/// Chromium), and records the files in the ledger. A report is evidence about a run that is
+/// already stored, so a failure here is a warning: `aksync report` can write it again.
+pub(crate) async fn write_run_reports(
+    context: &RunContext<'_>,
+    source: &SourceConfig,
+    run: &RunRecord,
+) {
+    let output = &context.config.output;
+    if output.reports.is_empty() || !output.reports_per_run.writes(run) {
         return;
     }
     let (config, source, store) = (

@@ -3,7 +3,10 @@
 //! ([`crate::plan`]: store writes, envelopes and the diff from one classification) → commit.
 //!
 //! Every fault ends as a failed run with its error; a partial directory is never stored, and
-//! so never becomes leavers or envelopes. The run records the source's latest complete run
+//! so never becomes leavers or envelopes. A stop (the cancellation token) reaches every step:
+//! the fetch, the plan (at every record) and the commit (while it waits for the database and
+//! between its writes, before the transaction commits); the run is then recorded as failed,
+//! "cancelled by shutdown", and its envelope file is removed. The run records the source's latest complete run
 //! when it starts and commits only if that is still the latest, so two runs of one source can
 //! never commit history backwards.
 
@@ -110,8 +113,8 @@ pub struct SyncedRun {
 }
 
 /// Runs one sync and records it. Only a failure to record the run is an error; everything
-/// that goes wrong upstream becomes a failed run, and so does a fetch that `cancel` stops:
-/// such a run stores nothing of the directory.
+/// that goes wrong upstream becomes a failed run, and so does a run that `cancel` stops
+/// before its commit has committed: such a run stores nothing of the directory.
 pub async fn sync_source(
     config: &Config,
     source: &SourceConfig,
@@ -182,6 +185,7 @@ pub async fn sync_source(
         latest: state.latest_complete,
         collected: fetched.collected,
         token_user: Some(fetched.token_user),
+        cancel: cancel.clone(),
     };
     match blocking(store, move |store| job.store(store)).await {
         Ok(synced) => Ok(synced),
@@ -350,6 +354,8 @@ pub(crate) struct CompleteRun {
     pub collected: Collected,
     /// Whom the token belongs to, recorded with the run.
     pub token_user: Option<TokenUser>,
+    /// Stops the plan and the commit: the run is then recorded as failed and stores nothing.
+    pub cancel: CancellationToken,
 }
 
 impl CompleteRun {
@@ -362,11 +368,13 @@ impl CompleteRun {
             compared_run(self.latest.clone(), &self.outcome.settings_fingerprint);
         let run_id = store.new_run_id(&source.name, self.outcome.started_at)?;
         let fail = |reason: String| Rejected::Failed(Box::new(self.outcome.clone()), reason);
+        let cancelled = || self.cancel.is_cancelled();
         let plan_started = std::time::Instant::now();
         let reader = store.reader()?;
         let planned = self
             .plan(&reader, &run_id, previous.as_ref(), baseline_reason.clone())
             .map_err(|error| match error {
+                PlanError::Store(StoreError::Cancelled) => fail(CANCELLED_BY_SHUTDOWN.into()),
                 PlanError::Store(error) => Rejected::Store(error),
                 other => fail(other.to_string()),
             })?;
@@ -433,6 +441,9 @@ impl CompleteRun {
             source_state: vec![(KeptState::SnapshotDigest, snapshot_state)],
             privileged_after: privileged_now,
         };
+        if cancelled() {
+            return Err(fail(CANCELLED_BY_SHUTDOWN.into()));
+        }
         // The outbox exists before the run does; it goes again if the run is not stored.
         let path = envelopes
             .persist()
@@ -445,6 +456,7 @@ impl CompleteRun {
             ops,
             health: self.outcome.health.clone(),
             ledger: &mut pending,
+            cancelled: &cancelled,
         });
         tracing::debug!(source = %source.name, seconds = commit_started.elapsed().as_secs_f64(), "committed");
         match committed {
@@ -455,7 +467,9 @@ impl CompleteRun {
             Err(error) => {
                 remove_orphan(&path);
                 match error {
-                    StoreError::Conflict { .. } => Err(fail(error.to_string())),
+                    StoreError::Conflict { .. } | StoreError::Cancelled => {
+                        Err(fail(error.to_string()))
+                    }
                     other => Err(fail(format!("the run could not be stored: {other}"))),
                 }
             }
@@ -509,7 +523,9 @@ impl CompleteRun {
         });
         snapshot.spent = loading.elapsed();
         planner.track_snapshot(snapshot);
-        plan_sync(reader, &source.name, &self.collected, &mut planner)?;
+        plan_sync(reader, &source.name, &self.collected, &mut planner, &|| {
+            self.cancel.is_cancelled()
+        })?;
         let mut planned = planner.finish()?;
         // Accounts purged now left in an earlier run: its ledger entry says when.
         for uid in planned.input.history_needed(true) {

@@ -144,6 +144,7 @@ impl TestSource {
             latest,
             collected,
             token_user: None,
+            cancel: tokio_util::sync::CancellationToken::new(),
         })
     }
 

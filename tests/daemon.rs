@@ -105,8 +105,13 @@ impl Daemon {
     }
 
     /// Sends SIGTERM and waits up to `limit` for the exit.
-    async fn stop_within(mut self, limit: Duration) -> (ExitStatus, String) {
+    async fn stop_within(self, limit: Duration) -> (ExitStatus, String) {
         self.signal(libc::SIGTERM);
+        self.exit_within(limit).await
+    }
+
+    /// Waits up to `limit` for the exit.
+    async fn exit_within(mut self, limit: Duration) -> (ExitStatus, String) {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -114,7 +119,7 @@ impl Daemon {
             }
             assert!(
                 Instant::now() < deadline,
-                "the daemon did not exit within {limit:?} of SIGTERM:\n{}",
+                "the daemon did not exit within {limit:?}:\n{}",
                 self.log()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -242,12 +247,19 @@ async fn a_seconds_schedule_makes_several_complete_runs() {
     let log = daemon.stop().await;
     let runs = runs(&env, "corp");
     assert!(runs.iter().all(|run| run.status == RunStatus::Complete));
-    // Each run writes its reports and logs its start and its end with counts.
+    // Each run that changed something (here the first) writes its reports (reports_per_run
+    // = "changes"), and every run logs its start and its end with counts.
+    assert!(runs.last().unwrap().changed_anything());
     for run in &runs {
         let report = env
             .state_dir()
             .join(format!("reports/corp/{}.html", run.run_id));
-        assert!(report.is_file(), "{}", report.display());
+        assert_eq!(
+            report.is_file(),
+            run.changed_anything(),
+            "{}",
+            report.display()
+        );
     }
     assert!(log.contains("aksync daemon started"), "{log}");
     assert!(log.contains("run started source=corp"), "{log}");
@@ -403,6 +415,169 @@ async fn sigterm_cancels_a_slow_sync_and_records_it_failed() {
         .join(format!("envelopes/corp/{}.jsonl", interrupted.run_id));
     assert!(!outbox.exists());
     assert!(log.contains("stopping") && log.contains("stopped"), "{log}");
+}
+
+/// The envelope files of a source, by name.
+fn envelope_files(env: &TestEnv, source: &str) -> BTreeSet<String> {
+    std::fs::read_dir(env.state_dir().join("envelopes").join(source))
+        .map(|entries| {
+            entries
+                .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_slow_commit_aborts_it_and_records_the_run_failed() {
+    let env = TestEnv::start(30).await;
+    env.sync_ok();
+    let corp = schedule(YEARLY, false);
+    write_config(&env, &[("corp", &corp)], "");
+    let mut daemon = Daemon::start(&env);
+    daemon
+        .wait_for("the start", || {
+            when(daemon_log_contains(&env, "aksync daemon started"))
+        })
+        .await;
+    // Another process holds the database's write transaction, so a run's commit waits for
+    // it: a commit as slow as this test wants.
+    let (held, holding) = std::sync::mpsc::channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let store = env.store();
+    let corp_run = runs(&env, "corp")[0].run_id.clone();
+    let holder = std::thread::spawn(move || {
+        store
+            .update_run(&corp_run, |_| {
+                held.send(()).unwrap();
+                released.recv().ok();
+                Ok(())
+            })
+            .unwrap();
+    });
+    holding.recv().unwrap();
+    // A source added by reload runs at once.
+    write_config(
+        &env,
+        &[("corp", &corp), ("hr", &schedule(YEARLY, true))],
+        "",
+    );
+    daemon.signal(libc::SIGHUP);
+    // The envelope file is put in place just before the commit begins.
+    daemon
+        .wait_for("the run to reach its commit", || {
+            when(!envelope_files(&env, "hr").is_empty())
+        })
+        .await;
+    daemon.signal(libc::SIGTERM);
+    // The commit gives up; recording the failed run then waits for the database too.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    release.send(()).unwrap();
+    holder.join().unwrap();
+    let (status, log) = daemon.exit_within(STOP_LIMIT).await;
+    assert_eq!(status.code(), Some(0), "{log}");
+
+    let hr = runs(&env, "hr");
+    assert_eq!(hr.len(), 1, "{hr:#?}");
+    assert_eq!(hr[0].status, RunStatus::Failed, "{log}");
+    assert_eq!(hr[0].error.as_deref(), Some("cancelled by shutdown"));
+    assert!(hr[0].cancelled_by_shutdown());
+    // Nothing of the aborted commit is stored, and its envelope file is gone.
+    assert_eq!(env.store().latest_complete("hr").unwrap(), None);
+    assert_eq!(envelope_files(&env, "hr"), BTreeSet::new());
+    let verified = env.aksync(&["verify"]);
+    assert_eq!(verified.code, 0, "{}{}", verified.stdout, verified.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_killed_after_its_commit_gets_its_reports_at_the_next_start() {
+    let env = TestEnv::start(10).await;
+    // A Chromium that never answers: the run commits, then waits on its PDF report, and
+    // the process is killed there, before any report or its ledger entry is written.
+    let chromium = env.dir.path().join("hanging-chromium");
+    let chromium_pid = env.dir.path().join("chromium.pid");
+    std::fs::write(
+        &chromium,
+        format!(
+            "#!/bin/sh\necho $$ > {}\nexec sleep 60\n",
+            chromium_pid.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &chromium,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let reports = |formats: &str| format!("[output]\nreports = [{formats}]\n");
+    write_config(
+        &env,
+        &[("corp", &schedule(YEARLY, true))],
+        &reports("\"pdf\", \"json\", \"md\""),
+    );
+    let mut daemon = Daemon::start_with(&env, &[("AKSYNC_CHROMIUM", chromium.to_str().unwrap())]);
+    let pid = daemon
+        .wait_for("the PDF report to start", || {
+            std::fs::read_to_string(&chromium_pid)
+                .ok()?
+                .trim()
+                .parse::<i32>()
+                .ok()
+        })
+        .await;
+    let run = latest_complete(&env);
+    daemon.signal(libc::SIGKILL);
+    let _ = daemon.exit_within(STOP_LIMIT).await;
+    // SAFETY: kill(2) of the stand-in Chromium this test started, by its pid.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let reports_dir = env.state_dir().join("reports/corp");
+    let manifest = reports_dir.join(format!("{}.manifest.json", run.run_id));
+    assert!(!manifest.exists());
+
+    // The next start writes them (without the PDF, which the operator gave up), with their
+    // ledger entry, before any run.
+    write_config(
+        &env,
+        &[("corp", &schedule(YEARLY, false))],
+        &reports("\"json\", \"md\""),
+    );
+    let mut daemon = Daemon::start(&env);
+    daemon
+        .wait_for("the reports of the killed run", || when(manifest.exists()))
+        .await;
+    let log = daemon.stop().await;
+    assert!(
+        log.contains("writing the reports of a complete run that has none"),
+        "{log}"
+    );
+    for extension in ["json", "md"] {
+        assert!(reports_dir
+            .join(format!("{}.{extension}", run.run_id))
+            .exists());
+    }
+    assert_eq!(runs(&env, "corp").len(), 1, "no run was needed");
+    let verified = env.aksync(&["verify"]);
+    assert_eq!(verified.code, 0, "{}{}", verified.stdout, verified.stderr);
+
+    // Repaired once: the next start finds the ledger entry and leaves the files alone. A
+    // recorded file that changed is not rewritten: it is evidence for `aksync verify`.
+    let json = reports_dir.join(format!("{}.json", run.run_id));
+    std::fs::write(&json, b"{}").unwrap();
+    let mut daemon = Daemon::start(&env);
+    daemon
+        .wait_for("the start", || {
+            when(daemon_log_contains(&env, "aksync daemon started"))
+        })
+        .await;
+    let log = daemon.stop().await;
+    assert!(!log.contains("writing the reports"), "{log}");
+    assert!(
+        log.contains("is not as the ledger recorded it") && log.contains("aksync verify"),
+        "{log}"
+    );
+    assert_eq!(std::fs::read(&json).unwrap(), b"{}");
+    let verified = env.aksync(&["verify"]);
+    assert_eq!(verified.code, 1, "{}{}", verified.stdout, verified.stderr);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

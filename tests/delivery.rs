@@ -301,3 +301,154 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     files
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_with_the_receiver_down_needs_no_more_memory_than_the_sync() {
+    let env = TestEnv::start(20_000).await;
+    let base = std::fs::read_to_string(&env.config_path).unwrap();
+    // The sync's own peak: the first run of 20,000 people, without a webhook.
+    let sync = common::measured(&env, &["sync"], None);
+    assert_eq!(sync.run.code, 0, "{}", sync.run.stderr);
+    // The same first run again with a webhook whose receiver is down: every envelope waits.
+    std::fs::remove_dir_all(env.state_dir()).unwrap();
+    let down = common::receiver().await;
+    with_webhook(&env, &base, &down.url, 500);
+    let sync_with_webhook = common::measured(&env, &["sync"], None);
+    assert_eq!(
+        sync_with_webhook.run.code, 0,
+        "{}",
+        sync_with_webhook.run.stderr
+    );
+    let deliver = common::measured(&env, &["deliver"], None);
+    assert!(
+        deliver.run.stderr.contains("paused") || deliver.run.stdout.contains("paused"),
+        "{}{}",
+        deliver.run.stdout,
+        deliver.run.stderr
+    );
+    let run = runs(&env)[0].clone();
+    assert_eq!(
+        delivery(&env, &run).status,
+        aksync::store::DeliveryStatus::Pending
+    );
+    let file = env.state_dir().join(format!("envelopes/corp/{run}.jsonl"));
+    let file_mib = std::fs::metadata(&file).unwrap().len() / (1 << 20);
+    // Reading that file whole (and parsing it) costs several times its size.
+    assert!(file_mib >= 20, "the outbox is only {file_mib} MiB");
+    let bound = sync.max_rss_kib * 12 / 10;
+    for (what, measured) in [("sync", &sync_with_webhook), ("deliver", &deliver)] {
+        assert!(
+            measured.max_rss_kib <= bound,
+            "{what} with the receiver down peaked at {} KiB, the sync alone at {} KiB ({file_mib} MiB outbox)",
+            measured.max_rss_kib,
+            sync.max_rss_kib
+        );
+    }
+}
+
+/// Three runs, each with a joiner, delivered to `url` under `[retention] keep_runs = 1`; their
+/// ids, oldest first.
+fn three_runs_keeping_one(env: &TestEnv, url: &str) -> Vec<String> {
+    let base = std::fs::read_to_string(&env.config_path).unwrap();
+    with_webhook(
+        env,
+        &format!("{base}\n[retention]\nkeep_runs = 1\n"),
+        url,
+        500,
+    );
+    for name in ["first", "second", "third"] {
+        change(env, name);
+        env.sync_ok();
+    }
+    runs(env)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_skipped_delivery_no_longer_holds_retention() {
+    use aksync::store::DeliveryStatus::Pending;
+    let env = TestEnv::start(10).await;
+    let down = common::receiver().await;
+    let ids = three_runs_keeping_one(&env, &down.url);
+    assert!(ids.iter().all(|id| delivery(&env, id).status == Pending));
+    let kept_from = |env: &TestEnv| {
+        env.store()
+            .reader()
+            .unwrap()
+            .snapshots_kept_from("corp")
+            .unwrap()
+    };
+    // Undelivered, every run keeps its snapshot (and the one it was compared with).
+    let pruned = env.aksync(&["prune"]);
+    assert_eq!(pruned.code, 0, "{}", pruned.stderr);
+    assert_eq!(kept_from(&env), None);
+    // Once the first two are skipped, the first is history: the third still needs the
+    // second, the run it was compared with, to rebuild its outbox.
+    for id in &ids[..2] {
+        let skipped = env.aksync(&["deliver", "--skip", id]);
+        assert_eq!(skipped.code, 0, "{}", skipped.stderr);
+    }
+    let pruned = env.aksync(&["prune"]);
+    assert_eq!(pruned.code, 0, "{}", pruned.stderr);
+    assert_eq!(kept_from(&env).as_deref(), Some(ids[1].as_str()));
+    let shown = env.aksync(&["show", "accounts", "--run", &ids[0]]);
+    assert!(
+        shown.stderr.contains("removed by [retention]"),
+        "{}",
+        shown.stderr
+    );
+    let verified = env.aksync(&["verify"]);
+    assert_eq!(verified.code, 0, "{}{}", verified.stdout, verified.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbox_that_cannot_be_rebuilt_parks_its_run_and_later_runs_go() {
+    use aksync::store::DeliveryStatus::{Delivered, Parked};
+    let env = TestEnv::start(10).await;
+    let receiver = common::receiver().await;
+    let ids = three_runs_keeping_one(&env, &receiver.url);
+    // Skipped, the first run's snapshot and outbox go with retention; an admin then changes
+    // their mind about it, and about the third.
+    for id in &ids {
+        let skipped = env.aksync(&["deliver", "--skip", id]);
+        assert_eq!(skipped.code, 0, "{}", skipped.stderr);
+    }
+    let pruned = env.aksync(&["prune"]);
+    assert_eq!(pruned.code, 0, "{}", pruned.stderr);
+    let outbox = env
+        .state_dir()
+        .join(format!("envelopes/corp/{}.jsonl", ids[0]));
+    assert!(!outbox.exists());
+    let third = env.aksync(&["deliver", "--retry", &ids[2]]);
+    assert!(third.stderr.contains("paused"), "{}", third.stderr);
+    receiver.down.store(false, Ordering::SeqCst);
+    let delivered = env.aksync(&["deliver", "--retry", &ids[0]]);
+    assert_eq!(
+        delivered.code, 0,
+        "{}{}",
+        delivered.stdout, delivered.stderr
+    );
+    let first = delivery(&env, &ids[0]);
+    assert_eq!(first.status, Parked, "{first:?}");
+    let error = first.last_error.unwrap();
+    assert!(
+        error.contains("rebuilding it failed") && error.contains("removed by [retention]"),
+        "{error}"
+    );
+    assert!(
+        delivered
+            .stderr
+            .contains("its envelope file cannot be read or rebuilt")
+            && !delivered.stderr.contains("kept rejecting")
+            && delivered.stderr.contains(&format!("--skip {}", ids[0])),
+        "{}",
+        delivered.stderr
+    );
+    // The run after it went in the same pass.
+    assert_eq!(delivery(&env, &ids[2]).status, Delivered);
+    assert!(receiver
+        .batches()
+        .iter()
+        .all(|(run, _)| run.as_str() != ids[0]));
+    let verified = env.aksync(&["verify"]);
+    assert_eq!(verified.code, 0, "{}{}", verified.stdout, verified.stderr);
+}

@@ -756,3 +756,63 @@ async fn a_business_hours_schedule_is_expected_to_pause_over_the_weekend() {
         report["period"]["settings"]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_per_run_leaves_runs_that_changed_nothing_without_files_of_their_own() {
+    let env = TestEnv::start(5).await;
+    let base = std::fs::read_to_string(&env.config_path).unwrap();
+    let with_policy = |policy: &str| {
+        std::fs::write(
+            &env.config_path,
+            format!("{base}\n[output]\nreports_per_run = {policy:?}\n"),
+        )
+        .unwrap()
+    };
+    let manifest = |run_id: &str| {
+        env.state_dir()
+            .join(format!("reports/corp/{run_id}.manifest.json"))
+            .exists()
+    };
+    // By default ("changes"): the baseline has its reports, a run that changed nothing none,
+    // and no repair writes them later.
+    env.sync_ok();
+    env.sync_ok();
+    let later = env.sync_ok();
+    assert!(
+        !later.stderr.contains("writing the reports"),
+        "{}",
+        later.stderr
+    );
+    let ids = run_ids(&env);
+    assert!(manifest(&ids[0]));
+    assert!(!manifest(&ids[1]) && !manifest(&ids[2]));
+    // On demand, and in the period's report, the run is all there.
+    let single = env.aksync(&["report", &ids[1], "--format", "json"]);
+    assert_eq!(single.code, 0, "{}", single.stderr);
+    assert_eq!(single.json()["runs"].as_array().unwrap().len(), 1);
+    let period = env
+        .aksync(&["report", "--since", "2000-01-01", "--format", "json"])
+        .json();
+    assert_eq!(common::ids(&period["runs"], "run_id"), ids);
+
+    with_policy("always");
+    env.sync_ok();
+    with_policy("never");
+    env.fake
+        .with_state(|state| state.directory.add_user("new.joiner", "internal"));
+    env.sync_ok();
+    let ids = run_ids(&env);
+    assert!(manifest(&ids[3]), "always: a run that changed nothing");
+    assert!(!manifest(&ids[4]), "never: not even a joiner's run");
+    let verified = env.aksync(&["verify"]);
+    assert_eq!(verified.code, 0, "{}{}", verified.stdout, verified.stderr);
+
+    with_policy("sometimes");
+    let refused = env.aksync(&["sync"]);
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("output.reports_per_run") && refused.stderr.contains("\"changes\""),
+        "{}",
+        refused.stderr
+    );
+}

@@ -5,106 +5,18 @@
 
 mod common;
 
-use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use aksync::fake::{long_text, Fault, ListKind, ListingLies, HOSTILE_TEXT, READER_TOKEN};
-use common::{Run, TestEnv};
+use common::{measured, Measured, TestEnv};
 use serde_json::Value;
 
 /// A loose bound on the peak memory of one aksync process; the point is that a lying
 /// server cannot make it grow without end.
 const MAX_RSS_KIB: i64 = 512 * 1024;
-
-/// One run of the binary and its peak resident memory, read with `wait4`.
-struct Measured {
-    run: Run,
-    max_rss_kib: i64,
-}
-
-/// Runs aksync with the env's config; `file_size_limit` sets RLIMIT_FSIZE for it, with
-/// SIGXFSZ ignored so that a write past the limit fails with EFBIG, as on a full disk.
-// The child is reaped with wait4, which std's Child does not know about.
-#[allow(clippy::zombie_processes)]
-fn measured(env: &TestEnv, args: &[&str], file_size_limit: Option<u64>) -> Measured {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_aksync"));
-    command
-        .arg("--config")
-        .arg(&env.config_path)
-        .args(args)
-        .env_remove("AKSYNC_CONFIG")
-        .env_remove("STATE_DIRECTORY")
-        // The logger's own colours are not directory data; without them, any escape
-        // sequence on stderr came from the server or the directory.
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if let Some(limit) = file_size_limit {
-        // SAFETY: signal and setrlimit are async-signal-safe, as pre_exec requires.
-        unsafe {
-            command.pre_exec(move || {
-                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-                let rlimit = libc::rlimit {
-                    rlim_cur: limit,
-                    rlim_max: limit,
-                };
-                if libc::setrlimit(libc::RLIMIT_FSIZE, &rlimit) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-    }
-    let mut child = command.spawn().expect("aksync starts");
-    let read_all = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut bytes = Vec::new();
-            pipe.read_to_end(&mut bytes).expect("pipe reads");
-            String::from_utf8_lossy(&bytes).into_owned()
-        })
-    };
-    let stdout = read_all(Box::new(child.stdout.take().unwrap()));
-    let stderr = read_all(Box::new(child.stderr.take().unwrap()));
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: a zeroed rusage is a valid value for wait4 to fill in.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    loop {
-        // SAFETY: pid is our own child, not yet reaped; the pointers are valid.
-        let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-        if reaped == pid {
-            break;
-        }
-        let error = std::io::Error::last_os_error();
-        assert_eq!(
-            error.kind(),
-            std::io::ErrorKind::Interrupted,
-            "wait4: {error}"
-        );
-    }
-    let run = Run {
-        code: if libc::WIFEXITED(status) {
-            libc::WEXITSTATUS(status)
-        } else {
-            -1
-        },
-        stdout: stdout.join().unwrap(),
-        stderr: stderr.join().unwrap(),
-    };
-    assert!(
-        !run.stderr.contains("panicked") && !run.stderr.contains("backtrace"),
-        "aksync panicked: {}",
-        run.stderr
-    );
-    Measured {
-        run,
-        max_rss_kib: usage.ru_maxrss,
-    }
-}
 
 /// What a failed run must leave as it was.
 struct History {

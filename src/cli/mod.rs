@@ -403,9 +403,9 @@ async fn deliver_outbox(config: &Config, store: &Store, clock: &dyn Clock) -> Re
             crate::delivery::DeliveryError::Store(error) => CliError::Store(error),
             other => CliError::Runtime(other.to_string()),
         })?;
-    for run in &report.runs_parked {
+    for (run, why) in &report.runs_parked {
         eprintln!(
-            "aksync: webhook delivery of run {run} parked: the receiver kept rejecting it; decide with `aksync deliver --retry {run}` or `--skip {run}`"
+            "aksync: webhook delivery of run {run} parked: {why}; decide with `aksync deliver --retry {run}` or `--skip {run}`"
         );
     }
     if let Some(reason) = &report.stopped {

@@ -113,7 +113,7 @@ pub enum Command {
         json: bool,
     },
     /// Deliver the outbox to the webhook now, or decide about a run whose delivery was
-    /// parked because the receiver kept rejecting it.
+    /// parked (the receiver kept rejecting it, or its envelope file cannot be rebuilt).
     Deliver {
         #[command(flatten)]
         decision: DeliveryDecision,

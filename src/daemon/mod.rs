@@ -59,6 +59,8 @@ pub async fn run(
     let names: Vec<String> = config.sources.keys().cloned().collect();
     // The store must open before systemd hears READY=1; runs, delivery and the endpoint share it.
     let store = Arc::new(Store::open(&config.database_path(), STORE_WAIT)?);
+    // What a process stopped after a commit left undone, before any new run.
+    crate::repair::repair_at_start(&config, &store, &*clock).await;
     let mut histories = supervisor::read_histories(&store, &names).await?;
     let listener = match &config.http {
         Some(http) => Some(http::bind(http.listen).await.map_err(|e| runtime(&e))?),

@@ -14,7 +14,7 @@ use crate::config::SourceConfig;
 use crate::display::quote;
 use crate::runner::run_duration;
 use crate::schedule::Schedule;
-use crate::store::{ChangeCounts, DeliveryStatus, RunRecord, RunStatus, Store, StoreError};
+use crate::store::{ChangeCounts, RunRecord, RunStatus, Store, StoreError};
 
 /// How many of a source's runs the status page can show.
 pub const RECENT_RUNS: usize = 20;
@@ -30,22 +30,13 @@ pub struct History {
 }
 
 impl History {
+    /// Reads the source's newest runs, its latest complete run and its undelivered runs:
+    /// what the page shows, at a cost that does not grow with the history.
     pub fn read(store: &Store, source: &str) -> Result<History, StoreError> {
-        let runs = store.runs(Some(source))?;
         Ok(History {
-            last_complete: runs
-                .iter()
-                .find(|run| run.status == RunStatus::Complete)
-                .cloned(),
-            outbox_backlog: runs
-                .iter()
-                .filter(|run| {
-                    run.delivery
-                        .as_ref()
-                        .is_some_and(|delivery| delivery.status == DeliveryStatus::Pending)
-                })
-                .count() as u64,
-            recent_runs: runs.into_iter().take(RECENT_RUNS).collect(),
+            recent_runs: store.recent_runs(source, RECENT_RUNS)?,
+            last_complete: store.latest_complete(source)?,
+            outbox_backlog: store.undelivered_runs(source)?.len() as u64,
         })
     }
 

@@ -22,7 +22,8 @@ use crate::runner::{no_progress, record_lock_failure, run_source, RunContext};
 use crate::store::{DeliveryStatus, RunRecord, RunStatus, Store, StoreError};
 
 /// How long a stop waits for cancelled runs to record themselves as failed. With the
-/// endpoint's and the runtime's own grace, the process is gone within 10 seconds.
+/// endpoint's and the runtime's own grace, the process is gone within 9 seconds
+/// (`TimeoutStopSec=15s` in systemd/aksync.service leaves margin).
 const STOP_GRACE: Duration = Duration::from_secs(6);
 
 /// A run task's end, sent back to the daemon's loop.

@@ -122,12 +122,13 @@ pub fn backfill(
     signer: Option<&Arc<SigningKey>>,
     now: DateTime<Utc>,
 ) -> Result<u64, StoreError> {
+    // Every run checks this first: a source with a ledger costs one read, whatever its history.
+    if store.reader()?.chain_head(&source.name)?.next_seq > 0 {
+        return Ok(0);
+    }
     let mut runs = store.runs(Some(&source.name))?;
-    {
-        let reader = store.reader()?;
-        if runs.is_empty() || reader.chain_head(&source.name)?.next_seq > 0 {
-            return Ok(0);
-        }
+    if runs.is_empty() {
+        return Ok(0);
     }
     runs.reverse();
     tracing::info!(

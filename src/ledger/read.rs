@@ -49,32 +49,6 @@ fn entry_seq(reader: &Reader<'_>, run_id: &str) -> Result<Option<u64>, LedgerErr
     }
 }
 
-/// Every entry about one run, in order: its own, then those after it (its reports) up to
-/// the source's next run.
-pub fn run_entries(
-    reader: &Reader<'_>,
-    source: &str,
-    run_id: &str,
-) -> Result<Vec<Sealed>, LedgerError> {
-    let Some(seq) = entry_seq(reader, run_id)? else {
-        return Ok(Vec::new());
-    };
-    let mut found = Vec::new();
-    for row in reader.ledger_entries(source, seq)? {
-        let row = row?;
-        let entry = parse_entry(source, &row)?;
-        let seal = decode_seal(source, &row)?;
-        let own = entry.body.run_id() == Some(run_id);
-        if matches!(entry.body, Body::Run(_)) && !own {
-            break;
-        }
-        if own {
-            found.push(Sealed { entry, seal });
-        }
-    }
-    Ok(found)
-}
-
 fn decode_seal(source: &str, row: &crate::store::LedgerRow) -> Result<Seal, LedgerError> {
     Seal::decode(&row.seal).ok_or_else(|| LedgerError::Unreadable {
         source_name: source.to_string(),
@@ -113,19 +87,26 @@ pub fn run_evidence(
     }
 }
 
-/// The report files a run wrote, as their entries recorded them (the latest set last).
+/// The report files of a run as the ledger last recorded them: the newest `reports` entry
+/// about it, anywhere from its own entry to the chain's head (one written after a crash
+/// comes after later runs). Reads the entries since the run.
 pub fn report_files(
     reader: &Reader<'_>,
     source: &str,
     run_id: &str,
-) -> Result<Vec<ReportFiles>, LedgerError> {
-    Ok(run_entries(reader, source, run_id)?
-        .into_iter()
-        .filter_map(|sealed| match sealed.entry.body {
-            Body::Reports(files) => Some(files),
-            _ => None,
-        })
-        .collect())
+) -> Result<Option<ReportFiles>, LedgerError> {
+    let Some(seq) = entry_seq(reader, run_id)? else {
+        return Ok(None);
+    };
+    let mut found = None;
+    for row in reader.ledger_entries(source, seq)? {
+        if let Body::Reports(files) = parse_entry(source, &row?)?.body {
+            if files.run_id == run_id {
+                found = Some(files);
+            }
+        }
+    }
+    Ok(found)
 }
 
 /// The privileged accounts at the end of a run whose entry is `evidence`: its whole list, or

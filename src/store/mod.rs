@@ -35,6 +35,7 @@ mod guard;
 pub mod ledger;
 mod migrate;
 pub mod ops;
+mod outbox;
 pub mod prune;
 pub mod run;
 #[cfg(test)]
@@ -126,6 +127,9 @@ pub enum StoreError {
     Conflict { source_name: String, found: String },
     #[error("the run was not stored: {0}")]
     Aborted(String),
+    /// aksync's own stop reached a run's plan or commit; nothing of it was stored.
+    #[error("{CANCELLED_BY_SHUTDOWN}")]
+    Cancelled,
 }
 
 /// One stored version of a record, as [`Reader::versions`] returns it; its entry is parsed
@@ -173,7 +177,14 @@ pub struct CommitPlan<'a> {
     pub health: Option<HealthRecord>,
     /// The run's ledger entry, appended in the same transaction.
     pub ledger: &'a mut dyn Sealer,
+    /// Asked while the commit waits for the database and as it writes: once it says yes,
+    /// the transaction is dropped uncommitted and the commit fails with
+    /// [`StoreError::Cancelled`].
+    pub cancelled: &'a dyn Fn() -> bool,
 }
+
+/// How many planned writes a commit applies between two looks at its cancellation.
+const WRITES_BETWEEN_CANCEL_CHECKS: usize = 1024;
 
 pub struct Store {
     db: Handle,
@@ -395,7 +406,8 @@ impl Store {
 
     /// Stores a planned complete run in one write transaction and returns its record.
     pub fn commit_complete(&self, mut plan: CommitPlan<'_>) -> Result<RunRecord, StoreError> {
-        self.write(|txn| {
+        let cancelled = plan.cancelled;
+        self.write_unless(cancelled, |txn| {
             let source = plan.record.source.clone();
             let run_id = plan.record.run_id.clone();
             let (latest, last) = {
@@ -417,6 +429,7 @@ impl Store {
             if plan.reset {
                 tables.reset_source(&source, &run_id)?;
             }
+            let mut applied = 0usize;
             while let Some(op) = plan.ops.next_op().map_err(|error| {
                 Failure::Store(StoreError::Io {
                     path: self.path.clone(),
@@ -424,6 +437,10 @@ impl Store {
                 })
             })? {
                 tables.apply(&source, &run_id, op)?;
+                applied += 1;
+                if applied.is_multiple_of(WRITES_BETWEEN_CANCEL_CHECKS) && cancelled() {
+                    return Err(Failure::Store(StoreError::Cancelled));
+                }
             }
             let head = ledger::head_in(self, txn, &source)?;
             plan.record.ledger_seq = Some(head.next_seq);
@@ -431,6 +448,7 @@ impl Store {
             self.guard
                 .call(|| tables.latest.insert(source.as_str(), run_id.as_str()))?;
             drop(tables);
+            outbox::settle_mark(self, txn, &plan.record)?;
             ledger::append_in(
                 self,
                 txn,
@@ -476,6 +494,7 @@ impl Store {
             let head = ledger::head_in(self, txn, &record.source)?;
             record.ledger_seq = Some(head.next_seq);
             WriteTables::open(self, txn)?.put_run(&record)?;
+            outbox::settle_mark(self, txn, &record)?;
             ledger::append_in(self, txn, &record.source, &head, Some(&record), ledger)?;
             Ok(record)
         })
@@ -498,6 +517,8 @@ impl Store {
                 .map_err(|reason| Failure::Store(StoreError::Aborted(reason)))?;
             let bytes = to_json(&record)?;
             self.guard.call(|| runs.insert(run_id, bytes.as_slice()))?;
+            drop(runs);
+            outbox::settle_mark(self, txn, &record)?;
             Ok(result)
         })
     }
@@ -656,8 +677,22 @@ impl Store {
         &self,
         operation: impl FnOnce(&WriteTransaction) -> Result<T, Failure>,
     ) -> Result<T, StoreError> {
-        let txn = self.begin_write()?;
+        self.write_unless(&|| false, operation)
+    }
+
+    /// [`Store::write`], given up (nothing committed) with [`StoreError::Cancelled`] once
+    /// `cancelled` says so, while it waits for the database or after `operation`.
+    fn write_unless<T>(
+        &self,
+        cancelled: &dyn Fn() -> bool,
+        operation: impl FnOnce(&WriteTransaction) -> Result<T, Failure>,
+    ) -> Result<T, StoreError> {
+        let txn = self.begin_write(cancelled)?;
         let value = operation(&txn).map_err(|failure| failure.into_store_error(&self.path))?;
+        if cancelled() {
+            // Dropped, the transaction is aborted.
+            return Err(StoreError::Cancelled);
+        }
         self.guard
             .call(|| txn.commit())
             .map_err(|failure| failure.into_store_error(&self.path))?;
@@ -669,7 +704,7 @@ impl Store {
         &self,
         operation: impl FnOnce(&WriteTransaction) -> Result<T, Failure>,
     ) -> Result<T, StoreError> {
-        let txn = self.begin_write()?;
+        let txn = self.begin_write(&|| false)?;
         let value = operation(&txn).map_err(|failure| failure.into_store_error(&self.path))?;
         self.guard
             .call(|| txn.abort())
@@ -677,7 +712,7 @@ impl Store {
         Ok(value)
     }
 
-    fn begin_write(&self) -> Result<WriteTransaction, StoreError> {
+    fn begin_write(&self, cancelled: &dyn Fn() -> bool) -> Result<WriteTransaction, StoreError> {
         let Handle::Writable(db) = &self.db else {
             return Err(StoreError::Internal {
                 path: self.path.clone(),
@@ -688,6 +723,9 @@ impl Store {
         loop {
             match self.guard.call(|| Ok::<_, Failure>(db.try_begin_write())) {
                 Ok(Ok(txn)) => return Ok(txn),
+                Ok(Err(TransactionError::WouldBlock)) if cancelled() => {
+                    return Err(StoreError::Cancelled)
+                }
                 Ok(Err(TransactionError::WouldBlock)) if started.elapsed() < self.wait => {
                     std::thread::sleep(POLL_INTERVAL)
                 }

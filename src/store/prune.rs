@@ -5,7 +5,8 @@
 //! of the last `keep_days` days and of its newest `keep_runs` complete runs. The run the
 //! oldest kept run was compared with stays too, as the anchor, so that every kept run's
 //! diff and envelope file can still be replayed exactly; so does any run whose envelopes are
-//! not delivered yet (a skipped delivery is decided, and does not hold retention). What goes
+//! not delivered yet, with the run it was compared with (a skipped delivery is decided, and
+//! does not hold retention). What goes
 //! is the record versions only older runs saw (a version closed at or before the anchor is
 //! visible to no kept run). Run records and ledger entries stay: a pruned run still counts
 //! in reports and its chain still verifies. Tombstones and the deletion log stay, so that a
@@ -91,7 +92,8 @@ pub fn plan_prune(
         Some(previous) if complete.iter().any(|run| &run.run_id == previous) => previous.clone(),
         _ => oldest.run_id.clone(),
     };
-    // An outbox that is not delivered is never lost; one whose delivery was skipped is.
+    // An outbox that is not delivered can always be rebuilt: its run keeps the run it was
+    // compared with. One whose delivery was skipped holds nothing.
     if let Some(undelivered) = runs.iter().find(|run| {
         run.delivery.as_ref().is_some_and(|delivery| {
             !matches!(
@@ -100,7 +102,8 @@ pub fn plan_prune(
             )
         })
     }) {
-        anchor = anchor.min(undelivered.run_id.clone());
+        let compared_with = undelivered.previous_run.as_ref();
+        anchor = anchor.min(compared_with.unwrap_or(&undelivered.run_id).clone());
     }
     let pruned: Vec<RunRecord> = runs
         .iter()
@@ -425,14 +428,25 @@ mod tests {
     #[test]
     fn an_undelivered_outbox_is_never_pruned() {
         let mut runs = history();
-        runs[2].delivery = Some(DeliveryState::pending());
         let keep_one = Retention {
             keep_runs: Some(1),
             ..Retention::default()
         };
+        // R4 waits: it and R3, which it was compared with, stay, so its file can be rebuilt.
+        runs[3].delivery = Some(DeliveryState::pending());
         assert_eq!(
             pruned(plan_prune("corp", &runs, &keep_one, now())),
             ["R01", "R02"]
+        );
+        // R3 waits, and it was compared with R1.
+        runs[3].delivery = None;
+        runs[2].delivery = Some(DeliveryState::pending());
+        assert_eq!(plan_prune("corp", &runs, &keep_one, now()), None);
+        // A skipped delivery holds nothing.
+        runs[2].delivery.as_mut().unwrap().status = DeliveryStatus::Skipped;
+        assert_eq!(
+            pruned(plan_prune("corp", &runs, &keep_one, now())),
+            ["R01", "R02", "R03"]
         );
     }
 }

@@ -103,6 +103,17 @@ pub struct RunRecord {
 }
 
 impl RunRecord {
+    /// Whether the run has anything to report on its own: a baseline (the start of its
+    /// evidence), changed records (every change has an envelope) or changed settings.
+    pub fn changed_anything(&self) -> bool {
+        self.previous_run.is_none()
+            || self
+                .envelopes
+                .as_ref()
+                .is_some_and(|summary| summary.lines > 0)
+            || !self.settings_changed.is_empty()
+    }
+
     /// Whether aksync's own stop cancelled the run: a failure of aksync's uptime, not of the
     /// source, so health looks past it.
     pub fn cancelled_by_shutdown(&self) -> bool {
@@ -148,8 +159,9 @@ pub struct EnvelopeSummary {
 pub enum DeliveryStatus {
     Pending,
     Delivered,
-    /// The receiver kept rejecting a batch (a 4xx such as 413): held back, so that later runs
-    /// still go, until an admin runs `aksync deliver --retry` or `--skip`.
+    /// The receiver kept rejecting a batch (a 4xx such as 413), or the envelope file is gone
+    /// and cannot be rebuilt: held back, so that later runs still go, until an admin runs
+    /// `aksync deliver --retry` or `--skip`.
     Parked,
     /// An admin decided that this run's envelopes are not delivered.
     Skipped,

@@ -506,3 +506,93 @@ fn a_schema_2_database_is_migrated() {
 fn migrate_v1_versions() -> TableDefinition<'static, &'static str, &'static [u8]> {
     TableDefinition::new("record_versions")
 }
+
+/// Stores a run whose only user is named `name`, with envelopes waiting for a webhook when
+/// `webhook` says so.
+fn run_with_outbox(source: &mut TestSource, name: &str, webhook: bool) -> RunRecord {
+    let latest = source.store.latest_complete("corp").unwrap();
+    let mut job = source
+        .collect(vec![user(1, name, &[])], vec![], latest)
+        .unwrap();
+    job.webhook = webhook;
+    match job.store(&source.store) {
+        Ok(synced) => synced.run,
+        Err(crate::sync::Rejected::Failed(_, reason)) => panic!("{reason}"),
+        Err(crate::sync::Rejected::Store(error)) => panic!("{error}"),
+    }
+}
+
+#[test]
+fn the_outbox_is_the_undelivered_runs_whatever_the_history_and_follows_decisions() {
+    let mut source = TestSource::new();
+    let mut waiting = Vec::new();
+    for n in 0..300 {
+        let run = run_with_outbox(&mut source, &format!("name {n}"), n % 100 == 50);
+        if n % 100 == 50 {
+            waiting.push(run.run_id);
+        }
+    }
+    let outbox = |store: &Store| -> Vec<String> {
+        let runs = store.undelivered_runs("corp").unwrap();
+        runs.into_iter().map(|run| run.run_id).collect()
+    };
+    assert_eq!(outbox(&source.store), waiting);
+    assert_eq!(source.store.sources_with_runs().unwrap(), ["corp"]);
+    let set = |store: &Store, run_id: &str, status: DeliveryStatus| {
+        store
+            .update_run(run_id, |record| {
+                record.delivery.as_mut().unwrap().status = status;
+                Ok(())
+            })
+            .unwrap()
+    };
+    set(&source.store, &waiting[0], DeliveryStatus::Delivered);
+    assert_eq!(outbox(&source.store), waiting[1..]);
+    // A run put back in the queue (a retry) is found again, before the others.
+    set(&source.store, &waiting[0], DeliveryStatus::Pending);
+    assert_eq!(outbox(&source.store), waiting);
+    for run_id in &waiting {
+        set(&source.store, run_id, DeliveryStatus::Skipped);
+    }
+    assert_eq!(outbox(&source.store), Vec::<String>::new());
+    // Failed runs and runs without envelopes move the mark too.
+    source.fail(outcome(400), "unreachable");
+    assert_eq!(outbox(&source.store), Vec::<String>::new());
+    let last = run_with_outbox(&mut source, "last", true);
+    assert_eq!(outbox(&source.store), std::slice::from_ref(&last.run_id));
+    let recent = source.store.recent_runs("corp", 3).unwrap();
+    assert_eq!(recent.len(), 3);
+    assert_eq!(recent[0].run_id, last.run_id);
+    assert_eq!(recent[1].status, RunStatus::Failed);
+}
+
+#[test]
+fn a_cancelled_plan_stores_nothing_and_leaves_no_envelope_file() {
+    let mut source = TestSource::new();
+    let first = run_with_outbox(&mut source, "first", false);
+    let latest = source.store.latest_complete("corp").unwrap();
+    let job = source
+        .collect(
+            vec![user(1, "second", &[]), user(2, "third", &[])],
+            vec![],
+            latest,
+        )
+        .unwrap();
+    job.cancel.cancel();
+    match job.store(&source.store) {
+        Err(crate::sync::Rejected::Failed(_, reason)) => {
+            assert_eq!(reason, CANCELLED_BY_SHUTDOWN)
+        }
+        Ok(synced) => panic!("stored {synced:?}", synced = synced.run),
+        Err(crate::sync::Rejected::Store(error)) => panic!("{error}"),
+    }
+    assert_eq!(
+        source.store.latest_complete("corp").unwrap().unwrap(),
+        first
+    );
+    let outbox: Vec<_> = std::fs::read_dir(source.dir.path().join("envelopes/corp"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(outbox, [format!("{}.jsonl", first.run_id)]);
+}

@@ -6,8 +6,10 @@
 
 pub mod browser;
 
+use std::io::Read;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -128,6 +130,93 @@ pub fn write_secret(path: &Path, content: &str) {
         .open(path)
         .unwrap();
     file.write_all(content.as_bytes()).unwrap();
+}
+
+/// One run of the binary and its own peak resident memory.
+pub struct Measured {
+    pub run: Run,
+    pub max_rss_kib: i64,
+}
+
+/// Runs aksync with the env's config; `file_size_limit` sets RLIMIT_FSIZE for it, with
+/// SIGXFSZ ignored so that a write past the limit fails with EFBIG, as on a full disk.
+pub fn measured(env: &TestEnv, args: &[&str], file_size_limit: Option<u64>) -> Measured {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_aksync"));
+    command
+        .arg("--config")
+        .arg(&env.config_path)
+        .args(args)
+        .env_remove("AKSYNC_CONFIG")
+        .env_remove("STATE_DIRECTORY")
+        // The logger's own colours are not directory data; without them, any escape
+        // sequence on stderr came from the server or the directory.
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(limit) = file_size_limit {
+        // SAFETY: signal and setrlimit are async-signal-safe, as pre_exec requires.
+        unsafe {
+            command.pre_exec(move || {
+                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                let rlimit = libc::rlimit {
+                    rlim_cur: limit,
+                    rlim_max: limit,
+                };
+                if libc::setrlimit(libc::RLIMIT_FSIZE, &rlimit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let mut child = command.spawn().expect("aksync starts");
+    let read_all = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            pipe.read_to_end(&mut bytes).expect("pipe reads");
+            String::from_utf8_lossy(&bytes).into_owned()
+        })
+    };
+    let stdout = read_all(Box::new(child.stdout.take().unwrap()));
+    let stderr = read_all(Box::new(child.stderr.take().unwrap()));
+    let pid = child.id();
+    // The peak of the process's own memory (VmHWM), read until it has exited: `wait4`'s
+    // ru_maxrss also counts the test process's memory at the fork, which is shared with the
+    // other tests of the binary.
+    let watcher = std::thread::spawn(move || {
+        let mut peak = 0;
+        while let Some(kib) = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .as_deref()
+            .and_then(own_peak_kib)
+        {
+            peak = kib;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        peak
+    });
+    // Reaped only once the watcher has seen it exit, so that it never reads another process
+    // that reuses the pid.
+    let max_rss_kib = watcher.join().unwrap();
+    let status = child.wait().expect("aksync exits");
+    let run = Run {
+        code: status.code().unwrap_or(-1),
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    };
+    assert!(
+        !run.stderr.contains("panicked") && !run.stderr.contains("backtrace"),
+        "aksync panicked: {}",
+        run.stderr
+    );
+    Measured { run, max_rss_kib }
+}
+
+/// `VmHWM` of a `/proc/<pid>/status`, in KiB; a process that has exited has none.
+fn own_peak_kib(status: &str) -> Option<i64> {
+    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 pub fn run_binary(config: Option<&Path>, args: &[&str]) -> Run {

@@ -1,0 +1,233 @@
+//! What a crash can leave behind a complete run, put right: its reports are written after
+//! its commit, so a process killed in between leaves a complete run without them, and its
+//! envelope file may go missing. Looked for at the daemon's start and after every complete
+//! run, under the source's run lock, in the newest few complete runs only ([`AT_START`],
+//! [`AFTER_RUN`]): a crash is repaired by the next complete run or start, so the window never
+//! needs the history.
+//!
+//! A run's reports are written again, with their `reports` entry in the ledger, only when a
+//! configured report file is missing and the ledger has no `reports` entry for the run:
+//! nothing ever recorded them, so nothing recorded is rewritten. Report files that the ledger
+//! recorded and that are missing or differ are evidence of tampering (or of a restore) for
+//! `aksync verify` to report; they are never rewritten, and a warning names them. A missing
+//! envelope file is rebuilt from the store, which refuses unless it hashes to what the run
+//! recorded. Runs whose snapshots retention pruned are left alone: their files went by
+//! design, and a `pruned` entry says so.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::artifacts::{manifest_path, rebuild_envelopes, report_path};
+use crate::clock::Clock;
+use crate::config::{Config, SourceConfig};
+use crate::envelope::{envelope_path, sha256_of};
+use crate::ledger::entry::ReportFiles;
+use crate::run_lock::{source_lock_path, RunLock, TryLock};
+use crate::runner::{no_progress, write_run_reports, RunContext};
+use crate::store::{RunRecord, Store, StoreError};
+
+/// Complete runs checked at the daemon's start, per source.
+pub const AT_START: usize = 5;
+/// Complete runs before a run that are checked after it.
+pub const AFTER_RUN: usize = 2;
+
+/// Which runs to check: the newest `count` complete runs of the source up to `up_to` (the
+/// latest complete run when `None`), that run itself included or not.
+pub struct Window<'a> {
+    pub up_to: Option<&'a str>,
+    pub inclusive: bool,
+    pub count: usize,
+}
+
+/// At the daemon's start, before any run: repairs the newest [`AT_START`] complete runs of
+/// every source whose run lock is free (a source another process is syncing is repaired by
+/// that run).
+pub async fn repair_at_start(config: &Config, store: &Arc<Store>, clock: &dyn Clock) {
+    let cancel = CancellationToken::new();
+    let context = RunContext {
+        config,
+        store,
+        clock,
+        progress: &no_progress,
+        cancel: &cancel,
+    };
+    for source in config.sources.values() {
+        let lock = match RunLock::try_acquire(&source_lock_path(&config.state_dir, &source.name)) {
+            Ok(TryLock::Acquired(lock)) => lock,
+            Ok(TryLock::Held { .. }) => continue,
+            Err(error) => {
+                tracing::warn!(source = %source.name, "cannot check the artifacts of the latest runs: {error}");
+                continue;
+            }
+        };
+        let window = Window {
+            up_to: None,
+            inclusive: true,
+            count: AT_START,
+        };
+        repair_source(&context, source, window).await;
+        drop(lock);
+    }
+}
+
+/// Repairs the runs of `source` in `window`; the caller holds the source's run lock. A
+/// repair that fails is a warning: the run is stored, and the next check tries again.
+pub async fn repair_source(context: &RunContext<'_>, source: &SourceConfig, window: Window<'_>) {
+    let (config, store, source_copy) = (
+        context.config.clone(),
+        Arc::clone(context.store),
+        source.clone(),
+    );
+    let (up_to, inclusive, count) = (
+        window.up_to.map(str::to_string),
+        window.inclusive,
+        window.count,
+    );
+    let inspected = tokio::task::spawn_blocking(move || {
+        inspect(
+            &config,
+            &store,
+            &source_copy,
+            up_to.as_deref(),
+            inclusive,
+            count,
+        )
+    })
+    .await;
+    let inspected = inspected
+        .map_err(|error| error.to_string())
+        .and_then(|runs| runs.map_err(|error| error.to_string()));
+    let unreported = match inspected {
+        Ok(runs) => runs,
+        Err(error) => {
+            tracing::warn!(source = %source.name, "cannot check the artifacts of the latest runs: {error}");
+            return;
+        }
+    };
+    for run in unreported {
+        tracing::info!(
+            source = %source.name,
+            run = %run.run_id,
+            "writing the reports of a complete run that has none (the process stopped after its commit)"
+        );
+        write_run_reports(context, source, &run).await;
+    }
+}
+
+/// Checks the runs in the window, rebuilds their missing envelope files and warns about
+/// recorded report files that changed; returns the runs whose reports must be written.
+fn inspect(
+    config: &Config,
+    store: &Store,
+    source: &SourceConfig,
+    up_to: Option<&str>,
+    inclusive: bool,
+    count: usize,
+) -> Result<Vec<RunRecord>, StoreError> {
+    let up_to = match up_to {
+        Some(up_to) => up_to.to_string(),
+        None => match store.latest_complete(&source.name)? {
+            Some(latest) => latest.run_id,
+            None => return Ok(Vec::new()),
+        },
+    };
+    let runs = store.complete_runs_back(&source.name, &up_to, inclusive, count)?;
+    let kept_from = store.reader()?.snapshots_kept_from(&source.name)?;
+    let mut unreported = Vec::new();
+    for run in runs {
+        if kept_from
+            .as_deref()
+            .is_some_and(|kept_from| run.run_id.as_str() < kept_from)
+        {
+            continue;
+        }
+        rebuild_missing_envelopes(config, store, source, &run);
+        let recorded =
+            crate::ledger::read::report_files(&store.reader()?, &source.name, &run.run_id)
+                .map_err(|error| StoreError::Aborted(error.to_string()))?;
+        match recorded {
+            Some(recorded) => warn_changed_reports(config, source, &run, &recorded),
+            None if reports_missing(config, &run) => unreported.push(run),
+            None => {}
+        }
+    }
+    Ok(unreported)
+}
+
+fn rebuild_missing_envelopes(
+    config: &Config,
+    store: &Store,
+    source: &SourceConfig,
+    run: &RunRecord,
+) {
+    if run.envelopes.is_none() {
+        return;
+    }
+    let path = envelope_path(&config.state_dir, &source.name, &run.run_id);
+    if !is_missing(&path) {
+        return;
+    }
+    match rebuild_envelopes(&config.state_dir, store, source, run) {
+        Ok(_) => tracing::info!(
+            source = %source.name,
+            run = %run.run_id,
+            "the run's envelope file was missing: rebuilt from the store"
+        ),
+        Err(error) => tracing::warn!(
+            source = %source.name,
+            run = %run.run_id,
+            "the run's envelope file is missing and was not rebuilt: {error}"
+        ),
+    }
+}
+
+/// Whether the run should have report files of its own and one of them is not there.
+fn reports_missing(config: &Config, run: &RunRecord) -> bool {
+    let output = &config.output;
+    if output.reports.is_empty() || !output.reports_per_run.writes(run) {
+        return false;
+    }
+    let files = output
+        .reports
+        .iter()
+        .map(|format| report_path(&config.state_dir, &run.source, &run.run_id, *format))
+        .chain(std::iter::once(manifest_path(
+            &config.state_dir,
+            &run.source,
+            &run.run_id,
+        )));
+    files.into_iter().any(|path| is_missing(&path))
+}
+
+/// Report files the ledger recorded that are gone or differ are left as they are: the
+/// warning says which, for `aksync verify`.
+fn warn_changed_reports(
+    config: &Config,
+    source: &SourceConfig,
+    run: &RunRecord,
+    recorded: &ReportFiles,
+) {
+    let dir = manifest_path(&config.state_dir, &source.name, &run.run_id);
+    let dir = dir.parent().unwrap_or(Path::new("."));
+    for file in &recorded.files {
+        let path = dir.join(&file.name);
+        let found = std::fs::File::open(&path).and_then(|mut opened| sha256_of(&mut opened));
+        let problem = match found {
+            Ok(found) if found == file.sha256 => continue,
+            Ok(found) => format!("hashes to {found}, the ledger recorded {}", file.sha256),
+            Err(error) => error.to_string(),
+        };
+        tracing::warn!(
+            source = %source.name,
+            run = %run.run_id,
+            "report file {} is not as the ledger recorded it ({problem}); it is left as it is: run `aksync verify`",
+            crate::display::escape(&path.display().to_string())
+        );
+    }
+}
+
+fn is_missing(path: &Path) -> bool {
+    matches!(std::fs::symlink_metadata(path), Err(error) if error.kind() == std::io::ErrorKind::NotFound)
+}
