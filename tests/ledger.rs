@@ -175,7 +175,26 @@ async fn past_results_do_not_follow_todays_settings() {
         .iter()
         .map(|event| event["event"].as_str().unwrap())
         .collect();
-    assert!(events.contains(&"moved"), "{events:?}");
+    // Changing ignore_fields makes the run a new baseline, after the change that made it one.
+    assert_eq!(
+        events,
+        ["baseline", "moved", "settings_changed", "baseline"],
+        "{history}"
+    );
+    let settings = &history[0]["events"][2];
+    assert_eq!(settings["run_id"], r3.as_str());
+    let fields: Vec<&str> = settings["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|change| change["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["ignore_fields", "privileged_groups"]);
+    let text = env.aksync(&["history", &cast[0]]).stdout;
+    assert!(
+        text.contains("settings changed") && text.contains(&format!("(run {r3})")),
+        "{text}"
+    );
     // The change of settings is an event of the run that first ran with them.
     let period = report_json(&env, &["latest", "--from", &r1]);
     let changes = &period["period"]["settings_changes"];

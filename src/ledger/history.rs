@@ -33,6 +33,10 @@ pub enum TimelineKind {
     /// parents or roles changed).
     PrivilegeGranted,
     PrivilegeRemoved,
+    /// A run in the account's life ran with other settings than the run before (`changes`
+    /// has each key old → new): what counts as a change, or as privilege, may differ from
+    /// there on.
+    SettingsChanged,
 }
 
 impl TimelineKind {
@@ -47,6 +51,7 @@ impl TimelineKind {
             TimelineKind::Purged => "purged",
             TimelineKind::PrivilegeGranted => "privilege granted",
             TimelineKind::PrivilegeRemoved => "privilege removed",
+            TimelineKind::SettingsChanged => "settings changed",
         }
     }
 }
@@ -214,6 +219,7 @@ pub fn timeline(reader: &Reader<'_>, source: &str, uid: &str) -> Result<Timeline
         }
         ever_seen = true;
     }
+    settings_changes_in_life(reader, source, &mut events)?;
     for event in &events {
         usernames.insert(event.username.clone());
         for change in event
@@ -231,6 +237,61 @@ pub fn timeline(reader: &Reader<'_>, source: &str, uid: &str) -> Result<Timeline
         usernames: usernames.into_iter().collect(),
         events,
     })
+}
+
+/// Adds the settings changes of the runs after the account's first event, up to its
+/// departure if it left: the runs whose results about it were judged by other settings.
+fn settings_changes_in_life(
+    reader: &Reader<'_>,
+    source: &str,
+    events: &mut Vec<TimelineEvent>,
+) -> Result<(), LedgerError> {
+    let (Some(first), Some(last)) = (events.first(), events.last()) else {
+        return Ok(());
+    };
+    let from = first.run_id.clone();
+    let until = matches!(last.event, TimelineKind::Left | TimelineKind::Purged)
+        .then(|| last.run_id.clone());
+    let username = last.username.clone();
+    for (run_id, _) in reader.settings_changing_runs(source)? {
+        let in_life = run_id > from && until.as_ref().is_none_or(|until| run_id <= *until);
+        let Some(run) = in_life
+            .then(|| run_evidence(reader, source, &run_id))
+            .transpose()?
+            .flatten()
+        else {
+            continue;
+        };
+        events.push(TimelineEvent {
+            run_id: run_id.clone(),
+            detected_at: run.evidence.run.finished_at,
+            event: TimelineKind::SettingsChanged,
+            reason: None,
+            username: username.clone(),
+            changes: run
+                .evidence
+                .settings_changes
+                .into_iter()
+                .map(|change| FieldChange {
+                    field: change.key,
+                    old: change.old,
+                    new: change.new,
+                })
+                .collect(),
+            groups_added: Vec::new(),
+            groups_removed: Vec::new(),
+            groups: Vec::new(),
+            privilege_escalation: false,
+            privilege_source: None,
+        });
+    }
+    // Run ids are in time order. Within a run the settings come first (they can be why the
+    // run is a baseline); its other events stay in the order they were told.
+    events.sort_by(|a, b| {
+        let settings_last = |event: &TimelineEvent| event.event != TimelineKind::SettingsChanged;
+        (&a.run_id, settings_last(a)).cmp(&(&b.run_id, settings_last(b)))
+    });
+    Ok(())
 }
 
 /// The account's username as `run_id` saw it, while that run's snapshot is kept.

@@ -128,6 +128,14 @@ impl Sealer for Pending<'_> {
             let unwritable = |error: serde_json::Error| IndexError::source(error.to_string());
             let settings = serde_json::to_vec(&evidence.settings).map_err(unwritable)?;
             rows.keep(KeptState::Settings, &settings)?;
+            if !evidence.settings_changes.is_empty() {
+                let keys: Vec<&str> = evidence
+                    .settings_changes
+                    .iter()
+                    .map(|change| change.key.as_str())
+                    .collect();
+                rows.settings_changed(&serde_json::to_vec(&keys).map_err(unwritable)?)?;
+            }
             if let (Some(after), Some(list)) = (&self.privileged_after, &evidence.privileged) {
                 rows.keep(
                     KeptState::Privileged,

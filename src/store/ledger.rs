@@ -14,6 +14,7 @@
 //! | `ledger_heads` | source | the next sequence number and the last entry's seal |
 //! | `ledger_accounts` | `source␟uid␟run_id` | what the run found for the account |
 //! | `ledger_names` | `source␟name␟uid` | nothing: the usernames and emails an account had |
+//! | `ledger_settings` | `source␟run_id` | the keys of the settings the run changed (JSON) |
 //! | `snapshot_digests` | source | the LtHash state of the latest complete run |
 //! | `privileged_now` | source | the privileged accounts of the latest complete run (JSON) |
 //! | `run_settings` | source | the settings of the latest run (JSON) |
@@ -30,6 +31,9 @@ pub(super) const LEDGER_HEADS: TableDefinition<&str, &[u8]> = TableDefinition::n
 pub(super) const LEDGER_ACCOUNTS: TableDefinition<&str, &[u8]> =
     TableDefinition::new("ledger_accounts");
 pub(super) const LEDGER_NAMES: TableDefinition<&str, &[u8]> = TableDefinition::new("ledger_names");
+/// The runs that changed settings, so that `history` tells them without reading every entry.
+pub(super) const LEDGER_SETTINGS: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("ledger_settings");
 pub(super) const SNAPSHOT_DIGESTS: TableDefinition<&str, &[u8]> =
     TableDefinition::new("snapshot_digests");
 pub(super) const PRIVILEGED_NOW: TableDefinition<&str, &[u8]> =
@@ -162,6 +166,18 @@ impl IndexRows<'_> {
             &key,
             &[],
         )
+    }
+
+    /// The settings the entry's run changed (its entry has them old → new).
+    pub fn settings_changed(&mut self, keys: &[u8]) -> Result<(), IndexError> {
+        let Some(run_id) = self.run_id else {
+            return Err(IndexError::source(
+                "only a run's entry changes settings".to_string(),
+            ));
+        };
+        let key = format!("{}{SEP}{run_id}", self.source);
+        let mut none = None;
+        insert_opening(self.store, self.txn, &mut none, LEDGER_SETTINGS, &key, keys)
     }
 
     /// What the next run of the source starts from.
@@ -307,6 +323,12 @@ pub(super) fn remove_before_in(
     let end = seq_key(source, seq);
     let mut entries = guard.call(|| txn.open_table(LEDGER))?;
     guard.call(|| entries.retain_in(start.as_str()..end.as_str(), |_, _| false))?;
+    let mut settings = guard.call(|| txn.open_table(LEDGER_SETTINGS))?;
+    for run_id in run_ids {
+        let key = format!("{source}{SEP}{run_id}");
+        guard.call(|| settings.remove(key.as_str()))?;
+    }
+    drop(settings);
     let mut accounts = guard.call(|| txn.open_table(LEDGER_ACCOUNTS))?;
     let removed: std::collections::BTreeSet<&str> = run_ids.iter().map(String::as_str).collect();
     let end = codec::prefix_end(&start);
@@ -408,6 +430,14 @@ impl Reader<'_> {
         uid: &str,
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         self.optional_rows(LEDGER_ACCOUNTS, &format!("{source}{SEP}{uid}{SEP}"))
+    }
+
+    /// The runs of a source that changed settings, oldest first, with the keys they changed.
+    pub fn settings_changing_runs(
+        &self,
+        source: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.optional_rows(LEDGER_SETTINGS, &codec::source_prefix(source))
     }
 
     /// The uids of the accounts that ever had `name` as username or email.

@@ -359,6 +359,7 @@ impl Store {
             ledger::LEDGER_HEADS,
             ledger::LEDGER_ACCOUNTS,
             ledger::LEDGER_NAMES,
+            ledger::LEDGER_SETTINGS,
             ledger::SNAPSHOT_DIGESTS,
             ledger::PRIVILEGED_NOW,
             ledger::RUN_SETTINGS,
