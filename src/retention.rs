@@ -175,3 +175,111 @@ fn remove_run_files(state_dir: &Path, source: &str, run_id: &str, dry_run: bool)
     }
     removed
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ConfigLocation;
+    use crate::ledger::verify::{verify_source, Files};
+    use crate::report::assemble::{build_report, Selection};
+    use crate::store::RunRecord;
+    use crate::testing::{at, TestSource};
+    use serde_json::{json, Value};
+
+    fn user(pk: i64) -> Value {
+        json!({"pk": pk, "username": format!("u{pk}"), "name": format!("User {pk}"),
+               "is_active": true, "groups": [], "email": "", "attributes": {},
+               "uid": format!("uid{pk}"), "path": "users", "type": "internal"})
+    }
+
+    struct StateFiles<'a>(&'a Path);
+
+    impl Files for StateFiles<'_> {
+        fn envelope(&self, run: &RunRecord) -> std::path::PathBuf {
+            envelope_path(self.0, &run.source, &run.run_id)
+        }
+
+        fn report(&self, source: &str, name: &str) -> std::path::PathBuf {
+            self.0.join("reports").join(source).join(name)
+        }
+    }
+
+    /// The configuration of the test source's state directory with this `[retention]`.
+    fn config(source: &TestSource, retention: &str) -> Config {
+        let path = source.dir.path().join("config.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "state_dir = {:?}\n[sources.corp]\nbase_url = \"https://ak.example.com\"\ntoken = \"t\"\n[retention]\n{retention}\n",
+                source.dir.path().display().to_string()
+            ),
+        )
+        .unwrap();
+        Config::load(&ConfigLocation::Explicit(path)).unwrap()
+    }
+
+    /// `keep_evidence_days` removes the records and entries of old runs whose snapshots are
+    /// gone, and only those: the kept chain still verifies from where it now starts (also
+    /// with `--since`), reports say where their evidence starts, and the runs after the cut
+    /// keep their events.
+    #[test]
+    fn keep_evidence_days_removes_old_evidence_and_the_kept_chain_verifies() {
+        let mut source = TestSource::new();
+        for round in 1..=6 {
+            source.sync((1..=round).map(user).collect(), Vec::new());
+        }
+        let store = &source.store;
+        let first_entry = |store: &Store| {
+            let reader = store.reader().unwrap();
+            let row = reader.ledger_entries("corp", 0).unwrap().next().unwrap();
+            row.unwrap().seq
+        };
+        assert_eq!(first_entry(store), 0);
+        // Six runs a minute apart from 2026-11-01 10:01; ten days later, with one run's
+        // snapshot kept and a day of evidence, the evidence of the pruned runs goes at once.
+        let ten_days_later = at(6) + Span::days(10);
+        let snapshots = config(&source, "keep_runs = 1");
+        let evidence = config(&source, "keep_runs = 1\nkeep_evidence_days = 1");
+        let sources: Vec<&SourceConfig> = snapshots.sources.values().collect();
+        let pruned = prune_sources(&snapshots, store, &sources, ten_days_later, false).unwrap();
+        assert_eq!(pruned[0].evidence_runs, 0, "keep_runs alone keeps evidence");
+        assert!(pruned[0].runs > 0);
+        assert_eq!(store.runs_between("corp", None, None).unwrap().len(), 6);
+
+        // A dry run says what would go and removes nothing.
+        let dry = prune_sources(&evidence, store, &sources, ten_days_later, true).unwrap();
+        assert!(dry[0].evidence_runs > 0);
+        assert_eq!(store.runs_between("corp", None, None).unwrap().len(), 6);
+        let gone = prune_sources(&evidence, store, &sources, ten_days_later, false).unwrap();
+        assert_eq!(gone[0].evidence_runs, dry[0].evidence_runs);
+        let kept = store.runs_between("corp", None, None).unwrap();
+        assert_eq!(kept.len() as u64, 6 - gone[0].evidence_runs);
+        // The runs whose snapshots are still kept keep their evidence.
+        let latest = store.latest_complete("corp").unwrap().unwrap();
+        assert!(kept.iter().any(|run| run.run_id == latest.run_id));
+        assert!(first_entry(store) > 0, "the oldest entries went");
+
+        let files = StateFiles(source.dir.path());
+        let verdict = verify_source(store, "corp", &[], &files, None).unwrap();
+        assert!(verdict.verified(), "{verdict:?}");
+        let since = verify_source(store, "corp", &[], &files, Some(at(5))).unwrap();
+        assert!(since.verified(), "{since:?}");
+
+        // Nothing younger than the cut goes, however often it runs.
+        let again = prune_sources(&evidence, store, &sources, ten_days_later, false).unwrap();
+        assert_eq!(again[0].evidence_runs, 0);
+        let report = build_report(
+            store,
+            &source.source,
+            &Selection::Run(Box::new(latest.clone())),
+            ten_days_later,
+        )
+        .unwrap();
+        let oldest = report.header.evidence.oldest_evidence.expect("stated");
+        assert_eq!(
+            oldest.run_id.as_deref(),
+            Some(kept[0].run_id.as_str()),
+            "the report names the oldest run whose evidence is kept"
+        );
+    }
+}

@@ -212,6 +212,14 @@ fn log_finished(run: &RunRecord, took: Duration) {
     let duration_secs = (took.as_secs_f64() * 1000.0).round() / 1000.0;
     let changes = run.changes.unwrap_or_default();
     match run.status {
+        // aksync's own stop: expected, and not a failure of the source.
+        RunStatus::Failed if run.cancelled_by_shutdown() => tracing::info!(
+            source = %run.source,
+            run = %run.run_id,
+            status = %run.outcome(),
+            duration_secs,
+            "run finished"
+        ),
         RunStatus::Failed => tracing::warn!(
             source = %run.source,
             run = %run.run_id,

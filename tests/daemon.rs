@@ -494,21 +494,7 @@ async fn a_run_killed_after_its_commit_gets_its_reports_at_the_next_start() {
     let env = TestEnv::start(10).await;
     // A Chromium that never answers: the run commits, then waits on its PDF report, and
     // the process is killed there, before any report or its ledger entry is written.
-    let chromium = env.dir.path().join("hanging-chromium");
-    let chromium_pid = env.dir.path().join("chromium.pid");
-    std::fs::write(
-        &chromium,
-        format!(
-            "#!/bin/sh\necho $$ > {}\nexec sleep 60\n",
-            chromium_pid.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        &chromium,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let (chromium, chromium_pid) = common::hanging_chromium(env.dir.path());
     let reports = |formats: &str| format!("[output]\nreports = [{formats}]\n");
     write_config(
         &env,
@@ -1639,6 +1625,42 @@ async fn the_metrics_of_a_running_daemon_pass_promtool() {
     assert!(classic
         .head
         .contains("content-type: text/plain; version=0.0.4"));
+
+    // A joiner, a mover and a leaver, and the receiver back: the counters move with them.
+    env.fake.with_state(|state| {
+        let people: Vec<String> = state
+            .directory
+            .users
+            .values()
+            .filter(|user| user.is_active && user.path == "users" && user.username != "akadmin")
+            .map(|user| user.username.clone())
+            .collect();
+        let mover = state.directory.user_by_username_mut(&people[0]).unwrap();
+        mover.attributes["department"] = "Moved".into();
+        let leaver = state.directory.user_by_username_mut(&people[1]).unwrap();
+        leaver.is_active = false;
+        state.directory.add_user("counted.joiner", "internal");
+    });
+    receiver
+        .down
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let counted = |text: &str| {
+        [
+            "aksync_joiners_total{source=\"corp\"}",
+            "aksync_movers_total{source=\"corp\"}",
+            "aksync_leavers_total{source=\"corp\"}",
+            "aksync_webhook_batches_total{outcome=\"delivered\"}",
+        ]
+        .iter()
+        .all(|series| metric(text, series).is_some_and(|value| value >= 1.0))
+    };
+    daemon
+        .wait_for("the changes counted and a delivered batch", || {
+            get(port, "/metrics")
+                .map(|response| response.body)
+                .filter(|text| counted(text))
+        })
+        .await;
     daemon.stop().await;
 
     let Some(promtool_path) = promtool_or_skip("check metrics") else {
@@ -1898,6 +1920,15 @@ async fn a_restart_during_a_run_keeps_the_source_healthy() {
     assert_eq!(status.code(), Some(0), "{log}");
     let cancelled = &runs(&env, "corp")[0];
     assert!(cancelled.cancelled_by_shutdown(), "{cancelled:?}");
+    // The stop is logged as what it is, not as a warning of a failed run.
+    let finished = log
+        .lines()
+        .find(|line| line.contains("run finished") && line.contains(&cancelled.run_id))
+        .unwrap_or_else(|| panic!("no run finished line: {log}"));
+    assert!(
+        finished.contains("INFO") && finished.contains("status=cancelled"),
+        "{finished}"
+    );
 
     // Started again, it waits for its next scheduled run: the cancelled one is recorded, but
     // it was aksync's own stop, not the source's failure.
@@ -1913,6 +1944,12 @@ async fn a_restart_during_a_run_keeps_the_source_healthy() {
         Some(1.0),
         "{}",
         metrics.body
+    );
+    let page = daemon.wait_for("/", || get(port, "/")).await;
+    assert!(
+        page.body.contains("cancelled"),
+        "the status page says the last run was cancelled: {}",
+        page.body
     );
     daemon.stop().await;
 }

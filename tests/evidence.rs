@@ -816,3 +816,92 @@ async fn reports_per_run_leaves_runs_that_changed_nothing_without_files_of_their
         refused.stderr
     );
 }
+
+/// `aksync sync` killed after its commit, while it writes its reports (a PDF that never
+/// comes), and an envelope file lost since: the next `aksync sync` writes the killed run's
+/// reports with their ledger entry and rebuilds the envelope file as the run wrote it, and
+/// says so; the chain then verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_sync_repairs_what_a_killed_sync_left_behind() {
+    use std::time::{Duration, Instant};
+
+    let env = TestEnv::start(10).await;
+    let config = std::fs::read_to_string(&env.config_path).unwrap();
+    let reports = |formats: &str| {
+        let reports = format!("{config}\n[output]\nreports = [{formats}]\n");
+        std::fs::write(&env.config_path, reports).unwrap();
+    };
+    reports("\"json\", \"md\"");
+    env.sync_ok();
+    let first = run_ids(&env)[0].clone();
+    let envelopes = env.state_dir().join("envelopes/corp");
+    let lost = envelopes.join(format!("{first}.jsonl"));
+    let written = std::fs::read(&lost).unwrap();
+
+    // The second run commits, then waits on a Chromium that never answers, and is killed.
+    let (chromium, chromium_pid) = common::hanging_chromium(env.dir.path());
+    reports("\"pdf\", \"json\", \"md\"");
+    env.fake.with_state(|state| {
+        state.directory.add_user("killed.joiner", "internal");
+    });
+    let mut sync = std::process::Command::new(env!("CARGO_BIN_EXE_aksync"))
+        .arg("--config")
+        .arg(&env.config_path)
+        .arg("sync")
+        .env("AKSYNC_CHROMIUM", &chromium)
+        .env_remove("AKSYNC_CONFIG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let pid = loop {
+        if let Some(pid) = std::fs::read_to_string(&chromium_pid)
+            .ok()
+            .and_then(|text| text.trim().parse::<i32>().ok())
+        {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "the PDF report never started");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    sync.kill().unwrap();
+    sync.wait().unwrap();
+    // SAFETY: kill(2) of the stand-in Chromium this test started, by its pid.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let killed = run_ids(&env)[1].clone();
+    let reports_dir = env.state_dir().join("reports/corp");
+    let manifest = reports_dir.join(format!("{killed}.manifest.json"));
+    assert!(!manifest.exists(), "killed before its reports");
+    std::fs::remove_file(&lost).unwrap();
+
+    // The next sync, with a change of its own, puts both right after its own run.
+    reports("\"json\", \"md\"");
+    env.fake.with_state(|state| {
+        state.directory.add_user("next.joiner", "internal");
+    });
+    let next = std::process::Command::new(env!("CARGO_BIN_EXE_aksync"))
+        .arg("--config")
+        .arg(&env.config_path)
+        .arg("sync")
+        .env("AKSYNC_LOG", "info")
+        .env_remove("AKSYNC_CONFIG")
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&next.stderr);
+    assert!(next.status.success(), "{log}");
+    assert!(
+        log.contains("writing the reports of a complete run that has none")
+            && log.contains(&killed),
+        "{log}"
+    );
+    assert!(log.contains("envelope file was missing: rebuilt"), "{log}");
+    assert!(manifest.exists());
+    for extension in ["json", "md"] {
+        assert!(reports_dir.join(format!("{killed}.{extension}")).exists());
+    }
+    assert_eq!(std::fs::read(&lost).unwrap(), written, "rebuilt as written");
+    assert_eq!(run_ids(&env).len(), 3);
+    let verified = env.aksync(&["verify"]);
+    assert_eq!(verified.code, 0, "{}{}", verified.stdout, verified.stderr);
+}

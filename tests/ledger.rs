@@ -44,6 +44,16 @@ fn report_json(env: &TestEnv, args: &[&str]) -> Value {
     run.json()
 }
 
+/// The string `field` of each item of a JSON array.
+fn field_of_each<'a>(items: &'a Value, field: &str) -> Vec<&'a str> {
+    items
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| item[field].as_str().unwrap())
+        .collect()
+}
+
 fn leaver<'a>(report: &'a Value, username: &str) -> &'a Value {
     report["leavers"]
         .as_array()
@@ -103,25 +113,25 @@ async fn a_leavers_evidence_is_the_same_in_a_report_built_later() {
         env.sync_ok();
     }
     let later = report_json(&env, &[&departure]);
-    let rebuilt = leaver(&later, &gone);
-    for field in [
-        "last_login_at",
-        "authentik_last_updated",
-        "login_after_last_seen",
-        "last_seen_active_at",
-        "latency_seconds",
-        "within_sla",
-        "groups_at_departure",
-    ] {
-        assert_eq!(rebuilt[field], at_the_time[field], "{field}");
-    }
     assert_eq!(later["period"]["report_id"], written["period"]["report_id"]);
     let first = run_ids(&env)[0].clone();
+    // The period over every run, built after the later logins, says the same too.
     let period = report_json(&env, &["latest", "--from", &first]);
-    assert_eq!(
-        leaver(&period, &gone)["last_login_at"],
-        "2099-01-01T00:00:00Z"
-    );
+    for rebuilt in [leaver(&later, &gone), leaver(&period, &gone)] {
+        for field in [
+            "last_login_at",
+            "authentik_last_updated",
+            "login_after_last_seen",
+            "last_seen_active_at",
+            "detected_at",
+            "latency_seconds",
+            "within_sla",
+            "groups_at_departure",
+            "privileged_at_departure",
+        ] {
+            assert_eq!(rebuilt[field], at_the_time[field], "{field}");
+        }
+    }
 }
 
 /// Two movers, then `ignore_fields` that would hide their change, then `privileged_groups`
@@ -168,27 +178,34 @@ async fn past_results_do_not_follow_todays_settings() {
         assert_eq!(after[key], before[key], "{key}");
     }
     assert_eq!(after["period"]["settings"], before["period"]["settings"]);
-    let history = env.aksync(&["history", &cast[0], "--json"]).json();
-    let events: Vec<&str> = history[0]["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|event| event["event"].as_str().unwrap())
-        .collect();
-    // Changing ignore_fields makes the run a new baseline, after the change that made it one.
-    assert_eq!(
-        events,
-        ["baseline", "moved", "settings_changed", "baseline"],
-        "{history}"
+    for mover in &cast[..2] {
+        let history = env.aksync(&["history", mover, "--json"]).json();
+        let events = field_of_each(&history[0]["events"], "event");
+        // Changing ignore_fields makes the run a new baseline, after the change that made it
+        // one.
+        assert_eq!(
+            events,
+            ["baseline", "moved", "settings_changed", "baseline"],
+            "{history}"
+        );
+        let moved = &history[0]["events"][1];
+        assert_eq!(moved["run_id"], r2.as_str(), "{history}");
+        assert!(moved.to_string().contains("Audit"), "{history}");
+    }
+    // A diff of runs that are not consecutive replays them, and says with which settings.
+    let replayed = env.aksync(&["diff", &r1, &r3]);
+    assert_eq!(replayed.code, 0, "{}", replayed.stderr);
+    assert!(
+        replayed.stderr.contains("are not consecutive")
+            && replayed.stderr.contains("with the settings configured now")
+            && replayed.stderr.contains("metadata.department"),
+        "{}",
+        replayed.stderr
     );
+    let history = env.aksync(&["history", &cast[0], "--json"]).json();
     let settings = &history[0]["events"][2];
     assert_eq!(settings["run_id"], r3.as_str());
-    let fields: Vec<&str> = settings["changes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|change| change["field"].as_str().unwrap())
-        .collect();
+    let fields = field_of_each(&settings["changes"], "field");
     assert_eq!(fields, ["ignore_fields", "privileged_groups"]);
     let text = env.aksync(&["history", &cast[0]]).stdout;
     assert!(
@@ -199,12 +216,7 @@ async fn past_results_do_not_follow_todays_settings() {
     let period = report_json(&env, &["latest", "--from", &r1]);
     let changes = &period["period"]["settings_changes"];
     assert_eq!(changes[0]["run_id"], r3.as_str(), "{changes}");
-    let keys: Vec<&str> = changes[0]["changes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|change| change["key"].as_str().unwrap())
-        .collect();
+    let keys = field_of_each(&changes[0]["changes"], "key");
     assert_eq!(keys, ["ignore_fields", "privileged_groups"]);
     let csv = env.aksync(&["report", "latest", "--from", &r1, "--format", "csv"]);
     assert!(
@@ -400,6 +412,15 @@ fn verify(copy: &Copy) -> common::Run {
     common::run_binary(Some(&copy.config), &["verify"])
 }
 
+/// `verify --report FILE` passes, and says each of `says`.
+fn report_verifies(file: &Path, says: &[&str]) {
+    let run = common::run_binary(None, &["verify", "--report", file.to_str().unwrap()]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    for said in says {
+        assert!(run.stdout.contains(said), "{said}: {}", run.stdout);
+    }
+}
+
 /// `verify` passes on an untouched, signed history, and catches, each with the run it
 /// concerns: one byte of a report, of an envelope file, of a ledger entry, of a run record,
 /// a deleted run, and a wrong signature. `verify --report` checks a report on its own.
@@ -571,13 +592,39 @@ async fn verify_passes_untouched_and_catches_every_change() {
         .state_dir()
         .join("reports/corp")
         .join(format!("{middle}.md"));
-    let alone = common::run_binary(None, &["verify", "--report", report.to_str().unwrap()]);
-    assert_eq!(alone.code, 0, "{}{}", alone.stdout, alone.stderr);
-    assert!(
-        alone.stdout.contains("signed by ed25519:"),
-        "{}",
-        alone.stdout
-    );
+    report_verifies(&report, &["signed by ed25519:"]);
+    // The run's manifest itself vouches for every report beside it.
+    let manifest = report.with_file_name(format!("{middle}.manifest.json"));
+    report_verifies(&manifest, &[&format!("{middle}.md"), "signed by ed25519:"]);
+    // A period report written with --out is signed too, and a changed byte of it is caught,
+    // whether the file or its manifest is given.
+    let period = env.dir.path().join("q4.csv");
+    let first = ids[0].clone();
+    let written = env.aksync(&[
+        "report",
+        "latest",
+        "--from",
+        &first,
+        "--format",
+        "csv",
+        "--out",
+        period.to_str().unwrap(),
+    ]);
+    assert_eq!(written.code, 0, "{}", written.stderr);
+    let period_manifest = env.dir.path().join("q4.csv.manifest.json");
+    for given in [&period, &period_manifest] {
+        report_verifies(given, &["signed by ed25519:"]);
+    }
+    flip_byte(&period, 40);
+    for given in [&period, &period_manifest] {
+        let caught = common::run_binary(None, &["verify", "--report", given.to_str().unwrap()]);
+        assert_eq!(caught.code, 1, "{}", caught.stdout);
+        assert!(
+            caught.stdout.contains("DOES NOT VERIFY") && caught.stdout.contains("hashes to"),
+            "{}",
+            caught.stdout
+        );
+    }
     let copy = copy_of(&env);
     let tampered = copy.state.join("reports/corp").join(format!("{middle}.md"));
     flip_byte(&tampered, 100);

@@ -697,6 +697,7 @@ async fn queries_of_the_store_need_no_token() {
         &["history", &username],
         &["envelopes", "latest"],
         &["prune", "--dry-run"],
+        &["verify"],
     ] {
         let run = env.aksync(args);
         assert_eq!(run.code, 0, "{args:?}: {}", run.stderr);

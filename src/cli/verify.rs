@@ -84,10 +84,28 @@ pub(super) fn report(
             (Some(report), None) => format!("report {report}"),
             _ => "a report".to_string(),
         };
+        // Given the manifest itself, what it vouches for is the files beside it.
+        let (subject, them) = if verdict.file == verdict.manifest {
+            match verdict.files_checked.as_slice() {
+                [] => (
+                    "no file it lists lies beside it; it is the manifest".to_string(),
+                    "it",
+                ),
+                names => (
+                    format!(
+                        "the files beside it ({}) are those",
+                        escape(&names.join(", "))
+                    ),
+                    "them",
+                ),
+            }
+        } else {
+            ("it is the file".to_string(), "it")
+        };
         let line = match (&verdict.problem, &verdict.signed_by) {
             (Some(problem), _) => format!("{}: DOES NOT VERIFY: {}", verdict.file, escape(problem)),
             (None, Some(key)) => format!(
-                "{}: verified: it is the file {what} produced, as its manifest {} lists it, signed by {key}{}",
+                "{}: verified: {subject} {what} produced, as its manifest {} lists {them}, signed by {key}{}",
                 verdict.file,
                 verdict.manifest,
                 if keys.is_empty() {
@@ -97,7 +115,7 @@ pub(super) fn report(
                 }
             ),
             (None, None) => format!(
-                "{}: matches its manifest {} ({what}); the manifest is not signed, so only the ledger (`aksync verify`) can vouch for both",
+                "{}: matches its manifest {} ({what}); the manifest is not signed, so only the ledger (`aksync verify`) can vouch for a run's reports, and nothing for a report written with --out: set `[ledger] signing_key_file`",
                 verdict.file, verdict.manifest
             ),
         };

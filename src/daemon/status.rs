@@ -87,7 +87,7 @@ impl SourceStatus {
 
     /// Counts a run this daemon made.
     pub fn count_run(&mut self, run: &RunRecord) {
-        *self.runs_by_status.entry(run.status.as_str()).or_default() += 1;
+        *self.runs_by_status.entry(run.outcome()).or_default() += 1;
         self.run_durations.observe(run_duration(run).as_secs_f64());
         if run.status == RunStatus::Complete {
             self.envelopes_emitted += run.envelopes.as_ref().map_or(0, |e| e.lines);
@@ -168,11 +168,7 @@ impl SourceStatus {
             (Some(since), _) => line.push_str(&format!("running since {}", time(since))),
             (None, None) => line.push_str("no run yet"),
             (None, Some(run)) => {
-                line.push_str(&format!(
-                    "{} {}",
-                    run.status.as_str(),
-                    time(run.finished_at)
-                ));
+                line.push_str(&format!("{} {}", run.outcome(), time(run.finished_at)));
                 if let Some(changes) = run.changes {
                     line.push_str(&format!(
                         " ({} joiner{}, {} mover{}, {} leaver{})",
@@ -183,7 +179,9 @@ impl SourceStatus {
                         changes.leavers,
                         plural(changes.leavers)
                     ));
-                } else if let Some(error) = &run.error {
+                } else if let Some(error) =
+                    run.error.as_ref().filter(|_| !run.cancelled_by_shutdown())
+                {
                     line.push_str(&format!(" ({})", quote(error, STATUS_ERROR_CHARS)));
                 }
             }

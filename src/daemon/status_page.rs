@@ -104,7 +104,7 @@ fn health_cell(status: &SourceStatus, now: DateTime<Utc>) -> String {
 fn last_run(status: &SourceStatus) -> String {
     match (status.running_since, status.history.last_run()) {
         (Some(since), _) => format!("running since {}", when(since)),
-        (None, Some(run)) => format!("{} {}", run.status.as_str(), when(run.finished_at)),
+        (None, Some(run)) => format!("{} {}", run.outcome(), when(run.finished_at)),
         (None, None) => "none yet".to_string(),
     }
 }
@@ -147,7 +147,7 @@ fn run_row(run: &RunRecord, state_dir: &Path) -> String {
          <td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td></tr>\n{error}",
         escape_html(&run.run_id),
         escape_html(&run.source),
-        run.status.as_str(),
+        run.outcome(),
         when(run.started_at),
         run_duration(run).as_secs_f64(),
         stored(run.counts.accounts),

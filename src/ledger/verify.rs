@@ -508,8 +508,11 @@ pub struct ReportVerdict {
     pub report_id: Option<String>,
     pub run_id: Option<String>,
     pub run_digest: Option<String>,
-    /// Whether the file's SHA-256 is the one its manifest lists.
+    /// Whether the file's SHA-256 is the one its manifest lists (given a manifest: the
+    /// SHA-256 of every file it lists that lies beside it).
     pub matches_manifest: bool,
+    /// The files whose SHA-256 was checked against the manifest, by name.
+    pub files_checked: Vec<String>,
     /// The key that signed the manifest, when it is signed and the signature verifies.
     pub signed_by: Option<String>,
     /// Why the report does not verify, when it does not.
@@ -538,6 +541,20 @@ pub fn manifest_of(file: &std::path::Path) -> Option<PathBuf> {
     run_manifest.is_file().then_some(run_manifest)
 }
 
+/// Whether `file` hashes to the SHA-256 its manifest lists; why not, when it does not.
+fn check_listed(file: &std::path::Path, listed: &str, shown: &str) -> Result<(), String> {
+    let found = std::fs::read(file)
+        .map(|bytes| crate::envelope::sha256_hex(&bytes))
+        .map_err(|error| format!("cannot read {shown}: {error}"))?;
+    if found == listed {
+        Ok(())
+    } else {
+        Err(format!(
+            "{shown} hashes to {found}, its manifest lists {listed}: the file is not the one the report produced"
+        ))
+    }
+}
+
 /// Checks a report file against its manifest, and the manifest's signature against `keys`
 /// (or the public key the manifest carries, whose fingerprint the caller shows): no
 /// database needed.
@@ -551,6 +568,7 @@ pub fn verify_report(file: &std::path::Path, keys: &[PublicKey]) -> ReportVerdic
         run_id: None,
         run_digest: None,
         matches_manifest: false,
+        files_checked: Vec::new(),
         signed_by: None,
         problem: None,
     };
@@ -578,40 +596,43 @@ pub fn verify_report(file: &std::path::Path, keys: &[PublicKey]) -> ReportVerdic
     verdict.report_id = manifest["report_id"].as_str().map(str::to_string);
     verdict.run_id = manifest["period"]["end_run"].as_str().map(str::to_string);
     verdict.run_digest = manifest["run_digest"].as_str().map(str::to_string);
-    let is_manifest = manifest_path == file;
-    if !is_manifest {
+    let listed: Vec<(&str, &str)> = manifest["files"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| Some((entry["name"].as_str()?, entry["sha256"].as_str()?)))
+        .collect();
+    if manifest_path == file {
+        // The manifest itself: every file it lists that lies beside it is checked.
+        let dir = file.parent().unwrap_or(std::path::Path::new("."));
+        for (name, sha256) in &listed {
+            let plain = std::path::Path::new(name).file_name() == Some(std::ffi::OsStr::new(name));
+            let path = dir.join(name);
+            if !plain || !path.is_file() {
+                continue;
+            }
+            if let Err(problem) = check_listed(&path, sha256, &shown(&path)) {
+                verdict.problem = Some(problem);
+                return verdict;
+            }
+            verdict.files_checked.push((*name).to_string());
+        }
+    } else {
         let name = file
             .file_name()
             .map(|name| name.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let listed = manifest["files"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|entry| entry["name"] == name.as_str());
-        let found = std::fs::read(file).map(|bytes| crate::envelope::sha256_hex(&bytes));
-        match (listed, found) {
-            (None, _) => {
-                verdict.problem = Some(format!("the manifest does not list {name}"));
-                return verdict;
-            }
-            (_, Err(error)) => {
-                verdict.problem = Some(format!("cannot read {}: {error}", verdict.file));
-                return verdict;
-            }
-            (Some(listed), Ok(found)) => {
-                verdict.matches_manifest = listed["sha256"] == found.as_str();
-                if !verdict.matches_manifest {
-                    verdict.problem = Some(format!(
-                        "{} hashes to {found}, its manifest lists {}: the file is not the one the report produced",
-                        verdict.file,
-                        listed["sha256"].as_str().unwrap_or("nothing")
-                    ));
-                    return verdict;
-                }
-            }
+        let Some((_, sha256)) = listed.iter().find(|(listed, _)| *listed == name) else {
+            verdict.problem = Some(format!("the manifest does not list {name}"));
+            return verdict;
+        };
+        if let Err(problem) = check_listed(file, sha256, &verdict.file) {
+            verdict.problem = Some(problem);
+            return verdict;
         }
+        verdict.files_checked.push(name);
     }
+    verdict.matches_manifest = true;
     let signature = &manifest["signature"];
     if signature.is_null() {
         return verdict;

@@ -55,6 +55,9 @@ pub struct Counts {
 /// The error of a run that aksync's own stop (SIGTERM, a restart) cancelled.
 pub const CANCELLED_BY_SHUTDOWN: &str = "cancelled by shutdown";
 
+/// The outcome of a run cancelled by shutdown ([`RunRecord::outcome`]).
+pub const CANCELLED: &str = "cancelled";
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunRecord {
     pub run_id: String,
@@ -118,6 +121,17 @@ impl RunRecord {
     /// source, so health looks past it.
     pub fn cancelled_by_shutdown(&self) -> bool {
         self.status == RunStatus::Failed && self.error.as_deref() == Some(CANCELLED_BY_SHUTDOWN)
+    }
+
+    /// How the run ended, as logs, metrics and the status show it: its status, except that a
+    /// run aksync's own stop cancelled is `cancelled`, not a failure of the source (the
+    /// record keeps `failed` with the reason).
+    pub fn outcome(&self) -> &'static str {
+        if self.cancelled_by_shutdown() {
+            CANCELLED
+        } else {
+            self.status.as_str()
+        }
     }
 }
 

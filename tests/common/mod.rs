@@ -379,3 +379,25 @@ pub async fn receiver() -> Receiver {
         accepted,
     }
 }
+
+/// A stand-in for Chromium that never answers: a run that writes a PDF report waits on it
+/// after its commit, so a test can kill the run there. It writes its pid into the second
+/// path it returns.
+pub fn hanging_chromium(dir: &Path) -> (PathBuf, PathBuf) {
+    let chromium = dir.join("hanging-chromium");
+    let pid_file = dir.join("chromium.pid");
+    std::fs::write(
+        &chromium,
+        format!(
+            "#!/bin/sh\necho $$ > {}\nexec sleep 60\n",
+            pid_file.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &chromium,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    (chromium, pid_file)
+}
