@@ -184,6 +184,16 @@ pub struct Purge {
     pub last_login_at: Option<String>,
     #[serde(default)]
     pub hr_key: Option<String>,
+    /// The groups the inactive account still held, which its deletion removed.
+    #[serde(default)]
+    pub groups_at_deletion: Vec<GroupRef>,
+    /// Authentik's own time of its last change to the account before the deletion.
+    #[serde(default)]
+    pub authentik_last_updated: Option<String>,
+    /// Authentik recorded a login after the last run that saw the account active had
+    /// finished, as for a leaver.
+    #[serde(default)]
+    pub login_after_last_seen: bool,
 }
 
 /// Why an account gained or lost privilege.
@@ -737,10 +747,16 @@ pub fn diff(input: &DiffInput) -> DirectoryDiff {
                     external_id: uid.clone(),
                     username: old.username.clone(),
                     canonical_email: old.canonical_email.clone(),
-                    last_seen_active_at: last_active.map(|last| last.started_at),
+                    last_seen_active_at: last_active.as_ref().map(|last| last.started_at),
                     detected_at: to.finished_at,
+                    login_after_last_seen: login_after(
+                        old.last_login_at.as_deref(),
+                        last_active.as_ref(),
+                    ),
                     last_login_at: old.last_login_at.clone(),
                     hr_key: rules.hr_key(old),
+                    groups_at_deletion: group_refs(sides.old_groups.iter(), input, Before),
+                    authentik_last_updated: old.last_updated_at.clone(),
                 })
             }
             (Some(old), Some(new))

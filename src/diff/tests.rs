@@ -348,12 +348,13 @@ fn deleting_an_account_that_already_left_is_a_purge() {
         ],
         vec![group("g1", false, &[1])],
     );
+    // Inactive, but still in g1, and used after the first run saw it active.
+    let mut inactive = user(1, false, &["g1"], json!({}));
+    inactive["last_login"] = json!("2099-01-01T00:00:00Z");
+    inactive["last_updated"] = json!("2099-01-01T00:00:01Z");
     let left = source
         .sync(
-            vec![
-                user(1, false, &["g1"], json!({})),
-                user(2, true, &[], json!({})),
-            ],
+            vec![inactive, user(2, true, &[], json!({}))],
             vec![group("g1", false, &[1])],
         )
         .diff
@@ -375,6 +376,19 @@ fn deleting_an_account_that_already_left_is_a_purge() {
     // The ledger says when the account was last active: the first run, from its start.
     assert_eq!(purge.last_seen_active_at, Some(first.run.started_at));
     assert_eq!(purged.population.deleted, 1);
+    // What the deletion took away, and what the account did while inactive.
+    let groups: Vec<&str> = purge
+        .groups_at_deletion
+        .iter()
+        .map(|group| group.external_id.as_str())
+        .collect();
+    assert_eq!(groups, ["g1"]);
+    assert_eq!(purge.last_login_at.as_deref(), Some("2099-01-01T00:00:00Z"));
+    assert_eq!(
+        purge.authentik_last_updated.as_deref(),
+        Some("2099-01-01T00:00:01Z")
+    );
+    assert!(purge.login_after_last_seen);
 }
 
 #[test]

@@ -97,6 +97,7 @@ fn row(event: &Event<'_>) -> Row {
             reason: "deleted after it had already left".to_string(),
             username,
             hr_key: purge.hr_key.clone(),
+            groups: names(&purge.groups_at_deletion),
             last_seen_active_at: purge.last_seen_active_at.map(timestamp),
             last_login_at: purge.last_login_at.clone(),
             ..Row::default()

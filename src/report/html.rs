@@ -233,30 +233,14 @@ fn event_row(report: &Report, event: &Event<'_>) -> Vec<String> {
     };
     match event.kind {
         EventKind::Leaver(leaver) => {
-            let mut timeline = format!(
-                "<span class=\"label\">Last seen active</span>{}\
-                 <span class=\"label\">Detected</span>{}, run {run}\
-                 <span class=\"label\">Last login</span>{}\
-                 <span class=\"label\">Authentik last updated</span>{}",
-                leaver
-                    .last_seen_active_at
-                    .map_or_else(|| "unknown".to_string(), breakable_timestamp),
-                breakable_timestamp(leaver.detected_at),
-                leaver
-                    .last_login_at
-                    .as_deref()
-                    .map_or_else(|| "never".to_string(), escape),
-                leaver
-                    .authentik_last_updated
-                    .as_deref()
-                    .map_or_else(|| "not reported".to_string(), escape),
+            let timeline = timeline_cell(
+                leaver.last_seen_active_at,
+                leaver.detected_at,
+                &run,
+                leaver.last_login_at.as_deref(),
+                leaver.authentik_last_updated.as_deref(),
+                leaver.login_after_last_seen,
             );
-            if leaver.login_after_last_seen {
-                timeline.push_str(&format!(
-                    "<br><span class=\"flag\">WARNING</span> {}",
-                    escape(LOGIN_WARNING)
-                ));
-            }
             let mut latency = format!("<strong>{}</strong>", escape(&detection_latency(leaver)));
             match leaver.within_sla {
                 Some(true) => latency.push_str("<br>within SLA"),
@@ -287,14 +271,14 @@ fn event_row(report: &Report, event: &Event<'_>) -> Vec<String> {
         EventKind::Purged(purge) => vec![
             account(purge.hr_key.as_deref()),
             "purged: deleted after it had already left".to_string(),
-            String::new(),
-            format!(
-                "<span class=\"label\">Last seen active</span>{}\
-                 <span class=\"label\">Detected</span>{}, run {run}",
-                purge
-                    .last_seen_active_at
-                    .map_or_else(|| "unknown".to_string(), breakable_timestamp),
-                breakable_timestamp(purge.detected_at),
+            escape(&group_names(&purge.groups_at_deletion)),
+            timeline_cell(
+                purge.last_seen_active_at,
+                purge.detected_at,
+                &run,
+                purge.last_login_at.as_deref(),
+                purge.authentik_last_updated.as_deref(),
+                purge.login_after_last_seen,
             ),
             String::new(),
         ],
@@ -421,6 +405,35 @@ fn changes_cell(changes: &[FieldChange]) -> String {
         })
         .collect();
     format!("<ul>{items}</ul>")
+}
+
+/// When a departed account was last seen active, when its departure was found, its last
+/// login and Authentik's last update, with the warning of a login after it was last seen.
+fn timeline_cell(
+    last_seen_active_at: Option<DateTime<Utc>>,
+    detected_at: DateTime<Utc>,
+    run: &str,
+    last_login_at: Option<&str>,
+    authentik_last_updated: Option<&str>,
+    login_after_last_seen: bool,
+) -> String {
+    let mut timeline = format!(
+        "<span class=\"label\">Last seen active</span>{}\
+         <span class=\"label\">Detected</span>{}, run {run}\
+         <span class=\"label\">Last login</span>{}\
+         <span class=\"label\">Authentik last updated</span>{}",
+        last_seen_active_at.map_or_else(|| "unknown".to_string(), breakable_timestamp),
+        breakable_timestamp(detected_at),
+        last_login_at.map_or_else(|| "never".to_string(), escape),
+        authentik_last_updated.map_or_else(|| "not reported".to_string(), escape),
+    );
+    if login_after_last_seen {
+        timeline.push_str(&format!(
+            "<br><span class=\"flag\">WARNING</span> {}",
+            escape(LOGIN_WARNING)
+        ));
+    }
+    timeline
 }
 
 /// A timestamp that wraps between date and time rather than inside either.

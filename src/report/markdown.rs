@@ -198,21 +198,34 @@ fn push_event(out: &mut String, report: &Report, event: &Event<'_>) {
                 out,
                 &format!("- **{name}** (purged: deleted after it had already left), detected by run {run}"),
             );
-            push_facts(
-                out,
-                &[
-                    external_id,
-                    ("Email", email),
-                    ("HR key", optional_code(purge.hr_key.as_deref(), "none")),
-                    (
-                        "Last seen active at",
-                        purge
-                            .last_seen_active_at
-                            .map_or_else(|| "unknown".to_string(), timestamp),
-                    ),
-                    ("Detected at", timestamp(purge.detected_at)),
-                ],
-            );
+            let mut facts = vec![
+                external_id,
+                ("Email", email),
+                ("HR key", optional_code(purge.hr_key.as_deref(), "none")),
+                (
+                    "Groups at deletion",
+                    text(&group_names(&purge.groups_at_deletion)),
+                ),
+                (
+                    "Last seen active at",
+                    purge
+                        .last_seen_active_at
+                        .map_or_else(|| "unknown".to_string(), timestamp),
+                ),
+                ("Detected at", timestamp(purge.detected_at)),
+                (
+                    "Last login at",
+                    optional_code(purge.last_login_at.as_deref(), "never"),
+                ),
+                (
+                    "Authentik last updated",
+                    optional_code(purge.authentik_last_updated.as_deref(), "not reported"),
+                ),
+            ];
+            if purge.login_after_last_seen {
+                facts.push(("**Warning**", text(LOGIN_WARNING)));
+            }
+            push_facts(out, &facts);
         }
         EventKind::Joiner(joiner) => {
             let reason = joiner.reason.as_str();
