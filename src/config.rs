@@ -711,6 +711,7 @@ fn validate(
         let source = validate_source(&name, raw_source, &places).map_err(&invalid)?;
         sources.insert(name, source);
     }
+    check_one_primary_directory(&sources).map_err(&invalid)?;
     let output = validate_output(raw.output, &places).map_err(&invalid)?;
     let daemon = validate_daemon(raw.daemon).map_err(&invalid)?;
     let http = raw.http.map(validate_http).transpose().map_err(&invalid)?;
@@ -1155,6 +1156,27 @@ fn validate_source(name: &str, raw: RawSource, places: &Places) -> Result<Source
             &key("unhealthy_after_failures"),
         )?,
     })
+}
+
+/// At most one source is the organization's primary directory: two would each claim to be
+/// the authoritative record of its people.
+fn check_one_primary_directory(sources: &BTreeMap<String, SourceConfig>) -> Result<(), String> {
+    let primary: Vec<&str> = sources
+        .values()
+        .filter(|source| source.primary_directory)
+        .map(|source| source.name.as_str())
+        .collect();
+    if primary.len() > 1 {
+        return Err(format!(
+            "`primary_directory = true` is set on sources {}: at most one source can be the primary directory, so set it on one of them only",
+            primary
+                .iter()
+                .map(|name| format!("`{name}`"))
+                .collect::<Vec<_>>()
+                .join(" and ")
+        ));
+    }
+    Ok(())
 }
 
 /// The longest `sla` or `expected_interval` accepted: a year.

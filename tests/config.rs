@@ -109,6 +109,14 @@ fn values_are_checked() {
         &["output.reports", "docx"],
     );
     config_error(dir.path(), "this is = not toml [", &["config.toml"]);
+    config_error(
+        dir.path(),
+        &format!(
+            "{GOOD_SOURCE}primary_directory = true\n{}primary_directory = true\n",
+            GOOD_SOURCE.replace("corp", "hr")
+        ),
+        &["primary_directory", "`corp` and `hr`", "at most one"],
+    );
 }
 
 #[test]
