@@ -691,6 +691,10 @@ async fn retention_keeps_the_evidence_of_pruned_runs() {
     }
     let verified = env.aksync(&["verify"]);
     assert_eq!(verified.code, 0, "{}", verified.stdout);
+    // A joiner of a pruned run is still a joiner in its history, not "present at baseline".
+    let history = env.aksync(&["history", "round.0", "--json"]).json();
+    let events = field_of_each(&history[0]["events"], "event");
+    assert_eq!(events, ["joined"], "{history}");
 }
 
 /// A database written by a newer aksync is refused before anything is written.

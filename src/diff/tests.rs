@@ -198,6 +198,15 @@ fn the_first_run_is_a_baseline_not_a_wave_of_joiners() {
     assert_eq!(result.population.accounts.after, 6);
     assert_eq!(result.population.created, 6);
     assert_eq!(result.population.active.after, 5);
+    // Groups that were there are not "created", nor the admins' group a privileged change.
+    assert_eq!(
+        result.groups,
+        GroupChanges::default(),
+        "{:?}",
+        result.groups
+    );
+    assert!(result.privileged_group_changes.is_empty());
+    assert!(result.privilege_granted.is_empty());
 }
 
 #[test]
