@@ -7,7 +7,8 @@
 //!
 //! A run's reports are written again, with their `reports` entry in the ledger, only when a
 //! configured report file is missing and the ledger has no `reports` entry for the run:
-//! nothing ever recorded them, so nothing recorded is rewritten. Report files that the ledger
+//! nothing ever recorded them, so nothing recorded is rewritten. Runs that changed nothing
+//! are left alone (whether they got reports depended on `reports_per_run` at the time). Report files that the ledger
 //! recorded and that are missing or differ are evidence of tampering (or of a restore) for
 //! `aksync verify` to report; they are never rewritten, and a warning names them. A missing
 //! envelope file is rebuilt from the store, which refuses unless it hashes to what the run
@@ -183,10 +184,15 @@ fn rebuild_missing_envelopes(
     }
 }
 
-/// Whether the run should have report files of its own and one of them is not there.
+/// Whether the run should have report files of its own and one of them is not there. A run
+/// that changed nothing is left alone: whether it got reports depended on `reports_per_run`
+/// when it ran, and a setting changed since must not look like a crash.
 fn reports_missing(config: &Config, run: &RunRecord) -> bool {
     let output = &config.output;
     if output.reports.is_empty() || !output.reports_per_run.writes(run) {
+        return false;
+    }
+    if !run.changed_anything() {
         return false;
     }
     let files = output

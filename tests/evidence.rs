@@ -817,21 +817,36 @@ async fn reports_per_run_leaves_runs_that_changed_nothing_without_files_of_their
     );
 }
 
+/// `aksync sync` with `AKSYNC_LOG=info`; what it logged.
+fn sync_logged(env: &TestEnv) -> String {
+    let sync = std::process::Command::new(env!("CARGO_BIN_EXE_aksync"))
+        .arg("--config")
+        .arg(&env.config_path)
+        .arg("sync")
+        .env("AKSYNC_LOG", "info")
+        .env_remove("AKSYNC_CONFIG")
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&sync.stderr).into_owned();
+    assert!(sync.status.success(), "{log}");
+    log
+}
+
 /// `aksync sync` killed after its commit, while it writes its reports (a PDF that never
 /// comes), and an envelope file lost since: the next `aksync sync` writes the killed run's
 /// reports with their ledger entry and rebuilds the envelope file as the run wrote it, and
-/// says so; the chain then verifies.
+/// says so; the chain then verifies. A run that changed nothing, and so had no reports, is
+/// no crash to repair when `reports_per_run` changes later.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_next_sync_repairs_what_a_killed_sync_left_behind() {
     use std::time::{Duration, Instant};
 
     let env = TestEnv::start(10).await;
     let config = std::fs::read_to_string(&env.config_path).unwrap();
-    let reports = |formats: &str| {
-        let reports = format!("{config}\n[output]\nreports = [{formats}]\n");
-        std::fs::write(&env.config_path, reports).unwrap();
+    let output = |table: &str| {
+        std::fs::write(&env.config_path, format!("{config}\n[output]\n{table}\n")).unwrap();
     };
-    reports("\"json\", \"md\"");
+    output("reports = [\"json\", \"md\"]");
     env.sync_ok();
     let first = run_ids(&env)[0].clone();
     let envelopes = env.state_dir().join("envelopes/corp");
@@ -840,7 +855,7 @@ async fn the_next_sync_repairs_what_a_killed_sync_left_behind() {
 
     // The second run commits, then waits on a Chromium that never answers, and is killed.
     let (chromium, chromium_pid) = common::hanging_chromium(env.dir.path());
-    reports("\"pdf\", \"json\", \"md\"");
+    output("reports = [\"pdf\", \"json\", \"md\"]");
     env.fake.with_state(|state| {
         state.directory.add_user("killed.joiner", "internal");
     });
@@ -876,20 +891,11 @@ async fn the_next_sync_repairs_what_a_killed_sync_left_behind() {
     std::fs::remove_file(&lost).unwrap();
 
     // The next sync, with a change of its own, puts both right after its own run.
-    reports("\"json\", \"md\"");
+    output("reports = [\"json\", \"md\"]");
     env.fake.with_state(|state| {
         state.directory.add_user("next.joiner", "internal");
     });
-    let next = std::process::Command::new(env!("CARGO_BIN_EXE_aksync"))
-        .arg("--config")
-        .arg(&env.config_path)
-        .arg("sync")
-        .env("AKSYNC_LOG", "info")
-        .env_remove("AKSYNC_CONFIG")
-        .output()
-        .unwrap();
-    let log = String::from_utf8_lossy(&next.stderr);
-    assert!(next.status.success(), "{log}");
+    let log = sync_logged(&env);
     assert!(
         log.contains("writing the reports of a complete run that has none")
             && log.contains(&killed),
@@ -904,4 +910,15 @@ async fn the_next_sync_repairs_what_a_killed_sync_left_behind() {
     assert_eq!(run_ids(&env).len(), 3);
     let verified = env.aksync(&["verify"]);
     assert_eq!(verified.code, 0, "{}{}", verified.stdout, verified.stderr);
+
+    env.sync_ok();
+    let quiet = run_ids(&env)[3].clone();
+    assert!(!reports_dir.join(format!("{quiet}.md")).exists());
+    output("reports = [\"json\", \"md\"]\nreports_per_run = \"always\"");
+    let log = sync_logged(&env);
+    assert!(
+        !log.contains("writing the reports of a complete run"),
+        "{log}"
+    );
+    assert!(!reports_dir.join(format!("{quiet}.md")).exists());
 }

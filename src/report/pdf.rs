@@ -82,27 +82,27 @@ pub fn html_to_pdf(html: &[u8], chromium: &Path) -> Result<Vec<u8>, ReportError>
                 chromium.display()
             ))
         })?;
-    let last_log_line = || last_line(&log_path);
+    let log_line = || telling_line(&log_path);
     match wait_with_deadline(&mut child, PRINT_TIMEOUT)? {
         None => {
             return Err(ReportError::Chromium(format!(
-                "no PDF after {} s, Chromium was stopped (last log line: {})",
+                "no PDF after {} s, Chromium was stopped (its log: {})",
                 PRINT_TIMEOUT.as_secs(),
-                last_log_line()
+                log_line()
             )))
         }
         Some(status) if !status.success() => {
             return Err(ReportError::Chromium(format!(
-                "{status} (last log line: {})",
-                last_log_line()
+                "{status} (its log: {})",
+                log_line()
             )))
         }
         Some(_) => {}
     }
     let pdf = fs::read(&pdf_path).map_err(|error| {
         ReportError::Chromium(format!(
-            "it exited without writing the PDF ({error}; last log line: {})",
-            last_log_line()
+            "it exited without writing the PDF ({error}; its log: {})",
+            log_line()
         ))
     })?;
     if !pdf.starts_with(b"%PDF") {
@@ -187,19 +187,62 @@ fn file_url(path: &Path) -> String {
     url
 }
 
-fn last_line(log_path: &Path) -> String {
+/// What in Chromium's log says why it failed: the last line that reads like a cause (a
+/// fatal check, an error, a missing file or permission), else its last line. Chromium ends a
+/// crash with generic lines (where to report bugs), so the last line alone rarely says why.
+fn telling_line(log_path: &Path) -> String {
     let log = fs::read_to_string(log_path).unwrap_or_default();
-    log.lines()
-        .rev()
+    let lines: Vec<&str> = log
+        .lines()
         .map(str::trim)
-        .find(|line| !line.is_empty())
-        .unwrap_or("none")
-        .to_string()
+        .filter(|line| !line.is_empty())
+        .collect();
+    const CAUSES: [&str; 8] = [
+        "fatal",
+        "error",
+        "check failed",
+        "lacks support",
+        "not permitted",
+        "no such file",
+        "permission denied",
+        "cannot",
+    ];
+    let cause = lines.iter().rev().find(|line| {
+        let line = line.to_ascii_lowercase();
+        CAUSES.iter().any(|cause| line.contains(cause))
+    });
+    cause
+        .or(lines.last())
+        .map_or("empty", |line| line)
+        .chars()
+        .take(300)
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_line_that_says_why_chromium_failed_is_quoted() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("chromium.log");
+        let said = |text: &str| {
+            fs::write(&log, text).unwrap();
+            telling_line(&log)
+        };
+        // Under ProcSubset=pid, as a real Debian Chromium said it.
+        assert_eq!(
+            said("grep: /proc/cpuinfo: No such file or directory\nThe hardware on this system lacks support for the sse3 instruction set.\nPlease file a bug at the\nbug tracking system at http://crbug.com/1123353\n"),
+            "The hardware on this system lacks support for the sse3 instruction set."
+        );
+        assert_eq!(
+            said("[1:1:FATAL:sandbox/linux/services/credentials.cc:371] Check failed: . : Operation not permitted (1)\n#0 0x55 base::debug::StackTrace\n"),
+            "[1:1:FATAL:sandbox/linux/services/credentials.cc:371] Check failed: . : Operation not permitted (1)"
+        );
+        assert_eq!(said("starting\nstill going\n"), "still going");
+        assert_eq!(said(""), "empty");
+    }
 
     #[test]
     fn file_url_percent_encodes_what_a_url_cannot_hold() {
