@@ -190,10 +190,6 @@ pub struct Purge {
     /// Authentik's own time of its last change to the account before the deletion.
     #[serde(default)]
     pub authentik_last_updated: Option<String>,
-    /// Authentik recorded a login after the last run that saw the account active had
-    /// finished, as for a leaver.
-    #[serde(default)]
-    pub login_after_last_seen: bool,
 }
 
 /// Why an account gained or lost privilege.
@@ -749,10 +745,6 @@ pub fn diff(input: &DiffInput) -> DirectoryDiff {
                     canonical_email: old.canonical_email.clone(),
                     last_seen_active_at: last_active.as_ref().map(|last| last.started_at),
                     detected_at: to.finished_at,
-                    login_after_last_seen: login_after(
-                        old.last_login_at.as_deref(),
-                        last_active.as_ref(),
-                    ),
                     last_login_at: old.last_login_at.clone(),
                     hr_key: rules.hr_key(old),
                     groups_at_deletion: group_refs(sides.old_groups.iter(), input, Before),

@@ -278,7 +278,8 @@ fn event_row(report: &Report, event: &Event<'_>) -> Vec<String> {
                 &run,
                 purge.last_login_at.as_deref(),
                 purge.authentik_last_updated.as_deref(),
-                purge.login_after_last_seen,
+                // The warning belongs to the leaver event that opened the case.
+                false,
             ),
             String::new(),
         ],

@@ -198,7 +198,7 @@ fn push_event(out: &mut String, report: &Report, event: &Event<'_>) {
                 out,
                 &format!("- **{name}** (purged: deleted after it had already left), detected by run {run}"),
             );
-            let mut facts = vec![
+            let facts = [
                 external_id,
                 ("Email", email),
                 ("HR key", optional_code(purge.hr_key.as_deref(), "none")),
@@ -222,9 +222,6 @@ fn push_event(out: &mut String, report: &Report, event: &Event<'_>) {
                     optional_code(purge.authentik_last_updated.as_deref(), "not reported"),
                 ),
             ];
-            if purge.login_after_last_seen {
-                facts.push(("**Warning**", text(LOGIN_WARNING)));
-            }
             push_facts(out, &facts);
         }
         EventKind::Joiner(joiner) => {

@@ -55,7 +55,6 @@ fn terminations_count_people_and_time_cases_from_the_first_event() {
         hr_key: None,
         groups_at_deletion: Vec::new(),
         authentik_last_updated: None,
-        login_after_last_seen: false,
     };
     second.purged.push(purge("quitter"));
     second.purged.push(purge("old-leaver"));
