@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::status::StatusBoard;
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::delivery::deliver_pending;
+use crate::output::delivery::deliver_pending;
 use crate::store::Store;
 
 /// How often the loop looks for undelivered runs when nothing wakes it, e.g. runs a manual

@@ -1,7 +1,7 @@
 //! When each source runs next, on tokio-cron-scheduler's timer.
 //!
 //! Each source has one armed one-shot job at its next scheduled run, computed by
-//! [`Schedule`] (croner), plus at most one earlier retry after a failed run. A firing job
+//! [`Schedule`](crate::config::schedule::Schedule) (croner), plus at most one earlier retry after a failed run. A firing job
 //! sends a [`Tick`] to the daemon, which starts the run and arms the next one. The crate's
 //! own cron jobs are not used: after their first run they evaluate the expression at the
 //! UTC offset the job was created with (a daylight-saving change moves every later run by an

@@ -1,6 +1,6 @@
 //! The joiner/mover/leaver diff between two complete runs of one source. It is a pure
 //! function of what changed (the accounts whose material content or memberships changed, as
-//! [`crate::record`]'s rule classified them, and the groups of both runs), so every rule is
+//! [`crate::run::record`]'s rule classified them, and the groups of both runs), so every rule is
 //! tested here without I/O.
 //!
 //! The rules:
@@ -22,8 +22,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::normalize::{AccountStatus, DirectoryAccount, DirectoryGroup, Role};
-pub use crate::record::FieldChange;
+use crate::run::normalize::{AccountStatus, DirectoryAccount, DirectoryGroup, Role};
+pub use crate::run::record::FieldChange;
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct GroupRef {
@@ -80,7 +80,7 @@ pub struct Joiner {
     /// Always active: an account created inactive is no joiner.
     #[serde(default = "active")]
     pub status: AccountStatus,
-    pub account_type: crate::normalize::AccountType,
+    pub account_type: crate::run::normalize::AccountType,
     pub is_superuser: bool,
     /// Authentik's `date_joined`.
     pub added_at: Option<String>,
@@ -383,7 +383,7 @@ pub struct RunRef {
 pub struct AccountSides {
     pub old: Option<DirectoryAccount>,
     pub new: Option<DirectoryAccount>,
-    /// The material field changes, as [`crate::record::ChangeRule::field_changes`] found them.
+    /// The material field changes, as [`crate::run::record::ChangeRule::field_changes`] found them.
     pub changes: Vec<FieldChange>,
     pub old_groups: BTreeSet<String>,
     pub new_groups: BTreeSet<String>,

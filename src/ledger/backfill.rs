@@ -11,8 +11,8 @@ use chrono::{DateTime, Utc};
 
 use crate::config::SourceConfig;
 use crate::diff::{DirectoryDiff, GroupChanges, PrivilegedAccount};
-use crate::evidence::{census, compare_runs};
-use crate::record::RecordKind;
+use crate::ledger::replay::{census, compare_runs};
+use crate::run::record::RecordKind;
 use crate::store::{KeptState, RunRecord, RunStatus, Store, StoreError};
 
 use super::entry::{PopulationAtEnd, PrivilegedList, PrivilegedNow, RunEvidence, RunSettings};

@@ -333,7 +333,7 @@ pub fn verify_source(
         verdict.files_checked += 1;
         match std::fs::read(&claim.path) {
             Ok(bytes) => {
-                let found = crate::envelope::sha256_hex(&bytes);
+                let found = crate::output::envelope::sha256_hex(&bytes);
                 if found != claim.sha256 {
                     verdict.fail(
                         Some(claim.seq),
@@ -589,7 +589,7 @@ pub fn verify_report(file: &std::path::Path, keys: &[PublicKey]) -> ReportVerdic
             .into_iter()
             .flatten()
             .find(|entry| entry["name"] == name.as_str());
-        let found = std::fs::read(file).map(|bytes| crate::envelope::sha256_hex(&bytes));
+        let found = std::fs::read(file).map(|bytes| crate::output::envelope::sha256_hex(&bytes));
         match (listed, found) {
             (None, _) => {
                 verdict.problem = Some(format!("the manifest does not list {name}"));

@@ -2,7 +2,7 @@
 //!
 //! Storage grows with changes, not with runs or logins. Every record (account, group,
 //! membership) is kept as versions; a version is valid from the run that first saw its
-//! material content until the run that changed or removed it (see [`crate::record`] for what
+//! material content until the run that changed or removed it (see [`crate::run::record`] for what
 //! "changed" means). Volatile values (`last_login_at`, `member_count`) are kept as their
 //! latest value only. Any past complete run reads back as the versions whose validity covers
 //! its id; run ids are ULIDs that increase within a source, so "covers" is a string
@@ -53,7 +53,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::record::{Hash, RawEntry, RecordKind};
+use crate::run::record::{Hash, RawEntry, RecordKind};
 use codec::{CurrentRow, DecodeError, Flags, SEP};
 pub use guard::in_guarded_operation;
 use guard::Guard;
@@ -800,17 +800,19 @@ fn builder() -> redb::Builder {
 }
 
 /// The database file for redb, opened by aksync itself so that a symbolic link planted in
-/// its place is not followed (see [`crate::state_dir`]); for writing, created if missing.
+/// its place is not followed (see [`crate::config::state_dir`]); for writing, created if missing.
 fn backend(
     path: &Path,
     writable: bool,
 ) -> Result<redb::backends::FileBackend, redb::DatabaseError> {
-    let mut options = crate::state_dir::open_options();
+    let mut options = crate::config::state_dir::open_options();
     options.read(true);
     if writable {
         options.write(true).create(true).truncate(false);
     }
-    let file = options.open(path).map_err(crate::state_dir::link_error)?;
+    let file = options
+        .open(path)
+        .map_err(crate::config::state_dir::link_error)?;
     redb::backends::FileBackend::new(file)
 }
 

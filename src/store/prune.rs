@@ -269,7 +269,7 @@ impl Store {
     pub fn prunable_versions(&self, plan: &PrunePlan) -> Result<u64, StoreError> {
         let reader = self.reader()?;
         let mut count = 0;
-        for kind in crate::record::RecordKind::ALL {
+        for kind in crate::run::record::RecordKind::ALL {
             for version in reader.versions(&plan.source, kind, "")? {
                 let version = version?;
                 if version

@@ -19,13 +19,13 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::artifacts::{manifest_path, rebuild_envelopes, report_path};
 use crate::clock::Clock;
 use crate::config::{Config, SourceConfig};
-use crate::envelope::{envelope_path, sha256_of};
 use crate::ledger::entry::ReportFiles;
-use crate::run_lock::{source_lock_path, RunLock, TryLock};
-use crate::runner::{no_progress, write_run_reports, RunContext};
+use crate::output::artifacts::{manifest_path, rebuild_envelopes, report_path};
+use crate::output::envelope::{envelope_path, sha256_of};
+use crate::run::run_lock::{source_lock_path, RunLock, TryLock};
+use crate::run::runner::{no_progress, write_run_reports, RunContext};
 use crate::store::{RunRecord, Store, StoreError};
 
 /// Complete runs checked at the daemon's start, per source.

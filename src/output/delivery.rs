@@ -19,12 +19,12 @@ use std::time::Duration;
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use serde_json::json;
 
-use crate::artifacts::{open_envelopes, rebuild_envelopes, ArtifactError, EnvelopeBatches};
 use crate::authentik::client::error_chain;
 use crate::authentik::RetryPolicy;
 use crate::clock::Clock;
 use crate::config::{Config, WebhookConfig};
-use crate::run_lock::{outbox_lock_path, LockError, RunLock, TryLock};
+use crate::output::artifacts::{open_envelopes, rebuild_envelopes, ArtifactError, EnvelopeBatches};
+use crate::run::run_lock::{outbox_lock_path, LockError, RunLock, TryLock};
 use crate::store::{DeliveryState, DeliveryStatus, RunRecord, Store, StoreError};
 use crate::telemetry::{telemetry, BatchOutcome};
 

@@ -1,6 +1,6 @@
 //! One sync run of one source, as one pass over the data:
-//! fetch → normalize → filter → spool ([`crate::collect`]) → plan against the stored state
-//! ([`crate::plan`]: store writes, envelopes and the diff from one classification) → commit.
+//! fetch → normalize → filter → spool ([`crate::run::collect`]) → plan against the stored state
+//! ([`crate::run::plan`]: store writes, envelopes and the diff from one classification) → commit.
 //!
 //! Every fault ends as a failed run with its error; a partial directory is never stored, and
 //! so never becomes leavers or envelopes. A stop (the cancellation token) reaches every step:
@@ -18,20 +18,20 @@ use tokio_util::sync::CancellationToken;
 
 use crate::authentik::client::check_count;
 use crate::authentik::client::ProgressFn;
+use crate::authentik::health::{health_record, reason_code};
 use crate::authentik::{AuthentikClient, ClientError, ListKind, RetryPolicy};
 use crate::clock::Clock;
-use crate::collect::{CollectError, Collected, Collector};
+use crate::config::filter::RecordFilter;
 use crate::config::{Config, SourceConfig};
 use crate::diff::{diff, DirectoryDiff, RunRef};
-use crate::envelope::{envelope_path, EnvelopeContext, EnvelopeWriter};
-use crate::filter::RecordFilter;
-use crate::health::{health_record, reason_code};
 use crate::ledger::entry::RunSettings;
 use crate::ledger::lthash::{LtHash, Tracked};
 use crate::ledger::seal::SigningKey;
 use crate::ledger::{self, Body, LedgerError, Pending};
-use crate::plan::{plan_sync, PlanError, Planned, Planner, Sinks};
-use crate::record::{ChangeRule, RecordKind};
+use crate::output::envelope::{envelope_path, EnvelopeContext, EnvelopeWriter};
+use crate::run::collect::{CollectError, Collected, Collector};
+use crate::run::plan::{plan_sync, PlanError, Planned, Planner, Sinks};
+use crate::run::record::{ChangeRule, RecordKind};
 use crate::store::ops::OpWriter;
 use crate::store::{
     ChangeCounts, CommitPlan, Counts, DeliveryState, KeptState, RunOutcome, RunRecord, RunStatus,

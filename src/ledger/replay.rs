@@ -10,10 +10,10 @@ use crate::config::SourceConfig;
 use crate::diff::{
     diff, AccountHead, AccountRules, Census, DirectoryDiff, GroupRef, LastActive, RunRef,
 };
-use crate::envelope::{Action, EnvelopeContext, EnvelopeFile, EnvelopeWriter};
-use crate::normalize::DirectoryGroup;
-use crate::plan::{membership_pair, Loaded, PlanError, Planner, Sinks};
-use crate::record::{ChangeRule, Hash, RecordKind};
+use crate::output::envelope::{Action, EnvelopeContext, EnvelopeFile, EnvelopeWriter};
+use crate::run::normalize::DirectoryGroup;
+use crate::run::plan::{membership_pair, Loaded, PlanError, Planner, Sinks};
+use crate::run::record::{ChangeRule, Hash, RecordKind};
 use crate::store::{Reader, RecordVersion, RunRecord, Store, StoreError};
 
 impl From<PlanError> for StoreError {

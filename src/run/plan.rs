@@ -3,24 +3,28 @@
 //!
 //! A [`Planner`] is fed every record of both states in external id order (accounts, then
 //! groups, then memberships). For each record whose material hash differs (see
-//! [`crate::record`]) it derives, from that one classification, the store's writes (when
+//! [`crate::run::record`]) it derives, from that one classification, the store's writes (when
 //! planning a sync), the envelope (when writing or rebuilding an envelope file) and the diff's
 //! input. Unchanged records cost a comparison of two hashes.
 //!
 //! Two merges feed it: [`plan_sync`] walks the stored current state beside the spooled new
-//! records of a sync, and [`crate::evidence`] replays two stored runs from their versions.
+//! records of a sync, and [`crate::ledger::replay`] replays two stored runs from their versions.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Map, Value};
 
 use crate::canonical::canonical_json;
-use crate::collect::Collected;
 use crate::diff::{AccountRef, AccountRules, Baseline, DiffInput, Population, RunRef};
-use crate::envelope::{Action, EnvelopeContext, EnvelopeFile, EnvelopeWriter, RecordChange};
 use crate::ledger::lthash::Tracked;
-use crate::normalize::{DirectoryAccount, DirectoryGroup};
-use crate::record::{raw, with_volatile, ChangeRule, Hash, RawEntry, RecordKind, DELETED_STATUS};
+use crate::output::envelope::{
+    Action, EnvelopeContext, EnvelopeFile, EnvelopeWriter, RecordChange,
+};
+use crate::run::collect::Collected;
+use crate::run::normalize::{DirectoryAccount, DirectoryGroup};
+use crate::run::record::{
+    raw, with_volatile, ChangeRule, Hash, RawEntry, RecordKind, DELETED_STATUS,
+};
 use crate::store::codec::{CurrentRow, Flags};
 use crate::store::ops::{Op, OpWriter, Ops};
 use crate::store::{Reader, StoreError};
@@ -307,7 +311,7 @@ impl<'a> Planner<'a> {
         external_id: &str,
         old: Option<Loaded>,
         new: Option<Loaded>,
-        changes: Vec<crate::record::FieldChange>,
+        changes: Vec<crate::run::record::FieldChange>,
     ) -> Result<(), PlanError> {
         if self.baseline {
             if let Some(new) = new.filter(|new| new.flags.superuser()) {
@@ -506,7 +510,7 @@ fn current_row(run_id: &str, loaded: &Loaded) -> Result<CurrentRow, PlanError> {
     CurrentRow::new(
         run_id,
         loaded.hash,
-        crate::record::volatile_digest(&loaded.volatile),
+        crate::run::record::volatile_digest(&loaded.volatile),
         loaded.flags,
     )
     .map_err(|_| PlanError::Record(format!("run id {run_id:?} is not a ULID")))
@@ -790,8 +794,8 @@ fn stored_loaded(
 }
 
 fn spool_side(
-    spool: &crate::spool::Spool,
-    item: &crate::spool::SpoolItem,
+    spool: &crate::run::spool::Spool,
+    item: &crate::run::spool::SpoolItem,
 ) -> Result<Loaded, PlanError> {
     let record = spool.read(item)?;
     Ok(Loaded {
@@ -811,8 +815,8 @@ mod tests {
     use serde_json::json;
 
     use crate::canonical::canonical_json;
-    use crate::envelope::Action;
-    use crate::record::{hex_hash, sha256, ChangeRule};
+    use crate::output::envelope::Action;
+    use crate::run::record::{hex_hash, sha256, ChangeRule};
     use crate::testing::TestSource;
 
     /// One change to the small directory the property test evolves.

@@ -1,6 +1,15 @@
 //! Configuration: where it is read from (file, `conf.d/`, `AKSYNC_*` environment), and its
 //! validation into a [`Config`] that the rest of aksync can trust. Every problem becomes a
 //! one-line [`ConfigError`] that names the file or key and says how to fix it.
+//!
+//! The parts of a source's configuration with their own rules: its cron [`schedule`], its
+//! CEL [`filter`], its token ([`secret`]); and the [`state_dir`] that other local users are
+//! kept out of.
+
+pub mod filter;
+pub mod schedule;
+pub mod secret;
+pub mod state_dir;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -14,12 +23,12 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use url::Url;
 
+use crate::config::filter::RecordFilter;
+use crate::config::schedule::{Schedule, ScheduleError};
+use crate::config::secret::ApiToken;
+use crate::config::state_dir::Access;
 use crate::display::redact_url;
-use crate::filter::RecordFilter;
-use crate::report::ReportFormat;
-use crate::schedule::{Schedule, ScheduleError};
-use crate::secret::ApiToken;
-use crate::state_dir::Access;
+use crate::output::report::ReportFormat;
 use crate::store::RunRecord;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/aksync/config.toml";
@@ -542,9 +551,9 @@ impl Config {
     }
 
     /// For commands that write into the state directory: it must also be this user's (see
-    /// [`crate::state_dir`]); what every command needs was checked when the file loaded.
+    /// [`crate::config::state_dir`]); what every command needs was checked when the file loaded.
     pub fn check_state_dir_owner(&self) -> Result<(), ConfigError> {
-        crate::state_dir::check(&self.state_dir, Access::Write).map_err(|reason| {
+        crate::config::state_dir::check(&self.state_dir, Access::Write).map_err(|reason| {
             ConfigError::Invalid {
                 origin: self.origin.clone(),
                 message: format!("`state_dir` {reason}"),
@@ -868,7 +877,7 @@ fn check_state_dir(state_dir: &Path) -> Result<(), String> {
         Ok(_) if !state_dir.is_dir() => Err(format!(
             "`state_dir` = {shown} is not a directory: move the file aside or choose another state_dir"
         )),
-        Ok(_) => crate::state_dir::check(state_dir, Access::Read)
+        Ok(_) => crate::config::state_dir::check(state_dir, Access::Read)
             .map_err(|reason| format!("`state_dir` {reason}")),
     }
 }
@@ -1075,7 +1084,7 @@ fn validate_source(name: &str, raw: RawSource, places: &Places) -> Result<Source
     let schedule = Schedule::parse(
         raw.schedule
             .as_deref()
-            .unwrap_or(crate::schedule::DEFAULT_SCHEDULE),
+            .unwrap_or(crate::config::schedule::DEFAULT_SCHEDULE),
         raw.timezone.as_deref(),
     )
     .map_err(|error| match error {
