@@ -34,7 +34,7 @@ pub async fn run(
             .map_err(|error| runtime_error("cannot create a temporary directory", error))?
             .keep(),
     };
-    crate::store::create_private_dir(&state_dir)
+    crate::config::state_dir::create_private_dir(&state_dir)
         .map_err(|error| runtime_error(&format!("cannot create {}", state_dir.display()), error))?;
     let server = FakeAuthentik::start(Directory::generate(DEMO_SEED, people))
         .await

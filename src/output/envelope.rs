@@ -162,7 +162,7 @@ pub struct EnvelopeWriter {
 impl EnvelopeWriter {
     pub fn create(path: &Path) -> std::io::Result<EnvelopeWriter> {
         let dir = path.parent().unwrap_or(Path::new("."));
-        crate::store::create_private_dir(dir)?;
+        crate::config::state_dir::create_private_dir(dir)?;
         Ok(EnvelopeWriter {
             path: path.to_path_buf(),
             file: BufWriter::new(tempfile::NamedTempFile::new_in(dir)?),
@@ -244,7 +244,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .parent()
         .filter(|parent| !parent.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    crate::store::create_private_dir(dir)?;
+    crate::config::state_dir::create_private_dir(dir)?;
     let mut temp = tempfile::NamedTempFile::new_in(dir)?;
     temp.write_all(bytes)?;
     temp.as_file().sync_all()?;

@@ -11,7 +11,7 @@ use std::fs::{File, TryLockError};
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
-use crate::store::create_private_dir;
+use crate::config::state_dir::create_private_dir;
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot lock {path}: {reason}; check that state_dir is writable by this user")]

@@ -639,7 +639,7 @@ async fn fetch_once(
     client: &AuthentikClient,
     progress: ProgressFn<'_>,
 ) -> Result<Fetched, FetchError> {
-    crate::store::create_private_dir(state_dir).map_err(FetchError::Spool)?;
+    crate::config::state_dir::create_private_dir(state_dir).map_err(FetchError::Spool)?;
     let filter = source
         .filter
         .as_deref()

@@ -20,6 +20,7 @@ use chrono::{DateTime, Duration as Span, Utc};
 use redb::ReadableTable;
 
 use super::codec::{self, SEP};
+use super::read::RunLookups;
 use super::{
     corrupt_value, ledger, DeliveryStatus, Failure, RunRecord, RunStatus, Sealer, Store,
     StoreError, ENTRIES, META, RUNS, SOURCE_RUNS, VERSIONS,

@@ -4,9 +4,12 @@
 
 use std::collections::BTreeMap;
 
+use super::codec::{CurrentRow, SEP};
 use super::*;
+use crate::run::record::RecordKind;
 use crate::testing::{at, TestSource};
-use serde_json::json;
+use redb::ReadableTable;
+use serde_json::{json, Value};
 
 fn user(pk: i64, name: &str, groups: &[&str]) -> Value {
     json!({"pk": pk, "username": format!("u{pk}"), "name": name, "is_active": true,
