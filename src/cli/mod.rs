@@ -397,7 +397,7 @@ async fn deliver_outbox(config: &Config, store: &Store, clock: &dyn Clock) -> Re
             config.origin
         )));
     };
-    let report = crate::output::delivery::deliver_pending(config, store, webhook, clock)
+    let report = crate::output::repair::deliver_repairing(config, store, webhook, clock)
         .await
         .map_err(|error| match error {
             crate::output::delivery::DeliveryError::Store(error) => CliError::Store(error),
