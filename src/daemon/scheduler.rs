@@ -1,13 +1,15 @@
 //! When each source runs next, on tokio-cron-scheduler's timer.
 //!
 //! Each source has one armed one-shot job at its next scheduled run, computed by
-//! [`Schedule`](crate::config::schedule::Schedule) (croner), plus at most one earlier retry after a failed run. A firing job
+//! [`Schedule`] (croner), plus at most one earlier retry after a failed run. A firing job
 //! sends a [`Tick`] to the daemon, which starts the run and arms the next one. The crate's
 //! own cron jobs are not used: after their first run they evaluate the expression at the
 //! UTC offset the job was created with (a daylight-saving change moves every later run by an
 //! hour), they require the seconds field, and they require both day-of-month and day-of-week
 //! to match where cron needs either. Computing each run with croner keeps `aksync check`, the
 //! status page and the actual runs in agreement.
+//!
+//! [`Schedule`]: crate::config::schedule::Schedule
 //!
 //! The crate fires jobs at whole-second resolution, possibly a little early; a tick carries
 //! the time it stands for, and the run waits for that time.

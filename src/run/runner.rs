@@ -1,7 +1,7 @@
-//! One run of one source, as both `aksync sync` and the daemon make it: under the source's
-//! run lock, sync, write the reports of a complete run and repair the runs just before it
-//! that a stopped process left without reports ([`crate::output::repair`]), and log the start and the end with
-//! counts, duration and joiners/movers/leavers. Callers take the lock their own way (the
+//! One run of one source, as both `aksync sync` and the daemon make it: under the source's run
+//! lock, sync, write the reports of a complete run and repair the runs just before it that a
+//! stopped process left without reports ([`crate::output::repair`]), and log the start and the end
+//! with counts, duration and joiners/movers/leavers. Callers take the lock their own way (the
 //! daemon skips a busy source, the CLI waits) and only print or schedule around this.
 
 use std::sync::Arc;

@@ -1,6 +1,6 @@
-//! One sync run of one source, as one pass over the data:
-//! fetch → normalize → filter → spool ([`crate::run::collect`]) → plan against the stored state
-//! ([`crate::run::plan`]: store writes, envelopes and the diff from one classification) → commit.
+//! One sync run of one source, as one pass over the data: fetch → normalize → filter → spool
+//! ([`crate::run::collect`]) → plan against the stored state ([`crate::run::plan`]: store writes,
+//! envelopes and the diff from one classification) → commit.
 //!
 //! Every fault ends as a failed run with its error; a partial directory is never stored, and
 //! so never becomes leavers or envelopes. A stop (the cancellation token) reaches every step:
