@@ -27,7 +27,7 @@ use crate::run::record::{
 };
 use crate::store::codec::{CurrentRow, Flags};
 use crate::store::ops::{Op, OpWriter, Ops};
-use crate::store::{Reader, StoreError};
+use crate::store::{Reader, RecordVersion, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
@@ -53,6 +53,30 @@ pub struct Loaded {
 }
 
 impl Loaded {
+    /// A stored version read in full; a deleted account's latest volatile values come along
+    /// with `with_volatile`, for the leaver's last login.
+    pub fn stored(
+        reader: &Reader<'_>,
+        source: &str,
+        kind: RecordKind,
+        version: &RecordVersion,
+        with_volatile: bool,
+    ) -> Result<Loaded, StoreError> {
+        let entry = reader.version(source, kind, &version.external_id, &version.valid_from)?;
+        let volatile = if with_volatile && !kind.volatile_fields().is_empty() {
+            reader.volatile(source, kind, &version.external_id)?
+        } else {
+            Map::new()
+        };
+        Ok(Loaded {
+            hash: version.hash,
+            flags: version.flags,
+            entry,
+            volatile,
+            valid_from: Some(version.valid_from.clone()),
+        })
+    }
+
     fn record(&self) -> Result<Value, PlanError> {
         self.entry
             .record()
@@ -649,20 +673,19 @@ pub fn plan_sync(
                         planner.touch(kind, &id, current, &loaded.volatile)?;
                     }
                     if kind == RecordKind::Group {
-                        let old_loaded = stored_loaded(reader, source, kind, &id, &row, false)?;
+                        let old_loaded = Loaded::stored(
+                            reader,
+                            source,
+                            kind,
+                            &current_version(&id, &row),
+                            false,
+                        )?;
                         planner.catalog(Some(&old_loaded), Some(loaded))?;
                     }
                     return Ok(());
                 }
-                let old_loaded = old
-                    .as_ref()
-                    .map(|(_, row)| stored_loaded(reader, source, kind, &id, row, new.is_none()))
-                    .transpose()?;
-                let tombstone = match (&old, planner.is_baseline()) {
-                    (None, false) => reader.tombstone(source, kind, &id)?,
-                    _ => None,
-                };
-                planner.changed(kind, &id, old_loaded, new_loaded, tombstone)
+                let old = old.as_ref().map(|(_, row)| row);
+                plan_changed(reader, source, planner, kind, &id, old, new_loaded)
             },
         )?;
     }
@@ -713,33 +736,25 @@ pub fn plan_sync(
             {
                 return Ok(());
             }
-            let old_loaded = old
-                .as_ref()
-                .map(|(_, row)| {
-                    stored_loaded(reader, source, RecordKind::Membership, &id, row, false)
-                })
-                .transpose()?;
-            let tombstone = match (&old, planner.is_baseline()) {
-                (None, false) => reader.tombstone(source, RecordKind::Membership, &id)?,
-                _ => None,
-            };
-            planner.changed(
+            let old = old.as_ref().map(|(_, row)| row);
+            plan_changed(
+                reader,
+                source,
+                planner,
                 RecordKind::Membership,
                 &id,
-                old_loaded,
+                old,
                 new_loaded,
-                tombstone,
             )
         },
     )?;
     for uid in planner.needs_records() {
         let old = match reader.current_row(source, RecordKind::Account, &uid)? {
-            Some(row) => Some(stored_loaded(
+            Some(row) => Some(Loaded::stored(
                 reader,
                 source,
                 RecordKind::Account,
-                &uid,
-                &row,
+                &current_version(&uid, &row),
                 false,
             )?),
             None => None,
@@ -768,29 +783,40 @@ fn stored_side<'r>(
     Ok(Box::new(reader.current(source, kind)?))
 }
 
-/// A stored record read in full; a deleted account's latest volatile values come along, for
-/// the leaver's last login.
-fn stored_loaded(
+/// A record whose material hash changed, planned against the stored state: its stored side
+/// read in full (a deleted record's with its latest volatile values), and for a record that
+/// comes back since the last baseline, the hash of its deletion, which its envelope chains to.
+fn plan_changed(
     reader: &Reader<'_>,
     source: &str,
+    planner: &mut Planner<'_>,
     kind: RecordKind,
     external_id: &str,
-    row: &CurrentRow,
-    with_volatile: bool,
-) -> Result<Loaded, PlanError> {
-    let entry = reader.version(source, kind, external_id, row.valid_from())?;
-    let volatile = if with_volatile && !kind.volatile_fields().is_empty() {
-        reader.volatile(source, kind, external_id)?
-    } else {
-        Map::new()
+    old: Option<&CurrentRow>,
+    new: Option<Loaded>,
+) -> Result<(), PlanError> {
+    let old_loaded = old
+        .map(|row| {
+            let version = current_version(external_id, row);
+            Loaded::stored(reader, source, kind, &version, new.is_none())
+        })
+        .transpose()?;
+    let tombstone = match (old, planner.is_baseline()) {
+        (None, false) => reader.tombstone(source, kind, external_id)?,
+        _ => None,
     };
-    Ok(Loaded {
+    planner.changed(kind, external_id, old_loaded, new, tombstone)
+}
+
+/// The stored version a current row points at.
+fn current_version(external_id: &str, row: &CurrentRow) -> RecordVersion {
+    RecordVersion {
+        external_id: external_id.to_string(),
+        valid_from: row.valid_from().to_string(),
+        valid_to: None,
         hash: row.hash,
         flags: row.flags,
-        entry,
-        volatile,
-        valid_from: Some(row.valid_from().to_string()),
-    })
+    }
 }
 
 fn spool_side(
