@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 
 use super::codec::{self, CurrentRow, Flags, SEP};
 use super::guard::Guard;
+use super::write::WriteReader;
 use super::{
     corrupt_value, covers, from_json, prune, Failure, Handle, HealthRecord, RecordVersion,
     RunRecord, RunStatus, SourceState, Store, StoreError, CURRENT, DELETIONS, ENTRIES, HEALTH,
@@ -685,18 +686,25 @@ pub(super) trait RunLookups {
     }
 }
 
-impl RunLookups for Reader<'_> {
-    fn guard(&self) -> &Guard {
-        &self.store.guard
-    }
+/// The run lookups of a [`Reader`] and of a commit's [`WriteReader`]: each holds its store and
+/// its transaction, and redb's two transactions open tables alike without a common trait.
+macro_rules! run_lookups {
+    ($($reader:ident),*) => {$(
+        impl RunLookups for $reader<'_> {
+            fn guard(&self) -> &Guard {
+                &self.store.guard
+            }
 
-    fn open<K: redb::Key + 'static, V: redb::Value + 'static>(
-        &self,
-        definition: TableDefinition<K, V>,
-    ) -> Result<impl ReadableTable<K, V>, Failure> {
-        self.table(definition)
-    }
+            fn open<K: redb::Key + 'static, V: redb::Value + 'static>(
+                &self,
+                definition: TableDefinition<K, V>,
+            ) -> Result<impl ReadableTable<K, V>, Failure> {
+                self.store.guard.call(|| self.txn.open_table(definition))
+            }
+        }
+    )*};
 }
+run_lookups!(Reader, WriteReader);
 
 /// The `&str → &[u8]` rows whose keys start with a prefix, guarded row by row.
 pub(super) struct Rows {

@@ -281,19 +281,6 @@ pub(super) struct WriteReader<'a> {
     pub(super) txn: &'a WriteTransaction,
 }
 
-impl RunLookups for WriteReader<'_> {
-    fn guard(&self) -> &Guard {
-        &self.store.guard
-    }
-
-    fn open<K: redb::Key + 'static, V: redb::Value + 'static>(
-        &self,
-        definition: TableDefinition<K, V>,
-    ) -> Result<impl ReadableTable<K, V>, Failure> {
-        self.store.guard.call(|| self.txn.open_table(definition))
-    }
-}
-
 /// The tables a commit writes.
 pub(super) struct WriteTables<'t> {
     guard: &'t Guard,
