@@ -413,16 +413,6 @@ impl SourceConfig {
         hex::encode(Sha256::digest(canonical))
     }
 
-    /// The account rules the diff applies for this source.
-    pub fn account_rules(&self) -> crate::diff::AccountRules {
-        crate::diff::AccountRules {
-            privileged_groups: self.privileged_groups.iter().cloned().collect(),
-            privileged_roles: self.privileged_roles.iter().cloned().collect(),
-            hr_key_field: self.hr_key_field.clone(),
-            sla_seconds: self.sla.map(|sla| sla.as_secs()),
-        }
-    }
-
     /// `expected_interval`, or one and a half times the longest gap of the schedule: a run's
     /// own duration or a late start is no gap, a missed run is.
     pub fn expected_interval(&self) -> (Duration, bool) {
@@ -1160,11 +1150,18 @@ fn validate_source(name: &str, raw: RawSource, places: &Places) -> Result<Source
         unhealthy_after_failures: bounded(
             raw.unhealthy_after_failures,
             1,
-            1..=crate::daemon::status::RECENT_RUNS as u32,
+            1..=RECENT_RUNS as u32,
             &key("unhealthy_after_failures"),
         )?,
     })
 }
+
+/// `hr_key_field` names a key of the account's Authentik attributes.
+pub const HR_KEY_PREFIX: &str = "attributes.";
+
+/// How many of a source's newest runs the daemon's status reads (and its page shows): the
+/// most failed runs in a row that `unhealthy_after_failures` can name.
+pub const RECENT_RUNS: usize = 20;
 
 /// The longest `sla` or `expected_interval` accepted: a year.
 const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
@@ -1183,7 +1180,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 fn check_hr_key_field(field: &str) -> Result<(), String> {
-    let path = field.strip_prefix(crate::diff::HR_KEY_PREFIX);
+    let path = field.strip_prefix(HR_KEY_PREFIX);
     if path.is_none_or(|path| path.split('.').any(|key| key.trim().is_empty())) {
         return Err(format!(
             "= {field:?} does not name an attribute: write \"attributes.<key>\", e.g. \"attributes.employee_id\""

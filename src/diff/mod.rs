@@ -22,6 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::config::{SourceConfig, HR_KEY_PREFIX};
 use crate::run::normalize::{AccountStatus, DirectoryAccount, DirectoryGroup, Role};
 pub use crate::run::record::FieldChange;
 
@@ -433,6 +434,16 @@ pub struct AccountRules {
 const ROLE_PREFIX: &str = "role:";
 
 impl AccountRules {
+    /// The rules a source's configuration sets.
+    pub fn of(source: &SourceConfig) -> AccountRules {
+        AccountRules {
+            privileged_groups: source.privileged_groups.iter().cloned().collect(),
+            privileged_roles: source.privileged_roles.iter().cloned().collect(),
+            hr_key_field: source.hr_key_field.clone(),
+            sla_seconds: source.sla.map(|sla| sla.as_secs()),
+        }
+    }
+
     /// Whether members of `group` are privileged through it (before inheritance).
     pub fn confers(&self, group: &DirectoryGroup) -> bool {
         group.is_superuser
@@ -554,9 +565,6 @@ impl AccountRules {
         }
     }
 }
-
-/// `hr_key_field` names a key of the account's Authentik attributes.
-pub const HR_KEY_PREFIX: &str = "attributes.";
 
 /// A privilege path as people read it: `hr-team-8 → authentik Admins`, or
 /// [`SUPERUSER_FLAG`] for the account's own flag alone.

@@ -52,7 +52,7 @@ pub fn compare_runs(
     };
     let mut planner = Planner::new(
         ChangeRule::new(&source.ignore_fields),
-        source.account_rules(),
+        AccountRules::of(source),
         context,
         from.map(run_ref),
         run_ref(to),

@@ -23,7 +23,7 @@ use crate::authentik::{AuthentikClient, ClientError, ListKind, RetryPolicy};
 use crate::clock::Clock;
 use crate::config::filter::RecordFilter;
 use crate::config::{Config, SourceConfig};
-use crate::diff::{diff, DirectoryDiff, RunRef};
+use crate::diff::{diff, AccountRules, DirectoryDiff, RunRef};
 use crate::ledger::entry::RunSettings;
 use crate::ledger::lthash::{LtHash, Tracked};
 use crate::ledger::seal::SigningKey;
@@ -407,7 +407,7 @@ impl CompleteRun {
             record.delivery = Some(DeliveryState::pending());
         }
         record.envelopes = Some(envelopes.summary.clone());
-        let census = ledger::run::census_of(&self.collected, &source.account_rules())
+        let census = ledger::run::census_of(&self.collected, &AccountRules::of(source))
             .map_err(|error| fail(format!("cannot read the run's spooled records: {error}")))?;
         let previous_privileged = ledger::read::privileged_now(&reader, &source.name)
             .map_err(|error| Rejected::Store(ledger_error(error)))?;
@@ -500,7 +500,7 @@ impl CompleteRun {
         };
         let mut planner = Planner::new(
             ChangeRule::new(&source.ignore_fields),
-            source.account_rules(),
+            AccountRules::of(source),
             context,
             previous.map(|run| RunRef {
                 run_id: run.run_id.clone(),
