@@ -29,7 +29,6 @@ use crate::config::secret::ApiToken;
 use crate::config::state_dir::Access;
 use crate::display::redact_url;
 use crate::output::report::ReportFormat;
-use crate::store::RunRecord;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/aksync/config.toml";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/aksync";
@@ -284,18 +283,26 @@ pub struct OutputConfig {
 /// report lists every run whatever this says, and `aksync report RUN` writes any run's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ReportsPerRun {
-    /// Runs that changed something (see [`RunRecord::changed_anything`]).
+    /// Runs that changed something (see [`crate::store::RunRecord::changed_anything`]).
     #[default]
     Changes,
     Always,
     Never,
 }
 
+impl OutputConfig {
+    /// Whether a complete run gets report files of its own: some format is configured and
+    /// `reports_per_run` takes the run, which `changed_anything` or not.
+    pub fn writes_run_reports(&self, changed_anything: bool) -> bool {
+        !self.reports.is_empty() && self.reports_per_run.writes(changed_anything)
+    }
+}
+
 impl ReportsPerRun {
-    /// Whether `run` gets its report files.
-    pub fn writes(self, run: &RunRecord) -> bool {
+    /// Whether a run that `changed_anything` or not gets its report files.
+    pub fn writes(self, changed_anything: bool) -> bool {
         match self {
-            ReportsPerRun::Changes => run.changed_anything(),
+            ReportsPerRun::Changes => changed_anything,
             ReportsPerRun::Always => true,
             ReportsPerRun::Never => false,
         }

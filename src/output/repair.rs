@@ -234,7 +234,7 @@ fn rebuild_outbox(config: &Config, store: &Store, run: &RunRecord) -> Repair {
 /// Whether the run should have report files of its own and one of them is not there.
 fn reports_missing(config: &Config, run: &RunRecord) -> bool {
     let output = &config.output;
-    if output.reports.is_empty() || !output.reports_per_run.writes(run) {
+    if !output.writes_run_reports(run.changed_anything()) {
         return false;
     }
     let files = output

@@ -103,7 +103,7 @@ pub(crate) async fn write_run_reports(
     run: &RunRecord,
 ) {
     let output = &context.config.output;
-    if output.reports.is_empty() || !output.reports_per_run.writes(run) {
+    if !output.writes_run_reports(run.changed_anything()) {
         return;
     }
     let (config, source, store) = (
