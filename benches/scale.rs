@@ -40,7 +40,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aksync::authentik::ListKind;
-use aksync::fake::{Directory, FakeAuthentik, READER_TOKEN};
+use aksync::demo::fake::{Directory, FakeAuthentik, READER_TOKEN};
 use clap::Parser;
 
 #[derive(Debug, Parser)]

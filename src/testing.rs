@@ -4,18 +4,18 @@
 use chrono::{DateTime, Duration as ChronoDuration, TimeZone, Utc};
 use serde_json::Value;
 
-use crate::collect::Collector;
+use crate::config::filter::RecordFilter;
 use crate::config::SourceConfig;
-use crate::envelope::{envelope_path, parse_jsonl, Envelope};
-use crate::filter::RecordFilter;
+use crate::output::envelope::{envelope_path, parse_jsonl, Envelope};
+use crate::run::collect::Collector;
+use crate::run::sync::{CompleteRun, Rejected, SyncedRun};
 use crate::store::{RunOutcome, Store};
-use crate::sync::{CompleteRun, Rejected, SyncedRun};
 
 pub(crate) fn source_config() -> SourceConfig {
     SourceConfig {
         name: "corp".into(),
         base_url: crate::config::normalize_base_url("https://ak.example.com", false).unwrap(),
-        token: crate::config::TokenSource::Inline(crate::secret::ApiToken::new("t")),
+        token: crate::config::TokenSource::Inline(crate::config::secret::ApiToken::new("t")),
         primary_directory: false,
         disable_group_sync: false,
         filter: None,
@@ -27,7 +27,7 @@ pub(crate) fn source_config() -> SourceConfig {
         ca_file: None,
         allow_insecure_http: false,
         ignore_fields: Vec::new(),
-        schedule: crate::schedule::Schedule::default(),
+        schedule: crate::config::schedule::Schedule::default(),
         run_on_start: true,
         privileged_groups: Vec::new(),
         privileged_roles: Vec::new(),
@@ -150,7 +150,8 @@ impl TestSource {
 
     /// A failed run, recorded as a sync records one.
     pub fn fail(&self, outcome: RunOutcome, error: &str) -> crate::store::RunRecord {
-        crate::sync::commit_failed_run(&self.store, &self.source, None, &outcome, error).unwrap()
+        crate::run::sync::commit_failed_run(&self.store, &self.source, None, &outcome, error)
+            .unwrap()
     }
 
     pub fn envelopes(&self, run_id: &str) -> Vec<Envelope> {

@@ -3,7 +3,7 @@
 
 mod common;
 
-use aksync::fake::{
+use aksync::demo::fake::{
     APP_PASSWORD_TOKEN, NO_PERMISSION_TOKEN, READER_TOKEN, REVOKED_TOKEN, SUPERUSER_TOKEN,
 };
 use common::TestEnv;

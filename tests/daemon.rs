@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use aksync::daemon::process::ProcessStats;
-use aksync::fake::{Fault, READER_TOKEN};
+use aksync::demo::fake::{Fault, READER_TOKEN};
 use aksync::store::{DeliveryStatus, RunRecord, RunStatus};
 use common::browser::{chromium_or_skip, laid_out_width};
 use common::{receiver, TestEnv};

@@ -127,7 +127,10 @@ async fn a_sync_killed_mid_fetch_leaves_the_history_intact() {
         state.latency = std::time::Duration::from_millis(300);
         state.directory.add_user("late.arrival", "internal");
     });
-    env.write_config(aksync::fake::READER_TOKEN, "page_size = 5\nconcurrency = 1");
+    env.write_config(
+        aksync::demo::fake::READER_TOKEN,
+        "page_size = 5\nconcurrency = 1",
+    );
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_aksync"))
         .args(["--config", env.config_path.to_str().unwrap(), "sync"])
         .stdout(std::process::Stdio::null())

@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 
-use aksync::fake::Directory;
+use aksync::demo::fake::Directory;
 use common::{receiver, run_ids, TestEnv};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -42,7 +42,7 @@ struct Cast {
 }
 
 fn cast(directory: &Directory) -> Cast {
-    let people: Vec<&aksync::fake::FakeUser> = directory
+    let people: Vec<&aksync::demo::fake::FakeUser> = directory
         .users
         .values()
         .filter(|user| {
@@ -50,7 +50,7 @@ fn cast(directory: &Directory) -> Cast {
         })
         .collect();
     // A name, so that a rename changes the username alone.
-    let active_with_groups: Vec<&&aksync::fake::FakeUser> = people
+    let active_with_groups: Vec<&&aksync::demo::fake::FakeUser> = people
         .iter()
         .filter(|user| user.is_active && !user.groups.is_empty() && !user.name.is_empty())
         .collect();
@@ -730,7 +730,7 @@ async fn pdf_reports_need_chromium_and_say_so() {
     let stderr = String::from_utf8_lossy(&missing.stderr);
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.to_lowercase().contains("chromium"), "{stderr}");
-    if aksync::report::find_chromium().is_some() {
+    if aksync::output::report::find_chromium().is_some() {
         let run = env.aksync(&["report", "--format", "pdf", "--out", out.to_str().unwrap()]);
         assert_eq!(run.code, 0, "{}", run.stderr);
         assert!(std::fs::read(&out).unwrap().starts_with(b"%PDF"));
@@ -743,7 +743,7 @@ async fn a_business_hours_schedule_is_expected_to_pause_over_the_weekend() {
     // 09:00, whenever it is asked, not the 5 minutes of the next few runs.
     let env = TestEnv::start(4).await;
     env.write_config(
-        aksync::fake::READER_TOKEN,
+        aksync::demo::fake::READER_TOKEN,
         "schedule = \"*/5 9-17 * * 1-5\"",
     );
     env.sync_ok();

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use aksync::fake::{long_text, Fault, ListKind, ListingLies, HOSTILE_TEXT, READER_TOKEN};
+use aksync::demo::fake::{long_text, Fault, ListKind, ListingLies, HOSTILE_TEXT, READER_TOKEN};
 use common::{measured, Measured, TestEnv};
 use serde_json::Value;
 

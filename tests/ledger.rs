@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use redb::{ReadableDatabase, ReadableTable};
 
-use aksync::fake::Directory;
+use aksync::demo::fake::Directory;
 use common::{copy_dir, run_ids, TestEnv};
 use serde_json::Value;
 
@@ -70,7 +70,7 @@ fn leaver<'a>(report: &'a Value, username: &str) -> &'a Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leavers_evidence_is_the_same_in_a_report_built_later() {
     let env = TestEnv::start(20).await;
-    env.write_config(aksync::fake::READER_TOKEN, "sla = \"1h\"");
+    env.write_config(aksync::demo::fake::READER_TOKEN, "sla = \"1h\"");
     env.sync_ok();
     let directory = env.fake.with_state(|state| state.directory.clone());
     let cast = people(&directory);
@@ -160,7 +160,7 @@ async fn past_results_do_not_follow_todays_settings() {
     let before = report_json(&env, &[&r2, "--from", &r1]);
 
     env.write_config(
-        aksync::fake::READER_TOKEN,
+        aksync::demo::fake::READER_TOKEN,
         "ignore_fields = [\"metadata.department\"]\nprivileged_groups = [\"Finance\"]",
     );
     env.sync_ok();
@@ -323,7 +323,7 @@ async fn a_role_only_change_is_one_mover_one_version_one_envelope() {
         .with_state(|state| state.directory.add_role("Auditor"));
     // A role held directly is named by its uuid: users list their roles without names.
     env.write_config(
-        aksync::fake::READER_TOKEN,
+        aksync::demo::fake::READER_TOKEN,
         &format!("privileged_roles = [{role:?}]"),
     );
     env.sync_ok();

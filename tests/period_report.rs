@@ -10,7 +10,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use aksync::fake::{Directory, Fault};
+use aksync::demo::fake::{Directory, Fault};
 use common::{run_ids, TestEnv};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -51,7 +51,7 @@ struct Cast {
 }
 
 fn cast(directory: &Directory) -> Cast {
-    let people: Vec<&aksync::fake::FakeUser> = directory
+    let people: Vec<&aksync::demo::fake::FakeUser> = directory
         .users
         .values()
         .filter(|user| user.user_type == "internal" && user.attributes.get("employee_id").is_some())
@@ -76,7 +76,7 @@ fn cast(directory: &Directory) -> Cast {
 async fn a_period_report_lists_every_run_reconciles_and_flags_every_grant() {
     let env = TestEnv::start(40).await;
     env.write_config(
-        aksync::fake::READER_TOKEN,
+        aksync::demo::fake::READER_TOKEN,
         "sla = \"1s\"\nhr_key_field = \"attributes.employee_id\"\nexpected_interval = \"1h\"\n",
     );
     let (cast, admins, finance) = env.fake.with_state(|state| {
@@ -392,7 +392,7 @@ async fn a_period_report_lists_every_run_reconciles_and_flags_every_grant() {
         assert!(text.contains(&cast.dormant_admin), "{format}");
         assert!(text.contains(&cast.quitter), "{format}");
     }
-    if aksync::report::find_chromium().is_some() {
+    if aksync::output::report::find_chromium().is_some() {
         let (_, pdf) = write("pdf");
         assert!(pdf.starts_with(b"%PDF"));
     }

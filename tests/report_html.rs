@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 
 use aksync::diff::{DirectoryDiff, GroupChanges, GroupRef, LeaveReason, Leaver, MembershipChanges};
-use aksync::report::{
+use aksync::output::report::{
     html_to_pdf, render, EvidenceInfo, Period, PeriodRun, Producer, Report, ReportFormat,
     ReportHeader, ReportSettings, Snapshot, TrendPoint,
 };

@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use aksync::fake::READER_TOKEN;
+use aksync::demo::fake::READER_TOKEN;
 use common::{assert_accounts_match, ids, TestEnv};
 use serde_json::Value;
 
@@ -67,7 +67,7 @@ async fn a_one_percent_churn_runs_diff_is_exactly_the_churn() {
     let before = env.fake.with_state(|state| state.directory.clone());
     let groups: Vec<String> = before.groups.keys().cloned().collect();
     // Distinct active people for each kind of change, six of each: 1% of the directory.
-    let people: Vec<&aksync::fake::FakeUser> = before
+    let people: Vec<&aksync::demo::fake::FakeUser> = before
         .users
         .values()
         .filter(|user| user.is_active && user.user_type == "internal" && !user.groups.is_empty())
@@ -136,7 +136,7 @@ async fn a_one_percent_churn_runs_diff_is_exactly_the_churn() {
 
     // Memberships: the new people's, the moved people's new and old, the deleted people's.
     let after = env.fake.with_state(|state| state.directory.clone());
-    let pairs = |directory: &aksync::fake::Directory, names: &[String]| -> BTreeSet<String> {
+    let pairs = |directory: &aksync::demo::fake::Directory, names: &[String]| -> BTreeSet<String> {
         names
             .iter()
             .filter_map(|name| directory.user_by_username(name))

@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use aksync::fake::{Directory, Fault, ListKind, PageHook};
+use aksync::demo::fake::{Directory, Fault, ListKind, PageHook};
 use common::{assert_accounts_match, ids, TestEnv};
 use serde_json::Value;
 
@@ -129,7 +129,7 @@ async fn sync_stores_exactly_the_directory() {
     let latest = store.latest_complete("corp").unwrap().unwrap();
     let reader = store.reader().unwrap();
     let account = reader
-        .records_at(&latest, aksync::record::RecordKind::Account)
+        .records_at(&latest, aksync::run::record::RecordKind::Account)
         .unwrap()
         .next()
         .unwrap()
@@ -147,14 +147,14 @@ async fn clamped_concurrent_paging_equals_sequential_paging() {
     let env = TestEnv::start(60).await;
     env.fake.with_state(|state| state.max_page_size = 7);
     env.write_config(
-        aksync::fake::READER_TOKEN,
+        aksync::demo::fake::READER_TOKEN,
         "page_size = 1000\nconcurrency = 1",
     );
     env.sync_ok();
     let sequential = env.show_json("accounts", "latest");
     let sequential_members = env.show_json("memberships", "latest");
     env.write_config(
-        aksync::fake::READER_TOKEN,
+        aksync::demo::fake::READER_TOKEN,
         "page_size = 1000\nconcurrency = 8",
     );
     env.sync_ok();
@@ -276,7 +276,7 @@ async fn a_server_failing_mid_listing_gives_a_failed_run_and_keeps_the_snapshot(
     let env = TestEnv::start(50).await;
     env.fake.with_state(|state| state.max_page_size = 10);
     env.write_config(
-        aksync::fake::READER_TOKEN,
+        aksync::demo::fake::READER_TOKEN,
         "page_size = 10\nconcurrency = 2",
     );
     env.sync_ok();
@@ -311,7 +311,10 @@ async fn a_listing_that_shifts_between_pages_is_never_stored_partially() {
     for (list, page) in [(ListKind::Users, 3), (ListKind::Groups, 2)] {
         let env = TestEnv::start(40).await;
         env.fake.with_state(|state| state.max_page_size = 5);
-        env.write_config(aksync::fake::READER_TOKEN, "page_size = 5\nconcurrency = 1");
+        env.write_config(
+            aksync::demo::fake::READER_TOKEN,
+            "page_size = 5\nconcurrency = 1",
+        );
         env.fake.with_state(|state| {
             state.page_hooks.push(PageHook {
                 list,
@@ -365,7 +368,10 @@ async fn a_listing_that_shifts_between_pages_is_never_stored_partially() {
 async fn a_group_renamed_during_the_listing_keeps_its_page() {
     let env = TestEnv::start(40).await;
     env.fake.with_state(|state| state.max_page_size = 3);
-    env.write_config(aksync::fake::READER_TOKEN, "page_size = 3\nconcurrency = 1");
+    env.write_config(
+        aksync::demo::fake::READER_TOKEN,
+        "page_size = 3\nconcurrency = 1",
+    );
     env.fake.with_state(|state| {
         // Sorted by name, the group that comes last would jump to page 1 once renamed, and
         // the listing would miss it; sorted by pk, it stays where it is.
@@ -423,7 +429,7 @@ async fn pre_2025_12_servers_with_a_single_parent_are_read() {
 async fn group_sync_off_stores_accounts_only() {
     let env = TestEnv::start(10).await;
     env.write_config(
-        aksync::fake::READER_TOKEN,
+        aksync::demo::fake::READER_TOKEN,
         "disable_group_sync = true\nprimary_directory = true",
     );
     env.sync_ok();
@@ -450,7 +456,7 @@ async fn group_sync_off_stores_accounts_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_that_sees_part_of_the_directory_fails_the_run() {
     let env = TestEnv::start(10).await;
-    env.write_config(aksync::fake::OBJECT_READER_TOKEN, "");
+    env.write_config(aksync::demo::fake::OBJECT_READER_TOKEN, "");
     let run = env.aksync(&["sync"]);
     assert_eq!(run.code, 1);
     assert!(
@@ -465,11 +471,14 @@ async fn a_token_that_sees_part_of_the_directory_fails_the_run() {
 async fn the_token_never_reaches_the_database_or_output() {
     let env = TestEnv::start(10).await;
     env.sync_ok();
-    env.write_config(aksync::fake::REVOKED_TOKEN, "");
+    env.write_config(aksync::demo::fake::REVOKED_TOKEN, "");
     let failed = env.aksync(&["sync"]);
     let check = env.aksync(&["check"]);
     let database = std::fs::read(env.database()).unwrap();
-    for token in [aksync::fake::READER_TOKEN, aksync::fake::REVOKED_TOKEN] {
+    for token in [
+        aksync::demo::fake::READER_TOKEN,
+        aksync::demo::fake::REVOKED_TOKEN,
+    ] {
         let needle = token.as_bytes();
         assert!(
             !database.windows(needle.len()).any(|w| w == needle),
@@ -485,12 +494,12 @@ async fn the_token_never_reaches_the_database_or_output() {
 async fn the_filter_keeps_matching_accounts_and_their_memberships_only() {
     let env = TestEnv::start(30).await;
     env.write_config(
-        aksync::fake::READER_TOKEN,
+        aksync::demo::fake::READER_TOKEN,
         "filter = \"payload.type == 'internal'\"",
     );
     env.sync_ok();
     let directory = env.fake.with_state(|state| state.directory.clone());
-    let internal: Vec<&aksync::fake::FakeUser> = directory
+    let internal: Vec<&aksync::demo::fake::FakeUser> = directory
         .users
         .values()
         .filter(|user| user.user_type == "internal")
@@ -526,7 +535,7 @@ async fn changed_settings_start_a_new_baseline_instead_of_fabricating_leavers() 
     let env = TestEnv::start(20).await;
     env.sync_ok();
     env.write_config(
-        aksync::fake::READER_TOKEN,
+        aksync::demo::fake::READER_TOKEN,
         "disable_group_sync = true\nfilter = \"payload.type == 'internal'\"",
     );
     env.sync_ok();
@@ -569,7 +578,7 @@ async fn a_sync_with_a_revoked_token_marks_the_source_unhealthy() {
     env.sync_ok();
     let healthy = env.store().health("corp").unwrap().unwrap();
     assert_eq!(healthy.status, aksync::store::HealthStatus::Healthy);
-    env.write_config(aksync::fake::REVOKED_TOKEN, "");
+    env.write_config(aksync::demo::fake::REVOKED_TOKEN, "");
     let run = env.aksync(&["sync"]);
     assert_eq!(run.code, 1);
     let health = env.store().health("corp").unwrap().unwrap();
@@ -580,7 +589,7 @@ async fn a_sync_with_a_revoked_token_marks_the_source_unhealthy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_sources_are_kept_apart() {
     let env = TestEnv::start(8).await;
-    let other = aksync::fake::FakeAuthentik::start(Directory::generate(99, 5))
+    let other = aksync::demo::fake::FakeAuthentik::start(Directory::generate(99, 5))
         .await
         .unwrap();
     let config = format!(

@@ -8,7 +8,7 @@ mod common;
 
 use std::path::Path;
 
-use aksync::fake::{Directory, FakeAuthentik, READER_TOKEN};
+use aksync::demo::fake::{Directory, FakeAuthentik, READER_TOKEN};
 use common::{copy_dir, run_binary, write_secret, Run};
 use redb::ReadableDatabase;
 

@@ -20,9 +20,9 @@ use serde_json::Value;
 
 use super::error::ClientError;
 use super::model::{Page, Pagination, SessionUser, Version};
+use crate::config::secret::ApiToken;
 use crate::config::SourceConfig;
 use crate::display;
-use crate::secret::ApiToken;
 use crate::telemetry::telemetry;
 
 /// How much of an error response is read: enough for its `detail` and an excerpt.

@@ -1,8 +1,9 @@
 //! Everything that speaks to Authentik's REST API: the tolerant models, the client with its
-//! retries and paging, and the typed errors.
+//! retries and paging, the typed errors, and the [`health`] of a source (`aksync check`).
 
 pub mod client;
 pub mod error;
+pub mod health;
 pub mod model;
 
 pub use client::{AuthentikClient, ListKind, RetryPolicy};

@@ -5,17 +5,17 @@ use std::path::Path;
 
 use super::output::{print, print_bytes, print_line};
 use super::{open_existing, print_json, resolve_run, CliError, Exit};
-use crate::artifacts::{self, read_envelope_file, read_envelopes, rebuild_envelopes};
 use crate::cli::opt::EnvelopeFormat;
 use crate::clock::Clock;
 use crate::config::{Config, SourceConfig};
 use crate::diff::{DirectoryDiff, FieldChange, GroupRef};
 use crate::display::escape;
-use crate::envelope;
-use crate::evidence::compare_runs;
 use crate::ledger::history::{find_accounts, timeline, TimelineKind};
-use crate::report::assemble::{build_report, Selection};
-use crate::report::{self, group_names, inline_text, ReportFormat};
+use crate::ledger::replay::compare_runs;
+use crate::output::artifacts::{self, read_envelope_file, read_envelopes, rebuild_envelopes};
+use crate::output::envelope;
+use crate::output::report::assemble::{build_report, Selection};
+use crate::output::report::{self, group_names, inline_text, ReportFormat};
 use crate::store::{RunRecord, Store};
 
 /// Group names for people: escaped, as all directory text in this module.

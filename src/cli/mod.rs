@@ -17,18 +17,18 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+use crate::authentik::health::check_source;
 use crate::authentik::ListKind;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ConfigError, ConfigLocation, LogFormat, SourceConfig};
 use crate::demo;
 use crate::display::escape;
-use crate::health::check_source;
 use crate::logging;
-use crate::record::{with_volatile, RecordKind};
-use crate::run_lock::{source_lock_path, RunLock};
-use crate::runner::{record_lock_failure, run_source, RunContext};
+use crate::run::record::{with_volatile, RecordKind};
+use crate::run::run_lock::{source_lock_path, RunLock};
+use crate::run::runner::{record_lock_failure, run_source, RunContext};
+use crate::run::sync::STORE_WAIT;
 use crate::store::{HealthStatus, RunRecord, RunStatus, Store, StoreError};
-use crate::sync::STORE_WAIT;
 use opt::{Command, FormatArgs, Opt, ShowKind};
 
 /// Commands other than the daemon log warnings and errors only, unless `AKSYNC_LOG` says
@@ -371,7 +371,7 @@ pub(crate) async fn sync(
 async fn sync_one(
     context: &RunContext<'_>,
     source: &SourceConfig,
-) -> Result<crate::sync::SyncedRun, CliError> {
+) -> Result<crate::run::sync::SyncedRun, CliError> {
     let lock_path = source_lock_path(&context.config.state_dir, &source.name);
     let lock = RunLock::acquire(&lock_path, |holder| {
         let pid = holder
@@ -397,10 +397,10 @@ async fn deliver_outbox(config: &Config, store: &Store, clock: &dyn Clock) -> Re
             config.origin
         )));
     };
-    let report = crate::delivery::deliver_pending(config, store, webhook, clock)
+    let report = crate::output::repair::deliver_repairing(config, store, webhook, clock)
         .await
         .map_err(|error| match error {
-            crate::delivery::DeliveryError::Store(error) => CliError::Store(error),
+            crate::output::delivery::DeliveryError::Store(error) => CliError::Store(error),
             other => CliError::Runtime(other.to_string()),
         })?;
     for (run, why) in &report.runs_parked {
@@ -441,9 +441,9 @@ async fn deliver(
                 .webhook
                 .as_ref()
                 .map_or(500, |webhook| webhook.batch_size);
-            Some(crate::delivery::retry(&store, run, batch_size)?)
+            Some(crate::output::delivery::retry(&store, run, batch_size)?)
         }
-        (None, Some(run)) => Some(crate::delivery::skip(&store, run)?),
+        (None, Some(run)) => Some(crate::output::delivery::skip(&store, run)?),
         (None, None) => None,
     };
     if let Some(run) = decided {
@@ -478,7 +478,8 @@ fn prune(
         return Ok(Exit::Success);
     }
     let mut store = Store::open(&config.database_path(), STORE_WAIT)?;
-    let outcomes = crate::retention::prune_sources(config, &store, &sources, clock.now(), dry_run)?;
+    let outcomes =
+        crate::output::retention::prune_sources(config, &store, &sources, clock.now(), dry_run)?;
     // Free space is reused by later runs anyway; give it back to the file system only when a
     // prune left much of it.
     let freed = outcomes.iter().any(|outcome| outcome.versions > 0);

@@ -180,9 +180,9 @@ pub enum Command {
 }
 
 impl Command {
-    /// Whether the command creates or changes files in the state directory, which must then
-    /// be this user's (see [`crate::state_dir`]). `check` only stores its result, and does so
-    /// when it may; queries only read.
+    /// Whether the command creates or changes files in the state directory, which must then be this
+    /// user's (see [`crate::config::state_dir`]). `check` only stores its result, and does so when
+    /// it may; queries only read.
     pub fn writes_state_dir(&self) -> bool {
         match self {
             Command::Sync { .. } | Command::Deliver { .. } | Command::Daemon => true,

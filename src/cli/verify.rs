@@ -135,7 +135,7 @@ struct StateFiles<'a> {
 
 impl Files for StateFiles<'_> {
     fn envelope(&self, run: &RunRecord) -> std::path::PathBuf {
-        crate::envelope::envelope_path(self.state_dir, &run.source, &run.run_id)
+        crate::output::envelope::envelope_path(self.state_dir, &run.source, &run.run_id)
     }
 
     fn report(&self, source: &str, name: &str) -> std::path::PathBuf {

@@ -50,7 +50,7 @@ use super::status::{SourceStatus, StatusBoard};
 use super::status_page;
 use crate::clock::Clock;
 use crate::config::HttpConfig;
-use crate::report::ReportFormat;
+use crate::output::report::ReportFormat;
 
 /// Connections served at once. The unit's `LimitNOFILE=` leaves room for these beside the
 /// runs' own files and sockets.

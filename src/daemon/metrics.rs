@@ -21,7 +21,7 @@ use prometheus_client::registry::Registry;
 
 use super::process::ProcessStats;
 use super::status::{ConfigReload, SourceStatus};
-use crate::runner::run_duration;
+use crate::run::runner::run_duration;
 use crate::store::RunStatus;
 use crate::telemetry::{telemetry, BatchOutcome, SourceLabel};
 

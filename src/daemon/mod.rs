@@ -29,8 +29,8 @@ use tokio::task::JoinHandle;
 use crate::cli::{CliError, Exit};
 use crate::clock::Clock;
 use crate::config::{Config, ConfigLocation};
+use crate::run::sync::STORE_WAIT;
 use crate::store::Store;
-use crate::sync::STORE_WAIT;
 use notify::Notifier;
 use outbox::Outbox;
 use scheduler::Scheduler;
@@ -60,7 +60,7 @@ pub async fn run(
     // The store must open before systemd hears READY=1; runs, delivery and the endpoint share it.
     let store = Arc::new(Store::open(&config.database_path(), STORE_WAIT)?);
     // What a process stopped after a commit left undone, before any new run.
-    crate::repair::repair_at_start(&config, &store, &*clock).await;
+    crate::output::repair::repair_at_start(&config, &store, &*clock).await;
     let mut histories = supervisor::read_histories(&store, &names).await?;
     let listener = match &config.http {
         Some(http) => Some(http::bind(http.listen).await.map_err(|e| runtime(&e))?),

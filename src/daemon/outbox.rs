@@ -1,5 +1,5 @@
 //! The daemon's webhook delivery loop: after every complete run with envelopes, and on its
-//! own, it delivers the outbox with [`deliver_pending`] (oldest run first, batch by batch).
+//! own, it delivers the outbox with [`deliver_repairing`] (oldest run first, batch by batch).
 //! While the receiver fails, passes back off 1, 2, 4 … seconds up to half a minute, so a
 //! receiver that comes back is caught up within a minute, without waiting for a sync. A pass
 //! that a stop cuts short may leave a batch sent but not recorded as acknowledged; it is sent
@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::status::StatusBoard;
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::delivery::deliver_pending;
+use crate::output::repair::deliver_repairing;
 use crate::store::Store;
 
 /// How often the loop looks for undelivered runs when nothing wakes it, e.g. runs a manual
@@ -55,7 +55,7 @@ impl Outbox {
             };
             let pass = tokio::select! {
                 () = self.cancel.cancelled() => return,
-                pass = deliver_pending(&config, &self.store, webhook, &*self.clock) => pass,
+                pass = deliver_repairing(&config, &self.store, webhook, &*self.clock) => pass,
             };
             let delivered_any = match pass {
                 Ok(report) => {

@@ -9,6 +9,8 @@
 //! to match where cron needs either. Computing each run with croner keeps `aksync check`, the
 //! status page and the actual runs in agreement.
 //!
+//! [`Schedule`]: crate::config::schedule::Schedule
+//!
 //! The crate fires jobs at whole-second resolution, possibly a little early; a tick carries
 //! the time it stands for, and the run waits for that time.
 

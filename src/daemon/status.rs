@@ -10,14 +10,11 @@ use chrono::{DateTime, Utc};
 use prometheus_client::metrics::histogram::Histogram;
 use serde::Serialize;
 
-use crate::config::SourceConfig;
+use crate::config::schedule::Schedule;
+use crate::config::{SourceConfig, RECENT_RUNS};
 use crate::display::quote;
-use crate::runner::run_duration;
-use crate::schedule::Schedule;
+use crate::run::runner::run_duration;
 use crate::store::{ChangeCounts, RunRecord, RunStatus, Store, StoreError};
-
-/// How many of a source's runs the status page can show.
-pub const RECENT_RUNS: usize = 20;
 
 /// A source's runs as stored.
 #[derive(Debug, Clone, Default)]

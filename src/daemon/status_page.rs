@@ -10,9 +10,9 @@ use std::path::Path;
 use chrono::{DateTime, Utc};
 
 use super::status::SourceStatus;
-use crate::artifacts::report_path;
-use crate::report::{escape_html, ReportFormat};
-use crate::runner::run_duration;
+use crate::output::artifacts::report_path;
+use crate::output::report::{escape_html, ReportFormat};
+use crate::run::runner::run_duration;
 use crate::store::{RunRecord, RunStatus};
 
 /// How many runs the page lists.

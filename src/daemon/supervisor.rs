@@ -17,8 +17,8 @@ use super::scheduler::{retry_delay, Armed, Scheduler, SchedulerError, Tick};
 use super::status::{History, SourceStatus, StatusBoard};
 use crate::clock::Clock;
 use crate::config::{Config, SourceConfig};
-use crate::run_lock::{source_lock_path, RunLock, TryLock};
-use crate::runner::{no_progress, record_lock_failure, run_source, RunContext};
+use crate::run::run_lock::{source_lock_path, RunLock, TryLock};
+use crate::run::runner::{no_progress, record_lock_failure, run_source, RunContext};
 use crate::store::{DeliveryStatus, RunRecord, RunStatus, Store, StoreError};
 
 /// How long a stop waits for cancelled runs to record themselves as failed. With the

@@ -1,6 +1,6 @@
 //! The joiner/mover/leaver diff between two complete runs of one source. It is a pure
 //! function of what changed (the accounts whose material content or memberships changed, as
-//! [`crate::record`]'s rule classified them, and the groups of both runs), so every rule is
+//! [`crate::run::record`]'s rule classified them, and the groups of both runs), so every rule is
 //! tested here without I/O.
 //!
 //! The rules:
@@ -22,8 +22,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::normalize::{AccountStatus, DirectoryAccount, DirectoryGroup, Role};
-pub use crate::record::FieldChange;
+use crate::config::{SourceConfig, HR_KEY_PREFIX};
+use crate::run::normalize::{AccountStatus, DirectoryAccount, DirectoryGroup, Role};
+pub use crate::run::record::FieldChange;
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct GroupRef {
@@ -80,7 +81,7 @@ pub struct Joiner {
     /// Always active: an account created inactive is no joiner.
     #[serde(default = "active")]
     pub status: AccountStatus,
-    pub account_type: crate::normalize::AccountType,
+    pub account_type: crate::run::normalize::AccountType,
     pub is_superuser: bool,
     /// Authentik's `date_joined`.
     pub added_at: Option<String>,
@@ -389,7 +390,7 @@ pub struct RunRef {
 pub struct AccountSides {
     pub old: Option<DirectoryAccount>,
     pub new: Option<DirectoryAccount>,
-    /// The material field changes, as [`crate::record::ChangeRule::field_changes`] found them.
+    /// The material field changes, as [`crate::run::record::ChangeRule::field_changes`] found them.
     pub changes: Vec<FieldChange>,
     pub old_groups: BTreeSet<String>,
     pub new_groups: BTreeSet<String>,
@@ -439,6 +440,16 @@ pub struct AccountRules {
 const ROLE_PREFIX: &str = "role:";
 
 impl AccountRules {
+    /// The rules a source's configuration sets.
+    pub fn of(source: &SourceConfig) -> AccountRules {
+        AccountRules {
+            privileged_groups: source.privileged_groups.iter().cloned().collect(),
+            privileged_roles: source.privileged_roles.iter().cloned().collect(),
+            hr_key_field: source.hr_key_field.clone(),
+            sla_seconds: source.sla.map(|sla| sla.as_secs()),
+        }
+    }
+
     /// Whether members of `group` are privileged through it (before inheritance).
     pub fn confers(&self, group: &DirectoryGroup) -> bool {
         group.is_superuser
@@ -560,9 +571,6 @@ impl AccountRules {
         }
     }
 }
-
-/// `hr_key_field` names a key of the account's Authentik attributes.
-pub const HR_KEY_PREFIX: &str = "attributes.";
 
 /// A privilege path as people read it: `hr-team-8 → authentik Admins`, or
 /// [`SUPERUSER_FLAG`] for the account's own flag alone.

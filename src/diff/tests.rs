@@ -698,8 +698,8 @@ fn the_census_of_stored_runs_agrees_with_the_grants() {
     );
     let diff = second.diff.unwrap();
     let reader = source.store.reader().unwrap();
-    let rules = source.source.account_rules();
-    let census = |run| crate::evidence::census(&reader, &rules, run).unwrap();
+    let rules = AccountRules::of(&source.source);
+    let census = |run| crate::ledger::replay::census(&reader, &rules, run).unwrap();
     let (start, end) = (census(&first.run), census(&second.run));
     let names = |census: &crate::diff::Census| -> Vec<(String, String)> {
         census

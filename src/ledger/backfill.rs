@@ -10,9 +10,9 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use crate::config::SourceConfig;
-use crate::diff::{DirectoryDiff, GroupChanges, PrivilegedAccount};
-use crate::evidence::{census, compare_runs};
-use crate::record::RecordKind;
+use crate::diff::{AccountRules, DirectoryDiff, GroupChanges, PrivilegedAccount};
+use crate::ledger::replay::{census, compare_runs};
+use crate::run::record::RecordKind;
 use crate::store::{KeptState, RunRecord, RunStatus, Store, StoreError};
 
 use super::entry::{PopulationAtEnd, PrivilegedList, PrivilegedNow, RunEvidence, RunSettings};
@@ -60,7 +60,7 @@ pub fn replay_evidence(
         Some(previous) if !privilege_may_have_changed(&diff, &previous.accounts) => {
             previous.accounts.clone()
         }
-        _ => census(&store.reader()?, &source.account_rules(), run)?.privileged,
+        _ => census(&store.reader()?, &AccountRules::of(source), run)?.privileged,
     };
     evidence.population = Some(PopulationAtEnd {
         accounts: diff.population.accounts.after,

@@ -9,8 +9,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::diff::{FieldChange, GroupRef};
-use crate::plan::membership_pair;
-use crate::record::RecordKind;
+use crate::run::plan::membership_pair;
+use crate::run::record::RecordKind;
 use crate::store::Reader;
 
 use super::read::run_evidence;

@@ -8,7 +8,7 @@
 //! it, so a run updates its predecessor's digest with its changes alone, and a run that
 //! changes nothing costs nothing. The same set gives the same digest whatever the order.
 
-use crate::record::{Hash, RecordKind};
+use crate::run::record::{Hash, RecordKind};
 
 const LANES: usize = 1024;
 /// Bytes of a serialized state.
@@ -97,7 +97,7 @@ impl LtHash {
 
     /// The 32-byte digest a ledger entry records: the SHA-256 of the state, in hex.
     pub fn hex(&self) -> String {
-        hex::encode(crate::record::sha256(&self.to_bytes()))
+        hex::encode(crate::run::record::sha256(&self.to_bytes()))
     }
 }
 

@@ -13,12 +13,15 @@
 //! what they say about the past does not change when settings, volatile values or
 //! retention do; [`verify`] recomputes every digest from what is stored and on disk. Runs
 //! from before the ledger get their entries by replay ([`backfill`]), marked as such.
+//! [`replay`] runs two stored snapshots through the run's planner: the diff of runs that are
+//! not consecutive, rebuilt envelope files and the backfill.
 
 pub mod backfill;
 pub mod entry;
 pub mod history;
 pub mod lthash;
 pub mod read;
+pub mod replay;
 pub mod run;
 pub mod seal;
 pub mod snapshot;

@@ -6,10 +6,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::collect::Collected;
 use crate::diff::{AccountHead, AccountRules, AccountSides, Census, DiffInput, DirectoryDiff};
-use crate::normalize::{AccountStatus, DirectoryAccount, DirectoryGroup};
-use crate::record::with_volatile;
+use crate::run::collect::Collected;
+use crate::run::normalize::{AccountStatus, DirectoryAccount, DirectoryGroup};
+use crate::run::record::with_volatile;
 use crate::store::{IndexError, IndexRows};
 
 use super::entry::{PopulationAtEnd, PrivilegedList, PrivilegedNow, PrivilegedStep};

@@ -11,7 +11,7 @@ use std::path::Path;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
 use ed25519_dalek::{Signer as _, Verifier as _};
 
-use crate::record::{sha256, Hash};
+use crate::run::record::{sha256, Hash};
 
 /// Separates entry digests from every other SHA-256 of the same bytes.
 const DOMAIN: &[u8] = b"aksync ledger entry v1\n";

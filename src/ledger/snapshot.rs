@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::record::RecordKind;
+use crate::run::record::RecordKind;
 use crate::store::{Reader, StoreError};
 
 use super::lthash::LtHash;

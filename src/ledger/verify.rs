@@ -333,7 +333,7 @@ pub fn verify_source(
         verdict.files_checked += 1;
         match std::fs::read(&claim.path) {
             Ok(bytes) => {
-                let found = crate::envelope::sha256_hex(&bytes);
+                let found = crate::output::envelope::sha256_hex(&bytes);
                 if found != claim.sha256 {
                     verdict.fail(
                         Some(claim.seq),
@@ -544,7 +544,7 @@ pub fn manifest_of(file: &std::path::Path) -> Option<PathBuf> {
 /// Whether `file` hashes to the SHA-256 its manifest lists; why not, when it does not.
 fn check_listed(file: &std::path::Path, listed: &str, shown: &str) -> Result<(), String> {
     let found = std::fs::read(file)
-        .map(|bytes| crate::envelope::sha256_hex(&bytes))
+        .map(|bytes| crate::output::envelope::sha256_hex(&bytes))
         .map_err(|error| format!("cannot read {shown}: {error}"))?;
     if found == listed {
         Ok(())

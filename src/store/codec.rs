@@ -5,7 +5,7 @@
 //! external id. Rows that runs read for every record are small fixed-layout binary values, so
 //! that a run that changes nothing parses no JSON; only a version's entry is JSON.
 
-use crate::record::{Hash, RecordKind};
+use crate::run::record::{Hash, RecordKind};
 
 /// Separates the parts of a key.
 pub const SEP: char = '\u{1f}';

@@ -1,5 +1,5 @@
 //! The database file before redb opens it: created owner-only, refused when it is a symbolic
-//! link (see [`crate::state_dir`]) or when it is empty
+//! link (see [`crate::config::state_dir`]) or when it is empty
 //! although earlier runs left envelopes or reports (a truncated or replaced file would
 //! otherwise silently start a new history that reports everyone as a joiner again), and a
 //! warning when other users can read the state directory.
@@ -59,7 +59,7 @@ pub(super) fn prepare(path: &Path) -> Result<(), StoreError> {
 /// Creates an empty file readable and writable by its owner only; another process creating
 /// it first is fine.
 fn create_private_file(path: &Path) -> std::io::Result<()> {
-    match crate::state_dir::open_options()
+    match crate::config::state_dir::open_options()
         .write(true)
         .create_new(true)
         .open(path)

@@ -22,6 +22,8 @@
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
 
 use super::codec::{self, SEP};
+use super::read::RunLookups;
+use super::write::{WriteReader, WriteTables};
 use super::{corrupt_value, Failure, Reader, RunRecord, Store, StoreError};
 
 pub(super) const LEDGER: TableDefinition<&str, &[u8]> = TableDefinition::new("ledger");
@@ -361,9 +363,9 @@ impl Store {
             for (run_id, sealer) in runs.iter_mut() {
                 let head = head_in(self, txn, source)?;
                 // The record as it is now (its delivery may have moved on meanwhile).
-                let mut record = super::WriteReader { store: self, txn }.run(run_id)?;
+                let mut record = WriteReader { store: self, txn }.run(run_id)?;
                 record.ledger_seq = Some(head.next_seq);
-                super::WriteTables::open(self, txn)?.put_run(&record)?;
+                WriteTables::open(self, txn)?.put_run(&record)?;
                 append_in(self, txn, source, &head, Some(&record), &mut **sealer)?;
             }
             Ok(())

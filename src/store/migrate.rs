@@ -2,7 +2,7 @@
 //!
 //! Schema 1 stored every record version whole: volatile fields (logins) made versions, group
 //! payloads carried their member lists, and versions were JSON keyed by the hash of the whole
-//! entry. Schema 2 keeps the material content only (see [`crate::record`]). Migrating
+//! entry. Schema 2 keeps the material content only (see [`crate::run::record`]). Migrating
 //! rewrites each record's versions in the new layout, merges consecutive versions that
 //! differed only in volatile content, and builds the per-source run index and the
 //! latest-complete pointers. Material hashes are computed without `ignore_fields` (the store
@@ -24,8 +24,8 @@ use super::{
     corrupt_value, from_json, Failure, RunRecord, RunStatus, Store, CURRENT, ENTRIES, LATEST, RUNS,
     SOURCE_RUNS, TOMBSTONES, VERSIONS, VOLATILE,
 };
-use crate::normalize::stored_payload;
-use crate::record::{split_volatile, volatile_digest, ChangeRule, RecordKind};
+use crate::run::normalize::stored_payload;
+use crate::run::record::{split_volatile, volatile_digest, ChangeRule, RecordKind};
 
 const V1_VERSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("record_versions");
 const V1_CURRENT: TableDefinition<&str, &[u8]> = TableDefinition::new("current_versions");
@@ -178,7 +178,7 @@ fn kind_of(record_key: &str) -> Result<RecordKind, Failure> {
 struct Converted {
     valid_from: String,
     valid_to: Option<String>,
-    hash: crate::record::Hash,
+    hash: crate::run::record::Hash,
     entry: Vec<u8>,
     stored: Value,
     volatile: Map<String, Value>,

@@ -6,7 +6,7 @@ use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
 use super::codec::{CurrentRow, RUN_ID_LEN};
-use crate::record::{Hash, RecordKind};
+use crate::run::record::{Hash, RecordKind};
 
 /// One planned write.
 #[derive(Debug, Clone, PartialEq)]

@@ -12,6 +12,7 @@
 use redb::{ReadableTable, WriteTransaction};
 
 use super::codec::{self, SEP};
+use super::read::RunLookups;
 use super::{
     from_json, Failure, Reader, RunRecord, RunStatus, Store, StoreError, LATEST, META, RUNS,
     SOURCE_RUNS,

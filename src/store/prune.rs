@@ -20,6 +20,7 @@ use chrono::{DateTime, Duration as Span, Utc};
 use redb::ReadableTable;
 
 use super::codec::{self, SEP};
+use super::read::RunLookups;
 use super::{
     corrupt_value, ledger, DeliveryStatus, Failure, RunRecord, RunStatus, Sealer, Store,
     StoreError, ENTRIES, META, RUNS, SOURCE_RUNS, VERSIONS,
@@ -269,7 +270,7 @@ impl Store {
     pub fn prunable_versions(&self, plan: &PrunePlan) -> Result<u64, StoreError> {
         let reader = self.reader()?;
         let mut count = 0;
-        for kind in crate::record::RecordKind::ALL {
+        for kind in crate::run::record::RecordKind::ALL {
             for version in reader.versions(&plan.source, kind, "")? {
                 let version = version?;
                 if version

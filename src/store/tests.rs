@@ -4,9 +4,12 @@
 
 use std::collections::BTreeMap;
 
+use super::codec::{CurrentRow, SEP};
 use super::*;
+use crate::run::record::RecordKind;
 use crate::testing::{at, TestSource};
-use serde_json::json;
+use redb::ReadableTable;
+use serde_json::{json, Value};
 
 fn user(pk: i64, name: &str, groups: &[&str]) -> Value {
     json!({"pk": pk, "username": format!("u{pk}"), "name": name, "is_active": true,
@@ -218,8 +221,8 @@ fn a_run_overtaken_by_another_commit_is_refused() {
     };
     let error = match run_a.store(&source.store) {
         Ok(_) => panic!("A must not commit after B"),
-        Err(crate::sync::Rejected::Failed(_, reason)) => reason,
-        Err(crate::sync::Rejected::Store(error)) => panic!("{error}"),
+        Err(crate::run::sync::Rejected::Failed(_, reason)) => reason,
+        Err(crate::run::sync::Rejected::Store(error)) => panic!("{error}"),
     };
     assert!(error.contains("committed meanwhile"), "{error}");
     assert_eq!(
@@ -517,8 +520,8 @@ fn run_with_outbox(source: &mut TestSource, name: &str, webhook: bool) -> RunRec
     job.webhook = webhook;
     match job.store(&source.store) {
         Ok(synced) => synced.run,
-        Err(crate::sync::Rejected::Failed(_, reason)) => panic!("{reason}"),
-        Err(crate::sync::Rejected::Store(error)) => panic!("{error}"),
+        Err(crate::run::sync::Rejected::Failed(_, reason)) => panic!("{reason}"),
+        Err(crate::run::sync::Rejected::Store(error)) => panic!("{error}"),
     }
 }
 
@@ -580,11 +583,11 @@ fn a_cancelled_plan_stores_nothing_and_leaves_no_envelope_file() {
         .unwrap();
     job.cancel.cancel();
     match job.store(&source.store) {
-        Err(crate::sync::Rejected::Failed(_, reason)) => {
+        Err(crate::run::sync::Rejected::Failed(_, reason)) => {
             assert_eq!(reason, CANCELLED_BY_SHUTDOWN)
         }
         Ok(synced) => panic!("stored {synced:?}", synced = synced.run),
-        Err(crate::sync::Rejected::Store(error)) => panic!("{error}"),
+        Err(crate::run::sync::Rejected::Store(error)) => panic!("{error}"),
     }
     assert_eq!(
         source.store.latest_complete("corp").unwrap().unwrap(),

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use aksync::report::find_chromium;
+use aksync::output::report::find_chromium;
 
 const BROWSER_TIMEOUT: Duration = Duration::from_secs(60);
 /// Only the test's copy of a page gets this script: the pages themselves never have one.

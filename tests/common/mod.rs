@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aksync::fake::{Directory, FakeAuthentik, READER_TOKEN};
+use aksync::demo::fake::{Directory, FakeAuthentik, READER_TOKEN};
 use aksync::store::Store;
 use serde_json::Value;
 
@@ -249,7 +249,7 @@ pub fn run_binary(config: Option<&Path>, args: &[&str]) -> Run {
 /// Every stored account is its user in the fake directory, field by field, and every user
 /// is stored.
 pub fn assert_accounts_match(stored: &Value, directory: &Directory) {
-    let by_uid: std::collections::BTreeMap<String, &aksync::fake::FakeUser> = directory
+    let by_uid: std::collections::BTreeMap<String, &aksync::demo::fake::FakeUser> = directory
         .users
         .values()
         .map(|user| (directory.uid(user.pk), user))

@@ -1,6 +1,15 @@
 //! Configuration: where it is read from (file, `conf.d/`, `AKSYNC_*` environment), and its
 //! validation into a [`Config`] that the rest of aksync can trust. Every problem becomes a
 //! one-line [`ConfigError`] that names the file or key and says how to fix it.
+//!
+//! The parts of a source's configuration with their own rules: its cron [`schedule`], its
+//! CEL [`filter`], its token ([`secret`]); and the [`state_dir`] that other local users are
+//! kept out of.
+
+pub mod filter;
+pub mod schedule;
+pub mod secret;
+pub mod state_dir;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -14,13 +23,12 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use url::Url;
 
+use crate::config::filter::RecordFilter;
+use crate::config::schedule::{Schedule, ScheduleError};
+use crate::config::secret::ApiToken;
+use crate::config::state_dir::Access;
 use crate::display::redact_url;
-use crate::filter::RecordFilter;
-use crate::report::ReportFormat;
-use crate::schedule::{Schedule, ScheduleError};
-use crate::secret::ApiToken;
-use crate::state_dir::Access;
-use crate::store::RunRecord;
+use crate::output::report::ReportFormat;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/aksync/config.toml";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/aksync";
@@ -275,18 +283,26 @@ pub struct OutputConfig {
 /// report lists every run whatever this says, and `aksync report RUN` writes any run's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ReportsPerRun {
-    /// Runs that changed something (see [`RunRecord::changed_anything`]).
+    /// Runs that changed something (see [`crate::store::RunRecord::changed_anything`]).
     #[default]
     Changes,
     Always,
     Never,
 }
 
+impl OutputConfig {
+    /// Whether a complete run gets report files of its own: some format is configured and
+    /// `reports_per_run` takes the run, which `changed_anything` or not.
+    pub fn writes_run_reports(&self, changed_anything: bool) -> bool {
+        !self.reports.is_empty() && self.reports_per_run.writes(changed_anything)
+    }
+}
+
 impl ReportsPerRun {
-    /// Whether `run` gets its report files.
-    pub fn writes(self, run: &RunRecord) -> bool {
+    /// Whether a run that `changed_anything` or not gets its report files.
+    pub fn writes(self, changed_anything: bool) -> bool {
         match self {
-            ReportsPerRun::Changes => run.changed_anything(),
+            ReportsPerRun::Changes => changed_anything,
             ReportsPerRun::Always => true,
             ReportsPerRun::Never => false,
         }
@@ -402,16 +418,6 @@ impl SourceConfig {
         };
         let canonical = serde_json::to_vec(&settings).expect("plain struct serializes");
         hex::encode(Sha256::digest(canonical))
-    }
-
-    /// The account rules the diff applies for this source.
-    pub fn account_rules(&self) -> crate::diff::AccountRules {
-        crate::diff::AccountRules {
-            privileged_groups: self.privileged_groups.iter().cloned().collect(),
-            privileged_roles: self.privileged_roles.iter().cloned().collect(),
-            hr_key_field: self.hr_key_field.clone(),
-            sla_seconds: self.sla.map(|sla| sla.as_secs()),
-        }
     }
 
     /// `expected_interval`, or one and a half times the longest gap of the schedule: a run's
@@ -542,9 +548,9 @@ impl Config {
     }
 
     /// For commands that write into the state directory: it must also be this user's (see
-    /// [`crate::state_dir`]); what every command needs was checked when the file loaded.
+    /// [`crate::config::state_dir`]); what every command needs was checked when the file loaded.
     pub fn check_state_dir_owner(&self) -> Result<(), ConfigError> {
-        crate::state_dir::check(&self.state_dir, Access::Write).map_err(|reason| {
+        crate::config::state_dir::check(&self.state_dir, Access::Write).map_err(|reason| {
             ConfigError::Invalid {
                 origin: self.origin.clone(),
                 message: format!("`state_dir` {reason}"),
@@ -869,7 +875,7 @@ fn check_state_dir(state_dir: &Path) -> Result<(), String> {
         Ok(_) if !state_dir.is_dir() => Err(format!(
             "`state_dir` = {shown} is not a directory: move the file aside or choose another state_dir"
         )),
-        Ok(_) => crate::state_dir::check(state_dir, Access::Read)
+        Ok(_) => crate::config::state_dir::check(state_dir, Access::Read)
             .map_err(|reason| format!("`state_dir` {reason}")),
     }
 }
@@ -1076,7 +1082,7 @@ fn validate_source(name: &str, raw: RawSource, places: &Places) -> Result<Source
     let schedule = Schedule::parse(
         raw.schedule
             .as_deref()
-            .unwrap_or(crate::schedule::DEFAULT_SCHEDULE),
+            .unwrap_or(crate::config::schedule::DEFAULT_SCHEDULE),
         raw.timezone.as_deref(),
     )
     .map_err(|error| match error {
@@ -1152,7 +1158,7 @@ fn validate_source(name: &str, raw: RawSource, places: &Places) -> Result<Source
         unhealthy_after_failures: bounded(
             raw.unhealthy_after_failures,
             1,
-            1..=crate::daemon::status::RECENT_RUNS as u32,
+            1..=RECENT_RUNS as u32,
             &key("unhealthy_after_failures"),
         )?,
     })
@@ -1179,6 +1185,13 @@ fn check_one_primary_directory(sources: &BTreeMap<String, SourceConfig>) -> Resu
     Ok(())
 }
 
+/// `hr_key_field` names a key of the account's Authentik attributes.
+pub const HR_KEY_PREFIX: &str = "attributes.";
+
+/// How many of a source's newest runs the daemon's status reads (and its page shows): the
+/// most failed runs in a row that `unhealthy_after_failures` can name.
+pub const RECENT_RUNS: usize = 20;
+
 /// The longest `sla` or `expected_interval` accepted: a year.
 const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
 
@@ -1196,7 +1209,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 fn check_hr_key_field(field: &str) -> Result<(), String> {
-    let path = field.strip_prefix(crate::diff::HR_KEY_PREFIX);
+    let path = field.strip_prefix(HR_KEY_PREFIX);
     if path.is_none_or(|path| path.split('.').any(|key| key.trim().is_empty())) {
         return Err(format!(
             "= {field:?} does not name an attribute: write \"attributes.<key>\", e.g. \"attributes.employee_id\""

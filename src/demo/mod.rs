@@ -1,5 +1,8 @@
 //! The demo: the bundled fake Authentik with a generated directory, synced into a temporary
-//! state directory with the same code path as a real sync, then printed.
+//! state directory with the same code path as a real sync, then printed. The fake Authentik
+//! ([`fake`]) is the tests' too; neither is part of the product's data flow.
+
+pub mod fake;
 
 use std::path::PathBuf;
 
@@ -8,7 +11,7 @@ use crate::cli::output::print_line;
 use crate::cli::{self, CliError, Exit};
 use crate::clock::Clock;
 use crate::config::{Config, ConfigLocation};
-use crate::fake::{Directory, FakeAuthentik, READER_TOKEN};
+use crate::demo::fake::{Directory, FakeAuthentik, READER_TOKEN};
 
 const DEMO_SOURCE: &str = "demo";
 /// The seed of the demo's generated directory (also of the previous schema's test fixture).
@@ -31,7 +34,7 @@ pub async fn run(
             .map_err(|error| runtime_error("cannot create a temporary directory", error))?
             .keep(),
     };
-    crate::store::create_private_dir(&state_dir)
+    crate::config::state_dir::create_private_dir(&state_dir)
         .map_err(|error| runtime_error(&format!("cannot create {}", state_dir.display()), error))?;
     let server = FakeAuthentik::start(Directory::generate(DEMO_SEED, people))
         .await
@@ -39,7 +42,7 @@ pub async fn run(
     let config_path = state_dir.join("config.toml");
     let token_path = state_dir.join("token");
     // Written owner-only, as a token file should be.
-    crate::artifacts::write_file(&token_path, READER_TOKEN.as_bytes())
+    crate::output::artifacts::write_file(&token_path, READER_TOKEN.as_bytes())
         .map_err(|error| CliError::Runtime(format!("demo: {error}")))?;
     let config_text = format!(
         "# Written by `aksync demo`; the fake server it names is gone when the demo ends.\n\

@@ -3,27 +3,31 @@
 //!
 //! A [`Planner`] is fed every record of both states in external id order (accounts, then
 //! groups, then memberships). For each record whose material hash differs (see
-//! [`crate::record`]) it derives, from that one classification, the store's writes (when
+//! [`crate::run::record`]) it derives, from that one classification, the store's writes (when
 //! planning a sync), the envelope (when writing or rebuilding an envelope file) and the diff's
 //! input. Unchanged records cost a comparison of two hashes.
 //!
 //! Two merges feed it: [`plan_sync`] walks the stored current state beside the spooled new
-//! records of a sync, and [`crate::evidence`] replays two stored runs from their versions.
+//! records of a sync, and [`crate::ledger::replay`] replays two stored runs from their versions.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Map, Value};
 
 use crate::canonical::canonical_json;
-use crate::collect::Collected;
 use crate::diff::{AccountRef, AccountRules, Baseline, DiffInput, Population, RunRef};
-use crate::envelope::{Action, EnvelopeContext, EnvelopeFile, EnvelopeWriter, RecordChange};
 use crate::ledger::lthash::Tracked;
-use crate::normalize::{DirectoryAccount, DirectoryGroup};
-use crate::record::{raw, with_volatile, ChangeRule, Hash, RawEntry, RecordKind, DELETED_STATUS};
+use crate::output::envelope::{
+    Action, EnvelopeContext, EnvelopeFile, EnvelopeWriter, RecordChange,
+};
+use crate::run::collect::Collected;
+use crate::run::normalize::{DirectoryAccount, DirectoryGroup};
+use crate::run::record::{
+    raw, with_volatile, ChangeRule, Hash, RawEntry, RecordKind, DELETED_STATUS,
+};
 use crate::store::codec::{CurrentRow, Flags};
 use crate::store::ops::{Op, OpWriter, Ops};
-use crate::store::{Reader, StoreError};
+use crate::store::{Reader, RecordVersion, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
@@ -49,6 +53,30 @@ pub struct Loaded {
 }
 
 impl Loaded {
+    /// A stored version read in full; a deleted account's latest volatile values come along
+    /// with `with_volatile`, for the leaver's last login.
+    pub fn stored(
+        reader: &Reader<'_>,
+        source: &str,
+        kind: RecordKind,
+        version: &RecordVersion,
+        with_volatile: bool,
+    ) -> Result<Loaded, StoreError> {
+        let entry = reader.version(source, kind, &version.external_id, &version.valid_from)?;
+        let volatile = if with_volatile && !kind.volatile_fields().is_empty() {
+            reader.volatile(source, kind, &version.external_id)?
+        } else {
+            Map::new()
+        };
+        Ok(Loaded {
+            hash: version.hash,
+            flags: version.flags,
+            entry,
+            volatile,
+            valid_from: Some(version.valid_from.clone()),
+        })
+    }
+
     fn record(&self) -> Result<Value, PlanError> {
         self.entry
             .record()
@@ -307,7 +335,7 @@ impl<'a> Planner<'a> {
         external_id: &str,
         old: Option<Loaded>,
         new: Option<Loaded>,
-        changes: Vec<crate::record::FieldChange>,
+        changes: Vec<crate::run::record::FieldChange>,
     ) -> Result<(), PlanError> {
         if self.baseline {
             if let Some(new) = new.filter(|new| new.flags.superuser()) {
@@ -506,7 +534,7 @@ fn current_row(run_id: &str, loaded: &Loaded) -> Result<CurrentRow, PlanError> {
     CurrentRow::new(
         run_id,
         loaded.hash,
-        crate::record::volatile_digest(&loaded.volatile),
+        crate::run::record::volatile_digest(&loaded.volatile),
         loaded.flags,
     )
     .map_err(|_| PlanError::Record(format!("run id {run_id:?} is not a ULID")))
@@ -645,20 +673,19 @@ pub fn plan_sync(
                         planner.touch(kind, &id, current, &loaded.volatile)?;
                     }
                     if kind == RecordKind::Group {
-                        let old_loaded = stored_loaded(reader, source, kind, &id, &row, false)?;
+                        let old_loaded = Loaded::stored(
+                            reader,
+                            source,
+                            kind,
+                            &current_version(&id, &row),
+                            false,
+                        )?;
                         planner.catalog(Some(&old_loaded), Some(loaded))?;
                     }
                     return Ok(());
                 }
-                let old_loaded = old
-                    .as_ref()
-                    .map(|(_, row)| stored_loaded(reader, source, kind, &id, row, new.is_none()))
-                    .transpose()?;
-                let tombstone = match (&old, planner.is_baseline()) {
-                    (None, false) => reader.tombstone(source, kind, &id)?,
-                    _ => None,
-                };
-                planner.changed(kind, &id, old_loaded, new_loaded, tombstone)
+                let old = old.as_ref().map(|(_, row)| row);
+                plan_changed(reader, source, planner, kind, &id, old, new_loaded)
             },
         )?;
     }
@@ -709,33 +736,25 @@ pub fn plan_sync(
             {
                 return Ok(());
             }
-            let old_loaded = old
-                .as_ref()
-                .map(|(_, row)| {
-                    stored_loaded(reader, source, RecordKind::Membership, &id, row, false)
-                })
-                .transpose()?;
-            let tombstone = match (&old, planner.is_baseline()) {
-                (None, false) => reader.tombstone(source, RecordKind::Membership, &id)?,
-                _ => None,
-            };
-            planner.changed(
+            let old = old.as_ref().map(|(_, row)| row);
+            plan_changed(
+                reader,
+                source,
+                planner,
                 RecordKind::Membership,
                 &id,
-                old_loaded,
+                old,
                 new_loaded,
-                tombstone,
             )
         },
     )?;
     for uid in planner.needs_records() {
         let old = match reader.current_row(source, RecordKind::Account, &uid)? {
-            Some(row) => Some(stored_loaded(
+            Some(row) => Some(Loaded::stored(
                 reader,
                 source,
                 RecordKind::Account,
-                &uid,
-                &row,
+                &current_version(&uid, &row),
                 false,
             )?),
             None => None,
@@ -764,34 +783,45 @@ fn stored_side<'r>(
     Ok(Box::new(reader.current(source, kind)?))
 }
 
-/// A stored record read in full; a deleted account's latest volatile values come along, for
-/// the leaver's last login.
-fn stored_loaded(
+/// A record whose material hash changed, planned against the stored state: its stored side
+/// read in full (a deleted record's with its latest volatile values), and for a record that
+/// comes back since the last baseline, the hash of its deletion, which its envelope chains to.
+fn plan_changed(
     reader: &Reader<'_>,
     source: &str,
+    planner: &mut Planner<'_>,
     kind: RecordKind,
     external_id: &str,
-    row: &CurrentRow,
-    with_volatile: bool,
-) -> Result<Loaded, PlanError> {
-    let entry = reader.version(source, kind, external_id, row.valid_from())?;
-    let volatile = if with_volatile && !kind.volatile_fields().is_empty() {
-        reader.volatile(source, kind, external_id)?
-    } else {
-        Map::new()
+    old: Option<&CurrentRow>,
+    new: Option<Loaded>,
+) -> Result<(), PlanError> {
+    let old_loaded = old
+        .map(|row| {
+            let version = current_version(external_id, row);
+            Loaded::stored(reader, source, kind, &version, new.is_none())
+        })
+        .transpose()?;
+    let tombstone = match (old, planner.is_baseline()) {
+        (None, false) => reader.tombstone(source, kind, external_id)?,
+        _ => None,
     };
-    Ok(Loaded {
+    planner.changed(kind, external_id, old_loaded, new, tombstone)
+}
+
+/// The stored version a current row points at.
+fn current_version(external_id: &str, row: &CurrentRow) -> RecordVersion {
+    RecordVersion {
+        external_id: external_id.to_string(),
+        valid_from: row.valid_from().to_string(),
+        valid_to: None,
         hash: row.hash,
         flags: row.flags,
-        entry,
-        volatile,
-        valid_from: Some(row.valid_from().to_string()),
-    })
+    }
 }
 
 fn spool_side(
-    spool: &crate::spool::Spool,
-    item: &crate::spool::SpoolItem,
+    spool: &crate::run::spool::Spool,
+    item: &crate::run::spool::SpoolItem,
 ) -> Result<Loaded, PlanError> {
     let record = spool.read(item)?;
     Ok(Loaded {
@@ -811,8 +841,8 @@ mod tests {
     use serde_json::json;
 
     use crate::canonical::canonical_json;
-    use crate::envelope::Action;
-    use crate::record::{hex_hash, sha256, ChangeRule};
+    use crate::output::envelope::Action;
+    use crate::run::record::{hex_hash, sha256, ChangeRule};
     use crate::testing::TestSource;
 
     /// One change to the small directory the property test evolves.

@@ -8,23 +8,28 @@
 //! A receiver that keeps rejecting a batch outright (a 4xx such as 413) gets the run parked
 //! after [`PARK_AFTER`] passes, so that later runs still go; `aksync deliver --retry RUN`
 //! (with a smaller `batch_size`, say) or `--skip RUN` decides. `Retry-After` is honoured.
-//! So is a run whose envelope file is gone and cannot be rebuilt from the store (retention
-//! pruned what it was made from), at once: waiting cannot bring it back.
+//!
+//! Delivery reads envelope files and the store, and never replays a run: a run whose
+//! envelope file is gone or does not match stops the pass until the repair step has tried to
+//! rebuild it ([`crate::output::repair::deliver_repairing`] makes the passes), and one that
+//! cannot be rebuilt (retention pruned what it was made from) is parked at once, with the
+//! repair's reason: waiting cannot bring it back.
 //!
 //! A pass reads each source's undelivered runs only (see [`Store::undelivered_runs`]), and a
 //! run's envelope file a batch at a time, so its memory is one batch whatever the backlog.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use serde_json::json;
 
-use crate::artifacts::{open_envelopes, rebuild_envelopes, ArtifactError, EnvelopeBatches};
 use crate::authentik::client::error_chain;
 use crate::authentik::RetryPolicy;
 use crate::clock::Clock;
 use crate::config::{Config, WebhookConfig};
-use crate::run_lock::{outbox_lock_path, LockError, RunLock, TryLock};
+use crate::output::artifacts::{open_envelopes, ArtifactError, EnvelopeBatches};
+use crate::run::run_lock::{outbox_lock_path, LockError, RunLock, TryLock};
 use crate::store::{DeliveryState, DeliveryStatus, RunRecord, Store, StoreError};
 use crate::telemetry::{telemetry, BatchOutcome};
 
@@ -62,7 +67,22 @@ pub struct DeliveryReport {
     pub runs_parked: Vec<(String, String)>,
     /// Why delivery stopped early; the remaining runs stay pending.
     pub stopped: Option<String>,
+    /// The run whose envelope file could not be opened and that the repair step has not
+    /// tried to rebuild yet: the pass stopped before it, leaving its delivery state as it was.
+    pub needs_repair: Option<RunRecord>,
 }
+
+/// What the repair step made of a run's envelope file that delivery could not open.
+#[derive(Debug, Clone)]
+pub enum Repair {
+    /// Rebuilt from the store.
+    Rebuilt,
+    /// Not rebuilt, and why; `permanent` when waiting cannot bring it back.
+    Failed { reason: String, permanent: bool },
+}
+
+/// The repair step's outcomes in one delivery, by run id.
+pub type Repairs = BTreeMap<String, Repair>;
 
 /// Why a run's delivery did not finish.
 enum Stop {
@@ -73,13 +93,19 @@ enum Stop {
     Rejected(String),
     /// The run's envelope file is gone or wrong and cannot be rebuilt from the store.
     Unrebuildable(String),
+    /// The run's envelope file is gone or wrong, and the repair step has not tried it yet.
+    NeedsRepair,
 }
 
+/// One delivery pass over the outbox, oldest run first. `repairs` says what the repair step
+/// made of envelope files an earlier pass could not open; a pass that meets another such
+/// file stops there and names the run in [`DeliveryReport::needs_repair`].
 pub async fn deliver_pending(
     config: &Config,
     store: &Store,
     webhook: &WebhookConfig,
     clock: &dyn Clock,
+    repairs: &Repairs,
 ) -> Result<DeliveryReport, DeliveryError> {
     let _lock = match RunLock::try_acquire(&outbox_lock_path(&config.state_dir))? {
         TryLock::Acquired(lock) => lock,
@@ -107,10 +133,16 @@ pub async fn deliver_pending(
         .default_headers(authorization(webhook)?)
         .build()
         .map_err(|error| DeliveryError::Client(error.to_string()))?;
+    let pass = Pass {
+        config,
+        webhook,
+        http,
+        store,
+        repairs,
+    };
     let mut report = DeliveryReport::default();
     for run in pending {
-        let stop = match deliver_run(config, webhook, &http, store, &run, clock, &mut report).await
-        {
+        let stop = match deliver_run(&pass, &run, clock, &mut report).await {
             Ok(()) => {
                 report.runs_delivered.push(run.run_id.clone());
                 continue;
@@ -121,6 +153,10 @@ pub async fn deliver_pending(
             Stop::Transient(reason) => (reason, false, false),
             Stop::Rejected(reason) => (reason, true, false),
             Stop::Unrebuildable(reason) => (reason, false, true),
+            Stop::NeedsRepair => {
+                report.needs_repair = Some(run);
+                break;
+            }
         };
         let parked = store.update_run(&run.run_id, |record| {
             let Some(delivery) = record.delivery.as_mut() else {
@@ -152,16 +188,23 @@ pub async fn deliver_pending(
     Ok(report)
 }
 
+/// What every run of one pass is delivered with.
+struct Pass<'a> {
+    config: &'a Config,
+    webhook: &'a WebhookConfig,
+    http: reqwest::Client,
+    store: &'a Store,
+    repairs: &'a Repairs,
+}
+
 async fn deliver_run(
-    config: &Config,
-    webhook: &WebhookConfig,
-    http: &reqwest::Client,
-    store: &Store,
+    pass: &Pass<'_>,
     run: &RunRecord,
     clock: &dyn Clock,
     report: &mut DeliveryReport,
 ) -> Result<(), Stop> {
-    let mut envelopes = outbox_file(config, store, run)?;
+    let (webhook, store) = (pass.webhook, pass.store);
+    let mut envelopes = outbox_file(pass.config, run, pass.repairs)?;
     let mut state = run
         .delivery
         .clone()
@@ -193,10 +236,12 @@ async fn deliver_run(
         let count = body["envelopes"].as_array().map_or(0, Vec::len) as u64;
         // The envelopes' range names the batch, whatever batch size sent it.
         let key = format!("{}-{first}+{count}", run.run_id);
-        let posted = post_with_retries(webhook, http, &key, &body).await;
+        let posted = post_with_retries(webhook, &pass.http, &key, &body).await;
         telemetry().webhook_batch(match &posted {
             Ok(()) => BatchOutcome::Delivered,
-            Err(Stop::Transient(_) | Stop::Unrebuildable(_)) => BatchOutcome::Failed,
+            Err(Stop::Transient(_) | Stop::Unrebuildable(_) | Stop::NeedsRepair) => {
+                BatchOutcome::Failed
+            }
             Err(Stop::Rejected(_)) => BatchOutcome::Rejected,
         });
         posted?;
@@ -218,30 +263,32 @@ fn unreadable(error: ArtifactError) -> Stop {
     Stop::Transient(error.to_string())
 }
 
-/// A run's envelope file, opened for delivery and checked against the run; one that is
-/// missing or does not match is rebuilt from the store. One that cannot be rebuilt (its
-/// snapshot or the one it was compared with is gone, the settings that shape envelopes
-/// changed, its source is no longer configured) never will be by waiting, so the run is
-/// parked and later runs go.
-fn outbox_file(config: &Config, store: &Store, run: &RunRecord) -> Result<EnvelopeBatches, Stop> {
+/// A run's envelope file, opened for delivery and checked against the run. One that is
+/// missing or does not match is the repair step's to rebuild: until it has tried, the pass
+/// stops at the run. One it cannot rebuild (its snapshot or the one it was compared with is
+/// gone, the settings that shape envelopes changed, its source is no longer configured)
+/// never will be by waiting, so the run is parked and later runs go.
+fn outbox_file(
+    config: &Config,
+    run: &RunRecord,
+    repairs: &Repairs,
+) -> Result<EnvelopeBatches, Stop> {
     let error = match open_envelopes(&config.state_dir, run) {
         Ok(file) => return Ok(file),
         Err(error) => error,
     };
-    let Some(source) = config.sources.get(&run.source) else {
-        return Err(Stop::Unrebuildable(format!(
-            "{error}; source `{}` is no longer configured",
-            run.source
-        )));
-    };
-    rebuild_envelopes(&config.state_dir, store, source, run).map_err(|rebuild| {
-        let reason = format!("{error}; rebuilding it failed: {rebuild}");
-        match rebuild.is_permanent() {
-            true => Stop::Unrebuildable(reason),
-            false => Stop::Transient(reason),
-        }
-    })?;
-    open_envelopes(&config.state_dir, run).map_err(|error| Stop::Transient(error.to_string()))
+    Err(match repairs.get(&run.run_id) {
+        None => Stop::NeedsRepair,
+        Some(Repair::Rebuilt) => Stop::Transient(error.to_string()),
+        Some(Repair::Failed {
+            reason,
+            permanent: true,
+        }) => Stop::Unrebuildable(format!("{error}; {reason}")),
+        Some(Repair::Failed {
+            reason,
+            permanent: false,
+        }) => Stop::Transient(format!("{error}; {reason}")),
+    })
 }
 
 /// Records delivery progress, only ever forward: a state another process moved further is

@@ -13,14 +13,14 @@ use serde_json::Value;
 use crate::authentik::client::ListedPage;
 use crate::authentik::ListKind;
 use crate::canonical::canonical_json;
+use crate::config::filter::RecordFilter;
 use crate::config::SourceConfig;
-use crate::filter::RecordFilter;
-use crate::normalize::{
+use crate::run::normalize::{
     account, group_record, read_group, read_user, stored_payload, DirectoryMembership,
     NormalizeError,
 };
-use crate::record::{raw, sha256, ChangeRule, RecordKind};
-use crate::spool::{Spool, SpoolWriter};
+use crate::run::record::{raw, sha256, ChangeRule, RecordKind};
+use crate::run::spool::{Spool, SpoolWriter};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CollectError {

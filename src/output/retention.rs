@@ -10,12 +10,12 @@ use std::path::Path;
 use chrono::{DateTime, Duration as Span, Utc};
 use serde::Serialize;
 
-use crate::artifacts::{manifest_path, report_path};
 use crate::config::{Config, SourceConfig};
-use crate::envelope::envelope_path;
 use crate::ledger::entry::PruneRecord;
 use crate::ledger::{Body, Pending};
-use crate::report::ReportFormat;
+use crate::output::artifacts::{manifest_path, report_path};
+use crate::output::envelope::envelope_path;
+use crate::output::report::ReportFormat;
 use crate::store::prune::{plan_prune, PrunePlan, Pruned};
 use crate::store::{Store, StoreError};
 
@@ -181,7 +181,7 @@ mod tests {
     use super::*;
     use crate::config::ConfigLocation;
     use crate::ledger::verify::{verify_source, Files};
-    use crate::report::assemble::{build_report, Selection};
+    use crate::output::report::assemble::{build_report, Selection};
     use crate::store::RunRecord;
     use crate::testing::{at, TestSource};
     use serde_json::{json, Value};

@@ -2,7 +2,7 @@
 //! in a run, in the order accounts, groups, memberships, each sorted by external id.
 //!
 //! An envelope is emitted exactly when a record's material hash changes (see
-//! [`crate::record`]); its `hash` is that material hash, and `previous_hash` is the hash of
+//! [`crate::run::record`]); its `hash` is that material hash, and `previous_hash` is the hash of
 //! the last envelope emitted for the record (for a record that comes back after a deletion,
 //! the deletion's). A new baseline restarts every chain: its envelopes carry no
 //! `previous_hash`. Records and payloads carry no volatile fields, so an envelope file can be
@@ -20,7 +20,7 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::record::{hex_hash, FieldChange, Hash, RecordKind};
+use crate::run::record::{hex_hash, FieldChange, Hash, RecordKind};
 use crate::store::EnvelopeSummary;
 
 pub const INTEGRATION: &str = "authentik";
@@ -162,7 +162,7 @@ pub struct EnvelopeWriter {
 impl EnvelopeWriter {
     pub fn create(path: &Path) -> std::io::Result<EnvelopeWriter> {
         let dir = path.parent().unwrap_or(Path::new("."));
-        crate::store::create_private_dir(dir)?;
+        crate::config::state_dir::create_private_dir(dir)?;
         Ok(EnvelopeWriter {
             path: path.to_path_buf(),
             file: BufWriter::new(tempfile::NamedTempFile::new_in(dir)?),
@@ -244,7 +244,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .parent()
         .filter(|parent| !parent.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    crate::store::create_private_dir(dir)?;
+    crate::config::state_dir::create_private_dir(dir)?;
     let mut temp = tempfile::NamedTempFile::new_in(dir)?;
     temp.write_all(bytes)?;
     temp.as_file().sync_all()?;
@@ -320,7 +320,7 @@ mod tests {
     }
 
     fn raw(value: Value) -> Box<RawValue> {
-        crate::record::raw(crate::canonical::canonical_json(&value))
+        crate::run::record::raw(crate::canonical::canonical_json(&value))
     }
 
     #[test]

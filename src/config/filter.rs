@@ -1,8 +1,8 @@
 //! The CEL filter of a source: an expression over each account's raw Authentik object, as
-//! `payload.<field>`, that keeps the accounts for which it is true. Memberships of accounts
-//! it drops are dropped too (see [`crate::collect`]). Groups are kept whole: `payload.type == 'internal'` means
-//! nothing for a group (Openlane applies one filter to every kind, and it fails on all of
-//! them); filters per record kind are a later addition.
+//! `payload.<field>`, that keeps the accounts for which it is true. Memberships of accounts it
+//! drops are dropped too (see [`crate::run::collect`]). Groups are kept whole:
+//! `payload.type == 'internal'` means nothing for a group (Openlane applies one filter to every
+//! kind, and it fails on all of them); filters per record kind are a later addition.
 //!
 //! A filter is checked when the configuration loads: it must parse, name no variable but
 //! `payload`, and give a boolean for a typical user object.

@@ -9,11 +9,11 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::config::{Config, SourceConfig};
-use crate::envelope::{self, Envelope, EnvelopeWriter};
-use crate::evidence;
 use crate::ledger::entry::FileDigest;
+use crate::ledger::replay;
 use crate::ledger::seal::SigningKey;
-use crate::report::{self, Period, Report, ReportFormat};
+use crate::output::envelope::{self, Envelope, EnvelopeWriter};
+use crate::output::report::{self, Period, Report, ReportFormat};
 use crate::store::{RunRecord, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -95,7 +95,7 @@ pub fn rebuild_envelopes(
         reason: error.to_string(),
     })?;
     let previous = previous_run(store, run)?;
-    let (_, file) = evidence::compare_runs(store, source, previous.as_ref(), run, Some(writer))?;
+    let (_, file) = replay::compare_runs(store, source, previous.as_ref(), run, Some(writer))?;
     let file = file.expect("an envelope writer was given");
     if let Some(summary) = &run.envelopes {
         if file.summary.sha256 != summary.sha256 {
@@ -173,10 +173,10 @@ pub struct EnvelopeBatches {
 pub fn open_envelopes(state_dir: &Path, run: &RunRecord) -> Result<EnvelopeBatches, ArtifactError> {
     let path = envelope::envelope_path(state_dir, &run.source, &run.run_id);
     let unreadable = |error: std::io::Error| unreadable_envelopes(&path, run, &error);
-    let mut file = crate::state_dir::open_options()
+    let mut file = crate::config::state_dir::open_options()
         .read(true)
         .open(&path)
-        .map_err(|error| unreadable(crate::state_dir::link_error(error)))?;
+        .map_err(|error| unreadable(crate::config::state_dir::link_error(error)))?;
     let found = envelope::sha256_of(&mut file).map_err(unreadable)?;
     check_envelope_digest(&path, run, found)?;
     file.seek(SeekFrom::Start(0)).map_err(unreadable)?;

@@ -11,7 +11,9 @@ use std::path::Path;
 use serde_json::{Map, Value};
 
 use crate::canonical::canonical_json;
-use crate::record::{raw, split_volatile, volatile_digest, ChangeRule, Hash, RawEntry, RecordKind};
+use crate::run::record::{
+    raw, split_volatile, volatile_digest, ChangeRule, Hash, RawEntry, RecordKind,
+};
 use crate::store::codec::Flags;
 
 /// Where one spooled record is, and what the merge compares without reading it.

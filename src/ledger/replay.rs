@@ -10,10 +10,10 @@ use crate::config::SourceConfig;
 use crate::diff::{
     diff, AccountHead, AccountRules, Census, DirectoryDiff, GroupRef, LastActive, RunRef,
 };
-use crate::envelope::{Action, EnvelopeContext, EnvelopeFile, EnvelopeWriter};
-use crate::normalize::DirectoryGroup;
-use crate::plan::{membership_pair, Loaded, PlanError, Planner, Sinks};
-use crate::record::{ChangeRule, Hash, RecordKind};
+use crate::output::envelope::{Action, EnvelopeContext, EnvelopeFile, EnvelopeWriter};
+use crate::run::normalize::DirectoryGroup;
+use crate::run::plan::{membership_pair, Loaded, PlanError, Planner, Sinks};
+use crate::run::record::{ChangeRule, Hash, RecordKind};
 use crate::store::{Reader, RecordVersion, RunRecord, Store, StoreError};
 
 impl From<PlanError> for StoreError {
@@ -52,7 +52,7 @@ pub fn compare_runs(
     };
     let mut planner = Planner::new(
         ChangeRule::new(&source.ignore_fields),
-        source.account_rules(),
+        AccountRules::of(source),
         context,
         from.map(run_ref),
         run_ref(to),
@@ -126,10 +126,10 @@ fn replay(
             .filter(|version| version.as_ref().map_or(true, |v| v.external_id == uid))
             .collect::<Result<_, _>>()?;
         let old = at_run(&versions, from)
-            .map(|v| loaded(reader, source, RecordKind::Account, v, false))
+            .map(|v| Loaded::stored(reader, source, RecordKind::Account, v, false))
             .transpose()?;
         let new = at_run(&versions, Some(to))
-            .map(|v| loaded(reader, source, RecordKind::Account, v, false))
+            .map(|v| Loaded::stored(reader, source, RecordKind::Account, v, false))
             .transpose()?;
         planner.fill(&uid, old.as_ref(), new.as_ref())?;
     }
@@ -173,20 +173,20 @@ fn replay_record(
     if action.is_none() {
         if kind == RecordKind::Group {
             let old = old
-                .map(|v| loaded(reader, source, kind, v, false))
+                .map(|v| Loaded::stored(reader, source, kind, v, false))
                 .transpose()?;
             let new = new
-                .map(|v| loaded(reader, source, kind, v, false))
+                .map(|v| Loaded::stored(reader, source, kind, v, false))
                 .transpose()?;
             planner.catalog(old.as_ref(), new.as_ref())?;
         }
         return Ok(());
     }
     let old_loaded = old
-        .map(|v| loaded(reader, source, kind, v, new.is_none()))
+        .map(|v| Loaded::stored(reader, source, kind, v, new.is_none()))
         .transpose()?;
     let new_loaded = new
-        .map(|v| loaded(reader, source, kind, v, false))
+        .map(|v| Loaded::stored(reader, source, kind, v, false))
         .transpose()?;
     // A record that comes back chains to its deletion: the hash the deleting run logged, or
     // for a deletion from before the log, the hash of the version it closed.
@@ -224,28 +224,6 @@ fn deletion_before<'v>(
             })
         })
         .max_by(|a, b| a.valid_to.cmp(&b.valid_to))
-}
-
-fn loaded(
-    reader: &Reader<'_>,
-    source: &str,
-    kind: RecordKind,
-    version: &RecordVersion,
-    with_volatile: bool,
-) -> Result<Loaded, StoreError> {
-    let entry = reader.version(source, kind, &version.external_id, &version.valid_from)?;
-    let volatile = if with_volatile && !kind.volatile_fields().is_empty() {
-        reader.volatile(source, kind, &version.external_id)?
-    } else {
-        serde_json::Map::new()
-    };
-    Ok(Loaded {
-        hash: version.hash,
-        flags: version.flags,
-        entry,
-        volatile,
-        valid_from: Some(version.valid_from.clone()),
-    })
 }
 
 fn record_of(

@@ -1,7 +1,7 @@
-//! One run of one source, as both `aksync sync` and the daemon make it: under the source's
-//! run lock, sync, write the reports of a complete run and repair the runs just before it
-//! that a stopped process left without reports ([`crate::repair`]), and log the start and the end with
-//! counts, duration and joiners/movers/leavers. Callers take the lock their own way (the
+//! One run of one source, as both `aksync sync` and the daemon make it: under the source's run
+//! lock, sync, write the reports of a complete run and repair the runs just before it that a
+//! stopped process left without reports ([`crate::output::repair`]), and log the start and the end
+//! with counts, duration and joiners/movers/leavers. Callers take the lock their own way (the
 //! daemon skips a busy source, the CLI waits) and only print or schedule around this.
 
 use std::sync::Arc;
@@ -9,17 +9,17 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::artifacts::{write_reports, ArtifactError};
 use crate::authentik::client::ProgressFn;
 use crate::clock::Clock;
 use crate::config::{Config, SourceConfig};
 use crate::ledger::entry::ReportFiles;
 use crate::ledger::{Body, Pending};
-use crate::repair;
-use crate::report::assemble::{build_report, Selection};
-use crate::run_lock::{LockError, RunLock};
+use crate::output::artifacts::{write_reports, ArtifactError};
+use crate::output::repair;
+use crate::output::report::assemble::{build_report, Selection};
+use crate::run::run_lock::{LockError, RunLock};
+use crate::run::sync::{sync_source, SyncedRun};
 use crate::store::{RunRecord, RunStatus, Store, StoreError};
-use crate::sync::{sync_source, SyncedRun};
 
 /// What a run needs besides its source.
 pub struct RunContext<'a> {
@@ -81,7 +81,7 @@ pub async fn record_lock_failure(
     error: &LockError,
 ) -> Result<SyncedRun, StoreError> {
     // The failed run's "run finished" warning says why, once.
-    let synced = crate::sync::record_unstarted(
+    let synced = crate::run::sync::record_unstarted(
         context.config,
         context.store,
         source,
@@ -103,7 +103,7 @@ pub(crate) async fn write_run_reports(
     run: &RunRecord,
 ) {
     let output = &context.config.output;
-    if output.reports.is_empty() || !output.reports_per_run.writes(run) {
+    if !output.writes_run_reports(run.changed_anything()) {
         return;
     }
     let (config, source, store) = (
@@ -188,7 +188,7 @@ async fn prune(context: &RunContext<'_>, source: &SourceConfig) {
     );
     let now = context.clock.now();
     let pruned = tokio::task::spawn_blocking(move || {
-        crate::retention::prune_sources(&config, &store, &[&source], now, false)
+        crate::output::retention::prune_sources(&config, &store, &[&source], now, false)
     })
     .await;
     match pruned {

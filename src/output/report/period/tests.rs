@@ -4,8 +4,10 @@ use chrono::Duration;
 
 use super::*;
 use crate::diff::{JoinReason, LeaveReason, Purge};
-use crate::report::tests::{at, empty_diff, joiner, leaver, period_report, period_run, uid};
-use crate::report::{Report, Snapshot};
+use crate::output::report::tests::{
+    at, empty_diff, joiner, leaver, period_report, period_run, uid,
+};
+use crate::output::report::{Report, Snapshot};
 
 #[test]
 fn latency_statistics_are_median_nearest_rank_p95_and_max() {
@@ -116,7 +118,7 @@ fn terminations_count_people_and_time_cases_from_the_first_event() {
     assert_eq!(latency.breaches[0].sla_seconds, 3_600);
 }
 
-fn report_with_runs(runs: Vec<crate::report::PeriodRun>) -> Report {
+fn report_with_runs(runs: Vec<crate::output::report::PeriodRun>) -> Report {
     let mut report = period_report();
     report.header.period.start = at(0, 0);
     report.header.period.end = at(6, 0);

@@ -1,7 +1,7 @@
 //! Turns one raw Authentik user or group into its normalized directory record
 //! (`DirectoryAccount`, `DirectoryGroup`; memberships are `DirectoryMembership`), and strips
 //! the raw object down to the payload that is kept beside it. The checks that span records
-//! (references, the two membership views) are in [`crate::collect`].
+//! (references, the two membership views) are in [`crate::run::collect`].
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -124,7 +124,7 @@ pub struct DirectoryGroup {
     pub is_superuser: bool,
     pub parents: Vec<String>,
     pub metadata: Map<String, Value>,
-    /// Volatile: not part of a stored version (see [`crate::record`]).
+    /// Volatile: not part of a stored version (see [`crate::run::record`]).
     #[serde(default)]
     pub member_count: u64,
     /// RBAC roles every member holds through this group (and its child groups); left out

@@ -5,13 +5,13 @@
 //! A lock is an advisory lock (`flock`) on a file under `<state_dir>/locks/`; the kernel
 //! releases it when its holder exits, however it exits. The holder writes its pid into the
 //! file so that whoever waits can say for whom. A symbolic link planted in place of a lock
-//! file is not followed (see [`crate::state_dir`]).
+//! file is not followed (see [`crate::config::state_dir`]).
 
 use std::fs::{File, TryLockError};
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
-use crate::store::create_private_dir;
+use crate::config::state_dir::create_private_dir;
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot lock {path}: {reason}; check that state_dir is writable by this user")]
@@ -96,13 +96,13 @@ fn open(path: &Path) -> Result<File, LockError> {
     if let Some(dir) = path.parent() {
         create_private_dir(dir).map_err(|error| lock_error(path, error))?;
     }
-    crate::state_dir::open_options()
+    crate::config::state_dir::open_options()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .open(path)
-        .map_err(|error| lock_error(path, crate::state_dir::link_error(error)))
+        .map_err(|error| lock_error(path, crate::config::state_dir::link_error(error)))
 }
 
 fn holder_pid(mut file: File) -> Option<u32> {

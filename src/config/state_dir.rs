@@ -58,6 +58,16 @@ pub fn check(state_dir: &Path, access: Access) -> Result<(), String> {
     Ok(())
 }
 
+/// The state directory holds personal data (the directory, envelopes, reports), so one that
+/// aksync creates is readable by its owner only.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
 /// Options for a file aksync creates or opens in the state directory: readable and writable
 /// by its owner only, and never through a symbolic link (opening one fails with ELOOP; see
 /// [`link_error`]).

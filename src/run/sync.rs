@@ -1,6 +1,6 @@
-//! One sync run of one source, as one pass over the data:
-//! fetch → normalize → filter → spool ([`crate::collect`]) → plan against the stored state
-//! ([`crate::plan`]: store writes, envelopes and the diff from one classification) → commit.
+//! One sync run of one source, as one pass over the data: fetch → normalize → filter → spool
+//! ([`crate::run::collect`]) → plan against the stored state ([`crate::run::plan`]: store writes,
+//! envelopes and the diff from one classification) → commit.
 //!
 //! Every fault ends as a failed run with its error; a partial directory is never stored, and
 //! so never becomes leavers or envelopes. A stop (the cancellation token) reaches every step:
@@ -18,20 +18,20 @@ use tokio_util::sync::CancellationToken;
 
 use crate::authentik::client::check_count;
 use crate::authentik::client::ProgressFn;
+use crate::authentik::health::{health_record, reason_code};
 use crate::authentik::{AuthentikClient, ClientError, ListKind, RetryPolicy};
 use crate::clock::Clock;
-use crate::collect::{CollectError, Collected, Collector};
+use crate::config::filter::RecordFilter;
 use crate::config::{Config, SourceConfig};
-use crate::diff::{diff, DirectoryDiff, RunRef};
-use crate::envelope::{envelope_path, EnvelopeContext, EnvelopeWriter};
-use crate::filter::RecordFilter;
-use crate::health::{health_record, reason_code};
+use crate::diff::{diff, AccountRules, DirectoryDiff, RunRef};
 use crate::ledger::entry::RunSettings;
 use crate::ledger::lthash::{LtHash, Tracked};
 use crate::ledger::seal::SigningKey;
 use crate::ledger::{self, Body, LedgerError, Pending};
-use crate::plan::{plan_sync, PlanError, Planned, Planner, Sinks};
-use crate::record::{ChangeRule, RecordKind};
+use crate::output::envelope::{envelope_path, EnvelopeContext, EnvelopeWriter};
+use crate::run::collect::{CollectError, Collected, Collector};
+use crate::run::plan::{plan_sync, PlanError, Planned, Planner, Sinks};
+use crate::run::record::{ChangeRule, RecordKind};
 use crate::store::ops::OpWriter;
 use crate::store::{
     ChangeCounts, CommitPlan, Counts, DeliveryState, KeptState, RunOutcome, RunRecord, RunStatus,
@@ -407,7 +407,7 @@ impl CompleteRun {
             record.delivery = Some(DeliveryState::pending());
         }
         record.envelopes = Some(envelopes.summary.clone());
-        let census = ledger::run::census_of(&self.collected, &source.account_rules())
+        let census = ledger::run::census_of(&self.collected, &AccountRules::of(source))
             .map_err(|error| fail(format!("cannot read the run's spooled records: {error}")))?;
         let previous_privileged = ledger::read::privileged_now(&reader, &source.name)
             .map_err(|error| Rejected::Store(ledger_error(error)))?;
@@ -500,7 +500,7 @@ impl CompleteRun {
         };
         let mut planner = Planner::new(
             ChangeRule::new(&source.ignore_fields),
-            source.account_rules(),
+            AccountRules::of(source),
             context,
             previous.map(|run| RunRef {
                 run_id: run.run_id.clone(),
@@ -639,7 +639,7 @@ async fn fetch_once(
     client: &AuthentikClient,
     progress: ProgressFn<'_>,
 ) -> Result<Fetched, FetchError> {
-    crate::store::create_private_dir(state_dir).map_err(FetchError::Spool)?;
+    crate::config::state_dir::create_private_dir(state_dir).map_err(FetchError::Spool)?;
     let filter = source
         .filter
         .as_deref()

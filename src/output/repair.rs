@@ -14,19 +14,24 @@
 //! envelope file is rebuilt from the store, which refuses unless it hashes to what the run
 //! recorded. Runs whose snapshots retention pruned are left alone: their files went by
 //! design, and a `pruned` entry says so.
+//!
+//! Webhook delivery goes through here too ([`deliver_repairing`]): a run whose envelope file
+//! delivery cannot open is rebuilt before the pass goes on, so that delivery itself only
+//! reads envelope files and the store.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::artifacts::{manifest_path, rebuild_envelopes, report_path};
 use crate::clock::Clock;
-use crate::config::{Config, SourceConfig};
-use crate::envelope::{envelope_path, sha256_of};
+use crate::config::{Config, SourceConfig, WebhookConfig};
 use crate::ledger::entry::ReportFiles;
-use crate::run_lock::{source_lock_path, RunLock, TryLock};
-use crate::runner::{no_progress, write_run_reports, RunContext};
+use crate::output::artifacts::{manifest_path, rebuild_envelopes, report_path};
+use crate::output::delivery::{deliver_pending, DeliveryError, DeliveryReport, Repair, Repairs};
+use crate::output::envelope::{envelope_path, sha256_of};
+use crate::run::run_lock::{source_lock_path, RunLock, TryLock};
+use crate::run::runner::{no_progress, write_run_reports, RunContext};
 use crate::store::{RunRecord, Store, StoreError};
 
 /// Complete runs checked at the daemon's start, per source.
@@ -184,15 +189,55 @@ fn rebuild_missing_envelopes(
     }
 }
 
+/// Delivers the outbox ([`deliver_pending`]), rebuilding from the store each envelope file a
+/// pass cannot open (missing, or not what the run recorded) and passing again; a file that
+/// cannot be rebuilt goes back to delivery with why, which parks the run or waits.
+pub async fn deliver_repairing(
+    config: &Config,
+    store: &Store,
+    webhook: &WebhookConfig,
+    clock: &dyn Clock,
+) -> Result<DeliveryReport, DeliveryError> {
+    let mut repairs = Repairs::new();
+    let mut report = DeliveryReport::default();
+    loop {
+        // Each pass that stops for a repair names a run not repaired yet: the loop ends.
+        let mut pass = deliver_pending(config, store, webhook, clock, &repairs).await?;
+        report.runs_delivered.append(&mut pass.runs_delivered);
+        report.batches_sent += pass.batches_sent;
+        report.runs_parked.append(&mut pass.runs_parked);
+        report.stopped = pass.stopped;
+        let Some(run) = pass.needs_repair else {
+            return Ok(report);
+        };
+        let repair = rebuild_outbox(config, store, &run);
+        repairs.insert(run.run_id, repair);
+    }
+}
+
+/// Rebuilds an undelivered run's envelope file from the store.
+fn rebuild_outbox(config: &Config, store: &Store, run: &RunRecord) -> Repair {
+    let Some(source) = config.sources.get(&run.source) else {
+        return Repair::Failed {
+            reason: format!("source `{}` is no longer configured", run.source),
+            permanent: true,
+        };
+    };
+    match rebuild_envelopes(&config.state_dir, store, source, run) {
+        Ok(_) => Repair::Rebuilt,
+        Err(rebuild) => Repair::Failed {
+            reason: format!("rebuilding it failed: {rebuild}"),
+            permanent: rebuild.is_permanent(),
+        },
+    }
+}
+
 /// Whether the run should have report files of its own and one of them is not there. A run
 /// that changed nothing is left alone: whether it got reports depended on `reports_per_run`
 /// when it ran, and a setting changed since must not look like a crash.
 fn reports_missing(config: &Config, run: &RunRecord) -> bool {
     let output = &config.output;
-    if output.reports.is_empty() || !output.reports_per_run.writes(run) {
-        return false;
-    }
-    if !run.changed_anything() {
+    if !run.changed_anything() || !output.writes_run_reports(true) {
         return false;
     }
     let files = output
