@@ -46,7 +46,8 @@
 //!    [`output::report::assemble`], their files written by [`output::artifacts`] and recorded
 //!    in the ledger), retention ([`output::retention`]), the repair of runs a stopped process
 //!    left without reports or envelope files ([`output::repair`]) and webhook delivery
-//!    ([`output::delivery`]).
+//!    ([`output::delivery`], which reads envelope files and the store only: a file it cannot
+//!    open is rebuilt by [`output::repair::deliver_repairing`] before the pass goes on).
 //!
 //! [`run::sync`] drives steps 1–5; [`run::runner`] wraps it under the source's cross-process
 //! lock ([`run::run_lock`]) with step 6, the same for `aksync sync` ([`cli`]) and `aksync

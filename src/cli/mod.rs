@@ -24,6 +24,7 @@ use crate::config::{Config, ConfigError, ConfigLocation, LogFormat, SourceConfig
 use crate::demo;
 use crate::display::escape;
 use crate::logging;
+use crate::output::report::csv::{csv, csv_rows};
 use crate::run::record::{with_volatile, RecordKind};
 use crate::run::run_lock::{source_lock_path, RunLock};
 use crate::run::runner::{record_lock_failure, run_source, RunContext};
@@ -767,9 +768,9 @@ pub(crate) fn show(
         out.push(if out.written() == 1 { "]\n" } else { "\n]\n" })?;
         out.finish()?;
     } else if format.csv {
-        out.push(&output::csv(fields, &[]))?;
+        out.push(&csv(fields, &[]))?;
         for record in records {
-            out.push(&output::csv_rows(&output::rows(&[record?], fields)))?;
+            out.push(&csv_rows(&output::rows(&[record?], fields)))?;
         }
         out.finish()?;
     } else {

@@ -1,6 +1,6 @@
-//! Rendering of records for people and spreadsheets: aligned text tables and CSV. Both pick
-//! named fields out of a record's JSON form, so one field list serves both. And the one way
-//! the commands write to standard output.
+//! Rendering of records for people and spreadsheets: aligned text tables, and the rows that
+//! CSV ([`crate::output::report::csv`]) writes. Both pick named fields out of a record's JSON
+//! form, so one field list serves both. And the one way the commands write to standard output.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -164,63 +164,10 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-/// RFC 4180 CSV with a header row.
-pub fn csv(headers: &[&str], rows: &[Vec<String>]) -> String {
-    let header_row: Vec<String> = headers.iter().map(|header| header.to_string()).collect();
-    let mut out = csv_rows(std::slice::from_ref(&header_row));
-    out.push_str(&csv_rows(rows));
-    out
-}
-
-/// CSV lines without a header, for output written as it is read.
-pub fn csv_rows(rows: &[Vec<String>]) -> String {
-    let mut out = String::new();
-    for row in rows {
-        let line: Vec<String> = row.iter().map(|cell| csv_field(cell)).collect();
-        out.push_str(&line.join(","));
-        out.push_str("\r\n");
-    }
-    out
-}
-
-fn csv_field(cell: &str) -> String {
-    // A leading formula character would run as a formula when a spreadsheet opens the file;
-    // a leading tab or carriage return can hide one (OWASP's list).
-    let defused = if cell.starts_with(['=', '+', '-', '@', '\t', '\r']) {
-        format!("'{cell}")
-    } else {
-        cell.to_string()
-    };
-    if defused.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", defused.replace('"', "\"\""))
-    } else {
-        defused
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn csv_quotes_and_defuses_formulas() {
-        let rows = vec![vec![
-            "a,b".to_string(),
-            "=SUM(1)".to_string(),
-            "say \"hi\"".to_string(),
-        ]];
-        assert_eq!(
-            csv(&["x", "y", "z"], &rows),
-            "x,y,z\r\n\"a,b\",'=SUM(1),\"say \"\"hi\"\"\"\r\n"
-        );
-    }
-
-    #[test]
-    fn csv_defuses_cells_that_start_with_tab_or_carriage_return() {
-        let rows = vec![vec!["\t=1+1".to_string(), "\r=1+1".to_string()]];
-        assert_eq!(csv(&["a", "b"], &rows), "a,b\r\n'\t=1+1,\"'\r=1+1\"\r\n");
-    }
 
     #[test]
     fn table_cells_are_escaped_and_cut() {

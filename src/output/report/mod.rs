@@ -10,7 +10,7 @@
 pub mod assemble;
 mod chart;
 mod content;
-mod csv;
+pub mod csv;
 mod html;
 mod json;
 mod markdown;
