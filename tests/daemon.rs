@@ -1240,10 +1240,12 @@ async fn a_connection_flood_is_bounded_and_the_daemon_keeps_answering_and_syncin
         })
         .await;
     let log = daemon.stop().await;
+    // No run failed for want of a descriptor; a scheduled run that the test's own stop met
+    // as it started is cancelled by that stop, not by the flood.
     assert!(
         runs(&env, "corp")
             .iter()
-            .all(|run| run.status == RunStatus::Complete),
+            .all(|run| run.status == RunStatus::Complete || run.cancelled_by_shutdown()),
         "{log}"
     );
 }
