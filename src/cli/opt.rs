@@ -164,7 +164,7 @@ pub enum Command {
         key: Option<PathBuf>,
     },
     /// Run as a service: sync each source on its schedule, deliver the outbox, and serve
-    /// /healthz, /metrics and a status page when [http] is configured. SIGHUP reloads the
+    /// /healthz, /metrics and a status page when the `[http]` table is configured. SIGHUP reloads the
     /// configuration; SIGTERM stops.
     Daemon,
     /// Start the bundled fake Authentik with a generated directory, sync it into a temporary

@@ -100,7 +100,7 @@ impl Chunked {
     }
 }
 
-/// [`print`] with a line break.
+/// [`print()`] with a line break.
 pub fn print_line(line: &str) -> Result<(), CliError> {
     print(&format!("{line}\n"))
 }
