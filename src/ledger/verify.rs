@@ -632,7 +632,7 @@ pub fn verify_report(file: &std::path::Path, keys: &[PublicKey]) -> ReportVerdic
         }
         verdict.files_checked.push(name);
     }
-    verdict.matches_manifest = true;
+    verdict.matches_manifest = !verdict.files_checked.is_empty();
     let signature = &manifest["signature"];
     if signature.is_null() {
         return verdict;

@@ -187,33 +187,37 @@ fn file_url(path: &Path) -> String {
     url
 }
 
-/// What in Chromium's log says why it failed: the last line that reads like a cause (a
-/// fatal check, an error, a missing file or permission), else its last line. Chromium ends a
-/// crash with generic lines (where to report bugs), so the last line alone rarely says why.
+/// What in Chromium's log says why it failed: the last line that names a fatal cause (a
+/// failed check, missing support, a missing file or permission), else the last line that
+/// names an error, else its last line. Chromium ends a crash with generic lines (where to
+/// report bugs) and logs harmless errors (no D-Bus) along the way, so neither its last line
+/// nor its last error alone says why.
 fn telling_line(log_path: &Path) -> String {
+    const FATAL: [&str; 6] = [
+        "fatal",
+        "check failed",
+        "lacks support",
+        "not permitted",
+        "no such file",
+        "permission denied",
+    ];
+    const ERROR: [&str; 2] = ["error", "cannot"];
     let log = fs::read_to_string(log_path).unwrap_or_default();
     let lines: Vec<&str> = log
         .lines()
         .map(str::trim)
         .filter(|line| !line.is_empty())
         .collect();
-    const CAUSES: [&str; 8] = [
-        "fatal",
-        "error",
-        "check failed",
-        "lacks support",
-        "not permitted",
-        "no such file",
-        "permission denied",
-        "cannot",
-    ];
-    let cause = lines.iter().rev().find(|line| {
-        let line = line.to_ascii_lowercase();
-        CAUSES.iter().any(|cause| line.contains(cause))
-    });
-    cause
-        .or(lines.last())
-        .map_or("empty", |line| line)
+    let last_naming = |words: &[&str]| {
+        lines.iter().rev().copied().find(|line| {
+            let line = line.to_ascii_lowercase();
+            words.iter().any(|word| line.contains(word))
+        })
+    };
+    last_naming(&FATAL)
+        .or_else(|| last_naming(&ERROR))
+        .or(lines.last().copied())
+        .unwrap_or("empty")
         .chars()
         .take(300)
         .collect()
@@ -239,6 +243,15 @@ mod tests {
         assert_eq!(
             said("[1:1:FATAL:sandbox/linux/services/credentials.cc:371] Check failed: . : Operation not permitted (1)\n#0 0x55 base::debug::StackTrace\n"),
             "[1:1:FATAL:sandbox/linux/services/credentials.cc:371] Check failed: . : Operation not permitted (1)"
+        );
+        // A harmless error before the cause does not hide it.
+        assert_eq!(
+            said("[1:2:ERROR:bus.cc(407)] Failed to connect to the bus\n[1:3:FATAL:zygote_host_impl_linux.cc(127)] No usable sandbox!\nReceived signal 6\n"),
+            "[1:3:FATAL:zygote_host_impl_linux.cc(127)] No usable sandbox!"
+        );
+        assert_eq!(
+            said("[1:2:ERROR:bus.cc(407)] Failed to connect to the bus\nexiting\n"),
+            "[1:2:ERROR:bus.cc(407)] Failed to connect to the bus"
         );
         assert_eq!(said("starting\nstill going\n"), "still going");
         assert_eq!(said(""), "empty");
