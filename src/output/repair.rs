@@ -8,9 +8,10 @@
 //! A run's reports are written again, with their `reports` entry in the ledger, only when a
 //! configured report file is missing and the ledger has no `reports` entry for the run:
 //! nothing ever recorded them, so nothing recorded is rewritten. Runs that changed nothing
-//! are left alone (whether they got reports depended on `reports_per_run` at the time). Report files that the ledger
-//! recorded and that are missing or differ are evidence of tampering (or of a restore) for
-//! `aksync verify` to report; they are never rewritten, and a warning names them. A missing
+//! are left alone (whether they got reports depended on `reports_per_run` at the time).
+//! Report files that the ledger recorded and that are missing or differ are evidence of
+//! tampering (or of a restore) for `aksync verify` to report; they are never rewritten, and a
+//! warning names them. A missing
 //! envelope file is rebuilt from the store, which refuses unless it hashes to what the run
 //! recorded. Runs whose snapshots retention pruned are left alone: their files went by
 //! design, and a `pruned` entry says so.
