@@ -135,6 +135,11 @@ impl Flags {
     pub const SUPERUSER: u8 = 2;
     /// The record holds RBAC roles of its own.
     pub const ROLES: u8 = 4;
+    /// The record is in the directory but outside the source's scope (its `filter` or
+    /// `group_filter`, or for a membership, either end): stored as part of the whole
+    /// directory, left out of diffs, envelopes, reports and `show` by default. Versions
+    /// stored before scopes existed never have it: what was outside the filter was not kept.
+    pub const OUT_OF_SCOPE: u8 = 8;
 
     pub fn active(self) -> bool {
         self.0 & Self::ACTIVE != 0
@@ -146,6 +151,18 @@ impl Flags {
 
     pub fn roles(self) -> bool {
         self.0 & Self::ROLES != 0
+    }
+
+    pub fn in_scope(self) -> bool {
+        self.0 & Self::OUT_OF_SCOPE == 0
+    }
+
+    /// The same flags with the scope bit set from `in_scope`.
+    pub fn with_scope(self, in_scope: bool) -> Flags {
+        match in_scope {
+            true => Flags(self.0 & !Self::OUT_OF_SCOPE),
+            false => Flags(self.0 | Self::OUT_OF_SCOPE),
+        }
     }
 
     /// The flags of a stored record: an `ACTIVE` status, `is_superuser`, and roles.
