@@ -4,7 +4,6 @@
 use chrono::{DateTime, Duration as ChronoDuration, TimeZone, Utc};
 use serde_json::Value;
 
-use crate::config::filter::RecordFilter;
 use crate::config::SourceConfig;
 use crate::output::envelope::{envelope_path, parse_jsonl, Envelope};
 use crate::run::collect::Collector;
@@ -19,6 +18,8 @@ pub(crate) fn source_config() -> SourceConfig {
         primary_directory: false,
         disable_group_sync: false,
         filter: None,
+        group_filter: None,
+        on_filter_error: Default::default(),
         page_size: 100,
         concurrency: 4,
         timeout: std::time::Duration::from_secs(60),
@@ -109,12 +110,7 @@ impl TestSource {
         groups: Vec<Value>,
         latest: Option<crate::store::RunRecord>,
     ) -> Result<CompleteRun, String> {
-        let filter = self
-            .source
-            .filter
-            .as_deref()
-            .map(|expression| RecordFilter::compile(expression).unwrap());
-        let mut collector = Collector::new(self.dir.path(), &self.source, filter).unwrap();
+        let mut collector = Collector::new(self.dir.path(), &self.source).unwrap();
         for raw in users {
             collector.add_user(raw).map_err(|error| error.to_string())?;
         }

@@ -80,6 +80,7 @@ fn report() -> Report {
         privilege_granted: vec![],
         privilege_removed: vec![],
         privileged_group_changes: vec![],
+        scope_changes: Default::default(),
     };
     let trend = (0..14)
         .map(|day| TrendPoint {

@@ -1,11 +1,13 @@
-//! The CEL filter of a source: an expression over each account's raw Authentik object, as
-//! `payload.<field>`, that keeps the accounts for which it is true. Memberships of accounts it
-//! drops are dropped too (see [`crate::run::collect`]). Groups are kept whole:
+//! The CEL filters of a source: `filter` over each account's raw Authentik object and
+//! `group_filter` over each group's, as `payload.<field>`. A filter does not drop records: it
+//! says which are in the source's **scope** (see [`crate::run::collect`]); a membership is in
+//! scope when its account and its group are. One filter per record kind, because
 //! `payload.type == 'internal'` means nothing for a group (Openlane applies one filter to every
-//! kind, and it fails on all of them); filters per record kind are a later addition.
+//! kind, and it fails on all of them). The `strings` extension is on, so `lowerAscii()`,
+//! `trim()`, `split()` and the like work beside the standard `startsWith()` and `contains()`.
 //!
 //! A filter is checked when the configuration loads: it must parse, name no variable but
-//! `payload`, and give a boolean for a typical user object.
+//! `payload`, and give a boolean for a typical object of its kind.
 //!
 //! Both parsing and evaluating recurse with the expression's shape: a chain of 30,000 `+`
 //! recurses 30,000 frames deep and overflows any usual stack, which aborts the process. So
@@ -13,6 +15,8 @@
 //! a daemon's reload: at most [`MAX_FILTER_BYTES`] long, parsed on a thread of its own whose
 //! stack holds the deepest parse that length allows, and at most [`MAX_FILTER_DEPTH`] levels
 //! deep, so that evaluating it needs little stack on whatever thread collects the records.
+
+use std::sync::{Arc, OnceLock};
 
 use serde_json::{json, Value};
 
@@ -27,16 +31,150 @@ pub const MAX_FILTER_DEPTH: usize = 100;
 /// allows needs about 12 MiB in a debug build. Only the pages it touches are ever mapped.
 const PARSE_STACK_BYTES: usize = 64 * 1024 * 1024;
 
+/// Which records a filter is evaluated on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FilterTarget {
+    Users,
+    Groups,
+}
+
+impl FilterTarget {
+    /// The configuration key of the filter.
+    pub fn key(self) -> &'static str {
+        match self {
+            FilterTarget::Users => "filter",
+            FilterTarget::Groups => "group_filter",
+        }
+    }
+
+    fn record(self) -> &'static str {
+        match self {
+            FilterTarget::Users => "user",
+            FilterTarget::Groups => "group",
+        }
+    }
+
+    /// An object shaped as Authentik 2025.12 returns it, for probing filters.
+    fn typical(self) -> Value {
+        match self {
+            FilterTarget::Users => json!({
+                "pk": 1, "username": "jane.doe", "name": "Jane Doe", "is_active": true,
+                "last_login": null, "date_joined": "2026-01-01T00:00:00Z", "is_superuser": false,
+                "groups": [], "groups_obj": null, "roles": [], "roles_obj": null,
+                "email": "jane.doe@example.com", "attributes": {}, "uid": "0".repeat(64),
+                "path": "users", "type": "internal", "uuid": "00000000-0000-4000-8000-000000000000",
+                "password_change_date": "2026-01-01T00:00:00Z", "last_updated": "2026-01-01T00:00:00Z"
+            }),
+            FilterTarget::Groups => json!({
+                "pk": "00000000-0000-4000-8000-000000000000", "num_pk": 1, "name": "Engineering",
+                "is_superuser": false, "parent": null, "parents": [], "parent_name": null,
+                "users": [], "users_obj": null, "attributes": {}, "roles": [], "roles_obj": null,
+                "children": []
+            }),
+        }
+    }
+}
+
+/// What a run does with a record its filter cannot judge (a runtime error, or a result that is
+/// not a boolean): the source's `on_filter_error`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFilterError {
+    /// The run fails, naming the record and the expression.
+    #[default]
+    Fail,
+    /// The record is out of scope; the run counts it.
+    Exclude,
+    /// The record is in scope; the run counts it.
+    Include,
+}
+
+/// The standard library with the `strings` extension, built once.
+fn environment() -> Arc<cel::Env> {
+    static ENV: OnceLock<Arc<cel::Env>> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let mut env = cel::Env::stdlib();
+        env.add_extension(cel::extensions::strings)
+            .expect("the strings extension declares no name twice");
+        Arc::new(env)
+    })
+    .clone()
+}
+
+/// A source's filters, compiled for a run: which accounts and groups are in its scope.
+pub struct ScopeRules {
+    users: Option<RecordFilter>,
+    groups: Option<RecordFilter>,
+    on_error: OnFilterError,
+}
+
+/// How a filter judged one record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Judged {
+    InScope,
+    OutOfScope,
+    /// The filter could not judge it, and `on_filter_error` put it in or out of scope.
+    ErrorIncluded,
+    ErrorExcluded,
+}
+
+impl Judged {
+    pub fn in_scope(self) -> bool {
+        matches!(self, Judged::InScope | Judged::ErrorIncluded)
+    }
+}
+
+impl ScopeRules {
+    /// Compiles the source's `filter` and `group_filter`.
+    pub fn of(source: &crate::config::SourceConfig) -> Result<ScopeRules, String> {
+        let compile = |expression: &Option<String>, target: FilterTarget| {
+            expression
+                .as_deref()
+                .map(|expression| {
+                    RecordFilter::compile(expression, target).map_err(|reason| {
+                        format!("`sources.{}.{}`: {reason}", source.name, target.key())
+                    })
+                })
+                .transpose()
+        };
+        Ok(ScopeRules {
+            users: compile(&source.filter, FilterTarget::Users)?,
+            groups: compile(&source.group_filter, FilterTarget::Groups)?,
+            on_error: source.on_filter_error,
+        })
+    }
+
+    /// Judges a raw object of `target`'s kind, named `name` in messages. Without a filter
+    /// everything is in scope; an error fails the run only under `on_filter_error = "fail"`.
+    pub fn judge(&self, target: FilterTarget, raw: &Value, name: &str) -> Result<Judged, String> {
+        let filter = match target {
+            FilterTarget::Users => &self.users,
+            FilterTarget::Groups => &self.groups,
+        };
+        let Some(filter) = filter else {
+            return Ok(Judged::InScope);
+        };
+        match (filter.keeps(raw, name), self.on_error) {
+            (Ok(true), _) => Ok(Judged::InScope),
+            (Ok(false), _) => Ok(Judged::OutOfScope),
+            (Err(error), OnFilterError::Fail) => Err(error),
+            (Err(_), OnFilterError::Include) => Ok(Judged::ErrorIncluded),
+            (Err(_), OnFilterError::Exclude) => Ok(Judged::ErrorExcluded),
+        }
+    }
+}
+
 pub struct RecordFilter {
     expression: String,
     program: cel::Program,
+    target: FilterTarget,
 }
 
 impl RecordFilter {
     /// Checks the expression's size, then parses, bounds and probes it on a thread with room
     /// for the parse, so that a typo or a runaway expression stops aksync at startup (or is a
     /// rejected reload) instead of failing or crashing every run.
-    pub fn compile(expression: &str) -> Result<RecordFilter, String> {
+    pub fn compile(expression: &str, target: FilterTarget) -> Result<RecordFilter, String> {
         if expression.len() > MAX_FILTER_BYTES {
             return Err(format!(
                 "it is {} bytes long, more than the {MAX_FILTER_BYTES} accepted: shorten it, e.g. test many values with `{VARIABLE}.pk in [1, 2, 3]`",
@@ -47,7 +185,7 @@ impl RecordFilter {
             std::thread::Builder::new()
                 .name("filter-parse".into())
                 .stack_size(PARSE_STACK_BYTES)
-                .spawn_scoped(scope, || RecordFilter::parse(expression))
+                .spawn_scoped(scope, || RecordFilter::parse(expression, target))
                 .map_err(|error| format!("cannot start a thread to check it: {error}"))?
                 .join()
                 .unwrap_or_else(|_| Err("the CEL parser failed on it".into()))
@@ -56,9 +194,10 @@ impl RecordFilter {
 
     /// Parses, bounds and probes; the caller gives the stack the parse may need. A program
     /// too deep to keep is dropped here too, since dropping it recurses as deep as parsing.
-    fn parse(expression: &str) -> Result<RecordFilter, String> {
-        let program =
-            cel::Program::compile(expression).map_err(|error| first_line(&error.to_string()))?;
+    fn parse(expression: &str, target: FilterTarget) -> Result<RecordFilter, String> {
+        let program = environment()
+            .compile(expression)
+            .map_err(|error| first_line(&error.to_string()))?;
         let depth = tree_depth(program.expression());
         if depth > MAX_FILTER_DEPTH {
             return Err(format!(
@@ -68,11 +207,13 @@ impl RecordFilter {
         let filter = RecordFilter {
             expression: expression.to_string(),
             program,
+            target,
         };
-        match filter.evaluate(&typical_user()) {
+        match filter.evaluate(&target.typical()) {
             Ok(Value::Bool(_)) => Ok(filter),
             Ok(other) => Err(format!(
-                "it must give true or false, but gives {other} for a user object"
+                "it must give true or false, but gives {other} for a {} object",
+                target.record()
             )),
             Err(Probe::UnknownVariable(name)) => Err(format!(
                 "unknown variable `{name}`: the record is `{VARIABLE}`, e.g. {VARIABLE}.type == 'internal'"
@@ -97,7 +238,7 @@ impl RecordFilter {
     }
 
     fn evaluate(&self, payload: &Value) -> Result<Value, Probe> {
-        let mut context = cel::Context::default();
+        let mut context = cel::Context::with_env(environment());
         context
             .add_variable(VARIABLE, payload)
             .map_err(|error| Probe::Failed(first_line(&error.to_string())))?;
@@ -111,14 +252,17 @@ impl RecordFilter {
         }
     }
 
-    /// Whether the account of a raw user object is kept. A record the expression cannot be
-    /// evaluated on is an error: keeping or dropping it silently would both misstate the
-    /// directory.
-    pub fn keeps(&self, raw_user: &Value, username: &str) -> Result<bool, String> {
-        self.matches(raw_user).map_err(|reason| {
+    /// Whether a raw object (the user or group `name`d) is in scope. A record the expression
+    /// cannot be evaluated on is an error that names the record and the expression: the
+    /// source's `on_filter_error` decides what the run makes of it.
+    pub fn keeps(&self, raw: &Value, name: &str) -> Result<bool, String> {
+        self.matches(raw).map_err(|reason| {
             format!(
-                "the filter {:?} cannot be evaluated on user {username} ({reason}); guard optional fields with has(), e.g. has(payload.type) && payload.type == 'internal'",
-                crate::display::truncate(&self.expression, 80)
+                "the {} {:?} cannot be evaluated on {} {} ({reason}); guard optional fields with has(), e.g. has(payload.type) && payload.type == 'internal', or set on_filter_error",
+                self.target.key(),
+                crate::display::truncate(&self.expression, 80),
+                self.target.record(),
+                crate::display::quote(name, 100),
             )
         })
     }
@@ -176,26 +320,14 @@ fn first_line(text: &str) -> String {
     text.lines().next().unwrap_or("").trim().to_string()
 }
 
-/// A user object shaped as Authentik 2025.12 returns it, for probing filters.
-fn typical_user() -> Value {
-    json!({
-        "pk": 1, "username": "jane.doe", "name": "Jane Doe", "is_active": true,
-        "last_login": null, "date_joined": "2026-01-01T00:00:00Z", "is_superuser": false,
-        "groups": [], "groups_obj": null, "roles": [], "roles_obj": null,
-        "email": "jane.doe@example.com", "attributes": {}, "uid": "0".repeat(64),
-        "path": "users", "type": "internal", "uuid": "00000000-0000-4000-8000-000000000000",
-        "password_change_date": "2026-01-01T00:00:00Z", "last_updated": "2026-01-01T00:00:00Z"
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn typos_are_rejected_at_compile_time() {
-        assert!(RecordFilter::compile("payload.type == 'internal'").is_ok());
-        assert!(RecordFilter::compile("payload.attributes.department == 'it'").is_ok());
+        assert!(RecordFilter::compile("payload.type == 'internal'", FilterTarget::Users).is_ok());
+        assert!(RecordFilter::compile("payload.attributes.department == 'it'", FilterTarget::Users).is_ok());
         for broken in [
             "1 +",
             "payload.type == ",
@@ -203,9 +335,9 @@ mod tests {
             "paylod.type == 'internal'",
             "payload.username",
         ] {
-            assert!(RecordFilter::compile(broken).is_err(), "{broken}");
+            assert!(RecordFilter::compile(broken, FilterTarget::Users).is_err(), "{broken}");
         }
-        let error = RecordFilter::compile("paylod.type == 'internal'")
+        let error = RecordFilter::compile("paylod.type == 'internal'", FilterTarget::Users)
             .err()
             .unwrap();
         assert!(error.contains("paylod"), "{error}");
@@ -213,7 +345,7 @@ mod tests {
 
     #[test]
     fn accounts_are_kept_by_their_raw_object() {
-        let filter = RecordFilter::compile("payload.type == 'internal'").unwrap();
+        let filter = RecordFilter::compile("payload.type == 'internal'", FilterTarget::Users).unwrap();
         let internal = json!({"pk": 1, "username": "a", "uid": "u1", "type": "internal"});
         let external = json!({"pk": 2, "username": "b", "uid": "u2", "type": "external"});
         assert!(filter.keeps(&internal, "a").unwrap());
@@ -248,7 +380,7 @@ mod tests {
                 "Recursion limit",
             ),
         ] {
-            let error = RecordFilter::compile(&expression).err().unwrap();
+            let error = RecordFilter::compile(&expression, FilterTarget::Users).err().unwrap();
             assert!(error.contains(reason), "{reason}: {error}");
             assert!(!error.contains('\n'), "{error}");
         }
@@ -260,7 +392,7 @@ mod tests {
         let deepest = format!("{} > 0", vec!["1"; MAX_FILTER_DEPTH - 2].join(" + "));
         let cases = [terms(500), deepest];
         for expression in &cases {
-            let filter = RecordFilter::compile(expression).unwrap();
+            let filter = RecordFilter::compile(expression, FilterTarget::Users).unwrap();
             // A quarter of the 2 MiB that tokio gives the thread collecting the records.
             let kept = std::thread::Builder::new()
                 .stack_size(512 * 1024)
@@ -275,7 +407,7 @@ mod tests {
     #[test]
     fn a_record_the_filter_cannot_read_fails_loudly() {
         let old = json!({"pk": 1, "username": "old", "uid": "u1"});
-        let error = RecordFilter::compile("payload.type == 'internal'")
+        let error = RecordFilter::compile("payload.type == 'internal'", FilterTarget::Users)
             .unwrap()
             .keeps(&old, "old")
             .unwrap_err();

@@ -23,7 +23,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use url::Url;
 
-use crate::config::filter::RecordFilter;
+use crate::config::filter::{FilterTarget, OnFilterError, RecordFilter};
 use crate::config::schedule::{Schedule, ScheduleError};
 use crate::config::secret::ApiToken;
 use crate::config::state_dir::Access;
@@ -177,6 +177,9 @@ struct RawSource {
     #[serde(default)]
     disable_group_sync: bool,
     filter: Option<String>,
+    group_filter: Option<String>,
+    #[serde(default)]
+    on_filter_error: OnFilterError,
     page_size: Option<u32>,
     concurrency: Option<u32>,
     timeout_secs: Option<u64>,
@@ -361,7 +364,12 @@ pub struct SourceConfig {
     pub token: TokenSource,
     pub primary_directory: bool,
     pub disable_group_sync: bool,
+    /// CEL over each account's raw object: the accounts in scope.
     pub filter: Option<String>,
+    /// CEL over each group's raw object: the groups in scope.
+    pub group_filter: Option<String>,
+    /// What a run makes of a record a filter cannot judge.
+    pub on_filter_error: OnFilterError,
     pub page_size: u32,
     pub concurrency: usize,
     /// One request.
@@ -400,6 +408,9 @@ pub struct SourceConfig {
 #[derive(serde::Serialize)]
 struct DataShapingSettings<'a> {
     filter: Option<&'a str>,
+    /// Left out when unset, like `ignore_fields`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group_filter: Option<&'a str>,
     disable_group_sync: bool,
     primary_directory: bool,
     /// Left out when empty, so that sources without any keep the fingerprint that runs
@@ -412,6 +423,7 @@ impl SourceConfig {
     pub fn settings_fingerprint(&self) -> String {
         let settings = DataShapingSettings {
             filter: self.filter.as_deref(),
+            group_filter: self.group_filter.as_deref(),
             disable_group_sync: self.disable_group_sync,
             primary_directory: self.primary_directory,
             ignore_fields: self.ignore_fields.iter().map(String::as_str).collect(),
@@ -1051,20 +1063,8 @@ fn validate_source(name: &str, raw: RawSource, places: &Places) -> Result<Source
         1..=7 * 24 * 3600,
         &key("run_timeout_secs"),
     )?;
-    let filter = match raw.filter {
-        Some(expression) if expression.trim().is_empty() => None,
-        Some(expression) => {
-            RecordFilter::compile(&expression).map_err(|reason| {
-                format!(
-                    "`{}` is not a valid CEL expression ({:?}): {reason}",
-                    key("filter"),
-                    crate::display::truncate(&expression, 80)
-                )
-            })?;
-            Some(expression)
-        }
-        None => None,
-    };
+    let filter = checked_filter(raw.filter, FilterTarget::Users, &key)?;
+    let group_filter = checked_filter(raw.group_filter, FilterTarget::Groups, &key)?;
     let ca_file = match raw.ca_file {
         Some(file) => {
             let path = places.config_dir.join(file);
@@ -1140,6 +1140,8 @@ fn validate_source(name: &str, raw: RawSource, places: &Places) -> Result<Source
         primary_directory: raw.primary_directory,
         disable_group_sync: raw.disable_group_sync,
         filter,
+        group_filter,
+        on_filter_error: raw.on_filter_error,
         page_size,
         concurrency: concurrency as usize,
         timeout: Duration::from_secs(timeout_secs),
@@ -1166,6 +1168,26 @@ fn validate_source(name: &str, raw: RawSource, places: &Places) -> Result<Source
 
 /// At most one source is the organization's primary directory: two would each claim to be
 /// the authoritative record of its people.
+/// A filter that parses, names only `payload` and gives a boolean for a typical record; an
+/// empty one is no filter.
+fn checked_filter(
+    expression: Option<String>,
+    target: FilterTarget,
+    key: &dyn Fn(&str) -> String,
+) -> Result<Option<String>, String> {
+    let Some(expression) = expression.filter(|expression| !expression.trim().is_empty()) else {
+        return Ok(None);
+    };
+    RecordFilter::compile(&expression, target).map_err(|reason| {
+        format!(
+            "`{}` is not a valid CEL expression ({:?}): {reason}",
+            key(target.key()),
+            crate::display::truncate(&expression, 80)
+        )
+    })?;
+    Ok(Some(expression))
+}
+
 fn check_one_primary_directory(sources: &BTreeMap<String, SourceConfig>) -> Result<(), String> {
     let primary: Vec<&str> = sources
         .values()

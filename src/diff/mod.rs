@@ -14,8 +14,12 @@
 //!   that becomes privileged, by any path (created, reactivated, moved, or a group's flag,
 //!   parents or name changing), is a **privilege grant**, and the joiner or mover event that
 //!   made it one is a **privilege escalation**; the reverse is a **privilege removal**;
-//! - a run compared with nothing (a source's first run, or a new baseline) is a **baseline**:
-//!   its accounts are "present at baseline", not joiners.
+//! - a run compared with nothing (a source's first run) is a **baseline**: its accounts are
+//!   "present at baseline", not joiners;
+//! - **scope** is a view: events are judged on the upstream records, whatever the filters
+//!   say, and reported when the record is in scope on either side; a record that only
+//!   entered or left the scope (the filter changed, group sync was switched, or it changed
+//!   upstream in a way the filter sees) is a **scope change**, never a joiner or a leaver.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -306,8 +310,8 @@ pub struct BeforeAfter {
     pub after: u64,
 }
 
-/// How the population of accounts moved, so that it reconciles:
-/// `accounts.before + created - deleted = accounts.after`.
+/// How the population of in-scope accounts moved, so that it reconciles:
+/// `accounts.before + created - deleted + entered_scope - left_scope = accounts.after`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Population {
     pub accounts: BeforeAfter,
@@ -315,6 +319,61 @@ pub struct Population {
     pub superusers: BeforeAfter,
     pub created: u64,
     pub deleted: u64,
+    #[serde(default)]
+    pub entered_scope: u64,
+    #[serde(default)]
+    pub left_scope: u64,
+}
+
+/// Why a record entered or left the scope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScopeCause {
+    /// The record is unchanged upstream: the filter (or `group_filter`) changed.
+    Filter,
+    /// The record changed upstream in a way the filter sees (its own event is reported too).
+    Record,
+    /// Group sync was switched off (groups and memberships are no longer read) or on.
+    GroupSync,
+}
+
+impl ScopeCause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScopeCause::Filter => "the filter changed",
+            ScopeCause::Record => "the record changed",
+            ScopeCause::GroupSync => "group sync switched",
+        }
+    }
+}
+
+/// An account or a group that entered or left the scope.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ScopeChange {
+    pub external_id: String,
+    /// The username or the group name.
+    pub name: String,
+    pub cause: ScopeCause,
+}
+
+/// What entered and left the scope in a run, apart from joiners and leavers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScopeChanges {
+    pub accounts_entered: Vec<ScopeChange>,
+    pub accounts_left: Vec<ScopeChange>,
+    pub groups_entered: Vec<ScopeChange>,
+    pub groups_left: Vec<ScopeChange>,
+    pub memberships_entered: u64,
+    pub memberships_left: u64,
+    /// `Some(false)` when group sync was switched off in this run, `Some(true)` when on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_sync: Option<bool>,
+}
+
+impl ScopeChanges {
+    pub fn is_empty(&self) -> bool {
+        self == &ScopeChanges::default()
+    }
 }
 
 /// A run compared with nothing: why, and what was present.
@@ -348,11 +407,14 @@ pub struct DirectoryDiff {
     pub privilege_removed: Vec<PrivilegeChange>,
     #[serde(default)]
     pub privileged_group_changes: Vec<PrivilegedGroupChange>,
+    #[serde(default, skip_serializing_if = "ScopeChanges::is_empty")]
+    pub scope_changes: ScopeChanges,
 }
 
 impl DirectoryDiff {
     pub fn is_empty(&self) -> bool {
-        self.joiners.is_empty()
+        self.scope_changes.is_empty()
+            && self.joiners.is_empty()
             && self.movers.is_empty()
             && self.leavers.is_empty()
             && self.purged.is_empty()
@@ -394,6 +456,9 @@ pub struct AccountSides {
     pub changes: Vec<FieldChange>,
     pub old_groups: BTreeSet<String>,
     pub new_groups: BTreeSet<String>,
+    /// Whether each side is in scope (an absent side is not).
+    pub old_in_scope: bool,
+    pub new_in_scope: bool,
 }
 
 /// Everything the diff needs: what changed, gathered by the caller from the store.
@@ -418,6 +483,10 @@ pub struct DiffInput {
     pub last_active: BTreeMap<String, LastActive>,
     pub population: Population,
     pub rules: AccountRules,
+    /// The groups out of scope before and after.
+    pub groups_out_of_scope: [BTreeSet<String>; 2],
+    /// What entered or left the scope, as the planner found it.
+    pub scope_changes: ScopeChanges,
 }
 
 /// The source's settings that the diff applies to accounts.
@@ -586,6 +655,9 @@ pub fn path_text(path: &[GroupRef]) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccountHead {
     pub external_id: String,
+    /// Out of scope, an account is neither counted nor listed (its groups still count for
+    /// others: privilege is judged on the whole directory).
+    pub in_scope: bool,
     pub active: bool,
     /// Its own superuser flag or roles could make it privileged without a group.
     pub may_hold_privilege_alone: bool,
@@ -623,6 +695,9 @@ pub fn census<E, At>(
     let mut census = Census::default();
     for head in accounts {
         let (head, at) = head?;
+        if !head.in_scope {
+            continue;
+        }
         census.accounts += 1;
         if !head.active {
             continue;
@@ -677,8 +752,21 @@ pub fn diff(input: &DiffInput) -> DirectoryDiff {
     let rules = &input.rules;
     let to = &input.to;
     for (uid, sides) in &input.accounts {
-        let added: BTreeSet<&String> = sides.new_groups.difference(&sides.old_groups).collect();
-        let removed: BTreeSet<&String> = sides.old_groups.difference(&sides.new_groups).collect();
+        // Judged upstream, reported where the account is in scope on either side.
+        if !sides.old_in_scope && !sides.new_in_scope {
+            continue;
+        }
+        let [out_before, out_after] = &input.groups_out_of_scope;
+        let added: BTreeSet<&String> = sides
+            .new_groups
+            .difference(&sides.old_groups)
+            .filter(|group| !out_after.contains(*group))
+            .collect();
+        let removed: BTreeSet<&String> = sides
+            .old_groups
+            .difference(&sides.new_groups)
+            .filter(|group| !out_before.contains(*group))
+            .collect();
         let groups_added = group_refs(added.iter().copied(), input, After);
         let groups_removed = group_refs(removed.iter().copied(), input, Before);
         let held_before = sides
@@ -838,6 +926,7 @@ pub fn diff(input: &DiffInput) -> DirectoryDiff {
         privilege_granted,
         privilege_removed,
         privileged_group_changes,
+        scope_changes: input.scope_changes.clone(),
     }
 }
 
@@ -1195,23 +1284,25 @@ fn group_changes(input: &DiffInput) -> GroupChanges {
         external_id: id.clone(),
         display_name: group.display_name.clone(),
     };
+    let [out_before, out_after] = &input.groups_out_of_scope;
+    let in_scope = |id: &String| !out_before.contains(id) || !out_after.contains(id);
     GroupChanges {
         created: input
             .groups_after
             .iter()
-            .filter(|(id, _)| !input.groups_before.contains_key(*id))
+            .filter(|(id, _)| !input.groups_before.contains_key(*id) && !out_after.contains(*id))
             .map(|(id, group)| reference(id, group))
             .collect(),
         deleted: input
             .groups_before
             .iter()
-            .filter(|(id, _)| !input.groups_after.contains_key(*id))
+            .filter(|(id, _)| !input.groups_after.contains_key(*id) && !out_before.contains(*id))
             .map(|(id, group)| reference(id, group))
             .collect(),
         changed: input
             .group_changes
             .iter()
-            .filter(|(_, changes)| !changes.is_empty())
+            .filter(|(id, changes)| !changes.is_empty() && in_scope(id))
             .map(|(id, changes)| GroupChange {
                 external_id: id.clone(),
                 display_name: group_name(id, input, After),

@@ -177,6 +177,7 @@ fn joiners_movers_and_leavers_are_exact() {
             },
             created: 1,
             deleted: 1,
+            ..Population::default()
         }
     );
 }

@@ -12,7 +12,7 @@ use crate::diff::{
 };
 use crate::output::envelope::{Action, EnvelopeContext, EnvelopeFile, EnvelopeWriter};
 use crate::run::normalize::DirectoryGroup;
-use crate::run::plan::{membership_pair, Loaded, PlanError, Planner, Sinks};
+use crate::run::plan::{membership_pair, Loaded, PlanError, Planner, SettingsStep, Sinks};
 use crate::run::record::{ChangeRule, Hash, RecordKind};
 use crate::store::{Reader, RecordVersion, RunRecord, Store, StoreError};
 
@@ -50,8 +50,16 @@ pub fn compare_runs(
         started_at: run.started_at,
         finished_at: run.finished_at,
     };
+    let rule = ChangeRule::new(&source.ignore_fields);
     let mut planner = Planner::new(
-        ChangeRule::new(&source.ignore_fields),
+        rule,
+        // Replayed under today's rule, as the diff says; stored versions hold what each run
+        // read, so a group sync switched off in between shows as groups removed.
+        SettingsStep {
+            compare: rule,
+            groups_before: true,
+            groups_after: true,
+        },
         AccountRules::of(source),
         context,
         from.map(run_ref),
@@ -164,13 +172,20 @@ fn replay_record(
         RecordKind::Group => {}
     }
     let action = Action::classify(old.map(|v| &v.hash), new.map(|v| &v.hash));
-    if let (RecordKind::Membership, Some(action), false) =
-        (kind, action, planner.needs_membership_content())
-    {
-        planner.membership_changed(id, action);
+    let in_scope = |version: Option<&RecordVersion>| version.is_some_and(|v| v.flags.in_scope());
+    let scope_moved = old.is_some() && new.is_some() && in_scope(old) != in_scope(new);
+    if let (RecordKind::Membership, Some(action), false, false) = (
+        kind,
+        action,
+        scope_moved,
+        planner.needs_membership_content(),
+    ) {
+        if in_scope(old) || in_scope(new) {
+            planner.membership_changed(id, action);
+        }
         return Ok(());
     }
-    if action.is_none() {
+    if action.is_none() && !scope_moved {
         if kind == RecordKind::Group {
             let old = old
                 .map(|v| Loaded::stored(reader, source, kind, v, false))
@@ -264,6 +279,7 @@ pub fn census(
         head.map(|head| {
             let account = AccountHead {
                 external_id: head.external_id,
+                in_scope: head.flags.in_scope(),
                 active: head.flags.active(),
                 may_hold_privilege_alone: head.flags.superuser() || head.flags.roles(),
             };

@@ -34,6 +34,7 @@ pub fn census_of(collected: &Collected, rules: &AccountRules) -> std::io::Result
         Ok((
             AccountHead {
                 external_id: item.external_id.to_string(),
+                in_scope: item.flags.in_scope(),
                 active: item.flags.active(),
                 may_hold_privilege_alone: item.flags.superuser() || item.flags.roles(),
             },
@@ -57,8 +58,9 @@ pub fn population(census: &Census, collected: &Collected) -> PopulationAtEnd {
         accounts: census.accounts,
         active: census.active,
         privileged: census.privileged.len() as u64,
-        groups: collected.groups.items().len() as u64,
-        memberships: collected.memberships.len() as u64,
+        groups: collected.groups.items().len() as u64 - collected.scope.groups_out_of_scope,
+        memberships: collected.memberships.len() as u64
+            - collected.scope.memberships_out_of_scope,
     }
 }
 

@@ -72,6 +72,13 @@ pub struct Envelope {
     pub observed_at: DateTime<Utc>,
     pub primary_directory: bool,
     pub external_id: String,
+    /// Why a record that did not change upstream has an envelope: `out_of_scope` (a
+    /// `deleted` record that left the source's scope but still exists), `in_scope` (a
+    /// `created` one that entered it) or `restated` (an `updated` one whose material content
+    /// is the same under a changed `ignore_fields` or record format). Absent for an upstream
+    /// change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     pub hash: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_hash: Option<String>,
@@ -97,6 +104,8 @@ pub struct RecordChange<'r> {
     pub kind: RecordKind,
     pub external_id: &'r str,
     pub action: Action,
+    /// See [`Envelope::reason`].
+    pub reason: Option<&'static str>,
     /// The record the envelope carries: the new one, or for a deletion the last one with the
     /// status `DELETED`.
     pub record: &'r RawValue,
@@ -117,6 +126,8 @@ struct EnvelopeLine<'a> {
     observed_at: DateTime<Utc>,
     primary_directory: bool,
     external_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
     hash: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     previous_hash: Option<String>,
@@ -139,6 +150,7 @@ impl EnvelopeContext<'_> {
             observed_at: self.observed_at,
             primary_directory: self.primary_directory,
             external_id: change.external_id,
+            reason: change.reason,
             hash: hex_hash(&change.hash),
             previous_hash: change.previous_hash.as_ref().map(hex_hash),
             record: change.record,
@@ -328,6 +340,7 @@ mod tests {
         let record = raw(json!({"external_id": "u1", "status": "DELETED"}));
         let payload = raw(json!({"uid": "u1"}));
         let line = context().line(&RecordChange {
+                reason: None,
             kind: RecordKind::Account,
             external_id: "u1",
             action: Action::Deleted,
@@ -361,6 +374,7 @@ mod tests {
         let null = raw(Value::Null);
         let lines = [
             context().line(&RecordChange {
+                reason: None,
                 kind: RecordKind::Account,
                 external_id: "u1",
                 action: Action::Created,
@@ -371,6 +385,7 @@ mod tests {
                 changes: None,
             }),
             context().line(&RecordChange {
+                reason: None,
                 kind: RecordKind::Membership,
                 external_id: "u1:g",
                 action: Action::Created,

@@ -1,5 +1,7 @@
 //! One run's directory as it arrives, page by page: each raw user and group is checked for
-//! duplicates, filtered, normalized and spooled to disk at once. What stays in memory is what
+//! duplicates, judged in or out of the source's scope by its filters, normalized and spooled
+//! to disk at once. Every record is kept, whatever its scope: the snapshot is the directory,
+//! the scope a view of it (a record's flags carry it, see [`Flags::OUT_OF_SCOPE`]). What stays in memory is what
 //! the checks across records need: pks and uids, group ids, and memberships as pairs of small
 //! indexes. When the listings are complete, [`Collector::finish`] checks every reference and
 //! that users' and groups' membership lists agree, and hands the sorted records to the diff.
@@ -13,7 +15,7 @@ use serde_json::Value;
 use crate::authentik::client::ListedPage;
 use crate::authentik::ListKind;
 use crate::canonical::canonical_json;
-use crate::config::filter::RecordFilter;
+use crate::config::filter::{FilterTarget, Judged, ScopeRules};
 use crate::config::SourceConfig;
 use crate::run::normalize::{
     account, group_record, read_group, read_user, stored_payload, DirectoryMembership,
@@ -21,6 +23,8 @@ use crate::run::normalize::{
 };
 use crate::run::record::{raw, sha256, ChangeRule, RecordKind};
 use crate::run::spool::{Spool, SpoolWriter};
+use crate::store::codec::Flags;
+use crate::store::ScopeCounts;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CollectError {
@@ -65,9 +69,9 @@ impl CollectError {
 type Index = u32;
 
 pub struct Collector {
-    primary_directory: bool,
     group_sync: bool,
-    filter: Option<RecordFilter>,
+    scope: ScopeRules,
+    counts: ScopeCounts,
     ignore_fields: Vec<String>,
     user_index: HashMap<i64, Index>,
     users: Vec<UserSlot>,
@@ -86,26 +90,33 @@ pub struct Collector {
 struct UserSlot {
     uid: Box<str>,
     digest: u64,
-    kept: bool,
+    in_scope: bool,
 }
 
 struct GroupSlot {
     pk: Box<str>,
     /// The digest of the listed object; `None` while it is only referenced.
     listed: Option<u64>,
+    in_scope: bool,
+}
+
+impl ScopeCounts {
+    fn note(&mut self, judged: Judged) {
+        match judged {
+            Judged::ErrorExcluded => self.filter_errors_excluded += 1,
+            Judged::ErrorIncluded => self.filter_errors_included += 1,
+            Judged::InScope | Judged::OutOfScope => {}
+        }
+    }
 }
 
 impl Collector {
     /// Spools into `dir` (the state directory).
-    pub fn new(
-        dir: &Path,
-        source: &SourceConfig,
-        filter: Option<RecordFilter>,
-    ) -> std::io::Result<Collector> {
+    pub fn new(dir: &Path, source: &SourceConfig) -> Result<Collector, CollectError> {
         Ok(Collector {
-            primary_directory: source.primary_directory,
             group_sync: !source.disable_group_sync,
-            filter,
+            scope: ScopeRules::of(source).map_err(CollectError::Filter)?,
+            counts: ScopeCounts::default(),
             ignore_fields: source.ignore_fields.clone(),
             user_index: HashMap::new(),
             users: Vec::new(),
@@ -167,18 +178,19 @@ impl Collector {
             }
             return Ok(false);
         }
-        let kept = match &self.filter {
-            Some(filter) => filter
-                .keeps(&raw, &user.username)
-                .map_err(CollectError::Filter)?,
-            None => true,
-        };
+        let judged = self
+            .scope
+            .judge(FilterTarget::Users, &raw, &user.username)
+            .map_err(CollectError::Filter)?;
+        self.counts.note(judged);
+        let in_scope = judged.in_scope();
+        self.counts.accounts_out_of_scope += u64::from(!in_scope);
         let index = self.users.len() as Index;
         self.user_index.insert(user.pk, index);
         self.users.push(UserSlot {
             uid: user.uid.as_str().into(),
             digest,
-            kept,
+            in_scope,
         });
         if self.group_sync {
             for group in &user.groups {
@@ -186,13 +198,10 @@ impl Collector {
                 self.from_users.push((index, group));
             }
         }
-        if kept {
-            let record = account(&user, self.primary_directory);
-            let record = serde_json::to_value(&record).map_err(std::io::Error::other)?;
-            let rule = ChangeRule::new(&self.ignore_fields);
-            self.accounts
-                .push(&user.uid, record, stored_payload(raw), &rule)?;
-        }
+        let record = serde_json::to_value(account(&user)).map_err(std::io::Error::other)?;
+        let rule = ChangeRule::new(&self.ignore_fields);
+        self.accounts
+            .push(&user.uid, record, stored_payload(raw), &rule, in_scope)?;
         Ok(true)
     }
 
@@ -201,6 +210,16 @@ impl Collector {
         let group = read_group(&raw)?;
         let digest = digest(&raw);
         let index = self.group(&group.pk);
+        if self.groups[index as usize].listed.is_none() {
+            let judged = self
+                .scope
+                .judge(FilterTarget::Groups, &raw, &group.name)
+                .map_err(CollectError::Filter)?;
+            self.counts.note(judged);
+            self.groups[index as usize].in_scope = judged.in_scope();
+            self.counts.groups_out_of_scope += u64::from(!judged.in_scope());
+        }
+        let in_scope = self.groups[index as usize].in_scope;
         let slot = &mut self.groups[index as usize];
         match slot.listed {
             Some(seen) if seen == digest => return Ok(false),
@@ -224,7 +243,7 @@ impl Collector {
         let record = serde_json::to_value(group_record(&group)).map_err(std::io::Error::other)?;
         let rule = ChangeRule::new(&self.ignore_fields);
         self.group_records
-            .push(&group.pk, record, stored_payload(raw), &rule)?;
+            .push(&group.pk, record, stored_payload(raw), &rule, in_scope)?;
         Ok(true)
     }
 
@@ -237,12 +256,13 @@ impl Collector {
         self.groups.push(GroupSlot {
             pk: pk.into(),
             listed: None,
+            in_scope: true,
         });
         index
     }
 
-    /// Checks every reference across records and the two membership views, drops the
-    /// memberships of filtered accounts, and sorts what was spooled.
+    /// Checks every reference across records and the two membership views, counts the
+    /// memberships out of scope, and sorts what was spooled.
     pub fn finish(mut self) -> Result<Collected, CollectError> {
         self.check_unique_uids()?;
         let dangling =
@@ -294,12 +314,13 @@ impl Collector {
         }
         let users = &self.users;
         let groups = &self.groups;
-        let mut pairs: Vec<(Index, Index)> = self
-            .from_users
+        let mut pairs = std::mem::take(&mut self.from_users);
+        self.counts.memberships_out_of_scope = pairs
             .iter()
-            .copied()
-            .filter(|(user, _)| users[*user as usize].kept)
-            .collect();
+            .filter(|(user, group)| {
+                !(users[*user as usize].in_scope && groups[*group as usize].in_scope)
+            })
+            .count() as u64;
         // In the order of the membership ids (`uid:group`), compared byte by byte.
         pairs.sort_unstable_by(|a, b| {
             membership_key_bytes(users, groups, *a).cmp(membership_key_bytes(users, groups, *b))
@@ -308,10 +329,13 @@ impl Collector {
             accounts: self.accounts.finish()?,
             groups: self.group_records.finish()?,
             memberships: Memberships {
+                user_scope: self.users.iter().map(|user| user.in_scope).collect(),
+                group_scope: self.groups.iter().map(|group| group.in_scope).collect(),
                 uids: self.users.into_iter().map(|user| user.uid).collect(),
                 groups: self.groups.into_iter().map(|group| group.pk).collect(),
                 pairs,
             },
+            scope: self.counts,
         })
     }
 }
@@ -383,12 +407,16 @@ pub struct Collected {
     pub accounts: Spool,
     pub groups: Spool,
     pub memberships: Memberships,
+    pub scope: ScopeCounts,
 }
 
-/// The memberships of kept accounts, sorted by membership id.
+/// Every membership of the directory, sorted by membership id.
 pub struct Memberships {
     uids: Vec<Box<str>>,
     groups: Vec<Box<str>>,
+    /// Whether each user and each group is in scope.
+    user_scope: Vec<bool>,
+    group_scope: Vec<bool>,
     pairs: Vec<(Index, Index)>,
 }
 
@@ -408,9 +436,24 @@ impl Memberships {
             .map(|(user, group)| (&*self.uids[*user as usize], &*self.groups[*group as usize]))
     }
 
-    /// Each membership's id and record (as canonical JSON), in id order.
-    pub fn iter(&self) -> impl Iterator<Item = (String, Box<RawValue>)> + '_ {
+    /// Each membership as `(account uid, group pk)` with whether it is in scope (its
+    /// account and its group are), in id order.
+    pub fn scoped_pairs(&self) -> impl Iterator<Item = (&str, &str, bool)> + '_ {
         self.pairs.iter().map(|(user, group)| {
+            (
+                &*self.uids[*user as usize],
+                &*self.groups[*group as usize],
+                self.user_scope[*user as usize] && self.group_scope[*group as usize],
+            )
+        })
+    }
+
+    /// Each membership's id, record (as canonical JSON) and flags (only its scope), in id
+    /// order.
+    pub fn iter(&self) -> impl Iterator<Item = (String, Box<RawValue>, Flags)> + '_ {
+        self.pairs.iter().map(|(user, group)| {
+            let in_scope =
+                self.user_scope[*user as usize] && self.group_scope[*group as usize];
             let membership =
                 DirectoryMembership::new(&self.uids[*user as usize], &self.groups[*group as usize]);
             let quoted = |text: &str| Value::String(text.to_string()).to_string();
@@ -421,7 +464,11 @@ impl Memberships {
                 quoted(&membership.group_external_id),
                 quoted(&membership.role)
             );
-            (membership.external_id(), raw(record.into_bytes()))
+            (
+                membership.external_id(),
+                raw(record.into_bytes()),
+                Flags::default().with_scope(in_scope),
+            )
         })
     }
 }
@@ -440,14 +487,13 @@ mod tests {
         json!({"pk": pk, "name": format!("G {pk}"), "parents": parents, "users": users})
     }
 
-    fn collect(
+    fn collect_with(
         users: Vec<Value>,
         groups: Vec<Value>,
-        filter: Option<RecordFilter>,
+        source: &SourceConfig,
     ) -> Result<Collected, CollectError> {
         let dir = tempfile::tempdir().unwrap();
-        let source = crate::testing::source_config();
-        let mut collector = Collector::new(dir.path(), &source, filter).unwrap();
+        let mut collector = Collector::new(dir.path(), source)?;
         for raw in groups {
             collector.add_group(raw)?;
         }
@@ -457,8 +503,12 @@ mod tests {
         collector.finish()
     }
 
+    fn collect(users: Vec<Value>, groups: Vec<Value>) -> Result<Collected, CollectError> {
+        collect_with(users, groups, &crate::testing::source_config())
+    }
+
     fn membership_ids(collected: &Collected) -> Vec<String> {
-        collected.memberships.iter().map(|(id, _)| id).collect()
+        collected.memberships.iter().map(|(id, _, _)| id).collect()
     }
 
     #[test]
@@ -468,7 +518,7 @@ mod tests {
             user(2, "internal", &["g1", "g2"]),
         ];
         let groups = vec![group("g1", &[1, 2], &[]), group("g2", &[2], &["g1"])];
-        let collected = collect(users.clone(), groups, None).unwrap();
+        let collected = collect(users.clone(), groups).unwrap();
         assert_eq!(
             membership_ids(&collected),
             ["uid1:g1", "uid2:g1", "uid2:g2"]
@@ -476,7 +526,7 @@ mod tests {
         assert_eq!(collected.accounts.items().len(), 2);
         assert_eq!(collected.groups.items().len(), 2);
         let disagreeing = vec![group("g1", &[1], &[]), group("g2", &[2], &["g1"])];
-        assert!(collect(users, disagreeing, None).is_err());
+        assert!(collect(users, disagreeing).is_err());
     }
 
     #[test]
@@ -496,7 +546,7 @@ mod tests {
             ),
         ];
         for (users, groups) in cases {
-            let error = collect(users, groups, None).err().unwrap();
+            let error = collect(users, groups).err().unwrap();
             assert!(error.is_inconsistency(), "{error}");
         }
     }
@@ -505,15 +555,13 @@ mod tests {
     fn duplicates_must_be_identical() {
         let same = collect(
             vec![user(1, "internal", &[]), user(1, "internal", &[])],
-            vec![],
-            None,
+            vec![]
         )
         .unwrap();
         assert_eq!(same.accounts.items().len(), 1);
         let error = collect(
             vec![user(1, "internal", &[]), user(1, "external", &[])],
-            vec![],
-            None,
+            vec![]
         )
         .err()
         .unwrap();
@@ -522,7 +570,7 @@ mod tests {
             "{error}"
         );
         let renamed = json!({"pk": "g", "name": "Other", "parents": [], "users": []});
-        let error = collect(vec![], vec![group("g", &[], &[]), renamed], None)
+        let error = collect(vec![], vec![group("g", &[], &[]), renamed])
             .err()
             .unwrap();
         assert!(
@@ -536,8 +584,7 @@ mod tests {
         let twin = json!({"pk": 7, "username": "u7", "uid": "uid1", "attributes": {}});
         let error = collect(
             vec![user(1, "internal", &[]), user(2, "internal", &[]), twin],
-            vec![],
-            None,
+            vec![]
         )
         .err()
         .unwrap();
@@ -552,23 +599,83 @@ mod tests {
     }
 
     #[test]
-    fn filtered_accounts_take_their_memberships_along() {
-        let filter = RecordFilter::compile("payload.type == 'internal'").unwrap();
-        let collected = collect(
-            vec![user(1, "internal", &["g"]), user(2, "external", &["g"])],
-            vec![group("g", &[1, 2], &[])],
-            Some(filter),
+    fn filtered_records_stay_out_of_scope_with_their_memberships() {
+        let mut source = crate::testing::source_config();
+        source.filter = Some("payload.type == 'internal'".into());
+        source.group_filter = Some("payload.name.lowerAscii().startsWith('g ')".into());
+        let collected = collect_with(
+            vec![
+                user(1, "internal", &["g", "h"]),
+                user(2, "external", &["g"]),
+            ],
+            vec![
+                group("g", &[1, 2], &[]),
+                json!({"pk": "h", "name": "Other", "parents": [], "users": [1]}),
+            ],
+            &source,
         )
         .unwrap();
-        let ids: Vec<&str> = collected
-            .accounts
-            .items()
+        let scoped = |spool: &Spool| -> Vec<(String, bool)> {
+            spool
+                .items()
+                .iter()
+                .map(|i| (i.external_id.to_string(), i.flags.in_scope()))
+                .collect()
+        };
+        // The snapshot is the whole directory; the scope is a flag on each record.
+        assert_eq!(
+            scoped(&collected.accounts),
+            [("uid1".into(), true), ("uid2".into(), false)]
+        );
+        assert_eq!(
+            scoped(&collected.groups),
+            [("g".into(), true), ("h".into(), false)]
+        );
+        let memberships: Vec<(String, bool)> = collected
+            .memberships
             .iter()
-            .map(|i| &*i.external_id)
+            .map(|(id, _, flags)| (id, flags.in_scope()))
             .collect();
-        assert_eq!(ids, ["uid1"]);
-        assert_eq!(membership_ids(&collected), ["uid1:g"]);
-        assert_eq!(collected.groups.items().len(), 1);
+        assert_eq!(
+            memberships,
+            [
+                ("uid1:g".into(), true),
+                ("uid1:h".into(), false),
+                ("uid2:g".into(), false)
+            ]
+        );
+        assert_eq!(
+            collected.scope,
+            ScopeCounts {
+                accounts_out_of_scope: 1,
+                groups_out_of_scope: 1,
+                memberships_out_of_scope: 2,
+                ..ScopeCounts::default()
+            }
+        );
+    }
+
+    #[test]
+    fn a_record_the_filter_cannot_judge_follows_on_filter_error() {
+        use crate::config::filter::OnFilterError;
+        let users = || vec![user(1, "internal", &[]), json!({"pk": 2, "username": "old", "uid": "uid2"})];
+        let mut source = crate::testing::source_config();
+        source.filter = Some("payload.type == 'internal'".into());
+        let error = collect_with(users(), Vec::new(), &source)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.contains("user old") && error.contains("payload.type"), "{error}");
+        for (mode, in_scope, excluded, included) in [
+            (OnFilterError::Exclude, false, 1, 0),
+            (OnFilterError::Include, true, 0, 1),
+        ] {
+            source.on_filter_error = mode;
+            let collected = collect_with(users(), Vec::new(), &source).unwrap();
+            assert_eq!(collected.accounts.items()[1].flags.in_scope(), in_scope);
+            assert_eq!(collected.scope.filter_errors_excluded, excluded);
+            assert_eq!(collected.scope.filter_errors_included, included);
+        }
     }
 
     #[test]
@@ -578,7 +685,7 @@ mod tests {
             json!({"pk": 1, "username": "a", "uid": "u1", "groups": ["g"]}),
             json!({"pk": 2, "username": "b", "uid": "u10", "groups": ["g"]}),
         ];
-        let collected = collect(users, vec![group("g", &[1, 2], &[])], None).unwrap();
+        let collected = collect(users, vec![group("g", &[1, 2], &[])]).unwrap();
         assert_eq!(membership_ids(&collected), ["u10:g", "u1:g"]);
     }
 }

@@ -80,7 +80,6 @@ pub struct DirectoryAccount {
     #[serde(default)]
     pub last_updated_at: Option<String>,
     pub metadata: Map<String, Value>,
-    pub primary_source: bool,
     /// RBAC roles held directly (Authentik 2025.12+); left out when there are none, so that
     /// the material hash of an account without roles is what it was before roles counted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -191,7 +190,7 @@ pub fn group_record(group: &Group) -> DirectoryGroup {
     }
 }
 
-pub fn account(user: &User, primary_directory: bool) -> DirectoryAccount {
+pub fn account(user: &User) -> DirectoryAccount {
     let name = user.name.as_deref().unwrap_or("").trim();
     let (given_name, family_name) = split_name(name);
     let attributes = user.attributes.clone().unwrap_or_default();
@@ -225,7 +224,6 @@ pub fn account(user: &User, primary_directory: bool) -> DirectoryAccount {
         last_login_at: user.last_login.clone(),
         last_updated_at: user.last_updated.clone(),
         metadata: attributes,
-        primary_source: primary_directory,
         roles: roles(user.roles.as_deref(), None),
     }
 }
@@ -286,7 +284,7 @@ mod tests {
             "future_kind",
         ]
         .iter()
-        .map(|kind| account(&read_user(&user(1, kind)).unwrap(), true).account_type)
+        .map(|kind| account(&read_user(&user(1, kind)).unwrap()).account_type)
         .collect();
         use AccountType::*;
         assert_eq!(types, vec![User, Guest, Service, Service, User]);
@@ -294,12 +292,11 @@ mod tests {
 
     #[test]
     fn fields_are_normalized() {
-        let record = account(&read_user(&user(2, "internal")).unwrap(), true);
+        let record = account(&read_user(&user(2, "internal")).unwrap());
         assert_eq!(record.canonical_email.as_deref(), Some("ada@example.com"));
         assert_eq!(record.given_name.as_deref(), Some("Ada"));
         assert_eq!(record.family_name.as_deref(), Some("Lovelace King"));
         assert_eq!(record.status, AccountStatus::Active);
-        assert!(record.primary_source);
     }
 
     #[test]

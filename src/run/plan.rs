@@ -15,7 +15,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{Map, Value};
 
 use crate::canonical::canonical_json;
-use crate::diff::{AccountRef, AccountRules, Baseline, DiffInput, Population, RunRef};
+use crate::diff::{
+    AccountRef, AccountRules, Baseline, DiffInput, Population, RunRef, ScopeCause, ScopeChange,
+};
 use crate::ledger::lthash::Tracked;
 use crate::output::envelope::{
     Action, EnvelopeContext, EnvelopeFile, EnvelopeWriter, RecordChange,
@@ -26,7 +28,7 @@ use crate::run::record::{
     raw, with_volatile, ChangeRule, Hash, RawEntry, RecordKind, DELETED_STATUS,
 };
 use crate::store::codec::{CurrentRow, Flags};
-use crate::store::ops::{Op, OpWriter, Ops};
+use crate::store::ops::{Op, OpWriter, Ops, TombstoneWrite};
 use crate::store::{Reader, RecordVersion, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -90,8 +92,37 @@ pub struct Sinks {
     pub envelopes: Option<EnvelopeWriter>,
 }
 
+/// How the settings moved between the two sides, so that what only the settings changed is
+/// no event.
+#[derive(Debug, Clone, Copy)]
+pub struct SettingsStep<'a> {
+    /// The rule the two sides are compared under: the fields ignored on either side, so that
+    /// a field that became ignored, or stopped being, makes no change in this run (it is
+    /// compared from the next run on).
+    pub compare: ChangeRule<'a>,
+    /// Whether groups and memberships were read on the old side and on the new side.
+    pub groups_before: bool,
+    pub groups_after: bool,
+}
+
+impl SettingsStep<'_> {
+    /// Whether a record of `kind` present on one side only is so because group sync was
+    /// switched, not because it was created or deleted: nothing is known of its other side.
+    fn uncollected(&self, kind: RecordKind, old: bool, new: bool) -> bool {
+        kind != RecordKind::Account
+            && ((old && !new && !self.groups_after) || (!old && new && !self.groups_before))
+    }
+}
+
+/// What an envelope's `reason` says of a record that only entered or left the scope, or whose
+/// new version only restates it (the same material content under a changed rule or format).
+pub const OUT_OF_SCOPE: &str = "out_of_scope";
+pub const IN_SCOPE: &str = "in_scope";
+pub const RESTATED: &str = "restated";
+
 pub struct Planner<'a> {
     rule: ChangeRule<'a>,
+    step: SettingsStep<'a>,
     context: EnvelopeContext<'a>,
     sinks: Sinks,
     baseline: bool,
@@ -127,6 +158,7 @@ impl<'a> Planner<'a> {
     /// says why it is one. `rules` are the source's account rules the diff applies.
     pub fn new(
         rule: ChangeRule<'a>,
+        step: SettingsStep<'a>,
         rules: AccountRules,
         context: EnvelopeContext<'a>,
         from: Option<RunRef>,
@@ -137,6 +169,7 @@ impl<'a> Planner<'a> {
         let baseline = from.is_none();
         Planner {
             rule,
+            step,
             sinks,
             baseline,
             input: DiffInput {
@@ -158,6 +191,12 @@ impl<'a> Planner<'a> {
                 last_active: BTreeMap::new(),
                 population: Population::default(),
                 rules,
+                groups_out_of_scope: Default::default(),
+                scope_changes: crate::diff::ScopeChanges {
+                    group_sync: (!baseline && step.groups_before != step.groups_after)
+                        .then_some(step.groups_after),
+                    ..Default::default()
+                },
             },
             context,
             block: None,
@@ -179,10 +218,12 @@ impl<'a> Planner<'a> {
         &self.rule
     }
 
-    /// Counts an account of either side for the population.
+    /// Counts an account of either side for the population (in scope only).
     pub fn count(&mut self, old: Option<Flags>, new: Option<Flags>) {
         let population = &mut self.input.population;
-        for (flags, side) in [(old, Side::Before), (new, Side::After)] {
+        let old_in = old.filter(|flags| flags.in_scope());
+        let new_in = new.filter(|flags| flags.in_scope());
+        for (flags, side) in [(old_in, Side::Before), (new_in, Side::After)] {
             let Some(flags) = flags else { continue };
             let bump = |count: &mut crate::diff::BeforeAfter| match side {
                 Side::Before => count.before += 1,
@@ -196,15 +237,18 @@ impl<'a> Planner<'a> {
                 bump(&mut population.superusers);
             }
         }
-        match (old, new) {
-            (None, Some(_)) => population.created += 1,
-            (Some(_), None) => population.deleted += 1,
+        match (old, new, old_in.is_some(), new_in.is_some()) {
+            (None, Some(_), _, true) => population.created += 1,
+            (Some(_), None, true, _) => population.deleted += 1,
+            (Some(_), Some(_), false, true) => population.entered_scope += 1,
+            (Some(_), Some(_), true, false) => population.left_scope += 1,
             _ => {}
         }
     }
 
-    /// A record whose material hash differs between the two sides. `tombstone` is the hash of
-    /// its deletion when it comes back after one.
+    /// A record whose material hash or scope differs between the two sides. `tombstone` is
+    /// the hash of the last envelope the record's consumers saw when that was a deletion (a
+    /// real one, or its leaving the scope), which a record that comes back chains to.
     pub fn changed(
         &mut self,
         kind: RecordKind,
@@ -213,12 +257,16 @@ impl<'a> Planner<'a> {
         new: Option<Loaded>,
         tombstone: Option<Hash>,
     ) -> Result<(), PlanError> {
-        let Some(action) =
-            Action::classify(old.as_ref().map(|o| &o.hash), new.as_ref().map(|n| &n.hash))
-        else {
+        let content =
+            Action::classify(old.as_ref().map(|o| &o.hash), new.as_ref().map(|n| &n.hash));
+        let old_in = old.as_ref().is_some_and(|old| old.flags.in_scope());
+        let new_in = new.as_ref().is_some_and(|new| new.flags.in_scope());
+        let uncollected =
+            !self.baseline && self.step.uncollected(kind, old.is_some(), new.is_some());
+        if content.is_none() && old_in == new_in {
             return Ok(());
-        };
-        if let Some(snapshot) = self.snapshot.as_mut() {
+        }
+        if let (Some(snapshot), Some(_)) = (self.snapshot.as_mut(), content) {
             snapshot.replace(
                 kind,
                 external_id,
@@ -227,9 +275,9 @@ impl<'a> Planner<'a> {
             );
         }
         let changes = match (&old, &new) {
-            (Some(old), Some(new)) => {
+            (Some(old), Some(new)) if content.is_some() => {
                 let (old_record, new_record) = (old.record()?, new.record()?);
-                let mut changes = self.rule.field_changes(&old_record, &new_record);
+                let mut changes = self.step.compare.field_changes(&old_record, &new_record);
                 if roles_only_restated(old, &old_record, &new_record) {
                     changes.retain(|change| change.field != "roles");
                 }
@@ -237,77 +285,159 @@ impl<'a> Planner<'a> {
             }
             _ => Vec::new(),
         };
+        // What the record's consumers see: its scope on each side decides the action.
+        let seen = match (old_in, new_in) {
+            (true, true) => content.map(|action| (action, (changes.is_empty()).then_some(RESTATED))),
+            (true, false) => Some((
+                Action::Deleted,
+                (new.is_some() || uncollected).then_some(OUT_OF_SCOPE),
+            )),
+            (false, true) => Some((
+                Action::Created,
+                (old.is_some() || uncollected).then_some(IN_SCOPE),
+            )),
+            (false, false) => None,
+        };
+        // The record as its consumers last see it when it leaves their view: with the status
+        // `DELETED`, and the hash of that, which is kept as its tombstone.
+        let farewell = match (seen, &new, &old) {
+            (Some((Action::Deleted, _)), Some(last), _) | (Some((Action::Deleted, _)), None, Some(last)) => {
+                let mut record = last.record()?;
+                let hash = self.rule.deleted_hash(&record);
+                if let Some(object) = record.as_object_mut() {
+                    object.insert("status".into(), Value::String(DELETED_STATUS.into()));
+                }
+                Some((raw(canonical_json(&record)), hash))
+            }
+            _ => None,
+        };
         if let Some(ops) = self.sinks.ops.as_mut() {
-            let op = match (action, &old, &new) {
-                (Action::Deleted, Some(old), _) => Op::Delete {
+            let op = match (&old, &new) {
+                (Some(old), None) => Op::Delete {
                     kind,
                     external_id: external_id.to_string(),
                     valid_from: stored_from(old)?,
-                    tombstone: self.rule.deleted_hash(&old.record()?),
+                    deleted: self.rule.deleted_hash(&old.record()?),
+                    tombstone: farewell.as_ref().map(|(_, hash)| *hash),
                 },
-                (_, _, Some(new)) => Op::Put {
+                (old, Some(new)) => Op::Put {
                     kind,
                     external_id: external_id.to_string(),
                     replaces: old.as_ref().map(stored_from).transpose()?,
-                    clears_tombstone: tombstone.is_some(),
+                    tombstone: match (&farewell, new_in && tombstone.is_some()) {
+                        (Some((_, hash)), _) => TombstoneWrite::Set(*hash),
+                        (None, true) => TombstoneWrite::Clear,
+                        (None, false) => TombstoneWrite::Keep,
+                    },
                     entry: new.entry.to_bytes(),
                     current: current_row(self.context.run_id, new)?,
                     volatile: volatile_bytes(kind, &new.volatile),
                 },
-                _ => unreachable!("classify names a side that exists"),
+                (None, None) => unreachable!("a changed record has a side"),
             };
             ops.push(&op)?;
         }
-        if let Some(envelopes) = self.sinks.envelopes.as_mut() {
-            let line = match (action, &old, &new) {
-                (Action::Deleted, Some(old), _) => {
-                    let mut record = old.record()?;
-                    let hash = self.rule.deleted_hash(&record);
-                    if let Some(object) = record.as_object_mut() {
-                        object.insert("status".into(), Value::String(DELETED_STATUS.into()));
-                    }
-                    let record = raw(canonical_json(&record));
+        if let (Some(envelopes), Some((action, reason))) = (self.sinks.envelopes.as_mut(), seen) {
+            let line = match (&farewell, &old, &new) {
+                (Some((record, hash)), _, _) => {
+                    let last = new.as_ref().or(old.as_ref()).expect("a side");
                     self.context.line(&RecordChange {
                         kind,
                         external_id,
                         action,
-                        record: &record,
-                        payload: &old.entry.payload,
-                        hash,
-                        previous_hash: Some(old.hash),
+                        reason,
+                        record,
+                        payload: &last.entry.payload,
+                        hash: *hash,
+                        previous_hash: old.as_ref().map(|old| old.hash),
                         changes: None,
                     })
                 }
-                (_, _, Some(new)) => self.context.line(&RecordChange {
+                (None, old, Some(new)) => self.context.line(&RecordChange {
                     kind,
                     external_id,
                     action,
+                    reason,
                     record: &new.entry.record,
                     payload: &new.entry.payload,
                     hash: new.hash,
-                    previous_hash: match &old {
-                        Some(old) => Some(old.hash),
-                        None if self.baseline => None,
-                        None => tombstone,
+                    previous_hash: match (action, old) {
+                        (Action::Updated, Some(old)) => Some(old.hash),
+                        _ if self.baseline => None,
+                        _ => tombstone,
                     },
                     changes: (action == Action::Updated).then_some(changes.as_slice()),
                 }),
-                _ => unreachable!("classify names a side that exists"),
+                (None, _, None) => unreachable!("only a deletion has no new side"),
             };
             envelopes.push(action, &line)?;
+        }
+        if old_in != new_in && !self.baseline && (old.is_some() && new.is_some() || uncollected) {
+            self.scope_moved(kind, external_id, old.as_ref().or(new.as_ref()), new_in, match (uncollected, content) {
+                (true, _) => ScopeCause::GroupSync,
+                (false, None) => ScopeCause::Filter,
+                (false, Some(_)) => ScopeCause::Record,
+            })?;
         }
         match kind {
             RecordKind::Account => self.account_changed(external_id, old, new, changes)?,
             RecordKind::Group => {
-                self.catalog(old.as_ref(), new.as_ref())?;
-                if action == Action::Updated {
+                // Unknown on the side group sync did not read: the same as on the other.
+                let (before, after) = match uncollected {
+                    true => (old.as_ref().or(new.as_ref()), old.as_ref().or(new.as_ref())),
+                    false => (old.as_ref(), new.as_ref()),
+                };
+                self.catalog(before, after)?;
+                if content == Some(Action::Updated) {
                     self.input
                         .group_changes
                         .insert(external_id.to_string(), changes);
                 }
             }
-            RecordKind::Membership => self.membership_changed(external_id, action),
+            RecordKind::Membership => {
+                if let (Some(action), false, true) = (content, uncollected, old_in || new_in) {
+                    self.membership_changed(external_id, action)
+                }
+            }
         }
+        Ok(())
+    }
+
+    /// A record that entered (`entered`) or left the scope, for the diff: accounts and groups
+    /// by name, memberships counted.
+    fn scope_moved(
+        &mut self,
+        kind: RecordKind,
+        external_id: &str,
+        side: Option<&Loaded>,
+        entered: bool,
+        cause: ScopeCause,
+    ) -> Result<(), PlanError> {
+        let scope = &mut self.input.scope_changes;
+        let name = |field: &str| -> Result<String, PlanError> {
+            let record = side.expect("a side").record()?;
+            Ok(record[field].as_str().unwrap_or(external_id).to_string())
+        };
+        let list = match (kind, entered) {
+            (RecordKind::Membership, true) => {
+                scope.memberships_entered += 1;
+                return Ok(());
+            }
+            (RecordKind::Membership, false) => {
+                scope.memberships_left += 1;
+                return Ok(());
+            }
+            (RecordKind::Account, true) => (&mut scope.accounts_entered, "username"),
+            (RecordKind::Account, false) => (&mut scope.accounts_left, "username"),
+            (RecordKind::Group, true) => (&mut scope.groups_entered, "display_name"),
+            (RecordKind::Group, false) => (&mut scope.groups_left, "display_name"),
+        };
+        let name = name(list.1)?;
+        list.0.push(ScopeChange {
+            external_id: external_id.to_string(),
+            name,
+            cause,
+        });
         Ok(())
     }
 
@@ -355,6 +485,8 @@ impl<'a> Planner<'a> {
             .accounts
             .entry(external_id.to_string())
             .or_default();
+        sides.old_in_scope = old.as_ref().is_some_and(|old| old.flags.in_scope());
+        sides.new_in_scope = new.as_ref().is_some_and(|new| new.flags.in_scope());
         sides.old = old.as_ref().map(typed_account).transpose()?;
         sides.new = new.as_ref().map(typed_account).transpose()?;
         sides.changes = changes;
@@ -364,13 +496,17 @@ impl<'a> Planner<'a> {
     /// A group present on either side, changed or not: the diff names groups and walks their
     /// hierarchy on both sides.
     pub fn catalog(&mut self, old: Option<&Loaded>, new: Option<&Loaded>) -> Result<(), PlanError> {
-        for (loaded, catalog) in [
-            (old, &mut self.input.groups_before),
-            (new, &mut self.input.groups_after),
+        let [out_before, out_after] = &mut self.input.groups_out_of_scope;
+        for (loaded, catalog, out) in [
+            (old, &mut self.input.groups_before, out_before),
+            (new, &mut self.input.groups_after, out_after),
         ] {
             if let Some(loaded) = loaded {
                 let group: DirectoryGroup = serde_json::from_str(loaded.entry.record.get())
                     .map_err(|error| PlanError::Record(format!("group: {error}")))?;
+                if !loaded.flags.in_scope() {
+                    out.insert(group.external_id.clone());
+                }
                 catalog.insert(group.external_id.clone(), group);
             }
         }
@@ -403,6 +539,12 @@ impl<'a> Planner<'a> {
         if self.baseline {
             return;
         }
+        // Unknown on the side group sync did not read: the same as on the other.
+        let (old, new) = match (self.step.groups_before, self.step.groups_after) {
+            (true, false) => (old, old),
+            (false, true) => (new, new),
+            _ => (old, new),
+        };
         if self.privileged_groups.is_none() {
             let rules = &self.input.rules;
             self.privileged_groups = Some([
@@ -468,11 +610,15 @@ impl<'a> Planner<'a> {
         old: Option<&Loaded>,
         new: Option<&Loaded>,
     ) -> Result<(), PlanError> {
+        let in_scope = |side: Option<&Loaded>| side.is_some_and(|side| side.flags.in_scope());
+        let (old_in_scope, new_in_scope) = (in_scope(old), in_scope(new));
         let old = old.map(typed_account).transpose()?;
         let new = new.map(typed_account).transpose()?;
         if let Some(sides) = self.input.accounts.get_mut(uid) {
             sides.old = old;
             sides.new = new;
+            sides.old_in_scope = old_in_scope;
+            sides.new_in_scope = new_in_scope;
         }
         Ok(())
     }
@@ -654,7 +800,8 @@ pub fn plan_sync(
                     old.as_ref().map(|(_, row)| &row.hash),
                     new.map(|item| &item.hash),
                 )
-                .is_some();
+                .is_some()
+                    || matches!((&old, new), (Some((_, row)), Some(item)) if row.flags.in_scope() != item.flags.in_scope());
                 let volatile_moved = matches!((&old, new), (Some((_, row)), Some(item)) if row.volatile_digest != item.volatile_digest);
                 if !changed && !volatile_moved && kind != RecordKind::Group {
                     return Ok(());
@@ -703,22 +850,22 @@ pub fn plan_sync(
         old,
         new,
         |(id, _)| id.as_str(),
-        |(id, _)| id.as_str(),
+        |(id, _, _)| id.as_str(),
         |old, new| {
             let id = old
                 .as_ref()
                 .map(|(id, _)| id.clone())
-                .or_else(|| new.as_ref().map(|(id, _)| id.clone()))
+                .or_else(|| new.as_ref().map(|(id, _, _)| id.clone()))
                 .expect("one side");
             planner.membership(&id, old.is_some(), new.is_some());
             let new_loaded = new
-                .map(|(_, record)| -> Result<Loaded, PlanError> {
+                .map(|(_, record, flags)| -> Result<Loaded, PlanError> {
                     Ok(Loaded {
                         hash: planner
                             .rule()
                             .material_hash_raw(RecordKind::Membership, &record)
                             .map_err(|error| PlanError::Record(error.to_string()))?,
-                        flags: Flags::default(),
+                        flags,
                         entry: RawEntry {
                             record,
                             payload: raw(b"null".to_vec()),
@@ -728,11 +875,13 @@ pub fn plan_sync(
                     })
                 })
                 .transpose()?;
-            if Action::classify(
-                old.as_ref().map(|(_, row)| &row.hash),
-                new_loaded.as_ref().map(|n| &n.hash),
-            )
-            .is_none()
+            let scope_moved = matches!((&old, &new_loaded), (Some((_, row)), Some(new)) if row.flags.in_scope() != new.flags.in_scope());
+            if !scope_moved
+                && Action::classify(
+                    old.as_ref().map(|(_, row)| &row.hash),
+                    new_loaded.as_ref().map(|n| &n.hash),
+                )
+                .is_none()
             {
                 return Ok(());
             }
@@ -783,9 +932,10 @@ fn stored_side<'r>(
     Ok(Box::new(reader.current(source, kind)?))
 }
 
-/// A record whose material hash changed, planned against the stored state: its stored side
-/// read in full (a deleted record's with its latest volatile values), and for a record that
-/// comes back since the last baseline, the hash of its deletion, which its envelope chains to.
+/// A record whose material hash or scope changed, planned against the stored state: its
+/// stored side read in full (a deleted record's with its latest volatile values), and for a
+/// record its consumers do not see, the hash of the deletion they saw last, which its envelope
+/// chains to when it comes back.
 fn plan_changed(
     reader: &Reader<'_>,
     source: &str,
@@ -801,8 +951,10 @@ fn plan_changed(
             Loaded::stored(reader, source, kind, &version, new.is_none())
         })
         .transpose()?;
-    let tombstone = match (old, planner.is_baseline()) {
-        (None, false) => reader.tombstone(source, kind, external_id)?,
+    // Only a record its consumers do not see now can have a tombstone.
+    let unseen = old.is_none_or(|row| !row.flags.in_scope());
+    let tombstone = match (unseen, planner.is_baseline()) {
+        (true, false) => reader.tombstone(source, kind, external_id)?,
         _ => None,
     };
     planner.changed(kind, external_id, old_loaded, new, tombstone)

@@ -57,6 +57,10 @@ impl RecordKind {
 /// A SHA-256 digest.
 pub type Hash = [u8; 32];
 
+/// Fields that versions stored by earlier releases hold and records no longer have: never a
+/// change. `primary_source` describes the source, not the record; it moved to the envelope.
+const RETIRED_FIELDS: [&str; 1] = ["primary_source"];
+
 /// The fields of a membership record.
 const MEMBERSHIP_FIELDS: [&str; 3] = ["account_external_id", "group_external_id", "role"];
 
@@ -216,7 +220,7 @@ impl<'a> ChangeRule<'a> {
         for name in names {
             let old_value = old_fields.get(name).unwrap_or(&Value::Null);
             let new_value = new_fields.get(name).unwrap_or(&Value::Null);
-            if old_value == new_value {
+            if old_value == new_value || RETIRED_FIELDS.contains(&name.as_str()) {
                 continue;
             }
             match (name.as_str(), old_value, new_value) {

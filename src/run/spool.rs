@@ -62,10 +62,11 @@ impl SpoolWriter {
         record: Value,
         payload: Value,
         rule: &ChangeRule<'_>,
+        in_scope: bool,
     ) -> std::io::Result<()> {
         let (stored, volatile) = split_volatile(self.kind, record);
         let hash = rule.material_hash(&stored);
-        let flags = Flags::of(&stored);
+        let flags = Flags::of(&stored).with_scope(in_scope);
         let record = canonical_json(&stored);
         let payload = canonical_json(&payload);
         let volatile_bytes = if volatile.is_empty() {
@@ -165,6 +166,7 @@ mod tests {
                     json!({"external_id": id, "status": "ACTIVE", "last_login_at": login}),
                     json!({"uid": id}),
                     &rule,
+                    true,
                 )
                 .unwrap();
         }

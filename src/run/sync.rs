@@ -21,7 +21,6 @@ use crate::authentik::client::ProgressFn;
 use crate::authentik::health::{health_record, reason_code};
 use crate::authentik::{AuthentikClient, ClientError, ListKind, RetryPolicy};
 use crate::clock::Clock;
-use crate::config::filter::RecordFilter;
 use crate::config::{Config, SourceConfig};
 use crate::diff::{diff, AccountRules, DirectoryDiff, RunRef};
 use crate::ledger::entry::RunSettings;
@@ -30,7 +29,7 @@ use crate::ledger::seal::SigningKey;
 use crate::ledger::{self, Body, LedgerError, Pending};
 use crate::output::envelope::{envelope_path, EnvelopeContext, EnvelopeWriter};
 use crate::run::collect::{CollectError, Collected, Collector};
-use crate::run::plan::{plan_sync, PlanError, Planned, Planner, Sinks};
+use crate::run::plan::{plan_sync, PlanError, Planned, Planner, SettingsStep, Sinks};
 use crate::run::record::{ChangeRule, RecordKind};
 use crate::store::ops::OpWriter;
 use crate::store::{
@@ -364,15 +363,18 @@ impl CompleteRun {
     /// overtook, is recorded as failed.
     pub(crate) fn store(self, store: &Store) -> Result<SyncedRun, Rejected> {
         let source = &self.source;
-        let (previous, baseline_reason) =
-            compared_run(self.latest.clone(), &self.outcome.settings_fingerprint);
+        // A source's first run is its only baseline: a settings change is a ledger event and a
+        // scope change, never a reason to stop comparing.
+        let previous = self.latest.clone();
         let run_id = store.new_run_id(&source.name, self.outcome.started_at)?;
         let fail = |reason: String| Rejected::Failed(Box::new(self.outcome.clone()), reason);
         let cancelled = || self.cancel.is_cancelled();
         let plan_started = std::time::Instant::now();
         let reader = store.reader()?;
+        let previous_settings = ledger::read::last_run_settings(&reader, &source.name)
+            .map_err(|error| Rejected::Store(ledger_error(error)))?;
         let planned = self
-            .plan(&reader, &run_id, previous.as_ref(), baseline_reason.clone())
+            .plan(&reader, &run_id, previous.as_ref(), previous_settings.as_ref())
             .map_err(|error| match error {
                 PlanError::Store(StoreError::Cancelled) => fail(CANCELLED_BY_SHUTDOWN.into()),
                 PlanError::Store(error) => Rejected::Store(error),
@@ -387,10 +389,13 @@ impl CompleteRun {
         let (snapshot_digest, snapshot_state) = (snapshot.state.hex(), snapshot.state.to_bytes());
         snapshot.spent += finishing.elapsed();
         tracing::debug!(source = %source.name, seconds = snapshot.spent.as_secs_f64(), "snapshot digest");
+        // The run's counts are of its scope; what the filters left out is counted beside.
+        let scope = self.collected.scope;
         let counts = Counts {
-            accounts: self.collected.accounts.items().len() as u64,
-            groups: self.collected.groups.items().len() as u64,
-            memberships: self.collected.memberships.len() as u64,
+            accounts: self.collected.accounts.items().len() as u64 - scope.accounts_out_of_scope,
+            groups: self.collected.groups.items().len() as u64 - scope.groups_out_of_scope,
+            memberships: self.collected.memberships.len() as u64
+                - scope.memberships_out_of_scope,
         };
         let mut record = self.outcome.clone().into_record(
             run_id,
@@ -400,8 +405,8 @@ impl CompleteRun {
             ops.counts().versions,
         );
         record.previous_run = previous.as_ref().map(|run| run.run_id.clone());
+        record.scope = (source.filter.is_some() || source.group_filter.is_some()).then_some(scope);
         record.token_user = self.token_user.clone();
-        record.baseline_reason = baseline_reason;
         record.changes = Some(change_counts(&diff));
         if self.webhook && envelopes.summary.lines > 0 {
             record.delivery = Some(DeliveryState::pending());
@@ -410,8 +415,6 @@ impl CompleteRun {
         let census = ledger::run::census_of(&self.collected, &AccountRules::of(source))
             .map_err(|error| fail(format!("cannot read the run's spooled records: {error}")))?;
         let previous_privileged = ledger::read::privileged_now(&reader, &source.name)
-            .map_err(|error| Rejected::Store(ledger_error(error)))?;
-        let previous_settings = ledger::read::last_run_settings(&reader, &source.name)
             .map_err(|error| Rejected::Store(ledger_error(error)))?;
         drop(reader);
         let context = ledger::run::RunContext {
@@ -481,9 +484,10 @@ impl CompleteRun {
         reader: &crate::store::Reader<'_>,
         run_id: &str,
         previous: Option<&RunRecord>,
-        baseline_reason: Option<String>,
+        previous_settings: Option<&RunSettings>,
     ) -> Result<Planned, PlanError> {
         let source = &self.source;
+        let compared_fields = compared_fields(source, previous_settings);
         let context = EnvelopeContext {
             source: &source.name,
             run_id,
@@ -498,8 +502,15 @@ impl CompleteRun {
                 run_id,
             ))?),
         };
+        let groups_now = !source.disable_group_sync;
         let mut planner = Planner::new(
             ChangeRule::new(&source.ignore_fields),
+            SettingsStep {
+                compare: ChangeRule::new(&compared_fields),
+                groups_before: previous_settings
+                    .map_or(groups_now, |settings| !settings.disable_group_sync),
+                groups_after: groups_now,
+            },
             AccountRules::of(source),
             context,
             previous.map(|run| RunRef {
@@ -512,7 +523,7 @@ impl CompleteRun {
                 started_at: self.outcome.started_at,
                 finished_at: self.outcome.finished_at,
             },
-            baseline_reason,
+            None,
             sinks,
         );
         // A baseline compares with nothing: its snapshot digest starts from the empty set.
@@ -582,24 +593,14 @@ pub fn change_counts(diff: &DirectoryDiff) -> ChangeCounts {
     }
 }
 
-/// The run a new run is compared with: the latest complete one, unless the settings that
-/// shape the data changed since. Comparing across such a change would turn a narrower filter
-/// into leavers and disabled group sync into deleted groups, so the new run starts a new
-/// baseline instead, and says why.
-fn compared_run(
-    latest: Option<RunRecord>,
-    fingerprint: &str,
-) -> (Option<RunRecord>, Option<String>) {
-    match latest {
-        Some(run) if run.settings_fingerprint != fingerprint => {
-            let reason = format!(
-                "the settings that shape the data (filter, group sync, primary directory, ignore_fields) changed since run {}, so this run starts a new baseline",
-                run.run_id
-            );
-            (None, Some(reason))
-        }
-        latest => (latest, None),
-    }
+/// The fields ignored now or in the previous run: a field that became ignored, or stopped
+/// being, makes no change in the run where the rule changed (see [`SettingsStep::compare`]).
+fn compared_fields(source: &SourceConfig, previous: Option<&RunSettings>) -> Vec<String> {
+    let mut fields = source.ignore_fields.clone();
+    fields.extend(previous.into_iter().flat_map(|p| p.ignore_fields.iter().cloned()));
+    fields.sort();
+    fields.dedup();
+    fields
 }
 
 /// The whole directory, within the source's run deadline whatever the server does.
@@ -640,13 +641,7 @@ async fn fetch_once(
     progress: ProgressFn<'_>,
 ) -> Result<Fetched, FetchError> {
     crate::config::state_dir::create_private_dir(state_dir).map_err(FetchError::Spool)?;
-    let filter = source
-        .filter
-        .as_deref()
-        .map(RecordFilter::compile)
-        .transpose()
-        .map_err(FetchError::Filter)?;
-    let mut collector = Collector::new(state_dir, source, filter).map_err(FetchError::Spool)?;
+    let mut collector = Collector::new(state_dir, source)?;
     let kinds: &[ListKind] = if source.disable_group_sync {
         &[ListKind::Users]
     } else {

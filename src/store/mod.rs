@@ -64,7 +64,7 @@ pub use ledger::{ChainHead, IndexError, IndexRows, KeptState, LedgerRow, LedgerW
 pub use read::{Reader, RecordHead, StoredRecord};
 pub use run::{
     ChangeCounts, Counts, DeliveryState, DeliveryStatus, EnvelopeSummary, HealthRecord,
-    HealthStatus, RunOutcome, RunRecord, RunStatus, TokenUser, CANCELLED_BY_SHUTDOWN,
+    HealthStatus, RunOutcome, RunRecord, RunStatus, ScopeCounts, TokenUser, CANCELLED_BY_SHUTDOWN,
 };
 pub use write::CommitPlan;
 

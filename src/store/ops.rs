@@ -16,8 +16,8 @@ pub enum Op {
         kind: RecordKind,
         external_id: String,
         replaces: Option<String>,
-        /// The record comes back after a deletion: its tombstone goes.
-        clears_tombstone: bool,
+        /// What becomes of the record's tombstone.
+        tombstone: TombstoneWrite,
         /// The version's entry, `{"record": …, "payload": …}` as JSON; its row is built from
         /// `current` (hash and flags).
         entry: Vec<u8>,
@@ -25,12 +25,15 @@ pub enum Op {
         /// The volatile values as JSON, when the kind has any.
         volatile: Option<Vec<u8>>,
     },
-    /// The record is gone: its version is closed and a tombstone keeps its deletion hash.
+    /// The record is gone: its version is closed and the run's deletions keep its deletion
+    /// hash; its tombstone becomes `tombstone` when its consumers saw the deletion (it was
+    /// in scope), and is kept as it was otherwise.
     Delete {
         kind: RecordKind,
         external_id: String,
         valid_from: String,
-        tombstone: Hash,
+        deleted: Hash,
+        tombstone: Option<Hash>,
     },
     /// Unchanged, but its volatile values moved: only the current row and the volatile values
     /// are rewritten, no version is added.
@@ -40,6 +43,18 @@ pub enum Op {
         current: CurrentRow,
         volatile: Vec<u8>,
     },
+}
+
+/// A record's tombstone is the hash of the last envelope its consumers saw when that was a
+/// deletion (a real one, or the record leaving the scope): what the record chains to if it
+/// comes back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TombstoneWrite {
+    Keep,
+    /// The record is seen again.
+    Clear,
+    /// The record left the scope: its consumers saw this deletion hash.
+    Set(Hash),
 }
 
 /// Counts of what a plan will write.
@@ -73,7 +88,7 @@ impl OpWriter {
                 kind,
                 external_id,
                 replaces,
-                clears_tombstone,
+                tombstone,
                 entry,
                 current,
                 volatile,
@@ -82,7 +97,14 @@ impl OpWriter {
                 out.write_all(&[0, kind_byte(*kind)])?;
                 write_bytes(out, external_id.as_bytes())?;
                 write_bytes(out, replaces.as_deref().unwrap_or("").as_bytes())?;
-                out.write_all(&[u8::from(*clears_tombstone)])?;
+                match tombstone {
+                    TombstoneWrite::Keep => out.write_all(&[0])?,
+                    TombstoneWrite::Clear => out.write_all(&[1])?,
+                    TombstoneWrite::Set(hash) => {
+                        out.write_all(&[2])?;
+                        out.write_all(hash)?;
+                    }
+                }
                 write_bytes(out, entry)?;
                 out.write_all(&current.encode())?;
                 write_bytes(out, volatile.as_deref().unwrap_or(&[]))?;
@@ -92,13 +114,16 @@ impl OpWriter {
                 kind,
                 external_id,
                 valid_from,
+                deleted,
                 tombstone,
             } => {
                 self.counts.deletions += 1;
                 out.write_all(&[1, kind_byte(*kind)])?;
                 write_bytes(out, external_id.as_bytes())?;
                 write_bytes(out, valid_from.as_bytes())?;
-                out.write_all(tombstone)?;
+                out.write_all(deleted)?;
+                out.write_all(&[u8::from(tombstone.is_some())])?;
+                out.write_all(tombstone.as_ref().unwrap_or(deleted))?;
             }
             Op::Touch {
                 kind,
@@ -132,6 +157,12 @@ impl OpWriter {
     }
 }
 
+fn read_hash(input: &mut impl Read) -> std::io::Result<Hash> {
+    let mut hash = [0u8; 32];
+    input.read_exact(&mut hash)?;
+    Ok(hash)
+}
+
 /// A finished plan, read back in the order it was written.
 pub struct Ops {
     file: BufReader<std::fs::File>,
@@ -158,8 +189,14 @@ impl Ops {
             0 => {
                 let external_id = read_string(input)?;
                 let replaces = Some(read_string(input)?).filter(|id| !id.is_empty());
-                let mut clears_tombstone = [0u8];
-                input.read_exact(&mut clears_tombstone)?;
+                let mut tombstone = [0u8];
+                input.read_exact(&mut tombstone)?;
+                let tombstone = match tombstone[0] {
+                    0 => TombstoneWrite::Keep,
+                    1 => TombstoneWrite::Clear,
+                    2 => TombstoneWrite::Set(read_hash(input)?),
+                    _ => return Err(invalid("unknown tombstone write")),
+                };
                 let entry = read_bytes(input)?;
                 let current = read_current(input)?;
                 let volatile = read_bytes(input)?;
@@ -169,7 +206,7 @@ impl Ops {
                     kind,
                     external_id,
                     replaces,
-                    clears_tombstone: clears_tombstone[0] == 1,
+                    tombstone,
                     entry,
                     current,
                     volatile: (has_volatile[0] == 1).then_some(volatile),
@@ -178,13 +215,16 @@ impl Ops {
             1 => {
                 let external_id = read_string(input)?;
                 let valid_from = read_string(input)?;
-                let mut tombstone = [0u8; 32];
-                input.read_exact(&mut tombstone)?;
+                let deleted = read_hash(input)?;
+                let mut seen = [0u8];
+                input.read_exact(&mut seen)?;
+                let tombstone = read_hash(input)?;
                 Op::Delete {
                     kind,
                     external_id,
                     valid_from,
-                    tombstone,
+                    deleted,
+                    tombstone: (seen[0] == 1).then_some(tombstone),
                 }
             }
             2 => Op::Touch {
@@ -259,7 +299,7 @@ mod tests {
                 kind: RecordKind::Account,
                 external_id: "u1".into(),
                 replaces: Some("01JDX0000000000000000000A9".into()),
-                clears_tombstone: false,
+                tombstone: TombstoneWrite::Set([7; 32]),
                 entry: vec![1, 2, 3],
                 current,
                 volatile: Some(b"{}".to_vec()),
@@ -268,7 +308,7 @@ mod tests {
                 kind: RecordKind::Membership,
                 external_id: "u1:g".into(),
                 replaces: None,
-                clears_tombstone: true,
+                tombstone: TombstoneWrite::Clear,
                 entry: vec![4],
                 current,
                 volatile: None,
@@ -277,7 +317,24 @@ mod tests {
                 kind: RecordKind::Group,
                 external_id: "g".into(),
                 valid_from: "01JDX0000000000000000000A9".into(),
-                tombstone: [2; 32],
+                deleted: [2; 32],
+                tombstone: Some([3; 32]),
+            },
+            Op::Delete {
+                kind: RecordKind::Group,
+                external_id: "h".into(),
+                valid_from: "01JDX0000000000000000000A9".into(),
+                deleted: [4; 32],
+                tombstone: None,
+            },
+            Op::Put {
+                kind: RecordKind::Group,
+                external_id: "h".into(),
+                replaces: None,
+                tombstone: TombstoneWrite::Keep,
+                entry: vec![5],
+                current,
+                volatile: None,
             },
             Op::Touch {
                 kind: RecordKind::Account,
@@ -294,8 +351,8 @@ mod tests {
         assert_eq!(
             read.counts(),
             OpCounts {
-                versions: 2,
-                deletions: 1,
+                versions: 3,
+                deletions: 2,
                 touches: 1
             }
         );

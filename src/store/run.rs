@@ -58,6 +58,19 @@ pub const CANCELLED_BY_SHUTDOWN: &str = "cancelled by shutdown";
 /// The outcome of a run cancelled by shutdown ([`RunRecord::outcome`]).
 pub const CANCELLED: &str = "cancelled";
 
+/// What a run's filters made of its records: the run's counts are of the records in scope,
+/// these of the others.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScopeCounts {
+    pub accounts_out_of_scope: u64,
+    pub groups_out_of_scope: u64,
+    pub memberships_out_of_scope: u64,
+    /// Records a filter could not judge, which `on_filter_error` put out of scope.
+    pub filter_errors_excluded: u64,
+    /// Records a filter could not judge, which `on_filter_error` put in scope.
+    pub filter_errors_included: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunRecord {
     pub run_id: String,
@@ -100,6 +113,9 @@ pub struct RunRecord {
     /// ledger entry has them old → new).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub settings_changed: Vec<String>,
+    /// What the source's filters left out of scope, when it has any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<ScopeCounts>,
     /// Fields written by other aksync versions, preserved as they are.
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
@@ -301,6 +317,7 @@ impl RunOutcome {
             token_user: None,
             ledger_seq: None,
             settings_changed: self.settings_changed,
+            scope: None,
             extra: BTreeMap::new(),
         }
     }

@@ -9,7 +9,7 @@ use redb::{ReadableTable, TableDefinition, TransactionError, WriteTransaction};
 
 use super::codec::{self, CurrentRow, SEP};
 use super::guard::Guard;
-use super::ops::{Op, Ops};
+use super::ops::{Op, Ops, TombstoneWrite};
 use super::read::RunLookups;
 use super::{
     corrupt_value, from_json, ledger, outbox, to_json, Counts, Failure, Handle, HealthRecord,
@@ -376,7 +376,7 @@ impl<'t> WriteTables<'t> {
                 kind,
                 external_id,
                 replaces,
-                clears_tombstone,
+                tombstone,
                 entry,
                 current,
                 volatile,
@@ -385,9 +385,18 @@ impl<'t> WriteTables<'t> {
                 if let Some(valid_from) = replaces {
                     self.close(&record_key, &valid_from, run_id)?;
                 }
-                if clears_tombstone {
-                    self.guard
-                        .call(|| self.tombstones.remove(record_key.as_str()))?;
+                match tombstone {
+                    TombstoneWrite::Keep => {}
+                    TombstoneWrite::Clear => {
+                        self.guard
+                            .call(|| self.tombstones.remove(record_key.as_str()))?;
+                    }
+                    TombstoneWrite::Set(hash) => {
+                        self.guard.call(|| {
+                            self.tombstones
+                                .insert(record_key.as_str(), hash.as_slice())
+                        })?;
+                    }
                 }
                 let version_key = codec::version_key(&record_key, run_id);
                 let version = codec::encode_version(&current.hash, current.flags);
@@ -412,20 +421,23 @@ impl<'t> WriteTables<'t> {
                 kind,
                 external_id,
                 valid_from,
+                deleted,
                 tombstone,
             } => {
                 let record_key = codec::record_key(source, kind, &external_id);
                 self.close(&record_key, &valid_from, run_id)?;
                 self.guard
                     .call(|| self.current.remove(record_key.as_str()))?;
-                self.guard.call(|| {
-                    self.tombstones
-                        .insert(record_key.as_str(), tombstone.as_slice())
-                })?;
+                if let Some(tombstone) = tombstone {
+                    self.guard.call(|| {
+                        self.tombstones
+                            .insert(record_key.as_str(), tombstone.as_slice())
+                    })?;
+                }
                 let deletion = codec::version_key(&record_key, run_id);
                 self.guard.call(|| {
                     self.deletions
-                        .insert(deletion.as_str(), tombstone.as_slice())
+                        .insert(deletion.as_str(), deleted.as_slice())
                 })?;
             }
             Op::Touch {

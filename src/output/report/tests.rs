@@ -139,6 +139,7 @@ pub(super) fn empty_diff(from_run: &str, to_run: &str) -> DirectoryDiff {
         privilege_granted: vec![],
         privilege_removed: vec![],
         privileged_group_changes: vec![],
+        scope_changes: Default::default(),
     }
 }
 
