@@ -182,7 +182,7 @@ fn report() -> Report {
         diffs: vec![diff],
         start: Snapshot::default(),
         end: Snapshot::default(),
-        privileged_at_baselines: Default::default(),
+        privileged_at_restarts: Default::default(),
         settings_changes: vec![],
         trend,
         generated_at: at(2, 3),

@@ -189,10 +189,18 @@ async fn run_configured(
             kind,
             source,
             run,
+            all,
             format,
         } => {
             let source = single_source(config, source.source.as_deref())?;
-            show(&config.database_path(), &source.name, kind, &run, &format)
+            show(
+                &config.database_path(),
+                &source.name,
+                kind,
+                &run,
+                all,
+                &format,
+            )
         }
         Command::Diff {
             from,
@@ -659,7 +667,7 @@ fn delivery_cell(run: &RunRecord) -> String {
     })
 }
 
-const ACCOUNT_FIELDS: [&str; 17] = [
+const ACCOUNT_FIELDS: [&str; 16] = [
     "external_id",
     "secondary_key",
     "username",
@@ -676,8 +684,9 @@ const ACCOUNT_FIELDS: [&str; 17] = [
     "last_login_at",
     "last_updated_at",
     "metadata",
-    "primary_source",
 ];
+/// The column `show --all` adds: whether the record is in the source's scope.
+const SCOPE_FIELD: &str = "scope";
 const ACCOUNT_TABLE: [&str; 7] = [
     "username",
     "display_name",
@@ -729,6 +738,7 @@ pub(crate) fn show(
     source: &str,
     kind: ShowKind,
     run: &str,
+    all: bool,
     format: &FormatArgs,
 ) -> Result<Exit, CliError> {
     let store = open_existing(database)?.ok_or_else(|| no_run(source))?;
@@ -742,6 +752,14 @@ pub(crate) fn show(
             &MEMBERSHIP_FIELDS,
         ),
     };
+    let with_scope = |names: &[&'static str]| -> Vec<&'static str> {
+        names
+            .iter()
+            .copied()
+            .chain(all.then_some(SCOPE_FIELD))
+            .collect()
+    };
+    let (fields, table_fields) = (&with_scope(fields)[..], &with_scope(table_fields)[..]);
     let reader = store.reader()?;
     // Volatile values (last login, member count) are kept as their latest value only, so
     // they belong to the latest run; an older run shows its material content alone.
@@ -750,14 +768,26 @@ pub(crate) fn show(
         .is_some_and(|latest| latest.run_id == run.run_id);
     // Records are written as they are read, so that a large directory never sits in memory
     // (except for the aligned table, which needs every row's width).
-    let records = reader.records_at(&run, record_kind)?.map(|stored| {
-        let stored = stored?;
-        if !is_latest {
-            return Ok::<_, CliError>(stored.record);
-        }
-        let volatile = reader.volatile(source, record_kind, &stored.external_id)?;
-        Ok(with_volatile(stored.record, &volatile))
-    });
+    // The scope is a view: out-of-scope records are kept, and shown with --all.
+    let records = reader
+        .records_at(&run, record_kind)?
+        .filter(|stored| all || stored.as_ref().map_or(true, |s| s.flags.in_scope()))
+        .map(|stored| {
+            let stored = stored?;
+            let in_scope = stored.flags.in_scope();
+            let mut record = match is_latest {
+                false => stored.record,
+                true => {
+                    let volatile = reader.volatile(source, record_kind, &stored.external_id)?;
+                    with_volatile(stored.record, &volatile)
+                }
+            };
+            if let (true, Some(object)) = (all, record.as_object_mut()) {
+                let scope = if in_scope { "in" } else { "out" };
+                object.insert(SCOPE_FIELD.into(), scope.into());
+            }
+            Ok::<_, CliError>(record)
+        });
     let mut out = output::Chunked::default();
     if format.json {
         out.push("[")?;

@@ -51,6 +51,10 @@ pub enum Command {
         /// A run id, or `latest` (the latest complete run).
         #[arg(long, default_value = "latest", value_name = "RUN_ID|latest")]
         run: String,
+        /// Also the records outside the source's scope (its filter, group_filter), with a
+        /// `scope` column: `in` or `out`.
+        #[arg(long)]
+        all: bool,
         #[command(flatten)]
         format: FormatArgs,
     },

@@ -327,7 +327,11 @@ mod tests {
     #[test]
     fn typos_are_rejected_at_compile_time() {
         assert!(RecordFilter::compile("payload.type == 'internal'", FilterTarget::Users).is_ok());
-        assert!(RecordFilter::compile("payload.attributes.department == 'it'", FilterTarget::Users).is_ok());
+        assert!(RecordFilter::compile(
+            "payload.attributes.department == 'it'",
+            FilterTarget::Users
+        )
+        .is_ok());
         for broken in [
             "1 +",
             "payload.type == ",
@@ -335,7 +339,10 @@ mod tests {
             "paylod.type == 'internal'",
             "payload.username",
         ] {
-            assert!(RecordFilter::compile(broken, FilterTarget::Users).is_err(), "{broken}");
+            assert!(
+                RecordFilter::compile(broken, FilterTarget::Users).is_err(),
+                "{broken}"
+            );
         }
         let error = RecordFilter::compile("paylod.type == 'internal'", FilterTarget::Users)
             .err()
@@ -345,7 +352,8 @@ mod tests {
 
     #[test]
     fn accounts_are_kept_by_their_raw_object() {
-        let filter = RecordFilter::compile("payload.type == 'internal'", FilterTarget::Users).unwrap();
+        let filter =
+            RecordFilter::compile("payload.type == 'internal'", FilterTarget::Users).unwrap();
         let internal = json!({"pk": 1, "username": "a", "uid": "u1", "type": "internal"});
         let external = json!({"pk": 2, "username": "b", "uid": "u2", "type": "external"});
         assert!(filter.keeps(&internal, "a").unwrap());
@@ -380,7 +388,9 @@ mod tests {
                 "Recursion limit",
             ),
         ] {
-            let error = RecordFilter::compile(&expression, FilterTarget::Users).err().unwrap();
+            let error = RecordFilter::compile(&expression, FilterTarget::Users)
+                .err()
+                .unwrap();
             assert!(error.contains(reason), "{reason}: {error}");
             assert!(!error.contains('\n'), "{error}");
         }

@@ -88,7 +88,7 @@ pub async fn run(
     };
     for kind in [ShowKind::Accounts, ShowKind::Groups] {
         print_line("")?;
-        cli::show(&database, DEMO_SOURCE, kind, "latest", &table)?;
+        cli::show(&database, DEMO_SOURCE, kind, "latest", false, &table)?;
     }
     print_line("")?;
     cli::runs(&database, None, false)?;

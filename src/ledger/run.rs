@@ -59,8 +59,7 @@ pub fn population(census: &Census, collected: &Collected) -> PopulationAtEnd {
         active: census.active,
         privileged: census.privileged.len() as u64,
         groups: collected.groups.items().len() as u64 - collected.scope.groups_out_of_scope,
-        memberships: collected.memberships.len() as u64
-            - collected.scope.memberships_out_of_scope,
+        memberships: collected.memberships.len() as u64 - collected.scope.memberships_out_of_scope,
     }
 }
 

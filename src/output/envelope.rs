@@ -340,7 +340,7 @@ mod tests {
         let record = raw(json!({"external_id": "u1", "status": "DELETED"}));
         let payload = raw(json!({"uid": "u1"}));
         let line = context().line(&RecordChange {
-                reason: None,
+            reason: None,
             kind: RecordKind::Account,
             external_id: "u1",
             action: Action::Deleted,

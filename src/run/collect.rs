@@ -452,8 +452,7 @@ impl Memberships {
     /// order.
     pub fn iter(&self) -> impl Iterator<Item = (String, Box<RawValue>, Flags)> + '_ {
         self.pairs.iter().map(|(user, group)| {
-            let in_scope =
-                self.user_scope[*user as usize] && self.group_scope[*group as usize];
+            let in_scope = self.user_scope[*user as usize] && self.group_scope[*group as usize];
             let membership =
                 DirectoryMembership::new(&self.uids[*user as usize], &self.groups[*group as usize]);
             let quoted = |text: &str| Value::String(text.to_string()).to_string();
@@ -555,13 +554,13 @@ mod tests {
     fn duplicates_must_be_identical() {
         let same = collect(
             vec![user(1, "internal", &[]), user(1, "internal", &[])],
-            vec![]
+            vec![],
         )
         .unwrap();
         assert_eq!(same.accounts.items().len(), 1);
         let error = collect(
             vec![user(1, "internal", &[]), user(1, "external", &[])],
-            vec![]
+            vec![],
         )
         .err()
         .unwrap();
@@ -584,7 +583,7 @@ mod tests {
         let twin = json!({"pk": 7, "username": "u7", "uid": "uid1", "attributes": {}});
         let error = collect(
             vec![user(1, "internal", &[]), user(2, "internal", &[]), twin],
-            vec![]
+            vec![],
         )
         .err()
         .unwrap();
@@ -658,14 +657,22 @@ mod tests {
     #[test]
     fn a_record_the_filter_cannot_judge_follows_on_filter_error() {
         use crate::config::filter::OnFilterError;
-        let users = || vec![user(1, "internal", &[]), json!({"pk": 2, "username": "old", "uid": "uid2"})];
+        let users = || {
+            vec![
+                user(1, "internal", &[]),
+                json!({"pk": 2, "username": "old", "uid": "uid2"}),
+            ]
+        };
         let mut source = crate::testing::source_config();
         source.filter = Some("payload.type == 'internal'".into());
         let error = collect_with(users(), Vec::new(), &source)
             .err()
             .unwrap()
             .to_string();
-        assert!(error.contains("user old") && error.contains("payload.type"), "{error}");
+        assert!(
+            error.contains("user old") && error.contains("payload.type"),
+            "{error}"
+        );
         for (mode, in_scope, excluded, included) in [
             (OnFilterError::Exclude, false, 1, 0),
             (OnFilterError::Include, true, 0, 1),

@@ -156,6 +156,7 @@ pub struct Planned {
 impl<'a> Planner<'a> {
     /// `from` is `None` for a baseline, whose records all start new chains; `baseline_reason`
     /// says why it is one. `rules` are the source's account rules the diff applies.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         rule: ChangeRule<'a>,
         step: SettingsStep<'a>,
@@ -287,7 +288,9 @@ impl<'a> Planner<'a> {
         };
         // What the record's consumers see: its scope on each side decides the action.
         let seen = match (old_in, new_in) {
-            (true, true) => content.map(|action| (action, (changes.is_empty()).then_some(RESTATED))),
+            (true, true) => {
+                content.map(|action| (action, (changes.is_empty()).then_some(RESTATED)))
+            }
             (true, false) => Some((
                 Action::Deleted,
                 (new.is_some() || uncollected).then_some(OUT_OF_SCOPE),
@@ -301,7 +304,8 @@ impl<'a> Planner<'a> {
         // The record as its consumers last see it when it leaves their view: with the status
         // `DELETED`, and the hash of that, which is kept as its tombstone.
         let farewell = match (seen, &new, &old) {
-            (Some((Action::Deleted, _)), Some(last), _) | (Some((Action::Deleted, _)), None, Some(last)) => {
+            (Some((Action::Deleted, _)), Some(last), _)
+            | (Some((Action::Deleted, _)), None, Some(last)) => {
                 let mut record = last.record()?;
                 let hash = self.rule.deleted_hash(&record);
                 if let Some(object) = record.as_object_mut() {
@@ -373,11 +377,17 @@ impl<'a> Planner<'a> {
             envelopes.push(action, &line)?;
         }
         if old_in != new_in && !self.baseline && (old.is_some() && new.is_some() || uncollected) {
-            self.scope_moved(kind, external_id, old.as_ref().or(new.as_ref()), new_in, match (uncollected, content) {
-                (true, _) => ScopeCause::GroupSync,
-                (false, None) => ScopeCause::Filter,
-                (false, Some(_)) => ScopeCause::Record,
-            })?;
+            self.scope_moved(
+                kind,
+                external_id,
+                old.as_ref().or(new.as_ref()),
+                new_in,
+                match (uncollected, content) {
+                    (true, _) => ScopeCause::GroupSync,
+                    (false, None) => ScopeCause::Filter,
+                    (false, Some(_)) => ScopeCause::Record,
+                },
+            )?;
         }
         match kind {
             RecordKind::Account => self.account_changed(external_id, old, new, changes)?,

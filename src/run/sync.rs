@@ -374,7 +374,12 @@ impl CompleteRun {
         let previous_settings = ledger::read::last_run_settings(&reader, &source.name)
             .map_err(|error| Rejected::Store(ledger_error(error)))?;
         let planned = self
-            .plan(&reader, &run_id, previous.as_ref(), previous_settings.as_ref())
+            .plan(
+                &reader,
+                &run_id,
+                previous.as_ref(),
+                previous_settings.as_ref(),
+            )
             .map_err(|error| match error {
                 PlanError::Store(StoreError::Cancelled) => fail(CANCELLED_BY_SHUTDOWN.into()),
                 PlanError::Store(error) => Rejected::Store(error),
@@ -394,8 +399,7 @@ impl CompleteRun {
         let counts = Counts {
             accounts: self.collected.accounts.items().len() as u64 - scope.accounts_out_of_scope,
             groups: self.collected.groups.items().len() as u64 - scope.groups_out_of_scope,
-            memberships: self.collected.memberships.len() as u64
-                - scope.memberships_out_of_scope,
+            memberships: self.collected.memberships.len() as u64 - scope.memberships_out_of_scope,
         };
         let mut record = self.outcome.clone().into_record(
             run_id,
@@ -597,7 +601,11 @@ pub fn change_counts(diff: &DirectoryDiff) -> ChangeCounts {
 /// being, makes no change in the run where the rule changed (see [`SettingsStep::compare`]).
 fn compared_fields(source: &SourceConfig, previous: Option<&RunSettings>) -> Vec<String> {
     let mut fields = source.ignore_fields.clone();
-    fields.extend(previous.into_iter().flat_map(|p| p.ignore_fields.iter().cloned()));
+    fields.extend(
+        previous
+            .into_iter()
+            .flat_map(|p| p.ignore_fields.iter().cloned()),
+    );
     fields.sort();
     fields.dedup();
     fields

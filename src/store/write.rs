@@ -393,8 +393,7 @@ impl<'t> WriteTables<'t> {
                     }
                     TombstoneWrite::Set(hash) => {
                         self.guard.call(|| {
-                            self.tombstones
-                                .insert(record_key.as_str(), hash.as_slice())
+                            self.tombstones.insert(record_key.as_str(), hash.as_slice())
                         })?;
                     }
                 }
@@ -435,10 +434,8 @@ impl<'t> WriteTables<'t> {
                     })?;
                 }
                 let deletion = codec::version_key(&record_key, run_id);
-                self.guard.call(|| {
-                    self.deletions
-                        .insert(deletion.as_str(), deleted.as_slice())
-                })?;
+                self.guard
+                    .call(|| self.deletions.insert(deletion.as_str(), deleted.as_slice()))?;
             }
             Op::Touch {
                 kind,

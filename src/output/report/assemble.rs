@@ -222,13 +222,13 @@ pub fn build_report(
 
     let mut missing = Vec::new();
     let mut diffs = Vec::new();
-    let mut privileged_at_baselines = BTreeMap::new();
+    let mut privileged_at_restarts = BTreeMap::new();
     for view in views.iter().filter(|view| view.evidence.is_complete()) {
         match (&view.evidence.diff, &view.evidence.not_replayable) {
             (Some(diff), _) => {
-                if diff.baseline.is_some() {
+                if diff.baseline.is_some() || !diff.scope_changes.is_empty() {
                     let count = view.evidence.population.map_or(0, |p| p.privileged);
-                    privileged_at_baselines.insert(diff.to_run.clone(), count);
+                    privileged_at_restarts.insert(diff.to_run.clone(), count);
                 }
                 diffs.push(diff.clone());
             }
@@ -324,7 +324,7 @@ pub fn build_report(
         diffs,
         start,
         end,
-        privileged_at_baselines,
+        privileged_at_restarts,
         settings_changes,
         trend,
         generated_at,

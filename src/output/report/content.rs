@@ -523,7 +523,67 @@ pub(super) fn blocks(report: &Report, figures: &Figures) -> Vec<Block> {
         privileged_groups_block(report),
         terminations_block(report, figures),
         settings_block(report),
+        scope_block(report),
     ]
+}
+
+/// What entered or left the source's scope, apart from joiners and leavers: a consumer of the
+/// envelopes sees these as `in_scope` and `out_of_scope`, not as offboarding.
+fn scope_block(report: &Report) -> Block {
+    let mut rows = Vec::new();
+    for diff in &report.diffs {
+        let scope = &diff.scope_changes;
+        let run = || code(run_label(report, &diff.to_run));
+        if let Some(on) = scope.group_sync {
+            let what = match on {
+                true => "group sync enabled: groups and memberships entered the scope",
+                false => {
+                    "group sync disabled: groups and memberships left the scope, none was removed"
+                }
+            };
+            rows.push(vec![text("group sync"), text(what), run()]);
+        }
+        let lists = [
+            ("account entered", &scope.accounts_entered),
+            ("account left", &scope.accounts_left),
+            ("group entered", &scope.groups_entered),
+            ("group left", &scope.groups_left),
+        ];
+        for (what, changes) in lists {
+            for change in changes {
+                rows.push(vec![
+                    vec![
+                        Piece::Strong(change.name.clone()),
+                        Piece::Text(" ".to_string()),
+                        Piece::Code(change.external_id.clone()),
+                    ],
+                    text(format!("{what}: {}", change.cause.as_str())),
+                    run(),
+                ]);
+            }
+        }
+        for (what, count) in [
+            ("memberships entered", scope.memberships_entered),
+            ("memberships left", scope.memberships_left),
+        ] {
+            if count > 0 {
+                rows.push(vec![
+                    text("memberships"),
+                    text(format!("{count} {what}")),
+                    run(),
+                ]);
+            }
+        }
+    }
+    Block {
+        id: "scope-changes",
+        title: "Scope changes",
+        description: "Records that entered or left the source's scope (its filter, group_filter or group sync) without being created or deleted in Authentik: not joiners or leavers. A record that changed upstream as well has its own event in the sections below.".to_string(),
+        columns: vec![("Record", 35), ("Change", 45), ("Run", 20)],
+        alert: false,
+        listing: true,
+        rows,
+    }
 }
 
 /// The settings changes the ledger recorded: what a reader must know to compare runs.
@@ -692,10 +752,11 @@ fn roll_forward_block(report: &Report, figures: &Figures) -> Block {
                 text(line.start.to_string()),
                 text(format!("+{} {added}", line.added)),
                 text(format!("−{} {removed}", line.removed)),
-                text(if line.restated == 0 {
-                    "0".to_string()
-                } else {
-                    format!("{:+}", line.restated)
+                text(match (line.restated, line.scope) {
+                    (0, 0) => "0".to_string(),
+                    (restated, 0) => format!("{restated:+}"),
+                    (0, scope) => format!("scope {scope:+}"),
+                    (restated, scope) => format!("{restated:+}, scope {scope:+}"),
                 }),
                 text(line.end.to_string()),
                 check,
@@ -715,7 +776,7 @@ fn roll_forward_block(report: &Report, figures: &Figures) -> Block {
         id: "roll-forward",
         title: "Roll-forward",
         description: format!(
-            "Start (counted in run {start}) + added − removed + restated = end (counted in run {end}). Start and end are counted from the stored records, the changes from the runs' events, so the two check each other. Restated: the difference at a baseline run, which is compared with nothing."
+            "Start (counted in run {start}) + added − removed + scope + restated = end (counted in run {end}). Start and end are counted from the stored records, the changes from the runs' events, so the two check each other. Scope: what entered less what left the source's scope (see Scope changes). Restated: the difference at a baseline run, which is compared with nothing."
         ),
         columns: vec![
             ("Population", 20),

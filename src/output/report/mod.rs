@@ -217,7 +217,7 @@ pub struct Report {
     pub end: Snapshot,
     /// The privileged accounts at each baseline run of the period (where the roll-forward
     /// restarts), by run id.
-    pub privileged_at_baselines: BTreeMap<String, u64>,
+    pub privileged_at_restarts: BTreeMap<String, u64>,
     /// The settings changes the period's runs recorded, oldest first.
     pub settings_changes: Vec<SettingsChanged>,
     /// Complete runs for the chart, oldest first.

@@ -81,7 +81,7 @@ fn seconds_between(from: DateTime<Utc>, to: DateTime<Utc>) -> u64 {
     (to - from).num_seconds().max(0).unsigned_abs()
 }
 
-/// One population through the period: `start + added − removed + restated = end`.
+/// One population through the period: `start + added − removed + scope + restated = end`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct RollForwardLine {
     /// Counted in the run the period starts from.
@@ -95,9 +95,12 @@ pub struct RollForwardLine {
     /// At a baseline run (compared with nothing, e.g. after the settings changed) the count
     /// restarts from what that run holds: the difference, which no event explains.
     pub restated: i64,
+    /// What entered the scope less what left it, in runs whose scope changed (the filter,
+    /// group_filter or group sync): records that are counted, or no longer, without an event.
+    pub scope: i64,
     /// Counted in the period's last complete run.
     pub end: u64,
-    /// Whether `start + added − removed + restated = end`.
+    /// Whether `start + added − removed + scope + restated = end`.
     pub reconciles: bool,
 }
 
@@ -110,11 +113,17 @@ impl RollForwardLine {
     }
 
     fn running(&self) -> i64 {
-        self.start as i64 + self.added as i64 - self.removed as i64 + self.restated
+        self.start as i64 + self.added as i64 - self.removed as i64 + self.scope + self.restated
     }
 
     fn restart_at(&mut self, count: u64) {
         self.restated += count as i64 - self.running();
+    }
+
+    /// After a run whose scope changed, the count it holds: the difference its events do not
+    /// explain is the scope's.
+    fn rescope_at(&mut self, count: u64) {
+        self.scope += count as i64 - self.running();
     }
 
     fn close(&mut self, end: u64) {
@@ -141,7 +150,7 @@ pub fn roll_forward(report: &Report) -> RollForward {
     for diff in &report.diffs {
         if diff.baseline.is_some() {
             let privileged = report
-                .privileged_at_baselines
+                .privileged_at_restarts
                 .get(&diff.to_run)
                 .copied()
                 .unwrap_or_default();
@@ -156,6 +165,14 @@ pub fn roll_forward(report: &Report) -> RollForward {
         lines.active.removed += diff.leavers.len() as u64;
         lines.privileged.added += diff.privilege_granted.len() as u64;
         lines.privileged.removed += diff.privilege_removed.len() as u64;
+        if !diff.scope_changes.is_empty() {
+            let privileged = report.privileged_at_restarts.get(&diff.to_run).copied();
+            lines.accounts.rescope_at(diff.population.accounts.after);
+            lines.active.rescope_at(diff.population.active.after);
+            if let Some(privileged) = privileged {
+                lines.privileged.rescope_at(privileged);
+            }
+        }
     }
     let end = &report.end;
     lines.accounts.close(end.accounts);

@@ -331,7 +331,7 @@ pub(super) fn period_report() -> Report {
             ],
             unavailable: None,
         },
-        privileged_at_baselines: BTreeMap::new(),
+        privileged_at_restarts: BTreeMap::new(),
         settings_changes: vec![SettingsChanged {
             run_id: "R3".to_string(),
             at: at(2, 0),
@@ -367,7 +367,7 @@ pub(super) fn empty_report() -> Report {
         diffs: vec![empty_diff("R2", "R3")],
         start: Snapshot::default(),
         end: Snapshot::default(),
-        privileged_at_baselines: BTreeMap::new(),
+        privileged_at_restarts: BTreeMap::new(),
         settings_changes: vec![],
         trend: vec![],
         generated_at: at(3, 0),

@@ -208,6 +208,7 @@ fn the_roll_forward_reconciles_counts_with_events_and_restarts_at_a_baseline() {
             added: 1,
             removed: 1,
             restated: 0,
+            scope: 0,
             end: 100,
             reconciles: true
         }
@@ -238,7 +239,7 @@ fn the_roll_forward_reconciles_counts_with_events_and_restarts_at_a_baseline() {
     baseline.population.accounts.after = 80;
     baseline.population.active.after = 75;
     report.diffs.push(baseline);
-    report.privileged_at_baselines.insert("R4".into(), 5);
+    report.privileged_at_restarts.insert("R4".into(), 5);
     report.end.accounts = 80;
     report.end.active = 75;
     report.end.privileged = report.end.privileged[..1].to_vec();

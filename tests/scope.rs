@@ -1,0 +1,291 @@
+//! Scope is a view (issue 16): the real binary against the fake server, with filters and
+//! settings that change between runs while the directory changes too. No settings change
+//! starts a baseline; what only entered or left the scope is never a joiner or a leaver.
+
+mod common;
+
+use aksync::demo::fake::READER_TOKEN;
+use common::TestEnv;
+use serde_json::{json, Value};
+
+/// The envelopes of a run, as `aksync envelopes RUN` prints them.
+fn envelopes(env: &TestEnv, run: &str) -> Vec<Value> {
+    let printed = env.aksync(&["envelopes", run]);
+    assert_eq!(printed.code, 0, "{}", printed.stderr);
+    printed
+        .stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+fn latest_diff(env: &TestEnv) -> Value {
+    let diff = env.aksync(&["diff", "previous", "latest", "--json"]);
+    assert_eq!(diff.code, 0, "{}", diff.stderr);
+    diff.json()
+}
+
+fn usernames(events: &Value) -> Vec<String> {
+    let mut names: Vec<String> = events
+        .as_array()
+        .unwrap_or(&Vec::new())
+        .iter()
+        .map(|event| {
+            event["username"]
+                .as_str()
+                .or(event["name"].as_str())
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+fn uid_of(env: &TestEnv, username: &str) -> String {
+    env.fake.with_state(|state| {
+        let user = state
+            .directory
+            .users
+            .values()
+            .find(|u| u.username == username)
+            .unwrap();
+        state.directory.uid(user.pk)
+    })
+}
+
+fn set_department(env: &TestEnv, username: &str, department: &str) {
+    env.fake.with_state(|state| {
+        let user = state
+            .directory
+            .users
+            .values_mut()
+            .find(|u| u.username == username)
+            .unwrap();
+        user.attributes["department"] = json!(department);
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_superuser_moved_out_of_the_filter_is_a_mover_that_left_scope_not_a_leaver() {
+    let env = TestEnv::start(12).await;
+    set_department(&env, "akadmin", "it");
+    env.write_config(
+        READER_TOKEN,
+        "filter = \"has(payload.attributes.department) && payload.attributes.department == 'it'\"\n",
+    );
+    env.sync_ok();
+    let admin = uid_of(&env, "akadmin");
+
+    set_department(&env, "akadmin", "hr");
+    env.sync_ok();
+    let diff = latest_diff(&env);
+    assert!(diff.get("baseline").is_none(), "{diff}");
+    assert_eq!(usernames(&diff["leavers"]), Vec::<String>::new(), "{diff}");
+    assert_eq!(usernames(&diff["movers"]), ["akadmin"], "{diff}");
+    assert_eq!(usernames(&diff["privilege_removed"]), Vec::<String>::new());
+    let left = &diff["scope_changes"]["accounts_left"];
+    assert_eq!(usernames(left), ["akadmin"], "{diff}");
+    assert_eq!(left[0]["cause"], "record");
+    let sent = envelopes(&env, "latest");
+    let farewell = sent
+        .iter()
+        .find(|e| e["schema"] == "DirectoryAccount" && e["external_id"] == admin.as_str())
+        .expect("an envelope for akadmin");
+    assert_eq!(farewell["action"], "deleted");
+    assert_eq!(farewell["reason"], "out_of_scope");
+    // Its memberships leave with it, as scope changes, not as removals.
+    assert!(sent
+        .iter()
+        .filter(|e| e["schema"] == "DirectoryMembership")
+        .all(|e| e["action"] == "deleted" && e["reason"] == "out_of_scope"));
+    assert_eq!(diff["memberships"]["removed"], json!([]), "{diff}");
+    // Still in the snapshot, out of scope: `show --all` lists it, `show` does not.
+    let shown = env.show_json("accounts", "latest");
+    assert!(!shown.to_string().contains(&admin));
+    let all = env.aksync(&["show", "accounts", "--all", "--json"]).json();
+    let row = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|account| account["external_id"] == admin.as_str())
+        .expect("akadmin in show --all");
+    assert_eq!(row["scope"], "out");
+
+    set_department(&env, "akadmin", "it");
+    env.sync_ok();
+    let diff = latest_diff(&env);
+    assert_eq!(usernames(&diff["joiners"]), Vec::<String>::new(), "{diff}");
+    assert_eq!(
+        usernames(&diff["privilege_granted"]),
+        Vec::<String>::new(),
+        "{diff}"
+    );
+    assert_eq!(
+        usernames(&diff["scope_changes"]["accounts_entered"]),
+        ["akadmin"]
+    );
+    let back = envelopes(&env, "latest")
+        .into_iter()
+        .find(|e| e["schema"] == "DirectoryAccount" && e["external_id"] == admin.as_str())
+        .unwrap();
+    assert_eq!(back["action"], "created");
+    assert_eq!(back["reason"], "in_scope");
+    // The chain holds: it links to the deletion its consumers saw.
+    assert_eq!(back["previous_hash"], farewell["hash"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_narrowed_filter_and_changed_ignore_fields_hide_no_real_leaver() {
+    let env = TestEnv::start(16).await;
+    env.sync_ok();
+    let active: Vec<String> = env.fake.with_state(|state| {
+        state
+            .directory
+            .users
+            .values()
+            .filter(|u| u.is_active && u.username != "akadmin" && u.path == "users")
+            .map(|u| u.username.clone())
+            .collect()
+    });
+    let (dropped, deactivated, deleted) = (&active[0], &active[1], &active[2]);
+
+    // The filter narrows by one account while another is deactivated upstream.
+    env.write_config(
+        READER_TOKEN,
+        &format!("filter = \"payload.username != '{dropped}'\"\n"),
+    );
+    env.fake.with_state(|state| {
+        let user = state
+            .directory
+            .users
+            .values_mut()
+            .find(|u| &u.username == deactivated)
+            .unwrap();
+        user.is_active = false;
+    });
+    env.sync_ok();
+    let diff = latest_diff(&env);
+    assert!(diff.get("baseline").is_none(), "{diff}");
+    assert_eq!(
+        usernames(&diff["leavers"]),
+        [deactivated.as_str()],
+        "{diff}"
+    );
+    let left = &diff["scope_changes"]["accounts_left"];
+    assert_eq!(usernames(left), [dropped.as_str()], "{diff}");
+    assert_eq!(left[0]["cause"], "filter");
+    let out = envelopes(&env, "latest")
+        .into_iter()
+        .find(|e| e["schema"] == "DirectoryAccount" && e["reason"] == "out_of_scope")
+        .expect("an out_of_scope envelope");
+    assert_eq!(out["action"], "deleted");
+    assert_eq!(out["external_id"], uid_of(&env, dropped).as_str());
+
+    // ignore_fields changes while an active account is deleted upstream.
+    env.write_config(
+        READER_TOKEN,
+        &format!(
+            "filter = \"payload.username != '{dropped}'\"\nignore_fields = [\"metadata.title\"]\n"
+        ),
+    );
+    env.fake.with_state(|state| {
+        let pk = *state
+            .directory
+            .users
+            .iter()
+            .find(|(_, u)| &u.username == deleted)
+            .unwrap()
+            .0;
+        state.directory.users.remove(&pk);
+    });
+    env.sync_ok();
+    let diff = latest_diff(&env);
+    assert!(diff.get("baseline").is_none(), "{diff}");
+    assert_eq!(usernames(&diff["leavers"]), [deleted.as_str()], "{diff}");
+    assert_eq!(diff["leavers"][0]["reason"], "deleted");
+    assert_eq!(diff["groups"]["created"], json!([]), "{diff}");
+    assert_eq!(usernames(&diff["movers"]), Vec::<String>::new(), "{diff}");
+
+    // The period report over every run, and the account's history, both tell it.
+    let report = env.aksync(&["report", "--since", "2000-01-01", "--format", "csv"]);
+    assert_eq!(report.code, 0, "{}", report.stderr);
+    let leaver_rows: Vec<&str> = report
+        .stdout
+        .lines()
+        .filter(|l| l.contains(",leaver,"))
+        .collect();
+    assert!(
+        leaver_rows.iter().any(|row| row.contains(deleted.as_str())),
+        "{}",
+        report.stdout
+    );
+    assert!(leaver_rows
+        .iter()
+        .any(|row| row.contains(deactivated.as_str())));
+    assert!(!report
+        .stdout
+        .lines()
+        .any(|l| l.contains(",leaver,") && l.contains(dropped.as_str())));
+    let history = env.aksync(&["history", deleted]);
+    assert_eq!(history.code, 0, "{}", history.stderr);
+    assert!(history.stdout.contains("left"), "{}", history.stdout);
+    let markdown = env.aksync(&["report", "--since", "2000-01-01"]);
+    assert!(
+        markdown.stdout.contains("Scope changes"),
+        "{}",
+        markdown.stdout
+    );
+    assert!(
+        !markdown.stdout.contains("RECONCILIATION"),
+        "{}",
+        markdown.stdout
+    );
+    assert_eq!(env.aksync(&["verify"]).code, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_sync_switched_off_and_on_removes_and_adds_nothing() {
+    let env = TestEnv::start(12).await;
+    env.sync_ok();
+    env.write_config(READER_TOKEN, "disable_group_sync = true\n");
+    env.sync_ok();
+    let off = latest_diff(&env);
+    assert!(off.get("baseline").is_none(), "{off}");
+    assert_eq!(off["groups"]["deleted"], json!([]), "{off}");
+    assert_eq!(off["memberships"]["removed"], json!([]), "{off}");
+    assert_eq!(off["movers"], json!([]), "{off}");
+    assert_eq!(off["privilege_removed"], json!([]), "{off}");
+    assert_eq!(off["scope_changes"]["group_sync"], false, "{off}");
+    assert!(off["scope_changes"]["memberships_left"].as_u64().unwrap() > 0);
+    env.sync_ok();
+    assert_eq!(latest_diff(&env)["scope_changes"], Value::Null);
+
+    env.write_config(READER_TOKEN, "");
+    env.sync_ok();
+    let on = latest_diff(&env);
+    assert_eq!(on["groups"]["created"], json!([]), "{on}");
+    assert_eq!(on["memberships"]["added"], json!([]), "{on}");
+    assert_eq!(on["movers"], json!([]), "{on}");
+    assert_eq!(on["privilege_granted"], json!([]), "{on}");
+    assert_eq!(on["scope_changes"]["group_sync"], true, "{on}");
+    let entered = envelopes(&env, "latest");
+    assert!(!entered.is_empty());
+    assert!(
+        entered.iter().all(|e| e["reason"] == "in_scope"),
+        "{entered:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn toggling_the_primary_directory_changes_no_record() {
+    let env = TestEnv::start(8).await;
+    env.sync_ok();
+    env.write_config(READER_TOKEN, "primary_directory = true\n");
+    env.sync_ok();
+    let diff = latest_diff(&env);
+    assert!(diff.get("baseline").is_none(), "{diff}");
+    assert!(envelopes(&env, "latest").is_empty());
+    let runs = env.aksync(&["runs", "--json"]).json();
+    assert!(runs.to_string().contains("primary_directory"), "{runs}");
+}
