@@ -171,7 +171,13 @@ impl<'a> RunIndex<'a> {
                 let unreadable = |error: &dyn std::fmt::Display| {
                     IndexError::source(format!("a spooled account does not read back: {error}"))
                 };
-                for item in collected.accounts.items() {
+                // `history` works on the scope: an account outside it was not present.
+                for item in collected
+                    .accounts
+                    .items()
+                    .iter()
+                    .filter(|i| i.flags.in_scope())
+                {
                     let uid = &*item.external_id;
                     present(uid, rows)?;
                     let record = collected
