@@ -321,7 +321,12 @@ impl<'a> Planner<'a> {
                     kind,
                     external_id: external_id.to_string(),
                     valid_from: stored_from(old)?,
-                    deleted: self.rule.deleted_hash(&old.record()?),
+                    // Without a new side, a farewell is this deletion's: its hash, not
+                    // computed twice.
+                    deleted: match &farewell {
+                        Some((_, hash)) => *hash,
+                        None => self.rule.deleted_hash(&old.record()?),
+                    },
                     tombstone: farewell.as_ref().map(|(_, hash)| *hash),
                 },
                 (old, Some(new)) => Op::Put {
