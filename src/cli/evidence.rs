@@ -127,7 +127,7 @@ fn settings_summary(source: &SourceConfig) -> String {
         } else {
             "on"
         },
-        list(&source.ignore_fields),
+        list(&source.ignore_fields_as_written),
         list(&source.privileged_groups),
         list(&source.privileged_roles)
     )
