@@ -210,9 +210,15 @@ async fn run_configured(
             source,
             format,
             rebuild,
+            full,
         } => {
             let source = single_source(config, source.source.as_deref())?;
-            evidence::envelopes(config, source, &run, format, rebuild)
+            let request = match (rebuild, full) {
+                (true, _) => evidence::EnvelopeRequest::Rebuild,
+                (false, true) => evidence::EnvelopeRequest::Full(format),
+                (false, false) => evidence::EnvelopeRequest::Changes(format),
+            };
+            evidence::envelopes(config, source, &run, request)
         }
         Command::Report {
             run,

@@ -188,6 +188,8 @@ pub struct StoredRecord {
     /// The stored record, without volatile fields.
     pub record: Value,
     pub payload: Value,
+    /// The version's flags: whether the record is in scope, among others.
+    pub flags: Flags,
 }
 
 /// A stored version row a run saw: (external id, valid from, the row).
@@ -587,16 +589,17 @@ impl<'s> Reader<'s> {
         run: &RunRecord,
         kind: RecordKind,
     ) -> Result<Box<dyn Iterator<Item = Result<StoredRecord, StoreError>> + 's>, StoreError> {
-        type Head = Result<(String, String, Hash), StoreError>;
+        type Head = Result<(String, String, Hash, Flags), StoreError>;
         let heads: Box<dyn Iterator<Item = Head> + 's> = if self.is_latest_complete(run)? {
             Box::new(self.current(&run.source, kind)?.map(|row| {
                 let (external_id, current) = row?;
-                Ok((external_id, current.valid_from().to_string(), current.hash))
+                let valid_from = current.valid_from().to_string();
+                Ok((external_id, valid_from, current.hash, current.flags))
             }))
         } else {
             Box::new(self.version_rows_at(run, kind)?.map(|row| {
                 let (external_id, valid_from, version) = row?;
-                Ok((external_id, valid_from, version.hash))
+                Ok((external_id, valid_from, version.hash, version.flags))
             }))
         };
         let entries = self
@@ -606,7 +609,7 @@ impl<'s> Reader<'s> {
         let guard = self.store.guard.clone();
         let path = self.store.path.clone();
         Ok(Box::new(heads.map(move |head| {
-            let (external_id, valid_from, hash) = head?;
+            let (external_id, valid_from, hash, flags) = head?;
             let fail = |failure: Failure| failure.into_store_error(&path);
             let key =
                 codec::version_key(&codec::record_key(&source, kind, &external_id), &valid_from);
@@ -625,6 +628,7 @@ impl<'s> Reader<'s> {
                 hash,
                 record,
                 payload,
+                flags,
             })
         })))
     }
