@@ -144,6 +144,59 @@ mod tests {
         assert_eq!(kept, ["a", "g", "error"]);
     }
 
+    /// Marks the stored versions (and current rows) of the records whose key holds `id` as
+    /// out of scope, as a run under a filter will.
+    fn mark_out_of_scope(path: &std::path::Path, id: &str) {
+        let db = redb::Database::open(path).unwrap();
+        let txn = db.begin_write().unwrap();
+        for table in ["versions", "current"] {
+            let definition = redb::TableDefinition::<&str, &[u8]>::new(table);
+            let mut rows = txn.open_table(definition).unwrap();
+            let marked: Vec<(String, Vec<u8>)> = redb::ReadableTable::iter(&rows)
+                .unwrap()
+                .map(|row| row.unwrap())
+                .filter(|(key, _)| key.value().contains(id))
+                .map(|(key, value)| {
+                    let mut value = value.value().to_vec();
+                    // The flags are a row's last byte.
+                    *value.last_mut().unwrap() |= Flags::OUT_OF_SCOPE;
+                    (key.value().to_string(), value)
+                })
+                .collect();
+            assert!(!marked.is_empty(), "{table}");
+            for (key, value) in marked {
+                rows.insert(key.as_str(), value.as_slice()).unwrap();
+            }
+        }
+        txn.commit().unwrap();
+    }
+
+    #[test]
+    fn a_record_stored_out_of_scope_is_in_no_runs_snapshot() {
+        let user = |pk: i64| {
+            json!({"pk": pk, "username": format!("user{pk}"), "name": "A B", "is_active": true,
+                   "groups": ["g1"], "email": "a@example.com", "attributes": {},
+                   "uid": format!("uid{pk}"), "path": "users", "type": "internal",
+                   "is_superuser": false})
+        };
+        let group = json!({"pk": "g1", "name": "G", "is_superuser": false, "parents": [],
+                           "users": [1, 2], "attributes": {}});
+        let mut source = crate::testing::TestSource::new();
+        let older = source.sync(vec![user(1), user(2)], vec![group.clone()]).run;
+        let latest = source.sync(vec![user(1), user(2)], vec![group]).run;
+        source.reopen(|path| mark_out_of_scope(path, "uid2"));
+        // The latest run reads the current rows, an older one the versions: both leave the
+        // account and its membership out.
+        for run in [&older, &latest] {
+            let reader = source.store.reader().unwrap();
+            let kept: Vec<String> = records_in_scope(&reader, run)
+                .unwrap()
+                .map(|record| record.unwrap().1.external_id)
+                .collect();
+            assert_eq!(kept, ["uid1", "g1", "uid1:g1"], "{}", run.run_id);
+        }
+    }
+
     #[test]
     fn the_openlane_snapshot_is_complete_in_every_set() {
         let records = vec![
