@@ -89,7 +89,7 @@ pub enum FieldError {
     #[error("names no field aksync keeps: did you mean `{0}`?")]
     Misspelt(String),
     #[error(
-        "names no field aksync keeps: use Authentik's names, {}",
+        "names no field aksync keeps: use one of Authentik's names: {}",
         known_names()
     )]
     Unknown,
