@@ -8,13 +8,13 @@
 //!
 //! | folder | one concern |
 //! |---|---|
-//! | [`config`] | the configuration and its parts: [`config::schedule`], [`config::filter`], [`config::secret`], [`config::state_dir`] |
+//! | [`config`] | the configuration and its parts: [`config::schedule`], [`config::filter`], [`config::fields`], [`config::secret`], [`config::state_dir`] |
 //! | [`authentik`] | the source: the REST client, its models and errors, and [`authentik::health`] (`aksync check`) |
 //! | [`run`] | one run of one source, top to bottom: [`run::collect`], [`run::normalize`], [`run::spool`], [`run::record`], [`run::plan`], [`run::sync`], [`run::runner`], [`run::run_lock`] |
 //! | [`diff`] | the pure diff: joiners, movers, leavers and the rest |
 //! | [`store`] | the redb database: snapshots, run records, the outbox mark |
 //! | [`ledger`] | the evidence kept: entries, the chain and its seals, `history`, `verify`, and [`ledger::replay`] of stored runs |
-//! | [`output`] | what leaves the run: [`output::envelope`], [`output::report`], [`output::artifacts`], [`output::repair`], [`output::retention`], [`output::delivery`] |
+//! | [`output`] | what leaves the run: [`output::envelope`], [`output::report`], [`output::artifacts`], [`output::repair`], [`output::retention`], [`output::delivery`], [`output::snapshot`] |
 //! | [`cli`], [`daemon`] | the two ways to drive it |
 //! | [`demo`] | the demo and the bundled fake Authentik ([`demo::fake`]) the tests use |
 //!

@@ -28,6 +28,7 @@ pub(crate) fn source_config() -> SourceConfig {
         ca_file: None,
         allow_insecure_http: false,
         ignore_fields: Vec::new(),
+        ignore_fields_as_written: Vec::new(),
         schedule: crate::config::schedule::Schedule::default(),
         run_on_start: true,
         privileged_groups: Vec::new(),

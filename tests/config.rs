@@ -692,3 +692,29 @@ fn errors_name_the_configuration_file_as_it_was_given() {
         );
     }
 }
+
+#[test]
+fn ignore_fields_naming_nothing_are_refused_with_the_closest_name() {
+    let dir = tempfile::tempdir().unwrap();
+    for (entry, suggestion) in [
+        ("emial", "did you mean `email`?"),
+        ("attribute.title", "did you mean `attributes.title`?"),
+    ] {
+        config_error(
+            dir.path(),
+            &format!("{GOOD_SOURCE}ignore_fields = [{entry:?}]\n"),
+            &[
+                "`sources.corp.ignore_fields` entry",
+                &format!("{entry:?} names no field aksync keeps: {suggestion}"),
+            ],
+        );
+    }
+    // Attribute keys are free-form: one that no account has (yet) is accepted quietly.
+    let path = good_config(dir.path(), "x");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str("ignore_fields = [\"attributes.titel\"]\n");
+    std::fs::write(&path, text).unwrap();
+    let runs = run_binary(Some(&path), &["runs"]);
+    assert_eq!(runs.code, 0, "{}", runs.stderr);
+    assert!(runs.stderr.is_empty(), "{}", runs.stderr);
+}

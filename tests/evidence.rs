@@ -403,13 +403,151 @@ async fn envelope_files_rebuild_identically_and_project_to_openlane() {
         .aksync(&["envelopes", &latest, "--format", "openlane"])
         .json();
     assert_eq!(projection[0]["schema"], "DirectoryAccount");
-    assert_eq!(projection[0]["snapshotComplete"], true);
     assert_eq!(
         projection[0]["envelopes"][0]["payload"]["username"],
         "late.joiner"
     );
+    assert_eq!(projection[0]["envelopes"][0]["action"], "created");
     assert_eq!(projection[1]["schema"], "DirectoryGroup");
     assert_eq!(projection[2]["schema"], "DirectoryMembership");
+    // A run's changes are not the source's complete record set: a consumer must not infer
+    // that the records missing from them were removed.
+    for set in projection.as_array().unwrap() {
+        assert_eq!(set["snapshotComplete"], false, "{set}");
+    }
+}
+
+/// The external ids of a run's records of one kind, as `show` lists them (in id order).
+fn shown_ids(env: &TestEnv, kind: &str, run: &str) -> Vec<String> {
+    env.show_json(kind, run)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|record| match kind {
+            "memberships" => format!(
+                "{}:{}",
+                record["account_external_id"].as_str().unwrap(),
+                record["group_external_id"].as_str().unwrap()
+            ),
+            _ => record["external_id"].as_str().unwrap().to_string(),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_full_snapshot_is_the_only_complete_openlane_projection() {
+    let env = TestEnv::start(10).await;
+    env.sync_ok();
+    env.fake.with_state(|state| {
+        state.directory.add_user("late.joiner", "external");
+    });
+    env.sync_ok();
+    let runs = run_ids(&env);
+    for run in &runs {
+        let (accounts, groups, memberships) = (
+            shown_ids(&env, "accounts", run),
+            shown_ids(&env, "groups", run),
+            shown_ids(&env, "memberships", run),
+        );
+        for ids in [&accounts, &groups, &memberships] {
+            let mut sorted = ids.clone();
+            sorted.sort();
+            assert_eq!(ids, &sorted, "show lists in id order");
+            assert!(!ids.is_empty());
+        }
+
+        // Openlane's sets: accounts, groups, memberships, each complete, in id order, a
+        // membership's resource its group and its payload the member's uid.
+        let full = env.aksync(&["envelopes", run, "--full", "--format", "openlane"]);
+        assert_eq!(full.code, 0, "{}", full.stderr);
+        let sets = full.json();
+        let sets = sets.as_array().unwrap();
+        let schemas: Vec<&str> = sets.iter().map(|s| s["schema"].as_str().unwrap()).collect();
+        assert_eq!(
+            schemas,
+            ["DirectoryAccount", "DirectoryGroup", "DirectoryMembership"]
+        );
+        let resources = |set: &Value| -> Vec<String> {
+            set["envelopes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|envelope| {
+                    assert!(envelope.get("action").is_none(), "{envelope}");
+                    envelope["resource"].as_str().unwrap().to_string()
+                })
+                .collect()
+        };
+        assert_eq!(resources(&sets[0]), accounts);
+        assert_eq!(resources(&sets[1]), groups);
+        let pairs: Vec<String> = sets[2]["envelopes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|envelope| {
+                assert_eq!(envelope["resource"], envelope["payload"]["group"]);
+                format!(
+                    "{}:{}",
+                    envelope["payload"]["uid"].as_str().unwrap(),
+                    envelope["resource"].as_str().unwrap()
+                )
+            })
+            .collect();
+        assert_eq!(pairs, memberships);
+        for set in sets {
+            assert_eq!(set["snapshotComplete"], true, "{}", set["schema"]);
+        }
+        let payload = &sets[0]["envelopes"][0]["payload"];
+        assert_eq!(payload["uid"].as_str(), Some(accounts[0].as_str()));
+        assert!(payload.get("username").is_some(), "the raw user: {payload}");
+
+        // aksync's own lines: every record once, action `snapshot`, no chain, no changes.
+        let lines = env.aksync(&["envelopes", run, "--full"]);
+        assert_eq!(lines.code, 0, "{}", lines.stderr);
+        let envelopes: Vec<Value> = lines
+            .stdout
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        let of = |schema: &str| -> Vec<String> {
+            envelopes
+                .iter()
+                .filter(|envelope| envelope["schema"] == schema)
+                .map(|envelope| envelope["external_id"].as_str().unwrap().to_string())
+                .collect()
+        };
+        assert_eq!(of("DirectoryAccount"), accounts);
+        assert_eq!(of("DirectoryGroup"), groups);
+        assert_eq!(of("DirectoryMembership"), memberships);
+        let order: Vec<&str> = envelopes
+            .iter()
+            .map(|envelope| envelope["schema"].as_str().unwrap())
+            .collect();
+        let mut by_kind = order.clone();
+        by_kind.sort_by_key(|schema| {
+            ["DirectoryAccount", "DirectoryGroup", "DirectoryMembership"]
+                .iter()
+                .position(|known| known == schema)
+        });
+        assert_eq!(order, by_kind, "accounts, then groups, then memberships");
+        for envelope in &envelopes {
+            assert_eq!(envelope["action"], "snapshot");
+            assert_eq!(envelope["run_id"], run.as_str());
+            assert!(envelope.get("previous_hash").is_none());
+            assert!(envelope.get("changes").is_none());
+            assert_eq!(envelope["hash"].as_str().unwrap().len(), 64);
+        }
+    }
+    // The first run's snapshot is the directory before the joiner came.
+    let first = env
+        .aksync(&["envelopes", &runs[0], "--full"])
+        .stdout
+        .contains("late.joiner");
+    let second = env
+        .aksync(&["envelopes", &runs[1], "--full"])
+        .stdout
+        .contains("late.joiner");
+    assert_eq!((first, second), (false, true));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

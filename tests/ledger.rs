@@ -161,7 +161,7 @@ async fn past_results_do_not_follow_todays_settings() {
 
     env.write_config(
         aksync::demo::fake::READER_TOKEN,
-        "ignore_fields = [\"metadata.department\"]\nprivileged_groups = [\"Finance\"]",
+        "ignore_fields = [\"attributes.department\"]\nprivileged_groups = [\"Finance\"]",
     );
     env.sync_ok();
     let r3 = run_ids(&env)[2].clone();
@@ -197,7 +197,9 @@ async fn past_results_do_not_follow_todays_settings() {
     assert!(
         replayed.stderr.contains("are not consecutive")
             && replayed.stderr.contains("with the settings configured now")
-            && replayed.stderr.contains("metadata.department"),
+            && replayed
+                .stderr
+                .contains("ignore_fields attributes.department"),
         "{}",
         replayed.stderr
     );

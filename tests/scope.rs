@@ -186,7 +186,7 @@ async fn a_narrowed_filter_and_changed_ignore_fields_hide_no_real_leaver() {
     env.write_config(
         READER_TOKEN,
         &format!(
-            "filter = \"payload.username != '{dropped}'\"\nignore_fields = [\"metadata.title\"]\n"
+            "filter = \"payload.username != '{dropped}'\"\nignore_fields = [\"attributes.title\"]\n"
         ),
     );
     env.fake.with_state(|state| {

@@ -714,3 +714,98 @@ async fn queries_of_the_store_need_no_token() {
         );
     }
 }
+
+/// The uids of the accounts whose envelopes a run wrote.
+fn account_envelope_ids(env: &TestEnv, run_id: &str) -> Vec<String> {
+    let path = env
+        .state_dir()
+        .join("envelopes/corp")
+        .join(format!("{run_id}.jsonl"));
+    let lines = std::fs::read_to_string(path).unwrap();
+    lines
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .filter(|envelope| envelope["schema"] == "DirectoryAccount")
+        .map(|envelope| envelope["external_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The usernames of a diff's movers.
+fn mover_names(env: &TestEnv) -> Vec<String> {
+    let diff = env.aksync(&["diff", "previous", "latest", "--json"]).json();
+    diff["movers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|mover| mover["username"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ignore_fields_take_authentik_names_and_the_old_ones_still_work() {
+    let env = TestEnv::start(10).await;
+    env.write_config(
+        aksync::demo::fake::READER_TOKEN,
+        "ignore_fields = [\"attributes.title\"]",
+    );
+    env.sync_ok();
+    let (titled, renamed) = env.fake.with_state(|state| {
+        let directory = &state.directory;
+        let mut named = directory
+            .users
+            .values()
+            .filter(|user| user.attributes.get("title").is_some() && !user.name.is_empty());
+        let (titled, renamed) = (named.next().unwrap(), named.next().unwrap());
+        (
+            (titled.username.clone(), directory.uid(titled.pk)),
+            (renamed.username.clone(), directory.uid(renamed.pk)),
+        )
+    });
+    let retitle = |title: &str| {
+        env.fake.with_state(|state| {
+            state
+                .directory
+                .user_by_username_mut(&titled.0)
+                .unwrap()
+                .attributes["title"] = title.into();
+        })
+    };
+    retitle("Chief Counter of Beans");
+    env.fake.with_state(|state| {
+        state
+            .directory
+            .user_by_username_mut(&renamed.0)
+            .unwrap()
+            .name = "Someone Else".into();
+    });
+    let second = env.sync_ok();
+    assert!(!second.stderr.contains("WARN"), "{}", second.stderr);
+    let runs = common::run_ids(&env);
+    // The title is ignored: no mover, no envelope; the name is still a change.
+    assert_eq!(mover_names(&env), [renamed.0.as_str()]);
+    assert_eq!(account_envelope_ids(&env, &runs[1]), [renamed.1.as_str()]);
+
+    // aksync's old name of the same field ignores it too, with a warning naming the new one,
+    // and names the same field, so it starts no new baseline.
+    env.write_config(
+        aksync::demo::fake::READER_TOKEN,
+        "ignore_fields = [\"metadata.title\"]",
+    );
+    let check = env.aksync(&["check"]);
+    assert_eq!(check.code, 0, "{}{}", check.stdout, check.stderr);
+    for run in [&check, &env.sync_ok()] {
+        assert!(
+            run.stderr.contains(
+                "`sources.corp.ignore_fields` entry \"metadata.title\" is aksync's deprecated name of the field: write \"attributes.title\""
+            ),
+            "{}",
+            run.stderr
+        );
+    }
+    retitle("Vice Counter of Beans");
+    env.sync_ok();
+    let runs = common::run_ids(&env);
+    assert!(env.store().run(&runs[3]).unwrap().baseline_reason.is_none());
+    assert!(mover_names(&env).is_empty());
+    assert!(account_envelope_ids(&env, &runs[3]).is_empty());
+}

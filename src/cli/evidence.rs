@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use super::output::{print, print_bytes, print_line};
+use super::output::{print, print_bytes, print_line, stdout_writer};
 use super::{open_existing, print_json, resolve_run, CliError, Exit};
 use crate::cli::opt::EnvelopeFormat;
 use crate::clock::Clock;
@@ -12,10 +12,11 @@ use crate::diff::{DirectoryDiff, FieldChange, GroupRef};
 use crate::display::escape;
 use crate::ledger::history::{find_accounts, timeline, TimelineKind};
 use crate::ledger::replay::compare_runs;
-use crate::output::artifacts::{self, read_envelope_file, read_envelopes, rebuild_envelopes};
-use crate::output::envelope;
+use crate::output::artifacts::{self, open_envelopes, read_envelope_file, rebuild_envelopes};
+use crate::output::envelope::{EnvelopeContext, OpenlaneWriter};
 use crate::output::report::assemble::{build_report, Selection};
 use crate::output::report::{self, group_names, inline_text, ReportFormat};
+use crate::output::snapshot::{self, records_in_scope, SnapshotError};
 use crate::store::{RunRecord, Store};
 
 /// Group names for people: escaped, as all directory text in this module.
@@ -120,14 +121,15 @@ fn settings_summary(source: &SourceConfig) -> String {
         }
     };
     format!(
-        "filter {}, group sync {}, ignore_fields {}, privileged_groups {}, privileged_roles {}",
+        "filter {}, group_filter {}, group sync {}, ignore_fields {}, privileged_groups {}, privileged_roles {}",
         source.filter.as_deref().unwrap_or("none"),
+        source.group_filter.as_deref().unwrap_or("none"),
         if source.disable_group_sync {
             "off"
         } else {
             "on"
         },
-        list(&source.ignore_fields),
+        list(&source.ignore_fields_as_written),
         list(&source.privileged_groups),
         list(&source.privileged_roles)
     )
@@ -253,28 +255,81 @@ fn human_diff(diff: &DirectoryDiff) -> String {
     out
 }
 
+/// What `aksync envelopes RUN` is asked for.
+pub(crate) enum EnvelopeRequest {
+    /// The run's changes, from its envelope file.
+    Changes(EnvelopeFormat),
+    /// The run's whole snapshot, from the store.
+    Full(EnvelopeFormat),
+    /// The run's envelope file written again from the store.
+    Rebuild,
+}
+
+/// How many envelopes of a run's file are in memory at once while they are projected.
+const PROJECTION_BATCH: usize = 1000;
+
 pub(crate) fn envelopes(
     config: &Config,
     source: &SourceConfig,
     run: &str,
-    format: EnvelopeFormat,
-    rebuild: bool,
+    request: EnvelopeRequest,
 ) -> Result<Exit, CliError> {
     let store = store(config, &source.name)?;
     let run = resolve_run(&store, &source.name, run)?;
     let runtime = |error: artifacts::ArtifactError| CliError::Runtime(error.to_string());
-    if rebuild {
-        let path = rebuild_envelopes(&config.state_dir, &store, source, &run).map_err(runtime)?;
-        eprintln!("rebuilt {}", path.display());
-        return Ok(Exit::Success);
-    }
-    match format {
-        EnvelopeFormat::Jsonl => {
+    let write_failed = |error: std::io::Error| CliError::Runtime(error.to_string());
+    match request {
+        EnvelopeRequest::Rebuild => {
+            let path =
+                rebuild_envelopes(&config.state_dir, &store, source, &run).map_err(runtime)?;
+            eprintln!("rebuilt {}", path.display());
+        }
+        EnvelopeRequest::Changes(EnvelopeFormat::Jsonl) => {
             print_bytes(&read_envelope_file(&config.state_dir, &run).map_err(runtime)?)?
         }
-        EnvelopeFormat::Openlane => {
-            let envelopes = read_envelopes(&config.state_dir, &run).map_err(runtime)?;
-            print_json(&envelope::openlane_projection(&envelopes, true))?
+        // A run's changes are not the source's complete record set: a consumer that inferred
+        // removals from them would remove every record that did not change.
+        EnvelopeRequest::Changes(EnvelopeFormat::Openlane) => {
+            let mut batches = open_envelopes(&config.state_dir, &run).map_err(runtime)?;
+            let mut sets = OpenlaneWriter::start(stdout_writer(), false).map_err(write_failed)?;
+            loop {
+                let batch = batches.next_batch(PROJECTION_BATCH).map_err(runtime)?;
+                if batch.is_empty() {
+                    break;
+                }
+                for envelope in batch {
+                    sets.push(envelope.schema, &envelope.openlane_entry())
+                        .map_err(write_failed)?;
+                }
+            }
+            sets.finish().map_err(write_failed)?;
+        }
+        EnvelopeRequest::Full(format) => {
+            let reader = store.reader()?;
+            let records = records_in_scope(&reader, &run)?;
+            let mut out = stdout_writer();
+            let written = match format {
+                EnvelopeFormat::Jsonl => {
+                    let context = EnvelopeContext {
+                        source: &source.name,
+                        run_id: &run.run_id,
+                        observed_at: run.finished_at,
+                        primary_directory: source.primary_directory,
+                    };
+                    snapshot::write_envelopes(records, &context, &mut out)
+                }
+                EnvelopeFormat::Openlane => snapshot::write_openlane(records, &mut out),
+            };
+            match written {
+                Ok(count) => eprintln!(
+                    "{count} records in run {} of source `{}`",
+                    run.run_id, source.name
+                ),
+                Err(SnapshotError::Store(error)) => return Err(error.into()),
+                Err(error @ SnapshotError::Write(_)) => {
+                    return Err(CliError::Runtime(error.to_string()))
+                }
+            }
         }
     }
     Ok(Exit::Success)

@@ -98,11 +98,13 @@ pub async fn run(opt: Opt) -> Result<Exit, CliError> {
             let mut config = Config::load(&location)?;
             check_needs(&opt.command, &mut config)?;
             logging::init(&config.daemon.log_level, config.daemon.log_format);
+            config.log_warnings();
             crate::daemon::run(location, config, Arc::new(clock)).await
         }
         command => {
             logging::init(CLI_LOG_LEVEL, LogFormat::Text);
             let mut config = Config::load(&location)?;
+            config.log_warnings();
             check_needs(&command, &mut config)?;
             run_configured(command, &config, &clock).await
         }
@@ -216,9 +218,15 @@ async fn run_configured(
             source,
             format,
             rebuild,
+            full,
         } => {
             let source = single_source(config, source.source.as_deref())?;
-            evidence::envelopes(config, source, &run, format, rebuild)
+            let request = match (rebuild, full) {
+                (true, _) => evidence::EnvelopeRequest::Rebuild,
+                (false, true) => evidence::EnvelopeRequest::Full(format),
+                (false, false) => evidence::EnvelopeRequest::Changes(format),
+            };
+            evidence::envelopes(config, source, &run, request)
         }
         Command::Report {
             run,

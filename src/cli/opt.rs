@@ -78,8 +78,12 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = EnvelopeFormat::Jsonl)]
         format: EnvelopeFormat,
         /// Write the envelope file again from the stored snapshots.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "full")]
         rebuild: bool,
+        /// Print the run's whole snapshot (every record in scope, action `snapshot`) instead
+        /// of its changes; the only output whose Openlane sets say `snapshotComplete: true`.
+        #[arg(long)]
+        full: bool,
     },
     /// Print or write the audit report of a run, or of a period: the runs after --from up to
     /// RUN, or the runs between --since and --until.

@@ -58,9 +58,15 @@ impl Write for Stdout {
     }
 }
 
+/// Standard output, buffered in chunks, for output written as it is produced; a closed pipe
+/// ends it quietly (see [`print_bytes`]).
+pub fn stdout_writer() -> impl Write {
+    std::io::BufWriter::with_capacity(Chunked::CHUNK, Stdout)
+}
+
 /// Pretty JSON written while it is serialized: a diff of 100,000 accounts is not held twice.
 pub fn print_json<T: serde::Serialize>(value: &T) -> Result<(), CliError> {
-    let mut out = std::io::BufWriter::with_capacity(Chunked::CHUNK, Stdout);
+    let mut out = stdout_writer();
     // A failed write already says "cannot write to standard output" (see `print_bytes`).
     serde_json::to_writer_pretty(&mut out, value)
         .map_err(|error| CliError::Runtime(error.to_string()))?;

@@ -3,9 +3,10 @@
 //! one-line [`ConfigError`] that names the file or key and says how to fix it.
 //!
 //! The parts of a source's configuration with their own rules: its cron [`schedule`], its
-//! CEL [`filter`], its token ([`secret`]); and the [`state_dir`] that other local users are
-//! kept out of.
+//! CEL [`filter`], its `ignore_fields` ([`fields`]), its token ([`secret`]); and the
+//! [`state_dir`] that other local users are kept out of.
 
+pub mod fields;
 pub mod filter;
 pub mod schedule;
 pub mod secret;
@@ -216,6 +217,9 @@ pub struct Config {
     pub ledger: LedgerConfig,
     /// The file the configuration was read from, for messages.
     pub origin: String,
+    /// What loading found worth a warning but not a refusal (a deprecated field name, an
+    /// entry that changes nothing), one line each: see [`Config::log_warnings`].
+    pub warnings: Vec<String>,
 }
 
 /// How the evidence ledger is sealed.
@@ -380,8 +384,13 @@ pub struct SourceConfig {
     pub run_timeout: Duration,
     pub ca_file: Option<PathBuf>,
     pub allow_insecure_http: bool,
-    /// Fields that never make a change on their own, e.g. `metadata.last_sync`.
+    /// The normalized record fields that never make a change on their own (e.g.
+    /// `metadata.last_sync`): `ignore_fields` resolved from Authentik's names by [`fields`],
+    /// what the change rule leaves out.
     pub ignore_fields: Vec<String>,
+    /// `ignore_fields` as the configuration wrote it (e.g. `attributes.last_sync`): what a
+    /// run records and shows.
+    pub ignore_fields_as_written: Vec<String>,
     /// When the daemon syncs this source.
     pub schedule: Schedule,
     /// Whether the daemon syncs this source as soon as it starts.
@@ -414,7 +423,8 @@ struct DataShapingSettings<'a> {
     disable_group_sync: bool,
     primary_directory: bool,
     /// Left out when empty, so that sources without any keep the fingerprint that runs
-    /// recorded before it was part of it.
+    /// recorded before it was part of it. The resolved fields, not the names written: an old
+    /// name rewritten as Authentik's changes no record.
     #[serde(skip_serializing_if = "std::collections::BTreeSet::is_empty")]
     ignore_fields: std::collections::BTreeSet<&'a str>,
 }
@@ -483,6 +493,14 @@ impl Config {
             credentials: std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
         };
         validate(raw, path, environment, origin)
+    }
+
+    /// Logs the load's warnings; whoever loaded the configuration calls it once logging is
+    /// set up (the daemon's log level is part of the configuration).
+    pub fn log_warnings(&self) {
+        for warning in &self.warnings {
+            tracing::warn!("{}: {warning}", self.origin);
+        }
     }
 
     /// Reads every token the sources and the webhook name, for the commands that talk to
@@ -725,8 +743,11 @@ fn validate(
             .unwrap_or_else(|| PathBuf::from(SERVICE_CREDENTIALS_DIR)),
     };
     let mut sources = BTreeMap::new();
+    let mut warnings = Vec::new();
     for (name, raw_source) in raw.sources {
-        let source = validate_source(&name, raw_source, &places).map_err(&invalid)?;
+        let (source, source_warnings) =
+            validate_source(&name, raw_source, &places).map_err(&invalid)?;
+        warnings.extend(source_warnings);
         sources.insert(name, source);
     }
     check_one_primary_directory(&sources).map_err(&invalid)?;
@@ -744,6 +765,7 @@ fn validate(
         retention,
         ledger,
         origin,
+        warnings,
     })
 }
 
@@ -1023,7 +1045,12 @@ fn validate_output(raw: RawOutput, places: &Places) -> Result<OutputConfig, Stri
     })
 }
 
-fn validate_source(name: &str, raw: RawSource, places: &Places) -> Result<SourceConfig, String> {
+/// A source's configuration, and the warnings its keys deserve.
+fn validate_source(
+    name: &str,
+    raw: RawSource,
+    places: &Places,
+) -> Result<(SourceConfig, Vec<String>), String> {
     let key = |field: &str| format!("sources.{name}.{field}");
     if !is_valid_source_name(name) {
         return Err(format!(
@@ -1123,17 +1150,9 @@ fn validate_source(name: &str, raw: RawSource, places: &Places) -> Result<Source
         .map(|text| parse_duration(&text))
         .transpose()
         .map_err(|reason| format!("`{}` {reason}", key("expected_interval")))?;
-    if let Some(field) = raw
-        .ignore_fields
-        .iter()
-        .find(|field| field.trim().is_empty())
-    {
-        return Err(format!(
-            "`{}` has an empty entry {field:?}",
-            key("ignore_fields")
-        ));
-    }
-    Ok(SourceConfig {
+    let ignored = fields::resolve(&key("ignore_fields"), &raw.ignore_fields)
+        .map_err(|error| error.to_string())?;
+    let source = SourceConfig {
         name: name.to_string(),
         base_url,
         token,
@@ -1149,7 +1168,8 @@ fn validate_source(name: &str, raw: RawSource, places: &Places) -> Result<Source
         run_timeout: Duration::from_secs(run_timeout_secs),
         ca_file,
         allow_insecure_http: raw.allow_insecure_http,
-        ignore_fields: raw.ignore_fields,
+        ignore_fields: ignored.record_fields,
+        ignore_fields_as_written: raw.ignore_fields,
         schedule,
         run_on_start: raw.run_on_start.unwrap_or(true),
         privileged_groups: raw.privileged_groups,
@@ -1163,7 +1183,8 @@ fn validate_source(name: &str, raw: RawSource, places: &Places) -> Result<Source
             1..=RECENT_RUNS as u32,
             &key("unhealthy_after_failures"),
         )?,
-    })
+    };
+    Ok((source, ignored.warnings))
 }
 
 /// At most one source is the organization's primary directory: two would each claim to be
@@ -1441,7 +1462,7 @@ mod tests {
         assert_eq!(before, source.settings_fingerprint());
         source.disable_group_sync = true;
         assert_ne!(before, source.settings_fingerprint());
-        // ignore_fields shape every hash: changing them restarts the chains explicitly.
+        // ignore_fields shape every hash: a change is a settings event in the ledger.
         let mut source = test_source("https://example.com");
         source.ignore_fields = vec!["metadata.last_sync".into()];
         assert_ne!(before, source.settings_fingerprint());

@@ -166,6 +166,7 @@ async fn reload(
     config_sender: &watch::Sender<Arc<Config>>,
 ) -> Result<(), String> {
     let applied = match Config::load(location).and_then(|mut config| {
+        config.log_warnings();
         config.read_tokens()?;
         config.read_signing_key()?;
         Ok(config)

@@ -313,7 +313,7 @@ impl RunSettings {
             filter: source.filter.clone(),
             disable_group_sync: source.disable_group_sync,
             primary_directory: source.primary_directory,
-            ignore_fields: source.ignore_fields.clone(),
+            ignore_fields: source.ignore_fields_as_written.clone(),
             privileged_groups: source.privileged_groups.clone(),
             privileged_roles: source.privileged_roles.clone(),
             hr_key_field: source.hr_key_field.clone(),
@@ -405,7 +405,7 @@ mod tests {
     fn a_settings_change_names_each_key_old_and_new() {
         let mut source = crate::testing::source_config();
         let before = RunSettings::of(&source);
-        source.ignore_fields = vec!["attributes.department".into()];
+        source.ignore_fields_as_written = vec!["attributes.department".into()];
         source.sla = Some(std::time::Duration::from_secs(3600));
         let after = RunSettings::of(&source);
         let changes = after.changes_since(&before);

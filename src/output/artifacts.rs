@@ -150,15 +150,6 @@ pub fn read_envelope_file(state_dir: &Path, run: &RunRecord) -> Result<Vec<u8>, 
     Ok(bytes)
 }
 
-/// A run's envelopes from its file, checked against the SHA-256 the run recorded.
-pub fn read_envelopes(state_dir: &Path, run: &RunRecord) -> Result<Vec<Envelope>, ArtifactError> {
-    let bytes = read_envelope_file(state_dir, run)?;
-    envelope::parse_jsonl(&bytes).map_err(|error| ArtifactError::Read {
-        path: envelope::envelope_path(state_dir, &run.source, &run.run_id),
-        reason: error.to_string(),
-    })
-}
-
 /// A run's envelope file read a batch at a time, so that what is in memory is one batch
 /// whatever the file's size. It is checked against the SHA-256 the run recorded in one
 /// streaming pass when opened, and then read from the same open file, so a file replaced

@@ -4,12 +4,16 @@
 //! An envelope is emitted exactly when a record's material hash changes (see
 //! [`crate::run::record`]); its `hash` is that material hash, and `previous_hash` is the hash of
 //! the last envelope emitted for the record (for a record that comes back after a deletion,
-//! the deletion's). A new baseline restarts every chain: its envelopes carry no
-//! `previous_hash`. Records and payloads carry no volatile fields, so an envelope file can be
+//! the deletion's, a scope exit included). A source's first run, its only baseline, starts
+//! every chain: its envelopes carry no `previous_hash`. Records and payloads carry no volatile fields, so an envelope file can be
 //! rebuilt from the store byte for byte.
 //!
 //! The file is written while the run is planned, to a temporary file beside its final name,
 //! and renamed into place (after fsync) before the run commits.
+//!
+//! Openlane's payload sets ([`OpenlaneWriter`]) project a run's changes, which are not the
+//! source's complete record set (`snapshotComplete: false`), or a run's whole snapshot
+//! ([`crate::output::snapshot`], the only output marked complete).
 
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -115,11 +119,12 @@ pub struct RecordChange<'r> {
     pub changes: Option<&'r [FieldChange]>,
 }
 
-/// The serialized form of an [`Envelope`], borrowing its parts: same fields, same order.
+/// The serialized form of an [`Envelope`], borrowing its parts: same fields, same order. A
+/// line of a full snapshot has the same shape, with [`Presence`] for its action.
 #[derive(Serialize)]
-struct EnvelopeLine<'a> {
+struct EnvelopeLine<'a, A> {
     schema: Schema,
-    action: Action,
+    action: A,
     source: &'a str,
     integration: &'a str,
     run_id: &'a str,
@@ -138,10 +143,17 @@ struct EnvelopeLine<'a> {
     changes: Option<&'a [FieldChange]>,
 }
 
+/// The action of a line of a run's full snapshot: the record is there, which is no change.
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Presence {
+    Snapshot,
+}
+
 impl EnvelopeContext<'_> {
     /// One line of the envelope file, with its line break.
     pub fn line(&self, change: &RecordChange<'_>) -> Vec<u8> {
-        let line = EnvelopeLine {
+        line_bytes(&EnvelopeLine {
             schema: Schema::of(change.kind),
             action: change.action,
             source: self.source,
@@ -156,11 +168,43 @@ impl EnvelopeContext<'_> {
             record: change.record,
             payload: (change.payload.get() != "null").then_some(change.payload),
             changes: change.changes,
-        };
-        let mut bytes = serde_json::to_vec(&line).expect("an envelope serializes into memory");
-        bytes.push(b'\n');
-        bytes
+        })
     }
+
+    /// One line of a run's full snapshot (see [`crate::output::snapshot`]): the record as the
+    /// run saw it, action `snapshot`, its material hash, without a chain or changes.
+    pub fn snapshot_line(
+        &self,
+        kind: RecordKind,
+        external_id: &str,
+        record: &RawValue,
+        payload: &RawValue,
+        hash: &Hash,
+    ) -> Vec<u8> {
+        line_bytes(&EnvelopeLine {
+            schema: Schema::of(kind),
+            action: Presence::Snapshot,
+            source: self.source,
+            integration: INTEGRATION,
+            run_id: self.run_id,
+            observed_at: self.observed_at,
+            primary_directory: self.primary_directory,
+            external_id,
+            reason: None,
+            hash: hex_hash(hash),
+            previous_hash: None,
+            record,
+            payload: (payload.get() != "null").then_some(payload),
+            changes: None,
+        })
+    }
+}
+
+/// A line as JSON, with its line break.
+fn line_bytes<A: Serialize>(line: &EnvelopeLine<'_, A>) -> Vec<u8> {
+    let mut bytes = serde_json::to_vec(line).expect("an envelope serializes into memory");
+    bytes.push(b'\n');
+    bytes
 }
 
 /// Streams envelopes to a temporary file beside `path`, hashing as it goes.
@@ -272,38 +316,135 @@ pub fn parse_jsonl(bytes: &[u8]) -> Result<Vec<Envelope>, serde_json::Error> {
         .collect()
 }
 
-/// Openlane's payload-set projection: one set per schema, in the order accounts, groups,
-/// memberships, each envelope `{resource, payload}`. A membership's resource is its group
-/// and its payload carries the member uid.
-pub fn openlane_projection(envelopes: &[Envelope], snapshot_complete: bool) -> Value {
-    let sets: Vec<Value> = RecordKind::ALL
-        .into_iter()
-        .map(Schema::of)
-        .map(|schema| {
-            let items: Vec<Value> = envelopes
-                .iter()
-                .filter(|envelope| envelope.schema == schema)
-                .map(|envelope| match schema {
-                    Schema::DirectoryMembership => json!({
-                        "resource": envelope.record["group_external_id"],
-                        "action": envelope.action,
-                        "payload": {
-                            "uid": envelope.record["account_external_id"],
-                            "group": envelope.record["group_external_id"],
-                            "role": envelope.record["role"],
-                        },
-                    }),
-                    _ => json!({
-                        "resource": envelope.external_id,
-                        "action": envelope.action,
-                        "payload": envelope.payload.clone().unwrap_or_else(|| envelope.record.clone()),
-                    }),
-                })
-                .collect();
-            json!({"schema": schema, "envelopes": items, "snapshotComplete": snapshot_complete})
+/// Openlane's payload sets, written as they are produced: one set per schema in the order
+/// accounts, groups, memberships, every set present (empty or not), each envelope one
+/// [`openlane_entry`]. `snapshotComplete` on every set says whether they are the source's
+/// complete record set (a run's whole snapshot), from which a consumer may infer removals,
+/// or a part of it (a run's changes), from which it must not.
+pub struct OpenlaneWriter<W: Write> {
+    out: W,
+    snapshot_complete: bool,
+    /// How many sets are opened so far, in [`RecordKind::ALL`]'s order; the last is open.
+    opened: usize,
+    /// How many envelopes the open set has.
+    in_set: u64,
+    written: u64,
+}
+
+impl<W: Write> OpenlaneWriter<W> {
+    pub fn start(mut out: W, snapshot_complete: bool) -> std::io::Result<OpenlaneWriter<W>> {
+        out.write_all(b"[")?;
+        Ok(OpenlaneWriter {
+            out,
+            snapshot_complete,
+            opened: 0,
+            in_set: 0,
+            written: 0,
         })
-        .collect();
-    Value::Array(sets)
+    }
+
+    /// Adds an envelope to the set of `schema`, which is never one before the open set's.
+    pub fn push(&mut self, schema: Schema, entry: &Value) -> std::io::Result<()> {
+        let index = RecordKind::ALL
+            .iter()
+            .position(|kind| Schema::of(*kind) == schema)
+            .unwrap_or(RecordKind::ALL.len());
+        if index + 1 < self.opened {
+            return Err(std::io::Error::other(format!(
+                "a {schema:?} envelope after a later schema's: the envelopes are not in the order accounts, groups, memberships"
+            )));
+        }
+        while self.opened <= index {
+            self.open_next()?;
+        }
+        self.out
+            .write_all(if self.in_set == 0 { b"\n" } else { b",\n" })?;
+        serde_json::to_writer(&mut self.out, entry)?;
+        self.in_set += 1;
+        self.written += 1;
+        Ok(())
+    }
+
+    /// Closes the open set and opens the next one.
+    fn open_next(&mut self) -> std::io::Result<()> {
+        self.close_set()?;
+        if self.opened > 0 {
+            self.out.write_all(b",\n")?;
+        }
+        let schema = Schema::of(RecordKind::ALL[self.opened]);
+        write!(
+            self.out,
+            "{{\"schema\":{},\"snapshotComplete\":{},\"envelopes\":[",
+            serde_json::to_string(&schema)?,
+            self.snapshot_complete
+        )?;
+        self.opened += 1;
+        self.in_set = 0;
+        Ok(())
+    }
+
+    fn close_set(&mut self) -> std::io::Result<()> {
+        match (self.opened, self.in_set) {
+            (0, _) => Ok(()),
+            (_, 0) => self.out.write_all(b"]}"),
+            _ => self.out.write_all(b"\n]}"),
+        }
+    }
+
+    /// Writes the sets not opened yet and the end; returns how many envelopes were written.
+    pub fn finish(mut self) -> std::io::Result<u64> {
+        while self.opened < RecordKind::ALL.len() {
+            self.open_next()?;
+        }
+        self.close_set()?;
+        self.out.write_all(b"]\n")?;
+        self.out.flush()?;
+        Ok(self.written)
+    }
+}
+
+/// One record in Openlane's shape: `{resource, payload}`, with the `action` of a change (a
+/// snapshot has none). A membership's resource is its group and its payload carries the
+/// member uid; another record's payload is the raw Authentik object (its record without
+/// one).
+pub fn openlane_entry(
+    schema: Schema,
+    external_id: &str,
+    record: &Value,
+    payload: Option<&Value>,
+    action: Option<Action>,
+) -> Value {
+    let mut entry = match schema {
+        Schema::DirectoryMembership => json!({
+            "resource": record["group_external_id"],
+            "payload": {
+                "uid": record["account_external_id"],
+                "group": record["group_external_id"],
+                "role": record["role"],
+            },
+        }),
+        Schema::DirectoryAccount | Schema::DirectoryGroup => json!({
+            "resource": external_id,
+            "payload": payload.unwrap_or(record),
+        }),
+    };
+    if let Some(action) = action {
+        entry["action"] = json!(action);
+    }
+    entry
+}
+
+impl Envelope {
+    /// The change this envelope tells, in Openlane's shape.
+    pub fn openlane_entry(&self) -> Value {
+        openlane_entry(
+            self.schema,
+            &self.external_id,
+            &self.record,
+            self.payload.as_ref(),
+            Some(self.action),
+        )
+    }
 }
 
 #[cfg(test)]
@@ -409,10 +550,27 @@ mod tests {
         let envelopes = parse_jsonl(&bytes).unwrap();
         assert_eq!(envelopes.len(), 2);
         assert!(envelopes[1].payload.is_none());
-        let projection = openlane_projection(&envelopes, true);
+        let mut out = Vec::new();
+        let mut sets = OpenlaneWriter::start(&mut out, false).unwrap();
+        for envelope in &envelopes {
+            sets.push(envelope.schema, &envelope.openlane_entry())
+                .unwrap();
+        }
+        assert_eq!(sets.finish().unwrap(), 2);
+        let projection: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(projection[0]["envelopes"][0]["payload"]["uid"], "u1");
+        assert_eq!(projection[0]["envelopes"][0]["action"], "created");
+        assert_eq!(projection[1]["schema"], "DirectoryGroup");
+        assert_eq!(projection[1]["envelopes"], json!([]));
         assert_eq!(projection[2]["envelopes"][0]["resource"], "g");
         assert_eq!(projection[2]["envelopes"][0]["payload"]["uid"], "u1");
+        for set in projection.as_array().unwrap() {
+            assert_eq!(set["snapshotComplete"], false);
+        }
+        // Sets come in their order: an account after a membership is refused, not mixed in.
+        let mut sets = OpenlaneWriter::start(Vec::new(), false).unwrap();
+        sets.push(Schema::DirectoryMembership, &json!({})).unwrap();
+        assert!(sets.push(Schema::DirectoryAccount, &json!({})).is_err());
     }
 
     #[test]

@@ -131,7 +131,9 @@ pub struct FieldChange {
     pub new: Value,
 }
 
-/// What the source's settings add to the rule: fields that never make a change on their own.
+/// What the source's settings add to the rule: fields that never make a change on their own,
+/// named as the normalized record names them (`display_name`, `metadata.<key>`), which is
+/// what configuration resolves `ignore_fields` to (see [`crate::config::fields`]).
 #[derive(Debug, Clone, Copy)]
 pub struct ChangeRule<'a> {
     ignore_fields: &'a [String],

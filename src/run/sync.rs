@@ -21,7 +21,7 @@ use crate::authentik::client::ProgressFn;
 use crate::authentik::health::{health_record, reason_code};
 use crate::authentik::{AuthentikClient, ClientError, ListKind, RetryPolicy};
 use crate::clock::Clock;
-use crate::config::{Config, SourceConfig};
+use crate::config::{fields, Config, SourceConfig};
 use crate::diff::{diff, AccountRules, DirectoryDiff, RunRef};
 use crate::ledger::entry::RunSettings;
 use crate::ledger::lthash::{LtHash, Tracked};
@@ -599,13 +599,18 @@ pub fn change_counts(diff: &DirectoryDiff) -> ChangeCounts {
 
 /// The fields ignored now or in the previous run: a field that became ignored, or stopped
 /// being, makes no change in the run where the rule changed (see [`SettingsStep::compare`]).
+///
+/// The ledger keeps `ignore_fields` as written, so the previous entries are resolved the way
+/// the configuration's are. An entry today's names refuse was accepted by an older aksync,
+/// which compared it as written: it stays as written.
 fn compared_fields(source: &SourceConfig, previous: Option<&RunSettings>) -> Vec<String> {
     let mut fields = source.ignore_fields.clone();
-    fields.extend(
-        previous
-            .into_iter()
-            .flat_map(|p| p.ignore_fields.iter().cloned()),
-    );
+    for entry in previous.into_iter().flat_map(|p| &p.ignore_fields) {
+        match fields::resolve("ignore_fields", std::slice::from_ref(entry)) {
+            Ok(resolved) => fields.extend(resolved.record_fields),
+            Err(_) => fields.push(entry.clone()),
+        }
+    }
     fields.sort();
     fields.dedup();
     fields

@@ -185,10 +185,11 @@ pub struct StoredRecord {
     pub external_id: String,
     pub valid_from: String,
     pub hash: Hash,
-    pub flags: codec::Flags,
     /// The stored record, without volatile fields.
     pub record: Value,
     pub payload: Value,
+    /// The version's flags: whether the record is in scope, among others.
+    pub flags: Flags,
 }
 
 /// A stored version row a run saw: (external id, valid from, the row).
@@ -588,7 +589,7 @@ impl<'s> Reader<'s> {
         run: &RunRecord,
         kind: RecordKind,
     ) -> Result<Box<dyn Iterator<Item = Result<StoredRecord, StoreError>> + 's>, StoreError> {
-        type Head = Result<(String, String, Hash, codec::Flags), StoreError>;
+        type Head = Result<(String, String, Hash, Flags), StoreError>;
         let heads: Box<dyn Iterator<Item = Head> + 's> = if self.is_latest_complete(run)? {
             Box::new(self.current(&run.source, kind)?.map(|row| {
                 let (external_id, current) = row?;
@@ -625,9 +626,9 @@ impl<'s> Reader<'s> {
                 external_id,
                 valid_from,
                 hash,
-                flags,
                 record,
                 payload,
+                flags,
             })
         })))
     }
