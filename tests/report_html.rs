@@ -183,6 +183,7 @@ fn report() -> Report {
         end: Snapshot::default(),
         privileged_at_baselines: Default::default(),
         settings_changes: vec![],
+        connections: vec![],
         trend,
         generated_at: at(2, 3),
     }

@@ -2,7 +2,9 @@
 //! naming the digest of the entry before it. A run's entry holds everything its evidence
 //! stands on, as of that run: the run record, the settings that shaped it, every event it
 //! found (with the volatile values and privilege as they were then), the population at its
-//! end and the digest of its whole snapshot. Nothing later rewrites it.
+//! end and the digest of its whole snapshot. Nothing later rewrites it. A source's
+//! connection and disconnection are entries too: when collection from it began and ended,
+//! who did it and with which settings.
 
 use std::collections::BTreeMap;
 
@@ -42,6 +44,11 @@ pub enum Body {
     /// Retention removed snapshots and files (never this ledger's entries) or, with
     /// `keep_evidence_days`, the entries before one.
     Pruned(PruneRecord),
+    /// `aksync connect` wrote the source's configuration: collection from it begins.
+    Connected(ConnectionEvent),
+    /// `aksync disconnect` removed the source's configuration: collection from it ends,
+    /// its history stays.
+    Disconnected(ConnectionEvent),
 }
 
 impl Body {
@@ -50,8 +57,92 @@ impl Body {
         match self {
             Body::Run(evidence) => Some(&evidence.run.run_id),
             Body::Reports(files) => Some(&files.run_id),
-            Body::Pruned(_) => None,
+            Body::Pruned(_) | Body::Connected(_) | Body::Disconnected(_) => None,
         }
+    }
+
+    /// A connection or disconnection, with its action's name (`connected`, `disconnected`).
+    pub fn connection(&self) -> Option<(ConnectionAction, &ConnectionEvent)> {
+        match self {
+            Body::Connected(event) => Some((ConnectionAction::Connected, event)),
+            Body::Disconnected(event) => Some((ConnectionAction::Disconnected, event)),
+            Body::Run(_) | Body::Reports(_) | Body::Pruned(_) => None,
+        }
+    }
+}
+
+/// Whether collection from a source began or ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectionAction {
+    Connected,
+    Disconnected,
+}
+
+impl ConnectionAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectionAction::Connected => "connected",
+            ConnectionAction::Disconnected => "disconnected",
+        }
+    }
+}
+
+/// What `aksync connect` wrote or `aksync disconnect` removed, and who did it. Never the
+/// token: `token` says only where it was kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConnectionEvent {
+    pub base_url: String,
+    /// The source's own configuration file (`conf.d/NAME.toml`).
+    pub config_file: String,
+    pub primary_directory: bool,
+    pub disable_group_sync: bool,
+    pub filter: Option<String>,
+    /// Where the token is kept: in the file itself, or the token file it names.
+    pub token: String,
+    /// The host, OS user and aksync version that wrote or removed the file.
+    pub by: crate::output::report::Producer,
+    /// For a connection: the health check that passed before anything was written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authentik_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_user: Option<String>,
+}
+
+impl ConnectionEvent {
+    /// The event of `source`, whose configuration is `config_file`, by this process; a
+    /// connection names the health check it passed.
+    pub fn of(
+        source: &SourceConfig,
+        config_file: &std::path::Path,
+        health: Option<&crate::store::HealthRecord>,
+    ) -> ConnectionEvent {
+        ConnectionEvent {
+            base_url: source.base_url.to_string(),
+            config_file: config_file.display().to_string(),
+            primary_directory: source.primary_directory,
+            disable_group_sync: source.disable_group_sync,
+            filter: source.filter.clone(),
+            token: source.token.whereabouts(),
+            by: crate::output::report::Producer::current(),
+            authentik_version: health.and_then(|health| health.authentik_version.clone()),
+            token_user: health.and_then(|health| health.token_user.clone()),
+        }
+    }
+
+    /// The settings in a line, for `runs` and reports.
+    pub fn summary(&self) -> String {
+        let mut parts = vec![
+            format!("base_url {}", self.base_url),
+            format!("primary_directory {}", self.primary_directory),
+            format!("disable_group_sync {}", self.disable_group_sync),
+        ];
+        if let Some(filter) = &self.filter {
+            parts.push(format!("filter {filter:?}"));
+        }
+        parts.push(format!("token {}", self.token));
+        parts.push(format!("by {}@{}", self.by.os_user, self.by.host));
+        parts.join(", ")
     }
 }
 

@@ -340,6 +340,7 @@ pub(super) fn period_report() -> Report {
                 new: json!(["Finance"]),
             }],
         }],
+        connections: vec![],
         trend: vec![
             trend_point("R1", at(0, 10), 118, 0, 0, 0),
             trend_point("R2", at(1, 0), 119, 0, 0, 1),
@@ -368,6 +369,7 @@ pub(super) fn empty_report() -> Report {
         end: Snapshot::default(),
         privileged_at_baselines: BTreeMap::new(),
         settings_changes: vec![],
+        connections: vec![],
         trend: vec![],
         generated_at: at(3, 0),
     }
