@@ -361,3 +361,37 @@ async fn a_database_of_the_previous_schema_reads_and_takes_a_connection() {
     env.aksync(&["sync", "--source", "hr"]);
     assert_verifies(&env, "hr");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_finds_a_connection_hidden_from_its_index() {
+    let env = TestEnv::start(5).await;
+    let connected = connect(&env, "hr", &["--token-stdin"], Some(SUPERUSER_TOKEN));
+    assert_eq!(
+        connected.code, 0,
+        "{}{}",
+        connected.stdout, connected.stderr
+    );
+    assert_verifies(&env, "hr");
+    {
+        let db = redb::Database::open(env.database()).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut index = txn
+                .open_table(redb::TableDefinition::<&str, &[u8]>::new(
+                    "ledger_connections",
+                ))
+                .unwrap();
+            index.retain(|_, _| false).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    assert!(listed_events(&env).is_empty(), "hidden from `runs`");
+    let verified = env.aksync(&["verify", "--source", "hr"]);
+    assert_eq!(verified.code, 1, "{}{}", verified.stdout, verified.stderr);
+    assert!(
+        verified.stdout.contains("hr: DOES NOT VERIFY")
+            && verified.stdout.contains("index of connections"),
+        "{}",
+        verified.stdout
+    );
+}
