@@ -794,11 +794,11 @@ fn markdown_has_every_section_and_none_when_empty() {
     assert!(markdown.contains("**SLA BREACH**"));
 
     let empty = rendered(&empty_report(), ReportFormat::Markdown);
-    // Coverage gaps, privileged at start and end, granted, removed, group changes,
-    // settings changes, and the event sections.
+    // Connections, coverage gaps, privileged at start and end, granted, removed, group
+    // changes, settings changes, and the event sections.
     assert_eq!(
         empty.matches("\nNone.\n").count(),
-        7 + Section::ALL.len(),
+        8 + Section::ALL.len(),
         "{empty}"
     );
 }
@@ -844,7 +844,7 @@ fn empty_report_says_none_in_every_format() {
     let csv = rendered(&report, ReportFormat::Csv);
     assert_eq!(csv.lines().count(), 2, "a header and the run alone: {csv}");
     let html = rendered(&report, ReportFormat::Html);
-    assert_eq!(html.matches(">None.</td>").count(), 7 + Section::ALL.len());
+    assert_eq!(html.matches(">None.</td>").count(), 8 + Section::ALL.len());
     assert!(!html.contains("class=\"alert\""));
     assert!(html.contains("No complete runs to chart yet."));
 }
