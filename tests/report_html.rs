@@ -184,6 +184,7 @@ fn report() -> Report {
         end: Snapshot::default(),
         privileged_at_restarts: Default::default(),
         settings_changes: vec![],
+        connections: vec![],
         trend,
         generated_at: at(2, 3),
     }

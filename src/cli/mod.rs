@@ -2,6 +2,7 @@
 //! every outcome to an exit code (0 success, 1 a failed run or unhealthy source or runtime
 //! error, 2 bad configuration or usage). Errors are one line on stderr.
 
+mod connect;
 pub(crate) mod evidence;
 pub mod opt;
 pub mod output;
@@ -94,6 +95,34 @@ pub async fn run(opt: Opt) -> Result<Exit, CliError> {
             logging::init(CLI_LOG_LEVEL, LogFormat::Text);
             verify::report(&report, &public_keys, json)
         }
+        // A connection changes the configuration: it is validated with the source added, so
+        // it may be the first source.
+        Command::Connect {
+            name,
+            base_url,
+            token,
+            primary,
+            disable_group_sync,
+            filter,
+            group_filter,
+        } => {
+            logging::init(CLI_LOG_LEVEL, LogFormat::Text);
+            let request = connect::ConnectRequest {
+                name,
+                base_url,
+                token_file: token.token_file,
+                token_stdin: token.token_stdin,
+                primary,
+                disable_group_sync,
+                filter,
+                group_filter,
+            };
+            connect::connect(&location, request, &clock).await
+        }
+        Command::Disconnect { name } => {
+            logging::init(CLI_LOG_LEVEL, LogFormat::Text);
+            connect::disconnect(&location, &name, &clock)
+        }
         Command::Daemon => {
             let mut config = Config::load(&location)?;
             check_needs(&opt.command, &mut config)?;
@@ -144,8 +173,11 @@ async fn run_configured(
 ) -> Result<Exit, CliError> {
     match command {
         // `run` starts these two itself.
-        Command::Demo { .. } | Command::Daemon => Err(CliError::Usage(
-            "the demo and the daemon are not configured commands".into(),
+        Command::Demo { .. }
+        | Command::Daemon
+        | Command::Connect { .. }
+        | Command::Disconnect { .. } => Err(CliError::Usage(
+            "the demo, the daemon, connect and disconnect load the configuration themselves".into(),
         )),
         Command::Keygen {
             out, public, key, ..
@@ -175,11 +207,20 @@ async fn run_configured(
             check(config, source.source.as_deref(), json, clock).await
         }
         Command::Sync { source } => sync(config, source.source.as_deref(), clock).await,
-        Command::Runs { source, json } => {
+        Command::Runs {
+            source,
+            json,
+            events,
+        } => {
             if let Some(name) = &source.source {
                 config.select_sources(Some(name))?;
             }
-            runs(&config.database_path(), source.source.as_deref(), json)
+            runs(
+                &config.database_path(),
+                source.source.as_deref(),
+                json,
+                events,
+            )
         }
         Command::Prune {
             source,
@@ -586,11 +627,35 @@ pub(crate) fn open_existing(database: &Path) -> Result<Option<Store>, CliError> 
     Ok(Some(Store::open_for_reading(database, STORE_WAIT)?))
 }
 
-pub(crate) fn runs(database: &Path, source: Option<&str>, json: bool) -> Result<Exit, CliError> {
+/// One line of `runs`, newest first: a run, or a source's connection or disconnection.
+enum Listed<'a> {
+    Run(&'a RunRecord),
+    Connection(&'a crate::ledger::read::Connection),
+}
+
+impl Listed<'_> {
+    fn at(&self) -> chrono::DateTime<chrono::Utc> {
+        match self {
+            Listed::Run(run) => run.started_at,
+            Listed::Connection(connection) => connection.at,
+        }
+    }
+}
+
+pub(crate) fn runs(
+    database: &Path,
+    source: Option<&str>,
+    json: bool,
+    with_events_in_json: bool,
+) -> Result<Exit, CliError> {
     let store = open_existing(database)?;
-    let runs = match &store {
-        Some(store) => store.runs(source)?,
-        None => Vec::new(),
+    let (runs, connections) = match &store {
+        Some(store) => (
+            store.runs(source)?,
+            crate::ledger::read::connections(&store.reader()?, source)
+                .map_err(|error| CliError::Runtime(error.to_string()))?,
+        ),
+        None => (Vec::new(), Vec::new()),
     };
     // Where each source's kept snapshots start: older runs are evidence only.
     let mut kept_from: std::collections::BTreeMap<String, Option<String>> = Default::default();
@@ -601,33 +666,38 @@ pub(crate) fn runs(database: &Path, source: Option<&str>, json: bool) -> Result<
             }
         }
     }
-    if json {
+    if json && !with_events_in_json {
         print_json(&runs)?;
         return Ok(Exit::Success);
     }
-    if runs.is_empty() {
+    let mut listed: Vec<Listed> = runs
+        .iter()
+        .map(Listed::Run)
+        .chain(connections.iter().map(Listed::Connection))
+        .collect();
+    // Newest first, as the runs are; stable, so runs keep their order among themselves.
+    listed.sort_by_key(|item| std::cmp::Reverse(item.at()));
+    if json {
+        let items = listed
+            .iter()
+            .map(|item| match item {
+                Listed::Run(run) => serde_json::to_value(run),
+                Listed::Connection(connection) => serde_json::to_value(connection),
+            })
+            .collect::<Result<Vec<Value>, _>>()
+            .map_err(|error| CliError::Runtime(format!("cannot serialize the runs: {error}")))?;
+        print_json(&items)?;
+        return Ok(Exit::Success);
+    }
+    if listed.is_empty() {
         output::print_line(&format!("no runs recorded yet in {}", database.display()))?;
         return Ok(Exit::Success);
     }
-    let rows: Vec<Vec<String>> = runs
+    let rows: Vec<Vec<String>> = listed
         .iter()
-        .map(|run| {
-            vec![
-                run.run_id.clone(),
-                run.source.clone(),
-                run.status.as_str().to_string(),
-                run.started_at.format("%Y-%m-%d %H:%M:%S").to_string(),
-                format!(
-                    "{:.1}s",
-                    (run.finished_at - run.started_at).num_milliseconds() as f64 / 1000.0
-                ),
-                run.counts.accounts.to_string(),
-                run.counts.groups.to_string(),
-                run.counts.memberships.to_string(),
-                run.versions_written.to_string(),
-                delivery_cell(run),
-                run_note(run, kept_from.get(&run.source).and_then(Option::as_deref)),
-            ]
+        .map(|item| match item {
+            Listed::Run(run) => run_row(run, kept_from.get(&run.source).and_then(Option::as_deref)),
+            Listed::Connection(connection) => connection_row(connection),
         })
         .collect();
     let headers = [
@@ -645,6 +715,37 @@ pub(crate) fn runs(database: &Path, source: Option<&str>, json: bool) -> Result<
     ];
     output::print(&output::table(&headers, &rows))?;
     Ok(Exit::Success)
+}
+
+fn run_row(run: &RunRecord, snapshots_kept_from: Option<&str>) -> Vec<String> {
+    vec![
+        run.run_id.clone(),
+        run.source.clone(),
+        run.status.as_str().to_string(),
+        run.started_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+        format!(
+            "{:.1}s",
+            (run.finished_at - run.started_at).num_milliseconds() as f64 / 1000.0
+        ),
+        run.counts.accounts.to_string(),
+        run.counts.groups.to_string(),
+        run.counts.memberships.to_string(),
+        run.versions_written.to_string(),
+        delivery_cell(run),
+        run_note(run, snapshots_kept_from),
+    ]
+}
+
+/// A connection or disconnection in the run list: its status column names it, its note
+/// says what was written or removed and by whom.
+fn connection_row(connection: &crate::ledger::read::Connection) -> Vec<String> {
+    let mut row = vec![String::new(); 11];
+    row[0] = format!("ledger entry {}", connection.seq);
+    row[1] = connection.source.clone();
+    row[2] = connection.event.as_str().to_string();
+    row[3] = connection.at.format("%Y-%m-%d %H:%M:%S").to_string();
+    row[10] = connection.details.summary();
+    row
 }
 
 /// What else a reader of the run list must know: the error, the settings the run changed,

@@ -30,17 +30,55 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Add a source: check it as `check` does, then write its own configuration file
+    /// `conf.d/NAME.toml` beside the configuration (owner-only; it holds the token or names
+    /// its file) and record the connection in the evidence ledger. Nothing is written unless
+    /// the check passes.
+    Connect {
+        /// The source's name (lowercase letters, digits, `-` and `_`).
+        name: String,
+        /// The Authentik address, e.g. https://authentik.example.com.
+        #[arg(long, value_name = "URL")]
+        base_url: String,
+        #[command(flatten)]
+        token: TokenArgs,
+        /// Make this source the organization's primary directory.
+        #[arg(long)]
+        primary: bool,
+        /// Sync users only: no groups or memberships.
+        #[arg(long)]
+        disable_group_sync: bool,
+        /// A CEL expression on each account's `payload`: the matching accounts are the
+        /// source's scope (the others are stored too, out of scope).
+        #[arg(long, value_name = "EXPR")]
+        filter: Option<String>,
+        /// The same for groups: a CEL expression on each group's `payload`.
+        #[arg(long, value_name = "EXPR")]
+        group_filter: Option<String>,
+    },
+    /// Remove a source that `connect` added: its file `conf.d/NAME.toml` (the stored
+    /// credentials) goes, the disconnection is recorded in the evidence ledger, and its
+    /// history stays. Revoke the token in Authentik afterwards.
+    Disconnect {
+        /// The source's name.
+        name: String,
+    },
     /// Sync each source now and store the snapshot as a run.
     Sync {
         #[command(flatten)]
         source: SourceArg,
     },
-    /// List stored runs, newest first.
+    /// List stored runs, newest first, with the connections and disconnections of sources
+    /// between them.
     Runs {
         #[command(flatten)]
         source: SourceArg,
         #[arg(long)]
         json: bool,
+        /// With --json: list connections and disconnections too, as objects with an `event`
+        /// key among the runs (without it, --json lists runs only, as it always did).
+        #[arg(long, requires = "json")]
+        events: bool,
     },
     /// Print the accounts, groups or memberships of a stored snapshot.
     Show {
@@ -193,7 +231,11 @@ impl Command {
     /// it may; queries only read.
     pub fn writes_state_dir(&self) -> bool {
         match self {
-            Command::Sync { .. } | Command::Deliver { .. } | Command::Daemon => true,
+            Command::Sync { .. }
+            | Command::Deliver { .. }
+            | Command::Daemon
+            | Command::Connect { .. }
+            | Command::Disconnect { .. } => true,
             Command::Prune { dry_run, .. } => !dry_run,
             Command::Envelopes { rebuild, .. } => *rebuild,
             Command::Check { .. }
@@ -214,6 +256,18 @@ pub struct SourceArg {
     /// Only this source (a `[sources.NAME]` table).
     #[arg(long, value_name = "NAME")]
     pub source: Option<String>,
+}
+
+/// Where `connect` reads the token: exactly one of them.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct TokenArgs {
+    /// A file holding the token alone; the source's file names it (keep it chmod 600).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Read the token from standard input; it is written into the source's file.
+    #[arg(long)]
+    pub token_stdin: bool,
 }
 
 #[derive(Debug, Args)]

@@ -151,7 +151,6 @@ pub(super) fn ledger(
     public_key_files: &[std::path::PathBuf],
     json: bool,
 ) -> Result<Exit, CliError> {
-    let sources = config.select_sources(source)?;
     let since = since
         .map(|since| super::evidence::parse_time("--since", since))
         .transpose()?;
@@ -168,9 +167,10 @@ pub(super) fn ledger(
     let files = StateFiles {
         state_dir: &config.state_dir,
     };
+    let sources = sources_to_verify(config, &store, source)?;
     let mut verdicts: Vec<Verdict> = Vec::new();
     for source in sources {
-        let verdict = verify_source(&store, &source.name, &keys, &files, since)
+        let verdict = verify_source(&store, &source, &keys, &files, since)
             .map_err(|error| CliError::Runtime(error.to_string()))?;
         verdicts.push(verdict);
     }
@@ -189,6 +189,27 @@ pub(super) fn ledger(
     } else {
         Exit::Failure
     })
+}
+
+/// The configured sources and those whose chains outlive their configuration (a
+/// disconnected source's evidence stays, and stays checked); or the one named, if it is
+/// either.
+fn sources_to_verify(
+    config: &Config,
+    store: &crate::store::Store,
+    name: Option<&str>,
+) -> Result<Vec<String>, CliError> {
+    let mut sources: std::collections::BTreeSet<String> = config.sources.keys().cloned().collect();
+    sources.extend(store.reader()?.chained_sources()?);
+    match name {
+        None => Ok(sources.into_iter().collect()),
+        Some(name) if sources.contains(name) => Ok(vec![name.to_string()]),
+        Some(name) => {
+            // Neither configured nor in the store: the error names the configured ones.
+            config.select_sources(Some(name))?;
+            Ok(vec![name.to_string()])
+        }
+    }
 }
 
 fn verdict_line(verdict: &Verdict) -> String {

@@ -3,9 +3,11 @@
 //! one-line [`ConfigError`] that names the file or key and says how to fix it.
 //!
 //! The parts of a source's configuration with their own rules: its cron [`schedule`], its
-//! CEL [`filter`], its `ignore_fields` ([`fields`]), its token ([`secret`]); and the
-//! [`state_dir`] that other local users are kept out of.
+//! CEL [`filter`], its `ignore_fields` ([`fields`]), its token ([`secret`]); the
+//! [`state_dir`] that other local users are kept out of; and the source's own file in
+//! `conf.d/` that `aksync connect` writes ([`drop_in`]).
 
+pub mod drop_in;
 pub mod fields;
 pub mod filter;
 pub mod schedule;
@@ -50,8 +52,8 @@ const SECRET_KEYS: [&str; 1] = ["token"];
 /// Where systemd's `LoadCredential=` puts this unit's credentials when a command runs outside
 /// the service, which has `$CREDENTIALS_DIRECTORY` instead.
 const SERVICE_CREDENTIALS_DIR: &str = "/run/credentials/aksync.service";
-/// A token file larger than this is not a token file.
-const MAX_TOKEN_FILE_BYTES: u64 = 64 * 1024;
+/// A token file (or a token on standard input) larger than this is not a token.
+pub(crate) const MAX_TOKEN_FILE_BYTES: u64 = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -71,6 +73,20 @@ pub enum ConfigError {
     NoConfig(PathBuf),
     #[error("unknown source `{name}`: configured sources are {known}")]
     UnknownSource { name: String, known: String },
+    #[error("cannot write {path}: {reason}; check that its directory exists and is writable by this user")]
+    Unwritable { path: PathBuf, reason: String },
+}
+
+/// A change to the files in `conf.d/`, applied to a load without touching them: how
+/// `aksync connect` validates the source it would add, and `aksync disconnect` what would
+/// remain.
+#[derive(Debug, Clone, Copy)]
+pub enum DropInChange<'a> {
+    None,
+    /// A file of this text added.
+    Add(&'a str),
+    /// This file left out.
+    Remove(&'a Path),
 }
 
 /// Where the configuration file comes from, in order of precedence.
@@ -357,6 +373,14 @@ impl TokenSource {
             TokenSource::File { path, key } => read_token_file(path, key),
         }
     }
+
+    /// Where the token is kept, in words that never include it.
+    pub fn whereabouts(&self) -> String {
+        match self {
+            TokenSource::Inline(_) => "inline in the configuration".to_string(),
+            TokenSource::File { path, key } => format!("{key} {}", path.display()),
+        }
+    }
 }
 
 /// One Authentik instance.
@@ -463,24 +487,16 @@ impl SourceConfig {
 impl Config {
     /// Reads the file, `conf.d/*.toml` beside it in name order, then `AKSYNC_*` variables.
     pub fn load(location: &ConfigLocation) -> Result<Config, ConfigError> {
+        Config::load_changed(location, DropInChange::None)
+    }
+
+    /// [`Config::load`] as if `conf.d/` were changed so.
+    pub fn load_changed(
+        location: &ConfigLocation,
+        change: DropInChange<'_>,
+    ) -> Result<Config, ConfigError> {
         let path = location.path();
-        if let ConfigLocation::Explicit(path) = location {
-            if !path.is_file() {
-                return Err(ConfigError::MissingFile(path.clone()));
-            }
-        }
-        let mut figment = Figment::new();
-        if path.is_file() {
-            figment = figment.merge(Toml::file_exact(path));
-        }
-        for drop_in in conf_d_files(path)? {
-            figment = figment.merge(Toml::file_exact(drop_in));
-        }
-        figment = figment.merge(
-            Env::prefixed(ENV_PREFIX)
-                .split("__")
-                .filter(|key| !ENV_NOT_KEYS.iter().any(|not_key| key == *not_key)),
-        );
+        let figment = figment(location, change)?;
         let origin = path.display().to_string();
         let raw: RawConfig = figment
             .extract()
@@ -543,7 +559,8 @@ impl Config {
         }
     }
 
-    fn read_token(&self, token: &TokenSource) -> Result<(), ConfigError> {
+    /// Reads one token: unreadable, a configuration error; readable by others, a warning.
+    pub fn read_token(&self, token: &TokenSource) -> Result<(), ConfigError> {
         token.read().map_err(|message| ConfigError::Invalid {
             origin: self.origin.clone(),
             message,
@@ -593,11 +610,44 @@ impl Config {
     }
 }
 
-fn conf_d_files(config_path: &Path) -> Result<Vec<PathBuf>, ConfigError> {
-    let dir = config_path
+/// The file, `conf.d/*.toml` beside it in name order (as `change` would leave them), then
+/// `AKSYNC_*` variables.
+fn figment(location: &ConfigLocation, change: DropInChange<'_>) -> Result<Figment, ConfigError> {
+    let path = location.path();
+    if let ConfigLocation::Explicit(path) = location {
+        if !path.is_file() {
+            return Err(ConfigError::MissingFile(path.clone()));
+        }
+    }
+    let mut figment = Figment::new();
+    if path.is_file() {
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    for drop_in in conf_d_files(path)? {
+        if !matches!(change, DropInChange::Remove(removed) if removed == drop_in) {
+            figment = figment.merge(Toml::file_exact(drop_in));
+        }
+    }
+    if let DropInChange::Add(text) = change {
+        figment = figment.merge(Toml::string(text));
+    }
+    Ok(figment.merge(
+        Env::prefixed(ENV_PREFIX)
+            .split("__")
+            .filter(|key| !ENV_NOT_KEYS.iter().any(|not_key| key == *not_key)),
+    ))
+}
+
+/// `conf.d/` beside the configuration file.
+fn conf_d_dir(config_path: &Path) -> PathBuf {
+    config_path
         .parent()
         .unwrap_or(Path::new("."))
-        .join("conf.d");
+        .join("conf.d")
+}
+
+fn conf_d_files(config_path: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+    let dir = conf_d_dir(config_path);
     if !dir.is_dir() {
         return Ok(Vec::new());
     }
@@ -620,14 +670,8 @@ fn figment_error(figment: &Figment, error: figment::Error, default_origin: &str)
     let origin = error
         .metadata
         .as_ref()
-        .or_else(|| figment.find_metadata(&key))
-        .map(|metadata| match &metadata.source {
-            // As given: figment's own Display makes a path relative to the working directory,
-            // which under systemd (`/`) turns /etc/aksync/config.toml into etc/aksync/….
-            Some(figment::Source::File(path)) => path.display().to_string(),
-            Some(source) => source.to_string(),
-            None => metadata.name.to_string(),
-        })
+        .map(shown_origin)
+        .or_else(|| origin_of(figment, &key))
         .unwrap_or_else(|| default_origin.to_string());
     let message = match &error.kind {
         figment::error::Kind::UnknownField(field, _) => {
@@ -662,6 +706,21 @@ fn figment_error(figment: &Figment, error: figment::Error, default_origin: &str)
     ConfigError::Invalid {
         origin,
         message: without_source_lines(&message),
+    }
+}
+
+/// The file or variables that set `key`, as a message names them.
+fn origin_of(figment: &Figment, key: &str) -> Option<String> {
+    figment.find_metadata(key).map(shown_origin)
+}
+
+fn shown_origin(metadata: &figment::Metadata) -> String {
+    match &metadata.source {
+        // As given: figment's own Display makes a path relative to the working directory,
+        // which under systemd (`/`) turns /etc/aksync/config.toml into etc/aksync/….
+        Some(figment::Source::File(path)) => path.display().to_string(),
+        Some(source) => source.to_string(),
+        None => metadata.name.to_string(),
     }
 }
 
@@ -1053,9 +1112,7 @@ fn validate_source(
 ) -> Result<(SourceConfig, Vec<String>), String> {
     let key = |field: &str| format!("sources.{name}.{field}");
     if !is_valid_source_name(name) {
-        return Err(format!(
-            "source name `{name}` is not allowed: use lowercase letters, digits, `-` and `_` (it names files and directories)"
-        ));
+        return Err(source_name_rule(name));
     }
     let base_url =
         normalize_base_url(&raw.base_url, raw.allow_insecure_http).map_err(|reason| {
@@ -1261,6 +1318,13 @@ fn check_hr_key_field(field: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Why `name` is no source name.
+fn source_name_rule(name: &str) -> String {
+    format!(
+        "source name `{name}` is not allowed: use lowercase letters, digits, `-` and `_`, at most 64, not starting with `-` or `_` (it names files and directories)"
+    )
+}
+
 fn is_valid_source_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
@@ -1322,7 +1386,7 @@ fn read_token_file(path: &Path, key: &str) -> Result<ApiToken, String> {
 /// and anything but visible ASCII inside is an error, so that a stray line break or a
 /// pasted "Bearer " fails here and not as a confusing request error. The value is never
 /// echoed.
-fn checked_token(raw: &str, what: &str) -> Result<ApiToken, String> {
+pub(crate) fn checked_token(raw: &str, what: &str) -> Result<ApiToken, String> {
     let token = raw.trim();
     if token.is_empty() {
         return Err(format!("{what} is empty: put the API token in it"));

@@ -1,5 +1,6 @@
 //! The API token type. It is the only place that holds the secret, and its `Debug`/`Display`
-//! never show it, so the token cannot leak into logs, errors, reports or the database.
+//! never show it (only the `Authorization` header and the configuration file
+//! `aksync connect` writes get the value), so the token cannot leak into logs, errors, reports or the database.
 
 use std::fmt;
 
@@ -15,6 +16,12 @@ impl ApiToken {
 
     pub fn bearer_header(&self) -> String {
         format!("Bearer {}", self.0)
+    }
+
+    /// The value, for the one file that keeps it: the source's own configuration file that
+    /// `aksync connect` writes, readable by its owner only.
+    pub(crate) fn config_value(&self) -> &str {
+        &self.0
     }
 }
 

@@ -91,7 +91,7 @@ pub async fn run(
         cli::show(&database, DEMO_SOURCE, kind, "latest", false, &table)?;
     }
     print_line("")?;
-    cli::runs(&database, None, false)?;
+    cli::runs(&database, None, false, false)?;
     print_line(&format!(
         "\nEnvelopes and audit reports are in {}/envelopes and {}/reports.\n\
          Query the stored history yourself, e.g.:\n  aksync --config {} report latest\n  aksync --config {} show memberships",

@@ -2,7 +2,9 @@
 //! naming the digest of the entry before it. A run's entry holds everything its evidence
 //! stands on, as of that run: the run record, the settings that shaped it, every event it
 //! found (with the volatile values and privilege as they were then), the population at its
-//! end and the digest of its whole snapshot. Nothing later rewrites it.
+//! end and the digest of its whole snapshot. Nothing later rewrites it. A source's
+//! connection and disconnection are entries too: when collection from it began and ended,
+//! who did it and with which settings.
 
 use std::collections::BTreeMap;
 
@@ -42,6 +44,11 @@ pub enum Body {
     /// Retention removed snapshots and files (never this ledger's entries) or, with
     /// `keep_evidence_days`, the entries before one.
     Pruned(PruneRecord),
+    /// `aksync connect` wrote the source's configuration: collection from it begins.
+    Connected(ConnectionEvent),
+    /// `aksync disconnect` removed the source's configuration: collection from it ends,
+    /// its history stays.
+    Disconnected(ConnectionEvent),
 }
 
 impl Body {
@@ -50,8 +57,98 @@ impl Body {
         match self {
             Body::Run(evidence) => Some(&evidence.run.run_id),
             Body::Reports(files) => Some(&files.run_id),
-            Body::Pruned(_) => None,
+            Body::Pruned(_) | Body::Connected(_) | Body::Disconnected(_) => None,
         }
+    }
+
+    /// A connection or disconnection, with its action's name (`connected`, `disconnected`).
+    pub fn connection(&self) -> Option<(ConnectionAction, &ConnectionEvent)> {
+        match self {
+            Body::Connected(event) => Some((ConnectionAction::Connected, event)),
+            Body::Disconnected(event) => Some((ConnectionAction::Disconnected, event)),
+            Body::Run(_) | Body::Reports(_) | Body::Pruned(_) => None,
+        }
+    }
+}
+
+/// Whether collection from a source began or ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectionAction {
+    Connected,
+    Disconnected,
+}
+
+impl ConnectionAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectionAction::Connected => "connected",
+            ConnectionAction::Disconnected => "disconnected",
+        }
+    }
+}
+
+/// What `aksync connect` wrote or `aksync disconnect` removed, and who did it. Never the
+/// token: `token` says only where it was kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConnectionEvent {
+    pub base_url: String,
+    /// The source's own configuration file (`conf.d/NAME.toml`).
+    pub config_file: String,
+    pub primary_directory: bool,
+    pub disable_group_sync: bool,
+    pub filter: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_filter: Option<String>,
+    /// Where the token is kept: in the file itself, or the token file it names.
+    pub token: String,
+    /// The host, OS user and aksync version that wrote or removed the file.
+    pub by: crate::output::report::Producer,
+    /// For a connection: the health check that passed before anything was written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authentik_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_user: Option<String>,
+}
+
+impl ConnectionEvent {
+    /// The event of `source`, whose configuration is `config_file`, by this process; a
+    /// connection names the health check it passed.
+    pub fn of(
+        source: &SourceConfig,
+        config_file: &std::path::Path,
+        health: Option<&crate::store::HealthRecord>,
+    ) -> ConnectionEvent {
+        ConnectionEvent {
+            base_url: source.base_url.to_string(),
+            config_file: config_file.display().to_string(),
+            primary_directory: source.primary_directory,
+            disable_group_sync: source.disable_group_sync,
+            filter: source.filter.clone(),
+            group_filter: source.group_filter.clone(),
+            token: source.token.whereabouts(),
+            by: crate::output::report::Producer::current(),
+            authentik_version: health.and_then(|health| health.authentik_version.clone()),
+            token_user: health.and_then(|health| health.token_user.clone()),
+        }
+    }
+
+    /// The settings in a line, for `runs` and reports.
+    pub fn summary(&self) -> String {
+        let mut parts = vec![
+            format!("base_url {}", self.base_url),
+            format!("primary_directory {}", self.primary_directory),
+            format!("disable_group_sync {}", self.disable_group_sync),
+        ];
+        if let Some(filter) = &self.filter {
+            parts.push(format!("filter {filter:?}"));
+        }
+        if let Some(filter) = &self.group_filter {
+            parts.push(format!("group_filter {filter:?}"));
+        }
+        parts.push(format!("token {}", self.token));
+        parts.push(format!("by {}@{}", self.by.os_user, self.by.host));
+        parts.join(", ")
     }
 }
 
@@ -286,6 +383,9 @@ impl PrivilegedList {
 pub struct RunSettings {
     pub base_url: String,
     pub filter: Option<String>,
+    /// Left out when unset: entries written before it existed read the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_filter: Option<String>,
     pub disable_group_sync: bool,
     pub primary_directory: bool,
     pub ignore_fields: Vec<String>,
@@ -311,6 +411,7 @@ impl RunSettings {
         RunSettings {
             base_url: source.base_url.to_string(),
             filter: source.filter.clone(),
+            group_filter: source.group_filter.clone(),
             disable_group_sync: source.disable_group_sync,
             primary_directory: source.primary_directory,
             ignore_fields: source.ignore_fields_as_written.clone(),
@@ -407,12 +508,20 @@ mod tests {
         let before = RunSettings::of(&source);
         source.ignore_fields_as_written = vec!["attributes.department".into()];
         source.sla = Some(std::time::Duration::from_secs(3600));
+        source.group_filter = Some("payload.name != 'x'".into());
         let after = RunSettings::of(&source);
         let changes = after.changes_since(&before);
         let keys: Vec<&str> = changes.iter().map(|change| change.key.as_str()).collect();
-        assert_eq!(keys, ["ignore_fields", "sla_seconds"]);
-        assert_eq!(changes[1].old, Value::Null);
-        assert_eq!(changes[1].new, 3600);
+        assert_eq!(keys, ["group_filter", "ignore_fields", "sla_seconds"]);
+        assert_eq!(changes[0].old, Value::Null);
+        assert_eq!(changes[0].new, "payload.name != 'x'");
+        assert_eq!(changes[2].old, Value::Null);
+        assert_eq!(changes[2].new, 3600);
+        // Settings written before group_filter existed read as without one.
+        let mut older = serde_json::to_value(&before).unwrap();
+        older.as_object_mut().unwrap().remove("group_filter");
+        let older: RunSettings = serde_json::from_value(older).unwrap();
+        assert_eq!(older, before);
         assert!(after.changes_since(&after).is_empty());
     }
 

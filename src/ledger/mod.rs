@@ -4,7 +4,8 @@
 //! Every source has a chain of entries ([`entry`]): one per run, complete or failed, with
 //! the run record, the settings that shaped it, every event it found as of that run (the
 //! leavers' logins and privilege at departure included) and the population at its end; one
-//! per set of report files a run wrote; one per prune. Each entry names the digest of the
+//! per set of report files a run wrote; one per prune; one per connection or
+//! disconnection of the source (`aksync connect`, `aksync disconnect`). Each entry names the digest of the
 //! one before it and is sealed ([`seal`]) with its own digest and, with a signing key, an
 //! Ed25519 signature. A run's entry also holds the digest of the run's whole snapshot
 //! ([`lthash`]), updated by each run's changes alone.
@@ -127,6 +128,9 @@ impl Sealer for Pending<'_> {
 
     fn index(&self, rows: &mut IndexRows<'_>) -> Result<(), IndexError> {
         self.index.write(rows)?;
+        if self.body.connection().is_some() {
+            rows.connection()?;
+        }
         if let Body::Run(evidence) = &self.body {
             let unwritable = |error: serde_json::Error| IndexError::source(error.to_string());
             let settings = serde_json::to_vec(&evidence.settings).map_err(unwritable)?;

@@ -1,11 +1,13 @@
 //! Reading evidence back as it was written: a run's entry with its seal, the privileged
-//! accounts at a run, the report files a run wrote, and the departure an account's history
-//! recorded. Each costs the entries it reads, never a replay of snapshots.
+//! accounts at a run, the report files a run wrote, the departure an account's history
+//! recorded, and the connections and disconnections of sources. Each costs the entries it reads, never a replay of snapshots.
 
 use crate::diff::{LastActive, PrivilegedAccount};
 use crate::store::{KeptState, Reader};
 
-use super::entry::{Body, PrivilegedList, ReportFiles, RunEvidence, RunSettings};
+use super::entry::{
+    Body, ConnectionAction, ConnectionEvent, PrivilegedList, ReportFiles, RunEvidence, RunSettings,
+};
 use super::seal::Seal;
 use super::{parse_entry, Entry, LedgerError};
 
@@ -55,6 +57,54 @@ fn decode_seal(source: &str, row: &crate::store::LedgerRow) -> Result<Seal, Ledg
         seq: row.seq,
         reason: "its seal does not read back".into(),
     })
+}
+
+/// A source connected or disconnected, as its entry recorded it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Connection {
+    pub source: String,
+    /// `connected` or `disconnected`.
+    pub event: ConnectionAction,
+    pub at: chrono::DateTime<chrono::Utc>,
+    #[serde(flatten)]
+    pub details: ConnectionEvent,
+    pub seq: u64,
+    /// The ledger digest of its entry.
+    pub entry_digest: String,
+}
+
+/// The connections and disconnections of a source (of every source, without `source`), in
+/// chain order; found through their index, so that the runs between them are not read.
+pub fn connections(
+    reader: &Reader<'_>,
+    source: Option<&str>,
+) -> Result<Vec<Connection>, LedgerError> {
+    let mut found = Vec::new();
+    for (source, seq) in reader.connection_entries(source)? {
+        let Some(Sealed { entry, seal }) = sealed(reader, &source, seq)? else {
+            return Err(LedgerError::Unreadable {
+                source_name: source,
+                seq,
+                reason: "the index of connections names it, but it is not in the chain".into(),
+            });
+        };
+        let Some((event, details)) = entry.body.connection() else {
+            return Err(LedgerError::Unreadable {
+                source_name: source,
+                seq,
+                reason: "the index of connections names it, but it is no connection".into(),
+            });
+        };
+        found.push(Connection {
+            event,
+            details: details.clone(),
+            at: entry.recorded_at,
+            seq,
+            entry_digest: seal.hex(),
+            source,
+        });
+    }
+    Ok(found)
 }
 
 /// A run's own entry, if the ledger has one.

@@ -8,7 +8,8 @@
 //! entry. The envelope file and report files each entry names must hash as recorded, unless
 //! a prune entry says retention removed them; each complete run's snapshot digest is
 //! recomputed from the stored versions in one pass over them (see [`super::snapshot`]),
-//! unless retention removed that snapshot. The cost is the entries, the versions and the
+//! unless retention removed that snapshot. The index of connections and disconnections
+//! must list exactly the entries that are ones. The cost is the entries, the versions and the
 //! files: it does not grow with runs × records.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -108,6 +109,7 @@ pub fn verify_source(
     let mut pruned_snapshots: BTreeSet<String> = BTreeSet::new();
     let mut pruned_files: BTreeSet<String> = BTreeSet::new();
     let mut entry_of_run: BTreeMap<String, u64> = BTreeMap::new();
+    let mut connection_entries: Vec<u64> = Vec::new();
     let mut last_seal: Option<Vec<u8>> = None;
     let in_scope = |run: &RunRecord| since.is_none_or(|since| run.started_at >= since);
     for row in reader.ledger_entries(source, 0)? {
@@ -285,6 +287,7 @@ pub fn verify_source(
                     evidence_pruned = Some((before, pruned.last_removed_digest));
                 }
             }
+            Body::Connected(_) | Body::Disconnected(_) => connection_entries.push(seq),
         }
     }
     if let Some(broken) = verdict.first_break.as_mut() {
@@ -322,6 +325,7 @@ pub fn verify_source(
         return Ok(verdict);
     }
     check_chain_start(&mut verdict, first_prev, evidence_pruned);
+    check_connection_index(&reader, source, &connection_entries, &mut verdict)?;
     check_every_run_has_an_entry(&runs, &entry_of_run, &mut verdict);
     for claim in claims {
         if verdict.first_break.is_some() {
@@ -381,6 +385,37 @@ pub fn verify_source(
         ));
     }
     Ok(verdict)
+}
+
+/// `runs` and reports find connections and disconnections through their index: it must
+/// name exactly the entries that are ones, or they would hide one or show one that is not.
+fn check_connection_index(
+    reader: &crate::store::Reader<'_>,
+    source: &str,
+    in_chain: &[u64],
+    verdict: &mut Verdict,
+) -> Result<(), LedgerError> {
+    let indexed: Vec<u64> = reader
+        .connection_entries(Some(source))?
+        .into_iter()
+        .map(|(_, seq)| seq)
+        .collect();
+    if indexed != in_chain {
+        let differing = indexed
+            .iter()
+            .filter(|seq| !in_chain.contains(seq))
+            .chain(in_chain.iter().filter(|seq| !indexed.contains(seq)))
+            .next()
+            .copied();
+        verdict.fail(
+            differing,
+            None,
+            format!(
+                "the index of connections names entries {indexed:?}, but the chain's connections and disconnections are entries {in_chain:?}: the index was changed"
+            ),
+        );
+    }
+    Ok(())
 }
 
 /// The fields in which two run records differ, by name.

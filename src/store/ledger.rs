@@ -15,6 +15,7 @@
 //! | `ledger_accounts` | `source␟uid␟run_id` | what the run found for the account |
 //! | `ledger_names` | `source␟name␟uid` | nothing: the usernames and emails an account had |
 //! | `ledger_settings` | `source␟run_id` | the keys of the settings the run changed (JSON) |
+//! | `ledger_connections` | `source␟seq` | nothing: the entries that connected or disconnected the source |
 //! | `snapshot_digests` | source | the LtHash state of the latest complete run |
 //! | `privileged_now` | source | the privileged accounts of the latest complete run (JSON) |
 //! | `run_settings` | source | the settings of the latest run (JSON) |
@@ -36,6 +37,10 @@ pub(super) const LEDGER_NAMES: TableDefinition<&str, &[u8]> = TableDefinition::n
 /// The runs that changed settings, so that `history` tells them without reading every entry.
 pub(super) const LEDGER_SETTINGS: TableDefinition<&str, &[u8]> =
     TableDefinition::new("ledger_settings");
+/// The entries that connected or disconnected a source, so that `runs` and reports list them
+/// without reading every entry.
+pub(super) const LEDGER_CONNECTIONS: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("ledger_connections");
 pub(super) const SNAPSHOT_DIGESTS: TableDefinition<&str, &[u8]> =
     TableDefinition::new("snapshot_digests");
 pub(super) const PRIVILEGED_NOW: TableDefinition<&str, &[u8]> =
@@ -133,6 +138,7 @@ pub struct IndexRows<'t> {
     store: &'t Store,
     txn: &'t WriteTransaction,
     source: &'t str,
+    seq: u64,
     run_id: Option<&'t str>,
     accounts: Option<redb::Table<'t, &'static str, &'static [u8]>>,
     names: Option<redb::Table<'t, &'static str, &'static [u8]>>,
@@ -180,6 +186,20 @@ impl IndexRows<'_> {
         let key = format!("{}{SEP}{run_id}", self.source);
         let mut none = None;
         insert_opening(self.store, self.txn, &mut none, LEDGER_SETTINGS, &key, keys)
+    }
+
+    /// The entry connected or disconnected its source.
+    pub fn connection(&mut self) -> Result<(), IndexError> {
+        let key = seq_key(self.source, self.seq);
+        let mut none = None;
+        insert_opening(
+            self.store,
+            self.txn,
+            &mut none,
+            LEDGER_CONNECTIONS,
+            &key,
+            &[],
+        )
     }
 
     /// What the next run of the source starts from.
@@ -302,6 +322,7 @@ pub(super) fn append_in(
         store,
         txn,
         source,
+        seq: write.seq,
         run_id: run.map(|run| run.run_id.as_str()),
         accounts: None,
         names: None,
@@ -323,8 +344,10 @@ pub(super) fn remove_before_in(
     let guard = &store.guard;
     let start = codec::source_prefix(source);
     let end = seq_key(source, seq);
-    let mut entries = guard.call(|| txn.open_table(LEDGER))?;
-    guard.call(|| entries.retain_in(start.as_str()..end.as_str(), |_, _| false))?;
+    for table in [LEDGER, LEDGER_CONNECTIONS] {
+        let mut rows = guard.call(|| txn.open_table(table))?;
+        guard.call(|| rows.retain_in(start.as_str()..end.as_str(), |_, _| false))?;
+    }
     let mut settings = guard.call(|| txn.open_table(LEDGER_SETTINGS))?;
     for run_id in run_ids {
         let key = format!("{source}{SEP}{run_id}");
@@ -440,6 +463,35 @@ impl Reader<'_> {
         source: &str,
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         self.optional_rows(LEDGER_SETTINGS, &codec::source_prefix(source))
+    }
+
+    /// The sequence numbers of the entries that connected or disconnected a source, by
+    /// source (every source's, without `source`), in chain order.
+    pub fn connection_entries(
+        &self,
+        source: Option<&str>,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        let prefix = source.map(codec::source_prefix).unwrap_or_default();
+        self.optional_rows(LEDGER_CONNECTIONS, &prefix)?
+            .into_iter()
+            .map(|(rest, _)| {
+                let key = format!("{prefix}{rest}");
+                let (source, seq) = key
+                    .rsplit_once(SEP)
+                    .ok_or_else(|| corrupt_value("ledger connection key"))?;
+                Ok((source.to_string(), parse_seq(seq)?))
+            })
+            .collect::<Result<_, Failure>>()
+            .map_err(|failure| failure.into_store_error(&self.store.path))
+    }
+
+    /// The sources that have a ledger chain, configured now or not.
+    pub fn chained_sources(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .optional_rows(LEDGER_HEADS, "")?
+            .into_iter()
+            .map(|(source, _)| source)
+            .collect())
     }
 
     /// The uids of the accounts that ever had `name` as username or email.

@@ -166,6 +166,7 @@ impl Store {
             ledger::LEDGER_ACCOUNTS,
             ledger::LEDGER_NAMES,
             ledger::LEDGER_SETTINGS,
+            ledger::LEDGER_CONNECTIONS,
             ledger::SNAPSHOT_DIGESTS,
             ledger::PRIVILEGED_NOW,
             ledger::RUN_SETTINGS,

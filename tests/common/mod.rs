@@ -220,6 +220,12 @@ fn own_peak_kib(status: &str) -> Option<i64> {
 }
 
 pub fn run_binary(config: Option<&Path>, args: &[&str]) -> Run {
+    run_binary_with_input(config, args, None)
+}
+
+/// The binary with `input` on its standard input (none: an empty one).
+pub fn run_binary_with_input(config: Option<&Path>, args: &[&str], input: Option<&str>) -> Run {
+    use std::io::Write;
     let mut command = Command::new(env!("CARGO_BIN_EXE_aksync"));
     if let Some(config) = config {
         command.arg("--config").arg(config);
@@ -227,12 +233,21 @@ pub fn run_binary(config: Option<&Path>, args: &[&str]) -> Run {
     command
         .args(args)
         .env_remove("AKSYNC_CONFIG")
-        .env_remove("STATE_DIRECTORY");
+        .env_remove("STATE_DIRECTORY")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().expect("aksync runs");
+    let mut stdin = child.stdin.take().expect("stdin piped");
+    if let Some(input) = input {
+        stdin.write_all(input.as_bytes()).expect("stdin written");
+    }
+    drop(stdin);
     let Output {
         status,
         stdout,
         stderr,
-    } = command.output().expect("aksync runs");
+    } = child.wait_with_output().expect("aksync runs");
     let run = Run {
         code: status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&stdout).into_owned(),

@@ -205,6 +205,19 @@ pub fn build_report(
 ) -> Result<Report, StoreError> {
     let chosen = choose(store, &source.name, selection)?;
     let reader = store.reader()?;
+    // A source's first run reports its connection too, whenever it was made.
+    let connections_after = match (selection, &chosen.start_run) {
+        (Selection::Run(_), None) => None,
+        _ => Some(chosen.start),
+    };
+    let connections = ledger::read::connections(&reader, Some(&source.name))
+        .map_err(ledger_error)?
+        .into_iter()
+        .filter(|connection| {
+            connection.at <= chosen.end
+                && connections_after.is_none_or(|after| connection.at > after)
+        })
+        .collect();
     let views: Vec<RunView> = chosen
         .in_period
         .into_iter()
@@ -326,6 +339,7 @@ pub fn build_report(
         end,
         privileged_at_restarts,
         settings_changes,
+        connections,
         trend,
         generated_at,
     })

@@ -404,6 +404,11 @@ pub(super) fn summary(report: &Report, figures: &Figures) -> Block {
         ),
         line("Coverage gaps", figures.gaps.len().to_string(), "coverage"),
         line(
+            "Connections and disconnections",
+            report.connections.len().to_string(),
+            "connections",
+        ),
+        line(
             "Settings changes",
             report
                 .settings_changes
@@ -514,6 +519,7 @@ fn reconciled(line: &RollForwardLine) -> &'static str {
 pub(super) fn blocks(report: &Report, figures: &Figures) -> Vec<Block> {
     vec![
         runs_block(report),
+        connections_block(report),
         coverage_block(report, figures),
         roll_forward_block(report, figures),
         privileged_block(report, Side::Start),
@@ -583,6 +589,35 @@ fn scope_block(report: &Report) -> Block {
         alert: false,
         listing: true,
         rows,
+    }
+}
+
+/// When collection from the source began and ended: between a disconnection and the next
+/// connection the source was not collected from, whatever the schedule says.
+fn connections_block(report: &Report) -> Block {
+    let rows = report
+        .connections
+        .iter()
+        .map(|connection| {
+            vec![
+                text(timestamp(connection.at)),
+                code(connection.event.as_str()),
+                text(connection.details.summary()),
+                code(connection.entry_digest.clone()),
+            ]
+        })
+        .collect();
+    Block {
+        id: "connections",
+        title: "Connections and disconnections",
+        description: "When `aksync connect` wrote the source's configuration and `aksync disconnect` removed it, with the settings written and who did it, as the ledger recorded them. Nothing is collected between a disconnection and the next connection.".to_string(),
+        columns: vec![("When", 18), ("Event", 12), ("Settings and by whom", 50), ("Ledger digest", 20)],
+        rows,
+        alert: report
+            .connections
+            .iter()
+            .any(|connection| connection.event == crate::ledger::entry::ConnectionAction::Disconnected),
+        listing: true,
     }
 }
 

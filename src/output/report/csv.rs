@@ -241,6 +241,14 @@ pub(super) fn render(report: &Report) -> String {
         .iter()
         .flat_map(|run| run_rows(report, run))
         .collect();
+    rows.extend(report.connections.iter().map(|connection| {
+        sparse_row(&[
+            ("source", report.header.source.clone()),
+            ("event", connection.event.as_str().to_string()),
+            ("reason", connection.details.summary()),
+            ("detected_at", timestamp(connection.at)),
+        ])
+    }));
     for event in events(report) {
         let row = row(&event);
         let fixed = |change: Option<&FieldChange>| {

@@ -51,6 +51,8 @@ struct JsonPeriod<'a> {
     settings: &'a super::ReportSettings,
     /// Settings the period's runs recorded differently from the run before them.
     settings_changes: &'a [super::SettingsChanged],
+    /// When the source was connected or disconnected in the period.
+    connections: &'a [crate::ledger::read::Connection],
     /// The ledger digest of the report's run, its signer, and the oldest evidence kept.
     evidence: &'a super::EvidenceInfo,
     producer: &'a super::Producer,
@@ -171,6 +173,7 @@ pub(super) fn render(report: &Report) -> Result<Vec<u8>, ReportError> {
             group_sync: header.group_sync,
             settings: &header.settings,
             settings_changes: &report.settings_changes,
+            connections: &report.connections,
             evidence: &header.evidence,
             producer: &header.producer,
             settings_fingerprints: report

@@ -104,7 +104,7 @@ pub struct ReportSettings {
 }
 
 /// Who made the report, where, and with what.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Producer {
     pub host: String,
     pub os_user: String,
@@ -220,6 +220,9 @@ pub struct Report {
     pub privileged_at_restarts: BTreeMap<String, u64>,
     /// The settings changes the period's runs recorded, oldest first.
     pub settings_changes: Vec<SettingsChanged>,
+    /// When the source was connected or disconnected in the period, oldest first: between a
+    /// disconnection and the next connection nothing was collected.
+    pub connections: Vec<crate::ledger::read::Connection>,
     /// Complete runs for the chart, oldest first.
     pub trend: Vec<TrendPoint>,
     pub generated_at: DateTime<Utc>,

@@ -341,6 +341,7 @@ pub(super) fn period_report() -> Report {
                 new: json!(["Finance"]),
             }],
         }],
+        connections: vec![],
         trend: vec![
             trend_point("R1", at(0, 10), 118, 0, 0, 0),
             trend_point("R2", at(1, 0), 119, 0, 0, 1),
@@ -369,6 +370,7 @@ pub(super) fn empty_report() -> Report {
         end: Snapshot::default(),
         privileged_at_restarts: BTreeMap::new(),
         settings_changes: vec![],
+        connections: vec![],
         trend: vec![],
         generated_at: at(3, 0),
     }
@@ -793,11 +795,11 @@ fn markdown_has_every_section_and_none_when_empty() {
     assert!(markdown.contains("**SLA BREACH**"));
 
     let empty = rendered(&empty_report(), ReportFormat::Markdown);
-    // Coverage gaps, privileged at start and end, granted, removed, group changes,
-    // settings changes, scope changes, and the event sections.
+    // Connections, coverage gaps, privileged at start and end, granted, removed, group
+    // changes, settings changes, scope changes, and the event sections.
     assert_eq!(
         empty.matches("\nNone.\n").count(),
-        8 + Section::ALL.len(),
+        9 + Section::ALL.len(),
         "{empty}"
     );
 }
@@ -843,7 +845,7 @@ fn empty_report_says_none_in_every_format() {
     let csv = rendered(&report, ReportFormat::Csv);
     assert_eq!(csv.lines().count(), 2, "a header and the run alone: {csv}");
     let html = rendered(&report, ReportFormat::Html);
-    assert_eq!(html.matches(">None.</td>").count(), 8 + Section::ALL.len());
+    assert_eq!(html.matches(">None.</td>").count(), 9 + Section::ALL.len());
     assert!(!html.contains("class=\"alert\""));
     assert!(html.contains("No complete runs to chart yet."));
 }
