@@ -529,6 +529,30 @@ fn filter_of_terms(count: usize) -> String {
 }
 
 #[test]
+fn a_syntax_error_in_either_filter_names_the_key_and_position_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    for (key, expression, position) in [
+        ("filter", "payload.type == ", "<input>:1:17"),
+        ("group_filter", "payload.name.startsWith(", "<input>:1:25"),
+    ] {
+        config_error(
+            dir.path(),
+            &format!(
+                "state_dir = {:?}\n{GOOD_SOURCE}{key} = {expression:?}\n",
+                state.display().to_string()
+            ),
+            &[
+                &format!("`sources.corp.{key}` is not a valid CEL expression"),
+                position,
+                "Syntax error",
+            ],
+        );
+        assert!(!state.exists(), "{key}: nothing is written");
+    }
+}
+
+#[test]
 fn runaway_filters_are_refused_alike_by_check_sync_and_queries() {
     // Once these crashed the process (a stack overflow or a panic in the CEL parser), or
     // passed `check` and then crashed `sync`: now each is one configuration error, the same

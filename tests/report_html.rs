@@ -134,6 +134,13 @@ fn report() -> Report {
             pk: 12,
         }),
         changes: None,
+        scope: Some(aksync::store::ScopeCounts {
+            accounts_out_of_scope: 212,
+            groups_out_of_scope: 3,
+            memberships_out_of_scope: 840,
+            filter_errors_excluded: 7,
+            filter_errors_included: 0,
+        }),
         entry_digest: Some(hex_id("entry")),
         expected_interval_seconds: Some(2_700),
     };

@@ -289,3 +289,83 @@ async fn toggling_the_primary_directory_changes_no_record() {
     let runs = env.aksync(&["runs", "--json"]).json();
     assert!(runs.to_string().contains("primary_directory"), "{runs}");
 }
+
+/// A filter on an attribute most accounts lack: `on_filter_error` decides, through the binary.
+/// `fail` fails the run naming an account and the expression; `exclude` and `include` put the
+/// accounts it cannot judge out of or into the scope, and the run and its report count them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_on_filter_error_mode_on_a_missing_attribute() {
+    let env = TestEnv::start(12).await;
+    let cast: Vec<String> = env.fake.with_state(|state| {
+        let mut names: Vec<String> = state
+            .directory
+            .users
+            .values()
+            .map(|user| user.username.clone())
+            .collect();
+        names.sort();
+        names
+    });
+    let (high, low) = (&cast[..2], &cast[2]);
+    env.fake.with_state(|state| {
+        for user in state.directory.users.values_mut() {
+            if high.contains(&user.username) {
+                user.attributes["clearance"] = json!("high");
+            } else if &user.username == low {
+                user.attributes["clearance"] = json!("low");
+            }
+        }
+    });
+    let unjudged = (cast.len() - 3) as u64;
+    let filter = "filter = \"payload.attributes.clearance == 'high'\"\n";
+
+    env.write_config(READER_TOKEN, filter);
+    let failed = env.aksync(&["sync"]);
+    assert_ne!(failed.code, 0, "{}", failed.stdout);
+    let said = format!("{}{}", failed.stdout, failed.stderr);
+    assert!(
+        said.contains("payload.attributes.clearance == 'high'")
+            && cast[3..].iter().any(|name| said.contains(name.as_str())),
+        "{said}"
+    );
+    let store = env.store();
+    assert!(store.latest_complete("corp").unwrap().is_none());
+    drop(store);
+
+    for (mode, in_scope, excluded, included) in [
+        ("exclude", high.to_vec(), unjudged, 0),
+        (
+            "include",
+            cast.iter().filter(|name| *name != low).cloned().collect(),
+            0,
+            unjudged,
+        ),
+    ] {
+        env.write_config(
+            READER_TOKEN,
+            &format!("{filter}on_filter_error = \"{mode}\"\n"),
+        );
+        env.sync_ok();
+        let shown = env.show_json("accounts", "latest");
+        assert_eq!(usernames(&shown), in_scope, "{mode}");
+        let all = env.aksync(&["show", "accounts", "--all", "--json"]).json();
+        assert_eq!(all.as_array().unwrap().len(), cast.len(), "{mode}: {all}");
+        let run = env.store().latest_complete("corp").unwrap().unwrap();
+        let scope = run.scope.expect("a filtered run counts its scope");
+        assert_eq!(scope.filter_errors_excluded, excluded, "{mode}");
+        assert_eq!(scope.filter_errors_included, included, "{mode}");
+        assert_eq!(
+            scope.accounts_out_of_scope,
+            (cast.len() - in_scope.len()) as u64,
+            "{mode}"
+        );
+        let report = env.aksync(&["report", "latest"]);
+        assert!(
+            report.stdout.contains(&format!(
+                "filter errors: {excluded} excluded, {included} included"
+            )),
+            "{mode}: {}",
+            report.stdout
+        );
+    }
+}

@@ -528,6 +528,33 @@ async fn the_filter_keeps_matching_accounts_and_their_memberships_only() {
         ids(&env.show_json("groups", "latest"), "external_id").len(),
         directory.groups.len()
     );
+    // The snapshot is the directory: `show --all` lists the others, out of scope, and the
+    // memberships of out-of-scope accounts with them.
+    let all = |kind: &str| env.aksync(&["show", kind, "--all", "--json"]).json();
+    let accounts = all("accounts");
+    let outside: Vec<&Value> = accounts
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|row| row["scope"] == "out")
+        .collect();
+    assert_eq!(outside.len(), directory.users.len() - internal.len());
+    assert!(
+        outside
+            .iter()
+            .all(|row| row["authentik_type"].is_string() && row["authentik_type"] != "internal"),
+        "{accounts}"
+    );
+    let memberships = all("memberships");
+    let total: usize = directory.users.values().map(|user| user.groups.len()).sum();
+    assert_eq!(memberships.as_array().unwrap().len(), total);
+    let out = memberships
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|row| row["scope"] == "out")
+        .count();
+    assert_eq!(out, total - expected_memberships.len(), "{memberships}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -459,6 +459,7 @@ fn period_run(view: &RunView) -> PeriodRun {
         aksync_version: run.aksync_version.clone(),
         token_user: run.token_user.clone(),
         changes: run.changes,
+        scope: run.scope,
         entry_digest: view.digest.clone(),
         expected_interval_seconds: Some(view.evidence.settings.expected_interval_seconds),
     }

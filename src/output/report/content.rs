@@ -12,7 +12,7 @@ use super::period::{
     coverage_gaps, roll_forward, terminations, CoverageGap, RollForward, RollForwardLine,
     Terminations,
 };
-use super::Report;
+use super::{PeriodRun, Report};
 use crate::diff::{
     path_text, DirectoryDiff, FieldChange, GroupChange, GroupRef, Joiner, Leaver, MembershipRef,
     Mover, PrivilegeChange, PrivilegedGroupChange, Purge,
@@ -648,6 +648,28 @@ fn settings_block(report: &Report) -> Block {
     }
 }
 
+/// A run's record counts, and what its filters left out of scope beside them.
+fn records_text(run: &PeriodRun) -> String {
+    let counts = format!(
+        "{} accounts, {} groups, {} memberships",
+        run.counts.accounts, run.counts.groups, run.counts.memberships
+    );
+    let Some(scope) = run.scope else {
+        return counts;
+    };
+    let mut text = format!(
+        "{counts} in scope; out of scope: {} accounts, {} groups, {} memberships",
+        scope.accounts_out_of_scope, scope.groups_out_of_scope, scope.memberships_out_of_scope
+    );
+    if scope.filter_errors_excluded + scope.filter_errors_included > 0 {
+        text.push_str(&format!(
+            "; filter errors: {} excluded, {} included",
+            scope.filter_errors_excluded, scope.filter_errors_included
+        ));
+    }
+    text
+}
+
 fn runs_block(report: &Report) -> Block {
     let rows = report
         .runs
@@ -695,10 +717,7 @@ fn runs_block(report: &Report) -> Block {
                     timestamp(run.started_at),
                     timestamp(run.finished_at)
                 )),
-                text(format!(
-                    "{} accounts, {} groups, {} memberships",
-                    run.counts.accounts, run.counts.groups, run.counts.memberships
-                )),
+                text(records_text(run)),
                 match &run.envelope_sha256 {
                     Some(sha) => code(sha.clone()),
                     None => text("none"),

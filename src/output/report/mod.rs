@@ -144,6 +144,10 @@ pub struct PeriodRun {
     /// The Authentik user the token belongs to.
     pub token_user: Option<TokenUser>,
     pub changes: Option<ChangeCounts>,
+    /// What the source's filters left out of scope, and the records they could not judge,
+    /// when it has filters: `counts` are of the records in scope.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<crate::store::ScopeCounts>,
     /// The ledger digest of the run's entry.
     pub entry_digest: Option<String>,
     /// The expected interval the run recorded: a gap in coverage that ends with this run is

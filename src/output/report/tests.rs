@@ -219,6 +219,13 @@ pub(super) fn period_run(
             pk: 7,
         }),
         changes: None,
+        scope: (run_id == "R2").then_some(crate::store::ScopeCounts {
+            accounts_out_of_scope: 4,
+            groups_out_of_scope: 1,
+            memberships_out_of_scope: 6,
+            filter_errors_excluded: 2,
+            filter_errors_included: 0,
+        }),
         entry_digest: (status != RunStatus::Failed).then(|| uid(&format!("{run_id} entry"))),
         expected_interval_seconds: Some(45 * 60),
     }
@@ -752,6 +759,10 @@ fn html_is_self_contained_and_escaped() {
 #[test]
 fn markdown_has_every_section_and_none_when_empty() {
     let markdown = rendered(&period_report(), ReportFormat::Markdown);
+    // A run with filters says what they left out beside its counts.
+    assert!(markdown.contains(
+        "120 accounts, 9 groups, 300 memberships in scope; out of scope: 4 accounts, 1 groups, 6 memberships; filter errors: 2 excluded, 0 included"
+    ));
     let headings = [
         "## Summary",
         "## Period",
