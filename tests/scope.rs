@@ -133,6 +133,38 @@ async fn a_superuser_moved_out_of_the_filter_is_a_mover_that_left_scope_not_a_le
     assert_eq!(back["reason"], "in_scope");
     // The chain holds: it links to the deletion its consumers saw.
     assert_eq!(back["previous_hash"], farewell["hash"]);
+
+    // `history` tells the account's life: it moved and left the scope, then moved back and
+    // entered it again; it never left nor joined.
+    let history = env.aksync(&["history", "akadmin", "--json"]).json();
+    let events: Vec<(String, String)> = history[0]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|event| {
+            (
+                event["event"].as_str().unwrap().to_string(),
+                event["reason"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("baseline", ""),
+        ("moved", ""),
+        ("left_scope", "the record changed"),
+        ("moved", ""),
+        ("entered_scope", "the record changed"),
+    ];
+    assert_eq!(
+        events,
+        expected.map(|(event, reason)| (event.to_string(), reason.to_string())),
+        "{history}"
+    );
+    let text = env.aksync(&["history", "akadmin"]).stdout;
+    assert!(
+        text.contains("left scope") && text.contains("entered scope"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -33,6 +33,11 @@ pub enum TimelineKind {
     /// parents or roles changed).
     PrivilegeGranted,
     PrivilegeRemoved,
+    /// The account entered the source's scope without joining (`reason` says why: the
+    /// filter changed, or the record did and its own event is beside).
+    EnteredScope,
+    /// The account left the scope without leaving: it still exists in Authentik.
+    LeftScope,
     /// A run in the account's life ran with other settings than the run before (`changes`
     /// has each key old → new): what counts as a change, or as privilege, may differ from
     /// there on.
@@ -51,6 +56,8 @@ impl TimelineKind {
             TimelineKind::Purged => "purged",
             TimelineKind::PrivilegeGranted => "privilege granted",
             TimelineKind::PrivilegeRemoved => "privilege removed",
+            TimelineKind::EnteredScope => "entered scope",
+            TimelineKind::LeftScope => "left scope",
             TimelineKind::SettingsChanged => "settings changed",
         }
     }
@@ -201,6 +208,15 @@ pub fn timeline(reader: &Reader<'_>, source: &str, uid: &str) -> Result<Timeline
                 Some("deleted"),
                 &purge.username,
             ));
+        }
+        let scope = &diff.scope_changes;
+        for (changes, kind) in [
+            (&scope.accounts_entered, TimelineKind::EnteredScope),
+            (&scope.accounts_left, TimelineKind::LeftScope),
+        ] {
+            for change in changes.iter().filter(|change| change.external_id == uid) {
+                events.push(event(kind, Some(change.cause.as_str()), &change.name));
+            }
         }
         // A grant or removal that a join, move or departure already tells is not told twice.
         if !own_event {

@@ -125,6 +125,14 @@ impl<'a> RunIndex<'a> {
                 &mut diff.privilege_removed.iter().map(|e| &e.external_id),
                 "privilege_removed",
             ),
+            ids(
+                &mut diff.scope_changes.accounts_entered.iter().map(|e| &e.external_id),
+                "entered_scope",
+            ),
+            ids(
+                &mut diff.scope_changes.accounts_left.iter().map(|e| &e.external_id),
+                "left_scope",
+            ),
         ];
         for (uid, what) in events.into_iter().flatten() {
             note(&uid, what);
