@@ -19,6 +19,18 @@ fn envelopes(env: &TestEnv, run: &str) -> Vec<Value> {
         .collect()
 }
 
+/// Every complete run's envelope file rebuilds from the store byte for byte (the rebuild
+/// refuses a file whose SHA-256 is not the one the run recorded), whatever the configuration
+/// says now: a replay applies the settings each run recorded.
+fn assert_every_envelope_file_rebuilds(env: &TestEnv) {
+    let runs = env.store().complete_runs("corp").unwrap();
+    assert!(runs.len() > 1);
+    for run in runs {
+        let rebuilt = env.aksync(&["envelopes", &run.run_id, "--rebuild"]);
+        assert_eq!(rebuilt.code, 0, "{}: {}", run.run_id, rebuilt.stderr);
+    }
+}
+
 fn latest_diff(env: &TestEnv) -> Value {
     let diff = env.aksync(&["diff", "previous", "latest", "--json"]);
     assert_eq!(diff.code, 0, "{}", diff.stderr);
@@ -165,6 +177,10 @@ async fn a_superuser_moved_out_of_the_filter_is_a_mover_that_left_scope_not_a_le
         text.contains("left scope") && text.contains("entered scope"),
         "{text}"
     );
+    // Rebuilt after the filter is gone, the files still say what the runs emitted: the
+    // comeback still chains to the scope exit.
+    env.write_config(READER_TOKEN, "");
+    assert_every_envelope_file_rebuilds(&env);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -274,6 +290,8 @@ async fn a_narrowed_filter_and_changed_ignore_fields_hide_no_real_leaver() {
         markdown.stdout
     );
     assert_eq!(env.aksync(&["verify"]).code, 0);
+    env.write_config(READER_TOKEN, "");
+    assert_every_envelope_file_rebuilds(&env);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -307,6 +325,34 @@ async fn group_sync_switched_off_and_on_removes_and_adds_nothing() {
         entered.iter().all(|e| e["reason"] == "in_scope"),
         "{entered:?}"
     );
+
+    // Runs that are not consecutive are replayed under the settings the newer one recorded,
+    // stepping from the older one's as a sync does: across the switch, still no removals or
+    // additions. Then with group sync off in the configuration, every file still rebuilds.
+    let ids = common::run_ids(&env);
+    for (from, to, group_sync) in [(&ids[0], &ids[2], false), (&ids[1], &ids[3], true)] {
+        let replayed = env.aksync(&["diff", from, to, "--json"]);
+        assert_eq!(replayed.code, 0, "{}", replayed.stderr);
+        assert!(
+            replayed
+                .stderr
+                .contains(&format!("with the settings run {to} recorded")),
+            "{}",
+            replayed.stderr
+        );
+        let diff = replayed.json();
+        for removed_or_added in [
+            &diff["groups"]["deleted"],
+            &diff["groups"]["created"],
+            &diff["memberships"]["removed"],
+            &diff["memberships"]["added"],
+        ] {
+            assert_eq!(removed_or_added, &json!([]), "{from}..{to}: {diff}");
+        }
+        assert_eq!(diff["scope_changes"]["group_sync"], group_sync, "{diff}");
+    }
+    env.write_config(READER_TOKEN, "disable_group_sync = true\n");
+    assert_every_envelope_file_rebuilds(&env);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

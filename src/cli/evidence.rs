@@ -11,7 +11,7 @@ use crate::config::{Config, SourceConfig};
 use crate::diff::{DirectoryDiff, FieldChange, GroupRef};
 use crate::display::escape;
 use crate::ledger::history::{find_accounts, timeline, TimelineKind};
-use crate::ledger::replay::compare_runs;
+use crate::ledger::replay::{compare_runs, ReplaySettings};
 use crate::output::artifacts::{self, open_envelopes, read_envelope_file, rebuild_envelopes};
 use crate::output::envelope::{EnvelopeContext, OpenlaneWriter};
 use crate::output::report::assemble::{build_report, Selection};
@@ -70,21 +70,28 @@ pub(crate) fn diff(
     let result = match recorded_diff(&store, source, &from, &to)? {
         Some(recorded) => recorded,
         None => {
-            // Not what a run compared: replayed now, with today's settings, which may not be
-            // what either run was judged by.
+            // Not what a run compared: replayed now, under the settings the newer run
+            // recorded (today's for a run from before the ledger).
+            let replayed = compare_runs(&store, source, Some(&from), &to, None)?;
+            let settings = match &replayed.settings {
+                ReplaySettings::Recorded(run_id) => format!("the settings run {run_id} recorded"),
+                ReplaySettings::ConfiguredNow => format!(
+                    "the settings configured now ({}), as run {} has no ledger entry",
+                    settings_summary(source),
+                    to.run_id
+                ),
+            };
             eprintln!(
-                "aksync: runs {} and {} are not consecutive: replaying their stored snapshots with the settings configured now ({})",
-                from.run_id,
-                to.run_id,
-                settings_summary(source)
+                "aksync: runs {} and {} are not consecutive: replaying their stored snapshots with {settings}",
+                from.run_id, to.run_id
             );
             if from.settings_fingerprint != to.settings_fingerprint {
                 eprintln!(
-                    "aksync: warning: runs {} and {} were made with different filter, group-sync, primary-directory or ignore_fields settings; some differences come from the settings, not from Authentik",
+                    "aksync: warning: runs {} and {} were made with different filter, group-sync, primary-directory or ignore_fields settings: what only entered or left the scope is listed under scope changes, and a field either run ignored is not compared",
                     from.run_id, to.run_id
                 );
             }
-            compare_runs(&store, source, Some(&from), &to, None)?.0
+            replayed.diff
         }
     };
     if json {

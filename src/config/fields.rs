@@ -161,6 +161,25 @@ pub fn resolve(key: &str, entries: &[String]) -> Result<IgnoredFields, IgnoreFie
     Ok(resolved)
 }
 
+/// The record fields that `ignore_fields` entries recorded by an earlier run name. An entry
+/// today's names refuse was accepted by an older aksync, which compared it as written: it
+/// stays as written.
+pub fn resolve_recorded(entries: &[String]) -> Vec<String> {
+    let mut fields = Vec::new();
+    for entry in entries {
+        match resolve_entry(entry) {
+            Ok(Resolution::Fields(named) | Resolution::Deprecated { fields: named, .. }) => {
+                fields.extend(named)
+            }
+            Ok(Resolution::Volatile) => {}
+            Err(_) => fields.push(entry.clone()),
+        }
+    }
+    fields.sort();
+    fields.dedup();
+    fields
+}
+
 fn resolve_entry(entry: &str) -> Result<Resolution, FieldError> {
     if entry.trim().is_empty() {
         return Err(FieldError::Empty);

@@ -53,7 +53,7 @@ pub fn replay_evidence(
             Err(error) => return Err(error),
         },
     };
-    let (diff, _) = compare_runs(store, source, previous.as_ref(), run, None)?;
+    let diff = compare_runs(store, source, previous.as_ref(), run, None)?.diff;
     // Counting the privileged accounts reads the snapshot; the diff says when the list of
     // the run before still holds.
     let privileged = match previous_privileged {

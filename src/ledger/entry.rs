@@ -436,6 +436,23 @@ impl RunSettings {
         }
     }
 
+    /// `source` with what these settings say shapes a run's records, envelopes and evidence:
+    /// how a run that recorded them is replayed, whatever the configuration says today.
+    pub fn applied_to(&self, source: &SourceConfig) -> SourceConfig {
+        let mut applied = source.clone();
+        applied.filter = self.filter.clone();
+        applied.group_filter = self.group_filter.clone();
+        applied.disable_group_sync = self.disable_group_sync;
+        applied.primary_directory = self.primary_directory;
+        applied.ignore_fields = crate::config::fields::resolve_recorded(&self.ignore_fields);
+        applied.ignore_fields_as_written = self.ignore_fields.clone();
+        applied.privileged_groups = self.privileged_groups.clone();
+        applied.privileged_roles = self.privileged_roles.clone();
+        applied.hr_key_field = self.hr_key_field.clone();
+        applied.sla = self.sla_seconds.map(std::time::Duration::from_secs);
+        applied
+    }
+
     /// The keys whose values differ from `before`, in key order.
     pub fn changes_since(&self, before: &RunSettings) -> Vec<SettingChange> {
         let as_map = |settings: &RunSettings| -> BTreeMap<String, Value> {
@@ -453,6 +470,45 @@ impl RunSettings {
                 new: value.clone(),
             })
             .collect()
+    }
+}
+
+/// How the settings moved from a run to the next: what a planner compares under (see
+/// [`crate::run::plan::SettingsStep`]), the same for a sync and for a replay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettingsBetween {
+    /// The fields ignored now or by the previous run: a field that became ignored, or
+    /// stopped being, makes no change in the run where the rule changed.
+    pub compared_fields: Vec<String>,
+    pub groups_before: bool,
+    pub groups_after: bool,
+}
+
+impl SettingsBetween {
+    /// From the `previous` run's recorded settings (none: the same as now) to `now`.
+    pub fn of(previous: Option<&RunSettings>, now: &SourceConfig) -> SettingsBetween {
+        let mut compared_fields = now.ignore_fields.clone();
+        if let Some(previous) = previous {
+            compared_fields.extend(crate::config::fields::resolve_recorded(
+                &previous.ignore_fields,
+            ));
+        }
+        compared_fields.sort();
+        compared_fields.dedup();
+        let groups_after = !now.disable_group_sync;
+        SettingsBetween {
+            compared_fields,
+            groups_before: previous.map_or(groups_after, |previous| !previous.disable_group_sync),
+            groups_after,
+        }
+    }
+
+    pub fn step(&self) -> crate::run::plan::SettingsStep<'_> {
+        crate::run::plan::SettingsStep {
+            compare: crate::run::record::ChangeRule::new(&self.compared_fields),
+            groups_before: self.groups_before,
+            groups_after: self.groups_after,
+        }
     }
 }
 

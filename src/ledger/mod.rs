@@ -169,6 +169,17 @@ pub enum LedgerError {
     },
 }
 
+/// A ledger entry that does not read back stops what reads it like any unreadable stored
+/// data.
+impl From<LedgerError> for crate::store::StoreError {
+    fn from(error: LedgerError) -> crate::store::StoreError {
+        match error {
+            LedgerError::Store(error) => error,
+            other => crate::store::StoreError::Aborted(other.to_string()),
+        }
+    }
+}
+
 /// Reads a stored entry.
 pub fn parse_entry(source: &str, stored: &crate::store::LedgerRow) -> Result<Entry, LedgerError> {
     serde_json::from_slice(&stored.entry).map_err(|error| LedgerError::Unreadable {

@@ -12,9 +12,12 @@ use crate::diff::{
 };
 use crate::output::envelope::{Action, EnvelopeContext, EnvelopeFile, EnvelopeWriter};
 use crate::run::normalize::DirectoryGroup;
-use crate::run::plan::{membership_pair, Loaded, PlanError, Planner, SettingsStep, Sinks};
+use crate::run::plan::{membership_pair, Loaded, PlanError, Planner, Sinks};
 use crate::run::record::{ChangeRule, Hash, RecordKind};
 use crate::store::{Reader, RecordVersion, RunRecord, Store, StoreError};
+
+use super::entry::{RunSettings, SettingsBetween};
+use super::read::run_evidence;
 
 impl From<PlanError> for StoreError {
     fn from(error: PlanError) -> StoreError {
@@ -25,20 +28,54 @@ impl From<PlanError> for StoreError {
     }
 }
 
+/// Two stored runs compared again.
+pub struct Replayed {
+    pub diff: DirectoryDiff,
+    /// The envelope file of the comparison, when a writer was given.
+    pub envelopes: Option<EnvelopeFile>,
+    /// Whose settings the comparison applied: the ones the newer run recorded in its ledger
+    /// entry, or, for a run without one, the ones configured now.
+    pub settings: ReplaySettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplaySettings {
+    /// The settings the run (by id) recorded.
+    Recorded(String),
+    ConfiguredNow,
+}
+
 /// A stored run's diff against `from` (`None`: compared with nothing, as a baseline), and,
 /// when `envelopes` is given, the envelope file of that comparison.
+///
+/// The comparison applies the settings `to` recorded, and steps from the ones `from`
+/// recorded as a sync does (see [`SettingsBetween`]), so a result does not change because a
+/// setting changed later: a rebuilt envelope file is the one the run wrote. Only a run
+/// without a ledger entry (from before the ledger) is judged by today's configuration.
 pub fn compare_runs(
     store: &Store,
     source: &SourceConfig,
     from: Option<&RunRecord>,
     to: &RunRecord,
     envelopes: Option<EnvelopeWriter>,
-) -> Result<(DirectoryDiff, Option<EnvelopeFile>), StoreError> {
+) -> Result<Replayed, StoreError> {
     let runs = store.complete_runs(&source.name)?;
     let reader = store.reader()?;
     for run in from.into_iter().chain(std::iter::once(to)) {
         reader.require_snapshot(run)?;
     }
+    let recorded =
+        |run: &RunRecord| -> Result<Option<RunSettings>, StoreError> {
+            Ok(run_evidence(&reader, &source.name, &run.run_id)?
+                .map(|sealed| sealed.evidence.settings))
+        };
+    let to_settings = recorded(to)?;
+    let from_settings = from.map(recorded).transpose()?.flatten();
+    let applied = to_settings
+        .as_ref()
+        .map(|settings| settings.applied_to(source));
+    let source = applied.as_ref().unwrap_or(source);
+    let between = SettingsBetween::of(from_settings.as_ref(), source);
     let context = EnvelopeContext {
         source: &source.name,
         run_id: &to.run_id,
@@ -50,16 +87,9 @@ pub fn compare_runs(
         started_at: run.started_at,
         finished_at: run.finished_at,
     };
-    let rule = ChangeRule::new(&source.ignore_fields);
     let mut planner = Planner::new(
-        rule,
-        // Replayed under today's rule, as the diff says; stored versions hold what each run
-        // read, so a group sync switched off in between shows as groups removed.
-        SettingsStep {
-            compare: rule,
-            groups_before: true,
-            groups_after: true,
-        },
+        ChangeRule::new(&source.ignore_fields),
+        between.step(),
         AccountRules::of(source),
         context,
         from.map(run_ref),
@@ -91,7 +121,14 @@ pub fn compare_runs(
     if !uids.is_empty() {
         planned.input.last_active = last_active(&reader, &source.name, &uids, &before)?;
     }
-    Ok((diff(&planned.input), planned.envelopes))
+    Ok(Replayed {
+        diff: diff(&planned.input),
+        envelopes: planned.envelopes,
+        settings: match to_settings {
+            Some(_) => ReplaySettings::Recorded(to.run_id.clone()),
+            None => ReplaySettings::ConfiguredNow,
+        },
+    })
 }
 
 /// The run that started `run`'s envelope chain: the nearest baseline at or before it.
@@ -173,7 +210,8 @@ fn replay_record(
     }
     let action = Action::classify(old.map(|v| &v.hash), new.map(|v| &v.hash));
     let in_scope = |version: Option<&RecordVersion>| version.is_some_and(|v| v.flags.in_scope());
-    let scope_moved = old.is_some() && new.is_some() && in_scope(old) != in_scope(new);
+    let scope_moved = (old.is_some() && new.is_some() && in_scope(old) != in_scope(new))
+        || planner.uncollected(kind, old.is_some(), new.is_some());
     if let (RecordKind::Membership, Some(action), false, false) = (
         kind,
         action,
@@ -203,21 +241,26 @@ fn replay_record(
     let new_loaded = new
         .map(|v| Loaded::stored(reader, source, kind, v, false))
         .transpose()?;
-    // A record that comes back chains to its deletion: the hash the deleting run logged, or
-    // for a deletion from before the log, the hash of the version it closed.
+    // A record that comes back into its consumers' view chains to the deletion they saw
+    // last: the hash the run that deleted it, or saw it leave the scope, logged; or for a
+    // deletion from before the log, the hash of the version it closed (a scope exit is
+    // always logged).
     let tombstone = match (old, from) {
-        (None, Some(from)) => match reader.deletion_between(source, kind, id, chain_start, from)? {
-            Some(logged) => Some(logged),
-            None => deletion_before(versions, from, chain_start)
-                .map(|version| {
-                    Ok::<Hash, StoreError>(
-                        planner
-                            .rule()
-                            .deleted_hash(&record_of(reader, source, kind, version)?),
-                    )
-                })
-                .transpose()?,
-        },
+        (old, Some(from)) if !in_scope(old) => {
+            match reader.deletion_between(source, kind, id, chain_start, from)? {
+                Some(logged) => Some(logged),
+                None if old.is_none() => deletion_before(versions, from, chain_start)
+                    .map(|version| {
+                        Ok::<Hash, StoreError>(
+                            planner
+                                .rule()
+                                .deleted_hash(&record_of(reader, source, kind, version)?),
+                        )
+                    })
+                    .transpose()?,
+                None => None,
+            }
+        }
         _ => None,
     };
     planner.changed(kind, id, old_loaded, new_loaded, tombstone)?;

@@ -126,11 +126,19 @@ impl<'a> RunIndex<'a> {
                 "privilege_removed",
             ),
             ids(
-                &mut diff.scope_changes.accounts_entered.iter().map(|e| &e.external_id),
+                &mut diff
+                    .scope_changes
+                    .accounts_entered
+                    .iter()
+                    .map(|e| &e.external_id),
                 "entered_scope",
             ),
             ids(
-                &mut diff.scope_changes.accounts_left.iter().map(|e| &e.external_id),
+                &mut diff
+                    .scope_changes
+                    .accounts_left
+                    .iter()
+                    .map(|e| &e.external_id),
                 "left_scope",
             ),
         ];

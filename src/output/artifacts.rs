@@ -95,11 +95,12 @@ pub fn rebuild_envelopes(
         reason: error.to_string(),
     })?;
     let previous = previous_run(store, run)?;
-    let (_, file) = replay::compare_runs(store, source, previous.as_ref(), run, Some(writer))?;
-    let file = file.expect("an envelope writer was given");
+    let replayed = replay::compare_runs(store, source, previous.as_ref(), run, Some(writer))?;
+    let file = replayed.envelopes.expect("an envelope writer was given");
     if let Some(summary) = &run.envelopes {
         if file.summary.sha256 != summary.sha256 {
-            // The settings that shape envelopes changed since the run (e.g. ignore_fields).
+            // A run from before the ledger is replayed with today's settings, which may have
+            // changed what its envelopes say (e.g. ignore_fields).
             return Err(ArtifactError::RebuildDiffers {
                 path,
                 run_id: run.run_id.clone(),

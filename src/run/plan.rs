@@ -106,11 +106,24 @@ pub struct SettingsStep<'a> {
 }
 
 impl SettingsStep<'_> {
+    /// A record's presence on each side as far as it is known: a group or membership on the
+    /// side group sync did not read is taken as on the other side, as nothing is known of it.
+    fn presence(&self, kind: RecordKind, old: bool, new: bool) -> (bool, bool) {
+        if kind == RecordKind::Account {
+            return (old, new);
+        }
+        match (self.groups_before, self.groups_after) {
+            (true, false) => (old, old),
+            (false, true) => (new, new),
+            _ => (old, new),
+        }
+    }
+
     /// Whether a record of `kind` present on one side only is so because group sync was
-    /// switched, not because it was created or deleted: nothing is known of its other side.
+    /// switched, not because it was created or deleted.
     fn uncollected(&self, kind: RecordKind, old: bool, new: bool) -> bool {
-        kind != RecordKind::Account
-            && ((old && !new && !self.groups_after) || (!old && new && !self.groups_before))
+        let (known_old, known_new) = self.presence(kind, old, new);
+        old != new && known_old == known_new
     }
 }
 
@@ -262,8 +275,7 @@ impl<'a> Planner<'a> {
             Action::classify(old.as_ref().map(|o| &o.hash), new.as_ref().map(|n| &n.hash));
         let old_in = old.as_ref().is_some_and(|old| old.flags.in_scope());
         let new_in = new.as_ref().is_some_and(|new| new.flags.in_scope());
-        let uncollected =
-            !self.baseline && self.step.uncollected(kind, old.is_some(), new.is_some());
+        let uncollected = self.uncollected(kind, old.is_some(), new.is_some());
         if content.is_none() && old_in == new_in {
             return Ok(());
         }
@@ -321,12 +333,6 @@ impl<'a> Planner<'a> {
                     kind,
                     external_id: external_id.to_string(),
                     valid_from: stored_from(old)?,
-                    // Without a new side, a farewell is this deletion's: its hash, not
-                    // computed twice.
-                    deleted: match &farewell {
-                        Some((_, hash)) => *hash,
-                        None => self.rule.deleted_hash(&old.record()?),
-                    },
                     tombstone: farewell.as_ref().map(|(_, hash)| *hash),
                 },
                 (old, Some(new)) => Op::Put {
@@ -462,6 +468,13 @@ impl<'a> Planner<'a> {
         self.sinks.ops.is_some() || self.sinks.envelopes.is_some()
     }
 
+    /// Whether a record of `kind` present on one side only is so because group sync was
+    /// switched between the sides: it entered or left the scope, and its content on the side
+    /// that was not read is unknown. A replay gives such a record to [`Planner::changed`].
+    pub fn uncollected(&self, kind: RecordKind, old: bool, new: bool) -> bool {
+        !self.baseline && self.step.uncollected(kind, old, new)
+    }
+
     /// A membership that was created or deleted (an update changes no pair).
     pub fn membership_changed(&mut self, external_id: &str, action: Action) {
         if self.baseline {
@@ -554,12 +567,7 @@ impl<'a> Planner<'a> {
         if self.baseline {
             return;
         }
-        // Unknown on the side group sync did not read: the same as on the other.
-        let (old, new) = match (self.step.groups_before, self.step.groups_after) {
-            (true, false) => (old, old),
-            (false, true) => (new, new),
-            _ => (old, new),
-        };
+        let (old, new) = self.step.presence(RecordKind::Membership, old, new);
         if self.privileged_groups.is_none() {
             let rules = &self.input.rules;
             self.privileged_groups = Some([

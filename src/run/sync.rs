@@ -21,15 +21,15 @@ use crate::authentik::client::ProgressFn;
 use crate::authentik::health::{health_record, reason_code};
 use crate::authentik::{AuthentikClient, ClientError, ListKind, RetryPolicy};
 use crate::clock::Clock;
-use crate::config::{fields, Config, SourceConfig};
+use crate::config::{Config, SourceConfig};
 use crate::diff::{diff, AccountRules, DirectoryDiff, RunRef};
-use crate::ledger::entry::RunSettings;
+use crate::ledger::entry::{RunSettings, SettingsBetween};
 use crate::ledger::lthash::{LtHash, Tracked};
 use crate::ledger::seal::SigningKey;
-use crate::ledger::{self, Body, LedgerError, Pending};
+use crate::ledger::{self, Body, Pending};
 use crate::output::envelope::{envelope_path, EnvelopeContext, EnvelopeWriter};
 use crate::run::collect::{CollectError, Collected, Collector};
-use crate::run::plan::{plan_sync, PlanError, Planned, Planner, SettingsStep, Sinks};
+use crate::run::plan::{plan_sync, PlanError, Planned, Planner, Sinks};
 use crate::run::record::{ChangeRule, RecordKind};
 use crate::store::ops::OpWriter;
 use crate::store::{
@@ -270,7 +270,7 @@ pub(crate) fn commit_failed_run(
 ) -> Result<RunRecord, StoreError> {
     let reader = store.reader()?;
     let previous_settings =
-        ledger::read::last_run_settings(&reader, &source.name).map_err(ledger_error)?;
+        ledger::read::last_run_settings(&reader, &source.name).map_err(StoreError::from)?;
     drop(reader);
     // The store gives the run its id in the commit; the entry takes it from there.
     let context = ledger::run::RunContext {
@@ -297,14 +297,6 @@ pub(crate) fn commit_failed_run(
         signer,
     );
     store.commit_failed(outcome, error, &mut pending)
-}
-
-/// A ledger entry that does not read back stops the run like any unreadable stored data.
-fn ledger_error(error: LedgerError) -> StoreError {
-    match error {
-        LedgerError::Store(error) => error,
-        other => StoreError::Aborted(other.to_string()),
-    }
 }
 
 /// Runs blocking store work off the async executor.
@@ -372,7 +364,7 @@ impl CompleteRun {
         let plan_started = std::time::Instant::now();
         let reader = store.reader()?;
         let previous_settings = ledger::read::last_run_settings(&reader, &source.name)
-            .map_err(|error| Rejected::Store(ledger_error(error)))?;
+            .map_err(|error| Rejected::Store(StoreError::from(error)))?;
         let planned = self
             .plan(
                 &reader,
@@ -419,7 +411,7 @@ impl CompleteRun {
         let census = ledger::run::census_of(&self.collected, &AccountRules::of(source))
             .map_err(|error| fail(format!("cannot read the run's spooled records: {error}")))?;
         let previous_privileged = ledger::read::privileged_now(&reader, &source.name)
-            .map_err(|error| Rejected::Store(ledger_error(error)))?;
+            .map_err(|error| Rejected::Store(StoreError::from(error)))?;
         drop(reader);
         let context = ledger::run::RunContext {
             settings: RunSettings::of(source),
@@ -491,7 +483,7 @@ impl CompleteRun {
         previous_settings: Option<&RunSettings>,
     ) -> Result<Planned, PlanError> {
         let source = &self.source;
-        let compared_fields = compared_fields(source, previous_settings);
+        let between = SettingsBetween::of(previous_settings, source);
         let context = EnvelopeContext {
             source: &source.name,
             run_id,
@@ -506,15 +498,9 @@ impl CompleteRun {
                 run_id,
             ))?),
         };
-        let groups_now = !source.disable_group_sync;
         let mut planner = Planner::new(
             ChangeRule::new(&source.ignore_fields),
-            SettingsStep {
-                compare: ChangeRule::new(&compared_fields),
-                groups_before: previous_settings
-                    .map_or(groups_now, |settings| !settings.disable_group_sync),
-                groups_after: groups_now,
-            },
+            between.step(),
             AccountRules::of(source),
             context,
             previous.map(|run| RunRef {
@@ -545,7 +531,7 @@ impl CompleteRun {
         // Accounts purged now left in an earlier run: its ledger entry says when.
         for uid in planned.input.history_needed(true) {
             let departure = ledger::read::last_departure(reader, &source.name, &uid)
-                .map_err(|error| PlanError::Store(ledger_error(error)))?;
+                .map_err(|error| PlanError::Store(StoreError::from(error)))?;
             if let Some(departure) = departure {
                 planned.input.last_active.insert(uid, departure);
             }
@@ -595,25 +581,6 @@ pub fn change_counts(diff: &DirectoryDiff) -> ChangeCounts {
             + diff.groups.changed.len()) as u64,
         memberships_changed: (diff.memberships.added.len() + diff.memberships.removed.len()) as u64,
     }
-}
-
-/// The fields ignored now or in the previous run: a field that became ignored, or stopped
-/// being, makes no change in the run where the rule changed (see [`SettingsStep::compare`]).
-///
-/// The ledger keeps `ignore_fields` as written, so the previous entries are resolved the way
-/// the configuration's are. An entry today's names refuse was accepted by an older aksync,
-/// which compared it as written: it stays as written.
-fn compared_fields(source: &SourceConfig, previous: Option<&RunSettings>) -> Vec<String> {
-    let mut fields = source.ignore_fields.clone();
-    for entry in previous.into_iter().flat_map(|p| &p.ignore_fields) {
-        match fields::resolve("ignore_fields", std::slice::from_ref(entry)) {
-            Ok(resolved) => fields.extend(resolved.record_fields),
-            Err(_) => fields.push(entry.clone()),
-        }
-    }
-    fields.sort();
-    fields.dedup();
-    fields
 }
 
 /// The whole directory, within the source's run deadline whatever the server does.

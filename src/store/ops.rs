@@ -25,14 +25,13 @@ pub enum Op {
         /// The volatile values as JSON, when the kind has any.
         volatile: Option<Vec<u8>>,
     },
-    /// The record is gone: its version is closed and the run's deletions keep its deletion
-    /// hash; its tombstone becomes `tombstone` when its consumers saw the deletion (it was
-    /// in scope), and is kept as it was otherwise.
+    /// The record is gone: its version is closed. When its consumers saw the deletion (it
+    /// was in scope), its tombstone becomes `tombstone` and the run's deletions log it;
+    /// otherwise the tombstone stays as it was.
     Delete {
         kind: RecordKind,
         external_id: String,
         valid_from: String,
-        deleted: Hash,
         tombstone: Option<Hash>,
     },
     /// Unchanged, but its volatile values moved: only the current row and the volatile values
@@ -47,7 +46,8 @@ pub enum Op {
 
 /// A record's tombstone is the hash of the last envelope its consumers saw when that was a
 /// deletion (a real one, or the record leaving the scope): what the record chains to if it
-/// comes back.
+/// comes back. Each one set is logged in the run's deletions too, which is how a replay of an
+/// older run finds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TombstoneWrite {
     Keep,
@@ -114,16 +114,14 @@ impl OpWriter {
                 kind,
                 external_id,
                 valid_from,
-                deleted,
                 tombstone,
             } => {
                 self.counts.deletions += 1;
                 out.write_all(&[1, kind_byte(*kind)])?;
                 write_bytes(out, external_id.as_bytes())?;
                 write_bytes(out, valid_from.as_bytes())?;
-                out.write_all(deleted)?;
                 out.write_all(&[u8::from(tombstone.is_some())])?;
-                out.write_all(tombstone.as_ref().unwrap_or(deleted))?;
+                out.write_all(tombstone.as_ref().unwrap_or(&[0; 32]))?;
             }
             Op::Touch {
                 kind,
@@ -215,7 +213,6 @@ impl Ops {
             1 => {
                 let external_id = read_string(input)?;
                 let valid_from = read_string(input)?;
-                let deleted = read_hash(input)?;
                 let mut seen = [0u8];
                 input.read_exact(&mut seen)?;
                 let tombstone = read_hash(input)?;
@@ -223,7 +220,6 @@ impl Ops {
                     kind,
                     external_id,
                     valid_from,
-                    deleted,
                     tombstone: (seen[0] == 1).then_some(tombstone),
                 }
             }
@@ -317,14 +313,12 @@ mod tests {
                 kind: RecordKind::Group,
                 external_id: "g".into(),
                 valid_from: "01JDX0000000000000000000A9".into(),
-                deleted: [2; 32],
                 tombstone: Some([3; 32]),
             },
             Op::Delete {
                 kind: RecordKind::Group,
                 external_id: "h".into(),
                 valid_from: "01JDX0000000000000000000A9".into(),
-                deleted: [4; 32],
                 tombstone: None,
             },
             Op::Put {

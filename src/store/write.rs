@@ -370,6 +370,22 @@ impl<'t> WriteTables<'t> {
         Ok(())
     }
 
+    /// The deletion a record's consumers saw in `run_id`: its tombstone, and logged in the
+    /// run's deletions.
+    fn tombstone(
+        &mut self,
+        record_key: &str,
+        run_id: &str,
+        hash: &crate::run::record::Hash,
+    ) -> Result<(), Failure> {
+        self.guard
+            .call(|| self.tombstones.insert(record_key, hash.as_slice()))?;
+        let deletion = codec::version_key(record_key, run_id);
+        self.guard
+            .call(|| self.deletions.insert(deletion.as_str(), hash.as_slice()))?;
+        Ok(())
+    }
+
     fn apply(&mut self, source: &str, run_id: &str, op: Op) -> Result<(), Failure> {
         match op {
             Op::Put {
@@ -391,11 +407,7 @@ impl<'t> WriteTables<'t> {
                         self.guard
                             .call(|| self.tombstones.remove(record_key.as_str()))?;
                     }
-                    TombstoneWrite::Set(hash) => {
-                        self.guard.call(|| {
-                            self.tombstones.insert(record_key.as_str(), hash.as_slice())
-                        })?;
-                    }
+                    TombstoneWrite::Set(hash) => self.tombstone(&record_key, run_id, &hash)?,
                 }
                 let version_key = codec::version_key(&record_key, run_id);
                 let version = codec::encode_version(&current.hash, current.flags);
@@ -420,22 +432,15 @@ impl<'t> WriteTables<'t> {
                 kind,
                 external_id,
                 valid_from,
-                deleted,
                 tombstone,
             } => {
                 let record_key = codec::record_key(source, kind, &external_id);
                 self.close(&record_key, &valid_from, run_id)?;
                 self.guard
                     .call(|| self.current.remove(record_key.as_str()))?;
-                if let Some(tombstone) = tombstone {
-                    self.guard.call(|| {
-                        self.tombstones
-                            .insert(record_key.as_str(), tombstone.as_slice())
-                    })?;
+                if let Some(hash) = tombstone {
+                    self.tombstone(&record_key, run_id, &hash)?;
                 }
-                let deletion = codec::version_key(&record_key, run_id);
-                self.guard
-                    .call(|| self.deletions.insert(deletion.as_str(), deleted.as_slice()))?;
             }
             Op::Touch {
                 kind,

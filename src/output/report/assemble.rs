@@ -18,7 +18,7 @@ use super::{
 use crate::authentik::ListKind;
 use crate::config::SourceConfig;
 use crate::ledger::entry::RunSettings;
-use crate::ledger::{self, LedgerError, RunEvidence};
+use crate::ledger::{self, RunEvidence};
 use crate::store::{Reader, RunRecord, RunStatus, Store, StoreError};
 
 /// How many recent runs a one-run report's chart shows.
@@ -62,13 +62,6 @@ impl RunView {
     }
 }
 
-fn ledger_error(error: LedgerError) -> StoreError {
-    match error {
-        LedgerError::Store(error) => error,
-        other => StoreError::Aborted(other.to_string()),
-    }
-}
-
 /// A run's evidence: its entry, or a replay with today's settings when it has none.
 fn view_of(
     store: &Store,
@@ -76,8 +69,8 @@ fn view_of(
     source: &SourceConfig,
     record: RunRecord,
 ) -> Result<RunView, StoreError> {
-    if let Some(sealed) =
-        ledger::read::run_evidence(reader, &source.name, &record.run_id).map_err(ledger_error)?
+    if let Some(sealed) = ledger::read::run_evidence(reader, &source.name, &record.run_id)
+        .map_err(StoreError::from)?
     {
         return Ok(RunView {
             record,
@@ -211,7 +204,7 @@ pub fn build_report(
         _ => Some(chosen.start),
     };
     let connections = ledger::read::connections(&reader, Some(&source.name))
-        .map_err(ledger_error)?
+        .map_err(StoreError::from)?
         .into_iter()
         .filter(|connection| {
             connection.at <= chosen.end
@@ -356,7 +349,7 @@ fn snapshot(
     };
     let run_id = Some(view.record.run_id.clone());
     let privileged =
-        ledger::read::privileged_at(reader, source, &view.evidence).map_err(ledger_error)?;
+        ledger::read::privileged_at(reader, source, &view.evidence).map_err(StoreError::from)?;
     match (view.evidence.population, privileged) {
         (Some(population), Some(privileged)) => Ok(Snapshot {
             run_id,
@@ -416,7 +409,7 @@ fn oldest_evidence(
     let Some(first) = reader.ledger_entries(source, 0)?.next().transpose()? else {
         return Ok(None);
     };
-    let entry = ledger::parse_entry(source, &first).map_err(ledger_error)?;
+    let entry = ledger::parse_entry(source, &first).map_err(StoreError::from)?;
     Ok(Some(OldestEvidence {
         run_id: entry.body.run_id().map(str::to_string),
         recorded_at: entry.recorded_at,
