@@ -37,6 +37,14 @@ pub(crate) fn source_config() -> SourceConfig {
         sla: None,
         expected_interval: None,
         unhealthy_after_failures: 1,
+        // Unit tests change a handful of records in directories of a few: quarantine has
+        // its own tests (`run::quarantine`, tests/quarantine.rs).
+        quarantine: crate::config::QuarantineThresholds {
+            max_leavers: u64::MAX,
+            max_leaver_percent: 100.0,
+            max_membership_removals: u64::MAX,
+            max_membership_removal_percent: 100.0,
+        },
     }
 }
 

@@ -710,6 +710,7 @@ async fn webhook_delivery_survives_a_receiver_that_is_down_for_two_runs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leavers_carry_their_last_active_run_from_the_history() {
     let env = TestEnv::start(12).await;
+    env.write_config(aksync::demo::fake::READER_TOKEN, TestEnv::NO_QUARANTINE);
     let (gone_later, quitter) = env.fake.with_state(|state| {
         let cast = cast(&state.directory);
         (cast.deleted, cast.deactivated)

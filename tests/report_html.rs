@@ -141,6 +141,8 @@ fn report() -> Report {
             filter_errors_excluded: 7,
             filter_errors_included: 0,
         }),
+        quarantine: None,
+        held_leavers: Vec::new(),
         entry_digest: Some(hex_id("entry")),
         expected_interval_seconds: Some(2_700),
     };

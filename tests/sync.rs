@@ -190,6 +190,7 @@ async fn an_unchanged_directory_adds_a_run_but_no_record_versions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_past_run_reads_back_as_the_directory_was() {
     let env = TestEnv::start(15).await;
+    env.write_config(aksync::demo::fake::READER_TOKEN, TestEnv::NO_QUARANTINE);
     let mut history = Vec::new();
     let capture = |env: &TestEnv| {
         (

@@ -3,6 +3,7 @@
 //! error, 2 bad configuration or usage). Errors are one line on stderr.
 
 mod connect;
+mod decide;
 pub(crate) mod evidence;
 pub mod opt;
 pub mod output;
@@ -150,9 +151,11 @@ fn check_needs(command: &Command, config: &mut Config) -> Result<(), ConfigError
         config.check_state_dir_owner()?;
     }
     match command {
-        Command::Sync { .. } | Command::Daemon | Command::Prune { dry_run: false, .. } => {
-            config.read_signing_key()?
-        }
+        Command::Sync { .. }
+        | Command::Daemon
+        | Command::Approve { .. }
+        | Command::Reject { .. }
+        | Command::Prune { dry_run: false, .. } => config.read_signing_key()?,
         Command::Report { out: Some(_), .. } => config.read_signing_key()?,
         // A signing key at hand is a public key to check signatures with; without it,
         // verify says which signatures it could not check.
@@ -207,6 +210,14 @@ async fn run_configured(
             check(config, source.source.as_deref(), json, clock).await
         }
         Command::Sync { source } => sync(config, source.source.as_deref(), clock).await,
+        Command::Approve { run, source } => {
+            let decision = crate::store::Decision::Approved;
+            decide::decide(config, source.source.as_deref(), &run, decision, clock).await
+        }
+        Command::Reject { run, source } => {
+            let decision = crate::store::Decision::Rejected;
+            decide::decide(config, source.source.as_deref(), &run, decision, clock).await
+        }
         Command::Runs {
             source,
             json,
@@ -412,6 +423,10 @@ pub(crate) async fn sync(
                     Some(diff) => output::print_line(&evidence::diff_headline(diff))?,
                     None => exit = Exit::Failure,
                 }
+                // Held for a decision: a scheduled `aksync sync` says so in its exit code.
+                if synced.run.status == RunStatus::Quarantined {
+                    exit = Exit::Failure;
+                }
             }
             Err(error) => {
                 eprintln!("aksync: source `{}`: {error}", source.name);
@@ -604,6 +619,18 @@ pub(crate) fn run_summary(run: &RunRecord) -> String {
             run.source,
             run.run_id,
             escape(run.error.as_deref().unwrap_or("unknown error"))
+        ),
+        RunStatus::Quarantined => format!(
+            "{}: run {} QUARANTINED after {seconds:.1}s: {}; its changes are held and nothing is delivered: see `aksync report {}`, then `aksync approve {}` or `aksync reject {}`",
+            run.source,
+            run.run_id,
+            run.quarantine
+                .as_ref()
+                .map(|quarantine| quarantine.reasons.join("; "))
+                .unwrap_or_default(),
+            run.run_id,
+            run.run_id,
+            run.run_id
         ),
         status => format!(
             "{}: run {} {} in {seconds:.1}s: {} accounts, {} groups, {} memberships, {} new record versions",

@@ -68,6 +68,23 @@ pub enum Command {
         #[command(flatten)]
         source: SourceArg,
     },
+    /// Release a quarantined run (too many leavers or removals at once): its held changes
+    /// are stored as the source's latest snapshot, its reports written and its envelopes
+    /// delivered. Only the source's newest stored run can be approved.
+    Approve {
+        /// The quarantined run's id.
+        run: String,
+        #[command(flatten)]
+        source: SourceArg,
+    },
+    /// Discard a quarantined run: it stays in the history, marked rejected, nothing of it is
+    /// delivered, and the next run is compared with the last complete run.
+    Reject {
+        /// The quarantined run's id.
+        run: String,
+        #[command(flatten)]
+        source: SourceArg,
+    },
     /// List stored runs, newest first, with the connections and disconnections of sources
     /// between them.
     Runs {
@@ -233,6 +250,8 @@ impl Command {
         match self {
             Command::Sync { .. }
             | Command::Deliver { .. }
+            | Command::Approve { .. }
+            | Command::Reject { .. }
             | Command::Daemon
             | Command::Connect { .. }
             | Command::Disconnect { .. } => true,

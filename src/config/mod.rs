@@ -218,6 +218,10 @@ struct RawSource {
     sla: Option<String>,
     expected_interval: Option<String>,
     unhealthy_after_failures: Option<u32>,
+    max_leavers: Option<u64>,
+    max_leaver_percent: Option<f64>,
+    max_membership_removals: Option<u64>,
+    max_membership_removal_percent: Option<f64>,
 }
 
 /// The validated configuration.
@@ -434,6 +438,30 @@ pub struct SourceConfig {
     pub expected_interval: Option<Duration>,
     /// How many failed runs in a row make the daemon report the source unhealthy.
     pub unhealthy_after_failures: u32,
+    /// Above these a run is quarantined instead of released.
+    pub quarantine: QuarantineThresholds,
+}
+
+/// How many leavers and membership removals one run may find before it is held for an
+/// admin's decision (`aksync approve` / `aksync reject`): a count, and a percentage of the
+/// run it is compared with. Over either is too many.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QuarantineThresholds {
+    pub max_leavers: u64,
+    pub max_leaver_percent: f64,
+    pub max_membership_removals: u64,
+    pub max_membership_removal_percent: f64,
+}
+
+impl Default for QuarantineThresholds {
+    fn default() -> QuarantineThresholds {
+        QuarantineThresholds {
+            max_leavers: 25,
+            max_leaver_percent: 10.0,
+            max_membership_removals: 25,
+            max_membership_removal_percent: 10.0,
+        }
+    }
 }
 
 /// The settings that shape the stored data; a change to any of them makes records differ
@@ -1240,6 +1268,35 @@ fn validate_source(
             1..=RECENT_RUNS as u32,
             &key("unhealthy_after_failures"),
         )?,
+        quarantine: {
+            let default = QuarantineThresholds::default();
+            QuarantineThresholds {
+                max_leavers: bounded(
+                    raw.max_leavers,
+                    default.max_leavers,
+                    0..=u64::from(u32::MAX),
+                    &key("max_leavers"),
+                )?,
+                max_leaver_percent: bounded(
+                    raw.max_leaver_percent,
+                    default.max_leaver_percent,
+                    0.0..=100.0,
+                    &key("max_leaver_percent"),
+                )?,
+                max_membership_removals: bounded(
+                    raw.max_membership_removals,
+                    default.max_membership_removals,
+                    0..=u64::from(u32::MAX),
+                    &key("max_membership_removals"),
+                )?,
+                max_membership_removal_percent: bounded(
+                    raw.max_membership_removal_percent,
+                    default.max_membership_removal_percent,
+                    0.0..=100.0,
+                    &key("max_membership_removal_percent"),
+                )?,
+            }
+        },
     };
     Ok((source, ignored.warnings))
 }

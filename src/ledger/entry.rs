@@ -49,6 +49,18 @@ pub enum Body {
     /// `aksync disconnect` removed the source's configuration: collection from it ends,
     /// its history stays.
     Disconnected(ConnectionEvent),
+    /// `aksync approve` or `aksync reject` decided on a quarantined run.
+    Decided(RunDecision),
+}
+
+/// A decision on a quarantined run, and who took it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunDecision {
+    pub run_id: String,
+    pub decision: crate::store::Decision,
+    /// The thresholds the run went over, as its record states them.
+    pub reasons: Vec<String>,
+    pub by: crate::output::report::Producer,
 }
 
 impl Body {
@@ -57,6 +69,7 @@ impl Body {
         match self {
             Body::Run(evidence) => Some(&evidence.run.run_id),
             Body::Reports(files) => Some(&files.run_id),
+            Body::Decided(decision) => Some(&decision.run_id),
             Body::Pruned(_) | Body::Connected(_) | Body::Disconnected(_) => None,
         }
     }
@@ -66,7 +79,7 @@ impl Body {
         match self {
             Body::Connected(event) => Some((ConnectionAction::Connected, event)),
             Body::Disconnected(event) => Some((ConnectionAction::Disconnected, event)),
-            Body::Run(_) | Body::Reports(_) | Body::Pruned(_) => None,
+            Body::Run(_) | Body::Reports(_) | Body::Pruned(_) | Body::Decided(_) => None,
         }
     }
 }
@@ -179,18 +192,20 @@ pub struct RunEvidence {
     pub snapshot_digest: Option<String>,
 }
 
-impl RunEvidence {
-    pub fn is_complete(&self) -> bool {
-        self.run.status == RunStatus::Complete
-    }
-}
-
-/// The run record as an entry keeps it: the same record without what changes after the run.
+/// The run record as an entry keeps it: the same record without what changes after the run
+/// (its webhook delivery, and for a quarantined run the decision on it, which its own entry
+/// records, and the status that follows from it).
 pub fn committed_record(run: &RunRecord) -> RunRecord {
-    RunRecord {
+    let mut committed = RunRecord {
         delivery: None,
         ..run.clone()
+    };
+    if let Some(quarantine) = committed.quarantine.as_mut() {
+        if quarantine.decision.take().is_some() {
+            committed.status = RunStatus::Quarantined;
+        }
     }
+    committed
 }
 
 /// The counts at the end of a complete run.

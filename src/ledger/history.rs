@@ -119,6 +119,12 @@ pub fn timeline(reader: &Reader<'_>, source: &str, uid: &str) -> Result<Timeline
         let Some(run) = run_evidence(reader, source, &run_id)? else {
             continue;
         };
+        // A quarantined run's events are not the account's until the run is approved.
+        if run.evidence.run.status == crate::store::RunStatus::Quarantined
+            && reader.run_record(&run_id)?.status != crate::store::RunStatus::Complete
+        {
+            continue;
+        }
         let kinds = kinds(&row);
         let detected_at = run.evidence.run.finished_at;
         let event = |kind, reason: Option<&str>, username: &str| TimelineEvent {

@@ -110,6 +110,8 @@ pub fn verify_source(
     let mut pruned_files: BTreeSet<String> = BTreeSet::new();
     let mut entry_of_run: BTreeMap<String, u64> = BTreeMap::new();
     let mut connection_entries: Vec<u64> = Vec::new();
+    let mut decisions_claimed = BTreeMap::new();
+    let mut decisions_recorded = BTreeMap::new();
     let mut last_seal: Option<Vec<u8>> = None;
     let in_scope = |run: &RunRecord| since.is_none_or(|since| run.started_at >= since);
     for row in reader.ledger_entries(source, 0)? {
@@ -247,6 +249,9 @@ pub fn verify_source(
                     );
                     break;
                 }
+                if let Some(taken) = stored.quarantine.as_ref().and_then(|q| q.decision.as_ref()) {
+                    decisions_claimed.insert(id.clone(), (seq, taken.decision));
+                }
                 if !in_scope(&stored) {
                     continue;
                 }
@@ -288,6 +293,25 @@ pub fn verify_source(
                 }
             }
             Body::Connected(_) | Body::Disconnected(_) => connection_entries.push(seq),
+            Body::Decided(decided) => {
+                decisions_recorded.insert(decided.run_id, decided.decision);
+            }
+        }
+    }
+    // A decision changes a run's record after its entry: only one its own entry records.
+    if verdict.first_break.is_none() {
+        for (run_id, (seq, decision)) in &decisions_claimed {
+            if decisions_recorded.get(run_id) != Some(decision) {
+                verdict.fail(
+                    Some(*seq),
+                    Some(run_id),
+                    format!(
+                        "the run's record says it was {}, but no ledger entry records that decision",
+                        decision.as_str()
+                    ),
+                );
+                break;
+            }
         }
     }
     if let Some(broken) = verdict.first_break.as_mut() {

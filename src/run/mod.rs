@@ -8,6 +8,7 @@
 pub mod collect;
 pub mod normalize;
 pub mod plan;
+pub mod quarantine;
 pub mod record;
 pub mod run_lock;
 pub mod runner;

@@ -229,6 +229,21 @@ fn log_finished(run: &RunRecord, took: Duration) {
             error = run.error.as_deref().unwrap_or_default(),
             "run finished"
         ),
+        RunStatus::Quarantined => tracing::warn!(
+            source = %run.source,
+            run = %run.run_id,
+            status = %run.status.as_str(),
+            duration_secs,
+            leavers = changes.leavers,
+            reasons = run
+                .quarantine
+                .as_ref()
+                .map(|quarantine| quarantine.reasons.join("; "))
+                .unwrap_or_default(),
+            "run quarantined: nothing is delivered until `aksync approve {}` (or `aksync reject {}`)",
+            run.run_id,
+            run.run_id
+        ),
         status => tracing::info!(
             source = %run.source,
             run = %run.run_id,

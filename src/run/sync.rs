@@ -30,11 +30,12 @@ use crate::ledger::{self, Body, Pending};
 use crate::output::envelope::{envelope_path, EnvelopeContext, EnvelopeWriter};
 use crate::run::collect::{CollectError, Collected, Collector};
 use crate::run::plan::{plan_sync, PlanError, Planned, Planner, Sinks};
+use crate::run::quarantine;
 use crate::run::record::{ChangeRule, RecordKind};
 use crate::store::ops::OpWriter;
 use crate::store::{
-    ChangeCounts, CommitPlan, Counts, DeliveryState, KeptState, RunOutcome, RunRecord, RunStatus,
-    Store, StoreError, TokenUser, CANCELLED_BY_SHUTDOWN,
+    ChangeCounts, CommitPlan, Counts, DeliveryState, KeptState, Quarantine, RunOutcome, RunRecord,
+    RunStatus, Store, StoreError, TokenUser, CANCELLED_BY_SHUTDOWN,
 };
 
 /// How long a command waits for another process that holds the database.
@@ -393,18 +394,32 @@ impl CompleteRun {
             groups: self.collected.groups.items().len() as u64 - scope.groups_out_of_scope,
             memberships: self.collected.memberships.len() as u64 - scope.memberships_out_of_scope,
         };
-        let mut record = self.outcome.clone().into_record(
-            run_id,
-            RunStatus::Complete,
-            None,
-            counts,
-            ops.counts().versions,
+        // Too many leavers or removals at once are held for an admin's decision: a fault
+        // upstream must not become mass offboarding evidence on its own.
+        let held = quarantine::reasons(
+            quarantine::Found::of(&diff, self.collected.accounts.items().len() as u64),
+            previous
+                .as_ref()
+                .map(|run| (run.run_id.as_str(), &run.counts)),
+            &source.quarantine,
         );
+        let status = match held.is_empty() {
+            true => RunStatus::Complete,
+            false => RunStatus::Quarantined,
+        };
+        let mut record =
+            self.outcome
+                .clone()
+                .into_record(run_id, status, None, counts, ops.counts().versions);
+        record.quarantine = (!held.is_empty()).then_some(Quarantine {
+            reasons: held,
+            decision: None,
+        });
         record.previous_run = previous.as_ref().map(|run| run.run_id.clone());
         record.scope = (source.filter.is_some() || source.group_filter.is_some()).then_some(scope);
         record.token_user = self.token_user.clone();
         record.changes = Some(change_counts(&diff));
-        if self.webhook && envelopes.summary.lines > 0 {
+        if self.webhook && envelopes.summary.lines > 0 && status == RunStatus::Complete {
             record.delivery = Some(DeliveryState::pending());
         }
         record.envelopes = Some(envelopes.summary.clone());

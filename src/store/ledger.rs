@@ -60,6 +60,25 @@ pub enum KeptState {
 }
 
 impl KeptState {
+    const ALL: [KeptState; 3] = [
+        KeptState::SnapshotDigest,
+        KeptState::Privileged,
+        KeptState::Settings,
+    ];
+
+    /// Its name where a quarantined run holds it.
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            KeptState::SnapshotDigest => "snapshot_digest",
+            KeptState::Privileged => "privileged",
+            KeptState::Settings => "settings",
+        }
+    }
+
+    pub(super) fn named(name: &str) -> Option<KeptState> {
+        KeptState::ALL.into_iter().find(|kind| kind.name() == name)
+    }
+
     fn table(self) -> TableDefinition<'static, &'static str, &'static [u8]> {
         match self {
             KeptState::SnapshotDigest => SNAPSHOT_DIGESTS,
@@ -140,6 +159,9 @@ pub struct IndexRows<'t> {
     source: &'t str,
     seq: u64,
     run_id: Option<&'t str>,
+    /// A quarantined run's entry: what it keeps for the next run is held with its writes
+    /// until a decision (see [`super::quarantine`]).
+    hold: bool,
     accounts: Option<redb::Table<'t, &'static str, &'static [u8]>>,
     names: Option<redb::Table<'t, &'static str, &'static [u8]>>,
 }
@@ -204,14 +226,20 @@ impl IndexRows<'_> {
 
     /// What the next run of the source starts from.
     pub fn keep(&mut self, kind: KeptState, state: &[u8]) -> Result<(), IndexError> {
-        let (guard, txn) = (&self.store.guard, self.txn);
-        let mut table = guard
-            .call(|| txn.open_table(kind.table()))
-            .map_err(IndexError)?;
-        guard
-            .call(|| table.insert(self.source, state))
-            .map(drop)
-            .map_err(IndexError)
+        match (self.hold, self.run_id) {
+            (true, Some(run_id)) => {
+                let key = super::quarantine::keep_key(self.source, run_id, kind);
+                let (guard, txn) = (&self.store.guard, self.txn);
+                let mut held = guard
+                    .call(|| txn.open_table(super::quarantine::HELD))
+                    .map_err(IndexError)?;
+                guard
+                    .call(|| held.insert(key.as_str(), state))
+                    .map(drop)
+                    .map_err(IndexError)
+            }
+            _ => keep_in(self.store, self.txn, self.source, kind, state).map_err(IndexError),
+        }
     }
 }
 
@@ -289,6 +317,20 @@ fn read_head(
 
 /// Appends one entry in the caller's write transaction, after `head` (which the caller read
 /// in the same transaction).
+/// Keeps `state` for the source's next run.
+pub(super) fn keep_in(
+    store: &Store,
+    txn: &WriteTransaction,
+    source: &str,
+    kind: KeptState,
+    state: &[u8],
+) -> Result<(), Failure> {
+    let mut table = store.guard.call(|| txn.open_table(kind.table()))?;
+    store.guard.call(|| table.insert(source, state)).map(drop)
+}
+
+/// Appends the sealer's entry to the source's chain after `head`, with its index rows; `hold`
+/// for a quarantined run's entry (what it keeps for the next run is held).
 pub(super) fn append_in(
     store: &Store,
     txn: &WriteTransaction,
@@ -296,6 +338,7 @@ pub(super) fn append_in(
     head: &ChainHead,
     run: Option<&RunRecord>,
     sealer: &mut dyn Sealer,
+    hold: bool,
 ) -> Result<(), Failure> {
     let write = sealer
         .seal(head, run)
@@ -324,6 +367,7 @@ pub(super) fn append_in(
         source,
         seq: write.seq,
         run_id: run.map(|run| run.run_id.as_str()),
+        hold,
         accounts: None,
         names: None,
     };
@@ -371,7 +415,7 @@ impl Store {
     pub fn append_ledger(&self, source: &str, sealer: &mut dyn Sealer) -> Result<(), StoreError> {
         self.write(|txn| {
             let head = head_in(self, txn, source)?;
-            append_in(self, txn, source, &head, None, sealer)
+            append_in(self, txn, source, &head, None, sealer, false)
         })
     }
 
@@ -389,7 +433,15 @@ impl Store {
                 let mut record = WriteReader { store: self, txn }.run(run_id)?;
                 record.ledger_seq = Some(head.next_seq);
                 WriteTables::open(self, txn)?.put_run(&record)?;
-                append_in(self, txn, source, &head, Some(&record), &mut **sealer)?;
+                append_in(
+                    self,
+                    txn,
+                    source,
+                    &head,
+                    Some(&record),
+                    &mut **sealer,
+                    false,
+                )?;
             }
             Ok(())
         })

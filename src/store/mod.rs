@@ -43,6 +43,7 @@ mod open;
 pub mod ops;
 mod outbox;
 pub mod prune;
+mod quarantine;
 mod read;
 pub mod run;
 #[cfg(test)]
@@ -61,11 +62,13 @@ use codec::DecodeError;
 pub use guard::in_guarded_operation;
 use guard::Guard;
 pub use ledger::{ChainHead, IndexError, IndexRows, KeptState, LedgerRow, LedgerWrite, Sealer};
+pub use quarantine::DecisionError;
 pub use read::{Reader, RecordHead, StoredRecord};
 pub use run::{
     ChangeCounts, Counts, DeliveryState, DeliveryStatus, EnvelopeSummary, HealthRecord,
     HealthStatus, RunOutcome, RunRecord, RunStatus, ScopeCounts, TokenUser, CANCELLED_BY_SHUTDOWN,
 };
+pub use run::{Decision, Quarantine, QuarantineDecision};
 pub use write::CommitPlan;
 
 /// The layout version of the tables below. Bump it with a migration in `migrate.rs`.
@@ -111,7 +114,7 @@ pub enum StoreError {
     Internal { path: PathBuf, reason: String },
     #[error("no run `{0}`: list runs with `aksync runs`")]
     UnknownRun(String),
-    #[error("run {run_id} is {status}, not complete: only complete runs have a snapshot")]
+    #[error("run {run_id} is {status}, not complete: only complete runs have a snapshot (a quarantined run's changes are held until `aksync approve {run_id}`: see them with `aksync envelopes {run_id}` and `aksync report {run_id}`)")]
     NotComplete {
         run_id: String,
         status: &'static str,

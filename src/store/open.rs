@@ -9,9 +9,9 @@ use redb::{ConcurrencyMode, ReadableTable, WriteTransaction};
 
 use super::guard::Guard;
 use super::{
-    corrupt_value, file, ledger, migrate, Failure, Handle, Store, StoreError, CURRENT, DELETIONS,
-    ENTRIES, HEALTH, LATEST, META, POLL_INTERVAL, RUNS, SCHEMA_VERSION, SCHEMA_VERSION_KEY,
-    SOURCE_RUNS, TOMBSTONES, VERSIONS, VOLATILE,
+    corrupt_value, file, ledger, migrate, quarantine, Failure, Handle, Store, StoreError, CURRENT,
+    DELETIONS, ENTRIES, HEALTH, LATEST, META, POLL_INTERVAL, RUNS, SCHEMA_VERSION,
+    SCHEMA_VERSION_KEY, SOURCE_RUNS, TOMBSTONES, VERSIONS, VOLATILE,
 };
 use crate::config::state_dir::create_private_dir;
 
@@ -170,6 +170,7 @@ impl Store {
             ledger::SNAPSHOT_DIGESTS,
             ledger::PRIVILEGED_NOW,
             ledger::RUN_SETTINGS,
+            quarantine::HELD,
         ] {
             self.guard.call(|| txn.open_table(table))?;
         }

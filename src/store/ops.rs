@@ -172,6 +172,19 @@ impl Ops {
         self.counts
     }
 
+    /// Plan bytes already written elsewhere (a quarantined run's held ops), at their start.
+    pub(super) fn from_file(file: std::fs::File) -> Ops {
+        Ops {
+            file: BufReader::new(file),
+            counts: OpCounts::default(),
+        }
+    }
+
+    /// The plan's bytes, for holding them as they are.
+    pub(super) fn raw(&mut self) -> &mut impl Read {
+        &mut self.file
+    }
+
     /// The next op, or `None` at the end.
     pub fn next_op(&mut self) -> std::io::Result<Option<Op>> {
         let mut head = [0u8; 2];

@@ -233,7 +233,7 @@ impl Store {
                 self.remove_evidence_in(txn, &plan.source, &plan.evidence_of, first_kept)?;
             }
             let head = ledger::head_in(self, txn, &plan.source)?;
-            ledger::append_in(self, txn, &plan.source, &head, None, record)?;
+            ledger::append_in(self, txn, &plan.source, &head, None, record, false)?;
             Ok(Pruned {
                 runs: plan.runs.len() as u64,
                 versions: removed,

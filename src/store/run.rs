@@ -116,6 +116,9 @@ pub struct RunRecord {
     /// What the source's filters left out of scope, when it has any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<ScopeCounts>,
+    /// Why a quarantined run was held back, and the decision on it once one is taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantine: Option<Quarantine>,
     /// Fields written by other aksync versions, preserved as they are.
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
@@ -148,6 +151,52 @@ impl RunRecord {
         } else {
             self.status.as_str()
         }
+    }
+}
+
+/// Why a run was held back for a decision, and the decision.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quarantine {
+    /// Each threshold the run went over, in words.
+    pub reasons: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<QuarantineDecision>,
+}
+
+/// An admin's decision on a quarantined run: `approved` releases it (it becomes complete, its
+/// envelopes are delivered); `rejected` discards it for comparison, kept for the record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuarantineDecision {
+    pub decision: Decision,
+    pub at: DateTime<Utc>,
+    /// The OS user who decided, and on which host.
+    pub by: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Decision {
+    Approved,
+    Rejected,
+}
+
+impl Decision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Approved => "approved",
+            Decision::Rejected => "rejected",
+        }
+    }
+}
+
+impl RunRecord {
+    /// Whether the run is quarantined and waits for `aksync approve` or `aksync reject`.
+    pub fn awaits_decision(&self) -> bool {
+        self.status == RunStatus::Quarantined
+            && self
+                .quarantine
+                .as_ref()
+                .is_none_or(|quarantine| quarantine.decision.is_none())
     }
 }
 
@@ -318,6 +367,7 @@ impl RunOutcome {
             ledger_seq: None,
             settings_changed: self.settings_changed,
             scope: None,
+            quarantine: None,
             extra: BTreeMap::new(),
         }
     }

@@ -10,6 +10,7 @@ use redb::{ReadableTable, TableDefinition, TransactionError, WriteTransaction};
 use super::codec::{self, CurrentRow, SEP};
 use super::guard::Guard;
 use super::ops::{Op, Ops, TombstoneWrite};
+use super::quarantine;
 use super::read::RunLookups;
 use super::{
     corrupt_value, from_json, ledger, outbox, to_json, Counts, Failure, Handle, HealthRecord,
@@ -75,28 +76,38 @@ impl Store {
                     found: last.or(latest).unwrap_or_default(),
                 }));
             }
+            // A quarantined run's writes are held for a decision: the source's current state
+            // stays the run it was compared with's.
+            let hold = plan.record.status == RunStatus::Quarantined;
+            if hold {
+                quarantine::hold_ops(self, txn, &source, &run_id, &mut plan.ops)?;
+            }
             let mut tables = WriteTables::open(self, txn)?;
-            if plan.reset {
+            if plan.reset && !hold {
                 tables.reset_source(&source, &run_id)?;
             }
-            let mut applied = 0usize;
-            while let Some(op) = plan.ops.next_op().map_err(|error| {
-                Failure::Store(StoreError::Io {
-                    path: self.path.clone(),
-                    reason: format!("reading the run's planned writes: {error}"),
-                })
-            })? {
-                tables.apply(&source, &run_id, op)?;
-                applied += 1;
-                if applied.is_multiple_of(WRITES_BETWEEN_CANCEL_CHECKS) && cancelled() {
-                    return Err(Failure::Store(StoreError::Cancelled));
+            if !hold {
+                let mut applied = 0usize;
+                while let Some(op) = plan.ops.next_op().map_err(|error| {
+                    Failure::Store(StoreError::Io {
+                        path: self.path.clone(),
+                        reason: format!("reading the run's planned writes: {error}"),
+                    })
+                })? {
+                    tables.apply(&source, &run_id, op)?;
+                    applied += 1;
+                    if applied.is_multiple_of(WRITES_BETWEEN_CANCEL_CHECKS) && cancelled() {
+                        return Err(Failure::Store(StoreError::Cancelled));
+                    }
                 }
             }
             let head = ledger::head_in(self, txn, &source)?;
             plan.record.ledger_seq = Some(head.next_seq);
             tables.put_run(&plan.record)?;
-            self.guard
-                .call(|| tables.latest.insert(source.as_str(), run_id.as_str()))?;
+            if !hold {
+                self.guard
+                    .call(|| tables.latest.insert(source.as_str(), run_id.as_str()))?;
+            }
             drop(tables);
             outbox::settle_mark(self, txn, &plan.record)?;
             ledger::append_in(
@@ -106,6 +117,7 @@ impl Store {
                 &head,
                 Some(&plan.record),
                 &mut *plan.ledger,
+                hold,
             )?;
             // Rewritten by every complete run, the reserve's old pages are free room in the
             // file after the commit: when the disk fills, the next run's failure still fits.
@@ -145,7 +157,15 @@ impl Store {
             record.ledger_seq = Some(head.next_seq);
             WriteTables::open(self, txn)?.put_run(&record)?;
             outbox::settle_mark(self, txn, &record)?;
-            ledger::append_in(self, txn, &record.source, &head, Some(&record), ledger)?;
+            ledger::append_in(
+                self,
+                txn,
+                &record.source,
+                &head,
+                Some(&record),
+                ledger,
+                false,
+            )?;
             Ok(record)
         })
     }
@@ -386,7 +406,7 @@ impl<'t> WriteTables<'t> {
         Ok(())
     }
 
-    fn apply(&mut self, source: &str, run_id: &str, op: Op) -> Result<(), Failure> {
+    pub(super) fn apply(&mut self, source: &str, run_id: &str, op: Op) -> Result<(), Failure> {
         match op {
             Op::Put {
                 kind,

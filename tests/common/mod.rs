@@ -60,6 +60,12 @@ impl TestEnv {
         env
     }
 
+    /// Source keys that let a run of a directory of a dozen people lose a few of them
+    /// without quarantine (the default thresholds are relative too: 2 leavers of 15 are over
+    /// `max_leaver_percent`), for tests about what such a run records.
+    pub const NO_QUARANTINE: &'static str =
+        "max_leaver_percent = 100.0\nmax_membership_removal_percent = 100.0\n";
+
     pub fn state_dir(&self) -> PathBuf {
         self.dir.path().join("state")
     }

@@ -229,7 +229,11 @@ pub fn build_report(
     let mut missing = Vec::new();
     let mut diffs = Vec::new();
     let mut privileged_at_restarts = BTreeMap::new();
-    for view in views.iter().filter(|view| view.evidence.is_complete()) {
+    // The stored record's status: a quarantined run that was approved since is complete.
+    for view in views
+        .iter()
+        .filter(|view| view.record.status == RunStatus::Complete)
+    {
         match (&view.evidence.diff, &view.evidence.not_replayable) {
             (Some(diff), _) => {
                 if diff.baseline.is_some() || !diff.scope_changes.is_empty() {
@@ -453,6 +457,15 @@ fn period_run(view: &RunView) -> PeriodRun {
         token_user: run.token_user.clone(),
         changes: run.changes,
         scope: run.scope,
+        quarantine: run.quarantine.clone(),
+        held_leavers: match (run.status, &view.evidence.diff) {
+            (RunStatus::Quarantined, Some(diff)) => diff
+                .leavers
+                .iter()
+                .map(|leaver| format!("{} ({})", leaver.username, leaver.reason.as_str()))
+                .collect(),
+            _ => Vec::new(),
+        },
         entry_digest: view.digest.clone(),
         expected_interval_seconds: Some(view.evidence.settings.expected_interval_seconds),
     }

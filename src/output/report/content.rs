@@ -530,6 +530,7 @@ pub(super) fn blocks(report: &Report, figures: &Figures) -> Vec<Block> {
         terminations_block(report, figures),
         settings_block(report),
         scope_block(report),
+        quarantine_block(report),
     ]
 }
 
@@ -587,6 +588,57 @@ fn scope_block(report: &Report) -> Block {
         description: "Records that entered or left the source's scope (its filter, group_filter or group sync) without being created or deleted in Authentik: not joiners or leavers. A record that changed upstream as well has its own event in the sections below.".to_string(),
         columns: vec![("Record", 35), ("Change", 45), ("Run", 20)],
         alert: false,
+        listing: true,
+        rows,
+    }
+}
+
+/// The runs held for a decision because they found too many leavers or removals at once:
+/// why, what was decided, and what a run not approved would have reported.
+fn quarantine_block(report: &Report) -> Block {
+    let rows = report
+        .runs
+        .iter()
+        .filter_map(|run| Some((run, run.quarantine.as_ref()?)))
+        .map(|(run, quarantine)| {
+            let decision = match &quarantine.decision {
+                None => vec![Piece::Flag(
+                    "awaiting a decision: `aksync approve` or `aksync reject`".to_string(),
+                )],
+                Some(taken) => text(format!(
+                    "{} by {} at {}",
+                    taken.decision.as_str(),
+                    taken.by,
+                    timestamp(taken.at)
+                )),
+            };
+            let held = match run.held_leavers.is_empty() {
+                true => text("none held"),
+                false => text(run.held_leavers.join(", ")),
+            };
+            vec![
+                code(run_label(report, &run.run_id)),
+                text(quarantine.reasons.join("; ")),
+                decision,
+                held,
+            ]
+        })
+        .collect();
+    Block {
+        id: "quarantine",
+        title: "Quarantined runs",
+        description: "Runs that found more leavers or membership removals than the source's thresholds allow (max_leavers, max_leaver_percent, max_membership_removals, max_membership_removal_percent), or an empty listing: their changes were held, nothing was delivered, and the next run was compared with the last complete run. An approved run's changes are in the sections below; the leavers of a run not approved are listed here only.".to_string(),
+        columns: vec![
+            ("Run", 17),
+            ("Thresholds exceeded", 33),
+            ("Decision", 20),
+            ("Leavers held", 30),
+        ],
+        alert: report.runs.iter().any(|run| {
+            run.quarantine
+                .as_ref()
+                .is_some_and(|quarantine| quarantine.decision.is_none())
+        }),
         listing: true,
         rows,
     }

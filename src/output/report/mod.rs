@@ -148,6 +148,13 @@ pub struct PeriodRun {
     /// when it has filters: `counts` are of the records in scope.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scope: Option<crate::store::ScopeCounts>,
+    /// Why the run was held for a decision, and the decision, when it was quarantined.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quarantine: Option<crate::store::Quarantine>,
+    /// A run still quarantined or rejected: the leavers it would have reported, as
+    /// `username (reason)`. An approved run's leavers are among the period's leavers.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub held_leavers: Vec<String>,
     /// The ledger digest of the run's entry.
     pub entry_digest: Option<String>,
     /// The expected interval the run recorded: a gap in coverage that ends with this run is

@@ -226,6 +226,8 @@ pub(super) fn period_run(
             filter_errors_excluded: 2,
             filter_errors_included: 0,
         }),
+        quarantine: None,
+        held_leavers: Vec::new(),
         entry_digest: (status != RunStatus::Failed).then(|| uid(&format!("{run_id} entry"))),
         expected_interval_seconds: Some(45 * 60),
     }
@@ -807,10 +809,10 @@ fn markdown_has_every_section_and_none_when_empty() {
 
     let empty = rendered(&empty_report(), ReportFormat::Markdown);
     // Connections, coverage gaps, privileged at start and end, granted, removed, group
-    // changes, settings changes, scope changes, and the event sections.
+    // changes, settings changes, scope changes, quarantined runs, and the event sections.
     assert_eq!(
         empty.matches("\nNone.\n").count(),
-        9 + Section::ALL.len(),
+        10 + Section::ALL.len(),
         "{empty}"
     );
 }
@@ -856,7 +858,7 @@ fn empty_report_says_none_in_every_format() {
     let csv = rendered(&report, ReportFormat::Csv);
     assert_eq!(csv.lines().count(), 2, "a header and the run alone: {csv}");
     let html = rendered(&report, ReportFormat::Html);
-    assert_eq!(html.matches(">None.</td>").count(), 9 + Section::ALL.len());
+    assert_eq!(html.matches(">None.</td>").count(), 10 + Section::ALL.len());
     assert!(!html.contains("class=\"alert\""));
     assert!(html.contains("No complete runs to chart yet."));
 }
