@@ -165,3 +165,51 @@ impl TestSource {
         parse_jsonl(&bytes).unwrap()
     }
 }
+
+/// Arbitrary JSON for the property tests of what reads a server's answers: every kind of
+/// value, nested a few levels, with object keys drawn from `keys` (names the reader looks
+/// for, so that it gets past its first checks) or made up.
+pub(crate) fn arbitrary_json(
+    keys: &'static [&'static str],
+) -> impl proptest::strategy::Strategy<Value = Value> {
+    use proptest::prelude::*;
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        any::<f64>().prop_map(Value::from),
+        // Small numbers, as pks, counts and page numbers are.
+        (-3i64..1000).prop_map(Value::from),
+        any::<String>().prop_map(Value::String),
+        "[a-z ]{0,12}".prop_map(Value::String),
+    ];
+    let key = prop_oneof![
+        proptest::sample::select(keys).prop_map(str::to_string),
+        any::<String>(),
+    ];
+    leaf.prop_recursive(4, 48, 8, move |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
+            proptest::collection::btree_map(key.clone(), inner, 0..10)
+                .prop_map(|object| Value::Object(object.into_iter().collect())),
+        ]
+    })
+}
+
+/// Objects whose keys are mostly `keys`, each with an arbitrary value: a user, group or page
+/// as a broken or hostile server might send it.
+pub(crate) fn arbitrary_object(
+    keys: &'static [&'static str],
+) -> impl proptest::strategy::Strategy<Value = Value> {
+    use proptest::prelude::*;
+    proptest::collection::btree_map(
+        prop_oneof![
+            4 => proptest::sample::select(keys).prop_map(str::to_string),
+            1 => any::<String>(),
+        ],
+        arbitrary_json(keys),
+        0..keys.len() + 2,
+    )
+    .prop_map(|object| Value::Object(object.into_iter().collect()))
+}

@@ -53,13 +53,40 @@ fn unknown_keys_name_the_key_and_file() {
     config_error(
         dir.path(),
         &format!("{GOOD_SOURCE}page_sise = 5\n"),
-        &["unknown key `sources.corp.page_sise`:", "config.toml"],
+        &[
+            "unknown key `sources.corp.page_sise`: did you mean `page_size`?",
+            "config.toml",
+        ],
     );
     config_error(
         dir.path(),
         &format!("stat_dir = \"/x\"\n{GOOD_SOURCE}"),
-        &["unknown key `stat_dir`:"],
+        &["unknown key `stat_dir`: did you mean `state_dir`?"],
     );
+    config_error(
+        dir.path(),
+        &format!("{GOOD_SOURCE}[daemon]\nlog_levl = \"info\"\n"),
+        &["unknown key `daemon.log_levl`: did you mean `log_level`?"],
+    );
+    // Only the keys of the same table are suggested, and only close ones.
+    for (text, key) in [
+        (
+            format!("{GOOD_SOURCE}[daemon]\npage_size = 5\n"),
+            "daemon.page_size",
+        ),
+        (
+            format!("{GOOD_SOURCE}frobnicate = 5\n"),
+            "sources.corp.frobnicate",
+        ),
+    ] {
+        config_error(
+            dir.path(),
+            &text,
+            &[&format!(
+                "unknown key `{key}`: remove it or check its spelling against config.example.toml"
+            )],
+        );
+    }
 }
 
 #[test]
@@ -488,11 +515,19 @@ fn token_files_are_read_with_a_size_limit_and_warned_about_when_shared() {
     let run = run_binary(Some(&path), &["check"]);
     assert_eq!((run.code, shared(&run)), (1, 0), "{}", run.stderr);
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o640)).unwrap();
-    let run = run_binary(Some(&path), &["check"]);
-    assert_eq!((run.code, shared(&run)), (1, 1), "{}", run.stderr);
-    assert!(run.stderr.contains("chmod 600"), "{}", run.stderr);
-    assert!(!run.stderr.contains("abcdef"), "{}", run.stderr);
+    // Readable by its group, or by everyone else but not its group: both are shared.
+    for mode in [0o640, 0o604] {
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(mode)).unwrap();
+        let run = run_binary(Some(&path), &["check"]);
+        assert_eq!((run.code, shared(&run)), (1, 1), "{mode:o}: {}", run.stderr);
+        assert!(run.stderr.contains("chmod 600"), "{}", run.stderr);
+        assert!(
+            run.stderr.contains(&format!("(mode {mode:03o})")),
+            "{}",
+            run.stderr
+        );
+        assert!(!run.stderr.contains("abcdef"), "{}", run.stderr);
+    }
     // Queries read no token, so they have nothing to warn about.
     let run = run_binary(Some(&path), &["runs"]);
     assert_eq!((run.code, run.stderr.as_str()), (0, ""));

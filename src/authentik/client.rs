@@ -9,7 +9,7 @@
 //! its word alone.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures::stream::{self, StreamExt};
 use rand::Rng;
@@ -20,6 +20,8 @@ use serde_json::Value;
 
 use super::error::ClientError;
 use super::model::{Page, Pagination, SessionUser, Version};
+use super::tls;
+use crate::clock::{Clock, SystemClock};
 use crate::config::secret::ApiToken;
 use crate::config::SourceConfig;
 use crate::display;
@@ -56,6 +58,20 @@ impl RetryPolicy {
         let millis = exponential.as_millis() as u64;
         Duration::from_millis(rand::thread_rng().gen_range(millis / 2..=millis.max(1)))
     }
+}
+
+/// A `Retry-After` header as a delay from `now`. RFC 9110 allows delta-seconds (`120`) and an
+/// HTTP date (`Wed, 21 Oct 2026 07:28:00 GMT`, or the obsolete RFC 850 and asctime forms,
+/// which servers still send); a date already past means no wait. Anything else is ignored,
+/// and the caller backs off as if there were no header. [`RetryPolicy::delay`] caps the
+/// result, so that a server cannot park a run for days.
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let date = httpdate::parse_http_date(value).ok()?;
+    Some(date.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 impl Default for RetryPolicy {
@@ -343,7 +359,7 @@ impl AuthentikClient {
             .await;
         let response = match response {
             Ok(response) => response,
-            Err(error) => return transport_error(error, endpoint, url, attempt),
+            Err(error) => return transport_error(error, &self.source, endpoint, url, attempt),
         };
         let status = response.status();
         let header = |name| {
@@ -354,9 +370,9 @@ impl AuthentikClient {
                     String::from_utf8_lossy(value.as_bytes()).into_owned()
                 })
         };
-        let retry_after = header(RETRY_AFTER)
-            .and_then(|value| value.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        // The wall clock, not a run's: the wait that follows is real time too.
+        let now = SystemTime::from(SystemClock.now());
+        let retry_after = header(RETRY_AFTER).and_then(|value| parse_retry_after(&value, now));
         let declares_json = header(CONTENT_TYPE).is_some_and(|value| value.contains("json"));
         let location = header(LOCATION);
         let limit = if status.is_success() {
@@ -367,7 +383,7 @@ impl AuthentikClient {
         let body = match read_body(response, limit).await {
             Ok(body) => body,
             Err(BodyError::Transport(error)) => {
-                return transport_error(error, endpoint, url, attempt)
+                return transport_error(error, &self.source, endpoint, url, attempt)
             }
             Err(BodyError::TooLarge) => {
                 return Attempt::Done(Err(ClientError::TooLarge {
@@ -529,11 +545,21 @@ const TLS_FAILURE_MARKERS: [&str; 7] = [
     "peer is incompatible",
 ];
 
-fn transport_error(error: reqwest::Error, endpoint: &str, url: &url::Url, attempt: u32) -> Attempt {
+fn transport_error(
+    error: reqwest::Error,
+    source: &SourceConfig,
+    endpoint: &str,
+    url: &url::Url,
+    attempt: u32,
+) -> Attempt {
+    let final_error = |error| Attempt::Done(Err(error));
+    // A certificate that will not pass until someone fixes it: no retry.
+    if let Some(problem) = tls::certificate_problem(&error) {
+        return final_error(problem.error(url.host_str().unwrap_or_default(), source));
+    }
     let chain = error_chain(&error);
     let endpoint = endpoint.to_string();
     let lower = chain.to_lowercase();
-    let final_error = |error| Attempt::Done(Err(error));
     if lower.contains("dns error") || lower.contains("failed to lookup address") {
         return final_error(ClientError::Dns {
             host: url.host_str().unwrap_or_default().to_string(),
@@ -543,8 +569,13 @@ fn transport_error(error: reqwest::Error, endpoint: &str, url: &url::Url, attemp
         .iter()
         .any(|marker| lower.contains(marker))
     {
+        // The host, as the certificate problems name it: TLS is per server, not per path.
+        let host = match url.port() {
+            Some(port) => format!("{}:{port}", url.host_str().unwrap_or_default()),
+            None => url.host_str().unwrap_or_default().to_string(),
+        };
         return final_error(ClientError::Tls {
-            endpoint,
+            endpoint: host,
             reason: chain,
         });
     }
@@ -1001,6 +1032,100 @@ mod tests {
             policy.delay(1, Some(Duration::from_secs(3600))),
             policy.max_retry_after
         );
+    }
+
+    #[test]
+    fn retry_after_is_read_as_seconds_or_an_http_date() {
+        let now = httpdate::parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
+        let cases = [
+            ("120", Some(120)),
+            (" 0 ", Some(0)),
+            // IMF-fixdate, RFC 850 and asctime, 10 seconds on.
+            ("Sun, 06 Nov 1994 08:49:47 GMT", Some(10)),
+            ("Sunday, 06-Nov-94 08:49:47 GMT", Some(10)),
+            ("Sun Nov  6 08:49:47 1994", Some(10)),
+            // A date already past: try again at once.
+            ("Sun, 06 Nov 1994 08:00:00 GMT", Some(0)),
+            ("Thu, 01 Jan 1970 00:00:00 GMT", Some(0)),
+            ("-5", None),
+            ("1.5", None),
+            ("soon", None),
+            ("Sun, 06 Nov 1994 25:00:00 GMT", None),
+            ("", None),
+        ];
+        for (value, seconds) in cases {
+            assert_eq!(
+                parse_retry_after(value, now),
+                seconds.map(Duration::from_secs),
+                "{value:?}"
+            );
+        }
+        // A date far ahead is capped like a long delta.
+        let policy = RetryPolicy::default();
+        let far = parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT", now);
+        assert_eq!(policy.delay(1, far), policy.max_retry_after);
+    }
+
+    const PAGINATION_KEYS: &[&str] = &["next", "previous", "count", "current", "total_pages"];
+    const PAGE_KEYS: &[&str] = &["pagination", "results", "pk", "detail"];
+
+    /// A page as a broken or hostile server might send it: mostly the right keys, with
+    /// numbers near the real ones, near the limits or not numbers at all.
+    fn arbitrary_page() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let number = prop_oneof![
+            4 => (0u64..6).prop_map(Value::from),
+            2 => any::<u64>().prop_map(Value::from),
+            1 => crate::testing::arbitrary_json(PAGINATION_KEYS),
+        ];
+        let pagination = proptest::collection::btree_map(
+            proptest::sample::select(PAGINATION_KEYS).prop_map(str::to_string),
+            number,
+            3..=5,
+        )
+        .prop_map(|object| Value::Object(object.into_iter().collect()));
+        let record = prop_oneof![
+            3 => (0i64..8).prop_map(|pk| json!({ "pk": pk })),
+            1 => crate::testing::arbitrary_json(PAGE_KEYS),
+        ];
+        let results = proptest::collection::vec(record, 0..6).prop_map(Value::Array);
+        prop_oneof![
+            6 => (pagination, results)
+                .prop_map(|(pagination, results)| json!({ "pagination": pagination, "results": results })),
+            1 => crate::testing::arbitrary_object(PAGE_KEYS),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Whatever pages a server sends, reading them and checking the listing ends in a
+        /// listing or an error, never a panic (overflowing arithmetic on its numbers, say).
+        #[test]
+        fn arbitrary_pages_never_panic(
+            pages in proptest::collection::vec(arbitrary_page(), 1..5),
+            requested in 1u32..=1000,
+        ) {
+            let endpoint = || "/api/v3/core/users/".to_string();
+            let pages: Vec<Page> = pages
+                .iter()
+                .filter_map(|page| {
+                    let body = serde_json::to_vec(page).expect("a value serializes");
+                    let value = parse_json(&body, true, endpoint()).ok()?;
+                    serde_json::from_value(value).ok()
+                })
+                .collect();
+            let _ = collect(pages, requested);
+        }
+
+        /// Bytes that are not even JSON are an error too.
+        #[test]
+        fn arbitrary_bodies_never_panic(
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+            declares_json in proptest::prelude::any::<bool>(),
+        ) {
+            let _ = parse_json(&body, declares_json, "/api/v3/core/users/".to_string());
+        }
     }
 
     #[test]

@@ -31,8 +31,32 @@ pub enum ClientError {
         reason: String,
         attempts: u32,
     },
-    #[error("TLS failure with {endpoint}: {reason}; if Authentik uses a private CA, set ca_file")]
+    #[error("TLS failure with {endpoint}: {reason}; check that base_url names the HTTPS port, and if Authentik uses a private CA, set ca_file")]
     Tls { endpoint: String, reason: String },
+    #[error("TLS failure with {host}: its certificate is not trusted (unknown issuer: not issued by {trusted}): set `sources.{source_name}.ca_file` to the PEM file of the CA that issued it")]
+    UntrustedCertificate {
+        host: String,
+        source_name: String,
+        /// The CAs that were tried, in words.
+        trusted: String,
+    },
+    #[error("TLS failure with {host}: its certificate expired{on}: renew the certificate of the Authentik server (or of the proxy in front of it), or check this machine's clock", on = when(" on", not_after))]
+    ExpiredCertificate {
+        host: String,
+        not_after: Option<String>,
+    },
+    #[error("TLS failure with {host}: its certificate is not valid yet{from}: check this machine's clock, or the certificate's start date", from = when(" before", not_before))]
+    NotYetValidCertificate {
+        host: String,
+        not_before: Option<String>,
+    },
+    #[error("TLS failure with {host}: its certificate does not match the name {host}{holds}: set `sources.{source_name}.base_url` to a name the certificate holds, or reissue the certificate for {host}", holds = holds(presented))]
+    CertificateNameMismatch {
+        host: String,
+        source_name: String,
+        /// The names the certificate holds, quoted (the server chose them).
+        presented: Vec<String>,
+    },
     #[error("{endpoint} timed out{retries}: raise timeout_secs or lower page_size", retries = retry_note(*attempts))]
     Timeout { endpoint: String, attempts: u32 },
     #[error("unexpected response from {endpoint}: {reason}")]
@@ -55,6 +79,19 @@ pub enum ClientError {
     /// say); the reason names the key and the file.
     #[error("{reason}")]
     Token { reason: String },
+}
+
+fn when(preposition: &str, time: &Option<String>) -> String {
+    time.as_ref()
+        .map(|time| format!("{preposition} {time}"))
+        .unwrap_or_default()
+}
+
+fn holds(presented: &[String]) -> String {
+    if presented.is_empty() {
+        return String::new();
+    }
+    format!(" (it holds {})", presented.join(", "))
 }
 
 fn retry_note(attempts: u32) -> String {

@@ -28,6 +28,10 @@ pub fn reason_code(error: &ClientError) -> &'static str {
         ClientError::Dns { .. } => "dns",
         ClientError::Connect { .. } => "unreachable",
         ClientError::Tls { .. } => "tls",
+        ClientError::UntrustedCertificate { .. } => "tls_untrusted",
+        ClientError::ExpiredCertificate { .. } => "tls_expired",
+        ClientError::NotYetValidCertificate { .. } => "tls_not_yet_valid",
+        ClientError::CertificateNameMismatch { .. } => "tls_name_mismatch",
         ClientError::Timeout { .. } => "timeout",
         ClientError::Status { .. } => "server_error",
         ClientError::Decode { .. }

@@ -5,6 +5,7 @@ pub mod client;
 pub mod error;
 pub mod health;
 pub mod model;
+pub mod tls;
 
 pub use client::{AuthentikClient, ListKind, RetryPolicy};
 pub use error::ClientError;

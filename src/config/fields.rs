@@ -249,6 +249,20 @@ fn is_close(typed: &str, name: &str) -> bool {
     strsim::osa_distance(typed, name) <= closeness(typed)
 }
 
+/// The name among `names` that `typed` is a typo of, the closest if several are; also for
+/// the configuration's own keys.
+pub(crate) fn closest_name<'a>(
+    typed: &str,
+    names: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    names
+        .into_iter()
+        .map(|name| (strsim::osa_distance(typed, name), name))
+        .filter(|(distance, _)| *distance <= closeness(typed))
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, name)| name)
+}
+
 /// Authentik's names, for the message that names none of them.
 fn known_names() -> String {
     let mut names: Vec<&str> = AUTHENTIK_FIELDS.iter().map(|(name, _)| *name).collect();

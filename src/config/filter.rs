@@ -423,4 +423,154 @@ mod tests {
             .unwrap_err();
         assert!(error.contains("has(") && error.contains("old"), "{error}");
     }
+
+    /// Pieces of CEL besides the payload's keys, so that arbitrary expressions often parse and
+    /// reach evaluation: operators, functions and the literals at the edges of their types.
+    const CEL_PIECES: &[&str] = &[
+        "payload",
+        ".",
+        "==",
+        "!=",
+        "<",
+        ">=",
+        "&&",
+        "||",
+        "!",
+        "+",
+        "-",
+        "*",
+        "/",
+        "%",
+        "(",
+        ")",
+        "[",
+        "]",
+        "{",
+        "}",
+        ":",
+        ",",
+        "?",
+        " in ",
+        "size(",
+        ".startsWith(",
+        ".contains(",
+        ".lowerAscii()",
+        ".trim()",
+        ".split(",
+        ".matches(",
+        "has(",
+        "int(",
+        "uint(",
+        "double(",
+        "string(",
+        "timestamp(",
+        "duration(",
+        ".exists(x, ",
+        ".all(x, ",
+        ".map(x, ",
+        ".filter(x, ",
+        "x",
+        "'x'",
+        "\"y\"",
+        "b'z'",
+        "1",
+        "0",
+        "-1",
+        "2u",
+        "1.5",
+        "1e308",
+        "true",
+        "null",
+        "9223372036854775807",
+        "-9223372036854775808",
+        "18446744073709551615u",
+        " ",
+    ];
+    const PAYLOAD_KEYS: &[&str] = &[
+        "name",
+        "attributes",
+        "pk",
+        "type",
+        "groups",
+        "users",
+        "is_active",
+        "x",
+    ];
+
+    fn arbitrary_expression() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        // Comparisons of payload fields, literals and arithmetic on them: most compile, so
+        // evaluation meets every kind of payload value (and overflow, division by zero).
+        let operand = prop_oneof![
+            proptest::sample::select(PAYLOAD_KEYS).prop_map(|key| format!("{VARIABLE}.{key}")),
+            proptest::sample::select(CEL_LITERALS).prop_map(str::to_string),
+        ];
+        let term = (
+            operand.clone(),
+            proptest::sample::select(&["+", "-", "*", "/", "%"][..]),
+            operand.clone(),
+        )
+            .prop_map(|(left, op, right)| format!("({left} {op} {right})"));
+        let comparison = (
+            prop_oneof![operand.clone(), term.clone()],
+            proptest::sample::select(&["==", "!=", "<", ">=", " in "][..]),
+            prop_oneof![operand, term],
+        )
+            .prop_map(|(left, op, right)| format!("{left} {op} {right}"));
+        let structured = proptest::collection::vec(comparison, 1..4)
+            .prop_map(|comparisons| comparisons.join(" || "));
+        prop_oneof![
+            4 => structured,
+            4 => proptest::collection::vec(
+                prop_oneof![
+                    proptest::sample::select(CEL_PIECES),
+                    proptest::sample::select(PAYLOAD_KEYS),
+                ],
+                1..16
+            )
+            .prop_map(|pieces| pieces.concat()),
+            1 => any::<String>(),
+        ]
+    }
+
+    const CEL_LITERALS: &[&str] = &[
+        "'x'",
+        "1",
+        "0",
+        "-1",
+        "2u",
+        "0u",
+        "1.5",
+        "0.0",
+        "true",
+        "null",
+        "[]",
+        "{}",
+        "9223372036854775807",
+        "-9223372036854775808",
+        "18446744073709551615u",
+    ];
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Any expression compiles or is refused, and one that compiles judges any payload
+        /// or gives an error: never a panic, which would end a run or the daemon.
+        #[test]
+        fn arbitrary_filters_and_payloads_never_panic(
+            expression in arbitrary_expression(),
+            payloads in proptest::collection::vec(
+                crate::testing::arbitrary_object(PAYLOAD_KEYS),
+                1..4,
+            ),
+        ) {
+            for target in [FilterTarget::Users, FilterTarget::Groups] {
+                if let Ok(filter) = RecordFilter::compile(&expression, target) {
+                    for payload in &payloads {
+                        let _ = filter.keeps(payload, "someone");
+                    }
+                }
+            }
+        }
+    }
 }

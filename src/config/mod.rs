@@ -702,7 +702,7 @@ fn figment_error(figment: &Figment, error: figment::Error, default_origin: &str)
         .or_else(|| origin_of(figment, &key))
         .unwrap_or_else(|| default_origin.to_string());
     let message = match &error.kind {
-        figment::error::Kind::UnknownField(field, _) => {
+        figment::error::Kind::UnknownField(field, known) => {
             // figment's path usually ends with the unknown field itself.
             let full_key = if key.is_empty() {
                 field.clone()
@@ -711,7 +711,16 @@ fn figment_error(figment: &Figment, error: figment::Error, default_origin: &str)
             } else {
                 format!("{key}.{field}")
             };
-            format!("unknown key `{full_key}`: remove it or check its spelling against config.example.toml")
+            // serde's `deny_unknown_fields` lists the fields of the table's struct, so the
+            // suggestion comes from what is really accepted and cannot drift from it.
+            match fields::closest_name(field, known.iter().copied()) {
+                Some(closest) => format!(
+                    "unknown key `{full_key}`: did you mean `{closest}`? (see config.example.toml)"
+                ),
+                None => format!(
+                    "unknown key `{full_key}`: remove it or check its spelling against config.example.toml"
+                ),
+            }
         }
         figment::error::Kind::MissingField(field) => {
             let full_key = if key.is_empty() {

@@ -19,14 +19,14 @@
 //! run's envelope file a batch at a time, so its memory is one batch whatever the backlog.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use serde_json::json;
 
-use crate::authentik::client::error_chain;
+use crate::authentik::client::{error_chain, parse_retry_after};
 use crate::authentik::RetryPolicy;
-use crate::clock::Clock;
+use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, WebhookConfig};
 use crate::output::artifacts::{open_envelopes, ArtifactError, EnvelopeBatches};
 use crate::run::run_lock::{outbox_lock_path, LockError, RunLock, TryLock};
@@ -405,8 +405,10 @@ async fn post_with_retries(
                     .headers()
                     .get(RETRY_AFTER)
                     .and_then(|value| value.to_str().ok())
-                    .and_then(|value| value.trim().parse::<u64>().ok())
-                    .map(Duration::from_secs);
+                    // The wall clock, not the pass's: the wait that follows is real time.
+                    .and_then(|value| {
+                        parse_retry_after(value, SystemTime::from(SystemClock.now()))
+                    });
                 let message = format!("{} answered HTTP {status}", webhook.shown_url());
                 // A timeout, a rate limit or "too early" are the receiver's state; any other
                 // 4xx is about the batch itself, and sending it again changes nothing.

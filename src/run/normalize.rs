@@ -326,4 +326,61 @@ mod tests {
         let error = read_user(&json!({"pk": 7, "username": 3})).unwrap_err();
         assert!(error.to_string().contains("user record 7"), "{error}");
     }
+
+    const USER_KEYS: &[&str] = &[
+        "pk",
+        "username",
+        "name",
+        "is_active",
+        "last_login",
+        "last_updated",
+        "date_joined",
+        "is_superuser",
+        "groups",
+        "email",
+        "attributes",
+        "uid",
+        "path",
+        "type",
+        "uuid",
+        "roles",
+        "groups_obj",
+        "roles_obj",
+    ];
+    const GROUP_KEYS: &[&str] = &[
+        "pk",
+        "name",
+        "is_superuser",
+        "parents",
+        "parent",
+        "users",
+        "attributes",
+        "roles",
+        "roles_obj",
+        "users_obj",
+    ];
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// A user record of any shape is read or refused with an error naming it, and what
+        /// is read normalizes and hashes: never a panic.
+        #[test]
+        fn arbitrary_users_never_panic(raw in crate::testing::arbitrary_object(USER_KEYS)) {
+            if let Ok(user) = read_user(&raw) {
+                let account = account(&user);
+                crate::canonical::to_canonical_vec(&account).expect("an account serializes");
+            }
+            crate::canonical::canonical_json(&stored_payload(raw));
+        }
+
+        #[test]
+        fn arbitrary_groups_never_panic(raw in crate::testing::arbitrary_object(GROUP_KEYS)) {
+            if let Ok(group) = read_group(&raw) {
+                let record = group_record(&group);
+                crate::canonical::to_canonical_vec(&record).expect("a group serializes");
+            }
+            crate::canonical::canonical_json(&stored_payload(raw));
+        }
+    }
 }

@@ -1,10 +1,11 @@
 //! Shared set-up for the integration tests: a fake Authentik on loopback, a config file in a
 //! temporary state directory, and the real `aksync` binary run against them; [`browser`]
-//! lays pages out in headless Chromium.
+//! lays pages out in headless Chromium, and [`tls`] puts HTTPS in front of the fake.
 
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 pub mod browser;
+pub mod tls;
 
 use std::io::Read;
 use std::os::unix::process::CommandExt;

@@ -57,7 +57,8 @@ pub(super) struct Reply {
     pub status: u16,
     pub content_type: &'static str,
     pub body: ReplyBody,
-    pub retry_after: Option<u32>,
+    /// A `Retry-After` header, as sent.
+    pub retry_after: Option<String>,
     pub location: Option<String>,
 }
 
@@ -111,7 +112,7 @@ impl Reply {
                 "text/html; charset=utf-8"
             },
             body: ReplyBody::Full(fault.body.clone()),
-            retry_after: fault.retry_after,
+            retry_after: fault.retry_after.clone(),
             location: fault.location.clone(),
         }
     }

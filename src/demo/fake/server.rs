@@ -191,8 +191,9 @@ pub struct Fault {
     pub times: Option<u32>,
     pub status: u16,
     pub body: Vec<u8>,
-    /// Seconds for a `Retry-After` header.
-    pub retry_after: Option<u32>,
+    /// A `Retry-After` header as sent: delta-seconds (`"3"`), an HTTP date, or whatever a
+    /// misbehaving server might send; a value no header can carry is left out.
+    pub retry_after: Option<String>,
     /// A `Location` header, for redirects.
     pub location: Option<String>,
 }
@@ -274,10 +275,11 @@ impl IntoResponse for Reply {
             }
         };
         let mut response = (status, [(CONTENT_TYPE, self.content_type)], body).into_response();
-        if let Some(seconds) = self.retry_after {
-            response
-                .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from(seconds));
+        if let Some(retry_after) = self
+            .retry_after
+            .and_then(|value| HeaderValue::from_bytes(value.as_bytes()).ok())
+        {
+            response.headers_mut().insert(RETRY_AFTER, retry_after);
         }
         if let Some(location) = self
             .location

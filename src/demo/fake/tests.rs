@@ -863,7 +863,7 @@ async fn faults_skip_then_answer_a_limited_number_of_times() {
             times: None,
             status: 429,
             body: r#"{"detail": "Request was throttled. Expected available in 3 seconds."}"#.into(),
-            retry_after: Some(3),
+            retry_after: Some("3".into()),
             location: None,
         });
     });
