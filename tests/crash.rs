@@ -10,7 +10,9 @@
 //! most the one run it was killed in, and none before its plan was done; every complete
 //! run's envelope file is there and hashes as the run recorded; `aksync verify` passes. The
 //! next sync succeeds, stores the directory as it is, and repairs what the kill left: every
-//! run that changed something has its reports, recorded in the ledger.
+//! run that changed something has its reports, recorded in the ledger, and the outbox holds
+//! the envelope files of the stored runs only (none of the killed run's, nor its temporary
+//! file).
 //!
 //! `AKSYNC_CRASH_SEED=N` repeats a failed seed's delays and directory changes (where the
 //! kills land still depends on the machine's pace).
@@ -167,6 +169,7 @@ async fn syncs_killed_anywhere_leave_a_store_that_verifies_and_syncs_on() {
             "{context}: the next sync did not store the directory as it is"
         );
         check_reports(&env, &checked, &context);
+        assert_no_orphan_envelopes(&env, &checked, &context);
     }
     // The next kill's checks verify what each next sync repaired; the last one's, here.
     verify(&env, &format!("seed {seed}, after the last sync"));
@@ -389,6 +392,21 @@ fn check_reports(env: &TestEnv, runs: &[RunRecord], context: &str) {
             run.run_id
         );
     }
+}
+
+/// The outbox holds the envelope files of the stored runs and nothing else: a file a killed
+/// run wrote before its commit, or while it planned, is not taken for a run's.
+fn assert_no_orphan_envelopes(env: &TestEnv, runs: &[RunRecord], context: &str) {
+    let mut found: Vec<String> = std::fs::read_dir(env.state_dir().join("envelopes/corp"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    found.sort();
+    let expected: Vec<String> = runs
+        .iter()
+        .map(|run| format!("{}.jsonl", run.run_id))
+        .collect();
+    assert_eq!(found, expected, "{context}: the outbox holds other files");
 }
 
 fn verify(env: &TestEnv, context: &str) {

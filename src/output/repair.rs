@@ -16,6 +16,12 @@
 //! recorded. Runs whose snapshots retention pruned are left alone: their files went by
 //! design, and a `pruned` entry says so.
 //!
+//! A run writes its envelope file before its commit (and streams it to a temporary file
+//! while it plans): a process killed before the commit leaves a file, or a temporary one, of
+//! a run that was never stored. Before its fetch, under the source's run lock, each run
+//! removes those ([`remove_unstored_envelopes`]), so that the outbox only ever holds the
+//! files of stored runs.
+//!
 //! Webhook delivery goes through here too ([`deliver_repairing`]): a run whose envelope file
 //! delivery cannot open is rebuilt before the pass goes on, so that delivery itself only
 //! reads envelope files and the store.
@@ -30,7 +36,7 @@ use crate::config::{Config, SourceConfig, WebhookConfig};
 use crate::ledger::entry::ReportFiles;
 use crate::output::artifacts::{manifest_path, rebuild_envelopes, report_path};
 use crate::output::delivery::{deliver_pending, DeliveryError, DeliveryReport, Repair, Repairs};
-use crate::output::envelope::{envelope_path, sha256_of};
+use crate::output::envelope::{envelope_dir, envelope_path, envelope_run_id, sha256_of};
 use crate::run::run_lock::{source_lock_path, RunLock, TryLock};
 use crate::run::runner::{no_progress, write_run_reports, RunContext};
 use crate::store::{RunRecord, Store, StoreError};
@@ -187,6 +193,64 @@ fn rebuild_missing_envelopes(
             run = %run.run_id,
             "the run's envelope file is missing and was not rebuilt: {error}"
         ),
+    }
+}
+
+/// Removes the envelope files, and their temporary files, of runs of `source` that were never
+/// stored: a run id after the source's latest complete run that names no run record, which
+/// only a run killed before its commit leaves (a run that fails removes its own). The caller
+/// holds the source's run lock, so no run of the source is writing one. Nothing else is
+/// touched: a temporary file of a stored run's rebuild, files of pruned runs (kept with
+/// `keep_files`), names that are no run id. A file that cannot be removed is a warning: it
+/// is tried again before the next run.
+pub(crate) fn remove_unstored_envelopes(state_dir: &Path, store: &Store, source: &str) {
+    let entries = match std::fs::read_dir(envelope_dir(state_dir, source)) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return,
+        Err(error) => {
+            tracing::warn!(source = %source, "cannot look for envelope files of runs that were not stored: {error}");
+            return;
+        }
+    };
+    let latest = match store.latest_complete(source) {
+        Ok(latest) => latest.map(|run| run.run_id),
+        Err(error) => {
+            tracing::warn!(source = %source, "cannot look for envelope files of runs that were not stored: {error}");
+            return;
+        }
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(run_id) = envelope_run_id(&name) else {
+            continue;
+        };
+        if latest.as_deref().is_some_and(|latest| run_id <= latest) {
+            continue;
+        }
+        match store.run(run_id) {
+            Err(StoreError::UnknownRun(_)) => {}
+            Ok(_) => continue,
+            Err(error) => {
+                tracing::warn!(source = %source, run = %run_id, "cannot tell whether the run was stored: {error}");
+                continue;
+            }
+        }
+        let path = entry.path();
+        match std::fs::remove_file(&path) {
+            Ok(()) => tracing::info!(
+                source = %source,
+                run = %run_id,
+                "removed {} of a run that was never stored (the process stopped before its commit)",
+                crate::display::escape(&path.display().to_string())
+            ),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => tracing::warn!(
+                source = %source,
+                run = %run_id,
+                "cannot remove {} of a run that was never stored: {error}",
+                crate::display::escape(&path.display().to_string())
+            ),
+        }
     }
 }
 
