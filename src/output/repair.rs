@@ -5,9 +5,11 @@
 //! [`AFTER_RUN`]): a crash is repaired by the next complete run or start, so the window never
 //! needs the history.
 //!
-//! A run's reports are written again, with their `reports` entry in the ledger, only when a
-//! configured report file is missing and the ledger has no `reports` entry for the run:
-//! nothing ever recorded them, so nothing recorded is rewritten. Runs that changed nothing
+//! A run's reports are written again, with their `reports` entry in the ledger, only when the
+//! ledger has no `reports` entry for the run and a configured report file is missing, or the
+//! run made its own ledger entry (it is not backfilled) and so should have recorded them: a
+//! process killed between writing the files and recording them. Nothing ever recorded them,
+//! so nothing recorded is rewritten. Runs that changed nothing
 //! are left alone (whether they got reports depended on `reports_per_run` at the time).
 //! Report files that the ledger recorded and that are missing or differ are evidence of
 //! tampering (or of a restore) for `aksync verify` to report; they are never rewritten, and a
@@ -162,7 +164,9 @@ fn inspect(
                 .map_err(|error| StoreError::Aborted(error.to_string()))?;
         match recorded {
             Some(recorded) => warn_changed_reports(config, source, &run, &recorded),
-            None if reports_missing(config, &run) => unreported.push(run),
+            None if reports_missing(config, &run) || unrecorded(config, store, &run)? => {
+                unreported.push(run)
+            }
             None => {}
         }
     }
@@ -315,6 +319,20 @@ fn reports_missing(config: &Config, run: &RunRecord) -> bool {
             &run.run_id,
         )));
     files.into_iter().any(|path| is_missing(&path))
+}
+
+/// Whether the run should have report files of its own, has all of them, and the ledger has
+/// no `reports` entry for it (the caller checked): a process killed after it wrote the files
+/// and before it recorded them. Nothing vouches for such files, so they are written again
+/// and recorded. A backfilled run (from before the ledger) had its reports without an entry
+/// by design: left alone.
+fn unrecorded(config: &Config, store: &Store, run: &RunRecord) -> Result<bool, StoreError> {
+    if !run.changed_anything() || !config.output.writes_run_reports(true) {
+        return Ok(false);
+    }
+    let evidence = crate::ledger::read::run_evidence(&store.reader()?, &run.source, &run.run_id)
+        .map_err(|error| StoreError::Aborted(error.to_string()))?;
+    Ok(evidence.is_some_and(|sealed| !sealed.evidence.backfilled))
 }
 
 /// Report files the ledger recorded that are gone or differ are left as they are: the
