@@ -956,6 +956,14 @@ async fn reports_per_run_leaves_runs_that_changed_nothing_without_files_of_their
     );
 }
 
+/// Sets the `[output]` table of the env's config, the rest as it was written, at each call.
+fn output_table(env: &TestEnv) -> impl Fn(&str) + '_ {
+    let config = std::fs::read_to_string(&env.config_path).unwrap();
+    move |table| {
+        std::fs::write(&env.config_path, format!("{config}\n[output]\n{table}\n")).unwrap();
+    }
+}
+
 /// `aksync sync` with `AKSYNC_LOG=info`; what it logged.
 fn sync_logged(env: &TestEnv) -> String {
     let sync = std::process::Command::new(env!("CARGO_BIN_EXE_aksync"))
@@ -981,10 +989,7 @@ async fn the_next_sync_repairs_what_a_killed_sync_left_behind() {
     use std::time::{Duration, Instant};
 
     let env = TestEnv::start(10).await;
-    let config = std::fs::read_to_string(&env.config_path).unwrap();
-    let output = |table: &str| {
-        std::fs::write(&env.config_path, format!("{config}\n[output]\n{table}\n")).unwrap();
-    };
+    let output = output_table(&env);
     output("reports = [\"json\", \"md\"]");
     env.sync_ok();
     let first = run_ids(&env)[0].clone();
@@ -1060,4 +1065,46 @@ async fn the_next_sync_repairs_what_a_killed_sync_left_behind() {
         "{log}"
     );
     assert!(!reports_dir.join(format!("{quiet}.md")).exists());
+}
+
+/// A sync killed after it wrote its report files and before it recorded them in the ledger
+/// leaves files that nothing vouches for: the next sync writes them again and records them.
+/// (The files are put there by hand here, for a run whose settings gave it none.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_files_a_killed_sync_did_not_record_are_written_again_and_recorded() {
+    let env = TestEnv::start(10).await;
+    let output = output_table(&env);
+    output("reports = [\"json\", \"md\"]\nreports_per_run = \"never\"");
+    env.sync_ok();
+    let first = run_ids(&env)[0].clone();
+    let reports_dir = env.state_dir().join("reports/corp");
+    std::fs::create_dir_all(&reports_dir).unwrap();
+    let names = ["json", "md", "manifest.json"].map(|extension| format!("{first}.{extension}"));
+    for name in &names {
+        std::fs::write(reports_dir.join(name), "unrecorded").unwrap();
+    }
+
+    output("reports = [\"json\", \"md\"]");
+    let log = sync_logged(&env);
+    assert!(
+        log.contains("writing the reports of a complete run that has none") && log.contains(&first),
+        "{log}"
+    );
+    for name in &names {
+        let written = std::fs::read_to_string(reports_dir.join(name)).unwrap();
+        assert_ne!(written, "unrecorded", "{name}");
+    }
+    let store = env.store();
+    let recorded =
+        aksync::ledger::read::report_files(&store.reader().unwrap(), "corp", &first).unwrap();
+    let recorded: BTreeSet<String> = recorded
+        .expect("a reports entry")
+        .files
+        .into_iter()
+        .map(|file| file.name)
+        .collect();
+    assert_eq!(recorded, names.into_iter().collect());
+    drop(store);
+    let verified = env.aksync(&["verify"]);
+    assert_eq!(verified.code, 0, "{}{}", verified.stdout, verified.stderr);
 }

@@ -216,12 +216,18 @@ pub struct EnvelopeWriter {
 }
 
 impl EnvelopeWriter {
+    /// The temporary file is named `.<file name>.<random>`, after the file it becomes, so that
+    /// one a killed process left behind says whose it was ([`temp_envelope_run_id`]).
     pub fn create(path: &Path) -> std::io::Result<EnvelopeWriter> {
         let dir = path.parent().unwrap_or(Path::new("."));
         crate::config::state_dir::create_private_dir(dir)?;
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        let file = tempfile::Builder::new()
+            .prefix(&format!(".{name}."))
+            .tempfile_in(dir)?;
         Ok(EnvelopeWriter {
             path: path.to_path_buf(),
-            file: BufWriter::new(tempfile::NamedTempFile::new_in(dir)?),
+            file: BufWriter::new(file),
             hasher: Sha256::new(),
             summary: EnvelopeSummary::default(),
         })
@@ -286,10 +292,22 @@ pub fn sha256_of(reader: &mut impl std::io::Read) -> std::io::Result<String> {
 }
 
 pub fn envelope_path(state_dir: &Path, source: &str, run_id: &str) -> PathBuf {
-    state_dir
-        .join("envelopes")
-        .join(source)
-        .join(format!("{run_id}.jsonl"))
+    envelope_dir(state_dir, source).join(format!("{run_id}.jsonl"))
+}
+
+/// The directory of a source's envelope files (its outbox).
+pub fn envelope_dir(state_dir: &Path, source: &str) -> PathBuf {
+    state_dir.join("envelopes").join(source)
+}
+
+/// The run whose envelope file `file_name` (in an envelope directory) is, or is the
+/// temporary file of ([`EnvelopeWriter::create`]); `None` for any other name.
+pub fn envelope_run_id(file_name: &str) -> Option<&str> {
+    let run_id = match file_name.strip_prefix('.') {
+        Some(temporary) => temporary.split_once(".jsonl.")?.0,
+        None => file_name.strip_suffix(".jsonl")?,
+    };
+    ulid::Ulid::from_string(run_id).is_ok().then_some(run_id)
 }
 
 /// Writes `bytes` so that `path` holds either nothing or the whole content, even after a
@@ -584,5 +602,32 @@ mod tests {
             std::fs::read_dir(path.parent().unwrap()).unwrap().count(),
             1
         );
+    }
+
+    /// A temporary envelope file names its run, as the file it becomes does; other names
+    /// name none.
+    #[test]
+    fn an_envelope_file_and_its_temporary_file_name_their_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let run_id = "01M93BQCY74PMXX67PJ6X1EC5B";
+        let path = envelope_path(dir.path(), "corp", run_id);
+        let writer = EnvelopeWriter::create(&path).unwrap();
+        let temporary = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .next()
+            .unwrap();
+        assert_eq!(envelope_run_id(&temporary), Some(run_id));
+        writer.finish().unwrap().persist().unwrap();
+        assert_eq!(envelope_run_id(&format!("{run_id}.jsonl")), Some(run_id));
+        for other in [
+            ".tmpL70Q05",
+            "notes.jsonl",
+            "R1.jsonl",
+            ".R1.jsonl.abc",
+            "x.json",
+        ] {
+            assert_eq!(envelope_run_id(other), None, "{other}");
+        }
     }
 }

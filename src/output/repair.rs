@@ -5,9 +5,11 @@
 //! [`AFTER_RUN`]): a crash is repaired by the next complete run or start, so the window never
 //! needs the history.
 //!
-//! A run's reports are written again, with their `reports` entry in the ledger, only when a
-//! configured report file is missing and the ledger has no `reports` entry for the run:
-//! nothing ever recorded them, so nothing recorded is rewritten. Runs that changed nothing
+//! A run's reports are written again, with their `reports` entry in the ledger, only when the
+//! ledger has no `reports` entry for the run and a configured report file is missing, or the
+//! run made its own ledger entry (it is not backfilled) and so should have recorded them: a
+//! process killed between writing the files and recording them. Nothing ever recorded them,
+//! so nothing recorded is rewritten. Runs that changed nothing
 //! are left alone (whether they got reports depended on `reports_per_run` at the time).
 //! Report files that the ledger recorded and that are missing or differ are evidence of
 //! tampering (or of a restore) for `aksync verify` to report; they are never rewritten, and a
@@ -15,6 +17,12 @@
 //! envelope file is rebuilt from the store, which refuses unless it hashes to what the run
 //! recorded. Runs whose snapshots retention pruned are left alone: their files went by
 //! design, and a `pruned` entry says so.
+//!
+//! A run writes its envelope file before its commit (and streams it to a temporary file
+//! while it plans): a process killed before the commit leaves a file, or a temporary one, of
+//! a run that was never stored. Before its fetch, under the source's run lock, each run
+//! removes those ([`remove_unstored_envelopes`]), so that the outbox only ever holds the
+//! files of stored runs.
 //!
 //! Webhook delivery goes through here too ([`deliver_repairing`]): a run whose envelope file
 //! delivery cannot open is rebuilt before the pass goes on, so that delivery itself only
@@ -30,7 +38,7 @@ use crate::config::{Config, SourceConfig, WebhookConfig};
 use crate::ledger::entry::ReportFiles;
 use crate::output::artifacts::{manifest_path, rebuild_envelopes, report_path};
 use crate::output::delivery::{deliver_pending, DeliveryError, DeliveryReport, Repair, Repairs};
-use crate::output::envelope::{envelope_path, sha256_of};
+use crate::output::envelope::{envelope_dir, envelope_path, envelope_run_id, sha256_of};
 use crate::run::run_lock::{source_lock_path, RunLock, TryLock};
 use crate::run::runner::{no_progress, write_run_reports, RunContext};
 use crate::store::{RunRecord, Store, StoreError};
@@ -156,7 +164,9 @@ fn inspect(
                 .map_err(|error| StoreError::Aborted(error.to_string()))?;
         match recorded {
             Some(recorded) => warn_changed_reports(config, source, &run, &recorded),
-            None if reports_missing(config, &run) => unreported.push(run),
+            None if reports_missing(config, &run) || unrecorded(config, store, &run)? => {
+                unreported.push(run)
+            }
             None => {}
         }
     }
@@ -187,6 +197,64 @@ fn rebuild_missing_envelopes(
             run = %run.run_id,
             "the run's envelope file is missing and was not rebuilt: {error}"
         ),
+    }
+}
+
+/// Removes the envelope files, and their temporary files, of runs of `source` that were never
+/// stored: a run id after the source's latest complete run that names no run record, which
+/// only a run killed before its commit leaves (a run that fails removes its own). The caller
+/// holds the source's run lock, so no run of the source is writing one. Nothing else is
+/// touched: a temporary file of a stored run's rebuild, files of pruned runs (kept with
+/// `keep_files`), names that are no run id. A file that cannot be removed is a warning: it
+/// is tried again before the next run.
+pub(crate) fn remove_unstored_envelopes(state_dir: &Path, store: &Store, source: &str) {
+    let entries = match std::fs::read_dir(envelope_dir(state_dir, source)) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return,
+        Err(error) => {
+            tracing::warn!(source = %source, "cannot look for envelope files of runs that were not stored: {error}");
+            return;
+        }
+    };
+    let latest = match store.latest_complete(source) {
+        Ok(latest) => latest.map(|run| run.run_id),
+        Err(error) => {
+            tracing::warn!(source = %source, "cannot look for envelope files of runs that were not stored: {error}");
+            return;
+        }
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(run_id) = envelope_run_id(&name) else {
+            continue;
+        };
+        if latest.as_deref().is_some_and(|latest| run_id <= latest) {
+            continue;
+        }
+        match store.run(run_id) {
+            Err(StoreError::UnknownRun(_)) => {}
+            Ok(_) => continue,
+            Err(error) => {
+                tracing::warn!(source = %source, run = %run_id, "cannot tell whether the run was stored: {error}");
+                continue;
+            }
+        }
+        let path = entry.path();
+        match std::fs::remove_file(&path) {
+            Ok(()) => tracing::info!(
+                source = %source,
+                run = %run_id,
+                "removed {} of a run that was never stored (the process stopped before its commit)",
+                crate::display::escape(&path.display().to_string())
+            ),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => tracing::warn!(
+                source = %source,
+                run = %run_id,
+                "cannot remove {} of a run that was never stored: {error}",
+                crate::display::escape(&path.display().to_string())
+            ),
+        }
     }
 }
 
@@ -251,6 +319,20 @@ fn reports_missing(config: &Config, run: &RunRecord) -> bool {
             &run.run_id,
         )));
     files.into_iter().any(|path| is_missing(&path))
+}
+
+/// Whether the run should have report files of its own, has all of them, and the ledger has
+/// no `reports` entry for it (the caller checked): a process killed after it wrote the files
+/// and before it recorded them. Nothing vouches for such files, so they are written again
+/// and recorded. A backfilled run (from before the ledger) had its reports without an entry
+/// by design: left alone.
+fn unrecorded(config: &Config, store: &Store, run: &RunRecord) -> Result<bool, StoreError> {
+    if !run.changed_anything() || !config.output.writes_run_reports(true) {
+        return Ok(false);
+    }
+    let evidence = crate::ledger::read::run_evidence(&store.reader()?, &run.source, &run.run_id)
+        .map_err(|error| StoreError::Aborted(error.to_string()))?;
+    Ok(evidence.is_some_and(|sealed| !sealed.evidence.backfilled))
 }
 
 /// Report files the ledger recorded that are gone or differ are left as they are: the

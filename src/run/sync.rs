@@ -126,9 +126,12 @@ pub async fn sync_source(
     let started_at = clock.now();
     let state = blocking(store, {
         let (source, signer) = (source.clone(), signer(config));
+        let state_dir = config.state_dir.clone();
         move |store| {
             // Runs from before the ledger get their entries before this run appends its own.
             ledger::backfill::backfill(store, &source, signer.as_ref(), started_at)?;
+            // A run killed before its commit left its envelope file behind: not a run's.
+            crate::output::repair::remove_unstored_envelopes(&state_dir, store, &source.name);
             store.source_state(&source.name)
         }
     })
