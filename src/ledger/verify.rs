@@ -105,6 +105,9 @@ pub fn verify_source(
     let mut signed_before: Option<u64> = None;
     let mut unknown_keys = BTreeSet::new();
     let mut claims: Vec<FileClaim> = Vec::new();
+    // A report file written again (after an approval, a repair) is claimed by its latest
+    // entry: the earlier entry recorded the file it replaced.
+    let mut report_claims: BTreeMap<PathBuf, FileClaim> = BTreeMap::new();
     let mut snapshot_claims: BTreeMap<String, (u64, String)> = BTreeMap::new();
     let mut pruned_snapshots: BTreeSet<String> = BTreeSet::new();
     let mut pruned_files: BTreeSet<String> = BTreeSet::new();
@@ -275,13 +278,17 @@ pub fn verify_source(
                     .unwrap_or(true);
                 if scoped {
                     for FileDigest { name, sha256, .. } in reports.files {
-                        claims.push(FileClaim {
-                            seq,
-                            run_id: reports.run_id.clone(),
-                            path: files.report(source, &name),
-                            sha256,
-                            what: "report file",
-                        });
+                        let path = files.report(source, &name);
+                        report_claims.insert(
+                            path.clone(),
+                            FileClaim {
+                                seq,
+                                run_id: reports.run_id.clone(),
+                                path,
+                                sha256,
+                                what: "report file",
+                            },
+                        );
                     }
                 }
             }
@@ -351,6 +358,7 @@ pub fn verify_source(
     check_chain_start(&mut verdict, first_prev, evidence_pruned);
     check_connection_index(&reader, source, &connection_entries, &mut verdict)?;
     check_every_run_has_an_entry(&runs, &entry_of_run, &mut verdict);
+    claims.extend(report_claims.into_values());
     for claim in claims {
         if verdict.first_break.is_some() {
             break;

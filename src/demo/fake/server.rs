@@ -137,7 +137,9 @@ impl FakeState {
         query: Option<&str>,
         authorization: Option<&str>,
     ) -> Reply {
-        if let Some(reply) = self.injected_fault(path) {
+        // Matched against the path and its query, so that `/core/users/?` names the listing
+        // and not `/core/users/me/`.
+        if let Some(reply) = self.injected_fault(&format!("{path}?{}", query.unwrap_or(""))) {
             return reply;
         }
         let Some(route) = Route::parse(path) else {
@@ -180,8 +182,8 @@ impl FakeState {
     }
 }
 
-/// An injected response for requests whose path (without query) contains
-/// `path_contains`: the first `skip` matching requests pass, the next `times` (None:
+/// An injected response for requests whose `path?query` contains `path_contains` (a path
+/// without a query ends in `?`): the first `skip` matching requests pass, the next `times` (None:
 /// all later ones) get `status` and `body`. The body is served as JSON when it parses as
 /// JSON, otherwise as HTML; it need not be UTF-8.
 #[derive(Debug, Clone, PartialEq, Eq)]
