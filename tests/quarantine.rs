@@ -4,7 +4,6 @@
 
 mod common;
 
-use aksync::demo::fake::READER_TOKEN;
 use aksync::store::RunStatus;
 use common::{receiver, run_ids, TestEnv};
 use serde_json::Value;
