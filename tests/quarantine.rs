@@ -105,6 +105,15 @@ async fn mass_leavers_are_held_and_released_only_by_approval() {
     assert!(!history_events(&env, &gone[0]).contains(&"left".to_string()));
     let runs = env.aksync(&["runs"]);
     assert!(runs.stdout.contains("quarantined"), "{}", runs.stdout);
+    let check = env.aksync(&["check"]);
+    assert_eq!(check.code, 1, "{}", check.stdout);
+    assert!(
+        check
+            .stdout
+            .contains(&format!("run {quarantined} is quarantined")),
+        "{}",
+        check.stdout
+    );
     assert_verifies(&env);
 
     let approved = env.aksync(&["approve", &quarantined]);
@@ -137,6 +146,7 @@ async fn mass_leavers_are_held_and_released_only_by_approval() {
         report.stdout
     );
     assert_verifies(&env);
+    assert_eq!(env.aksync(&["check"]).code, 0);
     let twice = env.aksync(&["approve", &quarantined]);
     assert_eq!(twice.code, 1, "{}", twice.stderr);
     assert!(

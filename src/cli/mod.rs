@@ -327,17 +327,33 @@ async fn check(
         }
     }
     let now = clock.now();
-    let checked: Vec<CheckedSource> = results
-        .iter()
-        .map(|health| {
-            let schedule = &config.sources[&health.source].schedule;
-            CheckedSource {
-                health,
-                schedule: schedule.to_string(),
-                next_run: schedule.next_after(now),
-            }
-        })
-        .collect();
+    // A quarantined run waits for an admin: the check says so, as `/healthz` does.
+    let stored = open_existing(&config.database_path())?;
+    let mut checked = Vec::new();
+    for health in &results {
+        let schedule = &config.sources[&health.source].schedule;
+        let awaiting_decision = match &stored {
+            Some(store) => store
+                .recent_runs(&health.source, crate::config::RECENT_RUNS)?
+                .into_iter()
+                .filter(RunRecord::awaits_decision)
+                .map(|run| AwaitingDecision {
+                    reasons: run
+                        .quarantine
+                        .map(|quarantine| quarantine.reasons)
+                        .unwrap_or_default(),
+                    run_id: run.run_id,
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        checked.push(CheckedSource {
+            health,
+            schedule: schedule.to_string(),
+            next_run: schedule.next_after(now),
+            awaiting_decision,
+        });
+    }
     if json {
         print_json(&checked)?;
     } else {
@@ -345,6 +361,7 @@ async fn check(
             health: result,
             schedule,
             next_run,
+            ..
         } in &checked
         {
             let detail = match result.status {
@@ -366,10 +383,25 @@ async fn check(
                 escape(&detail)
             ))?;
         }
+        for (source, held) in checked.iter().flat_map(|checked| {
+            let source = &checked.health.source;
+            checked
+                .awaiting_decision
+                .iter()
+                .map(move |held| (source, held))
+        }) {
+            output::print_line(&format!(
+                "{source}: run {} is quarantined ({}): decide with `aksync approve {}` or `aksync reject {}`",
+                held.run_id,
+                held.reasons.join("; "),
+                held.run_id,
+                held.run_id
+            ))?;
+        }
     }
-    let all_healthy = results
-        .iter()
-        .all(|result| result.status == HealthStatus::Healthy);
+    let all_healthy = checked.iter().all(|checked| {
+        checked.health.status == HealthStatus::Healthy && checked.awaiting_decision.is_empty()
+    });
     Ok(if all_healthy {
         Exit::Success
     } else {
@@ -384,6 +416,14 @@ struct CheckedSource<'a> {
     health: &'a crate::store::HealthRecord,
     schedule: String,
     next_run: Option<chrono::DateTime<chrono::Utc>>,
+    /// The source's recent quarantined runs that wait for `aksync approve` or `reject`.
+    awaiting_decision: Vec<AwaitingDecision>,
+}
+
+#[derive(Serialize)]
+struct AwaitingDecision {
+    run_id: String,
+    reasons: Vec<String>,
 }
 
 pub(crate) async fn sync(

@@ -119,6 +119,17 @@ impl SourceStatus {
             .count();
         let reason = match (runs.first(), &self.history.last_complete) {
             (None, None) => Some("no run yet".to_string()),
+            // Held for a decision: an admin has to look, whatever the failure allowance.
+            (Some(run), _) if run.awaits_decision() => Some(format!(
+                "run {} is quarantined ({}): decide with `aksync approve {}` or `aksync reject {}`",
+                run.run_id,
+                run.quarantine
+                    .as_ref()
+                    .map(|quarantine| quarantine.reasons.join("; "))
+                    .unwrap_or_default(),
+                run.run_id,
+                run.run_id
+            )),
             (Some(run), _) if not_complete as u32 >= self.unhealthy_after_failures => {
                 let what = format!(
                     "{} {}{}",
@@ -425,6 +436,27 @@ pub(crate) mod tests {
         assert_eq!(
             never.health(at("2026-05-04T12:31:00Z")).reason.as_deref(),
             Some("no run yet")
+        );
+    }
+
+    #[test]
+    fn a_quarantined_run_awaiting_a_decision_is_unhealthy_at_once() {
+        let mut held = run(RunStatus::Quarantined, "2026-05-04T12:30:05Z");
+        held.quarantine = Some(crate::store::Quarantine {
+            reasons: vec!["30 leavers, over max_leavers = 25".into()],
+            decision: None,
+        });
+        let mut status = status_with(vec![
+            held.clone(),
+            run(RunStatus::Complete, "2026-05-04T12:00:05Z"),
+        ]);
+        status.unhealthy_after_failures = 3;
+        let health = status.health(at("2026-05-04T12:31:00Z"));
+        assert!(!health.healthy);
+        let reason = health.reason.unwrap();
+        assert!(
+            reason.contains("is quarantined (30 leavers") && reason.contains("aksync approve"),
+            "{reason}"
         );
     }
 
