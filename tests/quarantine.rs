@@ -64,7 +64,14 @@ async fn mass_leavers_are_held_and_released_only_by_approval() {
     let delivered_before = hook.batches().len();
     let gone = remove_people(&env, 6);
 
-    // Six of some forty-five accounts is over max_leaver_percent = 10.
+    // Six of some forty-five accounts is over max_leaver_percent = 10: a dry run says so.
+    let dry = env.aksync(&["sync", "--dry-run"]);
+    assert_eq!(dry.code, 0, "{}", dry.stderr);
+    assert!(
+        dry.stderr.contains("would be QUARANTINED"),
+        "{}",
+        dry.stderr
+    );
     let held = env.aksync(&["sync"]);
     assert_eq!(held.code, 1, "{}{}", held.stdout, held.stderr);
     assert!(

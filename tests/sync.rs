@@ -837,3 +837,75 @@ async fn ignore_fields_take_authentik_names_and_the_old_ones_still_work() {
     assert!(mover_names(&env).is_empty());
     assert!(account_envelope_ids(&env, &runs[3]).is_empty());
 }
+
+/// Every file under `dir` with its bytes: what a command that writes nothing leaves as it was.
+fn tree_of(dir: &std::path::Path) -> std::collections::BTreeMap<std::path::PathBuf, Vec<u8>> {
+    let mut files = std::collections::BTreeMap::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(next) = pending.pop() {
+        for entry in std::fs::read_dir(&next).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                files.insert(path.clone(), std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    files
+}
+
+/// `sync --dry-run` prints the envelopes the run would emit and writes nothing: the state
+/// directory is byte for byte as it was, and the real sync then emits the same changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_prints_what_would_be_emitted_and_writes_nothing() {
+    let env = TestEnv::start(12).await;
+    env.write_config(aksync::demo::fake::READER_TOKEN, TestEnv::NO_QUARANTINE);
+    env.sync_ok();
+    env.fake.with_state(|state| {
+        state.directory.add_user("dry.joiner", "internal");
+        let leaver = state
+            .directory
+            .users
+            .values_mut()
+            .find(|user| {
+                user.username != "akadmin" && user.is_active && user.user_type == "internal"
+            })
+            .unwrap();
+        leaver.is_active = false;
+    });
+    let before = tree_of(&env.state_dir());
+    let dry = env.aksync(&["sync", "--dry-run"]);
+    assert_eq!(dry.code, 0, "{}{}", dry.stdout, dry.stderr);
+    assert!(
+        dry.stderr.contains("dry run, nothing written") && dry.stderr.contains("1 joiners"),
+        "{}",
+        dry.stderr
+    );
+    assert_eq!(
+        tree_of(&env.state_dir()),
+        before,
+        "the dry run wrote nothing"
+    );
+    let key = |line: &str| {
+        let envelope: Value = serde_json::from_str(line).unwrap();
+        (
+            envelope["schema"].to_string(),
+            envelope["action"].to_string(),
+            envelope["external_id"].to_string(),
+            envelope["hash"].to_string(),
+        )
+    };
+    let would: Vec<_> = dry.stdout.lines().map(key).collect();
+    assert!(would
+        .iter()
+        .any(|(_, action, _, _)| action == "\"created\""));
+    env.sync_ok();
+    let emitted: Vec<_> = env
+        .aksync(&["envelopes", "latest"])
+        .stdout
+        .lines()
+        .map(key)
+        .collect();
+    assert_eq!(would, emitted);
+}

@@ -11,7 +11,7 @@ mod verify;
 
 pub(crate) use output::print_json;
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -151,7 +151,7 @@ fn check_needs(command: &Command, config: &mut Config) -> Result<(), ConfigError
         config.check_state_dir_owner()?;
     }
     match command {
-        Command::Sync { .. }
+        Command::Sync { dry_run: false, .. }
         | Command::Daemon
         | Command::Approve { .. }
         | Command::Reject { .. }
@@ -209,7 +209,14 @@ async fn run_configured(
         Command::Check { source, json } => {
             check(config, source.source.as_deref(), json, clock).await
         }
-        Command::Sync { source } => sync(config, source.source.as_deref(), clock).await,
+        Command::Sync {
+            source,
+            dry_run: false,
+        } => sync(config, source.source.as_deref(), clock).await,
+        Command::Sync {
+            source,
+            dry_run: true,
+        } => dry_run(config, source.source.as_deref(), clock).await,
         Command::Approve { run, source } => {
             let decision = crate::store::Decision::Approved;
             decide::decide(config, source.source.as_deref(), &run, decision, clock).await
@@ -476,6 +483,66 @@ pub(crate) async fn sync(
     }
     if config.output.webhook.is_some() {
         deliver_outbox(config, &store, clock).await?;
+    }
+    Ok(exit)
+}
+
+/// `aksync sync --dry-run`: each source fetched and compared with its latest complete run,
+/// its would-be envelopes on stdout and its would-be findings on stderr; nothing is written.
+async fn dry_run(
+    config: &Config,
+    source: Option<&str>,
+    clock: &dyn Clock,
+) -> Result<Exit, CliError> {
+    let sources = config.select_sources(source)?;
+    let Some(store) = open_existing(&config.database_path())? else {
+        return Err(CliError::Runtime(format!(
+            "nothing is stored yet in {}: a dry run compares with the latest complete run, and the first `aksync sync` stores the whole directory as its baseline",
+            config.database_path().display()
+        )));
+    };
+    let store = Arc::new(store);
+    let mut exit = Exit::Success;
+    for source in sources {
+        match crate::run::sync::preview_source(
+            config,
+            source,
+            Arc::clone(&store),
+            clock,
+            &crate::run::runner::no_progress,
+        )
+        .await
+        {
+            Ok(preview) => {
+                let mut file = preview.envelopes.read_back().map_err(|error| {
+                    CliError::Runtime(format!("cannot read the dry run's envelopes: {error}"))
+                })?;
+                let mut stdout = output::stdout_writer();
+                std::io::copy(&mut file, &mut stdout)
+                    .and_then(|_| stdout.flush())
+                    .map_err(|error| CliError::Runtime(error.to_string()))?;
+                eprintln!(
+                    "{}: dry run, nothing written: {} envelope(s) would be emitted",
+                    source.name, preview.envelopes.summary.lines
+                );
+                eprintln!("{}", evidence::diff_headline(&preview.diff));
+                if !preview.quarantine.is_empty() {
+                    eprintln!(
+                        "{}: the run would be QUARANTINED: {}",
+                        source.name,
+                        preview.quarantine.join("; ")
+                    );
+                }
+            }
+            Err(error) => {
+                eprintln!(
+                    "aksync: source `{}`: dry run failed: {}",
+                    source.name,
+                    escape(&error)
+                );
+                exit = Exit::Failure;
+            }
+        }
     }
     Ok(exit)
 }

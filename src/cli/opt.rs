@@ -67,6 +67,10 @@ pub enum Command {
     Sync {
         #[command(flatten)]
         source: SourceArg,
+        /// Fetch and compare with the latest complete run, print the envelopes the run would
+        /// emit (stdout) and what it would find (stderr), and write nothing: no run, no file.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Release a quarantined run (too many leavers or removals at once): its held changes
     /// are stored as the source's latest snapshot, its reports written and its envelopes
@@ -248,8 +252,8 @@ impl Command {
     /// it may; queries only read.
     pub fn writes_state_dir(&self) -> bool {
         match self {
-            Command::Sync { .. }
-            | Command::Deliver { .. }
+            Command::Sync { dry_run, .. } => !dry_run,
+            Command::Deliver { .. }
             | Command::Approve { .. }
             | Command::Reject { .. }
             | Command::Daemon

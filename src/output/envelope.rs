@@ -272,6 +272,12 @@ impl EnvelopeFile {
     }
 
     /// Moves the file to its final name and makes the rename durable.
+    /// The written envelopes, from the start, without putting the file in place (a dry run
+    /// prints them and drops the file).
+    pub fn read_back(&self) -> std::io::Result<std::fs::File> {
+        self.file.reopen()
+    }
+
     pub fn persist(self) -> std::io::Result<PathBuf> {
         self.file.persist(&self.path).map_err(|error| error.error)?;
         let dir = self.path.parent().unwrap_or(Path::new("."));

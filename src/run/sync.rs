@@ -106,6 +106,60 @@ struct Fetched {
     token_user: TokenUser,
 }
 
+/// The run id a dry run's envelopes and diff carry: no run of that id is ever stored.
+pub const DRY_RUN_ID: &str = "dry-run";
+
+/// What a sync would do, computed without writing anything (`aksync sync --dry-run`).
+pub struct Preview {
+    pub diff: DirectoryDiff,
+    /// The thresholds the run would go over: it would be quarantined.
+    pub quarantine: Vec<String>,
+    /// The envelopes it would emit, in a temporary file that goes with the preview.
+    pub envelopes: crate::output::envelope::EnvelopeFile,
+    _dir: tempfile::TempDir,
+}
+
+/// Fetches the directory and plans it against the latest complete run of `store` (opened
+/// for reading), as a sync would, but stores nothing: no run, no ledger entry, no file in
+/// the state directory.
+pub async fn preview_source(
+    config: &Config,
+    source: &SourceConfig,
+    store: Arc<Store>,
+    clock: &dyn Clock,
+    progress: ProgressFn<'_>,
+) -> Result<Preview, String> {
+    let started_at = clock.now();
+    let latest = store
+        .latest_complete(&source.name)
+        .map_err(|error| error.to_string())?;
+    let fetched = fetch_directory(&config.state_dir, source, progress)
+        .await
+        .map_err(|error| bounded_error(&error.to_string()))?;
+    let job = CompleteRun {
+        state_dir: config.state_dir.clone(),
+        source: source.clone(),
+        webhook: false,
+        signer: None,
+        outcome: RunOutcome {
+            source: source.name.clone(),
+            started_at,
+            finished_at: clock.now(),
+            authentik_version: Some(fetched.authentik_version),
+            settings_fingerprint: source.settings_fingerprint(),
+            health: None,
+            settings_changed: Vec::new(),
+        },
+        latest,
+        collected: fetched.collected,
+        token_user: Some(fetched.token_user),
+        cancel: CancellationToken::new(),
+    };
+    tokio::task::spawn_blocking(move || job.preview(&store))
+        .await
+        .map_err(|join| format!("the dry run's planning task failed: {join}"))?
+}
+
 /// A stored run, and for a complete run its diff against the previous one.
 pub struct SyncedRun {
     pub run: RunRecord,
@@ -369,12 +423,21 @@ impl CompleteRun {
         let reader = store.reader()?;
         let previous_settings = ledger::read::last_run_settings(&reader, &source.name)
             .map_err(|error| Rejected::Store(StoreError::from(error)))?;
+        let unwritable = |error| fail(PlanError::Io(error).to_string());
+        let sinks = Sinks {
+            ops: Some(OpWriter::new(&self.state_dir).map_err(unwritable)?),
+            envelopes: Some(
+                EnvelopeWriter::create(&envelope_path(&self.state_dir, &source.name, &run_id))
+                    .map_err(unwritable)?,
+            ),
+        };
         let planned = self
             .plan(
                 &reader,
                 &run_id,
                 previous.as_ref(),
                 previous_settings.as_ref(),
+                sinks,
             )
             .map_err(|error| match error {
                 PlanError::Store(StoreError::Cancelled) => fail(CANCELLED_BY_SHUTDOWN.into()),
@@ -397,15 +460,7 @@ impl CompleteRun {
             groups: self.collected.groups.items().len() as u64 - scope.groups_out_of_scope,
             memberships: self.collected.memberships.len() as u64 - scope.memberships_out_of_scope,
         };
-        // Too many leavers or removals at once are held for an admin's decision: a fault
-        // upstream must not become mass offboarding evidence on its own.
-        let held = quarantine::reasons(
-            quarantine::Found::of(&diff, self.collected.accounts.items().len() as u64),
-            previous
-                .as_ref()
-                .map(|run| (run.run_id.as_str(), &run.counts)),
-            &source.quarantine,
-        );
+        let held = self.held_because(&diff, previous.as_ref());
         let status = match held.is_empty() {
             true => RunStatus::Complete,
             false => RunStatus::Quarantined,
@@ -493,12 +548,57 @@ impl CompleteRun {
         }
     }
 
+    /// Why the run would be quarantined: too many leavers or removals at once are held for
+    /// an admin's decision, so that a fault upstream does not become mass offboarding
+    /// evidence on its own.
+    fn held_because(&self, diff: &DirectoryDiff, previous: Option<&RunRecord>) -> Vec<String> {
+        quarantine::reasons(
+            quarantine::Found::of(diff, self.collected.accounts.items().len() as u64),
+            previous.map(|run| (run.run_id.as_str(), &run.counts)),
+            &self.source.quarantine,
+        )
+    }
+
+    /// What the run would store and emit, planned against the latest complete run without
+    /// writing anything: the envelopes go to a temporary file outside the state directory.
+    pub(crate) fn preview(self, store: &Store) -> Result<Preview, String> {
+        let reader = store.reader().map_err(|error| error.to_string())?;
+        let previous_settings = ledger::read::last_run_settings(&reader, &self.source.name)
+            .map_err(|error| error.to_string())?;
+        let dir = tempfile::tempdir().map_err(|error| error.to_string())?;
+        let unwritable = |error| PlanError::Io(error).to_string();
+        let sinks = Sinks {
+            ops: None,
+            envelopes: Some(
+                EnvelopeWriter::create(&dir.path().join("dry-run.jsonl")).map_err(unwritable)?,
+            ),
+        };
+        let previous = self.latest.clone();
+        let planned = self
+            .plan(
+                &reader,
+                DRY_RUN_ID,
+                previous.as_ref(),
+                previous_settings.as_ref(),
+                sinks,
+            )
+            .map_err(|error| error.to_string())?;
+        let diff = diff(&planned.input);
+        Ok(Preview {
+            quarantine: self.held_because(&diff, previous.as_ref()),
+            diff,
+            envelopes: planned.envelopes.expect("a preview writes envelopes"),
+            _dir: dir,
+        })
+    }
+
     fn plan(
         &self,
         reader: &crate::store::Reader<'_>,
         run_id: &str,
         previous: Option<&RunRecord>,
         previous_settings: Option<&RunSettings>,
+        sinks: Sinks,
     ) -> Result<Planned, PlanError> {
         let source = &self.source;
         let between = SettingsBetween::of(previous_settings, source);
@@ -507,14 +607,6 @@ impl CompleteRun {
             run_id,
             observed_at: self.outcome.finished_at,
             primary_directory: source.primary_directory,
-        };
-        let sinks = Sinks {
-            ops: Some(OpWriter::new(&self.state_dir)?),
-            envelopes: Some(EnvelopeWriter::create(&envelope_path(
-                &self.state_dir,
-                &source.name,
-                run_id,
-            ))?),
         };
         let mut planner = Planner::new(
             ChangeRule::new(&source.ignore_fields),
