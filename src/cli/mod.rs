@@ -889,6 +889,21 @@ fn run_note(run: &RunRecord, snapshots_kept_from: Option<&str>) -> String {
     if let Some(error) = &run.error {
         notes.push(error.clone());
     }
+    if let Some(quarantine) = &run.quarantine {
+        notes.push(match &quarantine.decision {
+            None => format!(
+                "quarantined: {}; awaits `aksync approve` or `aksync reject`",
+                quarantine.reasons.join("; ")
+            ),
+            Some(taken) => format!(
+                "quarantined: {}; {} by {} at {}",
+                quarantine.reasons.join("; "),
+                taken.decision.as_str(),
+                taken.by,
+                taken.at.format("%Y-%m-%d %H:%M:%S")
+            ),
+        });
+    }
     if !run.settings_changed.is_empty() {
         notes.push(format!(
             "settings changed: {}",
