@@ -10,7 +10,7 @@
 //! |---|---|
 //! | [`config`] | the configuration and its parts: [`config::schedule`], [`config::filter`], [`config::fields`], [`config::secret`], [`config::state_dir`] |
 //! | [`authentik`] | the source: the REST client, its models and errors, and [`authentik::health`] (`aksync check`) |
-//! | [`run`] | one run of one source, top to bottom: [`run::collect`], [`run::normalize`], [`run::spool`], [`run::record`], [`run::plan`], [`run::sync`], [`run::runner`], [`run::run_lock`] |
+//! | [`run`] | one run of one source, top to bottom: [`run::collect`], [`run::normalize`], [`run::spool`], [`run::record`], [`run::plan`], [`run::confirm`], [`run::quarantine`], [`run::sync`], [`run::runner`], [`run::run_lock`] |
 //! | [`diff`] | the pure diff: joiners, movers, leavers and the rest |
 //! | [`store`] | the redb database: snapshots, run records, the outbox mark |
 //! | [`ledger`] | the evidence kept: entries, the chain and its seals, `history`, `verify`, and [`ledger::replay`] of stored runs |
@@ -38,6 +38,9 @@
 //!    hashes.
 //! 4. **Diff** ([`diff`]): a pure function turns that input into joiners, movers, leavers,
 //!    purges, group and membership changes, privilege escalations and the population counts.
+//!    Each deletion it reports is confirmed with Authentik by its id ([`run::confirm`]) while
+//!    the plan waits; too many leavers, removals or deletions hold the run for an admin
+//!    ([`run::quarantine`]).
 //! 5. **Commit** ([`store`]) with its evidence ([`ledger`]): one short write transaction checks
 //!    that no other run committed meanwhile, replays the planned writes and appends the run's
 //!    sealed ledger entry (its events, settings, population and snapshot digest); the envelope

@@ -5,32 +5,9 @@
 mod common;
 
 use aksync::store::RunStatus;
-use common::{receiver, run_ids, TestEnv};
+use common::{receiver, remove_people, run_ids, TestEnv};
 use serde_json::Value;
 use std::sync::atomic::Ordering;
-
-/// Removes `count` ordinary active accounts (not the superuser, not a token's user) and
-/// returns their usernames.
-fn remove_people(env: &TestEnv, count: usize) -> Vec<String> {
-    env.fake.with_state(|state| {
-        let token_users: Vec<i64> = state.directory.tokens.values().map(|t| t.user_pk).collect();
-        let mut people: Vec<(i64, String)> = state
-            .directory
-            .users
-            .values()
-            .filter(|user| {
-                user.username != "akadmin" && user.is_active && !token_users.contains(&user.pk)
-            })
-            .map(|user| (user.pk, user.username.clone()))
-            .collect();
-        people.sort();
-        people.truncate(count);
-        for (pk, _) in &people {
-            state.directory.users.remove(pk);
-        }
-        people.into_iter().map(|(_, name)| name).collect()
-    })
-}
 
 fn history_events(env: &TestEnv, username: &str) -> Vec<String> {
     let history = env.aksync(&["history", username, "--json"]);
@@ -62,7 +39,10 @@ async fn mass_leavers_are_held_and_released_only_by_approval() {
     .unwrap();
     env.sync_ok();
     let delivered_before = hook.batches().len();
-    let gone = remove_people(&env, 6);
+    let gone: Vec<String> = remove_people(&env, 6)
+        .into_iter()
+        .map(|user| user.username)
+        .collect();
 
     // Six of some forty-five accounts is over max_leaver_percent = 10: a dry run says so.
     let dry = env.aksync(&["sync", "--dry-run"]);

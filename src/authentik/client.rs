@@ -210,6 +210,17 @@ impl AuthentikClient {
         Ok(page.pagination.count)
     }
 
+    /// Whether the object at `path` (`core/users/7/`) exists: Authentik answers one it does
+    /// not have with 404 and its JSON body. Anything else that is no object (a 404 page
+    /// without that body, a 5xx after the retries) is an error: it says nothing either way.
+    pub async fn exists(&self, path: &str) -> Result<bool, ClientError> {
+        match self.get_json(path, &[]).await {
+            Ok(_) => Ok(true),
+            Err(ClientError::NotFound { .. }) => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+
     /// Every page of the given listings, sent to `sink` as it arrives (in no particular
     /// order), so that the receiver works on one page while the next ones are on the way.
     /// Page 1 of every listing is asked for at once; it tells how many records there are and

@@ -147,6 +147,8 @@ pub struct Planner<'a> {
     /// The digest of the new side's whole snapshot, when a sync tracks it: the old side's,
     /// updated by every changed record.
     snapshot: Option<Tracked>,
+    /// See [`Planned::deleted_account_pks`].
+    deleted_account_pks: BTreeMap<String, i64>,
 }
 
 /// The memberships of one account, gathered while they pass.
@@ -164,6 +166,10 @@ pub struct Planned {
     pub input: DiffInput,
     /// The new side's snapshot digest, when it was tracked.
     pub snapshot: Option<Tracked>,
+    /// The Authentik pk of each account gone from the new side, by uid, from its stored
+    /// payload: the uid cannot be looked up, the pk can, and a sync asks Authentik by it
+    /// whether the account is really deleted ([`crate::run::confirm`]).
+    pub deleted_account_pks: BTreeMap<String, i64>,
 }
 
 impl<'a> Planner<'a> {
@@ -216,6 +222,7 @@ impl<'a> Planner<'a> {
             block: None,
             privileged_groups: None,
             snapshot: None,
+            deleted_account_pks: BTreeMap::new(),
         }
     }
 
@@ -508,6 +515,11 @@ impl<'a> Planner<'a> {
             }
             return Ok(());
         }
+        if let (Some(old), None) = (&old, &new) {
+            if let Some(pk) = payload_pk(old) {
+                self.deleted_account_pks.insert(external_id.to_string(), pk);
+            }
+        }
         let sides = self
             .input
             .accounts
@@ -657,6 +669,7 @@ impl<'a> Planner<'a> {
                 .transpose()?,
             input: self.input,
             snapshot: self.snapshot,
+            deleted_account_pks: self.deleted_account_pks,
         })
     }
 }
@@ -690,6 +703,18 @@ fn roles_only_restated(old: &Loaded, old_record: &Value, new_record: &Value) -> 
         .filter_map(|role| role["pk"].as_str())
         .collect();
     before == after
+}
+
+/// The `pk` of the raw object a version kept, if it has one (a payload from before payloads
+/// were kept is `null`).
+fn payload_pk(loaded: &Loaded) -> Option<i64> {
+    #[derive(serde::Deserialize)]
+    struct Keyed {
+        pk: i64,
+    }
+    serde_json::from_str::<Keyed>(loaded.entry.payload.get())
+        .ok()
+        .map(|keyed| keyed.pk)
 }
 
 fn stored_from(loaded: &Loaded) -> Result<String, PlanError> {

@@ -3,10 +3,12 @@
 //! it was compared with. Entra Connect stops an export that would delete more than 500
 //! objects, Okta pauses an import that would unassign more than 20% of users: the same guard
 //! against a fault upstream (an empty but successful listing, a token that lost visibility)
-//! becoming mass offboarding evidence.
+//! becoming mass offboarding evidence. More deletions than a run confirms one by one with
+//! Authentik ([`crate::run::confirm`]) are held the same way, whatever the thresholds.
 
 use crate::config::QuarantineThresholds;
 use crate::diff::DirectoryDiff;
+use crate::run::confirm::MAX_CONFIRMATIONS;
 use crate::store::Counts;
 
 /// What a run found that the thresholds judge.
@@ -16,14 +18,17 @@ pub struct Found {
     pub membership_removals: u64,
     /// Every account the listing returned, in scope or not.
     pub accounts_listed: u64,
+    /// The accounts and groups the run found deleted ([`crate::run::confirm::Deletion`]).
+    pub deletions: u64,
 }
 
 impl Found {
-    pub fn of(diff: &DirectoryDiff, accounts_listed: u64) -> Found {
+    pub fn of(diff: &DirectoryDiff, accounts_listed: u64, deletions: u64) -> Found {
         Found {
             leavers: diff.leavers.len() as u64,
             membership_removals: diff.memberships.removed.len() as u64,
             accounts_listed,
+            deletions,
         }
     }
 }
@@ -43,6 +48,14 @@ pub fn reasons(
         reasons.push(format!(
             "the account listing was empty, but run {previous_run} had {} accounts",
             before.accounts
+        ));
+    }
+    // Each deletion is confirmed with Authentik up to the bound; above it none is, and only
+    // an admin can tell a real wave of deletions from a listing that missed records.
+    if found.deletions > MAX_CONFIRMATIONS as u64 {
+        reasons.push(format!(
+            "{} deletions, more than the {MAX_CONFIRMATIONS} aksync confirms one by one: approve the run after checking them in Authentik",
+            found.deletions
         ));
     }
     let checks = [
@@ -94,6 +107,7 @@ mod tests {
             leavers,
             membership_removals,
             accounts_listed: 100,
+            deletions: 0,
         }
     }
 
@@ -143,5 +157,28 @@ mod tests {
         );
         assert!(reasons(empty, Some(("R1", &counts(0, 0))), &limits).is_empty());
         assert!(reasons(found(90, 90), None, &limits).is_empty());
+    }
+
+    #[test]
+    fn more_deletions_than_are_confirmed_are_held_whatever_the_thresholds() {
+        let limits = QuarantineThresholds {
+            max_leavers: u64::MAX,
+            max_leaver_percent: 100.0,
+            max_membership_removals: u64::MAX,
+            max_membership_removal_percent: 100.0,
+        };
+        let before = counts(1_000, 1_000);
+        let judged = |deletions| {
+            let found = Found {
+                deletions,
+                ..found(deletions, 0)
+            };
+            reasons(found, Some(("R1", &before)), &limits)
+        };
+        assert!(judged(200).is_empty(), "every one confirmed");
+        assert_eq!(
+            judged(201),
+            ["201 deletions, more than the 200 aksync confirms one by one: approve the run after checking them in Authentik"]
+        );
     }
 }

@@ -1,14 +1,17 @@
 //! One sync run of one source, as one pass over the data: fetch → normalize → filter → spool
 //! ([`crate::run::collect`]) → plan against the stored state ([`crate::run::plan`]: store writes,
-//! envelopes and the diff from one classification) → commit.
+//! envelopes and the diff from one classification) → confirm the run's deletions with
+//! Authentik ([`crate::run::confirm`]) → commit. The plan and the commit are blocking store
+//! work; the confirmation between them is HTTP, so the planned run waits for it with its
+//! spooled writes and envelope file (`PlannedRun`).
 //!
 //! Every fault ends as a failed run with its error; a partial directory is never stored, and
 //! so never becomes leavers or envelopes. A stop (the cancellation token) reaches every step:
-//! the fetch, the plan (at every record) and the commit (while it waits for the database and
-//! between its writes, before the transaction commits); the run is then recorded as failed,
-//! "cancelled by shutdown", and its envelope file is removed. The run records the source's latest complete run
-//! when it starts and commits only if that is still the latest, so two runs of one source can
-//! never commit history backwards.
+//! the fetch, the plan (at every record), the confirmation and the commit (while it waits for
+//! the database and between its writes, before the transaction commits); the run is then
+//! recorded as failed, "cancelled by shutdown", and its envelope file is removed. The run
+//! records the source's latest complete run when it starts and commits only if that is still
+//! the latest, so two runs of one source can never commit history backwards.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -29,6 +32,7 @@ use crate::ledger::seal::SigningKey;
 use crate::ledger::{self, Body, Pending};
 use crate::output::envelope::{envelope_path, EnvelopeContext, EnvelopeWriter};
 use crate::run::collect::{CollectError, Collected, Collector};
+use crate::run::confirm::{self, ConfirmError, Deletion};
 use crate::run::plan::{plan_sync, PlanError, Planned, Planner, Sinks};
 use crate::run::quarantine;
 use crate::run::record::{ChangeRule, RecordKind};
@@ -100,10 +104,17 @@ impl FetchError {
     }
 }
 
-struct Fetched {
+/// The directory as one read of its listings found it.
+struct Listed {
     collected: Collected,
     authentik_version: String,
     token_user: TokenUser,
+}
+
+/// A complete read, with the client that made it: it confirms the run's deletions later.
+struct Fetched {
+    client: AuthentikClient,
+    listed: Listed,
 }
 
 /// The run id a dry run's envelopes and diff carry: no run of that id is ever stored.
@@ -133,9 +144,10 @@ pub async fn preview_source(
     let latest = store
         .latest_complete(&source.name)
         .map_err(|error| error.to_string())?;
-    let fetched = fetch_directory(&config.state_dir, source, progress)
+    let listed = fetch_directory(&config.state_dir, source, progress)
         .await
-        .map_err(|error| bounded_error(&error.to_string()))?;
+        .map_err(|error| bounded_error(&error.to_string()))?
+        .listed;
     let job = CompleteRun {
         state_dir: config.state_dir.clone(),
         source: source.clone(),
@@ -145,14 +157,14 @@ pub async fn preview_source(
             source: source.name.clone(),
             started_at,
             finished_at: clock.now(),
-            authentik_version: Some(fetched.authentik_version),
+            authentik_version: Some(listed.authentik_version),
             settings_fingerprint: source.settings_fingerprint(),
             health: None,
             settings_changed: Vec::new(),
         },
         latest,
-        collected: fetched.collected,
-        token_user: Some(fetched.token_user),
+        collected: listed.collected,
+        token_user: Some(listed.token_user),
         cancel: CancellationToken::new(),
     };
     tokio::task::spawn_blocking(move || job.preview(&store))
@@ -222,17 +234,18 @@ pub async fn sync_source(
         &source.name,
         clock,
         Ok((
-            fetched.authentik_version.clone(),
-            fetched.token_user.username.clone(),
+            fetched.listed.authentik_version.clone(),
+            fetched.listed.token_user.username.clone(),
         )),
     );
     // Stored with the run, in its one transaction (or with the failed run that records why
     // it was not stored).
     let outcome = RunOutcome {
-        authentik_version: Some(fetched.authentik_version.clone()),
+        authentik_version: Some(fetched.listed.authentik_version.clone()),
         health: Some(health),
         ..outcome
     };
+    let Fetched { client, listed } = fetched;
     let job = CompleteRun {
         state_dir: config.state_dir.clone(),
         source: source.clone(),
@@ -240,14 +253,41 @@ pub async fn sync_source(
         signer: signer(config),
         outcome,
         latest: state.latest_complete,
-        collected: fetched.collected,
-        token_user: Some(fetched.token_user),
+        collected: listed.collected,
+        token_user: Some(listed.token_user),
         cancel: cancel.clone(),
     };
-    match blocking(store, move |store| job.store(store)).await {
+    let planned = match blocking(store, move |store| job.plan(store)).await {
+        Ok(planned) => planned,
+        Err(rejected) => return record_rejected(config, source, store, rejected).await,
+    };
+    // The run's deletions are known only now, from its plan: each is confirmed with
+    // Authentik before the run may report it.
+    let confirmed = tokio::select! {
+        confirmed = confirm::confirm(&client, planned.deletions(), source.concurrency) => confirmed,
+        () = cancel.cancelled() => Err(ConfirmError::Cancelled),
+    };
+    if let Err(error) = confirmed {
+        let rejected = planned.fail(error.to_string());
+        return record_rejected(config, source, store, rejected).await;
+    }
+    match blocking(store, move |store| planned.commit(store)).await {
         Ok(synced) => Ok(synced),
-        Err(Rejected::Store(error)) => Err(error),
-        Err(Rejected::Failed(outcome, reason)) => {
+        Err(rejected) => record_rejected(config, source, store, rejected).await,
+    }
+}
+
+/// Records a run that was not stored as complete as failed, with why; only a failure to
+/// record anything is an error.
+async fn record_rejected(
+    config: &Config,
+    source: &SourceConfig,
+    store: &Arc<Store>,
+    rejected: Rejected,
+) -> Result<SyncedRun, StoreError> {
+    match rejected {
+        Rejected::Store(error) => Err(error),
+        Rejected::Failed(outcome, reason) => {
             let reason = bounded_error(&reason);
             record_failed(store, source, signer(config), *outcome, reason).await
         }
@@ -408,22 +448,19 @@ pub(crate) struct CompleteRun {
 }
 
 impl CompleteRun {
-    /// Plans against the latest complete run, writes the envelope file into place and commits
-    /// the run with its ledger entry. A run that cannot write its outbox, or that another run
-    /// overtook, is recorded as failed.
-    pub(crate) fn store(self, store: &Store) -> Result<SyncedRun, Rejected> {
+    /// Plans against the latest complete run: the store writes and the envelope file are
+    /// spooled, and the diff is known, but nothing is stored yet. A plan that fails or is
+    /// cancelled is recorded as a failed run.
+    pub(crate) fn plan(self, store: &Store) -> Result<PlannedRun, Rejected> {
         let source = &self.source;
-        // A source's first run is its only baseline: a settings change is a ledger event and a
-        // scope change, never a reason to stop comparing.
-        let previous = self.latest.clone();
         let run_id = store.new_run_id(&source.name, self.outcome.started_at)?;
-        let fail = |reason: String| Rejected::Failed(Box::new(self.outcome.clone()), reason);
-        let cancelled = || self.cancel.is_cancelled();
         let plan_started = std::time::Instant::now();
         let reader = store.reader()?;
         let previous_settings = ledger::read::last_run_settings(&reader, &source.name)
             .map_err(|error| Rejected::Store(StoreError::from(error)))?;
-        let unwritable = |error| fail(PlanError::Io(error).to_string());
+        // A source's first run is its only baseline: a settings change is a ledger event and a
+        // scope change, never a reason to stop comparing.
+        let unwritable = |error| self.fail(PlanError::Io(error).to_string());
         let sinks = Sinks {
             ops: Some(OpWriter::new(&self.state_dir).map_err(unwritable)?),
             envelopes: Some(
@@ -432,135 +469,56 @@ impl CompleteRun {
             ),
         };
         let planned = self
-            .plan(
+            .plan_records(
                 &reader,
                 &run_id,
-                previous.as_ref(),
+                self.latest.as_ref(),
                 previous_settings.as_ref(),
                 sinks,
             )
             .map_err(|error| match error {
-                PlanError::Store(StoreError::Cancelled) => fail(CANCELLED_BY_SHUTDOWN.into()),
+                PlanError::Store(StoreError::Cancelled) => self.fail(CANCELLED_BY_SHUTDOWN.into()),
                 PlanError::Store(error) => Rejected::Store(error),
-                other => fail(other.to_string()),
+                other => self.fail(other.to_string()),
             })?;
+        drop(reader);
         tracing::debug!(source = %source.name, seconds = plan_started.elapsed().as_secs_f64(), "planned");
         let diff = diff(&planned.input);
-        let ops = planned.ops.expect("a sync plans store writes");
-        let envelopes = planned.envelopes.expect("a sync writes envelopes");
-        let mut snapshot = planned.snapshot.expect("a sync tracks its snapshot digest");
-        let finishing = std::time::Instant::now();
-        let (snapshot_digest, snapshot_state) = (snapshot.state.hex(), snapshot.state.to_bytes());
-        snapshot.spent += finishing.elapsed();
-        tracing::debug!(source = %source.name, seconds = snapshot.spent.as_secs_f64(), "snapshot digest");
-        // The run's counts are of its scope; what the filters left out is counted beside.
-        let scope = self.collected.scope;
-        let counts = Counts {
-            accounts: self.collected.accounts.items().len() as u64 - scope.accounts_out_of_scope,
-            groups: self.collected.groups.items().len() as u64 - scope.groups_out_of_scope,
-            memberships: self.collected.memberships.len() as u64 - scope.memberships_out_of_scope,
-        };
-        let held = self.held_because(&diff, previous.as_ref());
-        let status = match held.is_empty() {
-            true => RunStatus::Complete,
-            false => RunStatus::Quarantined,
-        };
-        let mut record =
-            self.outcome
-                .clone()
-                .into_record(run_id, status, None, counts, ops.counts().versions);
-        record.quarantine = (!held.is_empty()).then_some(Quarantine {
-            reasons: held,
-            decision: None,
-        });
-        record.previous_run = previous.as_ref().map(|run| run.run_id.clone());
-        record.scope = (source.filter.is_some() || source.group_filter.is_some()).then_some(scope);
-        record.token_user = self.token_user.clone();
-        record.changes = Some(change_counts(&diff));
-        if self.webhook && envelopes.summary.lines > 0 && status == RunStatus::Complete {
-            record.delivery = Some(DeliveryState::pending());
-        }
-        record.envelopes = Some(envelopes.summary.clone());
-        let census = ledger::run::census_of(&self.collected, &AccountRules::of(source))
-            .map_err(|error| fail(format!("cannot read the run's spooled records: {error}")))?;
-        let previous_privileged = ledger::read::privileged_now(&reader, &source.name)
-            .map_err(|error| Rejected::Store(StoreError::from(error)))?;
-        drop(reader);
-        let context = ledger::run::RunContext {
-            settings: RunSettings::of(source),
-            previous_settings: previous_settings.as_ref(),
-        };
-        record.settings_changed = context.changed_keys();
-        let ledger::run::CompleteEntry {
-            evidence,
-            index,
-            privileged_now,
-        } = context.complete(
-            &record,
-            &planned.input,
-            diff.clone(),
-            census,
-            &self.collected,
-            previous_privileged.as_ref(),
-            snapshot_digest,
-        );
-        let mut pending = Pending {
-            source: &source.name,
-            recorded_at: self.outcome.finished_at,
-            body: Body::Run(Box::new(evidence)),
-            signer: self.signer.as_deref(),
-            index,
-            source_state: vec![(KeptState::SnapshotDigest, snapshot_state)],
-            privileged_after: privileged_now,
-        };
-        if cancelled() {
-            return Err(fail(CANCELLED_BY_SHUTDOWN.into()));
-        }
-        // The outbox exists before the run does; it goes again if the run is not stored.
-        let path = envelopes
-            .persist()
-            .map_err(|error| fail(format!("cannot write the envelope file: {error}")))?;
-        let commit_started = std::time::Instant::now();
-        let committed = store.commit_complete(CommitPlan {
-            record,
-            expected_latest: self.latest.as_ref().map(|run| run.run_id.clone()),
-            reset: previous.is_none(),
-            ops,
-            health: self.outcome.health.clone(),
-            ledger: &mut pending,
-            cancelled: &cancelled,
-        });
-        tracing::debug!(source = %source.name, seconds = commit_started.elapsed().as_secs_f64(), "committed");
-        match committed {
-            Ok(run) => Ok(SyncedRun {
-                run,
-                diff: Some(diff),
-            }),
-            Err(error) => {
-                remove_orphan(&path);
-                match error {
-                    StoreError::Conflict { .. } | StoreError::Cancelled => {
-                        Err(fail(error.to_string()))
-                    }
-                    other => Err(fail(format!("the run could not be stored: {other}"))),
-                }
-            }
-        }
+        let deletions = Deletion::of(&diff, &planned.deleted_account_pks);
+        Ok(PlannedRun {
+            job: self,
+            run_id,
+            planned,
+            diff,
+            deletions,
+            previous_settings,
+        })
     }
 
-    /// Why the run would be quarantined: too many leavers or removals at once are held for
-    /// an admin's decision, so that a fault upstream does not become mass offboarding
-    /// evidence on its own.
-    fn held_because(&self, diff: &DirectoryDiff, previous: Option<&RunRecord>) -> Vec<String> {
+    /// The run recorded as failed with `reason` instead of being stored.
+    fn fail(&self, reason: String) -> Rejected {
+        Rejected::Failed(Box::new(self.outcome.clone()), reason)
+    }
+
+    /// Why the run is held for an admin's decision: too many leavers, removals or
+    /// deletions at once must not become mass offboarding evidence on their own.
+    fn held_because(&self, diff: &DirectoryDiff, deletions: u64) -> Vec<String> {
         quarantine::reasons(
-            quarantine::Found::of(diff, self.collected.accounts.items().len() as u64),
-            previous.map(|run| (run.run_id.as_str(), &run.counts)),
+            quarantine::Found::of(
+                diff,
+                self.collected.accounts.items().len() as u64,
+                deletions,
+            ),
+            self.latest
+                .as_ref()
+                .map(|run| (run.run_id.as_str(), &run.counts)),
             &self.source.quarantine,
         )
     }
 
     /// What the run would store and emit, planned against the latest complete run without
-    /// writing anything: the envelopes go to a temporary file outside the state directory.
+    /// writing anything: the envelopes go to a temporary file outside the state directory,
+    /// and deletions are not looked up.
     pub(crate) fn preview(self, store: &Store) -> Result<Preview, String> {
         let reader = store.reader().map_err(|error| error.to_string())?;
         let previous_settings = ledger::read::last_run_settings(&reader, &self.source.name)
@@ -573,26 +531,26 @@ impl CompleteRun {
                 EnvelopeWriter::create(&dir.path().join("dry-run.jsonl")).map_err(unwritable)?,
             ),
         };
-        let previous = self.latest.clone();
         let planned = self
-            .plan(
+            .plan_records(
                 &reader,
                 DRY_RUN_ID,
-                previous.as_ref(),
+                self.latest.as_ref(),
                 previous_settings.as_ref(),
                 sinks,
             )
             .map_err(|error| error.to_string())?;
         let diff = diff(&planned.input);
+        let deletions = Deletion::of(&diff, &planned.deleted_account_pks).len() as u64;
         Ok(Preview {
-            quarantine: self.held_because(&diff, previous.as_ref()),
+            quarantine: self.held_because(&diff, deletions),
             diff,
             envelopes: planned.envelopes.expect("a preview writes envelopes"),
             _dir: dir,
         })
     }
 
-    fn plan(
+    fn plan_records(
         &self,
         reader: &crate::store::Reader<'_>,
         run_id: &str,
@@ -650,6 +608,150 @@ impl CompleteRun {
     }
 }
 
+/// A planned run between its plan and its commit, while its deletions are confirmed with
+/// Authentik: its spooled store writes and envelope file wait here, and go if it is dropped.
+pub(crate) struct PlannedRun {
+    job: CompleteRun,
+    run_id: String,
+    planned: Planned,
+    diff: DirectoryDiff,
+    deletions: Vec<Deletion>,
+    previous_settings: Option<RunSettings>,
+}
+
+impl PlannedRun {
+    /// What the run would report deleted, to be confirmed before it commits.
+    pub(crate) fn deletions(&self) -> &[Deletion] {
+        &self.deletions
+    }
+
+    /// The run recorded as failed with `reason` instead of being stored.
+    pub(crate) fn fail(&self, reason: String) -> Rejected {
+        self.job.fail(reason)
+    }
+
+    /// Judges the run against the quarantine thresholds, writes the envelope file into place
+    /// and commits the run with its ledger entry. A run that cannot write its outbox, or that
+    /// another run overtook, is recorded as failed.
+    pub(crate) fn commit(self, store: &Store) -> Result<SyncedRun, Rejected> {
+        let PlannedRun {
+            job,
+            run_id,
+            planned,
+            diff,
+            deletions,
+            previous_settings,
+        } = self;
+        let source = &job.source;
+        let fail = |reason: String| job.fail(reason);
+        let cancelled = || job.cancel.is_cancelled();
+        let previous = job.latest.as_ref();
+        let ops = planned.ops.expect("a sync plans store writes");
+        let envelopes = planned.envelopes.expect("a sync writes envelopes");
+        let mut snapshot = planned.snapshot.expect("a sync tracks its snapshot digest");
+        let finishing = std::time::Instant::now();
+        let (snapshot_digest, snapshot_state) = (snapshot.state.hex(), snapshot.state.to_bytes());
+        snapshot.spent += finishing.elapsed();
+        tracing::debug!(source = %source.name, seconds = snapshot.spent.as_secs_f64(), "snapshot digest");
+        // The run's counts are of its scope; what the filters left out is counted beside.
+        let scope = job.collected.scope;
+        let counts = Counts {
+            accounts: job.collected.accounts.items().len() as u64 - scope.accounts_out_of_scope,
+            groups: job.collected.groups.items().len() as u64 - scope.groups_out_of_scope,
+            memberships: job.collected.memberships.len() as u64 - scope.memberships_out_of_scope,
+        };
+        let held = job.held_because(&diff, deletions.len() as u64);
+        let status = match held.is_empty() {
+            true => RunStatus::Complete,
+            false => RunStatus::Quarantined,
+        };
+        let mut record =
+            job.outcome
+                .clone()
+                .into_record(run_id, status, None, counts, ops.counts().versions);
+        record.quarantine = (!held.is_empty()).then_some(Quarantine {
+            reasons: held,
+            decision: None,
+        });
+        record.previous_run = previous.map(|run| run.run_id.clone());
+        record.scope = (source.filter.is_some() || source.group_filter.is_some()).then_some(scope);
+        record.token_user = job.token_user.clone();
+        record.changes = Some(change_counts(&diff));
+        if job.webhook && envelopes.summary.lines > 0 && status == RunStatus::Complete {
+            record.delivery = Some(DeliveryState::pending());
+        }
+        record.envelopes = Some(envelopes.summary.clone());
+        let census = ledger::run::census_of(&job.collected, &AccountRules::of(source))
+            .map_err(|error| fail(format!("cannot read the run's spooled records: {error}")))?;
+        // Read afresh: the plan's read transaction was not held while the deletions were
+        // confirmed, and the commit fails if another run committed meanwhile.
+        let reader = store.reader()?;
+        let previous_privileged = ledger::read::privileged_now(&reader, &source.name)
+            .map_err(|error| Rejected::Store(StoreError::from(error)))?;
+        drop(reader);
+        let context = ledger::run::RunContext {
+            settings: RunSettings::of(source),
+            previous_settings: previous_settings.as_ref(),
+        };
+        record.settings_changed = context.changed_keys();
+        let ledger::run::CompleteEntry {
+            evidence,
+            index,
+            privileged_now,
+        } = context.complete(
+            &record,
+            &planned.input,
+            diff.clone(),
+            census,
+            &job.collected,
+            previous_privileged.as_ref(),
+            snapshot_digest,
+        );
+        let mut pending = Pending {
+            source: &source.name,
+            recorded_at: job.outcome.finished_at,
+            body: Body::Run(Box::new(evidence)),
+            signer: job.signer.as_deref(),
+            index,
+            source_state: vec![(KeptState::SnapshotDigest, snapshot_state)],
+            privileged_after: privileged_now,
+        };
+        if cancelled() {
+            return Err(fail(CANCELLED_BY_SHUTDOWN.into()));
+        }
+        // The outbox exists before the run does; it goes again if the run is not stored.
+        let path = envelopes
+            .persist()
+            .map_err(|error| fail(format!("cannot write the envelope file: {error}")))?;
+        let commit_started = std::time::Instant::now();
+        let committed = store.commit_complete(CommitPlan {
+            record,
+            expected_latest: previous.map(|run| run.run_id.clone()),
+            reset: previous.is_none(),
+            ops,
+            health: job.outcome.health.clone(),
+            ledger: &mut pending,
+            cancelled: &cancelled,
+        });
+        tracing::debug!(source = %source.name, seconds = commit_started.elapsed().as_secs_f64(), "committed");
+        match committed {
+            Ok(run) => Ok(SyncedRun {
+                run,
+                diff: Some(diff),
+            }),
+            Err(error) => {
+                remove_orphan(&path);
+                match error {
+                    StoreError::Conflict { .. } | StoreError::Cancelled => {
+                        Err(fail(error.to_string()))
+                    }
+                    other => Err(fail(format!("the run could not be stored: {other}"))),
+                }
+            }
+        }
+    }
+}
+
 /// The snapshot digest of the source's latest complete run: as its entry's commit left it,
 /// or, in a database from before the ledger, counted from its current records once.
 fn stored_snapshot(reader: &crate::store::Reader<'_>, source: &str) -> Result<LtHash, PlanError> {
@@ -701,7 +803,7 @@ async fn fetch_directory(
 ) -> Result<Fetched, FetchError> {
     let fetch = async {
         let client = AuthentikClient::new(source, RetryPolicy::default())?;
-        match fetch_once(state_dir, source, &client, progress).await {
+        let listed = match fetch_once(state_dir, source, &client, progress).await {
             Err(error) if error.is_inconsistency() => {
                 // A live directory changes; one more read is the normal remedy.
                 tracing::info!(
@@ -712,7 +814,8 @@ async fn fetch_directory(
                 fetch_once(state_dir, source, &client, progress).await
             }
             result => result,
-        }
+        }?;
+        Ok(Fetched { client, listed })
     };
     tokio::time::timeout(source.run_timeout, fetch)
         .await
@@ -729,7 +832,7 @@ async fn fetch_once(
     source: &SourceConfig,
     client: &AuthentikClient,
     progress: ProgressFn<'_>,
-) -> Result<Fetched, FetchError> {
+) -> Result<Listed, FetchError> {
     crate::config::state_dir::create_private_dir(state_dir).map_err(FetchError::Spool)?;
     let mut collector = Collector::new(state_dir, source)?;
     let kinds: &[ListKind] = if source.disable_group_sync {
@@ -764,7 +867,7 @@ async fn fetch_once(
     if !collector.has_user(me.user.pk) {
         return Err(FetchError::PartialVisibility(me.user.username));
     }
-    Ok(Fetched {
+    Ok(Listed {
         collected: collector.finish()?,
         authentik_version: version.version_current,
         token_user: TokenUser {

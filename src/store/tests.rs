@@ -215,11 +215,11 @@ fn a_run_overtaken_by_another_commit_is_refused() {
     let run_b = source
         .collect(vec![user(1, "A", &[]), user(2, "B", &[])], vec![], latest)
         .unwrap();
-    let b = match run_b.store(&source.store) {
+    let b = match crate::testing::store_run(run_b, &source.store) {
         Ok(synced) => synced.run,
         Err(_) => panic!("B commits"),
     };
-    let error = match run_a.store(&source.store) {
+    let error = match crate::testing::store_run(run_a, &source.store) {
         Ok(_) => panic!("A must not commit after B"),
         Err(crate::run::sync::Rejected::Failed(_, reason)) => reason,
         Err(crate::run::sync::Rejected::Store(error)) => panic!("{error}"),
@@ -518,7 +518,7 @@ fn run_with_outbox(source: &mut TestSource, name: &str, webhook: bool) -> RunRec
         .collect(vec![user(1, name, &[])], vec![], latest)
         .unwrap();
     job.webhook = webhook;
-    match job.store(&source.store) {
+    match crate::testing::store_run(job, &source.store) {
         Ok(synced) => synced.run,
         Err(crate::run::sync::Rejected::Failed(_, reason)) => panic!("{reason}"),
         Err(crate::run::sync::Rejected::Store(error)) => panic!("{error}"),
@@ -582,7 +582,7 @@ fn a_cancelled_plan_stores_nothing_and_leaves_no_envelope_file() {
         )
         .unwrap();
     job.cancel.cancel();
-    match job.store(&source.store) {
+    match crate::testing::store_run(job, &source.store) {
         Err(crate::run::sync::Rejected::Failed(_, reason)) => {
             assert_eq!(reason, CANCELLED_BY_SHUTDOWN)
         }

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aksync::demo::fake::{Directory, FakeAuthentik, READER_TOKEN};
+use aksync::demo::fake::{Directory, FakeAuthentik, FakeUser, READER_TOKEN};
 use aksync::store::Store;
 use serde_json::Value;
 
@@ -108,6 +108,28 @@ impl TestEnv {
         assert_eq!(result.code, 0, "show failed: {}", result.stderr);
         result.json()
     }
+}
+
+/// Deletes `count` ordinary active accounts (not `akadmin`, not a token's user) from the
+/// fake and returns them.
+pub fn remove_people(env: &TestEnv, count: usize) -> Vec<FakeUser> {
+    env.fake.with_state(|state| {
+        let directory = &mut state.directory;
+        let token_users: Vec<i64> = directory.tokens.values().map(|t| t.user_pk).collect();
+        let people: Vec<i64> = directory
+            .users
+            .values()
+            .filter(|user| {
+                user.username != "akadmin" && user.is_active && !token_users.contains(&user.pk)
+            })
+            .map(|user| user.pk)
+            .take(count)
+            .collect();
+        people
+            .iter()
+            .filter_map(|pk| directory.users.remove(pk))
+            .collect()
+    })
 }
 
 /// Copies a directory tree (a state directory, a fixture).
