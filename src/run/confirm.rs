@@ -97,6 +97,11 @@ pub enum ConfirmError {
     NoPk { what: String },
     #[error("{CANCELLED_BY_SHUTDOWN}")]
     Cancelled,
+    #[error("the run's deletions were not confirmed within its deadline ({}s from its start): raise `sources.{source_name}.run_timeout_secs`, or check the server", limit.as_secs())]
+    Deadline {
+        source_name: String,
+        limit: std::time::Duration,
+    },
 }
 
 /// Asks Authentik for each deleted record, at most `concurrency` at once; the first one that

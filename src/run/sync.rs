@@ -263,8 +263,17 @@ pub async fn sync_source(
     };
     // The run's deletions are known only now, from its plan: each is confirmed with
     // Authentik before the run may report it.
+    // Within the run's deadline, which the fetch began: the server sets the pace.
+    let remaining = source.run_timeout.saturating_sub(fetch_started.elapsed());
+    let confirming = tokio::time::timeout(
+        remaining,
+        confirm::confirm(&client, planned.deletions(), source.concurrency),
+    );
     let confirmed = tokio::select! {
-        confirmed = confirm::confirm(&client, planned.deletions(), source.concurrency) => confirmed,
+        confirmed = confirming => confirmed.unwrap_or_else(|_| Err(ConfirmError::Deadline {
+            source_name: source.name.clone(),
+            limit: source.run_timeout,
+        })),
         () = cancel.cancelled() => Err(ConfirmError::Cancelled),
     };
     if let Err(error) = confirmed {
