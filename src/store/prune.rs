@@ -258,6 +258,10 @@ impl Store {
             guard.call(|| records.remove(run.run_id.as_str()))?;
             let key = format!("{source}{SEP}{}", run.run_id);
             guard.call(|| index.remove(key.as_str()))?;
+            // A quarantined run nobody decided on goes with its held writes.
+            if run.awaits_decision() {
+                self.drop_held(txn, source, &run.run_id)?;
+            }
         }
         let ids: Vec<String> = removed.iter().map(|run| run.run_id.clone()).collect();
         let before = first_kept
