@@ -204,7 +204,12 @@ impl Store {
     }
 
     /// Removes a run's held writes.
-    pub(super) fn drop_held(&self, txn: &WriteTransaction, source: &str, run_id: &str) -> Result<(), Failure> {
+    pub(super) fn drop_held(
+        &self,
+        txn: &WriteTransaction,
+        source: &str,
+        run_id: &str,
+    ) -> Result<(), Failure> {
         let prefix = run_prefix(source, run_id);
         let end = codec::prefix_end(&prefix);
         let mut held = self.guard.call(|| txn.open_table(HELD))?;
