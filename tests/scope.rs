@@ -366,6 +366,32 @@ async fn toggling_the_primary_directory_changes_no_record() {
     assert!(envelopes(&env, "latest").is_empty());
     let runs = env.aksync(&["runs", "--json"]).json();
     assert!(runs.to_string().contains("primary_directory"), "{runs}");
+    // The flag describes the source: each run's outputs say what that run recorded, in
+    // aksync's envelopes and on each Openlane set, whatever the configuration says now.
+    let ids = common::run_ids(&env);
+    for (run, primary) in [(&ids[0], false), (&ids[1], true)] {
+        let sets = env
+            .aksync(&["envelopes", run, "--full", "--format", "openlane"])
+            .json();
+        let sets = sets.as_array().unwrap();
+        assert!(
+            sets.iter().all(|set| set["primaryDirectory"] == primary),
+            "{run}"
+        );
+        let changes = env
+            .aksync(&["envelopes", run, "--format", "openlane"])
+            .json();
+        assert!(changes
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|set| set["primaryDirectory"] == primary));
+        let lines = env.aksync(&["envelopes", run, "--full"]).stdout;
+        assert!(lines.lines().count() > 0);
+        assert!(lines
+            .lines()
+            .all(|line| line.contains(&format!("\"primary_directory\":{primary}"))));
+    }
 }
 
 /// A filter on an attribute most accounts lack: `on_filter_error` decides, through the binary.

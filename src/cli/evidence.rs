@@ -262,6 +262,21 @@ fn human_diff(diff: &DirectoryDiff) -> String {
     out
 }
 
+/// The source's primary-directory flag as `run` recorded it in the ledger (today's for a run
+/// from before the ledger): a later toggle does not change what a past run said.
+fn recorded_primary_directory(
+    store: &Store,
+    source: &SourceConfig,
+    run: &RunRecord,
+) -> Result<bool, CliError> {
+    let reader = store.reader()?;
+    let recorded = crate::ledger::read::run_evidence(&reader, &source.name, &run.run_id)
+        .map_err(crate::store::StoreError::from)?;
+    Ok(recorded.map_or(source.primary_directory, |sealed| {
+        sealed.evidence.settings.primary_directory
+    }))
+}
+
 /// What `aksync envelopes RUN` is asked for.
 pub(crate) enum EnvelopeRequest {
     /// The run's changes, from its envelope file.
@@ -298,7 +313,9 @@ pub(crate) fn envelopes(
         // removals from them would remove every record that did not change.
         EnvelopeRequest::Changes(EnvelopeFormat::Openlane) => {
             let mut batches = open_envelopes(&config.state_dir, &run).map_err(runtime)?;
-            let mut sets = OpenlaneWriter::start(stdout_writer(), false).map_err(write_failed)?;
+            let primary = recorded_primary_directory(&store, source, &run)?;
+            let mut sets =
+                OpenlaneWriter::start(stdout_writer(), false, primary).map_err(write_failed)?;
             loop {
                 let batch = batches.next_batch(PROJECTION_BATCH).map_err(runtime)?;
                 if batch.is_empty() {
@@ -312,6 +329,7 @@ pub(crate) fn envelopes(
             sets.finish().map_err(write_failed)?;
         }
         EnvelopeRequest::Full(format) => {
+            let primary_directory = recorded_primary_directory(&store, source, &run)?;
             let reader = store.reader()?;
             let records = records_in_scope(&reader, &run)?;
             let mut out = stdout_writer();
@@ -321,11 +339,13 @@ pub(crate) fn envelopes(
                         source: &source.name,
                         run_id: &run.run_id,
                         observed_at: run.finished_at,
-                        primary_directory: source.primary_directory,
+                        primary_directory,
                     };
                     snapshot::write_envelopes(records, &context, &mut out)
                 }
-                EnvelopeFormat::Openlane => snapshot::write_openlane(records, &mut out),
+                EnvelopeFormat::Openlane => {
+                    snapshot::write_openlane(records, primary_directory, &mut out)
+                }
             };
             match written {
                 Ok(count) => eprintln!(

@@ -348,6 +348,9 @@ pub fn parse_jsonl(bytes: &[u8]) -> Result<Vec<Envelope>, serde_json::Error> {
 pub struct OpenlaneWriter<W: Write> {
     out: W,
     snapshot_complete: bool,
+    /// The source's primary-directory flag as the run recorded it: it describes the source,
+    /// not a record, so it is on each set (`primaryDirectory`), as on each aksync envelope.
+    primary_directory: bool,
     /// How many sets are opened so far, in [`RecordKind::ALL`]'s order; the last is open.
     opened: usize,
     /// How many envelopes the open set has.
@@ -356,11 +359,16 @@ pub struct OpenlaneWriter<W: Write> {
 }
 
 impl<W: Write> OpenlaneWriter<W> {
-    pub fn start(mut out: W, snapshot_complete: bool) -> std::io::Result<OpenlaneWriter<W>> {
+    pub fn start(
+        mut out: W,
+        snapshot_complete: bool,
+        primary_directory: bool,
+    ) -> std::io::Result<OpenlaneWriter<W>> {
         out.write_all(b"[")?;
         Ok(OpenlaneWriter {
             out,
             snapshot_complete,
+            primary_directory,
             opened: 0,
             in_set: 0,
             written: 0,
@@ -398,9 +406,10 @@ impl<W: Write> OpenlaneWriter<W> {
         let schema = Schema::of(RecordKind::ALL[self.opened]);
         write!(
             self.out,
-            "{{\"schema\":{},\"snapshotComplete\":{},\"envelopes\":[",
+            "{{\"schema\":{},\"snapshotComplete\":{},\"primaryDirectory\":{},\"envelopes\":[",
             serde_json::to_string(&schema)?,
-            self.snapshot_complete
+            self.snapshot_complete,
+            self.primary_directory
         )?;
         self.opened += 1;
         self.in_set = 0;
@@ -575,7 +584,7 @@ mod tests {
         assert_eq!(envelopes.len(), 2);
         assert!(envelopes[1].payload.is_none());
         let mut out = Vec::new();
-        let mut sets = OpenlaneWriter::start(&mut out, false).unwrap();
+        let mut sets = OpenlaneWriter::start(&mut out, false, true).unwrap();
         for envelope in &envelopes {
             sets.push(envelope.schema, &envelope.openlane_entry())
                 .unwrap();
@@ -592,7 +601,7 @@ mod tests {
             assert_eq!(set["snapshotComplete"], false);
         }
         // Sets come in their order: an account after a membership is refused, not mixed in.
-        let mut sets = OpenlaneWriter::start(Vec::new(), false).unwrap();
+        let mut sets = OpenlaneWriter::start(Vec::new(), false, false).unwrap();
         sets.push(Schema::DirectoryMembership, &json!({})).unwrap();
         assert!(sets.push(Schema::DirectoryAccount, &json!({})).is_err());
     }

@@ -86,9 +86,10 @@ pub fn write_envelopes(
 /// envelopes.
 pub fn write_openlane(
     records: impl Iterator<Item = SnapshotRecord>,
+    primary_directory: bool,
     out: &mut impl Write,
 ) -> Result<u64, SnapshotError> {
-    let mut sets = OpenlaneWriter::start(out, true)?;
+    let mut sets = OpenlaneWriter::start(out, true, primary_directory)?;
     for record in records {
         let (kind, stored) = record?;
         let payload = (!stored.payload.is_null()).then_some(&stored.payload);
@@ -207,7 +208,7 @@ mod tests {
             )),
         ];
         let mut out = Vec::new();
-        let count = write_openlane(records.into_iter().filter(in_scope), &mut out).unwrap();
+        let count = write_openlane(records.into_iter().filter(in_scope), true, &mut out).unwrap();
         assert_eq!(count, 1);
         let sets: Value = serde_json::from_slice(&out).unwrap();
         let schemas: Vec<&Value> = sets
@@ -222,6 +223,7 @@ mod tests {
         );
         for set in sets.as_array().unwrap() {
             assert_eq!(set["snapshotComplete"], true);
+            assert_eq!(set["primaryDirectory"], true);
         }
         assert_eq!(
             sets[0]["envelopes"],
