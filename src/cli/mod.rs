@@ -343,13 +343,15 @@ async fn check(
             Some(store) => store
                 .recent_runs(&health.source, crate::config::RECENT_RUNS)?
                 .into_iter()
-                .filter(RunRecord::awaits_decision)
-                .map(|run| AwaitingDecision {
-                    reasons: run
-                        .quarantine
-                        .map(|quarantine| quarantine.reasons)
-                        .unwrap_or_default(),
-                    run_id: run.run_id,
+                .filter_map(|run| {
+                    Some(AwaitingDecision {
+                        message: run.decision_needed()?,
+                        reasons: run
+                            .quarantine
+                            .map(|quarantine| quarantine.reasons)
+                            .unwrap_or_default(),
+                        run_id: run.run_id,
+                    })
                 })
                 .collect(),
             None => Vec::new(),
@@ -397,13 +399,7 @@ async fn check(
                 .iter()
                 .map(move |held| (source, held))
         }) {
-            output::print_line(&format!(
-                "{source}: run {} is quarantined ({}): decide with `aksync approve {}` or `aksync reject {}`",
-                held.run_id,
-                held.reasons.join("; "),
-                held.run_id,
-                held.run_id
-            ))?;
+            output::print_line(&format!("{source}: {}", held.message))?;
         }
     }
     let all_healthy = checked.iter().all(|checked| {
@@ -431,6 +427,8 @@ struct CheckedSource<'a> {
 struct AwaitingDecision {
     run_id: String,
     reasons: Vec<String>,
+    /// What to do about it, in words.
+    message: String,
 }
 
 pub(crate) async fn sync(
@@ -731,10 +729,7 @@ pub(crate) fn run_summary(run: &RunRecord) -> String {
             "{}: run {} QUARANTINED after {seconds:.1}s: {}; its changes are held and nothing is delivered: see `aksync report {}`, then `aksync approve {}` or `aksync reject {}`",
             run.source,
             run.run_id,
-            run.quarantine
-                .as_ref()
-                .map(|quarantine| quarantine.reasons.join("; "))
-                .unwrap_or_default(),
+            run.quarantine_reasons(),
             run.run_id,
             run.run_id,
             run.run_id
@@ -893,11 +888,11 @@ fn run_note(run: &RunRecord, snapshots_kept_from: Option<&str>) -> String {
         notes.push(match &quarantine.decision {
             None => format!(
                 "quarantined: {}; awaits `aksync approve` or `aksync reject`",
-                quarantine.reasons.join("; ")
+                quarantine.reasons_line()
             ),
             Some(taken) => format!(
                 "quarantined: {}; {} by {} at {}",
-                quarantine.reasons.join("; "),
+                quarantine.reasons_line(),
                 taken.decision.as_str(),
                 taken.by,
                 taken.at.format("%Y-%m-%d %H:%M:%S")

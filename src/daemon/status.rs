@@ -120,16 +120,7 @@ impl SourceStatus {
         let reason = match (runs.first(), &self.history.last_complete) {
             (None, None) => Some("no run yet".to_string()),
             // Held for a decision: an admin has to look, whatever the failure allowance.
-            (Some(run), _) if run.awaits_decision() => Some(format!(
-                "run {} is quarantined ({}): decide with `aksync approve {}` or `aksync reject {}`",
-                run.run_id,
-                run.quarantine
-                    .as_ref()
-                    .map(|quarantine| quarantine.reasons.join("; "))
-                    .unwrap_or_default(),
-                run.run_id,
-                run.run_id
-            )),
+            (Some(run), _) if run.awaits_decision() => run.decision_needed(),
             (Some(run), _) if not_complete as u32 >= self.unhealthy_after_failures => {
                 let what = format!(
                     "{} {}{}",

@@ -235,11 +235,7 @@ fn log_finished(run: &RunRecord, took: Duration) {
             status = %run.status.as_str(),
             duration_secs,
             leavers = changes.leavers,
-            reasons = run
-                .quarantine
-                .as_ref()
-                .map(|quarantine| quarantine.reasons.join("; "))
-                .unwrap_or_default(),
+            reasons = run.quarantine_reasons(),
             "run quarantined: nothing is delivered until `aksync approve {}` (or `aksync reject {}`)",
             run.run_id,
             run.run_id

@@ -189,7 +189,34 @@ impl Decision {
     }
 }
 
+impl Quarantine {
+    /// The thresholds the run went over, in one line.
+    pub fn reasons_line(&self) -> String {
+        self.reasons.join("; ")
+    }
+}
+
 impl RunRecord {
+    /// The thresholds a quarantined run went over, in one line (empty for another run).
+    pub fn quarantine_reasons(&self) -> String {
+        self.quarantine
+            .as_ref()
+            .map(Quarantine::reasons_line)
+            .unwrap_or_default()
+    }
+
+    /// What a quarantined run that waits for a decision asks of an admin, in one line: what
+    /// `check`, `/healthz` and the status say.
+    pub fn decision_needed(&self) -> Option<String> {
+        self.awaits_decision().then(|| {
+            format!(
+                "run {id} is quarantined ({}): decide with `aksync approve {id}` or `aksync reject {id}`",
+                self.quarantine_reasons(),
+                id = self.run_id
+            )
+        })
+    }
+
     /// Whether the run is quarantined and waits for `aksync approve` or `aksync reject`.
     pub fn awaits_decision(&self) -> bool {
         self.status == RunStatus::Quarantined

@@ -618,7 +618,7 @@ fn quarantine_block(report: &Report) -> Block {
             };
             vec![
                 code(run_label(report, &run.run_id)),
-                text(quarantine.reasons.join("; ")),
+                text(quarantine.reasons_line()),
                 decision,
                 held,
             ]
