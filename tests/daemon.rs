@@ -246,11 +246,18 @@ async fn a_seconds_schedule_makes_several_complete_runs() {
         .await;
     let log = daemon.stop().await;
     let runs = runs(&env, "corp");
-    assert!(runs.iter().all(|run| run.status == RunStatus::Complete));
+    // Every run is complete; the stop may catch the newest one under way, which is then
+    // recorded as cancelled by the shutdown (on a loaded machine it often does).
+    let (newest, earlier) = runs.split_first().unwrap();
+    assert!(
+        earlier.iter().all(|run| run.status == RunStatus::Complete)
+            && (newest.status == RunStatus::Complete || newest.cancelled_by_shutdown()),
+        "{runs:#?}"
+    );
     // Each run that changed something (here the first) writes its reports (reports_per_run
     // = "changes"), and every run logs its start and its end with counts.
     assert!(runs.last().unwrap().changed_anything());
-    for run in &runs {
+    for run in runs.iter().filter(|run| run.status == RunStatus::Complete) {
         let report = env
             .state_dir()
             .join(format!("reports/corp/{}.html", run.run_id));
@@ -360,8 +367,12 @@ async fn runs_never_overlap_and_a_manual_sync_waits_for_the_daemons_run() {
     let log = daemon.stop().await;
 
     let mut runs = runs(&env, "corp");
+    // Every run is complete; the stop may catch the newest one under way, which is then
+    // recorded as cancelled by the shutdown (on a loaded machine it often does).
+    let (newest, earlier) = runs.split_first().unwrap();
     assert!(
-        runs.iter().all(|run| run.status == RunStatus::Complete),
+        earlier.iter().all(|run| run.status == RunStatus::Complete)
+            && (newest.status == RunStatus::Complete || newest.cancelled_by_shutdown()),
         "{runs:#?}"
     );
     runs.sort_by_key(|run| run.started_at);
