@@ -46,8 +46,7 @@ fn mode(path: &Path) -> u32 {
 }
 
 fn assert_verifies(env: &TestEnv, source: &str) {
-    let verified = env.aksync(&["verify"]);
-    assert_eq!(verified.code, 0, "{}{}", verified.stdout, verified.stderr);
+    let verified = env.verify_ok(source);
     assert!(
         verified.stdout.contains(&format!("{source}: verified")),
         "{}",

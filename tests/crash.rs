@@ -150,7 +150,7 @@ async fn syncs_killed_anywhere_leave_a_store_that_verifies_and_syncs_on() {
                 )
             }
         }
-        verify(&env, &context);
+        env.verify_ok(&context);
 
         // The next sync, with changes of its own, succeeds, stores the directory as it is
         // and repairs what the kill left.
@@ -172,7 +172,7 @@ async fn syncs_killed_anywhere_leave_a_store_that_verifies_and_syncs_on() {
         assert_no_orphan_envelopes(&env, &checked, &context);
     }
     // The next kill's checks verify what each next sync repaired; the last one's, here.
-    verify(&env, &format!("seed {seed}, after the last sync"));
+    env.verify_ok(&format!("seed {seed}, after the last sync"));
 
     // What the last sync stored is the directory, field by field.
     let directory = env.fake.with_state(|state| state.directory.clone());
@@ -407,13 +407,4 @@ fn assert_no_orphan_envelopes(env: &TestEnv, runs: &[RunRecord], context: &str) 
         .map(|run| format!("{}.jsonl", run.run_id))
         .collect();
     assert_eq!(found, expected, "{context}: the outbox holds other files");
-}
-
-fn verify(env: &TestEnv, context: &str) {
-    let verified = env.aksync(&["verify"]);
-    assert_eq!(
-        verified.code, 0,
-        "{context}: verify failed: {}{}",
-        verified.stdout, verified.stderr
-    );
 }

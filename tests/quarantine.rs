@@ -21,11 +21,6 @@ fn history_events(env: &TestEnv, username: &str) -> Vec<String> {
         .collect()
 }
 
-fn assert_verifies(env: &TestEnv) {
-    let verified = env.aksync(&["verify"]);
-    assert_eq!(verified.code, 0, "{}{}", verified.stdout, verified.stderr);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mass_leavers_are_held_and_released_only_by_approval() {
     let env = TestEnv::start(40).await;
@@ -101,7 +96,7 @@ async fn mass_leavers_are_held_and_released_only_by_approval() {
         "{}",
         check.stdout
     );
-    assert_verifies(&env);
+    env.verify_ok("quarantine");
 
     let approved = env.aksync(&["approve", &quarantined]);
     assert_eq!(approved.code, 0, "{}{}", approved.stdout, approved.stderr);
@@ -132,7 +127,7 @@ async fn mass_leavers_are_held_and_released_only_by_approval() {
         "{}",
         report.stdout
     );
-    assert_verifies(&env);
+    env.verify_ok("quarantine");
     assert_eq!(env.aksync(&["check"]).code, 0);
     let twice = env.aksync(&["approve", &quarantined]);
     assert_eq!(twice.code, 1, "{}", twice.stderr);
@@ -222,7 +217,7 @@ async fn a_glitch_is_compared_past_and_rejected() {
     );
     let report = env.aksync(&["report", "--since", "2000-01-01"]);
     assert!(report.stdout.contains("rejected by"), "{}", report.stdout);
-    assert_verifies(&env);
+    env.verify_ok("quarantine");
 
     // A record edited to say a run was approved, without the decision's ledger entry.
     {

@@ -103,6 +103,17 @@ impl TestEnv {
         run
     }
 
+    /// `aksync verify` passes; `context` says where, for the failure message.
+    pub fn verify_ok(&self, context: &str) -> Run {
+        let run = self.aksync(&["verify"]);
+        assert_eq!(
+            run.code, 0,
+            "{context}: verify failed: {}{}",
+            run.stdout, run.stderr
+        );
+        run
+    }
+
     pub fn show_json(&self, kind: &str, run: &str) -> Value {
         let result = self.aksync(&["show", kind, "--run", run, "--json"]);
         assert_eq!(result.code, 0, "show failed: {}", result.stderr);
