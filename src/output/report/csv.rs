@@ -8,6 +8,7 @@
 use super::content::{events, run_started_at, timestamp, Event, EventKind};
 use super::Report;
 use crate::diff::{FieldChange, GroupRef};
+use crate::output::sheet;
 
 /// The columns, in order.
 pub const COLUMNS: [&str; 23] = [
@@ -297,30 +298,18 @@ pub fn csv(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-/// CSV lines without a header, for output written as it is read.
+/// CSV lines without a header, for output written as it is read. Cells are defused as every
+/// CSV aksync writes ([`sheet::csv::defuse`]).
 pub fn csv_rows(rows: &[Vec<String>]) -> String {
-    let mut out = String::new();
+    let mut writer = sheet::csv::writer(Vec::new());
     for row in rows {
-        let line: Vec<String> = row.iter().map(|cell| csv_field(cell)).collect();
-        out.push_str(&line.join(","));
-        out.push_str("\r\n");
+        sheet::csv::write_defused(&mut writer, row.iter().map(String::as_str))
+            .expect("writing CSV to memory cannot fail");
     }
-    out
-}
-
-fn csv_field(cell: &str) -> String {
-    // A leading formula character would run as a formula when a spreadsheet opens the file;
-    // a leading tab or carriage return can hide one (OWASP's list).
-    let defused = if cell.starts_with(['=', '+', '-', '@', '\t', '\r']) {
-        format!("'{cell}")
-    } else {
-        cell.to_string()
-    };
-    if defused.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", defused.replace('"', "\"\""))
-    } else {
-        defused
-    }
+    let bytes = writer
+        .into_inner()
+        .expect("flushing CSV to memory cannot fail");
+    String::from_utf8(bytes).expect("CSV written from strings is UTF-8")
 }
 
 #[cfg(test)]
@@ -344,5 +333,12 @@ mod tests {
     fn csv_defuses_cells_that_start_with_tab_or_carriage_return() {
         let rows = vec![vec!["\t=1+1".to_string(), "\r=1+1".to_string()]];
         assert_eq!(csv(&["a", "b"], &rows), "a,b\r\n'\t=1+1,\"'\r=1+1\"\r\n");
+    }
+
+    #[test]
+    fn csv_gives_a_cell_that_starts_with_a_quote_one_more() {
+        // So that a reader that takes the defusing quote off gets the cell back as it was.
+        let rows = vec![vec!["'=1".to_string(), "it's".to_string()]];
+        assert_eq!(csv(&["a", "b"], &rows), "a,b\r\n''=1,it's\r\n");
     }
 }

@@ -11,7 +11,7 @@ pub mod assemble;
 mod chart;
 mod content;
 pub mod csv;
-mod html;
+pub(crate) mod html;
 mod json;
 mod markdown;
 mod pdf;
