@@ -309,9 +309,20 @@ pub fn read_csv(bytes: &[u8]) -> Result<Sheet, SheetError> {
 pub(crate) mod tests {
     use super::*;
 
+    pub(crate) fn strings(values: &[&str]) -> Vec<String> {
+        values.iter().map(|value| value.to_string()).collect()
+    }
+
+    /// What a reader gives back: formats other than JSON and HTML do not keep the choices.
+    pub(crate) fn without_choices(sheet: Sheet) -> Sheet {
+        Sheet {
+            choices: vec![],
+            ..sheet
+        }
+    }
+
     /// Strings a spreadsheet or a CSV parser could take for something else.
     pub(crate) fn hostile_sheet() -> Sheet {
-        let strings = |values: &[&str]| values.iter().map(|value| value.to_string()).collect();
         Sheet {
             title: "aksync access review, \"corp\"".to_string(),
             header: vec![
@@ -362,13 +373,7 @@ pub(crate) mod tests {
         );
         // CSV has no place for the choices.
         let back = read_csv(text.as_bytes()).expect("reads");
-        assert_eq!(
-            back,
-            Sheet {
-                choices: vec![],
-                ..sheet
-            }
-        );
+        assert_eq!(back, without_choices(sheet));
     }
 
     #[test]

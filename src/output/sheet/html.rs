@@ -2,7 +2,8 @@
 //! header block as a two-column table, the choices each column allows, then the rows. Like
 //! the HTML report ([`crate::output::report`]) it has no script and no external resource,
 //! and every string from the sheet is escaped ([`escape`]), since names and values come from
-//! the directory and from reviewers.
+//! the directory and from reviewers; control characters, line breaks included, are written
+//! out (`\u{a}`) as in the report, so that no cell reads differently from what it holds.
 
 use crate::output::report::html::escape;
 
@@ -19,8 +20,7 @@ h1 { font-size: 1.6em; margin: 0.2em 0 0.6em; }
 table { table-layout: fixed; width: 100%; border-collapse: separate; border-spacing: 0;
   margin: 0.5em 0 1.5em; border-top: 1px solid #888; border-left: 1px solid #888; }
 th, td { border-right: 1px solid #888; border-bottom: 1px solid #888; padding: 4px 6px;
-  text-align: left; vertical-align: top; overflow-wrap: anywhere; word-break: break-word;
-  white-space: pre-wrap; }
+  text-align: left; vertical-align: top; overflow-wrap: anywhere; word-break: break-word; }
 th { background: #e8e8e8; font-weight: 600; }
 table.header { width: auto; max-width: 100%; }
 table.header th { width: 14em; }

@@ -422,7 +422,7 @@ pub fn xlsx_validations(bytes: &[u8]) -> Result<Vec<(String, Vec<String>)>, Shee
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::output::sheet::csv::tests::hostile_sheet;
+    use crate::output::sheet::csv::tests::{hostile_sheet, strings, without_choices};
 
     fn review() -> Sheet {
         Sheet {
@@ -444,18 +444,11 @@ mod tests {
     fn hostile_strings_round_trip_but_the_choices() {
         let sheet = review();
         let back = read_xlsx(&write_xlsx(&sheet).expect("writes")).expect("reads");
-        assert_eq!(
-            back,
-            Sheet {
-                choices: vec![],
-                ..sheet
-            }
-        );
+        assert_eq!(back, without_choices(sheet));
     }
 
     #[test]
     fn trailing_empty_rows_and_cells_are_what_a_spreadsheet_drops() {
-        let strings = |values: &[&str]| values.iter().map(|value| value.to_string()).collect();
         let sheet = Sheet {
             title: "t".to_string(),
             header: vec![("k".to_string(), String::new())],
@@ -502,13 +495,7 @@ mod tests {
                 vec!["keep".to_string(), "revoke".to_string()]
             )]
         );
-        assert_eq!(
-            read_xlsx(&bytes).expect("reads"),
-            Sheet {
-                choices: vec![],
-                ..sheet
-            }
-        );
+        assert_eq!(read_xlsx(&bytes).expect("reads"), without_choices(sheet));
     }
 
     #[test]
