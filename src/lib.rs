@@ -79,6 +79,7 @@ pub mod display;
 pub mod ledger;
 pub mod logging;
 pub mod output;
+pub mod review;
 pub mod run;
 pub mod store;
 pub mod telemetry;

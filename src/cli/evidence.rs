@@ -441,7 +441,7 @@ pub(crate) fn report(
     Ok(Exit::Success)
 }
 
-fn timestamp(at: chrono::DateTime<chrono::Utc>) -> String {
+pub(crate) fn timestamp(at: chrono::DateTime<chrono::Utc>) -> String {
     at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
@@ -450,12 +450,39 @@ pub(crate) fn parse_time(
     option: &str,
     value: &str,
 ) -> Result<chrono::DateTime<chrono::Utc>, CliError> {
+    Ok(match parse_time_arg(option, value)? {
+        TimeArg::At(at) => at,
+        TimeArg::Day(date) => date.and_time(chrono::NaiveTime::MIN).and_utc(),
+    })
+}
+
+/// An RFC 3339 time, or a date meaning its end (the last instant before the next midnight
+/// UTC): "on March 3rd" includes all of March 3rd.
+pub(crate) fn parse_time_until(
+    option: &str,
+    value: &str,
+) -> Result<chrono::DateTime<chrono::Utc>, CliError> {
+    Ok(match parse_time_arg(option, value)? {
+        TimeArg::At(at) => at,
+        TimeArg::Day(date) => {
+            let next = date.succ_opt().unwrap_or(date);
+            next.and_time(chrono::NaiveTime::MIN).and_utc() - chrono::Duration::nanoseconds(1)
+        }
+    })
+}
+
+enum TimeArg {
+    At(chrono::DateTime<chrono::Utc>),
+    Day(chrono::NaiveDate),
+}
+
+fn parse_time_arg(option: &str, value: &str) -> Result<TimeArg, CliError> {
     let value = value.trim();
     if let Ok(at) = chrono::DateTime::parse_from_rfc3339(value) {
-        return Ok(at.with_timezone(&chrono::Utc));
+        return Ok(TimeArg::At(at.with_timezone(&chrono::Utc)));
     }
     if let Ok(date) = chrono::NaiveDate::parse_from_str(value, "%Y-%m-%d") {
-        return Ok(date.and_time(chrono::NaiveTime::MIN).and_utc());
+        return Ok(TimeArg::Day(date));
     }
     Err(CliError::Usage(format!(
         "{option} {value:?} is not a time: write RFC 3339 such as 2026-01-01T00:00:00Z, or a date such as 2026-01-01"

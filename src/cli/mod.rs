@@ -7,6 +7,8 @@ mod decide;
 pub(crate) mod evidence;
 pub mod opt;
 pub mod output;
+mod review;
+pub(crate) mod show;
 mod verify;
 
 pub(crate) use output::print_json;
@@ -26,13 +28,11 @@ use crate::config::{Config, ConfigError, ConfigLocation, LogFormat, SourceConfig
 use crate::demo;
 use crate::display::escape;
 use crate::logging;
-use crate::output::report::csv::{csv, csv_rows};
-use crate::run::record::{with_volatile, RecordKind};
 use crate::run::run_lock::{source_lock_path, RunLock};
 use crate::run::runner::{record_lock_failure, run_source, RunContext};
 use crate::run::sync::STORE_WAIT;
 use crate::store::{HealthStatus, RunRecord, RunStatus, Store, StoreError};
-use opt::{Command, FormatArgs, Opt, ShowKind};
+use opt::{Command, Opt};
 
 /// Commands other than the daemon log warnings and errors only, unless `AKSYNC_LOG` says
 /// otherwise; what they did is their output.
@@ -251,18 +251,20 @@ async fn run_configured(
             source,
             run,
             all,
+            filters,
             format,
         } => {
             let source = single_source(config, source.source.as_deref())?;
-            show(
-                &config.database_path(),
-                &source.name,
+            let request = show::ShowRequest {
                 kind,
-                &run,
+                run: &run,
                 all,
-                &format,
-            )
+                filters: &filters,
+                format: &format,
+            };
+            show::show(config, source, &request)
         }
+        Command::Review { action, export } => review::review(config, action, &export, clock),
         Command::Diff {
             from,
             to,
@@ -920,52 +922,6 @@ fn delivery_cell(run: &RunRecord) -> String {
     })
 }
 
-const ACCOUNT_FIELDS: [&str; 16] = [
-    "external_id",
-    "secondary_key",
-    "username",
-    "display_name",
-    "given_name",
-    "family_name",
-    "canonical_email",
-    "status",
-    "account_type",
-    "authentik_type",
-    "is_superuser",
-    "organization_unit",
-    "added_at",
-    "last_login_at",
-    "last_updated_at",
-    "metadata",
-];
-/// The column `show --all` adds: whether the record is in the source's scope.
-const SCOPE_FIELD: &str = "scope";
-const ACCOUNT_TABLE: [&str; 7] = [
-    "username",
-    "display_name",
-    "canonical_email",
-    "status",
-    "account_type",
-    "is_superuser",
-    "external_id",
-];
-const GROUP_FIELDS: [&str; 6] = [
-    "external_id",
-    "display_name",
-    "is_superuser",
-    "parents",
-    "metadata",
-    "member_count",
-];
-const GROUP_TABLE: [&str; 5] = [
-    "display_name",
-    "is_superuser",
-    "member_count",
-    "parents",
-    "external_id",
-];
-const MEMBERSHIP_FIELDS: [&str; 3] = ["account_external_id", "group_external_id", "role"];
-
 /// The one source a command reads: the named one, or the only one configured.
 pub(crate) fn single_source<'a>(
     config: &'a Config,
@@ -986,93 +942,7 @@ pub(crate) fn single_source<'a>(
     }
 }
 
-pub(crate) fn show(
-    database: &Path,
-    source: &str,
-    kind: ShowKind,
-    run: &str,
-    all: bool,
-    format: &FormatArgs,
-) -> Result<Exit, CliError> {
-    let store = open_existing(database)?.ok_or_else(|| no_run(source))?;
-    let run = resolve_run(&store, source, run)?;
-    let (record_kind, fields, table_fields): (RecordKind, &[&str], &[&str]) = match kind {
-        ShowKind::Accounts => (RecordKind::Account, &ACCOUNT_FIELDS, &ACCOUNT_TABLE),
-        ShowKind::Groups => (RecordKind::Group, &GROUP_FIELDS, &GROUP_TABLE),
-        ShowKind::Memberships => (
-            RecordKind::Membership,
-            &MEMBERSHIP_FIELDS,
-            &MEMBERSHIP_FIELDS,
-        ),
-    };
-    let with_scope = |names: &[&'static str]| -> Vec<&'static str> {
-        names
-            .iter()
-            .copied()
-            .chain(all.then_some(SCOPE_FIELD))
-            .collect()
-    };
-    let (fields, table_fields) = (&with_scope(fields)[..], &with_scope(table_fields)[..]);
-    let reader = store.reader()?;
-    // Volatile values (last login, member count) are kept as their latest value only, so
-    // they belong to the latest run; an older run shows its material content alone.
-    let is_latest = store
-        .latest_complete(source)?
-        .is_some_and(|latest| latest.run_id == run.run_id);
-    // Records are written as they are read, so that a large directory never sits in memory
-    // (except for the aligned table, which needs every row's width).
-    // The scope is a view: out-of-scope records are kept, and shown with --all.
-    let records = reader
-        .records_at(&run, record_kind)?
-        .filter(|stored| all || stored.as_ref().map_or(true, |s| s.flags.in_scope()))
-        .map(|stored| {
-            let stored = stored?;
-            let in_scope = stored.flags.in_scope();
-            let mut record = match is_latest {
-                false => stored.record,
-                true => {
-                    let volatile = reader.volatile(source, record_kind, &stored.external_id)?;
-                    with_volatile(stored.record, &volatile)
-                }
-            };
-            if let (true, Some(object)) = (all, record.as_object_mut()) {
-                let scope = if in_scope { "in" } else { "out" };
-                object.insert(SCOPE_FIELD.into(), scope.into());
-            }
-            Ok::<_, CliError>(record)
-        });
-    let mut out = output::Chunked::default();
-    if format.json {
-        out.push("[")?;
-        for (index, record) in records.enumerate() {
-            out.push(if index == 0 { "\n  " } else { ",\n  " })?;
-            out.push(&record?.to_string())?;
-        }
-        out.push(if out.written() == 1 { "]\n" } else { "\n]\n" })?;
-        out.finish()?;
-    } else if format.csv {
-        out.push(&csv(fields, &[]))?;
-        for record in records {
-            out.push(&csv_rows(&output::rows(&[record?], fields)))?;
-        }
-        out.finish()?;
-    } else {
-        let records: Vec<Value> = records.collect::<Result<_, _>>()?;
-        let count = records.len();
-        output::print(&output::table(
-            table_fields,
-            &output::rows(&records, table_fields),
-        ))?;
-        eprintln!(
-            "{count} {} in run {} of source `{source}`",
-            kind_name(kind),
-            run.run_id
-        );
-    }
-    Ok(Exit::Success)
-}
-
-fn no_run(source: &str) -> CliError {
+pub(crate) fn no_run(source: &str) -> CliError {
     CliError::Runtime(format!(
         "no complete run of source `{source}` yet: run `aksync sync --source {source}` first"
     ))
@@ -1106,13 +976,5 @@ pub(crate) fn resolve_run(store: &Store, source: &str, spec: &str) -> Result<Run
             }
             Ok(record)
         }
-    }
-}
-
-fn kind_name(kind: ShowKind) -> &'static str {
-    match kind {
-        ShowKind::Accounts => "accounts",
-        ShowKind::Groups => "groups",
-        ShowKind::Memberships => "memberships",
     }
 }

@@ -101,21 +101,34 @@ pub enum Command {
         #[arg(long, requires = "json")]
         events: bool,
     },
-    /// Print the accounts, groups or memberships of a stored snapshot.
+    /// Print the accounts, groups, memberships or roles of a stored snapshot: the latest, a
+    /// run's, or the one in force at a time (--at).
     Show {
         #[arg(value_enum)]
         kind: ShowKind,
         #[command(flatten)]
         source: SourceArg,
-        /// A run id, or `latest` (the latest complete run).
-        #[arg(long, default_value = "latest", value_name = "RUN_ID|latest")]
-        run: String,
+        #[command(flatten)]
+        run: RunChoice,
         /// Also the records outside the source's scope (its filter, group_filter), with a
         /// `scope` column: `in` or `out`.
         #[arg(long)]
         all: bool,
         #[command(flatten)]
+        filters: ShowFilters,
+        #[command(flatten)]
         format: FormatArgs,
+    },
+    /// Write an access review of a run: one row per account and group it is an effective
+    /// member of (and per role it holds), with how it is granted, since when, the last login,
+    /// flags for what needs a look, and empty decision columns for the reviewer; then read
+    /// the completed file back (`review import`) and follow the revocations (`review status`).
+    #[command(args_conflicts_with_subcommands = true)]
+    Review {
+        #[command(subcommand)]
+        action: Option<ReviewAction>,
+        #[command(flatten)]
+        export: ReviewExport,
     },
     /// Compare two complete runs: joiners, movers, leavers, group and membership changes.
     Diff {
@@ -261,6 +274,7 @@ impl Command {
             | Command::Disconnect { .. } => true,
             Command::Prune { dry_run, .. } => !dry_run,
             Command::Envelopes { rebuild, .. } => *rebuild,
+            Command::Review { action, .. } => matches!(action, Some(ReviewAction::Import { .. })),
             Command::Check { .. }
             | Command::Runs { .. }
             | Command::Show { .. }
@@ -272,6 +286,95 @@ impl Command {
             | Command::Demo { .. } => false,
         }
     }
+}
+
+/// Which stored run a query reads.
+#[derive(Debug, Args)]
+pub struct RunChoice {
+    /// A run id, or `latest` (the latest complete run).
+    #[arg(long, default_value = "latest", value_name = "RUN_ID|latest")]
+    pub run: String,
+    /// The last complete run that finished at or before this time: RFC 3339, e.g.
+    /// 2026-03-03T12:00:00Z, or a date, meaning the end of that day (UTC).
+    #[arg(long, value_name = "TIMESTAMP", conflicts_with = "run")]
+    pub at: Option<String>,
+}
+
+/// What `show` narrows its rows to.
+#[derive(Debug, Args, Default)]
+pub struct ShowFilters {
+    /// memberships, roles: only this group (its name or id); roles: those granted through it.
+    #[arg(long, value_name = "NAME_OR_ID")]
+    pub group: Option<String>,
+    /// memberships, roles: only this account (its username, email or uid).
+    #[arg(long, value_name = "USER")]
+    pub account: Option<String>,
+    /// memberships: a member of a group is a member of every ancestor too; each row says
+    /// how it is granted (`direct`, or `via` the groups on the way).
+    #[arg(long)]
+    pub effective: bool,
+    /// accounts: `active` or `inactive`.
+    #[arg(long, value_name = "STATUS")]
+    pub status: Option<String>,
+    /// accounts: `user`, `guest` or `service` (Authentik's internal, external and service
+    /// accounts).
+    #[arg(long = "type", value_name = "TYPE")]
+    pub account_type: Option<String>,
+    /// accounts: only the privileged ones, by the rule the reports use, with why and since
+    /// when (from the evidence ledger).
+    #[arg(long)]
+    pub privileged: bool,
+}
+
+/// What `aksync review` writes.
+#[derive(Debug, Args)]
+pub struct ReviewExport {
+    #[command(flatten)]
+    pub source: SourceArg,
+    #[command(flatten)]
+    pub run: RunChoice,
+    /// Only these groups (name or id; may be given more than once), and the roles granted
+    /// through them.
+    #[arg(long, value_name = "NAME_OR_ID")]
+    pub group: Vec<String>,
+    /// Only the access that makes an account privileged.
+    #[arg(long)]
+    pub privileged_only: bool,
+    /// Flag accounts without a login for this many days before the snapshot.
+    #[arg(long, default_value_t = 90, value_name = "DAYS")]
+    pub no_login_days: u32,
+    /// csv, xlsx, html or json.
+    #[arg(long, value_enum, default_value_t = ReviewFormat::Csv)]
+    pub format: ReviewFormat,
+    /// Write to this file instead of standard output (needed for xlsx).
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReviewAction {
+    /// Read a completed review (CSV or XLSX) back and record its decisions in the evidence
+    /// ledger; list the revocations and whether each is carried out yet.
+    Import {
+        /// The review file as the reviewers completed it.
+        file: PathBuf,
+    },
+    /// List the recorded reviews' revocations: carried out (the access is gone in a later
+    /// run) or still pending.
+    Status {
+        #[command(flatten)]
+        source: SourceArg,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReviewFormat {
+    Csv,
+    Xlsx,
+    Html,
+    Json,
 }
 
 #[derive(Debug, Args)]
@@ -329,4 +432,6 @@ pub enum ShowKind {
     Accounts,
     Groups,
     Memberships,
+    /// The RBAC roles each account holds, its own and through its groups.
+    Roles,
 }

@@ -6,8 +6,9 @@ pub mod fake;
 
 use std::path::PathBuf;
 
-use crate::cli::opt::{FormatArgs, ShowKind};
+use crate::cli::opt::{FormatArgs, RunChoice, ShowFilters, ShowKind};
 use crate::cli::output::print_line;
+use crate::cli::show::ShowRequest;
 use crate::cli::{self, CliError, Exit};
 use crate::clock::Clock;
 use crate::config::{Config, ConfigLocation};
@@ -86,9 +87,21 @@ pub async fn run(
         json: false,
         csv: false,
     };
+    let latest = RunChoice {
+        run: "latest".to_string(),
+        at: None,
+    };
+    let source = &config.sources[DEMO_SOURCE];
     for kind in [ShowKind::Accounts, ShowKind::Groups] {
         print_line("")?;
-        cli::show(&database, DEMO_SOURCE, kind, "latest", false, &table)?;
+        let request = ShowRequest {
+            kind,
+            run: &latest,
+            all: false,
+            filters: &ShowFilters::default(),
+            format: &table,
+        };
+        cli::show::show(&config, source, &request)?;
     }
     print_line("")?;
     cli::runs(&database, None, false, false)?;

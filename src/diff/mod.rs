@@ -545,14 +545,25 @@ impl AccountRules {
                     .find(|known| known.pk == role.pk)
                     .and_then(|known| known.name.clone())
             });
-            let named = name
-                .as_ref()
-                .is_some_and(|name| self.privileged_roles.contains(name));
-            (named || self.privileged_roles.contains(&role.pk)).then(|| GroupRef {
+            let named = Role {
+                pk: role.pk.clone(),
+                name: name.clone(),
+            };
+            self.role_is_privileged(&named).then(|| GroupRef {
                 external_id: format!("{ROLE_PREFIX}{}", role.pk),
                 display_name: format!("role {}", name.unwrap_or_else(|| role.pk.clone())),
             })
         })
+    }
+
+    /// Whether a role (named, where its name is known) is in `privileged_roles`, by name or
+    /// by uuid.
+    pub fn role_is_privileged(&self, role: &Role) -> bool {
+        self.privileged_roles.contains(&role.pk)
+            || role
+                .name
+                .as_ref()
+                .is_some_and(|name| self.privileged_roles.contains(name))
     }
 
     /// The path from the first of `groups` (by id) that makes its members privileged,

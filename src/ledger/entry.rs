@@ -51,6 +51,92 @@ pub enum Body {
     Disconnected(ConnectionEvent),
     /// `aksync approve` or `aksync reject` decided on a quarantined run.
     Decided(RunDecision),
+    /// `aksync review import` recorded the decisions of an access review of a run.
+    Reviewed(Box<ReviewDecisions>),
+}
+
+/// The decisions reviewers took on an access review of a run, as `aksync review import`
+/// read them from the completed file. The review itself is not stored: it is re-performed
+/// from the run's snapshot (`review_id` names what it covered), so only what the reviewers
+/// added is evidence of its own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReviewDecisions {
+    /// The digest of the review: the run, the selection and every row's access.
+    pub review_id: String,
+    pub run_id: String,
+    pub selection: ReviewSelection,
+    /// How many rows the review has, and how many were left undecided.
+    pub rows: u64,
+    pub undecided: u64,
+    /// The completed file as it was imported.
+    pub file: FileDigest,
+    /// The decided rows, in row-id order.
+    pub decisions: Vec<AccessDecision>,
+    /// Who imported it.
+    pub by: crate::output::report::Producer,
+}
+
+/// Which access a review covers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReviewSelection {
+    /// Group names or ids as given (`--group`); empty for every group.
+    pub groups: Vec<String>,
+    pub privileged_only: bool,
+}
+
+/// What kind of access a review row is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessKind {
+    /// An effective group membership.
+    Group,
+    /// An RBAC role, held directly or through a group.
+    Role,
+}
+
+impl AccessKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccessKind::Group => "group",
+            AccessKind::Role => "role",
+        }
+    }
+}
+
+/// A reviewer's decision on one access.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Keep,
+    Revoke,
+}
+
+impl Verdict {
+    pub const ALL: [Verdict; 2] = [Verdict::Keep, Verdict::Revoke];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Keep => "keep",
+            Verdict::Revoke => "revoke",
+        }
+    }
+}
+
+/// One decided row of a review.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessDecision {
+    pub row_id: String,
+    pub account_external_id: String,
+    pub username: String,
+    pub access: AccessKind,
+    pub access_external_id: String,
+    pub access_name: String,
+    /// How the access was granted in the reviewed run (`direct`, or `via` groups).
+    pub granted: String,
+    pub decision: Verdict,
+    pub reviewer: String,
+    pub reviewed_at: String,
+    pub comment: String,
 }
 
 /// A decision on a quarantined run, and who took it.
@@ -70,7 +156,17 @@ impl Body {
             Body::Run(evidence) => Some(&evidence.run.run_id),
             Body::Reports(files) => Some(&files.run_id),
             Body::Decided(decision) => Some(&decision.run_id),
+            Body::Reviewed(review) => Some(&review.run_id),
             Body::Pruned(_) | Body::Connected(_) | Body::Disconnected(_) => None,
+        }
+    }
+
+    /// The index the entry is found through, for the kinds that have one.
+    pub fn mark(&self) -> Option<crate::store::EntryMark> {
+        match self {
+            Body::Connected(_) | Body::Disconnected(_) => Some(crate::store::EntryMark::Connection),
+            Body::Reviewed(_) => Some(crate::store::EntryMark::Review),
+            Body::Run(_) | Body::Reports(_) | Body::Pruned(_) | Body::Decided(_) => None,
         }
     }
 
@@ -79,7 +175,11 @@ impl Body {
         match self {
             Body::Connected(event) => Some((ConnectionAction::Connected, event)),
             Body::Disconnected(event) => Some((ConnectionAction::Disconnected, event)),
-            Body::Run(_) | Body::Reports(_) | Body::Pruned(_) | Body::Decided(_) => None,
+            Body::Run(_)
+            | Body::Reports(_)
+            | Body::Pruned(_)
+            | Body::Decided(_)
+            | Body::Reviewed(_) => None,
         }
     }
 }

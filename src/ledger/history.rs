@@ -261,6 +261,82 @@ pub fn timeline(reader: &Reader<'_>, source: &str, uid: &str) -> Result<Timeline
     })
 }
 
+/// Since when an account has held privileged access without a break, up to a run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PrivilegedSince {
+    /// The first run of the unbroken stretch, and when it finished.
+    pub run_id: String,
+    pub at: DateTime<Utc>,
+    /// The stretch reaches back to the earliest run the ledger can tell about (a baseline,
+    /// or the first run with a recorded list): privileged at least since then.
+    pub at_least: bool,
+}
+
+/// Since when `uid`, privileged at `run_id`, has been privileged, as the privileged lists
+/// the runs recorded say. Only the runs that can change it are read: the account's own
+/// events (every grant and removal is one) and the runs that changed settings; the walk
+/// stops at the first of them, going back, that did not list the account.
+pub fn privileged_since(
+    reader: &Reader<'_>,
+    source: &str,
+    uid: &str,
+    run_id: &str,
+) -> Result<PrivilegedSince, LedgerError> {
+    let mut candidates: BTreeSet<String> = reader
+        .account_runs(source, uid)?
+        .into_iter()
+        .map(|(run, _)| run)
+        .chain(
+            reader
+                .settings_changing_runs(source)?
+                .into_iter()
+                .map(|(run, _)| run),
+        )
+        .filter(|run| run.as_str() <= run_id)
+        .collect();
+    candidates.insert(run_id.to_string());
+    let mut since: Option<(String, DateTime<Utc>)> = None;
+    // Exact when the walk reaches a run that did not list the account, or its first event
+    // (its join); a lower bound when it reaches a baseline or a run the ledger cannot tell.
+    let mut at_least = false;
+    for candidate in candidates.iter().rev() {
+        let Some(run) = run_evidence(reader, source, candidate)? else {
+            at_least = true;
+            break;
+        };
+        // A quarantined run that was never approved saw nothing that counts.
+        if reader.run_record(candidate)?.status != crate::store::RunStatus::Complete {
+            continue;
+        }
+        let Some(list) = super::read::privileged_at(reader, source, &run.evidence)? else {
+            at_least = true;
+            break;
+        };
+        if !list.iter().any(|account| account.external_id == uid) {
+            break;
+        }
+        since = Some((candidate.clone(), run.evidence.run.finished_at));
+        if run
+            .evidence
+            .diff
+            .as_ref()
+            .is_some_and(|d| d.baseline.is_some())
+        {
+            at_least = true;
+            break;
+        }
+    }
+    let (run_id, at) = match since {
+        Some(found) => found,
+        None => (run_id.to_string(), reader.run_record(run_id)?.finished_at),
+    };
+    Ok(PrivilegedSince {
+        run_id,
+        at,
+        at_least,
+    })
+}
+
 /// Adds the settings changes of the runs after the account's first event, up to its
 /// departure if it left: the runs whose results about it were judged by other settings.
 fn settings_changes_in_life(

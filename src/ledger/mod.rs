@@ -128,8 +128,8 @@ impl Sealer for Pending<'_> {
 
     fn index(&self, rows: &mut IndexRows<'_>) -> Result<(), IndexError> {
         self.index.write(rows)?;
-        if self.body.connection().is_some() {
-            rows.connection()?;
+        if let Some(mark) = self.body.mark() {
+            rows.mark(mark)?;
         }
         if let Body::Run(evidence) = &self.body {
             let unwritable = |error: serde_json::Error| IndexError::source(error.to_string());

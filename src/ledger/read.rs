@@ -80,7 +80,7 @@ pub fn connections(
     source: Option<&str>,
 ) -> Result<Vec<Connection>, LedgerError> {
     let mut found = Vec::new();
-    for (source, seq) in reader.connection_entries(source)? {
+    for (source, seq) in reader.marked_entries(crate::store::EntryMark::Connection, source)? {
         let Some(Sealed { entry, seal }) = sealed(reader, &source, seq)? else {
             return Err(LedgerError::Unreadable {
                 source_name: source,

@@ -112,7 +112,7 @@ pub fn verify_source(
     let mut pruned_snapshots: BTreeSet<String> = BTreeSet::new();
     let mut pruned_files: BTreeSet<String> = BTreeSet::new();
     let mut entry_of_run: BTreeMap<String, u64> = BTreeMap::new();
-    let mut connection_entries: Vec<u64> = Vec::new();
+    let mut marked_entries: Vec<(crate::store::EntryMark, u64)> = Vec::new();
     let mut decisions_claimed = BTreeMap::new();
     let mut decisions_recorded = BTreeMap::new();
     let mut last_seal: Option<Vec<u8>> = None;
@@ -223,6 +223,9 @@ pub fn verify_source(
                 }
             }
         }
+        if let Some(mark) = entry.body.mark() {
+            marked_entries.push((mark, seq));
+        }
         match entry.body {
             Body::Run(evidence) => {
                 verdict.runs += 1;
@@ -299,7 +302,7 @@ pub fn verify_source(
                     evidence_pruned = Some((before, pruned.last_removed_digest));
                 }
             }
-            Body::Connected(_) | Body::Disconnected(_) => connection_entries.push(seq),
+            Body::Connected(_) | Body::Disconnected(_) | Body::Reviewed(_) => {}
             Body::Decided(decided) => {
                 decisions_recorded.insert(decided.run_id, decided.decision);
             }
@@ -356,7 +359,14 @@ pub fn verify_source(
         return Ok(verdict);
     }
     check_chain_start(&mut verdict, first_prev, evidence_pruned);
-    check_connection_index(&reader, source, &connection_entries, &mut verdict)?;
+    for mark in crate::store::EntryMark::ALL {
+        let in_chain: Vec<u64> = marked_entries
+            .iter()
+            .filter(|(marked, _)| *marked == mark)
+            .map(|(_, seq)| *seq)
+            .collect();
+        check_mark_index(&reader, source, mark, &in_chain, &mut verdict)?;
+    }
     check_every_run_has_an_entry(&runs, &entry_of_run, &mut verdict);
     claims.extend(report_claims.into_values());
     for claim in claims {
@@ -419,16 +429,18 @@ pub fn verify_source(
     Ok(verdict)
 }
 
-/// `runs` and reports find connections and disconnections through their index: it must
-/// name exactly the entries that are ones, or they would hide one or show one that is not.
-fn check_connection_index(
+/// `runs`, reports and `review status` find connections, disconnections and review
+/// decisions through their indexes: each must name exactly the entries of its kind, or they
+/// would hide one or show one that is not.
+fn check_mark_index(
     reader: &crate::store::Reader<'_>,
     source: &str,
+    mark: crate::store::EntryMark,
     in_chain: &[u64],
     verdict: &mut Verdict,
 ) -> Result<(), LedgerError> {
     let indexed: Vec<u64> = reader
-        .connection_entries(Some(source))?
+        .marked_entries(mark, Some(source))?
         .into_iter()
         .map(|(_, seq)| seq)
         .collect();
@@ -443,7 +455,8 @@ fn check_connection_index(
             differing,
             None,
             format!(
-                "the index of connections names entries {indexed:?}, but the chain's connections and disconnections are entries {in_chain:?}: the index was changed"
+                "the index of {} names entries {indexed:?}, but the chain's are entries {in_chain:?}: the index was changed",
+                mark.what()
             ),
         );
     }

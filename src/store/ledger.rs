@@ -16,6 +16,7 @@
 //! | `ledger_names` | `source␟name␟uid` | nothing: the usernames and emails an account had |
 //! | `ledger_settings` | `source␟run_id` | the keys of the settings the run changed (JSON) |
 //! | `ledger_connections` | `source␟seq` | nothing: the entries that connected or disconnected the source |
+//! | `ledger_reviews` | `source␟seq` | nothing: the entries that recorded access review decisions |
 //! | `snapshot_digests` | source | the LtHash state of the latest complete run |
 //! | `privileged_now` | source | the privileged accounts of the latest complete run (JSON) |
 //! | `run_settings` | source | the settings of the latest run (JSON) |
@@ -41,6 +42,39 @@ pub(super) const LEDGER_SETTINGS: TableDefinition<&str, &[u8]> =
 /// without reading every entry.
 pub(super) const LEDGER_CONNECTIONS: TableDefinition<&str, &[u8]> =
     TableDefinition::new("ledger_connections");
+/// The entries that recorded access review decisions, so that `review status` finds them
+/// without reading every entry.
+pub(super) const LEDGER_REVIEWS: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("ledger_reviews");
+
+/// The kinds of entry that are found through an index of their own rather than by reading
+/// the chain: rare entries among many runs'.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryMark {
+    /// A connection or disconnection of a source.
+    Connection,
+    /// The decisions of an access review.
+    Review,
+}
+
+impl EntryMark {
+    pub const ALL: [EntryMark; 2] = [EntryMark::Connection, EntryMark::Review];
+
+    fn table(self) -> TableDefinition<'static, &'static str, &'static [u8]> {
+        match self {
+            EntryMark::Connection => LEDGER_CONNECTIONS,
+            EntryMark::Review => LEDGER_REVIEWS,
+        }
+    }
+
+    /// What the index lists, in words.
+    pub fn what(self) -> &'static str {
+        match self {
+            EntryMark::Connection => "connections and disconnections",
+            EntryMark::Review => "access review decisions",
+        }
+    }
+}
 pub(super) const SNAPSHOT_DIGESTS: TableDefinition<&str, &[u8]> =
     TableDefinition::new("snapshot_digests");
 pub(super) const PRIVILEGED_NOW: TableDefinition<&str, &[u8]> =
@@ -210,18 +244,11 @@ impl IndexRows<'_> {
         insert_opening(self.store, self.txn, &mut none, LEDGER_SETTINGS, &key, keys)
     }
 
-    /// The entry connected or disconnected its source.
-    pub fn connection(&mut self) -> Result<(), IndexError> {
+    /// The entry is one of the kind `mark` indexes.
+    pub fn mark(&mut self, mark: EntryMark) -> Result<(), IndexError> {
         let key = seq_key(self.source, self.seq);
         let mut none = None;
-        insert_opening(
-            self.store,
-            self.txn,
-            &mut none,
-            LEDGER_CONNECTIONS,
-            &key,
-            &[],
-        )
+        insert_opening(self.store, self.txn, &mut none, mark.table(), &key, &[])
     }
 
     /// What the next run of the source starts from.
@@ -388,7 +415,7 @@ pub(super) fn remove_before_in(
     let guard = &store.guard;
     let start = codec::source_prefix(source);
     let end = seq_key(source, seq);
-    for table in [LEDGER, LEDGER_CONNECTIONS] {
+    for table in [LEDGER, LEDGER_CONNECTIONS, LEDGER_REVIEWS] {
         let mut rows = guard.call(|| txn.open_table(table))?;
         guard.call(|| rows.retain_in(start.as_str()..end.as_str(), |_, _| false))?;
     }
@@ -517,20 +544,21 @@ impl Reader<'_> {
         self.optional_rows(LEDGER_SETTINGS, &codec::source_prefix(source))
     }
 
-    /// The sequence numbers of the entries that connected or disconnected a source, by
-    /// source (every source's, without `source`), in chain order.
-    pub fn connection_entries(
+    /// The sequence numbers of the entries of the kind `mark` indexes, by source (every
+    /// source's, without `source`), in chain order.
+    pub fn marked_entries(
         &self,
+        mark: EntryMark,
         source: Option<&str>,
     ) -> Result<Vec<(String, u64)>, StoreError> {
         let prefix = source.map(codec::source_prefix).unwrap_or_default();
-        self.optional_rows(LEDGER_CONNECTIONS, &prefix)?
+        self.optional_rows(mark.table(), &prefix)?
             .into_iter()
             .map(|(rest, _)| {
                 let key = format!("{prefix}{rest}");
                 let (source, seq) = key
                     .rsplit_once(SEP)
-                    .ok_or_else(|| corrupt_value("ledger connection key"))?;
+                    .ok_or_else(|| corrupt_value("ledger index key"))?;
                 Ok((source.to_string(), parse_seq(seq)?))
             })
             .collect::<Result<_, Failure>>()

@@ -61,7 +61,9 @@ use crate::run::record::Hash;
 use codec::DecodeError;
 pub use guard::in_guarded_operation;
 use guard::Guard;
-pub use ledger::{ChainHead, IndexError, IndexRows, KeptState, LedgerRow, LedgerWrite, Sealer};
+pub use ledger::{
+    ChainHead, EntryMark, IndexError, IndexRows, KeptState, LedgerRow, LedgerWrite, Sealer,
+};
 pub use quarantine::DecisionError;
 pub use read::{Reader, RecordHead, StoredRecord};
 pub use run::{

@@ -167,6 +167,7 @@ impl Store {
             ledger::LEDGER_NAMES,
             ledger::LEDGER_SETTINGS,
             ledger::LEDGER_CONNECTIONS,
+            ledger::LEDGER_REVIEWS,
             ledger::SNAPSHOT_DIGESTS,
             ledger::PRIVILEGED_NOW,
             ledger::RUN_SETTINGS,
