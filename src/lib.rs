@@ -4,7 +4,8 @@
 //!
 //! The folders follow the data, which flows one way:
 //! [`config`] → [`authentik`] → [`run`] (collect, normalize, plan) → [`diff`] →
-//! [`store`] + [`ledger`] → [`output`] (envelopes, reports, delivery) → [`cli`] / [`daemon`].
+//! [`store`] + [`ledger`] → [`output`] (envelopes, reports, delivery) and [`review`] (access
+//! reviews) → [`cli`] / [`daemon`].
 //!
 //! | folder | one concern |
 //! |---|---|
@@ -14,7 +15,8 @@
 //! | [`diff`] | the pure diff: joiners, movers, leavers and the rest |
 //! | [`store`] | the redb database: snapshots, run records, the outbox mark |
 //! | [`ledger`] | the evidence kept: entries, the chain and its seals, `history`, `verify`, and [`ledger::replay`] of stored runs |
-//! | [`output`] | what leaves the run: [`output::envelope`], [`output::report`], [`output::artifacts`], [`output::repair`], [`output::retention`], [`output::delivery`], [`output::snapshot`] |
+//! | [`output`] | what leaves the run: [`output::envelope`], [`output::report`], [`output::artifacts`], [`output::repair`], [`output::retention`], [`output::delivery`], [`output::snapshot`], [`output::sheet`] |
+//! | [`review`] | access reviews and point-in-time questions, read from [`store`] and [`ledger`]: effective access, review files (through [`output::sheet`]) and the revocations decided |
 //! | [`cli`], [`daemon`] | the two ways to drive it |
 //! | [`demo`] | the demo and the bundled fake Authentik ([`demo::fake`]) the tests use |
 //!

@@ -217,7 +217,13 @@ async fn show_at_picks_the_run_in_force_and_expands_nesting_roles_and_privilege(
         bad.stderr
     );
 
-    // A cycle does not hang the expansion.
+    // A cycle does not hang the expansion, and is reported.
+    let warned = env.aksync(&["show", "memberships", "--effective", "--account", "cyril"]);
+    assert!(
+        warned.stderr.contains("has a cycle: CycA → CycB → CycA"),
+        "{}",
+        warned.stderr
+    );
     let cyril = show(&env, &["memberships", "--effective", "--account", "cyril"]);
     assert_eq!(
         grants(&cyril, "group_name"),

@@ -14,8 +14,8 @@ use crate::config::SourceConfig;
 use crate::diff::path_text;
 use crate::output::report::csv::{csv, csv_rows};
 use crate::review::access::{
-    direct_grants, effective_groups, effective_roles, granted_text, membership_granted_text,
-    role_name,
+    cycle_text, cycles, direct_grants, effective_groups, effective_roles, granted_text,
+    membership_granted_text, role_name,
 };
 use crate::review::directory::{run_at, AccountAt, GroupNotFound, LastLogin, RunDirectory};
 use crate::run::normalize::{AccountStatus, AccountType};
@@ -191,11 +191,15 @@ pub(crate) fn show(
         }
         ShowKind::Memberships => {
             let directory = directory()?;
+            if filters.effective {
+                warn_cycles(&directory);
+            }
             records = Box::new(memberships(&directory, request)?.into_iter().map(Ok));
             (fields, table_fields) = (MEMBERSHIP_FIELDS.into(), MEMBERSHIP_TABLE.into());
         }
         ShowKind::Roles => {
             let directory = directory()?;
+            warn_cycles(&directory);
             records = Box::new(roles(&directory, request)?.into_iter().map(Ok));
             (fields, table_fields) = (ROLE_FIELDS.into(), ROLE_TABLE.into());
         }
@@ -408,6 +412,33 @@ fn group_named(directory: &RunDirectory, name_or_id: &str) -> Result<String, Cli
         })
 }
 
+/// The group `--group` names, by id.
+fn selected_group(
+    directory: &RunDirectory,
+    request: &ShowRequest<'_>,
+) -> Result<Option<String>, CliError> {
+    let group = request.filters.group.as_deref();
+    group.map(|group| group_named(directory, group)).transpose()
+}
+
+/// Rows keyed `uid:id`, in that order: the order of membership ids, as every `show` lists
+/// its records in id order.
+fn in_id_order(mut rows: Vec<(String, Value)>) -> Vec<Value> {
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    rows.into_iter().map(|(_, record)| record).collect()
+}
+
+/// Says on stderr where the group hierarchy has a cycle, which the expansion survives.
+fn warn_cycles(directory: &RunDirectory) {
+    for cycle in cycles(&directory.groups) {
+        eprintln!(
+            "aksync: warning: the group hierarchy of run {} has a cycle: {}",
+            directory.run.run_id,
+            cycle_text(&cycle)
+        );
+    }
+}
+
 fn scope_field(record: &mut Value, all: bool, in_scope: bool) {
     if let (true, Some(object)) = (all, record.as_object_mut()) {
         object.insert(
@@ -422,12 +453,7 @@ fn memberships(
     directory: &RunDirectory,
     request: &ShowRequest<'_>,
 ) -> Result<Vec<Value>, CliError> {
-    let group = request
-        .filters
-        .group
-        .as_deref()
-        .map(|group| group_named(directory, group))
-        .transpose()?;
+    let group = selected_group(directory, request)?;
     let mut rows = Vec::new();
     for account in accounts(directory, request)? {
         let uid = &account.account.external_id;
@@ -458,20 +484,15 @@ fn memberships(
                 "granted": membership_granted_text(&grant),
             });
             scope_field(&mut record, request.all, in_scope);
-            rows.push(record);
+            rows.push((format!("{uid}:{id}"), record));
         }
     }
-    Ok(rows)
+    Ok(in_id_order(rows))
 }
 
 /// Each account's roles: its own, and those of the groups it is an effective member of.
 fn roles(directory: &RunDirectory, request: &ShowRequest<'_>) -> Result<Vec<Value>, CliError> {
-    let group = request
-        .filters
-        .group
-        .as_deref()
-        .map(|group| group_named(directory, group))
-        .transpose()?;
+    let group = selected_group(directory, request)?;
     let mut rows = Vec::new();
     for account in accounts(directory, request)? {
         let uid = &account.account.external_id;
@@ -494,10 +515,10 @@ fn roles(directory: &RunDirectory, request: &ShowRequest<'_>) -> Result<Vec<Valu
                 "granted": granted_text(&grant.path),
             });
             scope_field(&mut record, request.all, account.in_scope);
-            rows.push(record);
+            rows.push((format!("{uid}:{}", grant.role.pk), record));
         }
     }
-    Ok(rows)
+    Ok(in_id_order(rows))
 }
 
 /// The accounts privileged at the run, by the rules it recorded, each with its privilege
