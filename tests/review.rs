@@ -547,6 +547,15 @@ async fn a_review_goes_out_comes_back_completed_and_its_revocations_are_followed
         imported.stdout
     );
     env.verify_ok("after the import");
+    let again = import(&env, &completed, "completed.xlsx");
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert!(
+        again
+            .stdout
+            .contains("these decisions replace those imported at"),
+        "{}",
+        again.stdout
+    );
 
     // Upstream, olga leaves Team: her Org membership and the role through it go. The next
     // run carries both revocations out.
@@ -555,8 +564,24 @@ async fn a_review_goes_out_comes_back_completed_and_its_revocations_are_followed
     let r2 = runs(&env)[1].0.clone();
     let status = env.aksync(&["review", "status", "--json"]);
     assert_eq!(status.code, 0, "{}", status.stderr);
-    let revocations = status.json();
-    let revocations = revocations.as_array().unwrap();
+    let status = status.json();
+    let reviews = status["reviews"].as_array().unwrap();
+    assert_eq!(reviews.len(), 1);
+    assert_eq!(reviews[0]["run_id"], r1.as_str());
+    assert_eq!(
+        reviews[0]["review_id"],
+        header(&exported, "review_id").as_str()
+    );
+    assert_eq!(
+        (reviews[0]["keep"].as_u64(), reviews[0]["revoke"].as_u64()),
+        (Some(1), Some(2))
+    );
+    assert_eq!(reviews[0]["file"]["name"], "completed.xlsx");
+    assert_eq!(
+        reviews[0]["undecided"].as_u64().unwrap() + 3,
+        reviews[0]["rows"].as_u64().unwrap()
+    );
+    let revocations = status["revocations"].as_array().unwrap();
     assert_eq!(revocations.len(), 2);
     for revocation in revocations {
         assert_eq!(revocation["state"], "carried_out", "{revocation}");
@@ -588,9 +613,31 @@ async fn a_review_goes_out_comes_back_completed_and_its_revocations_are_followed
     assert!(
         status
             .stderr
-            .contains("3 revocation(s) decided, 2 carried out, 1 pending"),
+            .contains("2 review(s) recorded; 3 revocation(s) decided, 2 carried out, 1 pending"),
         "{}",
         status.stderr
     );
     env.verify_ok("after the second import");
+
+    // The reviews are found through an index of their own, which verify checks against
+    // the chain: a review hidden from it is found out.
+    {
+        let db = redb::Database::open(env.database()).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let definition = redb::TableDefinition::<&str, &[u8]>::new("ledger_reviews");
+            let mut index = txn.open_table(definition).unwrap();
+            index.retain(|_, _| false).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let verified = env.aksync(&["verify"]);
+    assert_eq!(verified.code, 1, "{}", verified.stdout);
+    assert!(
+        verified
+            .stdout
+            .contains("the index of access review decisions names entries []"),
+        "{}",
+        verified.stdout
+    );
 }

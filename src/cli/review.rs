@@ -22,7 +22,7 @@ use crate::output::sheet::{self, Sheet};
 use crate::review::directory::RunDirectory;
 use crate::review::file::{self as review_file, Produced};
 use crate::review::rows::{self, Review};
-use crate::review::status::{revocations, Revocation, RevocationState};
+use crate::review::status::{recorded_reviews, revocations, Revocation, RevocationState};
 use crate::run::sync::STORE_WAIT;
 use crate::store::{RunStatus, Store};
 
@@ -211,7 +211,19 @@ fn import(config: &Config, path: &Path, clock: &dyn Clock) -> Result<Exit, CliEr
         body,
         config.ledger.signing_key.as_deref(),
     );
+    let earlier = recorded_reviews(&store.reader()?, &source.name)
+        .map_err(runtime)?
+        .into_iter()
+        .find(|recorded| recorded.decisions.review_id == review.review_id);
     store.append_ledger(&source.name, &mut pending)?;
+    if let Some(earlier) = earlier {
+        print_line(&format!(
+            "{}: these decisions replace those imported at {} (ledger entry {}), which stay in the ledger",
+            source.name,
+            super::evidence::timestamp(earlier.imported_at),
+            earlier.seq
+        ))?;
+    }
     print_line(&format!(
         "{}: review {} of run {}: recorded {} decision(s) in the evidence ledger: {kept} keep, {revoked} revoke, {undecided} undecided",
         source.name,
@@ -228,12 +240,76 @@ fn import(config: &Config, path: &Path, clock: &dyn Clock) -> Result<Exit, CliEr
     Ok(Exit::Success)
 }
 
+/// A recorded review in a word: which run, when imported and by whom, what was decided.
+#[derive(serde::Serialize)]
+struct ReviewSummary<'a> {
+    review_id: &'a str,
+    run_id: &'a str,
+    imported_at: String,
+    imported_by: String,
+    rows: u64,
+    keep: usize,
+    revoke: usize,
+    undecided: u64,
+    file: &'a FileDigest,
+    ledger_seq: u64,
+}
+
 fn status(config: &Config, source: &SourceConfig, json: bool) -> Result<Exit, CliError> {
     let store = open_existing(&config.database_path())?.ok_or_else(|| no_run(&source.name))?;
+    let reviews = recorded_reviews(&store.reader()?, &source.name).map_err(runtime)?;
+    let summaries: Vec<ReviewSummary> = reviews
+        .iter()
+        .map(|review| {
+            let recorded = &review.decisions;
+            let count = |verdict: Verdict| {
+                recorded
+                    .decisions
+                    .iter()
+                    .filter(|decision| decision.decision == verdict)
+                    .count()
+            };
+            ReviewSummary {
+                review_id: &recorded.review_id,
+                run_id: &recorded.run_id,
+                imported_at: super::evidence::timestamp(review.imported_at),
+                imported_by: format!("{}@{}", recorded.by.os_user, recorded.by.host),
+                rows: recorded.rows,
+                keep: count(Verdict::Keep),
+                revoke: count(Verdict::Revoke),
+                undecided: recorded.undecided,
+                file: &recorded.file,
+                ledger_seq: review.seq,
+            }
+        })
+        .collect();
     let found = revocations(&store, &source.name).map_err(runtime)?;
     if json {
-        print_json(&found)?;
+        print_json(&serde_json::json!({"reviews": summaries, "revocations": found}))?;
         return Ok(Exit::Success);
+    }
+    let rows: Vec<Vec<String>> = summaries
+        .iter()
+        .map(|review| {
+            vec![
+                review.review_id[..16].to_string(),
+                review.run_id.to_string(),
+                review.imported_at.clone(),
+                review.imported_by.clone(),
+                format!(
+                    "{} keep, {} revoke, {} undecided of {}",
+                    review.keep, review.revoke, review.undecided, review.rows
+                ),
+                review.file.name.clone(),
+            ]
+        })
+        .collect();
+    if !rows.is_empty() {
+        print(&table(
+            &["review", "run", "imported", "by", "decisions", "file"],
+            &rows,
+        ))?;
+        print_line("")?;
     }
     print_revocations(&found)?;
     let pending = found
@@ -241,8 +317,9 @@ fn status(config: &Config, source: &SourceConfig, json: bool) -> Result<Exit, Cl
         .filter(|r| matches!(r.state, RevocationState::Pending { .. }))
         .count();
     eprintln!(
-        "{}: {} revocation(s) decided, {} carried out, {pending} pending",
+        "{}: {} review(s) recorded; {} revocation(s) decided, {} carried out, {pending} pending",
         source.name,
+        summaries.len(),
         found.len(),
         found.len() - pending
     );
