@@ -513,12 +513,18 @@ async fn a_review_goes_out_comes_back_completed_and_its_revocations_are_followed
         refused.stderr
     );
     let mut edited = completed.clone();
-    let user = edited.columns.iter().position(|c| c == "username").unwrap();
+    let user = edited
+        .columns
+        .iter()
+        .position(|c| c == "account_external_id")
+        .unwrap();
     edited.rows[0][user] = "mallory".to_string();
     let refused = import(&env, &edited, "edited.csv");
     assert_eq!(refused.code, 1);
     assert!(
-        refused.stderr.contains("row 1: username says \"mallory\""),
+        refused
+            .stderr
+            .contains("row 1: account_external_id says \"mallory\""),
         "{}",
         refused.stderr
     );

@@ -321,8 +321,8 @@ pub struct ShowFilters {
     #[arg(long = "type", value_name = "TYPE")]
     pub account_type: Option<String>,
     /// accounts: only the privileged ones, by the rule the reports use, with why and since
-    /// when (from the evidence ledger).
-    #[arg(long)]
+    /// when (from the evidence ledger); privilege is judged in the source's scope.
+    #[arg(long, conflicts_with = "all")]
     pub privileged: bool,
 }
 

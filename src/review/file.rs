@@ -50,14 +50,10 @@ const DECISION: &str = "decision";
 const REVIEWER: &str = "reviewer";
 const REVIEWED_AT: &str = "reviewed_at";
 const COMMENT: &str = "comment";
-/// The columns a reviewer must not change: they say which access a row is about.
-const IDENTITY: [&str; 5] = [
-    "username",
-    "access_type",
-    "access",
-    "account_external_id",
-    "access_external_id",
-];
+/// The columns a reviewer must not change: they say which access a row is about. Names are
+/// not among them: a spreadsheet may rewrite a name that looks like a number or a date when
+/// it saves a CSV file, and the ids say the same.
+const IDENTITY: [&str; 3] = ["access_type", "account_external_id", "access_external_id"];
 
 /// Header keys that the import reads back.
 pub const REVIEW_ID: &str = "review_id";

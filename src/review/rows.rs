@@ -107,7 +107,9 @@ impl Review {
     }
 }
 
-/// A row's id: stable for the same account and access in any run.
+/// A row's id: stable for the same account and access in any run. It starts with a letter:
+/// a spreadsheet reads an id of digits (or digits, `e`, digits) as a number and rewrites it
+/// when the file is saved.
 pub fn row_id(account_external_id: &str, access: AccessKind, access_external_id: &str) -> String {
     let digest = Sha256::digest(
         format!(
@@ -116,7 +118,7 @@ pub fn row_id(account_external_id: &str, access: AccessKind, access_external_id:
         )
         .as_bytes(),
     );
-    hex::encode(&digest[..8])
+    format!("r{}", hex::encode(&digest[..8]))
 }
 
 /// The digest that names a review: what it covers, not what the reviewers added.
@@ -310,6 +312,7 @@ mod tests {
         assert_eq!(a, row_id("uid1", AccessKind::Group, "g1"));
         assert_ne!(a, row_id("uid1", AccessKind::Role, "g1"));
         assert_ne!(a, row_id("uid1", AccessKind::Group, "g2"));
-        assert_eq!(a.len(), 16);
+        assert_eq!(a.len(), 17);
+        assert!(a.starts_with('r'));
     }
 }
