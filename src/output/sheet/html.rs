@@ -14,7 +14,7 @@ use super::Sheet;
 const STYLE: &str = r#"
 :root { color-scheme: light; }
 * { box-sizing: border-box; }
-body { margin: 0 auto; padding: 16px 24px; max-width: 1200px; color: #111; background: #fff;
+body { margin: 0 auto; padding: 16px 24px; max-width: 2400px; color: #111; background: #fff;
   font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
 h1 { font-size: 1.6em; margin: 0.2em 0 0.6em; }
 table { table-layout: fixed; width: 100%; border-collapse: separate; border-spacing: 0;
@@ -22,12 +22,15 @@ table { table-layout: fixed; width: 100%; border-collapse: separate; border-spac
 th, td { border-right: 1px solid #888; border-bottom: 1px solid #888; padding: 4px 6px;
   text-align: left; vertical-align: top; overflow-wrap: anywhere; word-break: break-word; }
 th { background: #e8e8e8; font-weight: 600; }
-table.header { width: auto; max-width: 100%; }
+table.header { width: auto; max-width: 1200px; }
+/* Many columns: a smaller type, and long ids broken anywhere rather than pushing the page. */
+table.rows { font-size: 12px; }
 table.header th { width: 14em; }
 ul.choices { margin: 0 0 1em; padding-left: 1.2em; }
 @page { size: A4 landscape; margin: 15mm 15mm 18mm; }
 @media print {
   body { max-width: none; padding: 0; font-size: 9pt; }
+  table.rows { font-size: 7pt; }
   * { -webkit-print-color-adjust: exact; print-color-adjust: exact; }
   thead { display: table-header-group; }
   tr { break-inside: avoid; }
