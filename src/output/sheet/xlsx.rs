@@ -10,7 +10,9 @@
 
 use std::io::{Cursor, Read};
 
-use calamine::{open_workbook_from_rs, Data, Range, Reader, Xlsx};
+use std::collections::BTreeMap;
+
+use calamine::{open_workbook_from_rs, Data, Reader, Xlsx};
 use rust_xlsxwriter::{DataValidation, Format, Workbook, Worksheet};
 
 use super::{check_cell, check_shape, Sheet, SheetError, MAX_COLUMNS, MAX_ROWS};
@@ -30,6 +32,14 @@ const WIDTH_SAMPLE: usize = 1_000;
 /// The most bytes of one part of the workbook [`xlsx_validations`] reads: a worksheet of
 /// Excel's full size is far smaller, and a zip bomb is not read to its end.
 const MAX_PART_BYTES: u64 = 512 * 1024 * 1024;
+/// The most the parts of a workbook may say they unpack to, all together, before it is
+/// opened: calamine holds the shared strings and a sheet's cells in memory, and the zip
+/// reader stops at each part's stated size, so this bounds what a hostile file costs.
+const MAX_UNPACKED_BYTES: u64 = 1024 * 1024 * 1024;
+/// The most cells (rows × columns, from A1 to the last cell with a value) read into a
+/// grid: a review of Excel's full height at its 19 columns, with room to spare. Two cells,
+/// A1 and the last cell Excel has, would otherwise ask for seventeen billion.
+const MAX_GRID_CELLS: usize = 24 * MAX_ROWS;
 
 fn write_error(error: rust_xlsxwriter::XlsxError) -> SheetError {
     SheetError::Write(error.to_string())
@@ -214,43 +224,55 @@ fn cell_text(data: &Data) -> String {
     }
 }
 
-/// The cells of a worksheet as text, from A1 (calamine's range starts at the first cell
-/// with a value), without the empty rows at its end.
-fn grid(range: &Range<Data>, sheet: &str) -> Result<Vec<Vec<String>>, SheetError> {
-    let Some((last_row, last_column)) = range.end() else {
-        return Ok(Vec::new());
+/// The cells of a worksheet as text, from A1, without the empty rows at its end. Cells are
+/// read one by one (only those with a value are kept) and the grid is built only when its
+/// size is within [`MAX_GRID_CELLS`].
+fn grid(workbook: &mut Xlsx<Cursor<&[u8]>>, sheet: &str) -> Result<Vec<Vec<String>>, SheetError> {
+    let unreadable =
+        |error: calamine::XlsxError| SheetError::NotXlsx(format!("sheet {sheet}: {error}"));
+    let too_large = |row: usize, problem: String| SheetError::Xlsx {
+        sheet: sheet.to_string(),
+        row,
+        problem,
     };
-    let (rows, columns) = (last_row as usize + 1, last_column as usize + 1);
-    if rows > MAX_ROWS || columns > MAX_COLUMNS {
-        return Err(SheetError::Xlsx {
-            sheet: sheet.to_string(),
-            row: rows.min(MAX_ROWS + 1),
-            problem: format!(
-                "the sheet reaches row {rows}, column {columns}; a spreadsheet holds {MAX_ROWS} rows and {MAX_COLUMNS} columns"
-            ),
-        });
-    }
-    let mut grid = Vec::with_capacity(rows);
-    for row in 0..=last_row {
-        let mut cells = Vec::with_capacity(columns);
-        for column in 0..=last_column {
-            let text = range
-                .get_value((row, column))
-                .map_or_else(String::new, cell_text);
-            check_cell(&text).map_err(|problem| SheetError::Xlsx {
-                sheet: sheet.to_string(),
-                row: row as usize + 1,
-                problem,
-            })?;
-            cells.push(text);
+    let mut reader = workbook.worksheet_cells_reader(sheet).map_err(unreadable)?;
+    let mut cells: BTreeMap<(usize, usize), String> = BTreeMap::new();
+    let mut width = 0;
+    while let Some(cell) = reader.next_cell().map_err(unreadable)? {
+        let (row, column) = cell.get_position();
+        let (row, column) = (row as usize, column as usize);
+        if row >= MAX_ROWS || column >= MAX_COLUMNS {
+            return Err(too_large(
+                row.min(MAX_ROWS) + 1,
+                format!("a spreadsheet holds {MAX_ROWS} rows and {MAX_COLUMNS} columns"),
+            ));
         }
-        grid.push(cells);
+        let text = cell_text(&Data::from(cell.get_value().clone()));
+        if text.is_empty() {
+            continue;
+        }
+        check_cell(&text).map_err(|problem| too_large(row + 1, problem))?;
+        if cells.len() == MAX_GRID_CELLS {
+            return Err(too_large(
+                row + 1,
+                format!("more than {MAX_GRID_CELLS} cells"),
+            ));
+        }
+        width = width.max(column + 1);
+        cells.insert((row, column), text);
     }
-    while grid
-        .last()
-        .is_some_and(|row| row.iter().all(String::is_empty))
-    {
-        grid.pop();
+    let height = cells.keys().next_back().map_or(0, |(row, _)| row + 1);
+    if height.saturating_mul(width) > MAX_GRID_CELLS {
+        return Err(too_large(
+            height,
+            format!(
+                "the sheet reaches row {height}, column {width}: more than the {MAX_GRID_CELLS} cells a review can have"
+            ),
+        ));
+    }
+    let mut grid = vec![vec![String::new(); width]; height];
+    for ((row, column), text) in cells {
+        grid[row][column] = text;
     }
     Ok(grid)
 }
@@ -276,6 +298,7 @@ fn check_width(row: &[String], width: usize, sheet: &str, number: usize) -> Resu
 /// empty does not come back whole). `choices` is always empty: calamine does not read data
 /// validations (see [`xlsx_validations`]).
 pub fn read_xlsx(bytes: &[u8]) -> Result<Sheet, SheetError> {
+    check_unpacked_size(bytes)?;
     let mut workbook: Xlsx<Cursor<&[u8]>> = open_workbook_from_rs(Cursor::new(bytes))
         .map_err(|error: calamine::XlsxError| SheetError::NotXlsx(error.to_string()))?;
     let names = workbook.sheet_names();
@@ -286,10 +309,7 @@ pub fn read_xlsx(bytes: &[u8]) -> Result<Sheet, SheetError> {
                 found: names.join(", "),
             });
         }
-        let range = workbook
-            .worksheet_range(sheet)
-            .map_err(|error| SheetError::NotXlsx(format!("sheet {sheet}: {error}")))?;
-        grid(&range, sheet)
+        grid(&mut workbook, sheet)
     };
     let header = read(HEADER_SHEET)?;
     let data = read(DATA_SHEET)?;
@@ -321,6 +341,25 @@ pub fn read_xlsx(bytes: &[u8]) -> Result<Sheet, SheetError> {
         sheet.rows.push(row);
     }
     Ok(sheet)
+}
+
+/// Refuses a workbook whose parts say they unpack to more than [`MAX_UNPACKED_BYTES`].
+fn check_unpacked_size(bytes: &[u8]) -> Result<(), SheetError> {
+    let mut archive = zip::ZipArchive::new(Cursor::new(bytes))
+        .map_err(|error| SheetError::NotXlsx(error.to_string()))?;
+    let mut total: u64 = 0;
+    for index in 0..archive.len() {
+        let part = archive
+            .by_index_raw(index)
+            .map_err(|error| SheetError::NotXlsx(error.to_string()))?;
+        total = total.saturating_add(part.size());
+    }
+    if total > MAX_UNPACKED_BYTES {
+        return Err(SheetError::NotXlsx(format!(
+            "it unpacks to {total} bytes, more than the {MAX_UNPACKED_BYTES} a review can take"
+        )));
+    }
+    Ok(())
 }
 
 /// One part of the workbook's zip as text.
@@ -565,6 +604,45 @@ mod tests {
             read_xlsx(&bytes).expect_err("refused").to_string(),
             "sheet Review, row 12: column 3 has a value, but there are only 1 columns"
         );
+    }
+
+    #[test]
+    fn a_sheet_spanning_the_whole_grid_is_refused_before_it_is_allocated() {
+        let mut workbook = Workbook::new();
+        let data = workbook.add_worksheet();
+        data.set_name(DATA_SHEET).expect("name");
+        data.write_string(0, 0, "user").expect("write");
+        data.write_string(1_048_575, 16_383, "far").expect("write");
+        workbook
+            .add_worksheet()
+            .set_name(HEADER_SHEET)
+            .expect("name");
+        let bytes = workbook.save_to_buffer().expect("saves");
+        let refused = read_xlsx(&bytes).expect_err("refused").to_string();
+        assert!(
+            refused.starts_with(
+                "sheet Review, row 1048576: the sheet reaches row 1048576, column 16384"
+            ),
+            "{refused}"
+        );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// A workbook damaged anywhere reads as a sheet or as an error, never a panic.
+        #[test]
+        fn a_damaged_workbook_is_an_error_not_a_panic(
+            damage in proptest::collection::vec((proptest::prelude::any::<usize>(), proptest::prelude::any::<u8>()), 1..8)
+        ) {
+            let mut bytes = write_xlsx(&review()).expect("writes");
+            for (at, byte) in damage {
+                let at = at % bytes.len();
+                bytes[at] = byte;
+            }
+            let _ = read_xlsx(&bytes);
+            let _ = xlsx_validations(&bytes);
+        }
     }
 
     #[test]
