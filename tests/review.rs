@@ -605,6 +605,13 @@ async fn a_review_goes_out_comes_back_completed_and_its_revocations_are_followed
     let second = env.aksync(&["review", "--group", "authentik Admins"]);
     assert_eq!(second.code, 0, "{}", second.stderr);
     let mut second = sheet::read_csv(second.stdout.as_bytes()).unwrap();
+    // Reviewed at r2, the membership is first seen when r1 saw it.
+    let r1_end = runs(&env)[0]
+        .1
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let svc = rows_of(&second)[&("svc-deploy".to_string(), "authentik Admins".to_string())].clone();
+    assert_eq!(svc["first_seen"], r1_end);
+    assert_eq!(header(&second, "run_id"), r2);
     decide(&mut second, "svc-deploy", "authentik Admins", "revoke");
     let imported = import(&env, &second, "second.csv");
     assert_eq!(imported.code, 0, "{}", imported.stderr);
