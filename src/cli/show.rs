@@ -286,13 +286,21 @@ fn check_filters(kind: ShowKind, filters: &ShowFilters) -> Result<(), CliError> 
             )));
         }
     }
-    if let Some(status) = &filters.status {
-        account_status(status)?;
-    }
-    if let Some(account_type) = &filters.account_type {
-        account_type_named(account_type)?;
-    }
-    Ok(())
+    account_filters(filters).map(drop)
+}
+
+/// `--status` and `--type`, read.
+fn account_filters(
+    filters: &ShowFilters,
+) -> Result<(Option<AccountStatus>, Option<AccountType>), CliError> {
+    Ok((
+        filters.status.as_deref().map(account_status).transpose()?,
+        filters
+            .account_type
+            .as_deref()
+            .map(account_type_named)
+            .transpose()?,
+    ))
 }
 
 fn account_status(value: &str) -> Result<AccountStatus, CliError> {
@@ -330,18 +338,7 @@ fn stored_records<'r>(
     let is_latest = store
         .latest_complete(&run.source)?
         .is_some_and(|latest| latest.run_id == run.run_id);
-    let status = request
-        .filters
-        .status
-        .as_deref()
-        .map(account_status)
-        .transpose()?;
-    let account_type = request
-        .filters
-        .account_type
-        .as_deref()
-        .map(account_type_named)
-        .transpose()?;
+    let (status, account_type) = account_filters(request.filters)?;
     let wanted = move |record: &Value| {
         let matches = |field: &str, value: Option<Value>| {
             value.is_none_or(|value| record.get(field) == Some(&value))
@@ -530,18 +527,7 @@ fn privileged_accounts(
 ) -> Result<Vec<Value>, CliError> {
     let rules = directory.rules();
     let reader = store.reader()?;
-    let status = request
-        .filters
-        .status
-        .as_deref()
-        .map(account_status)
-        .transpose()?;
-    let account_type = request
-        .filters
-        .account_type
-        .as_deref()
-        .map(account_type_named)
-        .transpose()?;
+    let (status, account_type) = account_filters(request.filters)?;
     let mut rows = Vec::new();
     // Privilege is judged on the whole directory, for the accounts in scope (as reports do).
     for account in directory.accounts.iter().filter(|a| a.in_scope) {

@@ -16,30 +16,15 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 
+use super::ReadError;
 use crate::config::SourceConfig;
 use crate::diff::AccountRules;
 use crate::ledger::entry::RunSettings;
 use crate::ledger::read::run_evidence;
-use crate::ledger::LedgerError;
 use crate::run::normalize::{DirectoryAccount, DirectoryGroup};
 use crate::run::plan::membership_pair;
 use crate::run::record::RecordKind;
 use crate::store::{Reader, RunRecord, Store, StoreError};
-
-#[derive(Debug, thiserror::Error)]
-pub enum DirectoryError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Ledger(#[from] LedgerError),
-    #[error("run {run_id}: a stored {kind} ({external_id}) does not read back: {reason}")]
-    Unreadable {
-        run_id: String,
-        kind: &'static str,
-        external_id: String,
-        reason: String,
-    },
-}
 
 /// A group name or id that names no single group of a run.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -111,7 +96,7 @@ impl RunDirectory {
         store: &Store,
         source: &SourceConfig,
         run: &RunRecord,
-    ) -> Result<RunDirectory, DirectoryError> {
+    ) -> Result<RunDirectory, ReadError> {
         let reader = store.reader()?;
         reader.require_snapshot(run)?;
         let is_latest = store
@@ -126,18 +111,12 @@ impl RunDirectory {
             ),
             None => (None, None, None),
         };
-        let unreadable = |kind, external_id: &str, reason: String| DirectoryError::Unreadable {
-            run_id: run.run_id.clone(),
-            kind,
-            external_id: external_id.to_string(),
-            reason,
-        };
         let mut groups = BTreeMap::new();
         let mut groups_in_scope = BTreeSet::new();
         for stored in reader.records_at(run, RecordKind::Group)? {
             let stored = stored?;
             let group: DirectoryGroup = serde_json::from_value(stored.record)
-                .map_err(|error| unreadable("group", &stored.external_id, error.to_string()))?;
+                .map_err(|error| ReadError::unreadable(run, "group", &stored.external_id, error))?;
             if stored.flags.in_scope() {
                 groups_in_scope.insert(stored.external_id.clone());
             }
@@ -158,8 +137,10 @@ impl RunDirectory {
         let mut accounts = Vec::new();
         for stored in reader.records_at(run, RecordKind::Account)? {
             let stored = stored?;
-            let account: DirectoryAccount = serde_json::from_value(stored.record)
-                .map_err(|error| unreadable("account", &stored.external_id, error.to_string()))?;
+            let account: DirectoryAccount =
+                serde_json::from_value(stored.record).map_err(|error| {
+                    ReadError::unreadable(run, "account", &stored.external_id, error)
+                })?;
             let volatile =
                 reader.volatile(&run.source, RecordKind::Account, &stored.external_id)?;
             let login = volatile
@@ -241,7 +222,7 @@ impl RunDirectory {
         store: &Store,
         uid: &str,
         group: &str,
-    ) -> Result<Option<DateTime<Utc>>, DirectoryError> {
+    ) -> Result<Option<DateTime<Utc>>, ReadError> {
         let Some(membership) = self.direct.get(uid).and_then(|groups| groups.get(group)) else {
             return Ok(None);
         };

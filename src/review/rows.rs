@@ -15,7 +15,8 @@ use super::access::{
     cycle_text, cycles, effective_groups, effective_roles, granted_text, membership_granted_text,
     role_name,
 };
-use super::directory::{AccountAt, DirectoryError, LastLogin, RunDirectory};
+use super::directory::{AccountAt, LastLogin, RunDirectory};
+use super::ReadError;
 use crate::canonical::canonical_json;
 use crate::ledger::entry::{AccessKind, ReviewSelection};
 use crate::run::normalize::{AccountStatus, AccountType};
@@ -24,7 +25,7 @@ use crate::store::Store;
 #[derive(Debug, thiserror::Error)]
 pub enum ReviewError {
     #[error(transparent)]
-    Directory(#[from] DirectoryError),
+    Read(#[from] ReadError),
     #[error("{0}")]
     Selection(String),
 }

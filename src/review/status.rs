@@ -16,27 +16,13 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::access::{effective_groups, effective_roles};
+use super::ReadError;
 use crate::ledger::entry::{AccessDecision, AccessKind, Body, ReviewDecisions, Verdict};
 use crate::ledger::{parse_entry, LedgerError};
 use crate::run::normalize::{AccountStatus, DirectoryAccount, DirectoryGroup};
 use crate::run::plan::membership_pair;
 use crate::run::record::RecordKind;
-use crate::store::{EntryMark, Reader, RunRecord, RunStatus, Store, StoreError};
-
-#[derive(Debug, thiserror::Error)]
-pub enum StatusError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Ledger(#[from] LedgerError),
-    #[error("run {run_id}: a stored {kind} ({external_id}) does not read back: {reason}")]
-    Unreadable {
-        run_id: String,
-        kind: &'static str,
-        external_id: String,
-        reason: String,
-    },
-}
+use crate::store::{EntryMark, Reader, RunRecord, RunStatus, Store};
 
 /// An imported review, as its latest import recorded it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -99,7 +85,7 @@ pub fn recorded_reviews(
 }
 
 /// Every revocation of the source's recorded reviews, with where it stands.
-pub fn revocations(store: &Store, source: &str) -> Result<Vec<Revocation>, StatusError> {
+pub fn revocations(store: &Store, source: &str) -> Result<Vec<Revocation>, ReadError> {
     let reader = store.reader()?;
     let reviews = recorded_reviews(&reader, source)?;
     let Some(latest) = store.latest_complete(source)? else {
@@ -167,7 +153,7 @@ fn first_without<'r>(
     runs: &'r [RunRecord],
     decision: &AccessDecision,
     latest_how: String,
-) -> Result<(&'r RunRecord, String), StatusError> {
+) -> Result<(&'r RunRecord, String), ReadError> {
     let (mut low, mut high) = (0, runs.len() - 1);
     let mut how = latest_how;
     while low < high {
@@ -204,7 +190,7 @@ impl<'r> Probe<'r> {
         &mut self,
         run: &RunRecord,
         decision: &AccessDecision,
-    ) -> Result<Option<String>, StatusError> {
+    ) -> Result<Option<String>, ReadError> {
         let uid = &decision.account_external_id;
         let Some(account) = self.account(run, uid)? else {
             return Ok(Some("account deleted".to_string()));
@@ -226,7 +212,7 @@ impl<'r> Probe<'r> {
         Ok((!held).then(|| format!("{} removed", decision.access.as_str())))
     }
 
-    fn account(&self, run: &RunRecord, uid: &str) -> Result<Option<DirectoryAccount>, StatusError> {
+    fn account(&self, run: &RunRecord, uid: &str) -> Result<Option<DirectoryAccount>, ReadError> {
         for version in self
             .reader
             .versions(&self.source, RecordKind::Account, uid)?
@@ -241,13 +227,13 @@ impl<'r> Probe<'r> {
             let account = entry
                 .record()
                 .and_then(serde_json::from_value)
-                .map_err(|error| unreadable(run, "account", uid, error))?;
+                .map_err(|error| ReadError::unreadable(run, "account", uid, error))?;
             return Ok(Some(account));
         }
         Ok(None)
     }
 
-    fn direct_groups(&self, run: &RunRecord, uid: &str) -> Result<BTreeSet<String>, StatusError> {
+    fn direct_groups(&self, run: &RunRecord, uid: &str) -> Result<BTreeSet<String>, ReadError> {
         let mut groups = BTreeSet::new();
         let prefix = format!("{uid}:");
         for version in self
@@ -263,34 +249,19 @@ impl<'r> Probe<'r> {
         Ok(groups)
     }
 
-    fn catalog(
-        &mut self,
-        run: &RunRecord,
-    ) -> Result<&BTreeMap<String, DirectoryGroup>, StatusError> {
+    fn catalog(&mut self, run: &RunRecord) -> Result<&BTreeMap<String, DirectoryGroup>, ReadError> {
         if !self.catalogs.contains_key(&run.run_id) {
             let mut catalog = BTreeMap::new();
             for stored in self.reader.records_at(run, RecordKind::Group)? {
                 let stored = stored?;
-                let group: DirectoryGroup = serde_json::from_value(stored.record)
-                    .map_err(|error| unreadable(run, "group", &stored.external_id, error))?;
+                let group: DirectoryGroup =
+                    serde_json::from_value(stored.record).map_err(|error| {
+                        ReadError::unreadable(run, "group", &stored.external_id, error)
+                    })?;
                 catalog.insert(stored.external_id, group);
             }
             self.catalogs.insert(run.run_id.clone(), catalog);
         }
         Ok(&self.catalogs[&run.run_id])
-    }
-}
-
-fn unreadable(
-    run: &RunRecord,
-    kind: &'static str,
-    external_id: &str,
-    error: serde_json::Error,
-) -> StatusError {
-    StatusError::Unreadable {
-        run_id: run.run_id.clone(),
-        kind,
-        external_id: external_id.to_string(),
-        reason: error.to_string(),
     }
 }

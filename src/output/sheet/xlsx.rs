@@ -590,34 +590,31 @@ mod tests {
             "the workbook has no sheet named Header (it has: Sheet1)"
         );
 
-        let mut workbook = Workbook::new();
-        let data = workbook.add_worksheet();
-        data.set_name(DATA_SHEET).expect("name");
-        data.write_string(0, 0, "user").expect("write");
-        data.write_string(11, 2, "stray").expect("write");
-        workbook
-            .add_worksheet()
-            .set_name(HEADER_SHEET)
-            .expect("name");
-        let bytes = workbook.save_to_buffer().expect("saves");
+        let bytes = column_row_and_one_cell(11, 2, "stray");
         assert_eq!(
             read_xlsx(&bytes).expect_err("refused").to_string(),
             "sheet Review, row 12: column 3 has a value, but there are only 1 columns"
         );
     }
 
-    #[test]
-    fn a_sheet_spanning_the_whole_grid_is_refused_before_it_is_allocated() {
+    /// A workbook of our two sheets whose data sheet has a one-column column row and one
+    /// more cell, at `row`, `column`.
+    fn column_row_and_one_cell(row: u32, column: u16, text: &str) -> Vec<u8> {
         let mut workbook = Workbook::new();
         let data = workbook.add_worksheet();
         data.set_name(DATA_SHEET).expect("name");
         data.write_string(0, 0, "user").expect("write");
-        data.write_string(1_048_575, 16_383, "far").expect("write");
+        data.write_string(row, column, text).expect("write");
         workbook
             .add_worksheet()
             .set_name(HEADER_SHEET)
             .expect("name");
-        let bytes = workbook.save_to_buffer().expect("saves");
+        workbook.save_to_buffer().expect("saves")
+    }
+
+    #[test]
+    fn a_sheet_spanning_the_whole_grid_is_refused_before_it_is_allocated() {
+        let bytes = column_row_and_one_cell(1_048_575, 16_383, "far");
         let refused = read_xlsx(&bytes).expect_err("refused").to_string();
         assert!(
             refused.starts_with(
