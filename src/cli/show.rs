@@ -55,6 +55,14 @@ const ACCOUNT_TABLE: [&str; 7] = [
 ];
 /// What `--privileged` adds to an account.
 const PRIVILEGE_FIELDS: [&str; 3] = ["privilege", "privileged_since", "privileged_since_run"];
+const PRIVILEGED_TABLE: [&str; 6] = [
+    "username",
+    "display_name",
+    "account_type",
+    "privilege",
+    "privileged_since",
+    "external_id",
+];
 const GROUP_FIELDS: [&str; 6] = [
     "external_id",
     "display_name",
@@ -168,15 +176,7 @@ pub(crate) fn show(
                 .chain(&PRIVILEGE_FIELDS)
                 .copied()
                 .collect();
-            table_fields = [
-                "username",
-                "display_name",
-                "account_type",
-                "privilege",
-                "privileged_since",
-                "external_id",
-            ]
-            .into();
+            table_fields = PRIVILEGED_TABLE.into();
         }
         ShowKind::Accounts | ShowKind::Groups => {
             let kind = match request.kind {

@@ -64,20 +64,26 @@ pub fn recorded_reviews(
 ) -> Result<Vec<RecordedReview>, LedgerError> {
     let mut latest: BTreeMap<String, RecordedReview> = BTreeMap::new();
     for (_, seq) in reader.marked_entries(EntryMark::Review, Some(source))? {
-        let Some(row) = reader.ledger_entry(source, seq)? else {
-            continue;
+        let not_a_review = |reason: &str| LedgerError::Unreadable {
+            source_name: source.to_string(),
+            seq,
+            reason: format!("the index of access reviews names it, but {reason}"),
         };
+        let row = reader
+            .ledger_entry(source, seq)?
+            .ok_or_else(|| not_a_review("it is not in the chain"))?;
         let entry = parse_entry(source, &row)?;
-        if let Body::Reviewed(decisions) = entry.body {
-            latest.insert(
-                decisions.review_id.clone(),
-                RecordedReview {
-                    seq,
-                    imported_at: entry.recorded_at,
-                    decisions: *decisions,
-                },
-            );
-        }
+        let Body::Reviewed(decisions) = entry.body else {
+            return Err(not_a_review("it is no review"));
+        };
+        latest.insert(
+            decisions.review_id.clone(),
+            RecordedReview {
+                seq,
+                imported_at: entry.recorded_at,
+                decisions: *decisions,
+            },
+        );
     }
     let mut reviews: Vec<RecordedReview> = latest.into_values().collect();
     reviews.sort_by_key(|review| review.seq);
