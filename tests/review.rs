@@ -139,6 +139,22 @@ async fn show_at_picks_the_run_in_force_and_expands_nesting_roles_and_privilege(
     env.sync_ok();
     set_groups(&env, "nina", &["Team"]);
     env.sync_ok();
+    // A failed run between r2 and r3 is never the run in force.
+    env.fake.with_state(|state| {
+        state.faults.push(aksync::demo::fake::Fault {
+            path_contains: "/core/users/?".into(),
+            skip: 0,
+            times: None,
+            status: 500,
+            body: b"{}".to_vec(),
+            retry_after: None,
+            location: None,
+        })
+    });
+    assert_eq!(env.aksync(&["sync"]).code, 1);
+    env.fake.with_state(|state| state.faults.clear());
+    let failed = env.store().runs(Some("corp")).unwrap().remove(0);
+    assert_eq!(failed.status.as_str(), "failed");
     env.sync_ok();
     set_groups(&env, "nina", &[]);
     env.sync_ok();
@@ -170,6 +186,7 @@ async fn show_at_picks_the_run_in_force_and_expands_nesting_roles_and_privilege(
         Some(r2.0.as_str())
     );
     assert_eq!(at(r3.1).0.as_deref(), Some(r3.0.as_str()));
+    assert_eq!(at(failed.finished_at).0.as_deref(), Some(r2.0.as_str()));
     assert_eq!(at(r4.1).1, []);
     assert_eq!(at(r2.1 - chrono::Duration::nanoseconds(1)).1, []);
     // Three levels, a group with two parents, each with its path.
