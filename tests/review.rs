@@ -572,6 +572,37 @@ async fn a_review_goes_out_comes_back_completed_and_its_revocations_are_followed
         again.stdout
     );
 
+    // The period report lists each import as it was recorded, and the revocations.
+    let report = env.aksync(&["report", "--since", "2020-01-01", "--format", "json"]);
+    assert_eq!(report.code, 0, "{}", report.stderr);
+    let imports = report.json()["period"]["access_reviews"].clone();
+    let imports = imports.as_array().unwrap();
+    assert_eq!(imports.len(), 2);
+    assert_eq!(
+        imports[0]["review_id"],
+        header(&exported, "review_id").as_str()
+    );
+    assert_eq!(imports[0]["file"]["name"], "completed.xlsx");
+    assert_eq!(imports[0]["entry_digest"].as_str().unwrap().len(), 64);
+    let markdown = env.aksync(&["report", "--since", "2020-01-01"]);
+    assert!(
+        markdown.stdout.contains("Access reviews imported (2)"),
+        "{}",
+        markdown.stdout
+    );
+    assert!(
+        markdown.stdout.contains("Revocations decided (4)"),
+        "{}",
+        markdown.stdout
+    );
+    let csv = env.aksync(&["report", "--since", "2020-01-01", "--format", "csv"]);
+    assert_eq!(
+        csv.stdout.matches("access_revoke_decided").count(),
+        4,
+        "{}",
+        csv.stdout
+    );
+
     // Upstream, olga leaves Team: her Org membership and the role through it go. The next
     // run carries both revocations out.
     set_groups(&env, "olga.old", &[]);

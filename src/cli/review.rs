@@ -15,6 +15,7 @@ use super::{no_run, open_existing, single_source, CliError, Exit};
 use crate::clock::Clock;
 use crate::config::{Config, SourceConfig};
 use crate::ledger::entry::{Body, FileDigest, ReviewDecisions, ReviewSelection, Verdict};
+use crate::ledger::read::reviews;
 use crate::ledger::Pending;
 use crate::output::artifacts::write_file;
 use crate::output::report::Producer;
@@ -22,7 +23,7 @@ use crate::output::sheet::{self, Sheet};
 use crate::review::directory::RunDirectory;
 use crate::review::file::{self as review_file, Produced};
 use crate::review::rows::{self, Review};
-use crate::review::status::{recorded_reviews, revocations, Revocation, RevocationState};
+use crate::review::status::{revocations, Revocation, RevocationState};
 use crate::run::sync::STORE_WAIT;
 use crate::store::{RunStatus, Store};
 
@@ -211,7 +212,7 @@ fn import(config: &Config, path: &Path, clock: &dyn Clock) -> Result<Exit, CliEr
         body,
         config.ledger.signing_key.as_deref(),
     );
-    let earlier = recorded_reviews(&store.reader()?, &source.name)
+    let earlier = reviews(&store.reader()?, &source.name)
         .map_err(runtime)?
         .into_iter()
         .find(|recorded| recorded.decisions.review_id == review.review_id);
@@ -257,26 +258,19 @@ struct ReviewSummary<'a> {
 
 fn status(config: &Config, source: &SourceConfig, json: bool) -> Result<Exit, CliError> {
     let store = open_existing(&config.database_path())?.ok_or_else(|| no_run(&source.name))?;
-    let reviews = recorded_reviews(&store.reader()?, &source.name).map_err(runtime)?;
+    let reviews = reviews(&store.reader()?, &source.name).map_err(runtime)?;
     let summaries: Vec<ReviewSummary> = reviews
         .iter()
         .map(|review| {
             let recorded = &review.decisions;
-            let count = |verdict: Verdict| {
-                recorded
-                    .decisions
-                    .iter()
-                    .filter(|decision| decision.decision == verdict)
-                    .count()
-            };
             ReviewSummary {
                 review_id: &recorded.review_id,
                 run_id: &recorded.run_id,
                 imported_at: super::evidence::timestamp(review.imported_at),
                 imported_by: format!("{}@{}", recorded.by.os_user, recorded.by.host),
                 rows: recorded.rows,
-                keep: count(Verdict::Keep),
-                revoke: count(Verdict::Revoke),
+                keep: review.count(Verdict::Keep),
+                revoke: review.count(Verdict::Revoke),
                 undecided: recorded.undecided,
                 file: &recorded.file,
                 ledger_seq: review.seq,

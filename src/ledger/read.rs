@@ -1,12 +1,13 @@
 //! Reading evidence back as it was written: a run's entry with its seal, the privileged
 //! accounts at a run, the report files a run wrote, the departure an account's history
-//! recorded, and the connections and disconnections of sources. Each costs the entries it reads, never a replay of snapshots.
+//! recorded, the connections and disconnections of sources, and the access reviews imported. Each costs the entries it reads, never a replay of snapshots.
 
 use crate::diff::{LastActive, PrivilegedAccount};
 use crate::store::{KeptState, Reader};
 
 use super::entry::{
-    Body, ConnectionAction, ConnectionEvent, PrivilegedList, ReportFiles, RunEvidence, RunSettings,
+    Body, ConnectionAction, ConnectionEvent, PrivilegedList, ReportFiles, ReviewDecisions,
+    RunEvidence, RunSettings,
 };
 use super::seal::Seal;
 use super::{parse_entry, Entry, LedgerError};
@@ -105,6 +106,69 @@ pub fn connections(
         });
     }
     Ok(found)
+}
+
+/// An imported access review, as its latest import recorded it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RecordedReview {
+    pub seq: u64,
+    pub imported_at: chrono::DateTime<chrono::Utc>,
+    /// The ledger digest of its entry.
+    pub entry_digest: String,
+    #[serde(flatten)]
+    pub decisions: ReviewDecisions,
+}
+
+impl RecordedReview {
+    /// How many decisions say `verdict`.
+    pub fn count(&self, verdict: super::entry::Verdict) -> usize {
+        self.decisions
+            .decisions
+            .iter()
+            .filter(|decision| decision.decision == verdict)
+            .count()
+    }
+}
+
+/// Every import of an access review recorded for a source, in chain order; found through
+/// their index, so that the runs between them are not read.
+pub fn review_imports(
+    reader: &Reader<'_>,
+    source: &str,
+) -> Result<Vec<RecordedReview>, LedgerError> {
+    let mut imports = Vec::new();
+    for (_, seq) in reader.marked_entries(crate::store::EntryMark::Review, Some(source))? {
+        let not_a_review = |reason: &str| LedgerError::Unreadable {
+            source_name: source.to_string(),
+            seq,
+            reason: format!("the index of access reviews names it, but {reason}"),
+        };
+        let Some(Sealed { entry, seal }) = sealed(reader, source, seq)? else {
+            return Err(not_a_review("it is not in the chain"));
+        };
+        let Body::Reviewed(decisions) = entry.body else {
+            return Err(not_a_review("it is no review"));
+        };
+        imports.push(RecordedReview {
+            seq,
+            imported_at: entry.recorded_at,
+            entry_digest: seal.hex(),
+            decisions: *decisions,
+        });
+    }
+    Ok(imports)
+}
+
+/// The reviews in force: of each review, its latest import (whose decisions replace the
+/// earlier ones'), in import order.
+pub fn reviews(reader: &Reader<'_>, source: &str) -> Result<Vec<RecordedReview>, LedgerError> {
+    let mut latest: std::collections::BTreeMap<String, RecordedReview> = Default::default();
+    for import in review_imports(reader, source)? {
+        latest.insert(import.decisions.review_id.clone(), import);
+    }
+    let mut reviews: Vec<RecordedReview> = latest.into_values().collect();
+    reviews.sort_by_key(|review| review.seq);
+    Ok(reviews)
 }
 
 /// A run's own entry, if the ledger has one.

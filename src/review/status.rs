@@ -17,21 +17,12 @@ use serde::Serialize;
 
 use super::access::{effective_groups, effective_roles};
 use super::ReadError;
-use crate::ledger::entry::{AccessDecision, AccessKind, Body, ReviewDecisions, Verdict};
-use crate::ledger::{parse_entry, LedgerError};
+use crate::ledger::entry::{AccessDecision, AccessKind, Verdict};
+use crate::ledger::read::reviews;
 use crate::run::normalize::{AccountStatus, DirectoryAccount, DirectoryGroup};
 use crate::run::plan::membership_pair;
 use crate::run::record::RecordKind;
-use crate::store::{EntryMark, Reader, RunRecord, RunStatus, Store};
-
-/// An imported review, as its latest import recorded it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct RecordedReview {
-    pub seq: u64,
-    pub imported_at: DateTime<Utc>,
-    #[serde(flatten)]
-    pub decisions: ReviewDecisions,
-}
+use crate::store::{Reader, RunRecord, RunStatus, Store};
 
 /// Where a revocation stands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -57,43 +48,10 @@ pub struct Revocation {
     pub state: RevocationState,
 }
 
-/// The reviews recorded for a source, one per review (its latest import), in import order.
-pub fn recorded_reviews(
-    reader: &Reader<'_>,
-    source: &str,
-) -> Result<Vec<RecordedReview>, LedgerError> {
-    let mut latest: BTreeMap<String, RecordedReview> = BTreeMap::new();
-    for (_, seq) in reader.marked_entries(EntryMark::Review, Some(source))? {
-        let not_a_review = |reason: &str| LedgerError::Unreadable {
-            source_name: source.to_string(),
-            seq,
-            reason: format!("the index of access reviews names it, but {reason}"),
-        };
-        let row = reader
-            .ledger_entry(source, seq)?
-            .ok_or_else(|| not_a_review("it is not in the chain"))?;
-        let entry = parse_entry(source, &row)?;
-        let Body::Reviewed(decisions) = entry.body else {
-            return Err(not_a_review("it is no review"));
-        };
-        latest.insert(
-            decisions.review_id.clone(),
-            RecordedReview {
-                seq,
-                imported_at: entry.recorded_at,
-                decisions: *decisions,
-            },
-        );
-    }
-    let mut reviews: Vec<RecordedReview> = latest.into_values().collect();
-    reviews.sort_by_key(|review| review.seq);
-    Ok(reviews)
-}
-
 /// Every revocation of the source's recorded reviews, with where it stands.
 pub fn revocations(store: &Store, source: &str) -> Result<Vec<Revocation>, ReadError> {
     let reader = store.reader()?;
-    let reviews = recorded_reviews(&reader, source)?;
+    let reviews = reviews(&reader, source)?;
     let Some(latest) = store.latest_complete(source)? else {
         return Ok(Vec::new());
     };

@@ -203,13 +203,19 @@ pub fn build_report(
         (Selection::Run(_), None) => None,
         _ => Some(chosen.start),
     };
+    let in_period =
+        |at: DateTime<Utc>| at <= chosen.end && connections_after.is_none_or(|after| at > after);
     let connections = ledger::read::connections(&reader, Some(&source.name))
         .map_err(StoreError::from)?
         .into_iter()
-        .filter(|connection| {
-            connection.at <= chosen.end
-                && connections_after.is_none_or(|after| connection.at > after)
-        })
+        .filter(|connection| in_period(connection.at))
+        .collect();
+    // Every import made in the period, as it was: a later import of the same review does
+    // not change what this period recorded.
+    let access_reviews = ledger::read::review_imports(&reader, &source.name)
+        .map_err(StoreError::from)?
+        .into_iter()
+        .filter(|review| in_period(review.imported_at))
         .collect();
     let views: Vec<RunView> = chosen
         .in_period
@@ -337,6 +343,7 @@ pub fn build_report(
         privileged_at_restarts,
         settings_changes,
         connections,
+        access_reviews,
         trend,
         generated_at,
     })

@@ -409,6 +409,15 @@ pub(super) fn summary(report: &Report, figures: &Figures) -> Block {
             "connections",
         ),
         line(
+            "Access reviews imported",
+            format!(
+                "{} ({} revocation(s) decided)",
+                report.access_reviews.len(),
+                revocations(report).count()
+            ),
+            "access-reviews",
+        ),
+        line(
             "Settings changes",
             report
                 .settings_changes
@@ -520,6 +529,8 @@ pub(super) fn blocks(report: &Report, figures: &Figures) -> Vec<Block> {
     vec![
         runs_block(report),
         connections_block(report),
+        access_reviews_block(report),
+        revocations_block(report),
         coverage_block(report, figures),
         roll_forward_block(report, figures),
         privileged_block(report, Side::Start),
@@ -669,6 +680,103 @@ fn connections_block(report: &Report) -> Block {
             .connections
             .iter()
             .any(|connection| connection.event == crate::ledger::entry::ConnectionAction::Disconnected),
+        listing: true,
+    }
+}
+
+/// The revocations the period's review imports decided, with the review they belong to.
+pub(super) fn revocations(
+    report: &Report,
+) -> impl Iterator<
+    Item = (
+        &crate::ledger::read::RecordedReview,
+        &crate::ledger::entry::AccessDecision,
+    ),
+> {
+    report.access_reviews.iter().flat_map(|review| {
+        review
+            .decisions
+            .decisions
+            .iter()
+            .filter(|decision| decision.decision == crate::ledger::entry::Verdict::Revoke)
+            .map(move |decision| (review, decision))
+    })
+}
+
+/// The access reviews whose decisions were imported in the period: the periodic review of
+/// access that SOC 2 CC6.2/CC6.3 and ISO 27001 A.5.18 ask for.
+fn access_reviews_block(report: &Report) -> Block {
+    use crate::ledger::entry::Verdict;
+    let rows = report
+        .access_reviews
+        .iter()
+        .map(|review| {
+            let recorded = &review.decisions;
+            vec![
+                text(timestamp(review.imported_at)),
+                code(format!(
+                    "{} of run {}",
+                    &recorded.review_id[..16.min(recorded.review_id.len())],
+                    recorded.run_id
+                )),
+                text(format!(
+                    "{} keep, {} revoke, {} undecided of {} rows; imported by {}@{} from {} (SHA-256 {})",
+                    review.count(Verdict::Keep),
+                    review.count(Verdict::Revoke),
+                    recorded.undecided,
+                    recorded.rows,
+                    recorded.by.os_user,
+                    recorded.by.host,
+                    recorded.file.name,
+                    recorded.file.sha256
+                )),
+                code(review.entry_digest.clone()),
+            ]
+        })
+        .collect();
+    Block {
+        id: "access-reviews",
+        title: "Access reviews imported",
+        description: "Access reviews whose completed files `aksync review import` recorded in the period, each checked row by row against the review built again from the run it names. A later import of the same review replaces its decisions from then on; this period keeps the ones it recorded. `aksync review status` follows each revocation into later runs.".to_string(),
+        columns: vec![("Imported", 18), ("Review of run", 27), ("Decisions, by whom, file", 35), ("Ledger digest", 20)],
+        rows,
+        alert: false,
+        listing: true,
+    }
+}
+
+/// Every revocation the period's reviews decided.
+fn revocations_block(report: &Report) -> Block {
+    let rows = revocations(report)
+        .map(|(review, decision)| {
+            vec![
+                code(review.decisions.run_id.clone()),
+                text(decision.username.clone()),
+                text(format!(
+                    "{} {} ({})",
+                    decision.access.as_str(),
+                    decision.access_name,
+                    decision.granted
+                )),
+                text(format!(
+                    "{} {}{}",
+                    decision.reviewer,
+                    decision.reviewed_at,
+                    match decision.comment.is_empty() {
+                        true => String::new(),
+                        false => format!(": {}", decision.comment),
+                    }
+                )),
+            ]
+        })
+        .collect();
+    Block {
+        id: "revocations",
+        title: "Revocations decided",
+        description: "Each access a reviewer decided to revoke in a review imported in the period, as the review's run granted it.".to_string(),
+        columns: vec![("Review of run", 25), ("Account", 20), ("Access", 30), ("Decided by", 25)],
+        rows,
+        alert: false,
         listing: true,
     }
 }

@@ -5,7 +5,7 @@
 //! changed several fields has one row per field, alike but for `field`, `old` and `new`.
 //! [`csv`] quotes (RFC 4180) and defuses formulas, here and for the CLI's `--csv`.
 
-use super::content::{events, run_started_at, timestamp, Event, EventKind};
+use super::content::{events, revocations, run_started_at, timestamp, Event, EventKind};
 use super::Report;
 use crate::diff::{FieldChange, GroupRef};
 use crate::output::sheet;
@@ -248,6 +248,22 @@ pub(super) fn render(report: &Report) -> String {
             ("event", connection.event.as_str().to_string()),
             ("reason", connection.details.summary()),
             ("detected_at", timestamp(connection.at)),
+        ])
+    }));
+    // Each revocation a review imported in the period decided, at the time of the import.
+    rows.extend(revocations(report).map(|(review, decision)| {
+        sparse_row(&[
+            ("source", report.header.source.clone()),
+            ("run_id", review.decisions.run_id.clone()),
+            ("event", "access_revoke_decided".to_string()),
+            (
+                "reason",
+                format!("{} {}", decision.access.as_str(), decision.access_name),
+            ),
+            ("external_id", decision.account_external_id.clone()),
+            ("username", decision.username.clone()),
+            ("privilege_source", decision.granted.clone()),
+            ("detected_at", timestamp(review.imported_at)),
         ])
     }));
     for event in events(report) {

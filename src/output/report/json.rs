@@ -53,6 +53,8 @@ struct JsonPeriod<'a> {
     settings_changes: &'a [super::SettingsChanged],
     /// When the source was connected or disconnected in the period.
     connections: &'a [crate::ledger::read::Connection],
+    /// The access review imports of the period, with their decisions.
+    access_reviews: &'a [crate::ledger::read::RecordedReview],
     /// The ledger digest of the report's run, its signer, and the oldest evidence kept.
     evidence: &'a super::EvidenceInfo,
     producer: &'a super::Producer,
@@ -174,6 +176,7 @@ pub(super) fn render(report: &Report) -> Result<Vec<u8>, ReportError> {
             settings: &header.settings,
             settings_changes: &report.settings_changes,
             connections: &report.connections,
+            access_reviews: &report.access_reviews,
             evidence: &header.evidence,
             producer: &header.producer,
             settings_fingerprints: report

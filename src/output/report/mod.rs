@@ -234,6 +234,9 @@ pub struct Report {
     /// When the source was connected or disconnected in the period, oldest first: between a
     /// disconnection and the next connection nothing was collected.
     pub connections: Vec<crate::ledger::read::Connection>,
+    /// The imports of access review decisions made in the period (`aksync review import`),
+    /// oldest first, each as it was recorded.
+    pub access_reviews: Vec<crate::ledger::read::RecordedReview>,
     /// Complete runs for the chart, oldest first.
     pub trend: Vec<TrendPoint>,
     pub generated_at: DateTime<Utc>,

@@ -351,6 +351,7 @@ pub(super) fn period_report() -> Report {
             }],
         }],
         connections: vec![],
+        access_reviews: vec![],
         trend: vec![
             trend_point("R1", at(0, 10), 118, 0, 0, 0),
             trend_point("R2", at(1, 0), 119, 0, 0, 1),
@@ -380,6 +381,7 @@ pub(super) fn empty_report() -> Report {
         privileged_at_restarts: BTreeMap::new(),
         settings_changes: vec![],
         connections: vec![],
+        access_reviews: vec![],
         trend: vec![],
         generated_at: at(3, 0),
     }
