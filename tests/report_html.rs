@@ -10,6 +10,10 @@ use std::path::Path;
 use std::process::Command;
 
 use aksync::diff::{DirectoryDiff, GroupChanges, GroupRef, LeaveReason, Leaver, MembershipChanges};
+use aksync::ledger::entry::{
+    AccessDecision, AccessKind, FileDigest, ReviewDecisions, ReviewSelection, Verdict,
+};
+use aksync::ledger::read::RecordedReview;
 use aksync::output::report::{
     html_to_pdf, render, EvidenceInfo, Period, PeriodRun, Producer, Report, ReportFormat,
     ReportHeader, ReportSettings, Snapshot, TrendPoint,
@@ -194,6 +198,45 @@ fn report() -> Report {
         privileged_at_restarts: Default::default(),
         settings_changes: vec![],
         connections: vec![],
+        // An import with a long file name and a revocation of a deeply granted role, whose
+        // cells must wrap like the others.
+        access_reviews: vec![RecordedReview {
+            seq: 7,
+            imported_at: at(2, 1),
+            entry_digest: hex_id("review entry"),
+            decisions: ReviewDecisions {
+                review_id: hex_id("review"),
+                run_id: "01JC0000000000000000000001".to_string(),
+                selection: ReviewSelection::default(),
+                rows: 1200,
+                undecided: 3,
+                file: FileDigest {
+                    name: "access-review-2026-q4-engineering-and-operations-final-v3.xlsx"
+                        .to_string(),
+                    sha256: hex_id("file"),
+                    bytes: 81_920,
+                },
+                decisions: vec![AccessDecision {
+                    row_id: "r0123456789abcdef".to_string(),
+                    account_external_id: hex_id("revoked"),
+                    username: "leaver.with.a.rather.long.username.01".to_string(),
+                    access: AccessKind::Role,
+                    access_external_id: "6f1c0e2a-0000-4000-8000-000000000001".to_string(),
+                    access_name: "Security auditors with a long role name".to_string(),
+                    granted: "via hr-team-8 → Engineering department → authentik Admins"
+                        .to_string(),
+                    decision: Verdict::Revoke,
+                    reviewer: "Ann Auditor".to_string(),
+                    reviewed_at: "2026-12-01".to_string(),
+                    comment: "left the team in October; the role was never needed".to_string(),
+                }],
+                by: Producer {
+                    host: "auditbox".to_string(),
+                    os_user: "aksync".to_string(),
+                    aksync_version: "0.1.0".to_string(),
+                },
+            },
+        }],
         trend,
         generated_at: at(2, 3),
     }
