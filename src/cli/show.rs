@@ -12,6 +12,7 @@ use super::output;
 use super::{evidence, no_run, open_existing, resolve_run, CliError, Exit};
 use crate::config::SourceConfig;
 use crate::diff::path_text;
+use crate::ledger::history::{privileged_since, PrivilegedLists};
 use crate::output::report::csv::{csv, csv_rows};
 use crate::review::access::{
     cycle_text, cycles, direct_grants, effective_groups, effective_roles, granted_text,
@@ -529,6 +530,7 @@ fn privileged_accounts(
     let reader = store.reader()?;
     let (status, account_type) = account_filters(request.filters)?;
     let mut rows = Vec::new();
+    let mut lists = PrivilegedLists::default();
     // Privilege is judged on the whole directory, for the accounts in scope (as reports do).
     for account in directory.accounts.iter().filter(|a| a.in_scope) {
         let record = &account.account;
@@ -541,11 +543,12 @@ fn privileged_accounts(
         let Some(path) = rules.privilege(record, &groups, &directory.groups) else {
             continue;
         };
-        let since = crate::ledger::history::privileged_since(
+        let since = privileged_since(
             &reader,
             &directory.run.source,
             &record.external_id,
             &directory.run.run_id,
+            &mut lists,
         )
         .map_err(|error| CliError::Runtime(error.to_string()))?;
         let mut value = serde_json::to_value(record).unwrap_or_default();

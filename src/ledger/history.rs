@@ -272,15 +272,67 @@ pub struct PrivilegedSince {
     pub at_least: bool,
 }
 
+/// What a run's entry says about privilege, read once for all the accounts a query asks
+/// about: a run's list can take a few dozen entries to read back whole.
+#[derive(Debug, Default)]
+pub struct PrivilegedLists {
+    runs: BTreeMap<String, Option<RunPrivileged>>,
+}
+
+#[derive(Debug)]
+struct RunPrivileged {
+    finished_at: DateTime<Utc>,
+    /// Complete (a quarantined run that was never approved saw nothing that counts).
+    complete: bool,
+    baseline: bool,
+    /// `None` when the entry has no list.
+    uids: Option<BTreeSet<String>>,
+}
+
+impl PrivilegedLists {
+    /// The run's privilege facts; `None` when the run has no entry.
+    fn of(
+        &mut self,
+        reader: &Reader<'_>,
+        source: &str,
+        run_id: &str,
+    ) -> Result<Option<&RunPrivileged>, LedgerError> {
+        if !self.runs.contains_key(run_id) {
+            let read = match run_evidence(reader, source, run_id)? {
+                None => None,
+                Some(run) => Some(RunPrivileged {
+                    finished_at: run.evidence.run.finished_at,
+                    complete: reader.run_record(run_id)?.status
+                        == crate::store::RunStatus::Complete,
+                    baseline: run
+                        .evidence
+                        .diff
+                        .as_ref()
+                        .is_some_and(|diff| diff.baseline.is_some()),
+                    uids: super::read::privileged_at(reader, source, &run.evidence)?.map(|list| {
+                        list.into_iter()
+                            .map(|account| account.external_id)
+                            .collect()
+                    }),
+                }),
+            };
+            self.runs.insert(run_id.to_string(), read);
+        }
+        Ok(self.runs[run_id].as_ref())
+    }
+}
+
 /// Since when `uid`, privileged at `run_id`, has been privileged, as the privileged lists
 /// the runs recorded say. Only the runs that can change it are read: the account's own
 /// events (every grant and removal is one) and the runs that changed settings; the walk
-/// stops at the first of them, going back, that did not list the account.
+/// stops at the first of them, going back, that did not list the account. `lists` keeps
+/// what was read for the next account.
 pub fn privileged_since(
     reader: &Reader<'_>,
     source: &str,
     uid: &str,
     run_id: &str,
+    lists: &mut PrivilegedLists,
 ) -> Result<PrivilegedSince, LedgerError> {
     let mut candidates: BTreeSet<String> = reader
         .account_runs(source, uid)?
@@ -300,28 +352,22 @@ pub fn privileged_since(
     // (its join); a lower bound when it reaches a baseline or a run the ledger cannot tell.
     let mut at_least = false;
     for candidate in candidates.iter().rev() {
-        let Some(run) = run_evidence(reader, source, candidate)? else {
+        let Some(run) = lists.of(reader, source, candidate)? else {
             at_least = true;
             break;
         };
-        // A quarantined run that was never approved saw nothing that counts.
-        if reader.run_record(candidate)?.status != crate::store::RunStatus::Complete {
+        if !run.complete {
             continue;
         }
-        let Some(list) = super::read::privileged_at(reader, source, &run.evidence)? else {
+        let Some(uids) = &run.uids else {
             at_least = true;
             break;
         };
-        if !list.iter().any(|account| account.external_id == uid) {
+        if !uids.contains(uid) {
             break;
         }
-        since = Some((candidate.clone(), run.evidence.run.finished_at));
-        if run
-            .evidence
-            .diff
-            .as_ref()
-            .is_some_and(|d| d.baseline.is_some())
-        {
+        since = Some((candidate.clone(), run.finished_at));
+        if run.baseline {
             at_least = true;
             break;
         }

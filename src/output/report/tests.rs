@@ -810,11 +810,12 @@ fn markdown_has_every_section_and_none_when_empty() {
     assert!(markdown.contains("**SLA BREACH**"));
 
     let empty = rendered(&empty_report(), ReportFormat::Markdown);
-    // Connections, coverage gaps, privileged at start and end, granted, removed, group
-    // changes, settings changes, scope changes, quarantined runs, and the event sections.
+    // Connections, access reviews, revocations, coverage gaps, privileged at start and end,
+    // granted, removed, group changes, settings changes, scope changes, quarantined runs,
+    // and the event sections.
     assert_eq!(
         empty.matches("\nNone.\n").count(),
-        10 + Section::ALL.len(),
+        12 + Section::ALL.len(),
         "{empty}"
     );
 }
@@ -860,7 +861,7 @@ fn empty_report_says_none_in_every_format() {
     let csv = rendered(&report, ReportFormat::Csv);
     assert_eq!(csv.lines().count(), 2, "a header and the run alone: {csv}");
     let html = rendered(&report, ReportFormat::Html);
-    assert_eq!(html.matches(">None.</td>").count(), 10 + Section::ALL.len());
+    assert_eq!(html.matches(">None.</td>").count(), 12 + Section::ALL.len());
     assert!(!html.contains("class=\"alert\""));
     assert!(html.contains("No complete runs to chart yet."));
 }
