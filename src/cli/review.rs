@@ -245,6 +245,8 @@ fn import(config: &Config, path: &Path, clock: &dyn Clock) -> Result<Exit, CliEr
 #[derive(serde::Serialize)]
 struct ReviewSummary<'a> {
     review_id: &'a str,
+    #[serde(skip)]
+    short_id: String,
     run_id: &'a str,
     imported_at: String,
     imported_by: String,
@@ -265,6 +267,7 @@ fn status(config: &Config, source: &SourceConfig, json: bool) -> Result<Exit, Cl
             let recorded = &review.decisions;
             ReviewSummary {
                 review_id: &recorded.review_id,
+                short_id: recorded.short_id(),
                 run_id: &recorded.run_id,
                 imported_at: super::evidence::timestamp(review.imported_at),
                 imported_by: format!("{}@{}", recorded.by.os_user, recorded.by.host),
@@ -286,7 +289,7 @@ fn status(config: &Config, source: &SourceConfig, json: bool) -> Result<Exit, Cl
         .iter()
         .map(|review| {
             vec![
-                review.review_id[..16].to_string(),
+                review.short_id.clone(),
                 review.run_id.to_string(),
                 review.imported_at.clone(),
                 review.imported_by.clone(),

@@ -76,6 +76,13 @@ pub struct ReviewDecisions {
     pub by: crate::output::report::Producer,
 }
 
+impl ReviewDecisions {
+    /// The review's id as people quote it: its first 16 characters.
+    pub fn short_id(&self) -> String {
+        self.review_id.chars().take(16).collect()
+    }
+}
+
 /// Which access a review covers.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReviewSelection {

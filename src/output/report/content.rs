@@ -716,7 +716,7 @@ fn access_reviews_block(report: &Report) -> Block {
                 text(timestamp(review.imported_at)),
                 code(format!(
                     "{} of run {}",
-                    &recorded.review_id[..16.min(recorded.review_id.len())],
+                    recorded.short_id(),
                     recorded.run_id
                 )),
                 text(format!(
