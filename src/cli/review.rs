@@ -91,15 +91,12 @@ fn export_review(
             by: &by,
         },
     );
-    let bytes = encode(&sheet, export.format)?;
-    match &export.out {
-        Some(path) => write_file(path, &bytes).map_err(runtime)?,
-        None => print_bytes(&bytes)?,
-    }
-    for cycle in &review.cycles {
-        eprintln!("aksync: warning: the group hierarchy has a cycle: {cycle}");
-    }
-    eprintln!(
+    let warnings: Vec<String> = review
+        .cycles
+        .iter()
+        .map(|cycle| format!("aksync: warning: the group hierarchy has a cycle: {cycle}"))
+        .collect();
+    let summary = format!(
         "review {}: {} row(s) of {} account(s), {} privileged, {} flagged; {}{}",
         review.review_id,
         review.rows.len(),
@@ -113,6 +110,18 @@ fn export_review(
             .map(|path| format!("; written to {}", path.display()))
             .unwrap_or_default()
     );
+    // The sheet holds what the file needs: a large directory is not kept beside its bytes.
+    drop((directory, review));
+    let bytes = encode(&sheet, export.format)?;
+    drop(sheet);
+    match &export.out {
+        Some(path) => write_file(path, &bytes).map_err(runtime)?,
+        None => print_bytes(&bytes)?,
+    }
+    for warning in warnings {
+        eprintln!("{warning}");
+    }
+    eprintln!("{summary}");
     Ok(Exit::Success)
 }
 

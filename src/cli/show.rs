@@ -551,7 +551,9 @@ fn privileged_accounts(
             &mut lists,
         )
         .map_err(|error| CliError::Runtime(error.to_string()))?;
-        let mut value = serde_json::to_value(record).unwrap_or_default();
+        let mut value = directory
+            .full_account(store, account)
+            .map_err(|error| CliError::Runtime(error.to_string()))?;
         if let Some(object) = value.as_object_mut() {
             let mut added = Map::new();
             added.insert("privilege".into(), path_text(&path).into());

@@ -35,10 +35,14 @@ pub enum GroupNotFound {
     Ambiguous { name: String, ids: String },
 }
 
-/// An account as the run saw it.
+/// An account as the run saw it, without its attributes (`metadata`), which no review or
+/// query of access reads and which can be most of a record: a large directory is held in
+/// memory whole. [`RunDirectory::full_account`] reads the whole record.
 #[derive(Debug, Clone)]
 pub struct AccountAt {
     pub account: DirectoryAccount,
+    /// The run whose stored version this is.
+    pub valid_from: String,
     pub in_scope: bool,
     /// The last login as of the run, when known (see the module's doc).
     pub last_login: LastLogin,
@@ -137,10 +141,11 @@ impl RunDirectory {
         let mut accounts = Vec::new();
         for stored in reader.records_at(run, RecordKind::Account)? {
             let stored = stored?;
-            let account: DirectoryAccount =
+            let mut account: DirectoryAccount =
                 serde_json::from_value(stored.record).map_err(|error| {
                     ReadError::unreadable(run, "account", &stored.external_id, error)
                 })?;
+            account.metadata = serde_json::Map::new();
             let volatile =
                 reader.volatile(&run.source, RecordKind::Account, &stored.external_id)?;
             let login = volatile
@@ -148,6 +153,7 @@ impl RunDirectory {
                 .and_then(|value| value.as_str())
                 .map(str::to_string);
             accounts.push(AccountAt {
+                valid_from: stored.valid_from,
                 last_login: last_login_as_of(login, is_latest, run.finished_at),
                 in_scope: stored.flags.in_scope(),
                 account,
@@ -191,6 +197,24 @@ impl RunDirectory {
                 ids: named.join(", "),
             }),
         }
+    }
+
+    /// An account's whole stored record as the run saw it, attributes included.
+    pub fn full_account(
+        &self,
+        store: &Store,
+        account: &AccountAt,
+    ) -> Result<serde_json::Value, ReadError> {
+        let uid = &account.account.external_id;
+        let entry = store.reader()?.version(
+            &self.run.source,
+            RecordKind::Account,
+            uid,
+            &account.valid_from,
+        )?;
+        entry
+            .record()
+            .map_err(|error| ReadError::unreadable(&self.run, "account", uid, error))
     }
 
     /// The rules that decide privilege, as the run recorded them.
