@@ -11,7 +11,9 @@
 //!    discarded: the floor;
 //! 2. a first sync into an empty state directory, a no-change sync, and syncs after 1% churn
 //!    each (creates, deletes, deactivations, attribute changes, group moves);
-//! 3. `aksync diff` from the first to the last run, and `aksync show accounts --json`.
+//! 3. `aksync diff` from the first to the last run, `aksync show accounts --json`, and an
+//!    access review of the latest run (`aksync review`, CSV), which holds the run's
+//!    directory in memory.
 //!
 //! For each it prints wall time, its ratio to the raw fetch, the peak RSS of the aksync
 //! process (from `wait4`), the database size and the envelope bytes, then PASS or FAIL
@@ -251,8 +253,25 @@ async fn run(args: Args, mut spawner: Spawner) {
         &["show", "accounts", "--json"],
         "show accounts --json",
     );
+    let review_file = work.path().join("review.csv");
+    let review = measure(
+        &mut spawner,
+        &binary,
+        &config,
+        &state_dir,
+        &["review", "--out", &review_file.display().to_string()],
+        "review (csv)",
+    );
+    // A review holds its rows in memory (see the README's Scale section): its cost is per row.
+    let review_rows = aksync::output::sheet::read_csv(
+        &std::fs::read(&review_file).expect("the review was written"),
+    )
+    .expect("the review reads back")
+    .rows
+    .len();
     results.push(diff.clone());
     results.push(show.clone());
+    results.push(review.clone());
     fake.shutdown().await;
 
     println!(
@@ -351,6 +370,21 @@ async fn run(args: Args, mut spawner: Spawner) {
                 diff.wall.as_secs_f64()
             ),
             diff.wall <= Duration::from_secs(1),
+        ),
+        (
+            format!(
+                "review / show accounts --json ≤ 5 in time ({:.2})",
+                review.wall.as_secs_f64() / show.wall.as_secs_f64()
+            ),
+            review.wall.as_secs_f64() <= show.wall.as_secs_f64() * 5.0,
+        ),
+        (
+            format!(
+                "review peak RSS ≤ show's + 3 KiB per row ({} vs {}, {review_rows} rows)",
+                mib(review.max_rss_kib * 1024),
+                mib(show.max_rss_kib * 1024)
+            ),
+            review.max_rss_kib <= show.max_rss_kib + 3 * review_rows as u64,
         ),
         (
             format!(
@@ -639,8 +673,9 @@ fn write_config_with(dir: &Path, base_url: &str, args: &Args, reports: bool) -> 
     std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600))
         .expect("token private");
     let config = dir.join("config.toml");
+    // The churn is a deliberate 1% a run, leavers included: no quarantine for it.
     let text = format!(
-        "state_dir = {:?}\n{}\n\n[sources.{SOURCE}]\nbase_url = {base_url:?}\ntoken_file = \"token\"\npage_size = {}\nconcurrency = {}\n",
+        "state_dir = {:?}\n{}\n\n[sources.{SOURCE}]\nbase_url = {base_url:?}\ntoken_file = \"token\"\npage_size = {}\nconcurrency = {}\nmax_leaver_percent = 100.0\nmax_leavers = 1000000\nmax_membership_removal_percent = 100.0\nmax_membership_removals = 1000000\n",
         dir.join("state").display().to_string(),
         if reports { "" } else { "output.reports = []" },
         args.page_size,

@@ -82,15 +82,6 @@ fn export_review(
         privileged_only: export.privileged_only,
     };
     let (directory, review) = build(&store, source, &run, &selection, export.no_login_days)?;
-    let by = Producer::current();
-    let sheet = review_file::sheet(
-        &directory,
-        &review,
-        &Produced {
-            at: clock.now(),
-            by: &by,
-        },
-    );
     let warnings: Vec<String> = review
         .cycles
         .iter()
@@ -110,8 +101,17 @@ fn export_review(
             .map(|path| format!("; written to {}", path.display()))
             .unwrap_or_default()
     );
+    let by = Producer::current();
+    let sheet = review_file::sheet(
+        &directory,
+        review,
+        &Produced {
+            at: clock.now(),
+            by: &by,
+        },
+    );
     // The sheet holds what the file needs: a large directory is not kept beside its bytes.
-    drop((directory, review));
+    drop(directory);
     let bytes = encode(&sheet, export.format)?;
     drop(sheet);
     match &export.out {

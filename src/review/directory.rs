@@ -243,14 +243,13 @@ impl RunDirectory {
     /// version (its start, from the run id, when retention removed that run's record).
     pub fn first_seen(
         &self,
-        store: &Store,
+        reader: &Reader<'_>,
         uid: &str,
         group: &str,
     ) -> Result<Option<DateTime<Utc>>, ReadError> {
         let Some(membership) = self.direct.get(uid).and_then(|groups| groups.get(group)) else {
             return Ok(None);
         };
-        let reader = store.reader()?;
         let external_id = format!("{uid}:{group}");
         let mut versions: Vec<_> = reader
             .versions(&self.run.source, RecordKind::Membership, &external_id)?
@@ -268,7 +267,7 @@ impl RunDirectory {
                 first = version.valid_from.clone();
             }
         }
-        Ok(Some(run_time(&reader, &first)?))
+        Ok(Some(run_time(reader, &first)?))
     }
 }
 

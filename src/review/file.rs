@@ -72,8 +72,9 @@ fn timestamp(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-/// The review as a sheet, ready for any format.
-pub fn sheet(directory: &RunDirectory, review: &Review, produced: &Produced<'_>) -> Sheet {
+/// The review as a sheet, ready for any format; each row is let go once it is cells, so
+/// that a large review is not held twice.
+pub fn sheet(directory: &RunDirectory, review: Review, produced: &Produced<'_>) -> Sheet {
     let run = &directory.run;
     let source = &directory.source;
     let or_none = |value: Option<&str>| value.unwrap_or("none").to_string();
@@ -161,8 +162,8 @@ pub fn sheet(directory: &RunDirectory, review: &Review, produced: &Produced<'_>)
         columns: COLUMNS.iter().map(|column| column.to_string()).collect(),
         rows: review
             .rows
-            .iter()
-            .map(|row| cells(row, review.no_login_days))
+            .into_iter()
+            .map(|row| cells(&row, review.no_login_days))
             .collect(),
         choices: vec![(
             DECISION.to_string(),

@@ -7,6 +7,8 @@
 //! and every row's id. The same run and selection give the same rows, so a completed file is
 //! matched against the review it claims to be by building that review again.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -161,11 +163,22 @@ pub fn build(
     let rules = directory.rules();
     let privileged_groups = rules.privileged_group_ids(&directory.groups);
     let stale_before = directory.run.finished_at - Duration::days(i64::from(no_login_days));
+    let reader = store.reader().map_err(ReadError::from)?;
     let mut rows = Vec::new();
     for account in directory.accounts.iter().filter(|account| account.in_scope) {
         let record = &account.account;
         let uid = &record.external_id;
         let groups = effective_groups(&directory.direct_groups(uid, false), &directory.groups);
+        // Each direct group grants several rows (its ancestors, their roles): read once.
+        let mut first_seen_in: BTreeMap<String, Option<DateTime<Utc>>> = BTreeMap::new();
+        let mut first_seen = |group: &str| -> Result<Option<DateTime<Utc>>, ReadError> {
+            if let Some(known) = first_seen_in.get(group) {
+                return Ok(*known);
+            }
+            let found = directory.first_seen(&reader, uid, group)?;
+            first_seen_in.insert(group.to_string(), found);
+            Ok(found)
+        };
         let mut found = Vec::new();
         for grant in &groups {
             let id = &grant.group.external_id;
@@ -180,7 +193,7 @@ pub fn build(
                     .iter()
                     .map(|group| group.external_id.clone())
                     .collect(),
-                first_seen: directory.first_seen(store, uid, &grant.direct_group().external_id)?,
+                first_seen: first_seen(&grant.direct_group().external_id)?,
                 ..row(account, AccessKind::Group, id, &grant.group.display_name)
             });
         }
@@ -194,7 +207,7 @@ pub fn build(
                 continue;
             }
             let first_seen = match grant.path.first() {
-                Some(direct) => directory.first_seen(store, uid, &direct.external_id)?,
+                Some(direct) => first_seen(&direct.external_id)?,
                 None => None,
             };
             found.push(AccessRow {
