@@ -535,7 +535,7 @@ async fn a_review_goes_out_comes_back_completed_and_its_revocations_are_followed
         &env,
         &edited,
         "edited.csv",
-        "row 1: account_external_id says \"mallory\"",
+        "row 1 below the column row: account_external_id says \"mallory\"",
     );
     let none = env.aksync(&["review", "status"]);
     assert_eq!(none.code, 0, "{}", none.stderr);

@@ -227,7 +227,7 @@ pub enum ImportError {
     },
     #[error("the columns were changed: expected {expected}, found {found}")]
     Columns { expected: String, found: String },
-    #[error("row {row}: {problem}")]
+    #[error("row {row} below the column row: {problem}")]
     Row { row: usize, problem: String },
     #[error("{missing} of the review's {rows} rows are missing from the file, e.g. {example}: put them back (undecided rows may stay empty)")]
     Missing {
