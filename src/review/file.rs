@@ -319,14 +319,14 @@ pub fn decisions(
     let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
     let mut decided = Vec::new();
     let mut undecided = 0;
-    for (index, cells) in sheet.rows.iter().enumerate() {
+    for (index, filled) in sheet.rows.iter().enumerate() {
         let number = index + 1;
         let fail = |problem: String| ImportError::Row {
             row: number,
             problem,
         };
-        let cell = |name: &str| cells.get(column(name)).map_or("", |cell| cell.trim());
-        if cells.iter().all(|cell| cell.trim().is_empty()) {
+        let cell = |name: &str| filled.get(column(name)).map_or("", |cell| cell.trim());
+        if filled.iter().all(|cell| cell.trim().is_empty()) {
             continue;
         }
         let id = cell("row_id");
@@ -341,7 +341,8 @@ pub fn decisions(
                 "row_id {id} is repeated (first in row {first}): each access is decided once"
             )));
         }
-        let expected = cells_of(row);
+        // The identity cells as the file was written (the flags' window does not matter).
+        let expected = cells(row, 0);
         for name in IDENTITY {
             let found = cell(name);
             let want = &expected[column(name)];
@@ -409,11 +410,6 @@ pub fn decisions(
     }
     decided.sort_by(|a, b| a.row_id.cmp(&b.row_id));
     Ok((decided, undecided))
-}
-
-/// The identity cells of a review row, as [`cells`] writes them.
-fn cells_of(row: &AccessRow) -> Vec<String> {
-    cells(row, 0)
 }
 
 /// A date as a reviewer types it, or a full time; a spreadsheet's date cell reads back as
