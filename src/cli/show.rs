@@ -16,7 +16,7 @@ use crate::ledger::history::{privileged_since, PrivilegedLists};
 use crate::output::report::csv::{csv, csv_rows};
 use crate::review::access::{
     cycle_text, cycles, direct_grants, effective_groups, effective_roles, granted_text,
-    membership_granted_text, role_name,
+    membership_granted_text, role_name, RoleNames,
 };
 use crate::review::directory::{run_at, AccountAt, GroupNotFound, LastLogin, RunDirectory};
 use crate::run::normalize::{AccountStatus, AccountType};
@@ -491,6 +491,7 @@ fn memberships(
 /// Each account's roles: its own, and those of the groups it is an effective member of.
 fn roles(directory: &RunDirectory, request: &ShowRequest<'_>) -> Result<Vec<Value>, CliError> {
     let group = selected_group(directory, request)?;
+    let role_names = RoleNames::of(&directory.groups);
     let mut rows = Vec::new();
     for account in accounts(directory, request)? {
         let uid = &account.account.external_id;
@@ -498,7 +499,12 @@ fn roles(directory: &RunDirectory, request: &ShowRequest<'_>) -> Result<Vec<Valu
             &directory.direct_groups(uid, request.all),
             &directory.groups,
         );
-        for grant in effective_roles(&account.account.roles, &groups, &directory.groups) {
+        for grant in effective_roles(
+            &account.account.roles,
+            &groups,
+            &directory.groups,
+            &role_names,
+        ) {
             if group
                 .as_ref()
                 .is_some_and(|wanted| !grant.path.iter().any(|g| &g.external_id == wanted))

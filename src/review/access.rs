@@ -144,23 +144,35 @@ pub fn direct_grants(
     by_group_name(grants)
 }
 
+/// The names of the roles the groups of a catalog hold, by uuid: an account's own roles come
+/// without names (the listing leaves them out), and a group that holds the same role names it.
+#[derive(Debug, Clone, Default)]
+pub struct RoleNames(BTreeMap<String, String>);
+
+impl RoleNames {
+    pub fn of(catalog: &BTreeMap<String, DirectoryGroup>) -> RoleNames {
+        RoleNames(
+            catalog
+                .values()
+                .flat_map(|group| &group.roles)
+                .filter_map(|role| Some((role.pk.clone(), role.name.clone()?)))
+                .collect(),
+        )
+    }
+}
+
 /// Every role an account holds: its own (`direct`), then those of each group it is an
 /// effective member of, by the shortest path; one grant per role, a direct one first. Names
-/// of roles held directly come from the groups that hold the same role, where one does.
+/// of roles held directly come from `names`.
 pub fn effective_roles(
     own: &[Role],
     groups: &[GroupGrant],
     catalog: &BTreeMap<String, DirectoryGroup>,
+    names: &RoleNames,
 ) -> Vec<RoleGrant> {
     let mut found: BTreeMap<String, RoleGrant> = BTreeMap::new();
     for role in own {
-        let named = role.name.clone().or_else(|| {
-            catalog
-                .values()
-                .flat_map(|group| &group.roles)
-                .find(|known| known.pk == role.pk)
-                .and_then(|known| known.name.clone())
-        });
+        let named = role.name.clone().or_else(|| names.0.get(&role.pk).cloned());
         found.entry(role.pk.clone()).or_insert(RoleGrant {
             role: Role {
                 pk: role.pk.clone(),
@@ -392,12 +404,19 @@ mod tests {
             ]
         );
         let roles = effective_roles(
-            &[Role {
-                pk: "uuid-own".into(),
-                name: None,
-            }],
+            &[
+                Role {
+                    pk: "uuid-own".into(),
+                    name: None,
+                },
+                Role {
+                    pk: "uuid-viewer".into(),
+                    name: None,
+                },
+            ],
             &grants,
             &catalog,
+            &RoleNames::of(&catalog),
         );
         let roles: Vec<(String, String)> = roles
             .iter()
@@ -408,7 +427,8 @@ mod tests {
             [
                 ("admin".into(), "via TEAM → DEPT → ORG".into()),
                 ("uuid-own".into(), "direct".into()),
-                ("viewer".into(), "via TEAM → DEPT".into()),
+                // Held directly as well: direct, named by the group that holds it too.
+                ("viewer".into(), "direct".into()),
             ]
         );
     }

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 
 use super::access::{
     cycle_text, cycles, effective_groups, effective_roles, granted_text, membership_granted_text,
-    role_name,
+    role_name, RoleNames,
 };
 use super::directory::{AccountAt, LastLogin, RunDirectory};
 use super::ReadError;
@@ -164,6 +164,7 @@ pub fn build(
     let privileged_groups = rules.privileged_group_ids(&directory.groups);
     let stale_before = directory.run.finished_at - Duration::days(i64::from(no_login_days));
     let reader = store.reader().map_err(ReadError::from)?;
+    let role_names = RoleNames::of(&directory.groups);
     let mut rows = Vec::new();
     for account in directory.accounts.iter().filter(|account| account.in_scope) {
         let record = &account.account;
@@ -197,7 +198,7 @@ pub fn build(
                 ..row(account, AccessKind::Group, id, &grant.group.display_name)
             });
         }
-        for grant in effective_roles(&record.roles, &groups, &directory.groups) {
+        for grant in effective_roles(&record.roles, &groups, &directory.groups, &role_names) {
             let through_selected = selected.is_empty()
                 || grant
                     .path

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::access::{effective_groups, effective_roles};
+use super::access::{effective_groups, effective_roles, RoleNames};
 use super::ReadError;
 use crate::ledger::entry::{AccessDecision, AccessKind, Verdict};
 use crate::ledger::read::reviews;
@@ -169,9 +169,12 @@ impl<'r> Probe<'r> {
             AccessKind::Group => groups
                 .iter()
                 .any(|grant| grant.group.external_id == decision.access_external_id),
-            AccessKind::Role => effective_roles(&account.roles, &groups, catalog)
-                .iter()
-                .any(|grant| grant.role.pk == decision.access_external_id),
+            // Roles are compared by uuid: their names do not matter here.
+            AccessKind::Role => {
+                effective_roles(&account.roles, &groups, catalog, &RoleNames::default())
+                    .iter()
+                    .any(|grant| grant.role.pk == decision.access_external_id)
+            }
         };
         Ok((!held).then(|| format!("{} removed", decision.access.as_str())))
     }
