@@ -6,6 +6,11 @@
 
 use std::borrow::Cow;
 
+/// A time as every report, table and file shows it: RFC 3339 in UTC, to the second.
+pub fn timestamp(at: chrono::DateTime<chrono::Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
 /// What ends a cut value.
 pub const ELLIPSIS: char = '…';
 

@@ -441,9 +441,7 @@ pub(crate) fn report(
     Ok(Exit::Success)
 }
 
-pub(crate) fn timestamp(at: chrono::DateTime<chrono::Utc>) -> String {
-    at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
+pub(crate) use crate::display::timestamp;
 
 /// An RFC 3339 time, or a date meaning its midnight UTC.
 pub(crate) fn parse_time(

@@ -313,8 +313,7 @@ pub fn run_at(
     /// A run ends long after a later one starts only when runs overlap, which the source's
     /// lock prevents; a few more cover runs stopped and resumed.
     const LOOK_BACK: usize = 16;
-    let millis = u64::try_from(at.timestamp_millis()).unwrap_or(0);
-    let up_to = ulid::Ulid::from_parts(millis, u128::MAX).to_string();
+    let up_to = crate::store::run_id_ceiling(at);
     let recent = store.complete_runs_back(source, &up_to, true, LOOK_BACK)?;
     let found = recent
         .iter()

@@ -17,6 +17,7 @@ use chrono::{DateTime, Utc};
 
 use super::directory::RunDirectory;
 use super::rows::{AccessRow, Review};
+use crate::display::timestamp;
 use crate::ledger::entry::{AccessDecision, ReviewSelection, Verdict};
 use crate::output::sheet::Sheet;
 
@@ -66,10 +67,6 @@ pub const PRIVILEGED_ONLY: &str = "selection_privileged_only";
 pub struct Produced<'a> {
     pub at: DateTime<Utc>,
     pub by: &'a crate::output::report::Producer,
-}
-
-fn timestamp(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 /// The review as a sheet, ready for any format; each row is let go once it is cells, so

@@ -66,11 +66,11 @@ pub use ledger::{
 };
 pub use quarantine::DecisionError;
 pub use read::{Reader, RecordHead, StoredRecord};
+pub use run::{run_id_ceiling, run_id_floor, Decision, Quarantine, QuarantineDecision};
 pub use run::{
     ChangeCounts, Counts, DeliveryState, DeliveryStatus, EnvelopeSummary, HealthRecord,
     HealthStatus, RunOutcome, RunRecord, RunStatus, ScopeCounts, TokenUser, CANCELLED_BY_SHUTDOWN,
 };
-pub use run::{Decision, Quarantine, QuarantineDecision};
 pub use write::CommitPlan;
 
 /// The layout version of the tables below. Bump it with a migration in `migrate.rs`.

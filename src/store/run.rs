@@ -430,3 +430,17 @@ pub struct HealthRecord {
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
 }
+
+/// The smallest run id a run started at `at` can have: run ids are ULIDs of their start.
+pub fn run_id_floor(at: DateTime<Utc>) -> String {
+    ulid::Ulid::from_parts(u64::try_from(at.timestamp_millis()).unwrap_or(0), 0).to_string()
+}
+
+/// The largest run id a run started at `at` can have.
+pub fn run_id_ceiling(at: DateTime<Utc>) -> String {
+    ulid::Ulid::from_parts(
+        u64::try_from(at.timestamp_millis()).unwrap_or(0),
+        u128::MAX >> 48,
+    )
+    .to_string()
+}

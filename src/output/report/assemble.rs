@@ -91,19 +91,6 @@ fn view_of(
     })
 }
 
-/// The smallest and largest run ids a run started at `at` can have.
-fn id_floor(at: DateTime<Utc>) -> String {
-    ulid::Ulid::from_parts(u64::try_from(at.timestamp_millis()).unwrap_or(0), 0).to_string()
-}
-
-fn id_ceiling(at: DateTime<Utc>) -> String {
-    ulid::Ulid::from_parts(
-        u64::try_from(at.timestamp_millis()).unwrap_or(0),
-        u128::MAX >> 48,
-    )
-    .to_string()
-}
-
 /// The runs a selection covers (oldest first), the complete run the period starts from, the
 /// selection in words, and the period's bounds.
 struct Chosen {
@@ -151,8 +138,8 @@ fn choose(store: &Store, source: &str, selection: &Selection) -> Result<Chosen, 
             let in_period: Vec<RunRecord> = store
                 .runs_between(
                     source,
-                    Some(&id_floor(*since - LONGEST_RUN)),
-                    Some(&id_ceiling(*until)),
+                    Some(&crate::store::run_id_floor(*since - LONGEST_RUN)),
+                    Some(&crate::store::run_id_ceiling(*until)),
                 )?
                 .into_iter()
                 .filter(|run| run.finished_at > *since && run.finished_at <= *until)
@@ -162,8 +149,12 @@ fn choose(store: &Store, source: &str, selection: &Selection) -> Result<Chosen, 
             let mut start_run = None;
             let mut looked = 1;
             while start_run.is_none() {
-                let candidates =
-                    store.complete_runs_back(source, &id_ceiling(*since), true, looked)?;
+                let candidates = store.complete_runs_back(
+                    source,
+                    &crate::store::run_id_ceiling(*since),
+                    true,
+                    looked,
+                )?;
                 start_run = candidates
                     .iter()
                     .rev()
@@ -179,8 +170,8 @@ fn choose(store: &Store, source: &str, selection: &Selection) -> Result<Chosen, 
                 start_run,
                 text: format!(
                     "every run that finished after {} up to {}",
-                    content_timestamp(*since),
-                    content_timestamp(*until)
+                    crate::display::timestamp(*since),
+                    crate::display::timestamp(*until)
                 ),
                 start: *since,
                 end: *until,
@@ -427,10 +418,6 @@ fn oldest_evidence(
     }))
 }
 
-fn content_timestamp(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
-
 fn trend_point(run: &RunRecord) -> TrendPoint {
     let changes = run.changes.unwrap_or_default();
     TrendPoint {
@@ -485,7 +472,7 @@ fn report_id(source: &str, period: &Period, views: &[RunView]) -> String {
     digest.update(source.as_bytes());
     for at in [period.start, period.end] {
         digest.update(b"\n");
-        digest.update(content_timestamp(at).as_bytes());
+        digest.update(crate::display::timestamp(at).as_bytes());
     }
     for view in views {
         digest.update(b"\n");

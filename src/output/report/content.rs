@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 use similar::TextDiff;
 
@@ -1494,9 +1494,7 @@ impl Section {
 }
 
 /// RFC 3339 in UTC to the second: unambiguous, sortable, and read by spreadsheets.
-pub(super) fn timestamp(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::Secs, true)
-}
+pub(super) use crate::display::timestamp;
 
 pub(super) fn yes_no(flag: bool) -> &'static str {
     if flag {
